@@ -1,0 +1,54 @@
+# qrl — local workflows. Every target sets up .venv first if needed.
+PYTHON        ?= python3
+VENV          ?= .venv
+TORCH_VERSION ?= 2.13.0
+# CPU wheel by default; override TORCH_VERSION (or install torch yourself) for GPUs.
+BIN           := $(VENV)/bin
+QRL           := $(BIN)/qrl
+
+# Local cluster settings (make cluster / make demo).
+ALGO    ?= dqn
+ENV     ?= CartPole-v1
+ACTORS  ?= 4
+PORT    ?= 5555
+RUN_DIR ?= runs/cluster
+SET     ?=
+
+.PHONY: install demo cluster stop test test-fast clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==$(TORCH_VERSION)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+# Train DQN on CartPole-v1 with a local cluster (broker, 4 actors, learner)
+# until a deterministic evaluation reaches 475 or the step budget runs out.
+demo: install
+	$(QRL) run --algo dqn --env CartPole-v1 --actors 4 --run-dir runs/demo
+
+# Broker, actors and learner in the background; logs and pid files in $(RUN_DIR).
+cluster: install
+	mkdir -p $(RUN_DIR)
+	$(QRL) broker --port $(PORT) > $(RUN_DIR)/broker.log 2>&1 & echo $$! > $(RUN_DIR)/broker.pid
+	$(QRL) actor --n $(ACTORS) --broker tcp://127.0.0.1:$(PORT) > $(RUN_DIR)/actor.log 2>&1 & echo $$! > $(RUN_DIR)/actor.pid
+	$(QRL) learner --algo $(ALGO) --env $(ENV) --broker tcp://127.0.0.1:$(PORT) --run-dir $(RUN_DIR) --no-progress $(SET) > $(RUN_DIR)/learner.log 2>&1 & echo $$! > $(RUN_DIR)/learner.pid
+	@echo "cluster started: logs in $(RUN_DIR)/*.log; 'make stop' stops it"
+
+stop:
+	@for role in learner actor broker; do \
+	  f=$(RUN_DIR)/$$role.pid; \
+	  if [ -f $$f ]; then kill -TERM $$(cat $$f) 2>/dev/null && echo "stopped $$role"; rm -f $$f; fi; \
+	done
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,1 @@
+"""The replay broker (installed as qrl.brokers)."""

@@ -1,0 +1,338 @@
+"""The broker: the one rendezvous point of a qrl run.
+
+Sockets (all bound; everybody else connects):
+    service     ROUTER  requests: register, get_spec, get_weights, sample, get_stats
+    ingest      PULL    segments from actors
+    weights_in  XSUB    the learner's PUB connects here
+    weights_out XPUB    actors' SUB sockets connect here
+
+The broker is a last-value cache for the run spec and the newest weights: a
+subscriber that joins late is sent the cached weights as soon as its
+subscription arrives. It never imports torch and knows no algorithm.
+
+One thread, one poller. A message that fails validation is dropped, counted
+by reason and logged at most once per reason every few seconds; it is never
+fatal.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import zmq
+
+from qrl import wire
+from qrl.brokers.tables import ReplayTable, SchemaError, TableConfig
+from qrl.transport import bind
+
+log = logging.getLogger("qrl.broker")
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    host: str = "127.0.0.1"
+    port: int = 5555
+    """Service (ROUTER) port; ingest, weights_in and weights_out use the next three. 0: all random."""
+    max_message_bytes: int = 64 << 20
+    """ZMQ_MAXMSGSIZE on ingest: larger segments are cut off by libzmq before they reach Python."""
+    ingest_hwm: int = 64
+    stats_interval_s: float = 10.0
+    seed: int = 0
+
+
+class Broker:
+    def __init__(self, cfg: BrokerConfig, ctx: zmq.Context | None = None):
+        self.cfg = cfg
+        self.ctx = ctx or zmq.Context.instance()
+        self.limits = wire.Limits(max_message_bytes=cfg.max_message_bytes)
+        self.service = self.ctx.socket(zmq.ROUTER)
+        self.ingest = self.ctx.socket(zmq.PULL)
+        self.ingest.setsockopt(zmq.MAXMSGSIZE, cfg.max_message_bytes)
+        self.ingest.setsockopt(zmq.RCVHWM, cfg.ingest_hwm)
+        self.weights_in = self.ctx.socket(zmq.XSUB)
+        self.weights_out = self.ctx.socket(zmq.XPUB)
+        # Verbose: every subscription reaches us, not just the first per topic,
+        # so each late subscriber triggers a resend of the cached weights.
+        self.weights_out.setsockopt(zmq.XPUB_VERBOSE, 1)
+        sockets = [self.service, self.ingest, self.weights_in, self.weights_out]
+        for s in sockets:
+            s.setsockopt(zmq.LINGER, 0)
+        ports = [cfg.port + i if cfg.port else 0 for i in range(4)]
+        try:
+            self.ports = {
+                name: bind(sock, cfg.host, port)
+                for name, sock, port in zip(("service", "ingest", "weights_in", "weights_out"), sockets, ports)
+            }
+        except Exception:
+            for s in sockets:
+                s.close(linger=0)
+            raise
+        self.weights_in.send(b"\x01")  # XSUB: subscribe to everything the learner publishes
+
+        self.spec: dict[str, Any] | None = None
+        self.table: ReplayTable | None = None
+        self.weights_frames: list | None = None
+        self.weights_version = -1
+        self.pending: collections.deque = collections.deque()  # sample requests held by the rate limiter
+        self.stats = _Stats()
+        self._stop = False
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def address(self) -> str:
+        return f"tcp://{self.cfg.host}:{self.ports['service']}"
+
+    def stop(self) -> None:
+        self._stop = True
+
+    def serve(self, max_seconds: float | None = None) -> None:
+        end = None if max_seconds is None else time.monotonic() + max_seconds
+        next_stats = time.monotonic() + self.cfg.stats_interval_s
+        poller = zmq.Poller()
+        for s in (self.service, self.weights_in, self.weights_out):
+            poller.register(s, zmq.POLLIN)
+        ingest_on = False
+        while not self._stop and (end is None or time.monotonic() < end):
+            # Not reading the ingest socket is how actors are held back: their
+            # PUSH sockets fill to the high-water mark and block.
+            want_ingest = self.table is None or self.table.limiter.can_insert()
+            if want_ingest != ingest_on:
+                if want_ingest:
+                    poller.register(self.ingest, zmq.POLLIN)
+                else:
+                    poller.unregister(self.ingest)
+                ingest_on = want_ingest
+            events = dict(poller.poll(100))
+            if self.service in events:
+                self._drain(self.service, self._on_request)
+            if self.ingest in events:
+                self._drain(self.ingest, self._on_segment)
+            if self.weights_in in events:
+                self._drain(self.weights_in, self._on_published_weights)
+            if self.weights_out in events:
+                self._drain(self.weights_out, self._on_subscription)
+            self._serve_pending()
+            if time.monotonic() >= next_stats:
+                next_stats = time.monotonic() + self.cfg.stats_interval_s
+                log.info("broker: %s", json.dumps(self.stats_summary(brief=True)))
+
+    def _drain(self, sock: zmq.Socket, handler, budget: int = 256) -> None:
+        """Handle what is queued on a socket, at most ``budget`` messages, so no socket starves the others."""
+        for _ in range(budget):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            handler(frames)
+            if sock is self.ingest and self.table is not None and not self.table.limiter.can_insert():
+                return
+
+    def close(self) -> None:
+        for s in (self.service, self.ingest, self.weights_in, self.weights_out):
+            s.close(linger=0)
+
+    # -- handlers -------------------------------------------------------------------------------
+
+    def _reject(self, where: str, reason: str, detail: str = "") -> None:
+        self.stats.rejected[reason] += 1
+        now = time.monotonic()
+        if now - self.stats.last_reject_log.get(reason, -1e9) > 5.0:
+            self.stats.last_reject_log[reason] = now
+            log.warning("broker: rejected a message on %s: %s %s (%d so far)", where, reason, detail,
+                        self.stats.rejected[reason])
+
+    def _on_segment(self, frames: list) -> None:
+        try:
+            msg = wire.decode(frames, self.limits)
+        except wire.WireError as exc:
+            return self._reject("ingest", exc.reason, exc.detail)
+        if msg.type != "segment":
+            return self._reject("ingest", "unexpected_type", msg.type)
+        meta = msg.meta
+        try:
+            actor_id = _int(meta, "actor_id")
+            seq = _int(meta, "seq")
+            version = _int(meta, "policy_version")
+            frames_count = _int(meta, "frames")
+            returns = [float(x) for x in meta.get("episode_returns", [])]
+            lengths = [int(x) for x in meta.get("episode_lengths", [])]
+        except (KeyError, TypeError, ValueError) as exc:
+            return self._reject("ingest", "bad_meta", str(exc))
+        if self.table is None:
+            return self._reject("ingest", "no_table", "no learner has registered yet")
+        try:
+            n = self.table.insert(msg.arrays)
+        except SchemaError as exc:
+            return self._reject("ingest", "schema_mismatch", str(exc))
+        s = self.stats
+        s.segments += 1
+        s.items += n
+        s.frames += frames_count
+        s.episodes += len(returns)
+        s.returns.extend(returns)
+        s.lengths.extend(lengths)
+        a = s.actors.setdefault(actor_id, {"segments": 0, "frames": 0, "seq": -1, "policy_version": -1})
+        a.update(segments=a["segments"] + 1, frames=a["frames"] + frames_count, seq=seq,
+                 policy_version=version, last_seen=time.time())
+
+    def _on_request(self, frames: list) -> None:
+        identity, body = frames[0], frames[1:]
+        try:
+            msg = wire.decode(body, self.limits)
+        except wire.WireError as exc:
+            return self._reject("service", exc.reason, exc.detail)
+        req = msg.meta.get("req")
+        handler = {
+            "register": self._on_register,
+            "get_spec": self._on_get_spec,
+            "get_weights": self._on_get_weights,
+            "sample": self._on_sample,
+            "get_stats": lambda ident, m, r: self._reply(ident, "stats", {"req": r, **self.stats_summary()}),
+        }.get(msg.type)
+        if handler is None:
+            self._reject("service", "unexpected_type", msg.type)
+            return self._reply(identity, "error", {"req": req, "reason": f"unexpected message type {msg.type}"})
+        handler(identity, msg, req)
+
+    def _reply(self, identity, msg_type: str, meta: dict, arrays: dict | None = None) -> None:
+        self.service.send_multipart([identity, *wire.encode(msg_type, meta, arrays)], copy=False)
+
+    def _on_register(self, identity, msg: wire.Message, req) -> None:
+        try:
+            spec = msg.meta["spec"]
+            table_cfg = TableConfig.from_meta(msg.meta["table"])
+            version = _int(msg.meta, "weights_version")
+            if not isinstance(spec, dict):
+                raise TypeError("spec must be a map")
+        except (KeyError, TypeError, ValueError) as exc:
+            self._reject("service", "bad_register", str(exc))
+            return self._reply(identity, "error", {"req": req, "reason": f"bad register: {exc}"})
+        # A learner that restarts with the same table keeps the experience collected so far.
+        if self.table is None or self.table.cfg != table_cfg or (self.spec or {}).get("run_id") != spec.get("run_id"):
+            self.table = ReplayTable(table_cfg, seed=self.cfg.seed)
+            self.pending.clear()
+            log.info("broker: new table %s for run %s", table_cfg, spec.get("run_id"))
+        self.spec = spec
+        self.weights_version = -1
+        self._cache_weights(wire.encode("weights", {"version": version, "run_id": spec.get("run_id")}, msg.arrays), version)
+        self._reply(identity, "ok", {"req": req, "ports": self.ports})
+
+    def _on_get_spec(self, identity, msg, req) -> None:
+        if self.spec is None:
+            return self._reply(identity, "not_ready", {"req": req})
+        self._reply(identity, "spec", {"req": req, "spec": self.spec, "ports": self.ports,
+                                       "weights_version": self.weights_version})
+
+    def _on_get_weights(self, identity, msg, req) -> None:
+        if self.weights_frames is None:
+            return self._reply(identity, "not_ready", {"req": req})
+        weights = wire.decode(self.weights_frames, self.limits)
+        self._reply(identity, "weights", {"req": req, **weights.meta}, weights.arrays)
+
+    def _on_sample(self, identity, msg, req) -> None:
+        batch_size = msg.meta.get("batch_size")
+        if not isinstance(batch_size, int) or not 0 < batch_size <= 1 << 20:
+            self._reject("service", "bad_sample", repr(batch_size))
+            return self._reply(identity, "error", {"req": req, "reason": "batch_size must be a positive int"})
+        if self.table is None:
+            return self._reply(identity, "error", {"req": req, "reason": "no table: register first"})
+        self.pending.append((identity, req, batch_size, time.monotonic()))
+
+    def _serve_pending(self) -> None:
+        table = self.table
+        while self.pending and table is not None and table.limiter.can_sample(table.size, self.pending[0][2]):
+            identity, req, batch_size, t0 = self.pending.popleft()
+            arrays, ids = table.sample(batch_size)
+            self.stats.batches += 1
+            self.stats.sample_wait_s += time.monotonic() - t0
+            self._reply(identity, "batch", {"req": req}, {**arrays, "_id": ids})
+
+    def _on_published_weights(self, frames: list) -> None:
+        try:
+            msg = wire.decode(frames, self.limits)
+            version = _int(msg.meta, "version")
+        except (wire.WireError, KeyError, TypeError, ValueError) as exc:
+            return self._reject("weights_in", getattr(exc, "reason", "bad_meta"), str(exc))
+        if msg.type != "weights":
+            return self._reject("weights_in", "unexpected_type", msg.type)
+        if version <= self.weights_version:
+            return  # a stale publish, e.g. from a learner that restarted from an older checkpoint
+        self._cache_weights([f.buffer for f in frames], version)
+
+    def _cache_weights(self, frames: list, version: int) -> None:
+        self.weights_frames, self.weights_version = frames, version
+        self.weights_out.send_multipart(frames, copy=False)
+
+    def _on_subscription(self, frames: list) -> None:
+        data = frames[0].bytes
+        if data[:1] == b"\x01" and self.weights_frames is not None:
+            self.weights_out.send_multipart(self.weights_frames, copy=False)
+
+    # -- stats ----------------------------------------------------------------------------------
+
+    def stats_summary(self, brief: bool = False) -> dict[str, Any]:
+        s, t = self.stats, self.table
+        out = {
+            "segments": s.segments,
+            "items": s.items,
+            "frames": s.frames,
+            "episodes": s.episodes,
+            "mean_return_100": float(np.mean(s.returns)) if s.returns else None,
+            "mean_length_100": float(np.mean(s.lengths)) if s.lengths else None,
+            "rejected": dict(s.rejected),
+            "replay_size": t.size if t else 0,
+            "replay_capacity": t.cfg.capacity if t else 0,
+            "batches": s.batches,
+            "pending_samples": len(self.pending),
+            "weights_version": self.weights_version,
+            "actors": len(s.actors),
+            "uptime_s": time.monotonic() - s.started,
+        }
+        if not brief:
+            out["per_actor"] = {str(k): v for k, v in s.actors.items()}
+        return out
+
+
+class _Stats:
+    def __init__(self):
+        self.started = time.monotonic()
+        self.segments = self.items = self.frames = self.episodes = self.batches = 0
+        self.sample_wait_s = 0.0
+        self.returns: collections.deque = collections.deque(maxlen=100)
+        self.lengths: collections.deque = collections.deque(maxlen=100)
+        self.rejected: collections.Counter = collections.Counter()
+        self.last_reject_log: dict[str, float] = {}
+        self.actors: dict[int, dict[str, Any]] = {}
+
+
+def _int(meta: dict, key: str) -> int:
+    value = meta[key]
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{key} must be an integer")
+    return value
+
+
+def run_broker(cfg: BrokerConfig, address_file: str | None = None) -> None:
+    """Process entry point: serve until SIGINT/SIGTERM."""
+    broker = Broker(cfg)
+    signal.signal(signal.SIGTERM, lambda *_: broker.stop())
+    signal.signal(signal.SIGINT, lambda *_: broker.stop())
+    if address_file:
+        tmp = address_file + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"address": broker.address(), "ports": broker.ports, "pid": os.getpid()}, f)
+        os.replace(tmp, address_file)  # readers never see a half-written file
+    log.info("broker: serving on %s (ports %s)", broker.address(), broker.ports)
+    try:
+        broker.serve()
+    finally:
+        broker.close()
+        log.info("broker: stopped")

@@ -1,0 +1,153 @@
+"""Replay storage for the broker: a fixed-capacity ring of named numpy fields,
+a uniform sampler and a Reverb-style rate limiter. Algorithm-agnostic: an item
+is whatever named arrays the actors send; the schema is locked by the first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping
+
+import numpy as np
+
+SAMPLERS = ("uniform",)
+
+
+class SchemaError(ValueError):
+    """An insert whose fields do not match the table's locked schema."""
+
+
+@dataclass(frozen=True)
+class TableConfig:
+    """How the learner wants its experience stored; sent with `register`."""
+
+    capacity: int = 100_000
+    sampler: str = "uniform"
+    min_size: int = 1_000
+    """No batch is served before the table holds this many items."""
+    samples_per_insert: float = 0.0
+    """Items sampled per item inserted that the rate limiter holds the run to; 0 turns the ratio off."""
+    tolerance: float = 0.0
+    """How far (in sampled items) the ratio may drift before the faster side is held back."""
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> "TableConfig":
+        known = {f.name: f.type for f in fields(cls)}
+        unknown = set(meta) - set(known)
+        if unknown:
+            raise ValueError(f"unknown table option(s) {sorted(unknown)}; allowed: {sorted(known)}")
+        cfg = cls(**meta)
+        cfg.validate()
+        return cfg
+
+    def validate(self, batch_size: int | None = None) -> None:
+        if not (isinstance(self.capacity, int) and self.capacity > 0):
+            raise ValueError("table capacity must be a positive integer")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}; available: {list(SAMPLERS)}")
+        if not 0 <= self.min_size <= self.capacity:
+            raise ValueError("min_size must lie in [0, capacity]")
+        if self.samples_per_insert < 0 or self.tolerance < 0:
+            raise ValueError("samples_per_insert and tolerance must be >= 0")
+        if batch_size is not None and self.samples_per_insert > 0 and self.tolerance < batch_size:
+            # With inserts blocked the ratio error exceeds the tolerance; a batch is
+            # served while error - batch >= -tolerance. tolerance >= batch keeps
+            # both sides able to move, whatever the segment size.
+            raise ValueError(
+                f"rate limiter would deadlock: tolerance ({self.tolerance}) must be >= batch size ({batch_size})"
+            )
+
+    def as_meta(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class RateLimiter:
+    """Keep inserted and sampled items near ``samples_per_insert`` (Reverb's
+    SampleToInsertRatio): the broker stops reading segments when actors run
+    ahead (PUSH backpressure holds them) and holds sample requests when the
+    learner runs ahead."""
+
+    def __init__(self, cfg: TableConfig):
+        self.cfg = cfg
+        self.inserted = 0
+        self.sampled = 0
+
+    def _error(self) -> float:
+        return max(0, self.inserted - self.cfg.min_size) * self.cfg.samples_per_insert - self.sampled
+
+    def can_insert(self) -> bool:
+        return self.cfg.samples_per_insert == 0 or self._error() <= self.cfg.tolerance
+
+    def can_sample(self, size: int, batch_size: int) -> bool:
+        if size < max(self.cfg.min_size, 1):
+            return False
+        return self.cfg.samples_per_insert == 0 or self._error() - batch_size >= -self.cfg.tolerance
+
+
+class ReplayTable:
+    """A ring buffer of ``capacity`` items; each field is one preallocated array."""
+
+    def __init__(self, cfg: TableConfig, seed: int = 0):
+        self.cfg = cfg
+        self.limiter = RateLimiter(cfg)
+        self.rng = np.random.default_rng(seed)
+        self.schema: dict[str, tuple[np.dtype, tuple[int, ...]]] | None = None
+        self.storage: dict[str, np.ndarray] = {}
+        self.ids = np.full(cfg.capacity, -1, dtype=np.int64)  # global insert index per slot
+        self.next_id = 0
+        self.size = 0
+
+    def _lock_schema(self, arrays: Mapping[str, np.ndarray]) -> None:
+        if not arrays:
+            raise SchemaError("an item needs at least one field")
+        for name in arrays:
+            if name.startswith("_"):
+                raise SchemaError(f"field names starting with '_' are reserved: {name!r}")
+        self.schema = {name: (a.dtype, a.shape[1:]) for name, a in arrays.items()}
+        self.storage = {
+            name: np.zeros((self.cfg.capacity, *shape), dtype=dtype) for name, (dtype, shape) in self.schema.items()
+        }
+
+    def check(self, arrays: Mapping[str, np.ndarray]) -> int:
+        """Validate a batch of items against the schema; return how many items it holds."""
+        lengths = {a.shape[0] if a.ndim else -1 for a in arrays.values()}
+        if len(lengths) != 1 or -1 in lengths:
+            raise SchemaError("all fields need the same leading (item) dimension")
+        if self.schema is not None:
+            if set(arrays) != set(self.schema):
+                raise SchemaError(f"fields {sorted(arrays)} != table fields {sorted(self.schema)}")
+            for name, a in arrays.items():
+                dtype, shape = self.schema[name]
+                if a.dtype != dtype or a.shape[1:] != shape:
+                    raise SchemaError(f"{name}: {a.dtype}{list(a.shape[1:])} != {dtype}{list(shape)}")
+        return lengths.pop()
+
+    def insert(self, arrays: Mapping[str, np.ndarray]) -> int:
+        n = self.check(arrays)
+        if self.schema is None:
+            self._lock_schema(arrays)
+        cap = self.cfg.capacity
+        if n > cap:  # only the newest `cap` items can survive anyway
+            arrays = {k: v[-cap:] for k, v in arrays.items()}
+            self.next_id += n - cap
+            self.limiter.inserted += n - cap
+            n = cap
+        start = self.next_id % cap
+        first = min(n, cap - start)  # the write wraps around at most once
+        for name, a in arrays.items():
+            store = self.storage[name]
+            store[start:start + first] = a[:first]
+            store[: n - first] = a[first:]
+        new_ids = np.arange(self.next_id, self.next_id + n, dtype=np.int64)
+        self.ids[start:start + first] = new_ids[:first]
+        self.ids[: n - first] = new_ids[first:]
+        self.next_id += n
+        self.size = min(self.size + n, cap)
+        self.limiter.inserted += n
+        return n
+
+    def sample(self, batch_size: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """A uniform batch (with replacement) and the ids of its items."""
+        idx = self.rng.integers(0, self.size, size=batch_size)
+        self.limiter.sampled += batch_size
+        return {name: store[idx] for name, store in self.storage.items()}, self.ids[idx]

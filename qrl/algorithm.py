@@ -1,0 +1,68 @@
+"""What an algorithm provides to the runtime, and the registry that finds it.
+
+An algorithm is one module under algorithms/ (installed as qrl.algorithms)
+that reads top to bottom. The actor runtime and the learner runtime call it
+through these names only:
+
+    Args                      frozen dataclass of hyperparameters (config section "algo")
+    table_config(args)        how the broker should store items (capacity, rate limiter)
+    make_policy(obs_space, action_space, args) -> torch.nn.Module
+    rollout_overlap(args)     steps of history an item may need past a segment's end
+    init_actor(index, count, num_envs, args, seed) -> actor state (exploration, rng)
+    act(net, obs, actor_state, args) -> (actions, extras)     # exploring, on actors
+    greedy_act(net, obs) -> actions                           # deterministic evaluation
+    make_items(rollout, num_steps, args) -> {field: array}    # items pushed to the broker
+    Learner(obs_space, action_space, args, device)
+        .net                  the policy network actors run
+        .update(batch) -> metrics
+        .policy_state() -> {name: np.ndarray}                 # published as weights
+        .state_dict() / .load_state_dict(state)               # checkpoints
+
+Usage loop on an actor (qrl/actor.py):
+
+    net = algo.make_policy(obs_space, act_space, args)
+    state = algo.init_actor(i, n, num_envs, args, seed)
+    actions, extras = algo.act(net, obs, state, args)   # every step
+    items = algo.make_items(rollout, T, args)            # every T steps, then push
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from types import ModuleType
+
+import numpy as np
+
+# name -> module. The runtime imports algorithms only through this table.
+REGISTRY: dict[str, str] = {
+    "dqn": "qrl.algorithms.dqn",
+}
+
+
+class UnknownAlgorithm(ValueError):
+    pass
+
+
+def load(name: str) -> ModuleType:
+    if name not in REGISTRY:
+        raise UnknownAlgorithm(f"unknown algorithm '{name}'; available: {', '.join(sorted(REGISTRY))}")
+    return importlib.import_module(REGISTRY[name])
+
+
+@dataclass
+class Rollout:
+    """Consecutive steps of a vector env; index [t, b] is step t of env b.
+
+    obs[t] -> actions[t] -> rewards[t], terminated[t], truncated[t], next_obs[t].
+    next_obs[t] is the true successor of obs[t] (the final observation when the
+    episode ended at t), so obs[t + 1] != next_obs[t] across episode ends.
+    """
+
+    obs: np.ndarray  # [L, B, *obs_shape]
+    actions: np.ndarray  # [L, B, *action_shape]
+    rewards: np.ndarray  # [L, B] float32
+    terminated: np.ndarray  # [L, B] bool
+    truncated: np.ndarray  # [L, B] bool
+    next_obs: np.ndarray  # [L, B, *obs_shape]
+    extras: dict[str, np.ndarray] = field(default_factory=dict)  # [L, B, ...] from act()

@@ -1,0 +1,93 @@
+"""`qrl run`: a local cluster of separate processes (broker, actor supervisor,
+learner) on loopback, the same three commands a multi-machine run uses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+def _qrl(*args: str) -> list[str]:
+    return [sys.executable, "-m", "qrl", *args]
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        return "\n".join(path.read_text().splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def start_broker(run_dir: Path, host: str = "127.0.0.1", port: int = 0, timeout_s: float = 30.0,
+                 extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
+    """Start `qrl broker` and wait until it has bound its sockets; return it and its address."""
+    address_file = run_dir / "broker.json"
+    address_file.unlink(missing_ok=True)
+    log = (run_dir / "broker.log").open("w")
+    proc = subprocess.Popen(_qrl("broker", "--host", host, "--port", str(port), "--address-file", str(address_file),
+                                 *extra), stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout_s
+    while not address_file.exists():
+        if proc.poll() is not None:
+            raise ClusterError(f"broker exited with code {proc.returncode}: {_tail(run_dir / 'broker.log')}")
+        if time.monotonic() > deadline:
+            stop([proc])
+            raise ClusterError("broker did not start within {timeout_s:.0f} s")
+        time.sleep(0.05)
+    return proc, json.loads(address_file.read_text())["address"]
+
+
+def start_actors(run_dir: Path, broker: str, n: int, extra: tuple[str, ...] = ()) -> subprocess.Popen:
+    log = (run_dir / "actors.log").open("w")
+    return subprocess.Popen(_qrl("actor", "--n", str(n), "--broker", broker, *extra),
+                            stdout=log, stderr=subprocess.STDOUT)
+
+
+def stop(procs: list[subprocess.Popen], grace_s: float = 10.0) -> None:
+    """SIGTERM each process, wait up to grace_s in total, then SIGKILL what is left."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        try:
+            p.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+
+
+def run_local(algo: str, env: str, actors: int, run_dir: Path, learner_args: list[str]) -> int:
+    """Run a whole training job; return the learner's exit code."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    procs: list[subprocess.Popen] = []
+    try:
+        broker, address = start_broker(run_dir)
+        procs.append(broker)
+        procs.insert(0, start_actors(run_dir, address, actors))
+        print(f"qrl run: broker at {address}, {actors} actor processes, logs in {run_dir}", flush=True)
+        learner = subprocess.Popen(_qrl("learner", "--algo", algo, "--env", env, "--broker", address,
+                                        "--run-dir", str(run_dir), *learner_args))
+        procs.insert(0, learner)
+        while learner.poll() is None:
+            for p, name in ((broker, "broker"), (procs[1], "actors")):
+                if p.poll() is not None:
+                    raise ClusterError(f"{name} exited with code {p.returncode}: "
+                                       f"{_tail(run_dir / (name + '.log'))}")
+            time.sleep(0.2)
+        return learner.returncode
+    except KeyboardInterrupt:
+        # Ctrl-C reached every process in the group; give the learner time to checkpoint.
+        print("qrl run: interrupted, stopping the cluster", file=sys.stderr, flush=True)
+        return 130
+    finally:
+        stop(procs, grace_s=float(os.environ.get("QRL_STOP_GRACE_S", "30")))

@@ -1,0 +1,118 @@
+"""Run configuration: frozen dataclasses, and `--set section.key=value` overrides.
+
+A run has two sections: ``run`` (RunConfig, the same for every algorithm) and
+``algo`` (the algorithm's own Args). Every key is checked: an unknown key or a
+value of the wrong type is one error naming the key and the allowed keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What every run has, whatever the algorithm."""
+
+    seed: int = 0
+    """Seeds derive from it: actor i uses seed + 1000 * (i + 1), evaluation seed + 7."""
+    total_steps: int = 100_000
+    """Stop when actors have stepped this many environment frames in total."""
+    target_return: float | None = None
+    """Stop as soon as a deterministic evaluation reaches this mean return (None: the env's reward threshold)."""
+    num_envs: int = 8
+    """Environments per actor process, stepped as one synchronous vector env so inference is batched."""
+    segment_length: int = 32
+    """Steps per environment in one segment an actor pushes."""
+    eval_every_s: float = 5.0
+    """Seconds between deterministic evaluations on the learner."""
+    eval_episodes: int = 10
+    publish_every: int = 50
+    """Learner updates between weight publications."""
+    checkpoint_every_s: float = 60.0
+    samples_in_flight: int = 4
+    """Sample requests the learner keeps outstanding so it rarely waits on the network."""
+    max_seconds: float | None = None
+    """Wall-clock limit for the learner (None: no limit)."""
+
+
+def _parse_value(key: str, text: str, hint: Any) -> Any:
+    """Convert an override string to the field's annotated type."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if type(None) in options and text.lower() in ("none", "null"):
+        return None
+    for t in options:
+        try:
+            if t is bool:
+                if text.lower() in ("true", "1", "yes", "on"):
+                    return True
+                if text.lower() in ("false", "0", "no", "off"):
+                    return False
+                raise ValueError
+            if t is int:
+                return int(text.replace("_", ""))
+            if t is float:
+                return float(text)
+            if t is str:
+                return text
+        except ValueError:
+            continue
+    names = " or ".join(getattr(t, "__name__", str(t)) for t in options)
+    raise ConfigError(f"{key}: cannot read {text!r} as {names}")
+
+
+def _check_value(key: str, value: Any, hint: Any) -> Any:
+    """Type-check a value that came already typed (e.g. from JSON of a saved config)."""
+    if isinstance(value, str):
+        return _parse_value(key, value, hint)
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    for t in options:
+        if t is type(None) and value is None:
+            return None
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if t in (int, bool) and type(value) is t:
+            return value
+    raise ConfigError(f"{key}: {value!r} is not a {hint}")
+
+
+def build(cls: type, values: Mapping[str, Any], section: str) -> Any:
+    """Instantiate a frozen config dataclass from a mapping, checking every key and type."""
+    hints = typing.get_type_hints(cls)
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in hints:
+            raise ConfigError(f"unknown config key '{section}.{key}'; allowed: {', '.join(section + '.' + a for a in allowed)}")
+        kwargs[key] = _check_value(f"{section}.{key}", value, hints[key])
+    return cls(**kwargs)
+
+
+def parse_overrides(items: Iterable[str], sections: Mapping[str, type]) -> dict[str, dict[str, Any]]:
+    """['algo.lr=1e-3', 'run.seed=2'] -> {'algo': {'lr': 0.001}, 'run': {'seed': 2}}."""
+    out: dict[str, dict[str, Any]] = {name: {} for name in sections}
+    for item in items:
+        key, sep, text = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot:
+            raise ConfigError(f"override {item!r} must look like section.key=value (sections: {', '.join(sections)})")
+        if section not in sections:
+            raise ConfigError(f"unknown config section '{section}' in {item!r}; sections: {', '.join(sections)}")
+        hints = typing.get_type_hints(sections[section])
+        if name not in hints:
+            allowed = ", ".join(f"{section}.{f.name}" for f in dataclasses.fields(sections[section]))
+            raise ConfigError(f"unknown config key '{section}.{name}'; allowed: {allowed}")
+        out[section][name] = _parse_value(key, text.strip(), hints[name])
+    return out
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,267 @@
+"""The learner: owns the model, the optimizer and the run.
+
+It registers the run spec (with version-0 weights) at the broker, keeps
+several sample requests in flight, runs the algorithm's update on each batch,
+publishes weights every K updates with an increasing version, evaluates a
+deterministic policy on its own envs, writes metrics and checkpoints, and
+stops at the frame budget, the target return or a wall-clock limit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import signal
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zmq
+
+from qrl import algorithm, checkpoint, envs, transport, wire
+from qrl.config import RunConfig, build, to_dict
+from qrl.metrics import MetricsWriter, ProgressView
+
+log = logging.getLogger("qrl.learner")
+
+
+@dataclass(frozen=True)
+class LearnerOptions:
+    algo: str
+    env: str
+    broker: str = "tcp://127.0.0.1:5555"
+    run_dir: str = "runs/latest"
+    device: str = "auto"
+    resume: bool = False
+    progress: bool = True
+
+
+def evaluate(algo, net: torch.nn.Module, env_id: str, episodes: int, seed: int,
+             env_kwargs: dict | None = None) -> tuple[float, float, list[float]]:
+    """Mean and std of the return of ``episodes`` deterministic episodes, stepped as one vector env."""
+    env = envs.make_vector_env(env_id, episodes, env_kwargs)
+    try:
+        obs, _ = env.reset(seed=seed)
+        returns = np.zeros(episodes)
+        finished = np.zeros(episodes, dtype=bool)
+        while not finished.all():
+            obs, reward, terminated, truncated, _ = env.step(algo.greedy_act(net, obs))
+            returns += np.where(finished, 0.0, reward)  # count each env's first episode only
+            finished |= terminated | truncated
+    finally:
+        env.close()
+    return float(returns.mean()), float(returns.std()), returns.tolist()
+
+
+class LearnerRun:
+    def __init__(self, opts: LearnerOptions, run_cfg: RunConfig, algo_values: dict[str, Any]):
+        self.opts = opts
+        self.run_dir = Path(opts.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        envs.check_env_id(opts.env)
+        self.algo = algorithm.load(opts.algo)
+        saved = checkpoint.load(self.run_dir) if opts.resume else None
+        if saved is not None:  # a resumed run keeps the config it started with
+            config = json.loads(saved["config"])
+            run_cfg = build(RunConfig, config["run"], "run")
+            algo_values = config["args"]
+        self.cfg = run_cfg
+        self.args = build(self.algo.Args, algo_values, "algo")
+        self.algo.table_config(self.args).validate(getattr(self.args, "batch_size", None))
+        if opts.device == "auto":
+            self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        else:
+            self.device = torch.device(opts.device)
+        self.obs_space, self.action_space = envs.spaces(opts.env)
+        self.learner = self.algo.Learner(self.obs_space, self.action_space, self.args, self.device)
+        self.eval_net = self.algo.make_policy(self.obs_space, self.action_space, self.args)
+        self.target_return = run_cfg.target_return
+        if self.target_return is None:
+            self.target_return = envs.gym.spec(opts.env).reward_threshold
+
+        # Counters that a checkpoint carries across restarts.
+        self.run_id = uuid.uuid4().hex[:12]
+        self.version = 0
+        self.frames_before = 0  # env frames counted by earlier incarnations of this run
+        self.elapsed_before = 0.0
+        self.best_eval = -float("inf")
+        if saved is not None:
+            self.learner.load_state_dict(saved["learner"])
+            c = saved["counters"]
+            self.run_id, self.version = c["run_id"], c["version"] + 1
+            self.frames_before, self.elapsed_before = c["frames"], c["elapsed_s"]
+            self.best_eval = c["best_eval"]
+            log.info("learner: resumed run %s at update %d, weights version %d", self.run_id,
+                     self.learner.updates, self.version)
+        self.config_json = json.dumps({"algo": opts.algo, "env": opts.env, "run": to_dict(self.cfg),
+                                       "args": dataclasses.asdict(self.args)}, indent=2)
+        (self.run_dir / "config.json").write_text(self.config_json)
+        self.stopping = False
+        self.stop_reason = ""
+
+    # -- broker plumbing --------------------------------------------------------------------------
+
+    def spec(self) -> dict[str, Any]:
+        c = self.cfg
+        return {"run_id": self.run_id, "algo": self.opts.algo, "env": self.opts.env, "env_kwargs": {},
+                "args": dataclasses.asdict(self.args),
+                "run": {"num_envs": c.num_envs, "segment_length": c.segment_length, "seed": c.seed}}
+
+    def connect(self, ctx: zmq.Context) -> None:
+        self.client = transport.Client(ctx, self.opts.broker, "learner")
+        reply = self.client.request(
+            "register",
+            {"spec": self.spec(), "table": self.algo.table_config(self.args).as_meta(), "weights_version": self.version},
+            self.learner.policy_state(), wait_s=None, report=log.warning, should_stop=lambda: self.stopping,
+        )
+        if reply.type != "ok":
+            raise RuntimeError(f"broker refused the run: {reply.meta.get('reason')}")
+        host, _ = transport.split_address(self.opts.broker)
+        self.pub = ctx.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.LINGER, 1000)
+        self.pub.connect(f"tcp://{host}:{reply.meta['ports']['weights_in']}")
+        self.sampler = ctx.socket(zmq.DEALER)
+        self.sampler.setsockopt(zmq.LINGER, 0)
+        self.sampler.connect(self.opts.broker)
+
+    def publish(self) -> None:
+        self.version += 1
+        transport.send(self.pub, "weights", {"version": self.version, "run_id": self.run_id},
+                       self.learner.policy_state())
+
+    def broker_stats(self) -> dict[str, Any]:
+        reply = self.client.request("get_stats", wait_s=None, report=log.warning, should_stop=lambda: self.stopping)
+        return reply.meta
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def evaluate(self) -> tuple[float, float]:
+        self.eval_net.load_state_dict({k: torch.from_numpy(v) for k, v in self.learner.policy_state().items()})
+        mean, std, _ = evaluate(self.algo, self.eval_net, self.opts.env, self.cfg.eval_episodes,
+                                seed=self.cfg.seed + 7)
+        return mean, std
+
+    def save(self, frames: int, elapsed: float) -> Path:
+        return checkpoint.save(self.run_dir, {
+            "learner": self.learner.state_dict(),
+            "counters": {"run_id": self.run_id, "version": self.version, "frames": frames,
+                         "elapsed_s": elapsed, "best_eval": self.best_eval},
+            "config": self.config_json,
+        })
+
+    def run(self) -> dict[str, Any]:
+        ctx = zmq.Context()
+        metrics = MetricsWriter(self.run_dir)
+        try:
+            self.connect(ctx)
+            return self._loop(metrics)
+        finally:
+            metrics.close()
+            ctx.destroy(linger=1000)
+
+    def _loop(self, metrics: MetricsWriter) -> dict[str, Any]:
+        c = self.cfg
+        batch_size = getattr(self.args, "batch_size")
+        start = time.monotonic()
+        elapsed = lambda: self.elapsed_before + time.monotonic() - start
+        for _ in range(c.samples_in_flight):
+            transport.send(self.sampler, "sample", {"batch_size": batch_size})
+        frames = self.frames_before
+        stats: dict[str, Any] = {}
+        wait_s = 0.0
+        last_stats = last_eval = last_ckpt = time.monotonic()
+        last_updates, last_frames, rate_t = self.learner.updates, frames, time.monotonic()
+        updates_per_s = frames_per_s = 0.0
+        last_eval_value: float | None = None
+        train_metrics: dict[str, float] = {}
+        with ProgressView(c.total_steps, self.opts.progress) as view:
+            while not self.stopping:
+                t0 = time.monotonic()
+                raw = transport.recv_frames(self.sampler, 100)
+                wait_s += time.monotonic() - t0
+                if raw is not None:
+                    reply = wire.decode(raw)
+                    transport.send(self.sampler, "sample", {"batch_size": batch_size})
+                    if reply.type == "batch":
+                        train_metrics = self.learner.update(reply.arrays)
+                        if self.learner.updates % c.publish_every == 0:
+                            self.publish()
+                    elif reply.type == "error":
+                        raise RuntimeError(f"broker refused a sample request: {reply.meta.get('reason')}")
+                now = time.monotonic()
+                if now - last_stats >= 1.0:
+                    stats = self.broker_stats()
+                    frames = self.frames_before + stats["frames"]
+                    dt = now - rate_t
+                    updates_per_s = (self.learner.updates - last_updates) / dt
+                    frames_per_s = (frames - last_frames) / dt
+                    last_updates, last_frames, rate_t = self.learner.updates, frames, now
+                    last_stats = now
+                    metrics.write("train", frames=frames, updates=self.learner.updates, elapsed_s=elapsed(),
+                                  frames_per_s=frames_per_s, updates_per_s=updates_per_s,
+                                  mean_return_100=stats.get("mean_return_100"), replay_size=stats.get("replay_size"),
+                                  weights_version=self.version, wait_fraction=wait_s / max(elapsed(), 1e-9),
+                                  **train_metrics)
+                if now - last_eval >= c.eval_every_s and self.learner.updates > 0:
+                    mean, std = self.evaluate()
+                    last_eval, last_eval_value = time.monotonic(), mean
+                    self.best_eval = max(self.best_eval, mean)
+                    metrics.write("eval", frames=frames, updates=self.learner.updates, elapsed_s=elapsed(),
+                                  mean_return=mean, std_return=std, episodes=c.eval_episodes)
+                    if self.target_return is not None and mean >= self.target_return:
+                        self.stop_reason = f"evaluation reached {mean:.1f} >= {self.target_return}"
+                        break
+                if now - last_ckpt >= c.checkpoint_every_s:
+                    self.save(frames, elapsed())
+                    last_ckpt = now
+                if frames >= c.total_steps:
+                    self.stop_reason = f"frame budget of {c.total_steps} reached"
+                    break
+                if c.max_seconds is not None and elapsed() >= c.max_seconds:
+                    self.stop_reason = f"time limit of {c.max_seconds} s reached"
+                    break
+                r100 = stats.get("mean_return_100")
+                view.update(frames, (
+                    f"{frames_per_s:,.0f} fps | {updates_per_s:,.0f} upd/s | "
+                    f"return(100) {'-' if r100 is None else f'{r100:.1f}'} | "
+                    f"eval {'-' if last_eval_value is None else f'{last_eval_value:.1f}'} | "
+                    f"replay {stats.get('replay_size', 0):,} | actors {stats.get('actors', 0)}"
+                ))
+        if self.stopping and not self.stop_reason:
+            self.stop_reason = "stopped by signal"
+        self.publish()
+        final_mean, final_std = self.evaluate()
+        self.best_eval = max(self.best_eval, final_mean)
+        path = self.save(frames, elapsed())
+        metrics.write("eval", frames=frames, updates=self.learner.updates, elapsed_s=elapsed(),
+                      mean_return=final_mean, std_return=final_std, episodes=c.eval_episodes, final=True)
+        summary = {
+            "run_id": self.run_id, "algo": self.opts.algo, "env": self.opts.env, "stop_reason": self.stop_reason,
+            "frames": frames, "updates": self.learner.updates, "elapsed_s": round(elapsed(), 2),
+            "final_eval_mean": final_mean, "final_eval_std": final_std, "best_eval": self.best_eval,
+            "target_return": self.target_return, "wait_fraction": round(wait_s / max(elapsed(), 1e-9), 4),
+            "weights_version": self.version, "checkpoint": str(path),
+        }
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+
+def run_learner(opts: LearnerOptions, run_cfg: RunConfig, algo_values: dict[str, Any]) -> dict[str, Any]:
+    run = LearnerRun(opts, run_cfg, algo_values)
+
+    def _stop(*_):
+        run.stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    summary = run.run()
+    print(f"learner: {summary['stop_reason']}; final evaluation {summary['final_eval_mean']:.1f} "
+          f"+/- {summary['final_eval_std']:.1f} over {run.cfg.eval_episodes} episodes after "
+          f"{summary['frames']:,} frames and {summary['elapsed_s']:.1f} s; checkpoint {summary['checkpoint']}",
+          flush=True)
+    return summary

@@ -1,0 +1,61 @@
+"""Metrics: one JSON object per line in RUN_DIR/metrics.jsonl, always, and a
+live progress line on the console (rich) while a terminal is attached."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+log = logging.getLogger("qrl.learner")
+
+
+class MetricsWriter:
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.file = self.path.open("a", buffering=1)  # line-buffered: a crash loses at most one line
+
+    def write(self, kind: str, **values: Any) -> None:
+        self.file.write(json.dumps({"kind": kind, "time": time.time(), **values}) + "\n")
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def read(run_dir: str | Path) -> list[dict[str, Any]]:
+    with open(Path(run_dir) / "metrics.jsonl") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+class ProgressView:
+    """Env frames against the budget, with the run's vital signs beside the bar.
+    Without a terminal (logs, CI) it logs the same line every ``log_every_s``."""
+
+    def __init__(self, total_frames: int, enabled: bool, log_every_s: float = 10.0):
+        console = Console(stderr=True)
+        self.live = enabled and console.is_terminal
+        self.log_every_s, self.last_log = log_every_s, 0.0
+        self.progress = Progress(
+            TextColumn("[bold]frames"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("{task.fields[status]}"), console=console, disable=not self.live,
+        )
+        self.task = self.progress.add_task("train", total=total_frames, status="starting")
+
+    def __enter__(self) -> "ProgressView":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+    def update(self, frames: int, status: str) -> None:
+        self.progress.update(self.task, completed=frames, status=status)
+        now = time.monotonic()
+        if not self.live and now - self.last_log >= self.log_every_s:
+            self.last_log = now
+            log.info("learner: frames %d | %s", frames, status)

@@ -1,0 +1,113 @@
+"""ZeroMQ plumbing shared by broker, actors and learner: binding, timed receives
+and a request client that survives a broker that is not there yet or restarts.
+
+Only qrl/wire.py knows message bytes; this module moves frames.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import zmq
+
+from qrl import wire
+
+
+class PortInUse(RuntimeError):
+    pass
+
+
+class BrokerUnavailable(RuntimeError):
+    pass
+
+
+def bind(sock: zmq.Socket, host: str, port: int) -> int:
+    """Bind to host:port (port 0 picks a free one) and return the port actually bound."""
+    try:
+        if port == 0:
+            return sock.bind_to_random_port(f"tcp://{host}")
+        sock.bind(f"tcp://{host}:{port}")
+        return port
+    except zmq.ZMQError as exc:
+        if exc.errno == zmq.EADDRINUSE:
+            raise PortInUse(f"port {port} on {host} is already in use") from None
+        raise
+
+
+def send(sock: zmq.Socket, msg_type: str, meta: Mapping[str, Any] | None = None,
+         arrays: Mapping[str, np.ndarray] | None = None, flags: int = 0) -> None:
+    sock.send_multipart(wire.encode(msg_type, meta, arrays), flags=flags, copy=False)
+
+
+def recv_frames(sock: zmq.Socket, timeout_ms: int) -> list | None:
+    """The next multipart message as zmq.Frames, or None after timeout_ms."""
+    if sock.poll(timeout_ms, zmq.POLLIN):
+        return sock.recv_multipart(copy=False)
+    return None
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """'tcp://host:port' -> (host, port)."""
+    if not address.startswith("tcp://") or ":" not in address[6:]:
+        raise ValueError(f"broker address must look like tcp://HOST:PORT, got {address!r}")
+    host, _, port = address[6:].rpartition(":")
+    return host, int(port)
+
+
+class Client:
+    """Request/reply to the broker's ROUTER over a DEALER socket (the 'lazy pirate'
+    pattern): a request with no reply within ``timeout_s`` closes the socket,
+    opens a fresh one and asks again, so a broker that starts late or restarts is
+    picked up without the caller noticing. Replies carry the request id, so a
+    stale reply from an abandoned attempt is recognised and dropped."""
+
+    def __init__(self, ctx: zmq.Context, address: str, role: str, timeout_s: float = 2.0,
+                 limits: wire.Limits = wire.DEFAULT_LIMITS):
+        self.ctx, self.address, self.role = ctx, address, role
+        self.timeout_s, self.limits = timeout_s, limits
+        self._ids = itertools.count(1)
+        self.sock = self._connect()
+
+    def _connect(self) -> zmq.Socket:
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.address)
+        return sock
+
+    def reconnect(self) -> None:
+        self.sock.close(linger=0)
+        self.sock = self._connect()
+
+    def request(self, msg_type: str, meta: Mapping[str, Any] | None = None,
+                arrays: Mapping[str, np.ndarray] | None = None, *,
+                wait_s: float | None = None, report: Callable[[str], None] | None = None,
+                should_stop: Callable[[], bool] = lambda: False) -> wire.Message:
+        """Send a request and return the reply, retrying until ``wait_s`` runs out
+        (None: forever). ``report`` gets a periodic line while the broker is away."""
+        start = last_report = time.monotonic()
+        while True:
+            req_id = next(self._ids)
+            send(self.sock, msg_type, {**(meta or {}), "req": req_id}, arrays)
+            deadline = time.monotonic() + self.timeout_s
+            while (left := deadline - time.monotonic()) > 0:
+                frames = recv_frames(self.sock, int(left * 1000) + 1)
+                if frames is None:
+                    break
+                reply = wire.decode(frames, self.limits)
+                if reply.meta.get("req") == req_id:
+                    return reply
+            if should_stop():
+                raise BrokerUnavailable(f"{self.role}: stopped while waiting for the broker")
+            now = time.monotonic()
+            if wait_s is not None and now - start > wait_s:
+                raise BrokerUnavailable(f"{self.role}: no broker answered at {self.address} for {wait_s:.0f} s")
+            if report is not None and now - last_report >= 5.0:
+                report(f"{self.role}: waiting for the broker at {self.address} ({now - start:.0f} s)")
+                last_report = now
+            self.reconnect()
+
+    def close(self) -> None:
+        self.sock.close(linger=0)

@@ -1,0 +1,176 @@
+"""The wire format: the only module that builds or parses message bytes.
+
+A message is a ZeroMQ multipart message:
+
+    frame 0      msgpack map {"v": PROTOCOL_VERSION, "t": type, "m": meta,
+                              "a": [[name, dtype, shape], ...]}
+    frame 1..n   raw C-contiguous bytes of each array, in the order of "a"
+
+Arrays are sent with copy=False and received as read-only ``np.frombuffer``
+views of the ZeroMQ frames: no copies in Python. Nothing is ever pickled;
+decoding checks every field before any array is built and raises
+``WireError`` with a short machine-readable ``reason`` that callers count.
+The full specification is docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import msgpack
+import numpy as np
+
+PROTOCOL_VERSION = 1
+
+# Every message type on every socket (docs/protocol.md describes each).
+MESSAGE_TYPES = frozenset(
+    {
+        "segment",  # actor -> broker ingest (PUSH/PULL)
+        "register",  # learner -> broker: run spec, table config, initial weights
+        "get_spec",  # anyone -> broker
+        "spec",  # broker reply
+        "get_weights",  # anyone -> broker
+        "weights",  # learner -> broker (PUB) and broker -> actors (XPUB), or a reply
+        "sample",  # learner -> broker: ask for a batch
+        "batch",  # broker reply to sample
+        "get_stats",  # anyone -> broker
+        "stats",  # broker reply
+        "ok",  # generic success reply
+        "not_ready",  # the broker has no run spec / weights yet
+        "error",  # the request was understood but refused; meta["reason"]
+    }
+)
+
+# dtype.str values accepted on the wire: explicit little-endian numeric types.
+# No object, string, void or datetime dtypes: nothing that can carry code or
+# pointers, and nothing whose size is not fixed.
+ALLOWED_DTYPES = frozenset(
+    {"|b1", "|i1", "|u1", "<i2", "<u2", "<i4", "<u4", "<i8", "<u8", "<f2", "<f4", "<f8"}
+)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds a decoder enforces; the defaults fit weights of large MLPs and CNNs."""
+
+    max_header_bytes: int = 1 << 20
+    max_arrays: int = 1024
+    max_ndim: int = 8
+    max_message_bytes: int = 256 << 20
+
+
+DEFAULT_LIMITS = Limits()
+
+
+class WireError(ValueError):
+    """A message that is not a valid qrl message. ``reason`` is a short tag."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+@dataclass
+class Message:
+    type: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def encode(
+    msg_type: str, meta: Mapping[str, Any] | None = None, arrays: Mapping[str, np.ndarray] | None = None
+) -> list:
+    """Frames for one message: [header bytes, array buffers...] ready for send_multipart(copy=False)."""
+    if msg_type not in MESSAGE_TYPES:
+        raise WireError("bad_type", repr(msg_type))
+    descs, buffers = [], []
+    for name, value in (arrays or {}).items():
+        arr = np.ascontiguousarray(value)
+        dtype = arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype
+        if dtype.str not in ALLOWED_DTYPES:
+            raise WireError("bad_dtype", f"{name}: {arr.dtype}")
+        arr = arr.astype(dtype, copy=False)
+        descs.append([name, dtype.str, list(arr.shape)])
+        # A 0-d or empty array still gets its own (possibly empty) frame.
+        buffers.append(arr.reshape(-1).view(np.uint8) if arr.size else b"")
+    header = msgpack.packb(
+        {"v": PROTOCOL_VERSION, "t": msg_type, "m": dict(meta or {}), "a": descs}, use_bin_type=True
+    )
+    return [header, *buffers]
+
+
+def _frame_bytes(frame: Any) -> memoryview:
+    # zmq.Frame (copy=False receive) exposes .buffer; bytes/memoryview pass through.
+    return memoryview(frame.buffer if hasattr(frame, "buffer") else frame)
+
+
+def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Message:
+    """Validate and parse a multipart message; arrays are read-only views of the frames."""
+    if not frames:
+        raise WireError("empty")
+    header_buf = _frame_bytes(frames[0])
+    if len(header_buf) > limits.max_header_bytes:
+        raise WireError("header_too_large", f"{len(header_buf)} bytes")
+    try:
+        header = msgpack.unpackb(
+            header_buf,
+            raw=False,
+            strict_map_key=True,
+            max_buffer_size=limits.max_header_bytes,
+            max_str_len=limits.max_header_bytes,
+            max_bin_len=limits.max_header_bytes,
+            max_array_len=max(limits.max_arrays, 4096),
+            max_map_len=4096,
+            max_ext_len=0,
+        )
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise WireError("bad_header", type(exc).__name__) from None
+    if not isinstance(header, dict):
+        raise WireError("bad_header", "not a map")
+    if header.get("v") != PROTOCOL_VERSION:
+        raise WireError("bad_version", repr(header.get("v")))
+    msg_type = header.get("t")
+    if msg_type not in MESSAGE_TYPES:
+        raise WireError("bad_type", repr(msg_type)[:64])
+    meta = header.get("m", {})
+    descs = header.get("a", [])
+    if not isinstance(meta, dict) or not isinstance(descs, list):
+        raise WireError("bad_header", "meta must be a map and arrays a list")
+    if len(descs) > limits.max_arrays:
+        raise WireError("too_many_arrays", str(len(descs)))
+    if len(descs) != len(frames) - 1:
+        raise WireError("frame_count", f"{len(descs)} arrays declared, {len(frames) - 1} frames")
+
+    arrays: dict[str, np.ndarray] = {}
+    total = 0
+    for desc, frame in zip(descs, frames[1:]):
+        name, dtype, shape = _check_desc(desc, limits)
+        if name in arrays:
+            raise WireError("duplicate_array", name)
+        nbytes = np.dtype(dtype).itemsize * math.prod(shape)  # Python ints: no overflow
+        total += nbytes
+        if total > limits.max_message_bytes:
+            raise WireError("too_large", f"{total} bytes")
+        buf = _frame_bytes(frame)
+        if len(buf) != nbytes:
+            raise WireError("size_mismatch", f"{name}: declared {nbytes} bytes, got {len(buf)}")
+        arrays[name] = np.frombuffer(buf, dtype=dtype).reshape(shape)
+    return Message(msg_type, meta, arrays)
+
+
+def _check_desc(desc: Any, limits: Limits) -> tuple[str, str, tuple[int, ...]]:
+    if not (isinstance(desc, list) and len(desc) == 3):
+        raise WireError("bad_array_desc", "expected [name, dtype, shape]")
+    name, dtype, shape = desc
+    if not isinstance(name, str) or not 0 < len(name) <= 128:
+        raise WireError("bad_array_desc", "name")
+    if dtype not in ALLOWED_DTYPES:
+        raise WireError("bad_dtype", f"{name}: {str(dtype)[:32]}")
+    if not isinstance(shape, list) or len(shape) > limits.max_ndim:
+        raise WireError("bad_shape", f"{name}: ndim")
+    if not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= limits.max_message_bytes for d in shape):
+        raise WireError("bad_shape", f"{name}: {shape!r}"[:80])
+    return name, dtype, tuple(shape)
