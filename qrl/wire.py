@@ -88,7 +88,7 @@ def encode(
         raise WireError("bad_type", repr(msg_type))
     descs, buffers = [], []
     for name, value in (arrays or {}).items():
-        arr = np.ascontiguousarray(value)
+        arr = np.asarray(value, order="C")  # (ascontiguousarray would turn 0-d into 1-d)
         dtype = arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype
         if dtype.str not in ALLOWED_DTYPES:
             raise WireError("bad_dtype", f"{name}: {arr.dtype}")
@@ -119,14 +119,13 @@ def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Message:
             header_buf,
             raw=False,
             strict_map_key=True,
-            max_buffer_size=limits.max_header_bytes,
             max_str_len=limits.max_header_bytes,
             max_bin_len=limits.max_header_bytes,
             max_array_len=max(limits.max_arrays, 4096),
             max_map_len=4096,
             max_ext_len=0,
         )
-    except Exception as exc:  # msgpack raises several unrelated types
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:  # msgpack raises several types
         raise WireError("bad_header", type(exc).__name__) from None
     if not isinstance(header, dict):
         raise WireError("bad_header", "not a map")
@@ -157,7 +156,9 @@ def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Message:
         buf = _frame_bytes(frame)
         if len(buf) != nbytes:
             raise WireError("size_mismatch", f"{name}: declared {nbytes} bytes, got {len(buf)}")
-        arrays[name] = np.frombuffer(buf, dtype=dtype).reshape(shape)
+        arr = np.frombuffer(buf, dtype=dtype).reshape(shape)
+        arr.flags.writeable = False  # a view of the frame, possibly shared (cached weights)
+        arrays[name] = arr
     return Message(msg_type, meta, arrays)
 
 

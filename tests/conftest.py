@@ -1,0 +1,96 @@
+"""Shared fixtures: a broker on random loopback ports in a background thread,
+and helpers that start real `qrl` processes and always reap them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+
+from qrl.brokers.server import Broker, BrokerConfig
+
+
+@pytest.fixture
+def ctx():
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+@pytest.fixture
+def broker():
+    """A real Broker bound to random ports on 127.0.0.1, served by a thread."""
+    b = Broker(BrokerConfig(port=0), ctx=zmq.Context())
+    thread = threading.Thread(target=b.serve, daemon=True)
+    thread.start()
+    yield b
+    b.stop()
+    thread.join(5)
+    b.close()
+    b.ctx.destroy(linger=0)
+
+
+class Procs:
+    """Starts `python -m qrl ...` processes; every one is killed and reaped at teardown."""
+
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, name: str, *args: str) -> subprocess.Popen:
+        log = (self.tmp / f"{name}.log").open("w")
+        p = subprocess.Popen([sys.executable, "-m", "qrl", *args], stdout=log, stderr=subprocess.STDOUT,
+                             start_new_session=True, cwd=self.tmp)
+        p.log_path = self.tmp / f"{name}.log"
+        self.procs.append(p)
+        return p
+
+    def start_broker(self, *extra: str) -> tuple[subprocess.Popen, str]:
+        address_file = self.tmp / f"broker-{len(self.procs)}.json"
+        p = self.start("broker", "broker", "--port", "0", "--address-file", str(address_file), *extra)
+        deadline = time.monotonic() + 30
+        while not address_file.exists():
+            assert p.poll() is None, p.log_path.read_text()
+            assert time.monotonic() < deadline, "broker did not start"
+            time.sleep(0.05)
+        return p, json.loads(address_file.read_text())["address"]
+
+    def cleanup(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for p in self.procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(5)
+
+
+@pytest.fixture
+def procs(tmp_path):
+    p = Procs(tmp_path)
+    yield p
+    p.cleanup()
+
+
+def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.1):
+    """Poll until predicate() is truthy; fail the test (never hang) after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    pytest.fail(f"timed out after {timeout_s} s waiting for {what}")

@@ -1,0 +1,150 @@
+"""The broker on real ZeroMQ sockets (random loopback ports, every receive timed out)."""
+
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from qrl import wire
+from qrl.transport import Client, send
+from conftest import wait_for
+
+TABLE = {"capacity": 100, "sampler": "uniform", "min_size": 4, "samples_per_insert": 0.0, "tolerance": 0.0}
+SPEC = {"run_id": "r1", "algo": "dqn", "env": "CartPole-v1", "args": {}, "run": {}}
+
+
+def segment(seq, n=8, actor_id=0, obs_dim=4, returns=()):
+    arrays = {"obs": np.full((n, obs_dim), seq, np.float32), "action": np.arange(n, dtype=np.int64)}
+    meta = {"run_id": "r1", "actor_id": actor_id, "incarnation": "x", "seq": seq, "policy_version": 0,
+            "frames": n, "episode_returns": list(returns), "episode_lengths": [10] * len(returns)}
+    return wire.encode("segment", meta, arrays)
+
+
+@pytest.fixture
+def client(ctx, broker):
+    c = Client(ctx, broker.address(), "test", timeout_s=2.0)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def push(ctx, broker):
+    s = ctx.socket(zmq.PUSH)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(f"tcp://127.0.0.1:{broker.ports['ingest']}")
+    yield s
+    s.close()
+
+
+def register(client, weights=None, version=0, table=TABLE):
+    weights = weights if weights is not None else {"w": np.arange(3, dtype=np.float32)}
+    return client.request("register", {"spec": SPEC, "table": table, "weights_version": version}, weights, wait_s=10)
+
+
+def stats(client):
+    return client.request("get_stats", wait_s=10).meta
+
+
+def test_spec_and_weights_are_not_ready_before_a_learner_registers(client):
+    assert client.request("get_spec", wait_s=10).type == "not_ready"
+    assert client.request("get_weights", wait_s=10).type == "not_ready"
+    reply = register(client)
+    assert reply.type == "ok" and set(reply.meta["ports"]) == {"service", "ingest", "weights_in", "weights_out"}
+    spec = client.request("get_spec", wait_s=10)
+    assert spec.type == "spec" and spec.meta["spec"] == SPEC
+    w = client.request("get_weights", wait_s=10)
+    assert w.meta["version"] == 0 and w.meta["run_id"] == "r1"
+    np.testing.assert_array_equal(w.arrays["w"], [0, 1, 2])
+
+
+def test_insert_then_sample(client, push):
+    register(client)
+    for seq in range(3):
+        push.send_multipart(segment(seq, returns=[5.0 + seq]))
+    wait_for(lambda: stats(client)["items"] == 24, 10, "24 items at the broker")
+    batch = client.request("sample", {"batch_size": 16}, wait_s=10)
+    assert batch.type == "batch"
+    assert batch.arrays["obs"].shape == (16, 4) and batch.arrays["_id"].shape == (16,)
+    # every sampled row is one that was inserted: obs rows hold their segment's seq
+    np.testing.assert_array_equal(batch.arrays["obs"][:, 0], batch.arrays["_id"] // 8)
+    s = stats(client)
+    assert s["segments"] == 3 and s["frames"] == 24 and s["episodes"] == 3
+    assert s["mean_return_100"] == pytest.approx(6.0) and s["batches"] == 1
+    assert s["per_actor"]["0"]["seq"] == 2
+
+
+def test_sample_waits_for_min_size(client, push):
+    register(client)
+    send(client.sock, "sample", {"batch_size": 2, "req": 99})
+    assert client.sock.poll(300) == 0, "a batch was served below min_size"
+    push.send_multipart(segment(0, n=4))
+    assert client.sock.poll(5000), "no batch after min_size was reached"
+    reply = wire.decode(client.sock.recv_multipart())
+    assert reply.type == "batch" and reply.meta["req"] == 99
+
+
+def test_schema_mismatch_and_garbage_are_rejected_and_counted(client, push):
+    register(client)
+    push.send_multipart(segment(0))
+    push.send_multipart(segment(1, obs_dim=5))  # schema mismatch
+    push.send_multipart([b"garbage"])
+    push.send_multipart(wire.encode("stats", {}))  # valid message, wrong socket
+    push.send_multipart(segment(2))
+    wait_for(lambda: stats(client)["items"] == 16, 10, "the two good segments")
+    rejected = stats(client)["rejected"]
+    assert rejected == {"schema_mismatch": 1, "bad_header": 1, "unexpected_type": 1}
+
+
+def test_bad_requests_get_an_error_reply(client):
+    assert client.request("sample", {"batch_size": 4}, wait_s=10).type == "error"  # no table yet
+    register(client)
+    assert client.request("sample", {"batch_size": "lots"}, wait_s=10).type == "error"
+    reply = client.request("register", {"spec": SPEC, "table": {"colour": 1}, "weights_version": 0}, wait_s=10)
+    assert reply.type == "error" and "colour" in reply.meta["reason"]
+
+
+def test_published_weights_reach_a_late_subscriber(ctx, client, broker):
+    register(client)
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.connect(f"tcp://127.0.0.1:{broker.ports['weights_in']}")
+    # PUB drops messages until the broker's subscription has arrived: publish until it shows
+    deadline = time.monotonic() + 10
+    while client.request("get_weights", wait_s=10).meta["version"] != 5:
+        assert time.monotonic() < deadline, "published weights never reached the broker"
+        send(pub, "weights", {"version": 5, "run_id": "r1"}, {"w": np.full(3, 5, np.float32)})
+        time.sleep(0.05)
+    send(pub, "weights", {"version": 4, "run_id": "r1"}, {"w": np.full(3, 4, np.float32)})  # stale: ignored
+
+    sub = ctx.socket(zmq.SUB)  # joins after the publish: gets the cached weights at once
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(f"tcp://127.0.0.1:{broker.ports['weights_out']}")
+    assert sub.poll(5000), "late subscriber got no weights"
+    msg = wire.decode(sub.recv_multipart())
+    assert msg.type == "weights" and msg.meta["version"] == 5
+    np.testing.assert_array_equal(msg.arrays["w"], [5, 5, 5])
+    pub.close()
+    sub.close()
+
+
+def test_rate_limiter_holds_samples_until_enough_inserts(client, push):
+    table = {**TABLE, "min_size": 8, "samples_per_insert": 1.0, "tolerance": 8.0}
+    register(client, table=table)
+    push.send_multipart(segment(0, n=16))  # 8 items past min_size: 8 samples of credit
+    wait_for(lambda: stats(client)["items"] == 16, 10, "first segment")
+    served = 0
+    for _ in range(4):
+        send(client.sock, "sample", {"batch_size": 8, "req": 1000 + _})
+    while client.sock.poll(500):
+        client.sock.recv_multipart()
+        served += 1
+    assert served == 2  # credit 8 + tolerance 8 = 16 items = 2 batches; the rest wait
+    push.send_multipart(segment(1, n=16))
+    while client.sock.poll(2000):
+        client.sock.recv_multipart()
+        served += 1
+        if served == 4:
+            break
+    assert served == 4

@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+
+from qrl.brokers.tables import RateLimiter, ReplayTable, SchemaError, TableConfig
+
+
+def items(start, n):
+    return {"obs": np.arange(start, start + n, dtype=np.float32)[:, None].repeat(3, 1),
+            "action": np.arange(start, start + n, dtype=np.int64)}
+
+
+def test_insert_wraps_and_keeps_the_newest_items():
+    table = ReplayTable(TableConfig(capacity=10, min_size=0))
+    table.insert(items(0, 7))
+    table.insert(items(7, 6))  # wraps: slots 7, 8, 9, 0, 1, 2
+    assert table.size == 10
+    np.testing.assert_array_equal(table.storage["action"], [10, 11, 12, 3, 4, 5, 6, 7, 8, 9])
+    np.testing.assert_array_equal(table.ids, table.storage["action"])  # ids count inserts
+
+
+def test_insert_larger_than_capacity_keeps_the_last_capacity_items():
+    table = ReplayTable(TableConfig(capacity=4, min_size=0))
+    table.insert(items(0, 10))
+    assert sorted(table.storage["action"]) == [6, 7, 8, 9]
+    assert sorted(table.ids) == [6, 7, 8, 9]
+
+
+def test_sample_returns_stored_items_with_their_ids():
+    table = ReplayTable(TableConfig(capacity=100, min_size=0), seed=1)
+    table.insert(items(0, 50))
+    batch, ids = table.sample(32)
+    assert batch["obs"].shape == (32, 3) and batch["action"].shape == (32,)
+    np.testing.assert_array_equal(batch["action"], ids)
+    np.testing.assert_array_equal(batch["obs"][:, 0], ids)
+    assert ids.max() < 50
+
+
+def test_schema_is_locked_by_the_first_insert():
+    table = ReplayTable(TableConfig(capacity=10, min_size=0))
+    table.insert(items(0, 2))
+    with pytest.raises(SchemaError, match="fields"):
+        table.insert({"obs": np.zeros((2, 3), np.float32)})
+    with pytest.raises(SchemaError, match="obs"):
+        table.insert({"obs": np.zeros((2, 4), np.float32), "action": np.zeros(2, np.int64)})
+    with pytest.raises(SchemaError, match="obs"):
+        table.insert({"obs": np.zeros((2, 3), np.float64), "action": np.zeros(2, np.int64)})
+    with pytest.raises(SchemaError, match="leading"):
+        table.insert({"obs": np.zeros((3, 3), np.float32), "action": np.zeros(2, np.int64)})
+    assert table.size == 2
+
+
+def test_reserved_field_names_are_refused():
+    with pytest.raises(SchemaError, match="reserved"):
+        ReplayTable(TableConfig(capacity=10)).insert({"_id": np.zeros(2)})
+
+
+def test_rate_limiter_holds_the_faster_side():
+    cfg = TableConfig(capacity=1000, min_size=10, samples_per_insert=2.0, tolerance=8)
+    lim = RateLimiter(cfg)
+    assert lim.can_insert() and not lim.can_sample(size=0, batch_size=4)
+    lim.inserted = 10
+    assert not lim.can_sample(size=10, batch_size=4) or lim.can_sample(10, 4)  # at min size
+    assert lim.can_sample(size=10, batch_size=8)  # error 0 - 8 >= -8
+    lim.sampled = 8
+    assert not lim.can_sample(size=10, batch_size=4)  # learner ahead: wait for inserts
+    lim.inserted = 20  # 10 new items earn 20 samples: error 12 > tolerance
+    assert not lim.can_insert()  # actors ahead: hold them
+    assert lim.can_sample(size=20, batch_size=8)
+
+
+def test_unlimited_ratio_only_waits_for_min_size():
+    lim = RateLimiter(TableConfig(capacity=100, min_size=5))
+    assert lim.can_insert() and not lim.can_sample(4, 32) and lim.can_sample(5, 32)
+
+
+def test_config_rejects_unknown_keys_and_deadlocking_ratios():
+    with pytest.raises(ValueError, match="unknown table option"):
+        TableConfig.from_meta({"capacity": 10, "colour": "red"})
+    with pytest.raises(ValueError, match="deadlock"):
+        TableConfig(capacity=100, min_size=0, samples_per_insert=4, tolerance=10).validate(batch_size=32)
+    with pytest.raises(ValueError, match="sampler"):
+        TableConfig.from_meta({"sampler": "magic"})
