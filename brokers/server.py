@@ -181,7 +181,7 @@ class Broker:
         s.lengths.extend(lengths)
         a = s.actors.setdefault(actor_id, {"segments": 0, "frames": 0, "seq": -1, "policy_version": -1})
         a.update(segments=a["segments"] + 1, frames=a["frames"] + frames_count, seq=seq,
-                 policy_version=version, last_seen=time.time())
+                 policy_version=version, incarnation=str(meta.get("incarnation", ""))[:32], last_seen=time.time())
 
     def _on_request(self, frames: list) -> None:
         identity, body = frames[0], frames[1:]

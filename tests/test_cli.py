@@ -1,0 +1,56 @@
+"""The qrl command as a user runs it: help texts and one-line errors."""
+
+import socket
+import subprocess
+import sys
+
+import pytest
+
+COMMANDS = ["broker", "actor", "learner", "run"]
+
+
+def qrl(*args, timeout=60):
+    return subprocess.run([sys.executable, "-m", "qrl", *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_help(command):
+    out = qrl(*([command] if command else []), "--help")
+    assert out.returncode == 0 and "Usage:" in out.stdout
+    if command is None:
+        assert all(c in out.stdout for c in COMMANDS)
+
+
+def one_line_error(out, *fragments):
+    assert out.returncode == 2, out
+    lines = [l for l in out.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("command", ["learner", "run"])
+def test_unknown_environment_suggests_close_matches(command):
+    one_line_error(qrl(command, "--env", "CartPole-v9"), "unknown environment 'CartPole-v9'", "CartPole-v1")
+
+
+@pytest.mark.parametrize("command", ["learner", "run"])
+def test_unknown_algorithm(command):
+    one_line_error(qrl(command, "--algo", "dqm"), "unknown algorithm 'dqm'", "available: dqn")
+
+
+def test_bad_config_key_and_value():
+    one_line_error(qrl("run", "--set", "algo.lrate=1"), "unknown config key 'algo.lrate'", "algo.lr")
+    one_line_error(qrl("learner", "--set", "run.seed=abc"), "run.seed: cannot read 'abc' as int")
+
+
+def test_port_in_use():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        one_line_error(qrl("broker", "--port", str(port)), f"port {port} on 127.0.0.1 is already in use")
+
+
+def test_bad_broker_address():
+    one_line_error(qrl("actor", "--broker", "localhost:5555"), "tcp://HOST:PORT")

@@ -1,0 +1,112 @@
+"""Real processes on random loopback ports: broker, actor supervisor, learner."""
+
+import json
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+
+from qrl.transport import Client
+from conftest import wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def broker_stats(client):
+    return client.request("get_stats", wait_s=15).meta
+
+
+def children(pid):
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return sorted(int(x) for x in path.read_text().split()) if path.exists() else []
+
+
+def learner_args(broker, run_dir, *extra):
+    return ("learner", "--algo", "dqn", "--env", "CartPole-v1", "--broker", broker, "--run-dir", str(run_dir),
+            "--no-progress", "--total-steps", "100000000", "--set", "run.eval_every_s=1000", *extra)
+
+
+def test_items_flow_weights_advance_and_a_killed_worker_is_restarted(procs, tmp_path):
+    ctx = zmq.Context()
+    try:
+        _, address = procs.start_broker()
+        actors = procs.start("actors", "actor", "--n", "2", "--broker", address)
+        learner = procs.start("learner", *learner_args(address, tmp_path / "run", "--set", "run.publish_every=5"))
+        client = Client(ctx, address, "test")
+
+        def versions_advanced():
+            per_actor = broker_stats(client).get("per_actor", {})
+            return len(per_actor) == 2 and all(a["policy_version"] > 0 for a in per_actor.values())
+
+        wait_for(versions_advanced, 90, "both actors to push segments made with published weights")
+        before = broker_stats(client)
+        assert before["items"] > 0 and before["batches"] > 0 and before["rejected"] == {}
+
+        workers = wait_for(lambda: children(actors.pid) if len(children(actors.pid)) == 2 else None, 10,
+                           "two worker processes")
+        killed = workers[0]
+        incarnations = {k: v["incarnation"] for k, v in before["per_actor"].items()}
+        os.kill(killed, signal.SIGKILL)
+        wait_for(lambda: len(children(actors.pid)) == 2 and killed not in children(actors.pid), 10,
+                 "the supervisor to restart the killed worker")
+
+        def restarted_worker_pushes():
+            per_actor = broker_stats(client)["per_actor"]
+            return any(per_actor[k]["incarnation"] != incarnations[k] for k in per_actor)
+
+        wait_for(restarted_worker_pushes, 60, "the restarted worker to push segments")
+        assert "restarting" in actors.log_path.read_text()
+
+        os.killpg(learner.pid, signal.SIGTERM)  # a clean stop: final evaluation, checkpoint, summary
+        assert learner.wait(60) == 0, learner.log_path.read_text()[-2000:]
+        summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+        assert summary["stop_reason"] == "stopped by signal" and summary["updates"] > 0
+        assert (tmp_path / "run" / "checkpoint.pt").exists()
+        client.close()
+    finally:
+        ctx.destroy(linger=0)
+
+
+def free_port_block(n=4):
+    """A port p with p..p+n-1 free right now (the broker binds four consecutive ports)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + n > 65535:
+            continue
+        try:
+            holders = []
+            for p in range(base, base + n):
+                h = socket.socket()
+                holders.append(h)
+                h.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for h in holders:
+                h.close()
+    raise RuntimeError("no free block of ports")
+
+
+def test_actors_and_learner_wait_for_a_late_broker(procs, tmp_path):
+    port = free_port_block()
+    address = f"tcp://127.0.0.1:{port}"
+    actors = procs.start("actors", "actor", "--n", "1", "--broker", address)
+    learner = procs.start("learner", *learner_args(address, tmp_path / "run"))
+    wait_for(lambda: "waiting for the broker" in actors.log_path.read_text()
+             and "waiting for the broker" in learner.log_path.read_text(), 30, "periodic waiting messages")
+    procs.start("broker", "broker", "--port", str(port))
+    ctx = zmq.Context()
+    try:
+        client = Client(ctx, address, "test")
+        wait_for(lambda: broker_stats(client)["batches"] > 0, 60, "batches served after the broker appeared")
+        assert actors.poll() is None and learner.poll() is None
+        client.close()
+    finally:
+        ctx.destroy(linger=0)
