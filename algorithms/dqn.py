@@ -151,12 +151,17 @@ class Learner:
     def update(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
         a = self.args
         t = {k: torch.tensor(v, device=self.device) for k, v in batch.items() if not k.startswith("_")}
-        q = self.net(t["obs"]).gather(1, t["action"].unsqueeze(1)).squeeze(1)
+        n = len(t["obs"])
+        if a.double:  # one forward pass of the online net over obs and next_obs together
+            q_all = self.net(torch.cat([t["obs"], t["next_obs"]]))
+            q_online, best_next = q_all[:n], q_all[n:].detach().argmax(dim=1, keepdim=True)
+        else:
+            q_online = self.net(t["obs"])
+        q = q_online.gather(1, t["action"].unsqueeze(1)).squeeze(1)
         with torch.no_grad():
             q_next_target = self.target(t["next_obs"])
             if a.double:
-                best = self.net(t["next_obs"]).argmax(dim=1, keepdim=True)
-                q_next = q_next_target.gather(1, best).squeeze(1)
+                q_next = q_next_target.gather(1, best_next).squeeze(1)
             else:
                 q_next = q_next_target.max(dim=1).values
             td_target = t["return"] + t["discount"] * q_next  # discount already holds gamma^k and termination

@@ -40,6 +40,9 @@ class RunConfig:
     checkpoint_every_s: float = 60.0
     samples_in_flight: int = 4
     """Sample requests the learner keeps outstanding so it rarely waits on the network."""
+    learner_threads: int = 1
+    """torch intra-op threads on the learner. One by default: actors share the cores, and
+    oversubscribed OpenMP threads spin and collapse throughput on a small machine."""
     max_seconds: float | None = None
     """Wall-clock limit for the learner (None: no limit)."""
 

@@ -71,6 +71,7 @@ class LearnerRun:
             run_cfg = build(RunConfig, config["run"], "run")
             algo_values = config["args"]
         self.cfg = run_cfg
+        torch.set_num_threads(run_cfg.learner_threads)
         self.args = build(self.algo.Args, algo_values, "algo")
         self.algo.table_config(self.args).validate(getattr(self.args, "batch_size", None))
         if opts.device == "auto":
