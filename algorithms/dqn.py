@@ -25,7 +25,7 @@ from qrl.brokers.tables import TableConfig
 
 @dataclass(frozen=True)
 class Args:
-    hidden: int = 256
+    hidden: int = 128
     """Width of the two hidden layers."""
     dueling: bool = True
     """Separate value and advantage streams (Q = V + A - mean A)."""
@@ -39,11 +39,11 @@ class Args:
     buffer_size: int = 100_000
     learning_starts: int = 1_000
     """Items in the replay table before the first batch is served."""
-    samples_per_insert: float = 4.0
+    samples_per_insert: float = 16.0
     """Replay ratio held by the broker's rate limiter: items sampled per item inserted (0: unlimited)."""
     target_tau: float = 1.0
     """1.0: hard copy every target_update_every updates; < 1: Polyak averaging every update."""
-    target_update_every: int = 250
+    target_update_every: int = 100
     huber: bool = True
     """Huber (smooth L1) loss instead of squared error."""
     max_grad_norm: float = 10.0

@@ -43,7 +43,11 @@ class BrokerConfig:
     """Service (ROUTER) port; ingest, weights_in and weights_out use the next three. 0: all random."""
     max_message_bytes: int = 64 << 20
     """ZMQ_MAXMSGSIZE on ingest: larger segments are cut off by libzmq before they reach Python."""
-    ingest_hwm: int = 64
+    ingest_hwm: int = 1
+    """Segments queued per actor connection on ingest. Small on purpose: a queued segment ages
+    while it waits (policy lag), and a held-back actor should block, not run ahead."""
+    ingest_buffer: int = 4 << 10
+    """Kernel receive buffer (SO_RCVBUF) of the ingest socket, kept small for the same reason."""
     stats_interval_s: float = 10.0
     seed: int = 0
 
@@ -57,6 +61,7 @@ class Broker:
         self.ingest = self.ctx.socket(zmq.PULL)
         self.ingest.setsockopt(zmq.MAXMSGSIZE, cfg.max_message_bytes)
         self.ingest.setsockopt(zmq.RCVHWM, cfg.ingest_hwm)
+        self.ingest.setsockopt(zmq.RCVBUF, cfg.ingest_buffer)
         self.weights_in = self.ctx.socket(zmq.XSUB)
         self.weights_out = self.ctx.socket(zmq.XPUB)
         # Verbose: every subscription reaches us, not just the first per topic,
@@ -178,6 +183,7 @@ class Broker:
         s.frames += frames_count
         s.episodes += len(returns)
         s.returns.extend(returns)
+        s.policy_lag.append(max(0, self.weights_version - version))
         s.lengths.extend(lengths)
         a = s.actors.setdefault(actor_id, {"segments": 0, "frames": 0, "seq": -1, "policy_version": -1})
         a.update(segments=a["segments"] + 1, frames=a["frames"] + frames_count, seq=seq,
@@ -287,6 +293,7 @@ class Broker:
             "episodes": s.episodes,
             "mean_return_100": float(np.mean(s.returns)) if s.returns else None,
             "mean_length_100": float(np.mean(s.lengths)) if s.lengths else None,
+            "policy_lag_100": float(np.mean(s.policy_lag)) if s.policy_lag else None,
             "rejected": dict(s.rejected),
             "replay_size": t.size if t else 0,
             "replay_capacity": t.cfg.capacity if t else 0,
@@ -308,6 +315,7 @@ class _Stats:
         self.sample_wait_s = 0.0
         self.returns: collections.deque = collections.deque(maxlen=100)
         self.lengths: collections.deque = collections.deque(maxlen=100)
+        self.policy_lag: collections.deque = collections.deque(maxlen=100)  # weight versions behind, per segment
         self.rejected: collections.Counter = collections.Counter()
         self.last_reject_log: dict[str, float] = {}
         self.actors: dict[int, dict[str, Any]] = {}

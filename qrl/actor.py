@@ -42,8 +42,12 @@ class ActorConfig:
     """Actor id of the first worker; ids are first_id .. first_id + n - 1."""
     total: int | None = None
     """Actors in the whole run (all machines) for per-actor exploration; None: n."""
-    send_hwm: int = 4
-    """Segments queued per worker before its PUSH blocks (backpressure from the broker)."""
+    send_hwm: int = 1
+    """Segments queued in ZeroMQ per worker before its PUSH blocks (backpressure from the broker)."""
+    send_buffer: int = 4 << 10
+    """Kernel send buffer (SO_SNDBUF) of the PUSH socket. Every queued segment was made by an
+    older policy: loopback's auto-tuned buffers (megabytes) let a fast actor run tens of
+    segments ahead of what the broker has taken, so the learner trained on stale data."""
 
 
 class Stop(Exception):
@@ -110,6 +114,7 @@ class Worker:
         weights_sub.connect(f"tcp://{host}:{ports['weights_out']}")
         push = self.ctx.socket(zmq.PUSH)
         push.setsockopt(zmq.SNDHWM, self.cfg.send_hwm)
+        push.setsockopt(zmq.SNDBUF, self.cfg.send_buffer)
         push.setsockopt(zmq.LINGER, 2000)  # a bounded flush of queued segments on a clean stop
         push.connect(f"tcp://{host}:{ports['ingest']}")
         log.info("%s: running %s on %s x%d (epsilon/state %s)", self.role, spec["algo"], spec["env"], num_envs, state)

@@ -32,7 +32,7 @@ class RunConfig:
     """Environments per actor process, stepped as one synchronous vector env so inference is batched."""
     segment_length: int = 32
     """Steps per environment in one segment an actor pushes."""
-    eval_every_s: float = 5.0
+    eval_every_s: float = 2.0
     """Seconds between deterministic evaluations on the learner."""
     eval_episodes: int = 10
     publish_every: int = 50
