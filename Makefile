@@ -28,7 +28,7 @@ $(VENV)/.installed: pyproject.toml
 # Train DQN on CartPole-v1 with a local cluster (broker, 4 actors, learner)
 # until a deterministic evaluation reaches 475 or the step budget runs out.
 demo: install
-	$(QRL) run --algo dqn --env CartPole-v1 --actors 4 --run-dir runs/demo
+	$(QRL) run --algo dqn --env CartPole-v1 --actors 4 --total-steps 300000 --run-dir runs/demo
 
 # Broker, actors and learner in the background; logs and pid files in $(RUN_DIR).
 cluster: install

@@ -39,7 +39,7 @@ class Args:
     buffer_size: int = 100_000
     learning_starts: int = 1_000
     """Items in the replay table before the first batch is served."""
-    samples_per_insert: float = 16.0
+    samples_per_insert: float = 24.0
     """Replay ratio held by the broker's rate limiter: items sampled per item inserted (0: unlimited)."""
     target_tau: float = 1.0
     """1.0: hard copy every target_update_every updates; < 1: Polyak averaging every update."""

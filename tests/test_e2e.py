@@ -66,6 +66,20 @@ def test_items_flow_weights_advance_and_a_killed_worker_is_restarted(procs, tmp_
         summary = json.loads((tmp_path / "run" / "summary.json").read_text())
         assert summary["stop_reason"] == "stopped by signal" and summary["updates"] > 0
         assert (tmp_path / "run" / "checkpoint.pt").exists()
+
+        # --resume continues the same run: counters and optimizer from the checkpoint, weight
+        # versions keep increasing, and the actors (still running) pick the new weights up.
+        resumed = procs.start("learner-resumed", *learner_args(address, tmp_path / "run", "--resume",
+                                                                "--set", "run.publish_every=5"))
+        wait_for(lambda: broker_stats(client)["weights_version"] > summary["weights_version"] + 2, 60,
+                 "the resumed learner to publish newer weights")
+        wait_for(lambda: min(a["policy_version"] for a in broker_stats(client)["per_actor"].values())
+                 > summary["weights_version"], 60, "actors to act with the resumed learner's weights")
+        os.killpg(resumed.pid, signal.SIGTERM)
+        assert resumed.wait(60) == 0, resumed.log_path.read_text()[-2000:]
+        after = json.loads((tmp_path / "run" / "summary.json").read_text())
+        assert after["run_id"] == summary["run_id"] and after["updates"] > summary["updates"]
+        assert "resumed run" in resumed.log_path.read_text()
         client.close()
     finally:
         ctx.destroy(linger=0)
