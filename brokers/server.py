@@ -287,6 +287,7 @@ class Broker:
     def stats_summary(self, brief: bool = False) -> dict[str, Any]:
         s, t = self.stats, self.table
         out = {
+            "run_id": (self.spec or {}).get("run_id"),
             "segments": s.segments,
             "items": s.items,
             "frames": s.frames,

@@ -114,7 +114,14 @@ class LearnerRun:
                 "run": {"num_envs": c.num_envs, "segment_length": c.segment_length, "seed": c.seed}}
 
     def connect(self, ctx: zmq.Context) -> None:
+        self.ctx = ctx
         self.client = transport.Client(ctx, self.opts.broker, "learner")
+        self.pub = self.sampler = None
+        self.register()
+
+    def register(self) -> None:
+        """Register the run (spec, table, current weights) and open fresh publish and sample sockets.
+        Called again when the broker no longer knows the run (it restarted)."""
         reply = self.client.request(
             "register",
             {"spec": self.spec(), "table": self.algo.table_config(self.args).as_meta(), "weights_version": self.version},
@@ -123,12 +130,19 @@ class LearnerRun:
         if reply.type != "ok":
             raise RuntimeError(f"broker refused the run: {reply.meta.get('reason')}")
         host, _ = transport.split_address(self.opts.broker)
-        self.pub = ctx.socket(zmq.PUB)
+        for sock in (self.pub, self.sampler):
+            if sock is not None:
+                sock.close(linger=0)
+        self.pub = self.ctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.LINGER, 1000)
         self.pub.connect(f"tcp://{host}:{reply.meta['ports']['weights_in']}")
-        self.sampler = ctx.socket(zmq.DEALER)
+        # Requests in flight to a broker that restarted are gone: a new socket starts a new window.
+        self.sampler = self.ctx.socket(zmq.DEALER)
         self.sampler.setsockopt(zmq.LINGER, 0)
         self.sampler.connect(self.opts.broker)
+        batch_size = getattr(self.args, "batch_size")
+        for _ in range(self.cfg.samples_in_flight):
+            transport.send(self.sampler, "sample", {"batch_size": batch_size})
 
     def publish(self) -> None:
         self.version += 1
@@ -170,9 +184,9 @@ class LearnerRun:
         batch_size = getattr(self.args, "batch_size")
         start = time.monotonic()
         elapsed = lambda: self.elapsed_before + time.monotonic() - start
-        for _ in range(c.samples_in_flight):
-            transport.send(self.sampler, "sample", {"batch_size": batch_size})
         frames = self.frames_before
+        refusals = 0
+        broker_frames = 0  # the broker's frame counter at the last stats; it restarts with the broker
         stats: dict[str, Any] = {}
         wait_s = 0.0
         last_stats = last_eval = last_ckpt = time.monotonic()
@@ -189,15 +203,27 @@ class LearnerRun:
                     reply = wire.decode(raw)
                     transport.send(self.sampler, "sample", {"batch_size": batch_size})
                     if reply.type == "batch":
+                        refusals = 0
                         train_metrics = self.learner.update(reply.arrays)
                         if self.learner.updates % c.publish_every == 0:
                             self.publish()
-                    elif reply.type == "error":
-                        raise RuntimeError(f"broker refused a sample request: {reply.meta.get('reason')}")
+                    elif reply.type == "error":  # e.g. a restarted broker without our table
+                        refusals += 1
+                        if refusals > 10:
+                            raise RuntimeError(f"broker refused sample requests: {reply.meta.get('reason')}")
+                        log.warning("learner: broker refused a sample request: %s", reply.meta.get("reason"))
+                        last_stats = 0.0  # check at once whether the broker still knows the run
                 now = time.monotonic()
                 if now - last_stats >= 1.0:
                     stats = self.broker_stats()
-                    frames = self.frames_before + stats["frames"]
+                    if stats.get("run_id") != self.run_id:
+                        log.warning("learner: the broker does not know run %s (it restarted?); registering again",
+                                    self.run_id)
+                        self.register()
+                        broker_frames = 0
+                        continue
+                    frames += max(0, stats["frames"] - broker_frames)
+                    broker_frames = stats["frames"]
                     dt = now - rate_t
                     updates_per_s = (self.learner.updates - last_updates) / dt
                     frames_per_s = (frames - last_frames) / dt

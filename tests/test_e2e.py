@@ -124,3 +124,24 @@ def test_actors_and_learner_wait_for_a_late_broker(procs, tmp_path):
         client.close()
     finally:
         ctx.destroy(linger=0)
+
+
+def test_learner_and_actors_carry_on_after_the_broker_is_killed_and_restarted(procs, tmp_path):
+    port = free_port_block()
+    address = f"tcp://127.0.0.1:{port}"
+    broker = procs.start("broker", "broker", "--port", str(port))
+    procs.start("actors", "actor", "--n", "1", "--broker", address)
+    learner = procs.start("learner", *learner_args(address, tmp_path / "run"))
+    ctx = zmq.Context()
+    try:
+        client = Client(ctx, address, "test")
+        wait_for(lambda: broker_stats(client)["batches"] > 0, 60, "batches from the first broker")
+        os.killpg(broker.pid, signal.SIGKILL)
+        broker.wait(10)
+        procs.start("broker-2", "broker", "--port", str(port))
+        wait_for(lambda: broker_stats(client)["batches"] > 0, 60, "batches from the restarted broker")
+        assert "registering again" in learner.log_path.read_text()
+        assert learner.poll() is None
+        client.close()
+    finally:
+        ctx.destroy(linger=0)
