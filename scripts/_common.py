@@ -1,0 +1,41 @@
+"""Helpers shared by the benchmark scripts: result files and plain-text tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
+
+
+def machine() -> dict:
+    import numpy
+    import torch
+    import zmq
+
+    return {"cores": len(os.sched_getaffinity(0)), "cpu": platform.processor() or platform.machine(),
+            "python": sys.version.split()[0], "torch": torch.__version__, "numpy": numpy.__version__,
+            "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version(), "date": time.strftime("%Y-%m-%d")}
+
+
+def save_results(name: str, data: dict) -> Path:
+    """bench/results/NAME.json (NAME-quick.json for --quick runs, which are not results)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}{'-quick' if data.get('quick') else ''}.json"
+    path.write_text(json.dumps({"command": " ".join(sys.argv), "machine": machine(), **data}, indent=2,
+                               default=str))
+    print(f"\nresults: {path}")
+    return path
+
+
+def print_table(header: list[str], rows: list[list]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = lambda r: "  ".join(str(x).rjust(w) for x, w in zip(r, widths))
+    print(line(header))
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print(line(r))
