@@ -1,22 +1,24 @@
 """Collection speed: environment frames/s arriving at the broker from `qrl actor --n N`,
 against plain single-process gymnasium SyncVectorEnv loops running the same policy
-inference (the same `dqn.act` on the same network), measured in the same run.
+inference (the same `dqn.act` on the same network), min(N, cores) of them, stepping at
+the same time as the actors so that both sides share the machine alike. Also: CPU
+seconds per 1000 frames and total PSS of the actor processes, and the time from
+launching `qrl actor --n N` until all N push segments.
 
 The broker gets a run registered by this script with the rate limiter off, so the
 actors run as fast as they can; the replay table just wraps. qrl and reference
-rounds are interleaved and each figure is the median of the rounds.
+figure is the median of --rounds.
 
-    python scripts/bench_collection.py --n 2 --rounds 3 --seconds 8
+    python scripts/bench_collection.py             # ~8 minutes
+    python scripts/bench_collection.py --quick     # seconds
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
+import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import asdict, replace
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 import zmq
 
+from _common import print_table, save_results
 from qrl import envs
 from qrl.algorithms import dqn
 from qrl.cluster import start_actors, start_broker, stop
@@ -48,18 +51,6 @@ def raw_loop(env_id: str, num_envs: int, seconds: float, queue) -> None:
     queue.put(frames / elapsed)
 
 
-def measure_raw(env_id: str, loops: int, num_envs: int, seconds: float) -> float:
-    ctx = mp.get_context("fork")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=raw_loop, args=(env_id, num_envs, seconds, queue)) for _ in range(loops)]
-    for p in procs:
-        p.start()
-    rates = [queue.get(timeout=seconds + 60) for _ in procs]
-    for p in procs:
-        p.join(10)
-    return sum(rates)
-
-
 def register(client: Client, env_id: str, num_envs: int) -> None:
     args = replace(dqn.Args(), samples_per_insert=0.0, buffer_size=50_000)
     obs_space, act_space = envs.spaces(env_id)
@@ -72,26 +63,67 @@ def register(client: Client, env_id: str, num_envs: int) -> None:
     assert reply.type == "ok", reply.meta
 
 
-def measure_qrl(env_id: str, n: int, num_envs: int, seconds: float, run_dir: Path) -> tuple[float, float]:
-    """Frames/s at the broker over `seconds` after warm-up, and the actors' start-up time."""
+def proc_tree(pid: int) -> list[int]:
+    kids = Path(f"/proc/{pid}/task/{pid}/children")
+    return [pid] + ([int(k) for k in kids.read_text().split()] if kids.exists() else [])
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
+        except (OSError, IndexError):
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def pss_mb(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+def measure(env_id: str, n: int, num_envs: int, seconds: float, ref_loops: int, run_dir: Path) -> dict:
+    """qrl actors and `ref_loops` raw loops stepping at the same time, so both share the machine alike."""
     ctx = zmq.Context()
     broker, address = start_broker(run_dir)
     procs = [broker]
+    fork = mp.get_context("fork")
     try:
         client = Client(ctx, address, "bench")
         register(client, env_id, num_envs)
+        stats = lambda: client.request("get_stats", wait_s=30).meta
         t0 = time.perf_counter()
-        procs.insert(0, start_actors(run_dir, address, n))
-        frames = lambda: client.request("get_stats", wait_s=30).meta
-        while len(frames()["per_actor"]) < n:
-            time.sleep(0.05)
+        actors = start_actors(run_dir, address, n)
+        procs.insert(0, actors)
+        while len(stats()["per_actor"]) < n:
+            assert actors.poll() is None, "actors exited"
+            time.sleep(0.02)
         startup = time.perf_counter() - t0
         time.sleep(1.0)  # warm-up
-        a, ta = frames()["frames"], time.perf_counter()
+        queue = fork.Queue()
+        refs = [fork.Process(target=raw_loop, args=(env_id, num_envs, seconds, queue)) for _ in range(ref_loops)]
+        for r in refs:
+            r.start()
+        pids = proc_tree(actors.pid)
+        a, cpu_a, ta = stats()["frames"], cpu_seconds(pids), time.perf_counter()
         time.sleep(seconds)
-        b, tb = frames()["frames"], time.perf_counter()
+        b, cpu_b, tb = stats()["frames"], cpu_seconds(pids), time.perf_counter()
+        pss = pss_mb(pids)
+        ref_rate = sum(queue.get(timeout=60) for _ in refs)
+        for r in refs:
+            r.join(10)
         client.close()
-        return (b - a) / (tb - ta), startup
+        return {"qrl": (b - a) / (tb - ta), "raw": ref_rate, "startup_s": startup,
+                "cpu_s_per_1000": 1000 * (cpu_b - cpu_a) / max(b - a, 1), "pss_mb": pss}
     finally:
         stop(procs)
         ctx.destroy(linger=0)
@@ -99,39 +131,35 @@ def measure_qrl(env_id: str, n: int, num_envs: int, seconds: float, run_dir: Pat
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--env", default="CartPole-v1")
-    p.add_argument("--n", type=int, default=2, help="actor processes")
+    p.add_argument("--envs", default="CartPole-v1,LunarLander-v3")
+    p.add_argument("--n", default="1,2,4,8,16,32", help="actor process counts")
     p.add_argument("--num-envs", type=int, default=8, help="envs per actor and per reference loop")
-    p.add_argument("--seconds", type=float, default=8.0)
+    p.add_argument("--seconds", type=float, default=6.0)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--out", type=Path, help="write the results as JSON here")
+    p.add_argument("--quick", action="store_true")
     a = p.parse_args()
-    cores = len(__import__("os").sched_getaffinity(0))
-    ref_loops = min(a.n, cores)
-    rows = {"qrl": [], "raw_1": [], f"raw_{ref_loops}": [], "startup_s": []}
+    if a.quick:
+        a.envs, a.n, a.seconds, a.rounds = "CartPole-v1", "1,2", 2.0, 1
+    cores = len(os.sched_getaffinity(0))
+    rows, runs = [], {}
     with tempfile.TemporaryDirectory() as tmp:
-        for r in range(a.rounds):
-            rate, startup = measure_qrl(a.env, a.n, a.num_envs, a.seconds, Path(tmp))
-            rows["qrl"].append(rate)
-            rows["startup_s"].append(startup)
-            rows["raw_1"].append(measure_raw(a.env, 1, a.num_envs, a.seconds))
-            if ref_loops != 1:
-                rows[f"raw_{ref_loops}"].append(measure_raw(a.env, ref_loops, a.num_envs, a.seconds))
-            print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in rows.items() if v), flush=True)
-    med = {k: statistics.median(v) for k, v in rows.items() if v}
-    print(f"\n{a.env}, qrl actor --n {a.n} x {a.num_envs} envs, {a.rounds} rounds of {a.seconds:.0f} s, "
-          f"{cores} cores (medians)")
-    print(f"  qrl frames/s at the broker          {med['qrl']:>10,.0f}")
-    print(f"  raw SyncVectorEnv loop, 1 process   {med['raw_1']:>10,.0f}   ratio qrl/raw {med['qrl'] / med['raw_1']:.2f}")
-    if ref_loops != 1:
-        print(f"  raw loops, {ref_loops} processes at once     {med[f'raw_{ref_loops}']:>10,.0f}   "
-              f"ratio qrl/raw {med['qrl'] / med[f'raw_{ref_loops}']:.2f}")
-    print(f"  actors started and pushing after    {med['startup_s']:>10.2f} s")
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps({"env": a.env, "n": a.n, "num_envs": a.num_envs, "rounds": rows,
-                                     "medians": med, "python": sys.version.split()[0],
-                                     "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}, indent=2))
+        for env_id in a.envs.split(","):
+            base = None
+            for n in [int(x) for x in a.n.split(",")]:
+                ref_loops = min(n, cores)
+                results = [measure(env_id, n, a.num_envs, a.seconds, ref_loops, Path(tmp)) for _ in range(a.rounds)]
+                med = {k: statistics.median(r[k] for r in results) for k in results[0]}
+                base = med["qrl"] if n == 2 else base
+                rows.append([env_id, n, f"{med['qrl']:,.0f}", f"{med['raw']:,.0f} ({ref_loops})",
+                             f"{med['qrl'] / med['raw']:.2f}", "" if base is None else f"{med['qrl'] / base:.2f}",
+                             f"{med['cpu_s_per_1000']:.3f}", f"{med['pss_mb']:,.0f}", f"{med['startup_s']:.2f}"])
+                runs[f"{env_id}/{n}"] = results
+                print("  ".join(map(str, rows[-1])), flush=True)
+    print()
+    print_table(["env", "actors", "qrl frames/s", "raw loops frames/s", "qrl/raw", "vs --n 2",
+                 "CPU s/1000 frames", "PSS MB", "start s"], rows)
+    save_results("collection", {"quick": a.quick, "rounds": a.rounds, "num_envs": a.num_envs,
+                                "seconds": a.seconds, "table": rows, "runs": runs})
 
 
 if __name__ == "__main__":
