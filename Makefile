@@ -14,7 +14,7 @@ PORT    ?= 5555
 RUN_DIR ?= runs/cluster
 SET     ?=
 
-.PHONY: install demo cluster stop test test-fast clean
+.PHONY: install install-bench demo cluster stop test test-fast bench bench-quick clean
 
 install: $(VENV)/.installed
 
@@ -23,6 +23,12 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==$(TORCH_VERSION)
 	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install-bench: $(VENV)/.installed-bench
+
+$(VENV)/.installed-bench: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	touch $@
 
 # Train DQN on CartPole-v1 with a local cluster (broker, 4 actors, learner)
@@ -49,6 +55,26 @@ test: install
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# Benchmarks (not tests): each prints qrl's figure, the reference measured in the same run and
+# their ratio, and writes bench/results/*.json. About 25 minutes in all on 2 cores.
+BENCHES := bench_transport bench_collection bench_replay bench_solve
+# PEERS=rllib adds the RLlib comparison (ray in its own .venv-rllib; heavy, never in CI).
+PEERS ?=
+bench: install-bench $(if $(findstring rllib,$(PEERS)),.venv-rllib/.installed)
+	cd scripts && for b in $(BENCHES); do ../$(BIN)/python $$b.py || exit 1; done
+	cd scripts && ../$(BIN)/python plot_bench.py
+	$(if $(findstring rllib,$(PEERS)),cd scripts && ../$(BIN)/python bench_rllib.py --rllib-python ../.venv-rllib/bin/python)
+
+.venv-rllib/.installed:
+	$(PYTHON) -m venv .venv-rllib
+	.venv-rllib/bin/pip install --quiet torch==$(TORCH_VERSION)
+	.venv-rllib/bin/pip install --quiet "ray[rllib]"
+	touch $@
+
+# Every benchmark in its --quick mode (about a minute): proves they still run.
+bench-quick: install-bench
+	cd scripts && for b in $(BENCHES); do ../$(BIN)/python $$b.py --quick || exit 1; done
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

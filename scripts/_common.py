@@ -17,7 +17,9 @@ def machine() -> dict:
     import torch
     import zmq
 
-    return {"cores": len(os.sched_getaffinity(0)), "cpu": platform.processor() or platform.machine(),
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                if l.startswith("model name")), platform.machine())
+    return {"cores": len(os.sched_getaffinity(0)), "cpu": cpu,
             "python": sys.version.split()[0], "torch": torch.__version__, "numpy": numpy.__version__,
             "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version(), "date": time.strftime("%Y-%m-%d")}
 

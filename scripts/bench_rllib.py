@@ -1,0 +1,104 @@
+"""The distributed peer: RLlib PPO on CartPole-v1 with 2 env runners, against qrl at the same
+core count, in the same run. Optional and heavy (ray): `make bench PEERS=rllib` installs
+ray[rllib] into its own virtual environment (.venv-rllib) and runs this; never in CI.
+
+For each system: environment steps/s with learning on, and wall-clock seconds from launch
+(start-up included) until the mean return of training episodes first reaches 475. qrl runs
+DQN (its algorithm today) with 2 actor processes; RLlib runs PPO, the algorithm its users
+pick for CartPole, with its default hyperparameters.
+
+    python scripts/bench_rllib.py --rllib-python .venv-rllib/bin/python [--seeds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import print_table, save_results
+
+THRESHOLD = 475.0
+
+RLLIB_WORKER = r"""
+import json, sys, time
+launched = float(sys.argv[1]); seed = int(sys.argv[2]); max_s = float(sys.argv[3])
+import ray
+from ray.rllib.algorithms.ppo import PPOConfig
+ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+config = (PPOConfig().environment("CartPole-v1").env_runners(num_env_runners=2).debugging(seed=seed))
+algo = config.build_algo()
+curve = []
+while time.time() - launched < max_s:
+    r = algo.train()
+    runners = r.get("env_runners", {})
+    steps = r.get("num_env_steps_sampled_lifetime") or runners.get("num_env_steps_sampled_lifetime")
+    curve.append({"time": time.time() - launched, "frames": int(steps or 0),
+                  "mean_return": float(runners.get("episode_return_mean", float("nan")))})
+    if curve[-1]["mean_return"] >= 475:
+        break
+print("RESULT " + json.dumps(curve), flush=True)
+"""
+
+
+def run_rllib(python: str, seed: int, max_s: float) -> dict:
+    launched = time.time()
+    out = subprocess.run([python, "-c", RLLIB_WORKER, str(launched), str(seed), str(max_s)], capture_output=True,
+                         text=True, timeout=max_s + 300)
+    line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"rllib run failed: {out.stderr[-2000:]}")
+    return {"curve": json.loads(line[7:]), "wall_s": time.time() - launched}
+
+
+def run_qrl(seed: int, max_s: float, tmp: Path) -> dict:
+    run_dir = tmp / f"qrl-{seed}"
+    launched = time.time()
+    subprocess.run([sys.executable, "-m", "qrl", "run", "--algo", "dqn", "--env", "CartPole-v1", "--actors", "2",
+                    "--seed", str(seed), "--total-steps", "10000000", "--target-return", "1e9", "--run-dir",
+                    str(run_dir), "--no-progress", "--set", f"run.max_seconds={max_s}"],
+                   check=True, timeout=max_s + 300, stdout=subprocess.DEVNULL)
+    metrics = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    curve = [{"time": m["time"] - launched, "frames": m["frames"], "mean_return": m["mean_return_100"]}
+             for m in metrics if m["kind"] == "train" and m["mean_return_100"] is not None]
+    return {"curve": curve, "wall_s": time.time() - launched}
+
+
+def summarize(curve: list[dict]) -> tuple[float, float]:
+    """(seconds to the threshold or inf, env steps/s over the whole run)."""
+    hit = next((c for c in curve if c["mean_return"] >= THRESHOLD), None)
+    last = curve[-1]
+    return (hit["time"] if hit else float("inf")), last["frames"] / last["time"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rllib-python", default=".venv-rllib/bin/python")
+    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--max-seconds", type=float, default=300)
+    a = p.parse_args()
+    runs = {"qrl": [], "rllib": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in range(a.seeds):
+            runs["rllib"].append(run_rllib(a.rllib_python, seed, a.max_seconds))
+            # qrl trains for as long as RLlib took, so both throughputs include the same phases.
+            runs["qrl"].append(run_qrl(seed, max(30.0, runs["rllib"][-1]["wall_s"]), Path(tmp)))
+    rows, med = [], {}
+    for system, rs in runs.items():
+        solved, speed = zip(*(summarize(r["curve"]) for r in rs))
+        med[system] = (statistics.median(solved), statistics.median(speed))
+        for seed, (s, v) in enumerate(zip(solved, speed)):
+            rows.append([system, seed, f"{s:.1f}", f"{v:,.0f}"])
+    print_table(["system", "seed", "s to mean return 475 (training episodes)", "env steps/s, learning on"], rows)
+    print(f"\nqrl/rllib: throughput {med['qrl'][1] / med['rllib'][1]:.1f}x, time to solve "
+          f"{med['qrl'][0] / med['rllib'][0]:.2f}x")
+    save_results("rllib", {"table": rows, "medians": med, "runs": runs})
+
+
+if __name__ == "__main__":
+    main()
