@@ -41,7 +41,7 @@ class Args:
     """Items in the replay table before the first batch is served."""
     samples_per_insert: float = 24.0
     """Replay ratio held by the broker's rate limiter: items sampled per item inserted (0: unlimited)."""
-    target_tau: float = 1.0
+    target_tau: float = 0.005
     """1.0: hard copy every target_update_every updates; < 1: Polyak averaging every update."""
     target_update_every: int = 100
     huber: bool = True
