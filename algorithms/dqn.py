@@ -179,7 +179,9 @@ class Learner:
         return {"loss": loss.item(), "q_mean": q.mean().item()}
 
     def policy_state(self) -> dict[str, np.ndarray]:
-        return {k: v.detach().cpu().numpy() for k, v in self.net.state_dict().items()}
+        # A copy, not a view: the frames are sent zero-copy after this returns, while
+        # the optimizer keeps updating the parameters in place.
+        return {k: v.detach().to("cpu", copy=True).numpy() for k, v in self.net.state_dict().items()}
 
     def state_dict(self) -> dict[str, Any]:
         return {"net": self.net.state_dict(), "target": self.target.state_dict(),

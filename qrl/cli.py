@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -39,6 +40,14 @@ def user_errors(role: str):
                 return fn(*a, **kw)
             except (UnknownAlgorithm, UnknownEnvironment, ConfigError, PortInUse, FileNotFoundError) as exc:
                 raise UserError(f"{role}: {exc}") from None
+            except (click.ClickException, SystemExit, KeyboardInterrupt):
+                raise
+            except Exception as exc:  # a crash: one line naming the role; the traceback only on request
+                if os.environ.get("QRL_DEBUG"):
+                    raise
+                click.echo(f"{role}: failed: {type(exc).__name__}: {exc} (QRL_DEBUG=1 shows the traceback)",
+                           err=True)
+                sys.exit(1)
 
         return inner
 

@@ -215,7 +215,10 @@ class LearnerRun:
                         last_stats = 0.0  # check at once whether the broker still knows the run
                 now = time.monotonic()
                 if now - last_stats >= 1.0:
-                    stats = self.broker_stats()
+                    try:
+                        stats = self.broker_stats()
+                    except transport.BrokerUnavailable:  # raised only once we are stopping
+                        break
                     if stats.get("run_id") != self.run_id:
                         log.warning("learner: the broker does not know run %s (it restarted?); registering again",
                                     self.run_id)
