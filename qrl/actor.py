@@ -73,7 +73,7 @@ class Worker:
         try:
             self._run()
         finally:
-            self.ctx.destroy(linger=0)
+            self.ctx.destroy()  # each socket's own LINGER: the PUSH gets its bounded flush
 
     def _fetch(self, client: transport.Client, msg_type: str) -> wire.Message:
         """Ask until the broker has it: a missing broker or a run not yet registered both just wait."""
@@ -115,7 +115,7 @@ class Worker:
         push = self.ctx.socket(zmq.PUSH)
         push.setsockopt(zmq.SNDHWM, self.cfg.send_hwm)
         push.setsockopt(zmq.SNDBUF, self.cfg.send_buffer)
-        push.setsockopt(zmq.LINGER, 2000)  # a bounded flush of queued segments on a clean stop
+        push.setsockopt(zmq.LINGER, 500)  # a bounded flush of a queued segment on a clean stop
         push.connect(f"tcp://{host}:{ports['ingest']}")
         log.info("%s: running %s on %s x%d (epsilon/state %s)", self.role, spec["algo"], spec["env"], num_envs, state)
 
@@ -164,10 +164,17 @@ class Worker:
 
     def _push(self, push: zmq.Socket, frames: list) -> None:
         """Send, blocking while the broker holds us back, but never past a stop request."""
-        while not push.poll(200, zmq.POLLOUT):
+        while True:
+            if push.poll(200, zmq.POLLOUT):
+                try:
+                    # NOBLOCK: the broker can vanish between poll and send, and a PUSH
+                    # socket with no peer would block in send past a stop request.
+                    push.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+                    return
+                except zmq.Again:
+                    pass
             if self.stopping:
                 raise Stop
-        push.send_multipart(frames, copy=False)
 
     def _poll_weights(self, sub: zmq.Socket, net: torch.nn.Module, version: int, run_id: str) -> int:
         newest = None
