@@ -32,8 +32,11 @@ class RunConfig:
     """Environments per actor process, stepped as one synchronous vector env so inference is batched."""
     segment_length: int = 32
     """Steps per environment in one segment an actor pushes."""
-    eval_every_s: float = 2.0
-    """Seconds between deterministic evaluations on the learner."""
+    eval_every_frames: int = 5_000
+    """Env frames between deterministic evaluations on the learner (0: off). Counted in frames,
+    not seconds, so that when a run is judged solved does not depend on the machine's speed."""
+    eval_every_s: float | None = None
+    """Also (or instead) evaluate every this many seconds of wall time (None: off)."""
     eval_episodes: int = 10
     publish_every: int = 50
     """Learner updates between weight publications."""

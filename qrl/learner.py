@@ -193,6 +193,7 @@ class LearnerRun:
         last_updates, last_frames, rate_t = self.learner.updates, frames, time.monotonic()
         updates_per_s = frames_per_s = 0.0
         last_eval_value: float | None = None
+        last_eval_frames = frames
         train_metrics: dict[str, float] = {}
         with ProgressView(c.total_steps, self.opts.progress) as view:
             while not self.stopping:
@@ -237,7 +238,10 @@ class LearnerRun:
                                   mean_return_100=stats.get("mean_return_100"), replay_size=stats.get("replay_size"),
                                   weights_version=self.version, wait_fraction=wait_s / max(elapsed(), 1e-9),
                                   **train_metrics)
-                if now - last_eval >= c.eval_every_s and self.learner.updates > 0:
+                eval_due = (c.eval_every_frames and frames - last_eval_frames >= c.eval_every_frames) or (
+                    c.eval_every_s is not None and now - last_eval >= c.eval_every_s)
+                if eval_due and self.learner.updates > 0:
+                    last_eval_frames = frames
                     mean, std = self.evaluate()
                     last_eval, last_eval_value = time.monotonic(), mean
                     self.best_eval = max(self.best_eval, mean)

@@ -75,6 +75,7 @@ def run_qrl(env_id: str, seed: int, steps: int, actors: int, tmp: Path) -> dict:
     subprocess.run([sys.executable, "-m", "qrl", "run", "--algo", "dqn", "--env", env_id, "--actors", str(actors),
                     "--seed", str(seed), "--total-steps", str(steps), "--target-return", "1e9", "--run-dir",
                     str(run_dir), "--no-progress", "--set", f"run.eval_every_s={EVAL_EVERY_S}",
+                    "--set", "run.eval_every_frames=0",
                     "--set", f"run.eval_episodes={EVAL_EPISODES}"],
                    check=True, timeout=1800, stdout=subprocess.DEVNULL)
     metrics = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]

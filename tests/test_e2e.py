@@ -27,7 +27,7 @@ def children(pid):
 
 def learner_args(broker, run_dir, *extra):
     return ("learner", "--algo", "dqn", "--env", "CartPole-v1", "--broker", broker, "--run-dir", str(run_dir),
-            "--no-progress", "--total-steps", "100000000", "--set", "run.eval_every_s=1000", *extra)
+            "--no-progress", "--total-steps", "100000000", "--set", "run.eval_every_frames=0", *extra)
 
 
 def test_items_flow_weights_advance_and_a_killed_worker_is_restarted(procs, tmp_path):
