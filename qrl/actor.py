@@ -117,7 +117,8 @@ class Worker:
         push.setsockopt(zmq.SNDBUF, self.cfg.send_buffer)
         push.setsockopt(zmq.LINGER, 500)  # a bounded flush of a queued segment on a clean stop
         push.connect(f"tcp://{host}:{ports['ingest']}")
-        log.info("%s: running %s on %s x%d (epsilon/state %s)", self.role, spec["algo"], spec["env"], num_envs, state)
+        log.info("%s: running %s on %s x%d, weights version %d", self.role, spec["algo"], spec["env"], num_envs,
+                 version)
 
         overlap = algo.rollout_overlap(args)
         L = T + overlap

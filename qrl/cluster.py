@@ -41,7 +41,7 @@ def start_broker(run_dir: Path, host: str = "127.0.0.1", port: int = 0, timeout_
             raise ClusterError(f"broker exited with code {proc.returncode}: {_tail(run_dir / 'broker.log')}")
         if time.monotonic() > deadline:
             stop([proc])
-            raise ClusterError("broker did not start within {timeout_s:.0f} s")
+            raise ClusterError(f"broker did not start within {timeout_s:.0f} s")
         time.sleep(0.05)
     return proc, json.loads(address_file.read_text())["address"]
 
@@ -73,13 +73,14 @@ def run_local(algo: str, env: str, actors: int, run_dir: Path, learner_args: lis
     try:
         broker, address = start_broker(run_dir)
         procs.append(broker)
-        procs.insert(0, start_actors(run_dir, address, actors))
+        actor_proc = start_actors(run_dir, address, actors)
+        procs.insert(0, actor_proc)
         print(f"qrl run: broker at {address}, {actors} actor processes, logs in {run_dir}", flush=True)
         learner = subprocess.Popen(_qrl("learner", "--algo", algo, "--env", env, "--broker", address,
                                         "--run-dir", str(run_dir), *learner_args))
-        procs.insert(0, learner)
+        procs.insert(0, learner)  # stopped first, then actors, then the broker
         while learner.poll() is None:
-            for p, name in ((broker, "broker"), (procs[1], "actors")):
+            for p, name in ((broker, "broker"), (actor_proc, "actors")):
                 if p.poll() is not None:
                     raise ClusterError(f"{name} exited with code {p.returncode}: "
                                        f"{_tail(run_dir / (name + '.log'))}")
