@@ -125,6 +125,7 @@ class Broker:
             if self.weights_out in events:
                 self._drain(self.weights_out, self._on_subscription)
             self._serve_pending()
+            self.stats.update_rates()
             if time.monotonic() >= next_stats:
                 next_stats = time.monotonic() + self.cfg.stats_interval_s
                 log.info("broker: %s", json.dumps(self.stats_summary(brief=True)))
@@ -258,6 +259,7 @@ class Broker:
             identity, req, batch_size, t0 = self.pending.popleft()
             arrays, ids = table.sample(batch_size)
             self.stats.batches += 1
+            self.stats.sampled_items += batch_size
             self.stats.sample_wait_s += time.monotonic() - t0
             self._reply(identity, "batch", {"req": req}, {**arrays, "_id": ids})
 
@@ -299,6 +301,8 @@ class Broker:
             "replay_size": t.size if t else 0,
             "replay_capacity": t.cfg.capacity if t else 0,
             "batches": s.batches,
+            "insert_rate": s.insert_rate,  # items/s over the last second
+            "sample_rate": s.sample_rate,  # sampled items/s over the last second
             "pending_samples": len(self.pending),
             "weights_version": self.weights_version,
             "actors": len(s.actors),
@@ -313,6 +317,9 @@ class _Stats:
     def __init__(self):
         self.started = time.monotonic()
         self.segments = self.items = self.frames = self.episodes = self.batches = 0
+        self.sampled_items = 0
+        self.insert_rate = self.sample_rate = 0.0
+        self._rate_mark = (self.started, 0, 0)  # (time, items, sampled items) at the last rate update
         self.sample_wait_s = 0.0
         self.returns: collections.deque = collections.deque(maxlen=100)
         self.lengths: collections.deque = collections.deque(maxlen=100)
@@ -320,6 +327,14 @@ class _Stats:
         self.rejected: collections.Counter = collections.Counter()
         self.last_reject_log: dict[str, float] = {}
         self.actors: dict[int, dict[str, Any]] = {}
+
+    def update_rates(self, every_s: float = 1.0) -> None:
+        t0, items0, sampled0 = self._rate_mark
+        now = time.monotonic()
+        if now - t0 >= every_s:
+            self.insert_rate = (self.items - items0) / (now - t0)
+            self.sample_rate = (self.sampled_items - sampled0) / (now - t0)
+            self._rate_mark = (now, self.items, self.sampled_items)
 
 
 def _int(meta: dict, key: str) -> int:

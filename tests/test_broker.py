@@ -72,6 +72,21 @@ def test_insert_then_sample(client, push):
     assert s["segments"] == 3 and s["frames"] == 24 and s["episodes"] == 3
     assert s["mean_return_100"] == pytest.approx(6.0) and s["batches"] == 1
     assert s["per_actor"]["0"]["seq"] == 2
+    # rates are items per second over the last second: 24 items arrived in this test's first seconds
+    wait_for(lambda: stats(client)["insert_rate"] == 0.0, 5, "the insert rate to fall back to 0 when idle")
+
+
+def test_insert_and_sample_rates(client, push):
+    register(client)
+    start = time.monotonic()
+    sent = 0
+    while time.monotonic() - start < 1.5:
+        push.send_multipart(segment(sent))
+        sent += 1
+        client.request("sample", {"batch_size": 4}, wait_s=10)
+        time.sleep(0.01)
+    s = stats(client)
+    assert 0 < s["insert_rate"] <= 8 * sent / 1.0 and 0 < s["sample_rate"] <= 4 * sent / 1.0
 
 
 def test_sample_waits_for_min_size(client, push):
