@@ -168,27 +168,40 @@ class Broker:
             seq = _int(meta, "seq")
             version = _int(meta, "policy_version")
             frames_count = _int(meta, "frames")
+            incarnation = str(meta.get("incarnation", ""))[:32]
             returns = [float(x) for x in meta.get("episode_returns", [])]
             lengths = [int(x) for x in meta.get("episode_lengths", [])]
         except (KeyError, TypeError, ValueError) as exc:
             return self._reject("ingest", "bad_meta", str(exc))
+        s = self.stats
+        a = s.actors.setdefault(actor_id, {"segments": 0, "frames": 0, "seq": -1, "policy_version": -1,
+                                           "incarnation": None, "incarnations": 0, "gaps": 0, "duplicates": 0})
+        # Sequence accounting per actor incarnation (a restarted worker starts again at 0):
+        # a jump forward is segments lost on the way, a step back a duplicate, dropped here.
+        if a["incarnation"] != incarnation:
+            a.update(incarnation=incarnation, incarnations=a["incarnations"] + 1, seq=-1)
+        if seq <= a["seq"]:
+            a["duplicates"] += 1
+            s.duplicates += 1
+            return self._reject("ingest", "duplicate", f"actor {actor_id} seq {seq}")
+        if seq > a["seq"] + 1:
+            a["gaps"] += seq - a["seq"] - 1
+            s.gaps += seq - a["seq"] - 1
+        a.update(seq=seq, last_seen=time.time())
         if self.table is None:
             return self._reject("ingest", "no_table", "no learner has registered yet")
         try:
             n = self.table.insert(msg.arrays)
         except SchemaError as exc:
             return self._reject("ingest", "schema_mismatch", str(exc))
-        s = self.stats
         s.segments += 1
         s.items += n
         s.frames += frames_count
         s.episodes += len(returns)
         s.returns.extend(returns)
-        s.policy_lag.append(max(0, self.weights_version - version))
         s.lengths.extend(lengths)
-        a = s.actors.setdefault(actor_id, {"segments": 0, "frames": 0, "seq": -1, "policy_version": -1})
-        a.update(segments=a["segments"] + 1, frames=a["frames"] + frames_count, seq=seq,
-                 policy_version=version, incarnation=str(meta.get("incarnation", ""))[:32], last_seen=time.time())
+        s.policy_lag.append(max(0, self.weights_version - version))
+        a.update(segments=a["segments"] + 1, frames=a["frames"] + frames_count, policy_version=version)
 
     def _on_request(self, frames: list) -> None:
         identity, body = frames[0], frames[1:]
@@ -298,6 +311,8 @@ class Broker:
             "mean_length_100": float(np.mean(s.lengths)) if s.lengths else None,
             "policy_lag_100": float(np.mean(s.policy_lag)) if s.policy_lag else None,
             "rejected": dict(s.rejected),
+            "gaps": s.gaps,  # segments that never arrived (sequence numbers skipped)
+            "duplicates": s.duplicates,
             "replay_size": t.size if t else 0,
             "replay_capacity": t.cfg.capacity if t else 0,
             "batches": s.batches,
@@ -318,6 +333,7 @@ class _Stats:
         self.started = time.monotonic()
         self.segments = self.items = self.frames = self.episodes = self.batches = 0
         self.sampled_items = 0
+        self.gaps = self.duplicates = 0
         self.insert_rate = self.sample_rate = 0.0
         self._rate_mark = (self.started, 0, 0)  # (time, items, sampled items) at the last rate update
         self.sample_wait_s = 0.0

@@ -63,6 +63,8 @@ class Worker:
         self.cfg, self.actor_id = cfg, actor_id
         self.role = f"actor {actor_id}"
         self.stopping = False
+        self.incarnation = uuid.uuid4().hex[:8]  # tells this process's sequence numbers from a restart's
+        self.sent = 0  # segments handed to ZeroMQ (flushed within the PUSH linger on a clean stop)
 
     def should_stop(self) -> bool:
         return self.stopping
@@ -128,8 +130,6 @@ class Worker:
         finished_returns: list[float] = []
         finished_lengths: list[int] = []
         window: list[dict[str, Any]] = []
-        incarnation = uuid.uuid4().hex[:8]
-        seq = 0
         while not self.stopping:
             segment_version = version
             while len(window) < L:
@@ -153,15 +153,39 @@ class Worker:
                 extras={k: np.stack([w["extras"][k] for w in window]) for k in window[0]["extras"]},
             )
             items = algo.make_items(rollout, T, args)
-            meta = {"run_id": spec["run_id"], "actor_id": self.actor_id, "incarnation": incarnation, "seq": seq,
+            meta = {"run_id": spec["run_id"], "actor_id": self.actor_id, "incarnation": self.incarnation,
+                    "seq": self.sent,
                     "policy_version": segment_version, "frames": T * num_envs,
                     "episode_returns": finished_returns, "episode_lengths": finished_lengths}
             self._push(push, wire.encode("segment", meta, items))
-            seq += 1
+            self.sent += 1
             finished_returns, finished_lengths = [], []
             window = window[T:]  # keep the overlap: later items still need those steps
             version = self._poll_weights(weights_sub, net, version, spec["run_id"])
         env.close()
+        self._confirm_delivery()
+
+    def _confirm_delivery(self, timeout_s: float = 3.0) -> None:
+        """On a clean stop, wait (bounded) until the broker has read our last segment.
+
+        Closing the PUSH socket is not enough: when a peer disconnects, libzmq discards
+        what is still queued for it at the receiving PULL socket, so a segment sent just
+        before the stop could vanish without a gap ever showing in the sequence numbers."""
+        if self.sent == 0:
+            return
+        client = transport.Client(self.ctx, self.cfg.broker, self.role, timeout_s=0.5)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while time.monotonic() < deadline:
+                mine = client.request("get_stats", wait_s=timeout_s).meta.get("per_actor", {}).get(str(self.actor_id))
+                if mine and mine.get("incarnation") == self.incarnation and mine.get("seq", -1) >= self.sent - 1:
+                    return
+                time.sleep(0.05)
+            log.warning("%s: the broker had not confirmed segment %d when stopping", self.role, self.sent - 1)
+        except transport.BrokerUnavailable:
+            log.warning("%s: no broker to confirm delivery of the last segments", self.role)
+        finally:
+            client.close()
 
     def _push(self, push: zmq.Socket, frames: list) -> None:
         """Send, blocking while the broker holds us back, but never past a stop request."""
@@ -208,17 +232,23 @@ def _worker_main(cfg: ActorConfig, actor_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     worker = Worker(cfg, actor_id)
     signal.signal(signal.SIGTERM, lambda *_: setattr(worker, "stopping", True))
+    code = 0
     try:
         worker.run()
     except (Stop, transport.BrokerUnavailable):
         if not worker.stopping:
-            raise
+            log.error("actor %d: failed: the broker went away", actor_id)
+            code = 1
     except RunChanged as exc:
         log.warning("actor %d: %s; restarting", actor_id, exc)
-        os._exit(3)
+        code = 3
     except Exception as exc:
         log.error("actor %d: failed: %s: %s", actor_id, type(exc).__name__, exc)
-        os._exit(1)
+        code = 1
+    # scripts/load_test.py checks these counts against the broker's
+    log.info("actor %d: incarnation %s sent %d segments", actor_id, worker.incarnation, worker.sent)
+    if code:
+        os._exit(code)
 
 
 class Supervisor:

@@ -111,6 +111,26 @@ def test_schema_mismatch_and_garbage_are_rejected_and_counted(client, push):
     assert rejected == {"schema_mismatch": 1, "bad_header": 1, "unexpected_type": 1}
 
 
+def test_sequence_gaps_duplicates_and_restarts_are_counted(client, push):
+    register(client)
+
+    def send(seq, incarnation):
+        frames = segment(seq)
+        header = wire.decode(frames).meta
+        push.send_multipart(wire.encode("segment", {**header, "incarnation": incarnation},
+                                        wire.decode(frames).arrays))
+
+    for seq in (0, 1, 3, 3, 2, 4):  # 2 skipped (a gap), then 3 again and 2 late (duplicates)
+        send(seq, "first")
+    for seq in (0, 1):  # the worker restarted: a new incarnation starts again at 0
+        send(seq, "second")
+    wait_for(lambda: stats(client)["segments"] == 6, 10, "six accepted segments")
+    s = stats(client)
+    assert (s["gaps"], s["duplicates"], s["rejected"]) == (1, 2, {"duplicate": 2})
+    a = s["per_actor"]["0"]
+    assert (a["incarnations"], a["seq"], a["gaps"], a["duplicates"]) == (2, 1, 1, 2)
+
+
 def test_bad_requests_get_an_error_reply(client):
     assert client.request("sample", {"batch_size": 4}, wait_s=10).type == "error"  # no table yet
     register(client)
