@@ -149,6 +149,7 @@ class Broker:
 
     def _reject(self, where: str, reason: str, detail: str = "") -> None:
         self.stats.rejected[reason] += 1
+        self.stats.rejected_on[where] += 1
         now = time.monotonic()
         if now - self.stats.last_reject_log.get(reason, -1e9) > 5.0:
             self.stats.last_reject_log[reason] = now
@@ -311,6 +312,7 @@ class Broker:
             "mean_length_100": float(np.mean(s.lengths)) if s.lengths else None,
             "policy_lag_100": float(np.mean(s.policy_lag)) if s.policy_lag else None,
             "rejected": dict(s.rejected),
+            "rejected_on": dict(s.rejected_on),  # the same rejections by socket
             "gaps": s.gaps,  # segments that never arrived (sequence numbers skipped)
             "duplicates": s.duplicates,
             "replay_size": t.size if t else 0,
@@ -341,6 +343,7 @@ class _Stats:
         self.lengths: collections.deque = collections.deque(maxlen=100)
         self.policy_lag: collections.deque = collections.deque(maxlen=100)  # weight versions behind, per segment
         self.rejected: collections.Counter = collections.Counter()
+        self.rejected_on: collections.Counter = collections.Counter()
         self.last_reject_log: dict[str, float] = {}
         self.actors: dict[int, dict[str, Any]] = {}
 
