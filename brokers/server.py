@@ -18,10 +18,12 @@ fatal.
 from __future__ import annotations
 
 import collections
+import ipaddress
 import json
 import logging
 import os
 import signal
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +31,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from qrl import wire
+from qrl import transport, wire
 from qrl.brokers.tables import ReplayTable, SchemaError, TableConfig
 from qrl.transport import bind
 
@@ -57,19 +59,17 @@ class Broker:
         self.cfg = cfg
         self.ctx = ctx or zmq.Context.instance()
         self.limits = wire.Limits(max_message_bytes=cfg.max_message_bytes)
-        self.service = self.ctx.socket(zmq.ROUTER)
-        self.ingest = self.ctx.socket(zmq.PULL)
+        self.service = transport.socket(self.ctx, zmq.ROUTER)
+        self.ingest = transport.socket(self.ctx, zmq.PULL)
         self.ingest.setsockopt(zmq.MAXMSGSIZE, cfg.max_message_bytes)
         self.ingest.setsockopt(zmq.RCVHWM, cfg.ingest_hwm)
         self.ingest.setsockopt(zmq.RCVBUF, cfg.ingest_buffer)
-        self.weights_in = self.ctx.socket(zmq.XSUB)
-        self.weights_out = self.ctx.socket(zmq.XPUB)
+        self.weights_in = transport.socket(self.ctx, zmq.XSUB)
+        self.weights_out = transport.socket(self.ctx, zmq.XPUB)
         # Verbose: every subscription reaches us, not just the first per topic,
         # so each late subscriber triggers a resend of the cached weights.
         self.weights_out.setsockopt(zmq.XPUB_VERBOSE, 1)
         sockets = [self.service, self.ingest, self.weights_in, self.weights_out]
-        for s in sockets:
-            s.setsockopt(zmq.LINGER, 0)
         ports = [cfg.port + i if cfg.port else 0 for i in range(4)]
         try:
             self.ports = {
@@ -366,6 +366,9 @@ def _int(meta: dict, key: str) -> int:
 def run_broker(cfg: BrokerConfig, address_file: str | None = None) -> None:
     """Process entry point: serve until SIGINT/SIGTERM."""
     broker = Broker(cfg)
+    if not ipaddress.ip_address(socket.gethostbyname(cfg.host)).is_loopback:
+        log.warning("broker: WARNING: listening on %s without encryption or authentication; anyone who can "
+                    "reach these ports can read weights and inject experience", cfg.host)
     signal.signal(signal.SIGTERM, lambda *_: broker.stop())
     signal.signal(signal.SIGINT, lambda *_: broker.stop())
     if address_file:

@@ -110,14 +110,12 @@ class Worker:
         client.close()
 
         host, _ = transport.split_address(self.cfg.broker)
-        weights_sub = self.ctx.socket(zmq.SUB)
-        weights_sub.setsockopt(zmq.LINGER, 0)
+        weights_sub = transport.socket(self.ctx, zmq.SUB)
         weights_sub.setsockopt(zmq.SUBSCRIBE, b"")
         weights_sub.connect(f"tcp://{host}:{ports['weights_out']}")
-        push = self.ctx.socket(zmq.PUSH)
+        push = transport.socket(self.ctx, zmq.PUSH, linger_ms=500)  # a bounded flush on a clean stop
         push.setsockopt(zmq.SNDHWM, self.cfg.send_hwm)
         push.setsockopt(zmq.SNDBUF, self.cfg.send_buffer)
-        push.setsockopt(zmq.LINGER, 500)  # a bounded flush of a queued segment on a clean stop
         push.connect(f"tcp://{host}:{ports['ingest']}")
         log.info("%s: running %s on %s x%d, weights version %d", self.role, spec["algo"], spec["env"], num_envs,
                  version)

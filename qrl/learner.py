@@ -133,12 +133,10 @@ class LearnerRun:
         for sock in (self.pub, self.sampler):
             if sock is not None:
                 sock.close(linger=0)
-        self.pub = self.ctx.socket(zmq.PUB)
-        self.pub.setsockopt(zmq.LINGER, 1000)
+        self.pub = transport.socket(self.ctx, zmq.PUB, linger_ms=1000)
         self.pub.connect(f"tcp://{host}:{reply.meta['ports']['weights_in']}")
         # Requests in flight to a broker that restarted are gone: a new socket starts a new window.
-        self.sampler = self.ctx.socket(zmq.DEALER)
-        self.sampler.setsockopt(zmq.LINGER, 0)
+        self.sampler = transport.socket(self.ctx, zmq.DEALER)
         self.sampler.connect(self.opts.broker)
         batch_size = getattr(self.args, "batch_size")
         for _ in range(self.cfg.samples_in_flight):

@@ -24,6 +24,22 @@ class BrokerUnavailable(RuntimeError):
     pass
 
 
+HEARTBEAT_IVL_MS = 2_000
+HEARTBEAT_TIMEOUT_MS = 10_000
+
+
+def socket(ctx: zmq.Context, kind: int, linger_ms: int = 0) -> zmq.Socket:
+    """A socket with ZMTP heartbeats, so a peer that dies without closing its connection
+    (killed host, cut cable, SIGSTOP) is dropped after HEARTBEAT_TIMEOUT_MS and the
+    connection is re-established when it comes back; and a chosen LINGER."""
+    sock = ctx.socket(kind)
+    sock.setsockopt(zmq.LINGER, linger_ms)
+    sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
+    return sock
+
+
 def bind(sock: zmq.Socket, host: str, port: int) -> int:
     """Bind to host:port (port 0 picks a free one) and return the port actually bound."""
     try:
@@ -72,8 +88,7 @@ class Client:
         self.sock = self._connect()
 
     def _connect(self) -> zmq.Socket:
-        sock = self.ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
+        sock = socket(self.ctx, zmq.DEALER)
         sock.connect(self.address)
         return sock
 

@@ -54,8 +54,9 @@ class Procs:
         return p
 
     def start_broker(self, *extra: str) -> tuple[subprocess.Popen, str]:
-        address_file = self.tmp / f"broker-{len(self.procs)}.json"
-        p = self.start("broker", "broker", "--port", "0", "--address-file", str(address_file), *extra)
+        name = f"broker-{len(self.procs)}"
+        address_file = self.tmp / f"{name}.json"
+        p = self.start(name, "broker", "--port", "0", "--address-file", str(address_file), *extra)
         deadline = time.monotonic() + 30
         while not address_file.exists():
             assert p.poll() is None, p.log_path.read_text()

@@ -54,3 +54,10 @@ def test_port_in_use():
 
 def test_bad_broker_address():
     one_line_error(qrl("actor", "--broker", "localhost:5555"), "tcp://HOST:PORT")
+
+
+def test_binding_beyond_loopback_warns(procs):
+    broker, _ = procs.start_broker("--host", "0.0.0.0")
+    assert "without encryption or authentication" in broker.log_path.read_text()
+    loopback, _ = procs.start_broker()
+    assert "without encryption" not in loopback.log_path.read_text()
