@@ -45,25 +45,33 @@ class BrokerConfig:
     """Service (ROUTER) port; ingest, weights_in and weights_out use the next three. 0: all random."""
     max_message_bytes: int = 64 << 20
     """ZMQ_MAXMSGSIZE on ingest: larger segments are cut off by libzmq before they reach Python."""
-    ingest_hwm: int = 1
+    ingest_hwm: int = 2
     """Segments queued per actor connection on ingest. Small on purpose: a queued segment ages
-    while it waits (policy lag), and a held-back actor should block, not run ahead."""
+    while it waits (policy lag), and a held-back actor should block, not run ahead. Not 1:
+    with CURVE on, libzmq 4.3.5 never delivered a segment to a PULL socket with RCVHWM 1."""
     ingest_buffer: int = 4 << 10
-    """Kernel receive buffer (SO_RCVBUF) of the ingest socket, kept small for the same reason."""
+    """Kernel receive buffer (SO_RCVBUF) of the ingest socket, kept small for the same reason (0: the OS's)."""
     stats_interval_s: float = 10.0
     seed: int = 0
+    keys: str | None = None
+    """Directory from `qrl keygen`: CURVE on every socket, only authorized client keys get in."""
 
 
 class Broker:
     def __init__(self, cfg: BrokerConfig, ctx: zmq.Context | None = None):
         self.cfg = cfg
         self.ctx = ctx or zmq.Context.instance()
+        self.auth = None
+        if cfg.keys:
+            transport.use_keys(cfg.keys, server=True)
+            self.auth = transport.start_authenticator(self.ctx, cfg.keys)
         self.limits = wire.Limits(max_message_bytes=cfg.max_message_bytes)
         self.service = transport.socket(self.ctx, zmq.ROUTER)
         self.ingest = transport.socket(self.ctx, zmq.PULL)
         self.ingest.setsockopt(zmq.MAXMSGSIZE, cfg.max_message_bytes)
         self.ingest.setsockopt(zmq.RCVHWM, cfg.ingest_hwm)
-        self.ingest.setsockopt(zmq.RCVBUF, cfg.ingest_buffer)
+        if cfg.ingest_buffer:
+            self.ingest.setsockopt(zmq.RCVBUF, cfg.ingest_buffer)
         self.weights_in = transport.socket(self.ctx, zmq.XSUB)
         self.weights_out = transport.socket(self.ctx, zmq.XPUB)
         # Verbose: every subscription reaches us, not just the first per topic,
@@ -144,6 +152,8 @@ class Broker:
     def close(self) -> None:
         for s in (self.service, self.ingest, self.weights_in, self.weights_out):
             s.close(linger=0)
+        if self.auth is not None:
+            self.auth.stop()
 
     # -- handlers -------------------------------------------------------------------------------
 
@@ -366,7 +376,7 @@ def _int(meta: dict, key: str) -> int:
 def run_broker(cfg: BrokerConfig, address_file: str | None = None) -> None:
     """Process entry point: serve until SIGINT/SIGTERM."""
     broker = Broker(cfg)
-    if not ipaddress.ip_address(socket.gethostbyname(cfg.host)).is_loopback:
+    if not cfg.keys and not ipaddress.ip_address(socket.gethostbyname(cfg.host)).is_loopback:
         log.warning("broker: WARNING: listening on %s without encryption or authentication; anyone who can "
                     "reach these ports can read weights and inject experience", cfg.host)
     signal.signal(signal.SIGTERM, lambda *_: broker.stop())

@@ -68,6 +68,9 @@ def _resolve(algo: str, env: str, sets: tuple[str, ...], **run_options) -> tuple
     return run_cfg, overrides["algo"]
 
 
+keys_option = click.option("--keys", type=click.Path(file_okay=False), default=None,
+                           help="Directory from `qrl keygen`: CURVE encryption and authentication on every socket.")
+
 set_option = click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
                           help="Override a config value, e.g. --set algo.lr=3e-4 --set run.num_envs=4.")
 
@@ -82,13 +85,25 @@ def main() -> None:
 @click.option("--port", default=5555, show_default=True, type=int,
               help="Service port; ingest and weights use the next three. 0 picks free ports.")
 @click.option("--address-file", type=click.Path(dir_okay=False), help="Write the bound address and ports here (JSON).")
+@keys_option
 @user_errors("broker")
-def broker(host: str, port: int, address_file: str | None) -> None:
+def broker(host: str, port: int, address_file: str | None, keys: str | None) -> None:
     """Run the replay broker (the run's rendezvous point)."""
     _setup_logging()
     from qrl.brokers.server import BrokerConfig, run_broker
 
-    run_broker(BrokerConfig(host=host, port=port), address_file)
+    run_broker(BrokerConfig(host=host, port=port, keys=keys), address_file)
+
+
+@main.command()
+@click.argument("key_dir", type=click.Path(file_okay=False))
+def keygen(key_dir: str) -> None:
+    """Write CURVE key pairs for `--keys KEY_DIR`: the broker's, one client's, and the
+    authorized_clients/ directory the broker checks (add more clients' *.key files there)."""
+    from qrl.transport import keygen as write_keys
+
+    for path in write_keys(key_dir):
+        click.echo(str(path))
 
 
 @main.command()
@@ -96,12 +111,15 @@ def broker(host: str, port: int, address_file: str | None) -> None:
 @click.option("--broker", default="tcp://127.0.0.1:5555", show_default=True, help="The broker's service address.")
 @click.option("--first-id", default=0, show_default=True, type=int, help="Actor id of the first process.")
 @click.option("--total", type=int, help="Actors in the whole run across machines (default: --n).")
+@keys_option
 @user_errors("actor")
-def actor(n: int, broker: str, first_id: int, total: int | None) -> None:
+def actor(n: int, broker: str, first_id: int, total: int | None, keys: str | None) -> None:
     """Run N actor processes under a supervisor that restarts any that die."""
     _setup_logging()
     from qrl.actor import ActorConfig, run_actors
-    from qrl.transport import split_address
+    from qrl.transport import split_address, use_keys
+
+    use_keys(keys, server=False)
 
     try:
         split_address(broker)
@@ -119,6 +137,7 @@ def _learner_options(fn):
         click.option("--target-return", type=float, help="Stop when evaluation reaches it (default: env threshold)."),
         click.option("--run-dir", type=click.Path(file_okay=False), help="Where metrics and checkpoints go."),
         click.option("--no-progress", is_flag=True, help="Log progress lines instead of a live bar."),
+        keys_option,
         set_option,
     ]):
         fn = opt(fn)
@@ -135,9 +154,13 @@ def _default_run_dir(algo: str, env_id: str) -> str:
 @click.option("--device", default="auto", show_default=True, help="torch device: auto, cpu, cuda, cuda:1 ...")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in --run-dir.")
 @user_errors("learner")
-def learner(algo, env_id, seed, total_steps, target_return, run_dir, no_progress, sets, broker, device, resume) -> None:
+def learner(algo, env_id, seed, total_steps, target_return, run_dir, no_progress, keys, sets, broker, device,
+            resume) -> None:
     """Run the learner: register the run, train from the broker's batches, publish weights."""
     _setup_logging()
+    from qrl.transport import use_keys
+
+    use_keys(keys, server=False)
     run_cfg, algo_values = _resolve(algo, env_id, sets, seed=seed, total_steps=total_steps,
                                     target_return=target_return)
     from qrl.learner import LearnerOptions, run_learner
@@ -153,7 +176,7 @@ def learner(algo, env_id, seed, total_steps, target_return, run_dir, no_progress
 @_learner_options
 @click.option("--actors", default=4, show_default=True, type=click.IntRange(1, 1024), help="Actor processes.")
 @user_errors("run")
-def run(algo, env_id, seed, total_steps, target_return, run_dir, no_progress, sets, actors) -> None:
+def run(algo, env_id, seed, total_steps, target_return, run_dir, no_progress, keys, sets, actors) -> None:
     """Train with a local cluster: broker, actors and learner as separate processes on loopback."""
     _resolve(algo, env_id, sets, seed=seed, total_steps=total_steps, target_return=target_return)
     from qrl.cluster import ClusterError, run_local
@@ -164,8 +187,10 @@ def run(algo, env_id, seed, total_steps, target_return, run_dir, no_progress, se
             learner_args += [flag, str(value)]
     if no_progress:
         learner_args.append("--no-progress")
+    key_args = ("--keys", keys) if keys else ()
     try:
-        code = run_local(algo, env_id, actors, Path(run_dir or _default_run_dir(algo, env_id)), learner_args)
+        code = run_local(algo, env_id, actors, Path(run_dir or _default_run_dir(algo, env_id)),
+                         [*learner_args, *key_args], key_args)
     except ClusterError as exc:
         raise click.ClickException(f"run: {exc}") from None
     sys.exit(code)

@@ -66,14 +66,15 @@ def stop(procs: list[subprocess.Popen], grace_s: float = 10.0) -> None:
             p.wait(5)
 
 
-def run_local(algo: str, env: str, actors: int, run_dir: Path, learner_args: list[str]) -> int:
+def run_local(algo: str, env: str, actors: int, run_dir: Path, learner_args: list[str],
+              key_args: tuple[str, ...] = ()) -> int:
     """Run a whole training job; return the learner's exit code."""
     run_dir.mkdir(parents=True, exist_ok=True)
     procs: list[subprocess.Popen] = []
     try:
-        broker, address = start_broker(run_dir)
+        broker, address = start_broker(run_dir, extra=key_args)
         procs.append(broker)
-        actor_proc = start_actors(run_dir, address, actors)
+        actor_proc = start_actors(run_dir, address, actors, extra=key_args)
         procs.insert(0, actor_proc)
         print(f"qrl run: broker at {address}, {actors} actor processes, logs in {run_dir}", flush=True)
         learner = subprocess.Popen(_qrl("learner", "--algo", algo, "--env", env, "--broker", address,

@@ -7,11 +7,15 @@ Only qrl/wire.py knows message bytes; this module moves frames.
 from __future__ import annotations
 
 import itertools
+import shutil
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
 import zmq
+import zmq.auth
 
 from qrl import wire
 
@@ -28,15 +32,78 @@ HEARTBEAT_IVL_MS = 2_000
 HEARTBEAT_TIMEOUT_MS = 10_000
 
 
+@dataclass(frozen=True)
+class CurveKeys:
+    """This process's CURVE identity: its key pair and, for clients, the broker's public key."""
+
+    public: bytes
+    secret: bytes
+    server_public: bytes | None  # None: this process is the server (the broker)
+
+
+# Set once per process by the CLI (`--keys DIR`) before any socket exists; forked actor
+# workers inherit it. None: plain TCP.
+_keys: CurveKeys | None = None
+
+SERVER_KEY, CLIENT_KEY, AUTHORIZED = "server.key_secret", "client.key_secret", "authorized_clients"
+
+
+def use_keys(key_dir: str | Path | None, server: bool) -> None:
+    """Turn on CURVE encryption and authentication for every socket made from now on."""
+    global _keys
+    if key_dir is None:
+        _keys = None
+        return
+    key_dir = Path(key_dir)
+    # A client machine needs only the broker's public key, never its secret.
+    for needed in (SERVER_KEY, AUTHORIZED) if server else ("server.key", CLIENT_KEY):
+        if not (key_dir / needed).exists():
+            raise FileNotFoundError(f"no {needed} in {key_dir} (create keys with: qrl keygen {key_dir})")
+    if server:
+        _keys = CurveKeys(*zmq.auth.load_certificate(key_dir / SERVER_KEY), None)
+    else:
+        server_public, _ = zmq.auth.load_certificate(key_dir / "server.key")
+        _keys = CurveKeys(*zmq.auth.load_certificate(key_dir / CLIENT_KEY), server_public)
+
+
+def keygen(key_dir: str | Path) -> list[Path]:
+    """Write a server and a client key pair, and authorize the client's public key."""
+    key_dir = Path(key_dir)
+    (key_dir / AUTHORIZED).mkdir(parents=True, exist_ok=True)
+    zmq.auth.create_certificates(key_dir, "server")
+    client_public, _ = zmq.auth.create_certificates(key_dir, "client")
+    shutil.copy(client_public, key_dir / AUTHORIZED / "client.key")
+    for secret in key_dir.glob("*.key_secret"):
+        secret.chmod(0o600)
+    return sorted(key_dir.rglob("*.key*"))
+
+
+def start_authenticator(ctx: zmq.Context, key_dir: str | Path):
+    """The broker's ZAP handler: only clients whose public key is in KEY_DIR/authorized_clients get in."""
+    from zmq.auth.thread import ThreadAuthenticator
+
+    auth = ThreadAuthenticator(ctx)
+    auth.start()
+    auth.configure_curve(domain="*", location=str(Path(key_dir) / AUTHORIZED))
+    return auth
+
+
 def socket(ctx: zmq.Context, kind: int, linger_ms: int = 0) -> zmq.Socket:
     """A socket with ZMTP heartbeats, so a peer that dies without closing its connection
     (killed host, cut cable, SIGSTOP) is dropped after HEARTBEAT_TIMEOUT_MS and the
-    connection is re-established when it comes back; and a chosen LINGER."""
+    connection is re-established when it comes back; a chosen LINGER; and CURVE when
+    this process has keys."""
     sock = ctx.socket(kind)
     sock.setsockopt(zmq.LINGER, linger_ms)
     sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
     sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
+    if _keys is not None:
+        sock.curve_publickey, sock.curve_secretkey = _keys.public, _keys.secret
+        if _keys.server_public is None:
+            sock.curve_server = True
+        else:
+            sock.curve_serverkey = _keys.server_public
     return sock
 
 

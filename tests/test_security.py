@@ -1,0 +1,94 @@
+"""CURVE: with --keys, only clients holding an authorized key pair get anything in or out."""
+
+import shutil
+
+import numpy as np
+import pytest
+import zmq
+import zmq.auth
+
+from qrl import transport, wire
+from qrl.transport import BrokerUnavailable, Client
+from conftest import wait_for
+from test_broker import SPEC, TABLE, segment
+
+
+@pytest.fixture
+def keys(tmp_path):
+    key_dir = tmp_path / "keys"
+    transport.keygen(key_dir)
+    yield key_dir
+    transport.use_keys(None, server=False)
+
+
+def as_intruder(key_dir, tmp_path):
+    """A client with a valid key pair of its own that the broker never authorized."""
+    other = tmp_path / "intruder"
+    shutil.copytree(key_dir, other)
+    zmq.auth.create_certificates(other, "client")  # overwrites client.key(_secret) with a new pair
+    transport.use_keys(other, server=False)
+
+
+def test_only_authorized_clients_get_in_or_out(procs, keys, tmp_path):
+    broker, address = procs.start_broker("--keys", str(keys))
+    port = int(address.rsplit(":", 1)[1])
+    ctx = zmq.Context()
+    try:
+        transport.use_keys(keys, server=False)
+        friend = Client(ctx, address, "friend")
+        reply = friend.request("register", {"spec": SPEC, "table": TABLE, "weights_version": 0},
+                               {"w": np.zeros(3, np.float32)}, wait_s=15)
+        assert reply.type == "ok"
+        ingest_port = reply.meta["ports"]["ingest"]
+        stats = lambda: friend.request("get_stats", wait_s=15).meta
+
+        for stranger in ("intruder", "plain"):
+            if stranger == "intruder":
+                as_intruder(keys, tmp_path)
+            else:
+                transport.use_keys(None, server=False)
+            client = Client(ctx, address, stranger, timeout_s=1.0)
+            with pytest.raises(BrokerUnavailable):
+                client.request("get_spec", wait_s=2)  # nothing out
+            push = transport.socket(ctx, zmq.PUSH)
+            push.connect(f"tcp://127.0.0.1:{ingest_port}")
+            push.send_multipart(segment(0), flags=zmq.NOBLOCK) if push.poll(500, zmq.POLLOUT) else None
+            push.close()
+            client.close()
+
+        transport.use_keys(keys, server=False)  # an authorized actor's segment does get in
+        friend_push = transport.socket(ctx, zmq.PUSH)
+        friend_push.connect(f"tcp://127.0.0.1:{ingest_port}")
+        friend_push.send_multipart(segment(0))
+        wait_for(lambda: stats()["segments"] == 1, 15, f"the authorized segment; stats {stats()}")
+        s = stats()
+        assert s["segments"] == 1 and s["rejected"] == {}, "a stranger's segment got in"
+        friend_push.close()
+        friend.close()
+    finally:
+        ctx.destroy(linger=0)
+
+
+def test_client_needs_no_server_secret(keys, tmp_path):
+    client_only = tmp_path / "client-machine"
+    client_only.mkdir()
+    for name in ("server.key", "client.key", "client.key_secret"):
+        shutil.copy(keys / name, client_only / name)
+    transport.use_keys(client_only, server=False)
+    with pytest.raises(FileNotFoundError, match="qrl keygen"):
+        transport.use_keys(client_only, server=True)
+
+
+@pytest.mark.slow
+def test_a_whole_cluster_trains_with_keys(keys, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "run"
+    out = subprocess.run([sys.executable, "-m", "qrl", "run", "--keys", str(keys), "--actors", "2", "--total-steps",
+                          "3000", "--run-dir", str(run_dir), "--no-progress"], capture_output=True, text=True,
+                         timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["frames"] >= 3000 and summary["updates"] > 0
