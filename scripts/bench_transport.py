@@ -17,7 +17,6 @@ import pickle  # contrast row only
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
 import msgpack
 import numpy as np

@@ -7,7 +7,7 @@ import pytest
 import zmq
 import zmq.auth
 
-from qrl import transport, wire
+from qrl import transport
 from qrl.transport import BrokerUnavailable, Client
 from conftest import wait_for
 from test_broker import SPEC, TABLE, segment
@@ -30,8 +30,7 @@ def as_intruder(key_dir, tmp_path):
 
 
 def test_only_authorized_clients_get_in_or_out(procs, keys, tmp_path):
-    broker, address = procs.start_broker("--keys", str(keys))
-    port = int(address.rsplit(":", 1)[1])
+    _, address = procs.start_broker("--keys", str(keys))
     ctx = zmq.Context()
     try:
         transport.use_keys(keys, server=False)
