@@ -32,6 +32,7 @@ import numpy as np
 import zmq
 
 from qrl import transport, wire
+from qrl.brokers import snapshot
 from qrl.brokers.tables import ReplayTable, SchemaError, TableConfig
 from qrl.transport import bind
 
@@ -55,6 +56,9 @@ class BrokerConfig:
     seed: int = 0
     keys: str | None = None
     """Directory from `qrl keygen`: CURVE on every socket, only authorized client keys get in."""
+    snapshot_dir: str | None = None
+    """Where the replay table, spec and weights are snapshotted (and restored from at start)."""
+    snapshot_every_s: float = 60.0
 
 
 class Broker:
@@ -97,6 +101,35 @@ class Broker:
         self.pending: collections.deque = collections.deque()  # sample requests held by the rate limiter
         self.stats = _Stats()
         self._stop = False
+        if cfg.snapshot_dir:
+            self._restore(cfg.snapshot_dir)
+
+    # -- snapshots ------------------------------------------------------------------------------
+
+    def _restore(self, directory: str) -> None:
+        try:
+            restored = snapshot.load(directory, seed=self.cfg.seed)
+        except snapshot.SnapshotError as exc:
+            self.stats.snapshot_error = str(exc)
+            log.error("broker: %s; starting empty", exc)
+            return
+        if restored is None:
+            return
+        self.table, self.spec, weights, version = restored
+        if self.spec is not None and weights:
+            self._cache_weights(wire.encode("weights", {"version": version, "run_id": self.spec.get("run_id")},
+                                            weights), version)
+        log.info("broker: restored %d items and run %s from %s", self.table.size,
+                 (self.spec or {}).get("run_id"), directory)
+
+    def snapshot(self) -> None:
+        if not self.cfg.snapshot_dir or self.table is None:
+            return
+        t0 = time.monotonic()
+        weights = wire.decode(self.weights_frames, self.limits).arrays if self.weights_frames else None
+        path = snapshot.save(self.cfg.snapshot_dir, self.table, self.spec, weights, self.weights_version)
+        self.stats.snapshots += 1
+        log.info("broker: snapshot of %d items to %s in %.2f s", self.table.size, path, time.monotonic() - t0)
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -109,6 +142,7 @@ class Broker:
     def serve(self, max_seconds: float | None = None) -> None:
         end = None if max_seconds is None else time.monotonic() + max_seconds
         next_stats = time.monotonic() + self.cfg.stats_interval_s
+        next_snapshot = time.monotonic() + self.cfg.snapshot_every_s
         poller = zmq.Poller()
         for s in (self.service, self.weights_in, self.weights_out):
             poller.register(s, zmq.POLLIN)
@@ -134,6 +168,9 @@ class Broker:
                 self._drain(self.weights_out, self._on_subscription)
             self._serve_pending()
             self.stats.update_rates()
+            if self.cfg.snapshot_dir and time.monotonic() >= next_snapshot:
+                self.snapshot()
+                next_snapshot = time.monotonic() + self.cfg.snapshot_every_s
             if time.monotonic() >= next_stats:
                 next_stats = time.monotonic() + self.cfg.stats_interval_s
                 log.info("broker: %s", json.dumps(self.stats_summary(brief=True)))
@@ -334,6 +371,8 @@ class Broker:
             "weights_version": self.weights_version,
             "actors": len(s.actors),
             "uptime_s": time.monotonic() - s.started,
+            "snapshots": s.snapshots,
+            "snapshot_error": s.snapshot_error,
         }
         if not brief:
             out["per_actor"] = {str(k): v for k, v in s.actors.items()}
@@ -346,6 +385,8 @@ class _Stats:
         self.segments = self.items = self.frames = self.episodes = self.batches = 0
         self.sampled_items = 0
         self.gaps = self.duplicates = 0
+        self.snapshots = 0
+        self.snapshot_error: str | None = None  # a snapshot found at start but refused
         self.insert_rate = self.sample_rate = 0.0
         self._rate_mark = (self.started, 0, 0)  # (time, items, sampled items) at the last rate update
         self.sample_wait_s = 0.0
@@ -389,6 +430,7 @@ def run_broker(cfg: BrokerConfig, address_file: str | None = None) -> None:
     log.info("broker: serving on %s (ports %s)", broker.address(), broker.ports)
     try:
         broker.serve()
+        broker.snapshot()  # stopped by SIGINT/SIGTERM: keep what we hold
     finally:
         broker.close()
         log.info("broker: stopped")

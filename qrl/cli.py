@@ -85,14 +85,16 @@ def main() -> None:
 @click.option("--port", default=5555, show_default=True, type=int,
               help="Service port; ingest and weights use the next three. 0 picks free ports.")
 @click.option("--address-file", type=click.Path(dir_okay=False), help="Write the bound address and ports here (JSON).")
+@click.option("--snapshot-dir", type=click.Path(file_okay=False),
+              help="Snapshot the replay table here every minute and on stop; restore from it at start.")
 @keys_option
 @user_errors("broker")
-def broker(host: str, port: int, address_file: str | None, keys: str | None) -> None:
+def broker(host: str, port: int, address_file: str | None, snapshot_dir: str | None, keys: str | None) -> None:
     """Run the replay broker (the run's rendezvous point)."""
     _setup_logging()
     from qrl.brokers.server import BrokerConfig, run_broker
 
-    run_broker(BrokerConfig(host=host, port=port, keys=keys), address_file)
+    run_broker(BrokerConfig(host=host, port=port, keys=keys, snapshot_dir=snapshot_dir), address_file)
 
 
 @main.command()
