@@ -32,9 +32,9 @@ def start_broker(run_dir: Path, host: str = "127.0.0.1", port: int = 0, timeout_
     """Start `qrl broker` and wait until it has bound its sockets; return it and its address."""
     address_file = run_dir / "broker.json"
     address_file.unlink(missing_ok=True)
-    log = (run_dir / "broker.log").open("w")
-    proc = subprocess.Popen(_qrl("broker", "--host", host, "--port", str(port), "--address-file", str(address_file),
-                                 *extra), stdout=log, stderr=subprocess.STDOUT)
+    with (run_dir / "broker.log").open("w") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(_qrl("broker", "--host", host, "--port", str(port), "--address-file",
+                                     str(address_file), *extra), stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + timeout_s
     while not address_file.exists():
         if proc.poll() is not None:
@@ -47,9 +47,9 @@ def start_broker(run_dir: Path, host: str = "127.0.0.1", port: int = 0, timeout_
 
 
 def start_actors(run_dir: Path, broker: str, n: int, extra: tuple[str, ...] = ()) -> subprocess.Popen:
-    log = (run_dir / "actors.log").open("w")
-    return subprocess.Popen(_qrl("actor", "--n", str(n), "--broker", broker, *extra),
-                            stdout=log, stderr=subprocess.STDOUT)
+    with (run_dir / "actors.log").open("w") as log:
+        return subprocess.Popen(_qrl("actor", "--n", str(n), "--broker", broker, *extra),
+                                stdout=log, stderr=subprocess.STDOUT)
 
 
 def stop(procs: list[subprocess.Popen], grace_s: float = 10.0) -> None:

@@ -46,9 +46,9 @@ class Procs:
         self.procs: list[subprocess.Popen] = []
 
     def start(self, name: str, *args: str) -> subprocess.Popen:
-        log = (self.tmp / f"{name}.log").open("w")
-        p = subprocess.Popen([sys.executable, "-m", "qrl", *args], stdout=log, stderr=subprocess.STDOUT,
-                             start_new_session=True, cwd=self.tmp)
+        with (self.tmp / f"{name}.log").open("w") as log:  # the child keeps its own descriptor
+            p = subprocess.Popen([sys.executable, "-m", "qrl", *args], stdout=log, stderr=subprocess.STDOUT,
+                                 start_new_session=True, cwd=self.tmp)
         p.log_path = self.tmp / f"{name}.log"
         self.procs.append(p)
         return p
