@@ -25,6 +25,7 @@ import os
 import signal
 import socket
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +60,14 @@ class BrokerConfig:
     snapshot_dir: str | None = None
     """Where the replay table, spec and weights are snapshotted (and restored from at start)."""
     snapshot_every_s: float = 60.0
+    """Seconds between snapshots: what arrives after the last one is lost if the broker is killed."""
+
+
+FLUSH_TIMEOUT_S = 5.0
+"""How long a stopping actor's flush may read ingest past the rate limiter."""
+MAX_INCARNATIONS_TRACKED = 8
+"""Per actor id, the incarnations whose sequence numbers are remembered (a worker restarting
+in a loop would otherwise grow the stats without bound)."""
 
 
 class Broker:
@@ -100,6 +109,8 @@ class Broker:
         self.weights_version = -1
         self.pending: collections.deque = collections.deque()  # sample requests held by the rate limiter
         self.stats = _Stats()
+        self.broker_id = uuid.uuid4().hex[:12]
+        self.flushing: dict[tuple[int, str], tuple[int, float]] = {}  # (actor, incarnation) -> (last seq, deadline)
         self._stop = False
         if cfg.snapshot_dir:
             self._restore(cfg.snapshot_dir)
@@ -115,19 +126,24 @@ class Broker:
             return
         if restored is None:
             return
-        self.table, self.spec, weights, version = restored
-        if self.spec is not None and weights:
-            self._cache_weights(wire.encode("weights", {"version": version, "run_id": self.spec.get("run_id")},
-                                            weights), version)
-        log.info("broker: restored %d items and run %s from %s", self.table.size,
-                 (self.spec or {}).get("run_id"), directory)
+        self.table, self.spec = restored.table, restored.spec
+        if self.spec is not None and restored.weights:
+            self._cache_weights(wire.encode("weights", {"version": restored.weights_version,
+                                                        "run_id": self.spec.get("run_id")}, restored.weights),
+                                restored.weights_version)
+        self.stats.restore_accounting(restored.accounting)
+        self.stats.restored = {"items": self.table.size, "segments": self.stats.segments, "batches": self.stats.batches,
+                               "seq": {str(k): a["seq"] for k, a in self.stats.actors.items()}}
+        log.info("broker: restored %d items, %d segments received, and run %s from %s", self.table.size,
+                 self.stats.segments, (self.spec or {}).get("run_id"), directory)
 
     def snapshot(self) -> None:
         if not self.cfg.snapshot_dir or self.table is None:
             return
         t0 = time.monotonic()
         weights = wire.decode(self.weights_frames, self.limits).arrays if self.weights_frames else None
-        path = snapshot.save(self.cfg.snapshot_dir, self.table, self.spec, weights, self.weights_version)
+        path = snapshot.save(self.cfg.snapshot_dir, self.table, self.spec, weights, self.weights_version,
+                             self.stats.accounting())
         self.stats.snapshots += 1
         log.info("broker: snapshot of %d items to %s in %.2f s", self.table.size, path, time.monotonic() - t0)
 
@@ -150,7 +166,8 @@ class Broker:
         while not self._stop and (end is None or time.monotonic() < end):
             # Not reading the ingest socket is how actors are held back: their
             # PUSH sockets fill to the high-water mark and block.
-            want_ingest = self.table is None or self.table.limiter.can_insert()
+            self._update_flushing()
+            want_ingest = self.table is None or self.table.limiter.can_insert() or bool(self.flushing)
             if want_ingest != ingest_on:
                 if want_ingest:
                     poller.register(self.ingest, zmq.POLLIN)
@@ -184,7 +201,9 @@ class Broker:
                 return
             handler(frames)
             if sock is self.ingest and self.table is not None and not self.table.limiter.can_insert():
-                return
+                self._update_flushing()
+                if not self.flushing:
+                    return
 
     def close(self) -> None:
         for s in (self.service, self.ingest, self.weights_in, self.weights_out):
@@ -223,19 +242,29 @@ class Broker:
             return self._reject("ingest", "bad_meta", str(exc))
         s = self.stats
         a = s.actors.setdefault(actor_id, {"segments": 0, "frames": 0, "seq": -1, "policy_version": -1,
-                                           "incarnation": None, "incarnations": 0, "gaps": 0, "duplicates": 0})
+                                           "incarnation": None, "incarnations": 0, "gaps": 0, "duplicates": 0,
+                                           "seqs": {}})
         # Sequence accounting per actor incarnation (a restarted worker starts again at 0):
         # a jump forward is segments lost on the way, a step back a duplicate, dropped here.
-        if a["incarnation"] != incarnation:
-            a.update(incarnation=incarnation, incarnations=a["incarnations"] + 1, seq=-1)
-        if seq <= a["seq"]:
+        # A killed worker's last segments can still arrive after its successor's first ones,
+        # so the last sequence number of each recent incarnation is kept, not just the newest.
+        seqs = a["seqs"]
+        if incarnation not in seqs:
+            seqs[incarnation] = -1
+            a.update(incarnation=incarnation, incarnations=a["incarnations"] + 1)
+            while len(seqs) > MAX_INCARNATIONS_TRACKED:
+                del seqs[next(iter(seqs))]  # the oldest
+        if seq <= seqs[incarnation]:
             a["duplicates"] += 1
             s.duplicates += 1
             return self._reject("ingest", "duplicate", f"actor {actor_id} seq {seq}")
-        if seq > a["seq"] + 1:
-            a["gaps"] += seq - a["seq"] - 1
-            s.gaps += seq - a["seq"] - 1
-        a.update(seq=seq, last_seen=time.time())
+        if seq > seqs[incarnation] + 1:
+            a["gaps"] += seq - seqs[incarnation] - 1
+            s.gaps += seq - seqs[incarnation] - 1
+        seqs[incarnation] = seq
+        a["last_seen"] = time.time()
+        if incarnation == a["incarnation"]:
+            a["seq"] = seq
         if self.table is None:
             return self._reject("ingest", "no_table", "no learner has registered yet")
         try:
@@ -264,6 +293,7 @@ class Broker:
             "get_weights": self._on_get_weights,
             "sample": self._on_sample,
             "get_stats": lambda ident, m, r: self._reply(ident, "stats", {"req": r, **self.stats_summary()}),
+            "flush": self._on_flush,
         }.get(msg.type)
         if handler is None:
             self._reject("service", "unexpected_type", msg.type)
@@ -272,6 +302,29 @@ class Broker:
 
     def _reply(self, identity, msg_type: str, meta: dict, arrays: dict | None = None) -> None:
         self.service.send_multipart([identity, *wire.encode(msg_type, meta, arrays)], copy=False)
+
+    def _on_flush(self, identity, msg: wire.Message, req) -> None:
+        """A stopping actor's last segments may sit in ingest while the rate limiter holds actors
+        back; once it disconnects libzmq would discard them. Read ingest past the limiter until
+        that incarnation's last sequence number has arrived (or a few seconds have passed)."""
+        try:
+            key = (_int(msg.meta, "actor_id"), str(msg.meta["incarnation"])[:32])
+            last_seq = _int(msg.meta, "last_seq")
+        except (KeyError, TypeError, ValueError) as exc:
+            self._reject("service", "bad_flush", str(exc))
+            return self._reply(identity, "error", {"req": req, "reason": f"bad flush: {exc}"})
+        if self._flushed(key) < last_seq:
+            self.flushing[key] = (last_seq, time.monotonic() + FLUSH_TIMEOUT_S)
+        self._reply(identity, "ok", {"req": req})
+
+    def _flushed(self, key: tuple[int, str]) -> int:
+        return self.stats.actors.get(key[0], {}).get("seqs", {}).get(key[1], -1)
+
+    def _update_flushing(self) -> None:
+        now = time.monotonic()
+        for key, (last_seq, deadline) in list(self.flushing.items()):
+            if self._flushed(key) >= last_seq or now > deadline:
+                del self.flushing[key]
 
     def _on_register(self, identity, msg: wire.Message, req) -> None:
         try:
@@ -350,6 +403,7 @@ class Broker:
     def stats_summary(self, brief: bool = False) -> dict[str, Any]:
         s, t = self.stats, self.table
         out = {
+            "broker_id": self.broker_id,  # new with every broker process: tells a restart apart
             "run_id": (self.spec or {}).get("run_id"),
             "segments": s.segments,
             "items": s.items,
@@ -373,6 +427,9 @@ class Broker:
             "uptime_s": time.monotonic() - s.started,
             "snapshots": s.snapshots,
             "snapshot_error": s.snapshot_error,
+            # What the snapshot this broker started from held: a restarted broker counts the
+            # segments received after that snapshot (and in flight at the kill) as gaps.
+            "restored": s.restored,
         }
         if not brief:
             out["per_actor"] = {str(k): v for k, v in s.actors.items()}
@@ -387,6 +444,7 @@ class _Stats:
         self.gaps = self.duplicates = 0
         self.snapshots = 0
         self.snapshot_error: str | None = None  # a snapshot found at start but refused
+        self.restored: dict[str, Any] | None = None
         self.insert_rate = self.sample_rate = 0.0
         self._rate_mark = (self.started, 0, 0)  # (time, items, sampled items) at the last rate update
         self.sample_wait_s = 0.0
@@ -397,6 +455,19 @@ class _Stats:
         self.rejected_on: collections.Counter = collections.Counter()
         self.last_reject_log: dict[str, float] = {}
         self.actors: dict[int, dict[str, Any]] = {}
+
+    _COUNTERS = ("segments", "items", "frames", "episodes", "batches", "sampled_items", "gaps", "duplicates")
+
+    def accounting(self) -> dict[str, Any]:
+        """The counters a snapshot keeps (JSON-ready)."""
+        return {**{k: getattr(self, k) for k in self._COUNTERS},
+                "actors": {str(k): dict(v) for k, v in self.actors.items()}}
+
+    def restore_accounting(self, doc: dict[str, Any]) -> None:
+        for k in self._COUNTERS:
+            setattr(self, k, int(doc.get(k, 0)))
+        self.actors = {int(k): dict(v) for k, v in doc.get("actors", {}).items()}
+        self._rate_mark = (time.monotonic(), self.items, self.sampled_items)
 
     def update_rates(self, every_s: float = 1.0) -> None:
         t0, items0, sampled0 = self._rate_mark

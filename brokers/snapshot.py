@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,17 @@ class SnapshotError(RuntimeError):
     pass
 
 
+@dataclass
+class Restored:
+    table: ReplayTable
+    spec: dict[str, Any] | None
+    weights: dict[str, np.ndarray]
+    weights_version: int
+    accounting: dict[str, Any] = field(default_factory=dict)
+    """The broker's counters when the snapshot was written (received, gaps, per-actor sequence
+    numbers), so a restored broker counts what was lost after it as gaps."""
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
@@ -38,13 +50,14 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def save(directory: str | Path, table: ReplayTable, spec: dict[str, Any] | None,
-         weights: dict[str, np.ndarray] | None, weights_version: int) -> Path:
+         weights: dict[str, np.ndarray] | None, weights_version: int,
+         accounting: dict[str, Any] | None = None) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     n = table.size
     doc = {"table": table.cfg.as_meta(), "next_id": table.next_id, "size": n,
            "inserted": table.limiter.inserted, "sampled": table.limiter.sampled,
-           "spec": spec, "weights_version": weights_version}
+           "spec": spec, "weights_version": weights_version, "accounting": accounting or {}}
     arrays = {f"f/{name}": store for name, store in table.storage.items()}
     arrays.update({"ids": table.ids, "doc": np.frombuffer(json.dumps(doc).encode(), dtype=np.uint8)})
     arrays.update({f"w/{k}": np.asarray(v) for k, v in (weights or {}).items()})
@@ -56,8 +69,8 @@ def save(directory: str | Path, table: ReplayTable, spec: dict[str, Any] | None,
     return directory / SNAPSHOT
 
 
-def load(directory: str | Path, seed: int = 0) -> tuple[ReplayTable, dict | None, dict[str, np.ndarray], int] | None:
-    """(table, spec, weights, weights version) from the latest snapshot; None if there is none;
+def load(directory: str | Path, seed: int = 0) -> Restored | None:
+    """The latest snapshot; None if there is none;
     SnapshotError if it exists but is torn, corrupt or inconsistent."""
     directory = Path(directory)
     path, digest_path = directory / SNAPSHOT, directory / DIGEST
@@ -82,4 +95,4 @@ def load(directory: str | Path, seed: int = 0) -> tuple[ReplayTable, dict | None
     except (KeyError, ValueError, TypeError, OSError) as exc:
         raise SnapshotError(f"{path} is not a valid snapshot: {exc}") from None
     weights = {k[2:]: v for k, v in arrays.items() if k.startswith("w/")}
-    return table, doc["spec"], weights, doc["weights_version"]
+    return Restored(table, doc["spec"], weights, doc["weights_version"], doc.get("accounting") or {})

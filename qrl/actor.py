@@ -155,7 +155,10 @@ class Worker:
                     "seq": self.sent,
                     "policy_version": segment_version, "frames": T * num_envs,
                     "episode_returns": finished_returns, "episode_lengths": finished_lengths}
-            self._push(push, wire.encode("segment", meta, items))
+            try:
+                self._push(push, wire.encode("segment", meta, items))
+            except Stop:  # stopped while held back: this segment was never sent; confirm the rest
+                break
             self.sent += 1
             finished_returns, finished_lengths = [], []
             window = window[T:]  # keep the overlap: later items still need those steps
@@ -174,9 +177,12 @@ class Worker:
         client = transport.Client(self.ctx, self.cfg.broker, self.role, timeout_s=0.5)
         deadline = time.monotonic() + timeout_s
         try:
+            # While the rate limiter holds actors back the broker is not reading ingest: ask it to.
+            client.request("flush", {"actor_id": self.actor_id, "incarnation": self.incarnation,
+                                     "last_seq": self.sent - 1}, wait_s=timeout_s)
             while time.monotonic() < deadline:
                 mine = client.request("get_stats", wait_s=timeout_s).meta.get("per_actor", {}).get(str(self.actor_id))
-                if mine and mine.get("incarnation") == self.incarnation and mine.get("seq", -1) >= self.sent - 1:
+                if mine and mine.get("seqs", {}).get(self.incarnation, -1) >= self.sent - 1:
                     return
                 time.sleep(0.05)
             log.warning("%s: the broker had not confirmed segment %d when stopping", self.role, self.sent - 1)

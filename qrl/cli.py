@@ -86,15 +86,19 @@ def main() -> None:
               help="Service port; ingest and weights use the next three. 0 picks free ports.")
 @click.option("--address-file", type=click.Path(dir_okay=False), help="Write the bound address and ports here (JSON).")
 @click.option("--snapshot-dir", type=click.Path(file_okay=False),
-              help="Snapshot the replay table here every minute and on stop; restore from it at start.")
+              help="Snapshot the replay table here periodically and on stop; restore from it at start.")
+@click.option("--snapshot-every", default=60.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds between snapshots (what arrives after the last one is lost if the broker is killed).")
 @keys_option
 @user_errors("broker")
-def broker(host: str, port: int, address_file: str | None, snapshot_dir: str | None, keys: str | None) -> None:
+def broker(host: str, port: int, address_file: str | None, snapshot_dir: str | None, snapshot_every: float,
+           keys: str | None) -> None:
     """Run the replay broker (the run's rendezvous point)."""
     _setup_logging()
     from qrl.brokers.server import BrokerConfig, run_broker
 
-    run_broker(BrokerConfig(host=host, port=port, keys=keys, snapshot_dir=snapshot_dir), address_file)
+    run_broker(BrokerConfig(host=host, port=port, keys=keys, snapshot_dir=snapshot_dir,
+                            snapshot_every_s=snapshot_every), address_file)
 
 
 @main.command()
@@ -177,10 +181,13 @@ def learner(algo, env_id, seed, total_steps, target_return, run_dir, no_progress
 @main.command()
 @_learner_options
 @click.option("--actors", default=4, show_default=True, type=click.IntRange(1, 1024), help="Actor processes.")
+@click.option("--resume", is_flag=True, help="Continue the run in --run-dir: learner checkpoint and broker snapshot.")
 @user_errors("run")
-def run(algo, env_id, seed, total_steps, target_return, run_dir, no_progress, keys, sets, actors) -> None:
+def run(algo, env_id, seed, total_steps, target_return, run_dir, no_progress, keys, sets, actors, resume) -> None:
     """Train with a local cluster: broker, actors and learner as separate processes on loopback."""
     _resolve(algo, env_id, sets, seed=seed, total_steps=total_steps, target_return=target_return)
+    if resume and not run_dir:
+        raise UserError("run: --resume needs --run-dir")
     from qrl.cluster import ClusterError, run_local
 
     learner_args = [f"--set={s}" for s in sets]
@@ -189,6 +196,8 @@ def run(algo, env_id, seed, total_steps, target_return, run_dir, no_progress, ke
             learner_args += [flag, str(value)]
     if no_progress:
         learner_args.append("--no-progress")
+    if resume:
+        learner_args.append("--resume")
     key_args = ("--keys", keys) if keys else ()
     try:
         code = run_local(algo, env_id, actors, Path(run_dir or _default_run_dir(algo, env_id)),

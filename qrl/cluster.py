@@ -68,11 +68,14 @@ def stop(procs: list[subprocess.Popen], grace_s: float = 10.0) -> None:
 
 def run_local(algo: str, env: str, actors: int, run_dir: Path, learner_args: list[str],
               key_args: tuple[str, ...] = ()) -> int:
-    """Run a whole training job; return the learner's exit code."""
+    """Run a whole training job; return the learner's exit code.
+
+    The broker snapshots its replay table into RUN_DIR/broker, so `qrl run --resume` on the same
+    run directory restarts the cluster with the learner's checkpoint and the broker's experience."""
     run_dir.mkdir(parents=True, exist_ok=True)
     procs: list[subprocess.Popen] = []
     try:
-        broker, address = start_broker(run_dir, extra=key_args)
+        broker, address = start_broker(run_dir, extra=("--snapshot-dir", str(run_dir / "broker"), *key_args))
         procs.append(broker)
         actor_proc = start_actors(run_dir, address, actors, extra=key_args)
         procs.insert(0, actor_proc)

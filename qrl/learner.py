@@ -66,6 +66,8 @@ class LearnerRun:
         envs.check_env_id(opts.env)
         self.algo = algorithm.load(opts.algo)
         saved = checkpoint.load(self.run_dir) if opts.resume else None
+        if opts.resume and saved is None:
+            log.warning("learner: --resume: no checkpoint in %s yet; starting the run afresh", self.run_dir)
         if saved is not None:  # a resumed run keeps the config it started with
             config = json.loads(saved["config"])
             run_cfg = build(RunConfig, config["run"], "run")
@@ -185,6 +187,7 @@ class LearnerRun:
         frames = self.frames_before
         refusals = 0
         broker_frames = 0  # the broker's frame counter at the last stats; it restarts with the broker
+        broker_id = None
         stats: dict[str, Any] = {}
         wait_s = 0.0
         last_stats = last_eval = last_ckpt = time.monotonic()
@@ -218,11 +221,15 @@ class LearnerRun:
                         stats = self.broker_stats()
                     except transport.BrokerUnavailable:  # raised only once we are stopping
                         break
-                    if stats.get("run_id") != self.run_id:
-                        log.warning("learner: the broker does not know run %s (it restarted?); registering again",
-                                    self.run_id)
+                    restarted = broker_id is not None and stats.get("broker_id") != broker_id
+                    broker_id = stats.get("broker_id")
+                    if restarted or stats.get("run_id") != self.run_id:
+                        # Sample requests in flight to the old broker are gone; a broker restored
+                        # from a snapshot still knows the run (and keeps its table on register).
+                        log.warning("learner: the broker %s; registering again", "restarted" if restarted
+                                    else f"does not know run {self.run_id}")
                         self.register()
-                        broker_frames = 0
+                        broker_frames = stats["frames"]  # its counter went back to its snapshot's
                         continue
                     frames += max(0, stats["frames"] - broker_frames)
                     broker_frames = stats["frames"]

@@ -18,7 +18,11 @@ log = logging.getLogger("qrl.learner")
 class MetricsWriter:
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / "metrics.jsonl"
+        # A process killed mid-write leaves a torn last line; start ours on a fresh one.
+        torn = self.path.exists() and self.path.stat().st_size > 0 and not self.path.read_bytes().endswith(b"\n")
         self.file = self.path.open("a", buffering=1)  # line-buffered: a crash loses at most one line
+        if torn:
+            self.file.write("\n")
 
     def write(self, kind: str, **values: Any) -> None:
         self.file.write(json.dumps({"kind": kind, "time": time.time(), **values}) + "\n")
@@ -28,8 +32,15 @@ class MetricsWriter:
 
 
 def read(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Every record of a run, skipping a line torn by a killed learner."""
+    records = []
     with open(Path(run_dir) / "metrics.jsonl") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
 
 
 class ProgressView:

@@ -36,6 +36,7 @@ MESSAGE_TYPES = frozenset(
         "sample",  # learner -> broker: ask for a batch
         "batch",  # broker reply to sample
         "get_stats",  # anyone -> broker
+        "flush",  # a stopping actor -> broker: read my last segments even while holding actors back
         "stats",  # broker reply
         "ok",  # generic success reply
         "not_ready",  # the broker has no run spec / weights yet

@@ -124,11 +124,14 @@ def test_sequence_gaps_duplicates_and_restarts_are_counted(client, push):
         send(seq, "first")
     for seq in (0, 1):  # the worker restarted: a new incarnation starts again at 0
         send(seq, "second")
-    wait_for(lambda: stats(client)["segments"] == 6, 10, "six accepted segments")
+    send(5, "first")  # the killed worker's last segment, arriving after its successor's first
+    send(2, "second")
+    wait_for(lambda: stats(client)["segments"] == 8, 10, "eight accepted segments")
     s = stats(client)
     assert (s["gaps"], s["duplicates"], s["rejected"]) == (1, 2, {"duplicate": 2})
     a = s["per_actor"]["0"]
-    assert (a["incarnations"], a["seq"], a["gaps"], a["duplicates"]) == (2, 1, 1, 2)
+    assert (a["incarnations"], a["incarnation"], a["seq"], a["gaps"], a["duplicates"]) == (2, "second", 2, 1, 2)
+    assert a["seqs"] == {"first": 5, "second": 2}
 
 
 def test_bad_requests_get_an_error_reply(client):

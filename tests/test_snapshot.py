@@ -53,7 +53,7 @@ def test_a_corrupt_or_torn_snapshot_is_reported_and_not_loaded(tmp_path):
     table = ReplayTable(TableConfig(capacity=10, min_size=0))
     table.insert({"x": np.arange(4, dtype=np.float32)})
     snapshot.save(tmp_path, table, SPEC, {"w": np.zeros(2, np.float32)}, 1)
-    assert snapshot.load(tmp_path)[0].size == 4
+    assert snapshot.load(tmp_path).table.size == 4
 
     data = bytearray((tmp_path / snapshot.SNAPSHOT).read_bytes())
     data[len(data) // 2] ^= 0xFF
