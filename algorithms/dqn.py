@@ -106,6 +106,11 @@ def init_actor(index: int, count: int, num_envs: int, args: Args, seed: int) -> 
     return ActorState(ops.apex_epsilon(index, count, args.eps_base, args.eps_alpha), np.random.default_rng(seed))
 
 
+def action_values(net: QNetwork, obs: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return net(torch.as_tensor(obs)).numpy()
+
+
 def greedy_act(net: QNetwork, obs: np.ndarray) -> np.ndarray:
     with torch.inference_mode():
         return net(torch.as_tensor(obs)).argmax(dim=1).numpy()

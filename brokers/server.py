@@ -432,7 +432,8 @@ class Broker:
             "restored": s.restored,
         }
         if not brief:
-            out["per_actor"] = {str(k): v for k, v in s.actors.items()}
+            out["per_actor"] = {str(k): {n: x for n, x in v.items() if not n.startswith("_")}
+                                for k, v in s.actors.items()}
         return out
 
 
@@ -461,7 +462,8 @@ class _Stats:
     def accounting(self) -> dict[str, Any]:
         """The counters a snapshot keeps (JSON-ready)."""
         return {**{k: getattr(self, k) for k in self._COUNTERS},
-                "actors": {str(k): dict(v) for k, v in self.actors.items()}}
+                "actors": {str(k): {n: x for n, x in v.items() if not n.startswith("_")}
+                           for k, v in self.actors.items()}}
 
     def restore_accounting(self, doc: dict[str, Any]) -> None:
         for k in self._COUNTERS:
@@ -476,6 +478,9 @@ class _Stats:
             self.insert_rate = (self.items - items0) / (now - t0)
             self.sample_rate = (self.sampled_items - sampled0) / (now - t0)
             self._rate_mark = (now, self.items, self.sampled_items)
+            for a in self.actors.values():  # env frames/s of each actor over the last second
+                a["frames_per_s"] = (a["frames"] - a.get("_frames_mark", a["frames"])) / (now - t0)
+                a["_frames_mark"] = a["frames"]
 
 
 def _int(meta: dict, key: str) -> int:

@@ -1,3 +1,21 @@
-"""qrl: distributed reinforcement learning as a message queue over ZeroMQ."""
+"""qrl: distributed reinforcement learning as a message queue over ZeroMQ.
+
+`qrl.train(...)` and `qrl.evaluate(...)` (qrl/api.py) run the same processes as the CLI."""
 
 __version__ = "0.1.0"
+
+
+def train(*args, **kwargs):
+    from qrl.api import train as _train
+
+    return _train(*args, **kwargs)
+
+
+def evaluate(*args, **kwargs):
+    from qrl.api import evaluate as _evaluate
+
+    return _evaluate(*args, **kwargs)
+
+
+train.__doc__ = "Train with a local cluster (broker, actors, learner); see qrl.api.train."
+evaluate.__doc__ = "Deterministic evaluation of a run directory or checkpoint; see qrl.api.evaluate."

@@ -102,7 +102,7 @@ class Worker:
         total = self.cfg.total or self.cfg.n
         seed = run["seed"] + 1000 * (self.actor_id + 1)
 
-        env = envs.make_vector_env(spec["env"], num_envs, spec.get("env_kwargs"))
+        env = envs.make_vector_env(spec["env"], num_envs, spec.get("env_kwargs"), spec.get("wrappers") or ())
         net = algo.make_policy(env.single_observation_space, env.single_action_space, args)
         net.eval()
         state = algo.init_actor(self.actor_id, total, num_envs, args, seed)

@@ -11,6 +11,7 @@ through these names only:
     init_actor(index, count, num_envs, args, seed) -> actor state (exploration, rng)
     act(net, obs, actor_state, args) -> (actions, extras)     # exploring, on actors
     greedy_act(net, obs) -> actions                           # deterministic evaluation
+    action_values(net, obs) -> [B, num_actions] (optional)    # shown by `qrl evaluate --render terminal`
     make_items(rollout, num_steps, args) -> {field: array}    # items pushed to the broker
     Learner(obs_space, action_space, args, device)
         .net                  the policy network actors run
@@ -37,6 +38,7 @@ import numpy as np
 # name -> module. The runtime imports algorithms only through this table.
 REGISTRY: dict[str, str] = {
     "dqn": "qrl.algorithms.dqn",
+    "ql": "qrl.algorithms.ql",
 }
 
 

@@ -6,6 +6,7 @@ line on stderr and exit code 2; no traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -54,18 +55,35 @@ def user_errors(role: str):
     return wrap
 
 
-def _resolve(algo: str, env: str, sets: tuple[str, ...], **run_options) -> tuple[RunConfig, dict]:
-    """Check algorithm, env and overrides before anything starts; return the run config and algo overrides."""
-    from qrl import algorithm, envs
-    from qrl.config import build
+@dataclasses.dataclass
+class Resolved:
+    algo: str
+    env: str
+    run: RunConfig
+    algo_values: dict
+    actors: int | None
 
+
+def _resolve(config: str | None, algo: str | None, env: str | None, sets: tuple[str, ...],
+             **run_options) -> Resolved:
+    """Check config file, algorithm, env and overrides before anything starts.
+    Precedence: defaults < config file < command-line flags < --set."""
+    from qrl import algorithm, envs
+    from qrl.config import build, load_file
+
+    file = load_file(config)
+    algo = algo or file.algorithm or "dqn"
+    env = env or file.env or "CartPole-v1"
     module = algorithm.load(algo)
-    envs.check_env_id(env)
     overrides = parse_overrides(sets, {"run": RunConfig, "algo": module.Args})
-    run_values = {**{k: v for k, v in run_options.items() if v is not None}, **overrides["run"]}
+    run_values = {**file.run, **{k: v for k, v in run_options.items() if v is not None}, **overrides["run"]}
     run_cfg = build(RunConfig, run_values, "run")
-    build(module.Args, overrides["algo"], "algo")  # type-check now, not in a child process
-    return run_cfg, overrides["algo"]
+    algo_values = {**file.algo, **overrides["algo"]}
+    build(module.Args, algo_values, "algo")  # type-check now, not in a child process
+    envs.check_env_id(env)
+    for w in run_cfg.wrappers:
+        envs._wrapper(w)
+    return Resolved(algo, env, run_cfg, algo_values, file.actors)
 
 
 keys_option = click.option("--keys", type=click.Path(file_okay=False), default=None,
@@ -73,6 +91,13 @@ keys_option = click.option("--keys", type=click.Path(file_okay=False), default=N
 
 set_option = click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
                           help="Override a config value, e.g. --set algo.lr=3e-4 --set run.num_envs=4.")
+
+
+def _component_config(cls: type, section: str, sets: tuple[str, ...], **values):
+    """BrokerConfig / ActorConfig from flags plus --set SECTION.KEY=VALUE overrides."""
+    from qrl.config import build
+
+    return build(cls, {**values, **parse_overrides(sets, {section: cls})[section]}, section)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -90,15 +115,18 @@ def main() -> None:
 @click.option("--snapshot-every", default=60.0, show_default=True, type=click.FloatRange(min=0.1),
               help="Seconds between snapshots (what arrives after the last one is lost if the broker is killed).")
 @keys_option
+@click.option("--set", "sets", multiple=True, metavar="broker.KEY=VALUE",
+              help="Override a broker setting, e.g. --set broker.ingest_hwm=4 (see BrokerConfig).")
 @user_errors("broker")
 def broker(host: str, port: int, address_file: str | None, snapshot_dir: str | None, snapshot_every: float,
-           keys: str | None) -> None:
+           keys: str | None, sets: tuple[str, ...]) -> None:
     """Run the replay broker (the run's rendezvous point)."""
     _setup_logging()
     from qrl.brokers.server import BrokerConfig, run_broker
 
-    run_broker(BrokerConfig(host=host, port=port, keys=keys, snapshot_dir=snapshot_dir,
-                            snapshot_every_s=snapshot_every), address_file)
+    cfg = _component_config(BrokerConfig, "broker", sets, host=host, port=port, keys=keys, snapshot_dir=snapshot_dir,
+                            snapshot_every_s=snapshot_every)
+    run_broker(cfg, address_file)
 
 
 @main.command()
@@ -118,8 +146,10 @@ def keygen(key_dir: str) -> None:
 @click.option("--first-id", default=0, show_default=True, type=int, help="Actor id of the first process.")
 @click.option("--total", type=int, help="Actors in the whole run across machines (default: --n).")
 @keys_option
+@click.option("--set", "sets", multiple=True, metavar="actor.KEY=VALUE",
+              help="Override an actor setting, e.g. --set actor.send_hwm=2 (see ActorConfig).")
 @user_errors("actor")
-def actor(n: int, broker: str, first_id: int, total: int | None, keys: str | None) -> None:
+def actor(n: int, broker: str, first_id: int, total: int | None, keys: str | None, sets: tuple[str, ...]) -> None:
     """Run N actor processes under a supervisor that restarts any that die."""
     _setup_logging()
     from qrl.actor import ActorConfig, run_actors
@@ -131,18 +161,23 @@ def actor(n: int, broker: str, first_id: int, total: int | None, keys: str | Non
         split_address(broker)
     except ValueError as exc:
         raise UserError(f"actor: {exc}") from None
-    run_actors(ActorConfig(broker=broker, n=n, first_id=first_id, total=total))
+    run_actors(_component_config(ActorConfig, "actor", sets, broker=broker, n=n, first_id=first_id, total=total))
 
 
 def _learner_options(fn):
     for opt in reversed([
-        click.option("--algo", default="dqn", show_default=True, help="Algorithm name."),
-        click.option("--env", "env_id", default="CartPole-v1", show_default=True, help="Gymnasium environment id."),
+        click.option("--config", "config", type=click.Path(dir_okay=False),
+                     help="A YAML preset (configs/*.yaml); flags and --set override it."),
+        click.option("--algo", help="Algorithm name (default: the config file's, else dqn)."),
+        click.option("--env", "env_id", help="Gymnasium id or package.module:Class (default: the config's, "
+                                             "else CartPole-v1)."),
         click.option("--seed", type=int, help="Run seed (run.seed)."),
         click.option("--total-steps", type=int, help="Environment frame budget (run.total_steps)."),
         click.option("--target-return", type=float, help="Stop when evaluation reaches it (default: env threshold)."),
         click.option("--run-dir", type=click.Path(file_okay=False), help="Where metrics and checkpoints go."),
         click.option("--no-progress", is_flag=True, help="Log progress lines instead of a live bar."),
+        click.option("--tensorboard", is_flag=True, help="Also write TensorBoard event files to RUN_DIR/tb "
+                                                         "(needs the tensorboard extra)."),
         keys_option,
         set_option,
     ]):
@@ -160,48 +195,121 @@ def _default_run_dir(algo: str, env_id: str) -> str:
 @click.option("--device", default="auto", show_default=True, help="torch device: auto, cpu, cuda, cuda:1 ...")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in --run-dir.")
 @user_errors("learner")
-def learner(algo, env_id, seed, total_steps, target_return, run_dir, no_progress, keys, sets, broker, device,
-            resume) -> None:
+def learner(config, algo, env_id, seed, total_steps, target_return, run_dir, no_progress, tensorboard, keys, sets,
+            broker, device, resume) -> None:
     """Run the learner: register the run, train from the broker's batches, publish weights."""
     _setup_logging()
     from qrl.transport import use_keys
 
     use_keys(keys, server=False)
-    run_cfg, algo_values = _resolve(algo, env_id, sets, seed=seed, total_steps=total_steps,
-                                    target_return=target_return)
+    r = _resolve(config, algo, env_id, sets, seed=seed, total_steps=total_steps, target_return=target_return)
     from qrl.learner import LearnerOptions, run_learner
 
     if resume and not run_dir:
         raise UserError("learner: --resume needs --run-dir")
-    opts = LearnerOptions(algo=algo, env=env_id, broker=broker, run_dir=run_dir or _default_run_dir(algo, env_id),
-                          device=device, resume=resume, progress=not no_progress)
-    run_learner(opts, run_cfg, algo_values)
+    opts = LearnerOptions(algo=r.algo, env=r.env, broker=broker, run_dir=run_dir or _default_run_dir(r.algo, r.env),
+                          device=device, resume=resume, progress=not no_progress, tensorboard=tensorboard)
+    run_learner(opts, r.run, r.algo_values)
 
 
 @main.command()
 @_learner_options
-@click.option("--actors", default=4, show_default=True, type=click.IntRange(1, 1024), help="Actor processes.")
+@click.option("--actors", type=click.IntRange(1, 1024), help="Actor processes (default: the config's, else 4).")
 @click.option("--resume", is_flag=True, help="Continue the run in --run-dir: learner checkpoint and broker snapshot.")
 @user_errors("run")
-def run(algo, env_id, seed, total_steps, target_return, run_dir, no_progress, keys, sets, actors, resume) -> None:
+def run(config, algo, env_id, seed, total_steps, target_return, run_dir, no_progress, tensorboard, keys, sets, actors,
+        resume) -> None:
     """Train with a local cluster: broker, actors and learner as separate processes on loopback."""
-    _resolve(algo, env_id, sets, seed=seed, total_steps=total_steps, target_return=target_return)
+    r = _resolve(config, algo, env_id, sets, seed=seed, total_steps=total_steps, target_return=target_return)
     if resume and not run_dir:
         raise UserError("run: --resume needs --run-dir")
     from qrl.cluster import ClusterError, run_local
 
+    actors = actors or r.actors or 4
     learner_args = [f"--set={s}" for s in sets]
-    for flag, value in (("--seed", seed), ("--total-steps", total_steps), ("--target-return", target_return)):
+    for flag, value in (("--config", config), ("--seed", seed), ("--total-steps", total_steps),
+                        ("--target-return", target_return)):
         if value is not None:
             learner_args += [flag, str(value)]
-    if no_progress:
-        learner_args.append("--no-progress")
-    if resume:
-        learner_args.append("--resume")
+    for flag, on in (("--no-progress", no_progress), ("--resume", resume), ("--tensorboard", tensorboard)):
+        if on:
+            learner_args.append(flag)
     key_args = ("--keys", keys) if keys else ()
     try:
-        code = run_local(algo, env_id, actors, Path(run_dir or _default_run_dir(algo, env_id)),
+        code = run_local(r.algo, r.env, actors, Path(run_dir or _default_run_dir(r.algo, r.env)),
                          [*learner_args, *key_args], key_args)
     except ClusterError as exc:
         raise click.ClickException(f"run: {exc}") from None
     sys.exit(code)
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True))
+@click.option("--episodes", default=10, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--seed", default=0, show_default=True, type=int, help="Episode i is reset with seed + i.")
+@click.option("--render", type=click.Choice(["terminal"]), help="Print every step (environments with text rendering).")
+@click.option("--gif", type=click.Path(dir_okay=False), help="Save the first episode as an animated GIF here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@user_errors("evaluate")
+def evaluate(path, episodes, seed, render, gif, as_json) -> None:
+    """Deterministic evaluation of a run directory or checkpoint: mean and std of the return."""
+    import json
+
+    from qrl.evaluation import evaluate as run_evaluation
+
+    result = run_evaluation(path, episodes=episodes, seed=seed, render=render, gif=gif,
+                            out=lambda text: click.echo(text))
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        click.echo(f"{result['algo']} on {result['env']}: mean return {result['mean']:.3f} +/- {result['std']:.3f} "
+                   f"over {episodes} episodes" + (f"; GIF in {gif}" if gif else ""))
+
+
+@main.command()
+@click.option("--broker", default="tcp://127.0.0.1:5555", show_default=True, help="The broker's service address.")
+@click.option("--json", "as_json", is_flag=True, help="Print the broker's stats as JSON (for scripts).")
+@click.option("--timeout", default=5.0, show_default=True, type=float, help="Seconds to wait for the broker.")
+@keys_option
+@user_errors("status")
+def status(broker, as_json, timeout, keys) -> None:
+    """The broker's view of the cluster: counters, replay, policy lag, and every actor."""
+    import json
+
+    import zmq
+
+    from qrl import status as status_view
+    from qrl.transport import BrokerUnavailable, Client, split_address, use_keys
+
+    use_keys(keys, server=False)
+    try:
+        split_address(broker)
+    except ValueError as exc:
+        raise UserError(f"status: {exc}") from None
+    ctx = zmq.Context()
+    try:
+        client = Client(ctx, broker, "status", timeout_s=timeout)
+        try:
+            stats = client.request("get_stats", wait_s=timeout).meta
+        except BrokerUnavailable:
+            raise UserError(f"status: no broker answered at {broker} within {timeout:g} s") from None
+        finally:
+            client.close()
+    finally:
+        ctx.destroy(linger=0)
+    stats.pop("req", None)
+    if as_json:
+        click.echo(json.dumps(stats, indent=2))
+    else:
+        status_view.render(stats)
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--output", default="learning_curves.png", show_default=True, type=click.Path(dir_okay=False))
+@user_errors("plot")
+def plot(run_dirs, output) -> None:
+    """Learning curves of one or more runs (evaluation and return(100) against env frames and wall time) as a PNG."""
+    from qrl.plotting import plot_runs
+
+    click.echo(f"wrote {plot_runs(run_dirs, output)}")

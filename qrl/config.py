@@ -8,10 +8,14 @@ value of the wrong type is one error naming the key and the allowed keys.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Mapping
+
+import yaml
 
 
 class ConfigError(ValueError):
@@ -48,10 +52,20 @@ class RunConfig:
     oversubscribed OpenMP threads spin and collapse throughput on a small machine."""
     max_seconds: float | None = None
     """Wall-clock limit for the learner (None: no limit)."""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for gymnasium.make, e.g. {continuous: true} (--set run.env_kwargs='{...}')."""
+    wrappers: list[Any] = field(default_factory=list)
+    """gymnasium.wrappers by name, applied in order: 'FlattenObservation' or
+    {name: ClipReward, min_reward: -1, max_reward: 1}."""
 
 
 def _parse_value(key: str, text: str, hint: Any) -> Any:
     """Convert an override string to the field's annotated type."""
+    if typing.get_origin(hint) in (dict, list):  # a YAML (or JSON) value: '{continuous: true}', '[A, B]'
+        try:
+            return _check_value(key, yaml.safe_load(text), hint)
+        except yaml.YAMLError:
+            raise ConfigError(f"{key}: cannot read {text!r} as YAML") from None
     options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
     if type(None) in options and text.lower() in ("none", "null"):
         return None
@@ -77,6 +91,13 @@ def _parse_value(key: str, text: str, hint: Any) -> Any:
 
 def _check_value(key: str, value: Any, hint: Any) -> Any:
     """Type-check a value that came already typed (e.g. from JSON of a saved config)."""
+    origin = typing.get_origin(hint)
+    if origin in (dict, list):
+        if value is None:
+            return origin()
+        if not isinstance(value, origin):
+            raise ConfigError(f"{key}: {value!r} is not a {origin.__name__}")
+        return value
     if isinstance(value, str):
         return _parse_value(key, value, hint)
     options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
@@ -122,3 +143,64 @@ def parse_overrides(items: Iterable[str], sections: Mapping[str, type]) -> dict[
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+# -- config files --------------------------------------------------------------------------------
+
+FILE_KEYS = ("algorithm", "env", "actors", "run", "algo")
+
+
+@dataclass(frozen=True)
+class FileConfig:
+    """A YAML preset (configs/*.yaml): which algorithm on which environment, and overrides.
+
+        algorithm: dqn
+        env: CartPole-v1
+        actors: 4            # used by `qrl run`
+        run: {total_steps: 100000}
+        algo: {lr: 0.001}
+    """
+
+    algorithm: str | None = None
+    env: str | None = None
+    actors: int | None = None
+    run: dict[str, Any] = field(default_factory=dict)
+    algo: dict[str, Any] = field(default_factory=dict)
+
+
+def load_file(path: str | Path | None) -> FileConfig:
+    """Read a preset; unknown top-level keys and non-map sections are one-line errors.
+    Keys inside run/algo are checked against the dataclasses when the run is built."""
+    if path is None:
+        return FileConfig()
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    doc = doc or {}
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: expected a map with keys {', '.join(FILE_KEYS)}")
+    for key in doc:
+        if key not in FILE_KEYS:
+            close = difflib.get_close_matches(str(key), FILE_KEYS, n=1)
+            raise ConfigError(f"{path}: unknown key '{key}'" + (f" (did you mean '{close[0]}'?)" if close else "")
+                              + f"; allowed: {', '.join(FILE_KEYS)}")
+    for section in ("run", "algo"):
+        if not isinstance(doc.get(section) or {}, dict):
+            raise ConfigError(f"{path}: '{section}' must be a map of key: value")
+    actors = doc.get("actors")
+    if actors is not None and (not isinstance(actors, int) or isinstance(actors, bool) or actors < 1):
+        raise ConfigError(f"{path}: 'actors' must be a positive integer")
+    return FileConfig(algorithm=doc.get("algorithm"), env=doc.get("env"), actors=actors,
+                      run=dict(doc.get("run") or {}), algo=dict(doc.get("algo") or {}))
+
+
+def to_yaml(algorithm: str, env: str, run: Any, algo: Any, actors: int | None = None) -> str:
+    """The resolved config in the preset format, so `--config RUN_DIR/config.yaml` reruns it."""
+    doc: dict[str, Any] = {"algorithm": algorithm, "env": env}
+    if actors is not None:
+        doc["actors"] = actors
+    doc.update(run=to_dict(run), algo=to_dict(algo))
+    return yaml.safe_dump(doc, sort_keys=False)

@@ -1,28 +1,104 @@
-"""Building gymnasium environments the same way on actors and learner."""
+"""Building gymnasium environments the same way on actors, learner and evaluation.
+
+An environment is a gymnasium id (``CartPole-v1``, ``qrl/Grid-v0``, ``ALE/Pong-v5`` with the
+atari extra) or an entry point ``package.module:Class``, plus keyword arguments and standard
+gymnasium wrappers by name (``run.env_kwargs``, ``run.wrappers`` in the config). Atari ids get
+the usual DQN preprocessing: no-op starts, frame skip 4, grayscale, 84x84, 4 stacked frames.
+"""
 
 from __future__ import annotations
 
 import difflib
-from typing import Any
+import importlib
+from typing import Any, Sequence
 
 import gymnasium as gym
 import numpy as np
+
+gym.register("qrl/Grid-v0", entry_point="qrl.grid:GridWorld", max_episode_steps=50, reward_threshold=0.9)
 
 
 class UnknownEnvironment(ValueError):
     pass
 
 
+def is_atari(env_id: str) -> bool:
+    return env_id.startswith("ALE/")
+
+
 def check_env_id(env_id: str) -> None:
-    """Raise UnknownEnvironment with close matches when gymnasium does not know env_id."""
+    """Make sure gymnasium can build env_id: registered, an importable entry point
+    (registered on first use), or an Atari id with ale-py installed. Otherwise
+    raise UnknownEnvironment with close matches."""
     if env_id in gym.registry:
+        return
+    if is_atari(env_id):
+        try:
+            import ale_py
+        except ImportError:
+            raise UnknownEnvironment(f"'{env_id}' needs ale-py: pip install 'qrl[atari]'") from None
+        gym.register_envs(ale_py)
+        if env_id in gym.registry:
+            return
+    if ":" in env_id:
+        module_name, _, attr = env_id.partition(":")
+        try:
+            cls = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise UnknownEnvironment(f"cannot load environment entry point '{env_id}': {exc}") from None
+        if not (isinstance(cls, type) and issubclass(cls, gym.Env)):
+            raise UnknownEnvironment(f"entry point '{env_id}' is not a gymnasium.Env subclass")
+        gym.register(env_id, entry_point=cls)
         return
     close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise UnknownEnvironment(f"unknown environment '{env_id}'{hint}")
 
 
-def make_vector_env(env_id: str, num_envs: int, env_kwargs: dict[str, Any] | None = None) -> gym.vector.VectorEnv:
+def _wrapper(spec: str | dict[str, Any]):
+    """'FlattenObservation' or {'name': 'ClipReward', 'min_reward': -1, 'max_reward': 1} -> env -> env."""
+    if isinstance(spec, dict):
+        kwargs = dict(spec)
+        name = kwargs.pop("name", None)
+    else:
+        name, kwargs = spec, {}
+    cls = getattr(gym.wrappers, str(name), None)
+    if not (isinstance(cls, type) and issubclass(cls, gym.Wrapper)):
+        known = sorted(n for n in dir(gym.wrappers) if isinstance(getattr(gym.wrappers, n), type)
+                       and issubclass(getattr(gym.wrappers, n), gym.Wrapper))
+        close = difflib.get_close_matches(str(name), known, n=3)
+        raise UnknownEnvironment(f"unknown wrapper '{name}'" + (f"; did you mean {', '.join(close)}?" if close
+                                                                else f"; gymnasium.wrappers has {', '.join(known)}"))
+    return lambda env: cls(env, **kwargs)
+
+
+def _atari_preprocessing(env: gym.Env) -> gym.Env:
+    env = gym.wrappers.AtariPreprocessing(env, noop_max=30, frame_skip=4, screen_size=84, grayscale_obs=True)
+    return gym.wrappers.FrameStackObservation(env, 4)
+
+
+def _make_args(env_id: str, env_kwargs: dict[str, Any] | None, wrappers: Sequence[Any]):
+    check_env_id(env_id)
+    kwargs = dict(env_kwargs or {})
+    fns = [_wrapper(w) for w in wrappers]
+    if is_atari(env_id):
+        kwargs.setdefault("frameskip", 1)  # AtariPreprocessing does the skipping (with max-pooling)
+        fns.insert(0, _atari_preprocessing)
+    return kwargs, fns
+
+
+def make_env(env_id: str, env_kwargs: dict[str, Any] | None = None, wrappers: Sequence[Any] = (),
+             render_mode: str | None = None) -> gym.Env:
+    """One environment, built like the vector envs' members (for rendering and GIFs)."""
+    kwargs, fns = _make_args(env_id, env_kwargs, wrappers)
+    env = gym.make(env_id, render_mode=render_mode, **kwargs)
+    for fn in fns:
+        env = fn(env)
+    return env
+
+
+def make_vector_env(env_id: str, num_envs: int, env_kwargs: dict[str, Any] | None = None,
+                    wrappers: Sequence[Any] = ()) -> gym.vector.VectorEnv:
     """A synchronous vector env that resets finished episodes in the same step.
 
     Same-step autoreset keeps step t's transition whole: the observation after a
@@ -30,13 +106,14 @@ def make_vector_env(env_id: str, num_envs: int, env_kwargs: dict[str, Any] | Non
     the next episode's first (see next_observations). No render mode unless
     asked for: LunarLander keeps particle bodies and steps ~3x slower with one.
     """
-    check_env_id(env_id)
+    kwargs, fns = _make_args(env_id, env_kwargs, wrappers)
     return gym.make_vec(
         env_id,
         num_envs=num_envs,
         vectorization_mode="sync",
         vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
-        **(env_kwargs or {}),
+        wrappers=fns or None,
+        **kwargs,
     )
 
 
@@ -50,8 +127,9 @@ def next_observations(obs: np.ndarray, done: np.ndarray, info: dict) -> np.ndarr
     return nxt
 
 
-def spaces(env_id: str, env_kwargs: dict[str, Any] | None = None) -> tuple[gym.Space, gym.Space]:
-    env = make_vector_env(env_id, 1, env_kwargs)
+def spaces(env_id: str, env_kwargs: dict[str, Any] | None = None,
+           wrappers: Sequence[Any] = ()) -> tuple[gym.Space, gym.Space]:
+    env = make_vector_env(env_id, 1, env_kwargs, wrappers)
     try:
         return env.single_observation_space, env.single_action_space
     finally:

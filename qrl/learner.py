@@ -24,7 +24,7 @@ import torch
 import zmq
 
 from qrl import algorithm, checkpoint, envs, transport, wire
-from qrl.config import RunConfig, build, to_dict
+from qrl.config import RunConfig, build, to_dict, to_yaml
 from qrl.metrics import MetricsWriter, ProgressView
 
 log = logging.getLogger("qrl.learner")
@@ -39,12 +39,13 @@ class LearnerOptions:
     device: str = "auto"
     resume: bool = False
     progress: bool = True
+    tensorboard: bool = False
 
 
 def evaluate(algo, net: torch.nn.Module, env_id: str, episodes: int, seed: int,
-             env_kwargs: dict | None = None) -> tuple[float, float, list[float]]:
+             env_kwargs: dict | None = None, wrappers: list | tuple = ()) -> tuple[float, float, list[float]]:
     """Mean and std of the return of ``episodes`` deterministic episodes, stepped as one vector env."""
-    env = envs.make_vector_env(env_id, episodes, env_kwargs)
+    env = envs.make_vector_env(env_id, episodes, env_kwargs, wrappers)
     try:
         obs, _ = env.reset(seed=seed)
         returns = np.zeros(episodes)
@@ -66,8 +67,6 @@ class LearnerRun:
         envs.check_env_id(opts.env)
         self.algo = algorithm.load(opts.algo)
         saved = checkpoint.load(self.run_dir) if opts.resume else None
-        if opts.resume and saved is None:
-            log.warning("learner: --resume: no checkpoint in %s yet; starting the run afresh", self.run_dir)
         if saved is not None:  # a resumed run keeps the config it started with
             config = json.loads(saved["config"])
             run_cfg = build(RunConfig, config["run"], "run")
@@ -80,7 +79,7 @@ class LearnerRun:
             self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         else:
             self.device = torch.device(opts.device)
-        self.obs_space, self.action_space = envs.spaces(opts.env)
+        self.obs_space, self.action_space = envs.spaces(opts.env, run_cfg.env_kwargs, run_cfg.wrappers)
         self.learner = self.algo.Learner(self.obs_space, self.action_space, self.args, self.device)
         self.eval_net = self.algo.make_policy(self.obs_space, self.action_space, self.args)
         self.target_return = run_cfg.target_return
@@ -104,6 +103,8 @@ class LearnerRun:
         self.config_json = json.dumps({"algo": opts.algo, "env": opts.env, "run": to_dict(self.cfg),
                                        "args": dataclasses.asdict(self.args)}, indent=2)
         (self.run_dir / "config.json").write_text(self.config_json)
+        # The same, as a preset: `qrl run --config RUN_DIR/config.yaml` reruns it.
+        (self.run_dir / "config.yaml").write_text(to_yaml(opts.algo, opts.env, self.cfg, self.args))
         self.stopping = False
         self.stop_reason = ""
 
@@ -111,7 +112,8 @@ class LearnerRun:
 
     def spec(self) -> dict[str, Any]:
         c = self.cfg
-        return {"run_id": self.run_id, "algo": self.opts.algo, "env": self.opts.env, "env_kwargs": {},
+        return {"run_id": self.run_id, "algo": self.opts.algo, "env": self.opts.env,
+                "env_kwargs": c.env_kwargs, "wrappers": c.wrappers,
                 "args": dataclasses.asdict(self.args),
                 "run": {"num_envs": c.num_envs, "segment_length": c.segment_length, "seed": c.seed}}
 
@@ -158,7 +160,7 @@ class LearnerRun:
     def evaluate(self) -> tuple[float, float]:
         self.eval_net.load_state_dict({k: torch.from_numpy(v) for k, v in self.learner.policy_state().items()})
         mean, std, _ = evaluate(self.algo, self.eval_net, self.opts.env, self.cfg.eval_episodes,
-                                seed=self.cfg.seed + 7)
+                                seed=self.cfg.seed + 7, env_kwargs=self.cfg.env_kwargs, wrappers=self.cfg.wrappers)
         return mean, std
 
     def save(self, frames: int, elapsed: float) -> Path:
@@ -171,7 +173,7 @@ class LearnerRun:
 
     def run(self) -> dict[str, Any]:
         ctx = zmq.Context()
-        metrics = MetricsWriter(self.run_dir)
+        metrics = MetricsWriter(self.run_dir, tensorboard=self.opts.tensorboard)
         try:
             self.connect(ctx)
             return self._loop(metrics)
@@ -241,6 +243,7 @@ class LearnerRun:
                     metrics.write("train", frames=frames, updates=self.learner.updates, elapsed_s=elapsed(),
                                   frames_per_s=frames_per_s, updates_per_s=updates_per_s,
                                   mean_return_100=stats.get("mean_return_100"), replay_size=stats.get("replay_size"),
+                                  policy_lag=stats.get("policy_lag_100"), actors=stats.get("actors"),
                                   weights_version=self.version, wait_fraction=wait_s / max(elapsed(), 1e-9),
                                   **train_metrics)
                 eval_due = (c.eval_every_frames and frames - last_eval_frames >= c.eval_every_frames) or (
@@ -253,7 +256,7 @@ class LearnerRun:
                     metrics.write("eval", frames=frames, updates=self.learner.updates, elapsed_s=elapsed(),
                                   mean_return=mean, std_return=std, episodes=c.eval_episodes)
                     if self.target_return is not None and mean >= self.target_return:
-                        self.stop_reason = f"evaluation reached {mean:.1f} >= {self.target_return}"
+                        self.stop_reason = f"evaluation reached {mean:.2f} >= {self.target_return}"
                         break
                 if now - last_ckpt >= c.checkpoint_every_s:
                     self.save(frames, elapsed())
@@ -264,12 +267,14 @@ class LearnerRun:
                 if c.max_seconds is not None and elapsed() >= c.max_seconds:
                     self.stop_reason = f"time limit of {c.max_seconds} s reached"
                     break
-                r100 = stats.get("mean_return_100")
+                r100, lag = stats.get("mean_return_100"), stats.get("policy_lag_100")  # lag: weight versions
                 view.update(frames, (
                     f"{frames_per_s:,.0f} fps | {updates_per_s:,.0f} upd/s | "
                     f"return(100) {'-' if r100 is None else f'{r100:.1f}'} | "
                     f"eval {'-' if last_eval_value is None else f'{last_eval_value:.1f}'} | "
-                    f"replay {stats.get('replay_size', 0):,} | actors {stats.get('actors', 0)}"
+                    f"replay {stats.get('replay_size', 0):,} | "
+                    f"lag {'-' if lag is None else f'{lag:.1f}'} | "
+                    f"actors {stats.get('actors', 0)}"
                 ))
         if self.stopping and not self.stop_reason:
             self.stop_reason = "stopped by signal"
@@ -299,8 +304,8 @@ def run_learner(opts: LearnerOptions, run_cfg: RunConfig, algo_values: dict[str,
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     summary = run.run()
-    print(f"learner: {summary['stop_reason']}; final evaluation {summary['final_eval_mean']:.1f} "
-          f"+/- {summary['final_eval_std']:.1f} over {run.cfg.eval_episodes} episodes after "
+    print(f"learner: {summary['stop_reason']}; final evaluation {summary['final_eval_mean']:.2f} "
+          f"+/- {summary['final_eval_std']:.2f} over {run.cfg.eval_episodes} episodes after "
           f"{summary['frames']:,} frames and {summary['elapsed_s']:.1f} s; checkpoint {summary['checkpoint']}",
           flush=True)
     return summary

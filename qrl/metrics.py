@@ -10,14 +10,32 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from qrl.config import ConfigError
 
 log = logging.getLogger("qrl.learner")
 
 
 class MetricsWriter:
-    def __init__(self, run_dir: Path):
+    """JSONL always; with tensorboard=True also TensorBoard event files in RUN_DIR/tb
+    (every numeric value, as KIND/NAME against env frames)."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = False):
         self.path = Path(run_dir) / "metrics.jsonl"
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ConfigError("--tensorboard needs the tensorboard package: pip install 'qrl[tensorboard]'") from None
+            self.tb = SummaryWriter(str(Path(run_dir) / "tb"))
         # A process killed mid-write leaves a torn last line; start ours on a fresh one.
         torn = self.path.exists() and self.path.stat().st_size > 0 and not self.path.read_bytes().endswith(b"\n")
         self.file = self.path.open("a", buffering=1)  # line-buffered: a crash loses at most one line
@@ -26,9 +44,15 @@ class MetricsWriter:
 
     def write(self, kind: str, **values: Any) -> None:
         self.file.write(json.dumps({"kind": kind, "time": time.time(), **values}) + "\n")
+        if self.tb is not None and "frames" in values:
+            for name, value in values.items():
+                if name != "frames" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.tb.add_scalar(f"{kind}/{name}", value, values["frames"])
 
     def close(self) -> None:
         self.file.close()
+        if self.tb is not None:
+            self.tb.close()
 
 
 def read(run_dir: str | Path) -> list[dict[str, Any]]:

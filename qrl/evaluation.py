@@ -1,0 +1,107 @@
+"""`qrl evaluate`: load a run's checkpoint and play deterministic episodes, optionally
+rendered in the terminal (environments with an "ansi" render mode, with the value of each
+action at every step) or saved as a GIF (from "rgb_array" frames, via imageio)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from qrl import algorithm, checkpoint, envs
+from qrl.config import ConfigError, RunConfig, build
+
+
+@dataclass
+class LoadedPolicy:
+    algo_name: str
+    algo: ModuleType
+    env: str
+    run: RunConfig
+    net: torch.nn.Module
+
+
+def load_policy(path: str | Path) -> LoadedPolicy:
+    """The policy network of a run directory or checkpoint file, with the config it was trained with."""
+    saved = checkpoint.load(path)
+    config = json.loads(saved["config"])
+    algo = algorithm.load(config["algo"])
+    args = build(algo.Args, config["args"], "algo")
+    run = build(RunConfig, config["run"], "run")
+    obs_space, action_space = envs.spaces(config["env"], run.env_kwargs, run.wrappers)
+    learner = algo.Learner(obs_space, action_space, args, torch.device("cpu"))
+    learner.load_state_dict(saved["learner"])
+    learner.net.eval()
+    return LoadedPolicy(config["algo"], algo, config["env"], run, learner.net)
+
+
+def _describe_values(policy: LoadedPolicy, env, obs) -> str:
+    if not hasattr(policy.algo, "action_values"):
+        return ""
+    values = policy.algo.action_values(policy.net, np.asarray([obs]))[0]
+    names = getattr(env.unwrapped, "action_names", None) or [str(i) for i in range(len(values))]
+    best = int(values.argmax())
+    return "  ".join(f"{n} {v:+.3f}{'*' if i == best else ' '}" for i, (n, v) in enumerate(zip(names, values)))
+
+
+def evaluate(path: str | Path, episodes: int = 10, seed: int = 0, render: str | None = None,
+             gif: str | Path | None = None, fps: int = 30, out: Callable[[str], Any] = print) -> dict[str, Any]:
+    """Deterministic evaluation: mean, std and each episode's return.
+
+    render="terminal" prints every step of every episode (text rendering); gif=PATH saves the
+    first episode as an animated GIF. Without either, episodes run as one vector env."""
+    from qrl.learner import evaluate as evaluate_vector
+
+    policy = load_policy(path)
+    if render not in (None, "terminal"):
+        raise ConfigError(f"unknown render mode '{render}'; use --render terminal or --gif PATH")
+    if render is None and gif is None:
+        mean, std, returns = evaluate_vector(policy.algo, policy.net, policy.env, episodes, seed,
+                                             policy.run.env_kwargs, policy.run.wrappers)
+        return {"env": policy.env, "algo": policy.algo_name, "episodes": episodes, "mean": mean, "std": std,
+                "returns": returns}
+
+    mode = "ansi" if render == "terminal" else "rgb_array"
+    modes = envs.gym.spec(policy.env).kwargs.get("render_modes") or []
+    env = envs.make_env(policy.env, policy.run.env_kwargs, policy.run.wrappers, render_mode=mode)
+    available = env.metadata.get("render_modes", modes)
+    if mode not in available:
+        env.close()
+        what = "text rendering for --render terminal" if mode == "ansi" else "rgb_array frames for --gif"
+        raise ConfigError(f"{policy.env} has no {what} (its render modes: {', '.join(available) or 'none'})")
+    frames, returns = [], []
+    try:
+        for episode in range(episodes):
+            obs, _ = env.reset(seed=seed + episode)
+            total, step, done = 0.0, 0, False
+            while not done:
+                if render == "terminal":
+                    out(f"episode {episode + 1} step {step}  return {total:+.3f}\n{env.render()}\n"
+                        f"{_describe_values(policy, env, obs)}\n")
+                elif episode == 0:
+                    frames.append(env.render())
+                action = policy.algo.greedy_act(policy.net, np.asarray([obs]))[0]
+                obs, reward, terminated, truncated, _ = env.step(action)
+                total += float(reward)
+                step += 1
+                done = terminated or truncated
+            if render == "terminal":
+                out(f"episode {episode + 1} ended after {step} steps with return {total:+.3f}\n{env.render()}\n")
+            elif episode == 0:
+                frames.append(env.render())
+            returns.append(total)
+    finally:
+        env.close()
+    if gif is not None:
+        try:
+            import imageio.v2 as imageio
+        except ImportError:
+            raise ConfigError("--gif needs imageio: pip install 'qrl[gif]'") from None
+        imageio.mimsave(str(gif), frames, duration=1000 / fps, loop=0)
+    return {"env": policy.env, "algo": policy.algo_name, "episodes": episodes, "mean": float(np.mean(returns)),
+            "std": float(np.std(returns)), "returns": returns, "gif": str(gif) if gif else None}
