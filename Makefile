@@ -13,6 +13,7 @@ ACTORS  ?= 4
 PORT    ?= 5555
 RUN_DIR ?= runs/cluster
 SET     ?=
+CONFIG  ?=
 
 .PHONY: install install-bench demo cluster stop test test-fast bench bench-quick clean
 
@@ -34,14 +35,14 @@ $(VENV)/.installed-bench: $(VENV)/.installed
 # Train DQN on CartPole-v1 with a local cluster (broker, 4 actors, learner)
 # until a deterministic evaluation reaches 475 or the step budget runs out.
 demo: install
-	$(QRL) run --algo dqn --env CartPole-v1 --actors 4 --total-steps 300000 --run-dir runs/demo
+	$(QRL) run --config configs/dqn-CartPole-v1.yaml --total-steps 300000 --run-dir runs/demo
 
 # Broker, actors and learner in the background; logs and pid files in $(RUN_DIR).
 cluster: install
 	mkdir -p $(RUN_DIR)
 	$(QRL) broker --port $(PORT) > $(RUN_DIR)/broker.log 2>&1 & echo $$! > $(RUN_DIR)/broker.pid
 	$(QRL) actor --n $(ACTORS) --broker tcp://127.0.0.1:$(PORT) > $(RUN_DIR)/actor.log 2>&1 & echo $$! > $(RUN_DIR)/actor.pid
-	$(QRL) learner --algo $(ALGO) --env $(ENV) --broker tcp://127.0.0.1:$(PORT) --run-dir $(RUN_DIR) --no-progress $(SET) > $(RUN_DIR)/learner.log 2>&1 & echo $$! > $(RUN_DIR)/learner.pid
+	$(QRL) learner $(if $(CONFIG),--config $(CONFIG),--algo $(ALGO) --env $(ENV)) --broker tcp://127.0.0.1:$(PORT) --run-dir $(RUN_DIR) --no-progress $(SET) > $(RUN_DIR)/learner.log 2>&1 & echo $$! > $(RUN_DIR)/learner.pid
 	@echo "cluster started: logs in $(RUN_DIR)/*.log; 'make stop' stops it"
 
 stop:

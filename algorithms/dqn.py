@@ -67,16 +67,31 @@ def table_config(args: Args) -> TableConfig:
 
 # -- network ----------------------------------------------------------------------------------
 
+def nature_cnn(in_channels: int, hidden: int) -> nn.Sequential:
+    """The Atari torso of Mnih et al. 2015 for [C, 84, 84] stacked frames."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 32, 8, stride=4), nn.ReLU(),
+        nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
+        nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
+        nn.Flatten(), nn.Linear(64 * 7 * 7, hidden), nn.ReLU(),
+    )
+
+
 class QNetwork(nn.Module):
-    def __init__(self, obs_dim: int, num_actions: int, hidden: int, dueling: bool):
+    def __init__(self, obs_shape: tuple[int, ...], num_actions: int, hidden: int, dueling: bool):
         super().__init__()
-        self.torso = nn.Sequential(nn.Linear(obs_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+        self.image = len(obs_shape) == 3  # [C, H, W] frames (Atari): a CNN on pixels scaled to [0, 1]
+        if self.image:
+            self.torso = nature_cnn(obs_shape[0], hidden)
+        else:
+            obs_dim = int(np.prod(obs_shape))
+            self.torso = nn.Sequential(nn.Linear(obs_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
         self.dueling = dueling
         self.advantage = nn.Linear(hidden, num_actions)
         self.value = nn.Linear(hidden, 1) if dueling else None
 
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:  # [B, obs_dim] -> [B, num_actions]
-        h = self.torso(obs.flatten(1).float())
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:  # [B, *obs_shape] -> [B, num_actions]
+        h = self.torso(obs.float() / 255.0) if self.image else self.torso(obs.flatten(1).float())
         adv = self.advantage(h)
         if self.value is None:
             return adv
@@ -86,7 +101,7 @@ class QNetwork(nn.Module):
 def make_policy(obs_space: gym.Space, action_space: gym.Space, args: Args) -> QNetwork:
     if not isinstance(action_space, gym.spaces.Discrete):
         raise ValueError(f"dqn needs a discrete action space, got {action_space}")
-    return QNetwork(int(np.prod(obs_space.shape)), int(action_space.n), args.hidden, args.dueling)
+    return QNetwork(tuple(obs_space.shape), int(action_space.n), args.hidden, args.dueling)
 
 
 # -- actor side -------------------------------------------------------------------------------

@@ -26,12 +26,13 @@ def is_atari(env_id: str) -> bool:
     return env_id.startswith("ALE/")
 
 
-def check_env_id(env_id: str) -> None:
-    """Make sure gymnasium can build env_id: registered, an importable entry point
-    (registered on first use), or an Atari id with ale-py installed. Otherwise
-    raise UnknownEnvironment with close matches."""
+def resolve(env_id: str) -> str:
+    """The gymnasium id to build env_id with: a registered id as it is, an Atari id once ale-py
+    has registered its envs, an entry point ``package.module:Class`` registered on first use
+    (as ``entry/package.module.Class``: gymnasium reads "module:id" in make() its own way).
+    Anything else raises UnknownEnvironment with close matches."""
     if env_id in gym.registry:
-        return
+        return env_id
     if is_atari(env_id):
         try:
             import ale_py
@@ -39,7 +40,7 @@ def check_env_id(env_id: str) -> None:
             raise UnknownEnvironment(f"'{env_id}' needs ale-py: pip install 'qrl[atari]'") from None
         gym.register_envs(ale_py)
         if env_id in gym.registry:
-            return
+            return env_id
     if ":" in env_id:
         module_name, _, attr = env_id.partition(":")
         try:
@@ -48,11 +49,21 @@ def check_env_id(env_id: str) -> None:
             raise UnknownEnvironment(f"cannot load environment entry point '{env_id}': {exc}") from None
         if not (isinstance(cls, type) and issubclass(cls, gym.Env)):
             raise UnknownEnvironment(f"entry point '{env_id}' is not a gymnasium.Env subclass")
-        gym.register(env_id, entry_point=cls)
-        return
+        registered = f"entry/{module_name}.{attr}"
+        if registered not in gym.registry:
+            gym.register(registered, entry_point=cls)
+        return registered
     close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise UnknownEnvironment(f"unknown environment '{env_id}'{hint}")
+
+
+def check_env_id(env_id: str) -> None:
+    resolve(env_id)
+
+
+def spec(env_id: str) -> gym.envs.registration.EnvSpec:
+    return gym.spec(resolve(env_id))
 
 
 def _wrapper(spec: str | dict[str, Any]):
@@ -78,20 +89,20 @@ def _atari_preprocessing(env: gym.Env) -> gym.Env:
 
 
 def _make_args(env_id: str, env_kwargs: dict[str, Any] | None, wrappers: Sequence[Any]):
-    check_env_id(env_id)
+    gym_id = resolve(env_id)
     kwargs = dict(env_kwargs or {})
     fns = [_wrapper(w) for w in wrappers]
     if is_atari(env_id):
         kwargs.setdefault("frameskip", 1)  # AtariPreprocessing does the skipping (with max-pooling)
         fns.insert(0, _atari_preprocessing)
-    return kwargs, fns
+    return gym_id, kwargs, fns
 
 
 def make_env(env_id: str, env_kwargs: dict[str, Any] | None = None, wrappers: Sequence[Any] = (),
              render_mode: str | None = None) -> gym.Env:
     """One environment, built like the vector envs' members (for rendering and GIFs)."""
-    kwargs, fns = _make_args(env_id, env_kwargs, wrappers)
-    env = gym.make(env_id, render_mode=render_mode, **kwargs)
+    gym_id, kwargs, fns = _make_args(env_id, env_kwargs, wrappers)
+    env = gym.make(gym_id, render_mode=render_mode, **kwargs)
     for fn in fns:
         env = fn(env)
     return env
@@ -106,9 +117,9 @@ def make_vector_env(env_id: str, num_envs: int, env_kwargs: dict[str, Any] | Non
     the next episode's first (see next_observations). No render mode unless
     asked for: LunarLander keeps particle bodies and steps ~3x slower with one.
     """
-    kwargs, fns = _make_args(env_id, env_kwargs, wrappers)
+    gym_id, kwargs, fns = _make_args(env_id, env_kwargs, wrappers)
     return gym.make_vec(
-        env_id,
+        gym_id,
         num_envs=num_envs,
         vectorization_mode="sync",
         vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},

@@ -67,7 +67,7 @@ def evaluate(path: str | Path, episodes: int = 10, seed: int = 0, render: str | 
                 "returns": returns}
 
     mode = "ansi" if render == "terminal" else "rgb_array"
-    modes = envs.gym.spec(policy.env).kwargs.get("render_modes") or []
+    modes = envs.spec(policy.env).kwargs.get("render_modes") or []
     env = envs.make_env(policy.env, policy.run.env_kwargs, policy.run.wrappers, render_mode=mode)
     available = env.metadata.get("render_modes", modes)
     if mode not in available:

@@ -84,7 +84,7 @@ class LearnerRun:
         self.eval_net = self.algo.make_policy(self.obs_space, self.action_space, self.args)
         self.target_return = run_cfg.target_return
         if self.target_return is None:
-            self.target_return = envs.gym.spec(opts.env).reward_threshold
+            self.target_return = envs.spec(opts.env).reward_threshold
 
         # Counters that a checkpoint carries across restarts.
         self.run_id = uuid.uuid4().hex[:12]

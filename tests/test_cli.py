@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-COMMANDS = ["broker", "actor", "learner", "run"]
+COMMANDS = ["broker", "actor", "learner", "run", "evaluate", "status", "plot", "keygen"]
 
 
 def qrl(*args, timeout=60):

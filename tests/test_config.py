@@ -33,3 +33,70 @@ def test_build_checks_keys_and_types_of_saved_values():
     with pytest.raises(ConfigError, match="run.seed"):
         build(RunConfig, {"seed": 1.5}, "run")
     assert build(RunConfig, {"eval_every_s": 3}, "run").eval_every_s == 3.0
+
+
+# -- config files (YAML presets) ----------------------------------------------------------------
+
+from pathlib import Path  # noqa: E402
+
+from qrl import cli  # noqa: E402
+from qrl.config import load_file, to_yaml  # noqa: E402
+
+PRESETS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+
+
+def test_there_are_presets():
+    assert {p.stem for p in PRESETS} >= {"dqn-CartPole-v1", "ql-Grid-v0"}
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
+def test_every_preset_resolves_to_a_checked_config(preset):
+    r = cli._resolve(str(preset), None, None, ())
+    assert f"{r.algo}-{r.env.replace('/', '-').replace('qrl-', '')}" == preset.stem
+    assert r.actors and r.run.total_steps > 0
+
+
+def test_precedence_defaults_file_flags_then_set(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("algorithm: dqn\nenv: CartPole-v1\nrun: {seed: 1, total_steps: 10}\nalgo: {lr: 0.5, hidden: 32}\n")
+    r = cli._resolve(str(f), None, None, ("algo.lr=0.25", "run.env_kwargs={sutton_barto_reward: true}"),
+                     seed=2, total_steps=None)
+    assert (r.run.seed, r.run.total_steps) == (2, 10)  # flag beats file; file beats default
+    assert r.algo_values == {"lr": 0.25, "hidden": 32}  # --set beats file
+    assert r.run.env_kwargs == {"sutton_barto_reward": True}
+    f.write_text("algorithm: dqn\nenv: CartPole-v1\n")
+    r2 = cli._resolve(str(f), "ql", "qrl/Grid-v0", ())  # flags beat the file's algorithm and env
+    assert (r2.algo, r2.env) == ("ql", "qrl/Grid-v0")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("algorithm: dqn\nlearning_rate: 1\n", "unknown key 'learning_rate'"),
+    ("algorith: dqn\n", "did you mean 'algorithm'"),
+    ("run: [1, 2]\n", "'run' must be a map"),
+    ("actors: many\n", "'actors' must be a positive integer"),
+    ("run: {seed: 1\n", "is not valid YAML"),
+    ("- a\n- b\n", "expected a map"),
+])
+def test_bad_config_files_are_one_clear_error(tmp_path, text, message):
+    f = tmp_path / "bad.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_file(f)
+
+
+def test_wrong_keys_inside_a_file_name_the_key(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("algo: {learning_rate: 0.1}\n")
+    with pytest.raises(ConfigError, match="unknown config key 'algo.learning_rate'; allowed: algo.hidden"):
+        cli._resolve(str(f), None, None, ())
+    f.write_text("run: {env_kwargs: [1]}\n")
+    with pytest.raises(ConfigError, match="run.env_kwargs"):
+        cli._resolve(str(f), None, None, ())
+
+
+def test_the_saved_yaml_reads_back_as_the_same_config(tmp_path):
+    r = cli._resolve(None, "dqn", "CartPole-v1", ("algo.lr=0.003", "run.wrappers=[ClipReward]"))
+    f = tmp_path / "config.yaml"
+    f.write_text(to_yaml(r.algo, r.env, r.run, build(dqn.Args, r.algo_values, "algo")))
+    again = cli._resolve(str(f), None, None, ())
+    assert again.run == r.run and build(dqn.Args, again.algo_values, "algo") == build(dqn.Args, r.algo_values, "algo")
