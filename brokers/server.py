@@ -294,6 +294,7 @@ class Broker:
             "sample": self._on_sample,
             "get_stats": lambda ident, m, r: self._reply(ident, "stats", {"req": r, **self.stats_summary()}),
             "flush": self._on_flush,
+            "claim_ids": self._on_claim_ids,
         }.get(msg.type)
         if handler is None:
             self._reject("service", "unexpected_type", msg.type)
@@ -316,6 +317,21 @@ class Broker:
         if self._flushed(key) < last_seq:
             self.flushing[key] = (last_seq, time.monotonic() + FLUSH_TIMEOUT_S)
         self._reply(identity, "ok", {"req": req})
+
+    def _on_claim_ids(self, identity, msg: wire.Message, req) -> None:
+        """Hand out a block of actor ids no one has used (replicas of one container image
+        cannot pick distinct --first-id values themselves)."""
+        try:
+            n = _int(msg.meta, "n")
+            if not 1 <= n <= 4096:
+                raise ValueError("n must be 1..4096")
+        except (KeyError, TypeError, ValueError) as exc:
+            self._reject("service", "bad_claim_ids", str(exc))
+            return self._reply(identity, "error", {"req": req, "reason": f"bad claim_ids: {exc}"})
+        first = max([self.stats.next_actor_id, *(k + 1 for k in self.stats.actors)])
+        self.stats.next_actor_id = first + n
+        log.info("broker: actor ids %d..%d claimed", first, first + n - 1)
+        self._reply(identity, "ok", {"req": req, "first_id": first})
 
     def _flushed(self, key: tuple[int, str]) -> int:
         return self.stats.actors.get(key[0], {}).get("seqs", {}).get(key[1], -1)
@@ -443,6 +459,7 @@ class _Stats:
         self.segments = self.items = self.frames = self.episodes = self.batches = 0
         self.sampled_items = 0
         self.gaps = self.duplicates = 0
+        self.next_actor_id = 0  # the next id handed out by claim_ids
         self.snapshots = 0
         self.snapshot_error: str | None = None  # a snapshot found at start but refused
         self.restored: dict[str, Any] | None = None
@@ -457,7 +474,8 @@ class _Stats:
         self.last_reject_log: dict[str, float] = {}
         self.actors: dict[int, dict[str, Any]] = {}
 
-    _COUNTERS = ("segments", "items", "frames", "episodes", "batches", "sampled_items", "gaps", "duplicates")
+    _COUNTERS = ("segments", "items", "frames", "episodes", "batches", "sampled_items", "gaps", "duplicates",
+                 "next_actor_id")
 
     def accounting(self) -> dict[str, Any]:
         """The counters a snapshot keeps (JSON-ready)."""

@@ -38,8 +38,9 @@ class ActorConfig:
     broker: str = "tcp://127.0.0.1:5555"
     n: int = 1
     """Worker processes under this supervisor."""
-    first_id: int = 0
-    """Actor id of the first worker; ids are first_id .. first_id + n - 1."""
+    first_id: int | None = 0
+    """Actor id of the first worker; ids are first_id .. first_id + n - 1. None: ask the broker
+    for a block no one uses (replicas started from one image, e.g. a Kubernetes Deployment)."""
     total: int | None = None
     """Actors in the whole run (all machines) for per-actor exploration; None: n."""
     send_hwm: int = 1
@@ -105,7 +106,8 @@ class Worker:
         env = envs.make_vector_env(spec["env"], num_envs, spec.get("env_kwargs"), spec.get("wrappers") or ())
         net = algo.make_policy(env.single_observation_space, env.single_action_space, args)
         net.eval()
-        state = algo.init_actor(self.actor_id, total, num_envs, args, seed)
+        # Claimed ids (--first-id auto) can exceed the total after restarts: wrap for exploration.
+        state = algo.init_actor(self.actor_id % total, total, num_envs, args, seed)
         version = self._load_weights(net, self._fetch(client, "get_weights"), spec["run_id"])
         client.close()
 
@@ -275,8 +277,27 @@ class Supervisor:
         self.procs[actor_id] = p
         self.started_at[actor_id] = time.monotonic()
 
+    def claim_ids(self) -> int:
+        """A block of n unused actor ids from the broker (waiting for it like the workers do).
+        The context is gone before any worker is forked: ZeroMQ contexts do not survive fork."""
+        ctx = zmq.Context()
+        try:
+            client = transport.Client(ctx, self.cfg.broker, "actors")
+            reply = client.request("claim_ids", {"n": self.cfg.n}, wait_s=None, report=log.warning,
+                                   should_stop=lambda: self.stopping)
+            client.close()
+            if reply.type != "ok":
+                raise RuntimeError(f"the broker refused to hand out actor ids: {reply.meta.get('reason')}")
+            return int(reply.meta["first_id"])
+        finally:
+            ctx.destroy(linger=0)
+
     def run(self) -> None:
-        ids = range(self.cfg.first_id, self.cfg.first_id + self.cfg.n)
+        try:
+            first = self.cfg.first_id if self.cfg.first_id is not None else self.claim_ids()
+        except transport.BrokerUnavailable:  # stopped while waiting for the broker
+            return
+        ids = range(first, first + self.cfg.n)
         for i in ids:
             self.start(i)
         log.info("actors: started %d workers (ids %d..%d), pids %s", self.cfg.n, ids[0], ids[-1],

@@ -143,7 +143,8 @@ def keygen(key_dir: str) -> None:
 @main.command()
 @click.option("--n", "n", default=1, show_default=True, type=click.IntRange(1, 1024), help="Actor processes.")
 @click.option("--broker", default="tcp://127.0.0.1:5555", show_default=True, help="The broker's service address.")
-@click.option("--first-id", default=0, show_default=True, type=int, help="Actor id of the first process.")
+@click.option("--first-id", default="0", show_default=True,
+              help="Actor id of the first process, or 'auto': a block of unused ids from the broker.")
 @click.option("--total", type=int, help="Actors in the whole run across machines (default: --n).")
 @keys_option
 @click.option("--set", "sets", multiple=True, metavar="actor.KEY=VALUE",
@@ -161,7 +162,14 @@ def actor(n: int, broker: str, first_id: int, total: int | None, keys: str | Non
         split_address(broker)
     except ValueError as exc:
         raise UserError(f"actor: {exc}") from None
-    run_actors(_component_config(ActorConfig, "actor", sets, broker=broker, n=n, first_id=first_id, total=total))
+    if first_id == "auto":
+        first = None
+    else:
+        try:
+            first = int(first_id)
+        except ValueError:
+            raise UserError(f"actor: --first-id must be an integer or 'auto', not {first_id!r}") from None
+    run_actors(_component_config(ActorConfig, "actor", sets, broker=broker, n=n, first_id=first, total=total))
 
 
 def _learner_options(fn):
@@ -194,9 +202,11 @@ def _default_run_dir(algo: str, env_id: str) -> str:
 @click.option("--broker", default="tcp://127.0.0.1:5555", show_default=True, help="The broker's service address.")
 @click.option("--device", default="auto", show_default=True, help="torch device: auto, cpu, cuda, cuda:1 ...")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in --run-dir.")
+@click.option("--resume-if-possible", is_flag=True,
+              help="Continue from --run-dir's checkpoint if there is one, else start (for restart policies).")
 @user_errors("learner")
 def learner(config, algo, env_id, seed, total_steps, target_return, run_dir, no_progress, tensorboard, keys, sets,
-            broker, device, resume) -> None:
+            broker, device, resume, resume_if_possible) -> None:
     """Run the learner: register the run, train from the broker's batches, publish weights."""
     _setup_logging()
     from qrl.transport import use_keys
@@ -205,8 +215,12 @@ def learner(config, algo, env_id, seed, total_steps, target_return, run_dir, no_
     r = _resolve(config, algo, env_id, sets, seed=seed, total_steps=total_steps, target_return=target_return)
     from qrl.learner import LearnerOptions, run_learner
 
-    if resume and not run_dir:
+    if (resume or resume_if_possible) and not run_dir:
         raise UserError("learner: --resume needs --run-dir")
+    if resume_if_possible:
+        from qrl import checkpoint
+
+        resume = (Path(run_dir) / checkpoint.FILENAME).exists()
     opts = LearnerOptions(algo=r.algo, env=r.env, broker=broker, run_dir=run_dir or _default_run_dir(r.algo, r.env),
                           device=device, resume=resume, progress=not no_progress, tensorboard=tensorboard)
     run_learner(opts, r.run, r.algo_values)

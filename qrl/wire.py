@@ -36,6 +36,7 @@ MESSAGE_TYPES = frozenset(
         "sample",  # learner -> broker: ask for a batch
         "batch",  # broker reply to sample
         "get_stats",  # anyone -> broker
+        "claim_ids",  # an actor supervisor -> broker: a block of unused actor ids (--first-id auto)
         "flush",  # a stopping actor -> broker: read my last segments even while holding actors back
         "stats",  # broker reply
         "ok",  # generic success reply

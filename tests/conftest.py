@@ -45,10 +45,11 @@ class Procs:
         self.tmp = tmp
         self.procs: list[subprocess.Popen] = []
 
-    def start(self, name: str, *args: str) -> subprocess.Popen:
+    def start(self, name: str, *args: str, prefix: tuple[str, ...] = ()) -> subprocess.Popen:
+        """`python -m qrl ARGS`, after PREFIX (e.g. `ip netns exec NS`, which execs in place)."""
         with (self.tmp / f"{name}.log").open("w") as log:  # the child keeps its own descriptor
-            p = subprocess.Popen([sys.executable, "-m", "qrl", *args], stdout=log, stderr=subprocess.STDOUT,
-                                 start_new_session=True, cwd=self.tmp)
+            p = subprocess.Popen([*prefix, sys.executable, "-m", "qrl", *args], stdout=log,
+                                 stderr=subprocess.STDOUT, start_new_session=True, cwd=self.tmp)
         p.log_path = self.tmp / f"{name}.log"
         self.procs.append(p)
         return p

@@ -186,3 +186,14 @@ def test_rate_limiter_holds_samples_until_enough_inserts(client, push):
         if served == 4:
             break
     assert served == 4
+
+
+def test_claimed_actor_id_blocks_never_overlap_known_or_earlier_ones(client, push):
+    register(client)
+    push.send_multipart(segment(0, actor_id=5))
+    wait_for(lambda: stats(client)["segments"] == 1, 10, "a segment from actor 5")
+    first = client.request("claim_ids", {"n": 4}, wait_s=10)
+    second = client.request("claim_ids", {"n": 2}, wait_s=10)
+    assert (first.type, first.meta["first_id"], second.meta["first_id"]) == ("ok", 6, 10)
+    bad = client.request("claim_ids", {"n": 0}, wait_s=10)
+    assert bad.type == "error" and "n must be 1..4096" in bad.meta["reason"]

@@ -144,3 +144,24 @@ def test_status_shows_the_brokers_view(procs, tmp_path):
     assert set(stats["per_actor"]) == {"0", "1"} and stats["segments"] > 0 and "frames_per_s" in stats["per_actor"]["0"]
     table = qrl_cmd("status", "--broker", address)
     assert table.returncode == 0 and "policy lag" in table.stdout and "frames/s" in table.stdout
+
+
+def test_replicas_of_one_actor_command_get_distinct_ids_from_the_broker(procs, tmp_path):
+    """What a Kubernetes Deployment does: the same `qrl actor --first-id auto` started twice."""
+    _, address = procs.start_broker()
+    for replica in range(2):
+        procs.start(f"actors-{replica}", "actor", "--n", "2", "--first-id", "auto", "--total", "4",
+                    "--broker", address)
+    procs.start("learner", "learner", "--config", str(CONFIGS / "ql-Grid-v0.yaml"), "--broker", address,
+                "--run-dir", str(tmp_path / "run"), "--no-progress", "--target-return", "2")
+    ctx = zmq.Context()
+    try:
+        client = Client(ctx, address, "test")
+        from conftest import wait_for
+
+        wait_for(lambda: len(client.request("get_stats", wait_s=15).meta["per_actor"]) == 4, 60, "four actors")
+        per_actor = client.request("get_stats", wait_s=15).meta["per_actor"]
+        assert set(per_actor) == {"0", "1", "2", "3"} and all(a["incarnations"] == 1 for a in per_actor.values())
+        client.close()
+    finally:
+        ctx.destroy(linger=0)
