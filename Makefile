@@ -15,7 +15,7 @@ RUN_DIR ?= runs/cluster
 SET     ?=
 CONFIG  ?=
 
-.PHONY: install install-bench demo cluster stop test test-fast bench bench-quick clean
+.PHONY: install install-bench demo cluster stop test test-fast learn bench bench-quick clean
 
 install: $(VENV)/.installed
 
@@ -56,6 +56,12 @@ test: install
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# Learning check: the preset configs/$(ALGO)-$(ENV).yaml must reach rl-baselines3-zoo's return
+# within its step budget for every seed (scripts/learn.py), e.g. make learn ALGO=apex ENV=CartPole-v1
+SEEDS ?= 3
+learn: install
+	$(BIN)/python scripts/learn.py --algo $(ALGO) --env $(ENV) --seeds $(SEEDS)
 
 # Benchmarks (not tests): each prints qrl's figure, the reference measured in the same run and
 # their ratio, and writes bench/results/*.json. About 25 minutes in all on 2 cores.

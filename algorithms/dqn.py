@@ -65,6 +65,9 @@ def table_config(args: Args) -> TableConfig:
     )
 
 
+PRIORITY_FLOOR = 1e-3
+
+
 # -- network ----------------------------------------------------------------------------------
 
 def nature_cnn(in_channels: int, hidden: int) -> nn.Sequential:
@@ -185,7 +188,11 @@ class Learner:
             else:
                 q_next = q_next_target.max(dim=1).values
             td_target = t["return"] + t["discount"] * q_next  # discount already holds gamma^k and termination
-        loss = F.smooth_l1_loss(q, td_target) if a.huber else F.mse_loss(q, td_target)
+        per_item = (F.smooth_l1_loss if a.huber else F.mse_loss)(q, td_target, reduction="none")
+        if "_weight" in batch:  # prioritized replay: importance weights correct the sampling bias
+            loss = (per_item * torch.tensor(batch["_weight"], device=self.device)).mean()
+        else:
+            loss = per_item.mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if a.max_grad_norm > 0:
@@ -196,7 +203,10 @@ class Learner:
             ops.polyak_update(self.target.parameters(), self.net.parameters(), a.target_tau)
         elif self.updates % a.target_update_every == 0:
             self.target.load_state_dict(self.net.state_dict())
-        return {"loss": loss.item(), "q_mean": q.mean().item()}
+        metrics = {"loss": loss.item(), "q_mean": q.mean().item()}
+        if "_weight" in batch:  # new priorities for the sampled items: |TD error| (+ a floor so none starves)
+            metrics["_priorities"] = (td_target - q).detach().abs().cpu().numpy() + PRIORITY_FLOOR
+        return metrics
 
     def policy_state(self) -> dict[str, np.ndarray]:
         # A copy, not a view: the frames are sent zero-copy after this returns, while

@@ -267,8 +267,10 @@ class Broker:
             a["seq"] = seq
         if self.table is None:
             return self._reject("ingest", "no_table", "no learner has registered yet")
+        arrays = dict(msg.arrays)
+        priorities = arrays.pop("_priority", None)  # optional initial priorities computed by the actor
         try:
-            n = self.table.insert(msg.arrays)
+            n = self.table.insert(arrays, None if priorities is None else np.asarray(priorities, dtype=np.float64))
         except SchemaError as exc:
             return self._reject("ingest", "schema_mismatch", str(exc))
         s.segments += 1
@@ -294,6 +296,7 @@ class Broker:
             "sample": self._on_sample,
             "get_stats": lambda ident, m, r: self._reply(ident, "stats", {"req": r, **self.stats_summary()}),
             "flush": self._on_flush,
+            "update_priorities": self._on_update_priorities,
             "claim_ids": self._on_claim_ids,
         }.get(msg.type)
         if handler is None:
@@ -379,19 +382,37 @@ class Broker:
         if not isinstance(batch_size, int) or not 0 < batch_size <= 1 << 20:
             self._reject("service", "bad_sample", repr(batch_size))
             return self._reply(identity, "error", {"req": req, "reason": "batch_size must be a positive int"})
+        beta = msg.meta.get("beta", 1.0)  # importance-sampling exponent (prioritized tables), annealed by the learner
+        if not isinstance(beta, (int, float)) or isinstance(beta, bool) or not 0 <= beta <= 1:
+            self._reject("service", "bad_sample", f"beta {beta!r}")
+            return self._reply(identity, "error", {"req": req, "reason": "beta must be a number in [0, 1]"})
         if self.table is None:
             return self._reply(identity, "error", {"req": req, "reason": "no table: register first"})
-        self.pending.append((identity, req, batch_size, time.monotonic()))
+        self.pending.append((identity, req, batch_size, float(beta), time.monotonic()))
 
     def _serve_pending(self) -> None:
         table = self.table
         while self.pending and table is not None and table.limiter.can_sample(table.size, self.pending[0][2]):
-            identity, req, batch_size, t0 = self.pending.popleft()
-            arrays, ids = table.sample(batch_size)
+            identity, req, batch_size, beta, t0 = self.pending.popleft()
+            arrays, ids, weights = table.sample(batch_size, beta)
             self.stats.batches += 1
             self.stats.sampled_items += batch_size
             self.stats.sample_wait_s += time.monotonic() - t0
-            self._reply(identity, "batch", {"req": req}, {**arrays, "_id": ids})
+            extra = {"_id": ids} if weights is None else {"_id": ids, "_weight": weights}
+            self._reply(identity, "batch", {"req": req}, {**arrays, **extra})
+
+    def _on_update_priorities(self, identity, msg: wire.Message, req) -> None:
+        """New priorities by item id from the learner; ids overwritten meanwhile are skipped."""
+        try:
+            if self.table is None:
+                raise ValueError("no table: register first")
+            updated = self.table.update_priorities(msg.arrays["ids"], msg.arrays["priorities"])
+        except (KeyError, ValueError) as exc:
+            self._reject("service", "bad_priorities", str(exc))
+            return self._reply(identity, "error", {"req": req, "reason": f"bad update_priorities: {exc}"})
+        self.stats.priority_updates += updated
+        self.stats.priority_updates_skipped += len(msg.arrays["ids"]) - updated
+        self._reply(identity, "ok", {"req": req, "updated": updated})
 
     def _on_published_weights(self, frames: list) -> None:
         try:
@@ -432,6 +453,8 @@ class Broker:
             "rejected_on": dict(s.rejected_on),  # the same rejections by socket
             "gaps": s.gaps,  # segments that never arrived (sequence numbers skipped)
             "duplicates": s.duplicates,
+            "priority_updates": s.priority_updates,  # items whose priority the learner set
+            "priority_updates_skipped": s.priority_updates_skipped,  # ids overwritten before the update came
             "replay_size": t.size if t else 0,
             "replay_capacity": t.cfg.capacity if t else 0,
             "batches": s.batches,
@@ -459,6 +482,7 @@ class _Stats:
         self.segments = self.items = self.frames = self.episodes = self.batches = 0
         self.sampled_items = 0
         self.gaps = self.duplicates = 0
+        self.priority_updates = self.priority_updates_skipped = 0
         self.next_actor_id = 0  # the next id handed out by claim_ids
         self.snapshots = 0
         self.snapshot_error: str | None = None  # a snapshot found at start but refused

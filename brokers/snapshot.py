@@ -59,6 +59,9 @@ def save(directory: str | Path, table: ReplayTable, spec: dict[str, Any] | None,
            "inserted": table.limiter.inserted, "sampled": table.limiter.sampled,
            "spec": spec, "weights_version": weights_version, "accounting": accounting or {}}
     arrays = {f"f/{name}": store for name, store in table.storage.items()}
+    if table.prioritized:
+        doc["max_priority"] = table.max_priority
+        arrays["priority_leaves"] = table.priority_leaves()
     arrays.update({"ids": table.ids, "doc": np.frombuffer(json.dumps(doc).encode(), dtype=np.uint8)})
     arrays.update({f"w/{k}": np.asarray(v) for k, v in (weights or {}).items()})
     buf = io.BytesIO()
@@ -92,6 +95,8 @@ def load(directory: str | Path, seed: int = 0) -> Restored | None:
         table.ids[:] = arrays["ids"]
         table.next_id, table.size = doc["next_id"], doc["size"]
         table.limiter.inserted, table.limiter.sampled = doc["inserted"], doc["sampled"]
+        if table.prioritized:
+            table.restore_priority_leaves(arrays["priority_leaves"], float(doc["max_priority"]))
     except (KeyError, ValueError, TypeError, OSError) as exc:
         raise SnapshotError(f"{path} is not a valid snapshot: {exc}") from None
     weights = {k[2:]: v for k, v in arrays.items() if k.startswith("w/")}

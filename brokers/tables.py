@@ -1,6 +1,6 @@
 """Replay storage for the broker: a fixed-capacity ring of named numpy fields,
-a uniform sampler and a Reverb-style rate limiter. Algorithm-agnostic: an item
-is whatever named arrays the actors send; the schema is locked by the first.
+a uniform or prioritized sampler and a Reverb-style rate limiter. Algorithm-agnostic:
+an item is whatever named arrays the actors send; the schema is locked by the first.
 """
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-SAMPLERS = ("uniform",)
+from qrl.brokers.sumtree import MinTree, SumTree
+
+SAMPLERS = ("uniform", "prioritized")
 
 
 class SchemaError(ValueError):
@@ -29,6 +31,8 @@ class TableConfig:
     """Items sampled per item inserted that the rate limiter holds the run to; 0 turns the ratio off."""
     tolerance: float = 0.0
     """How far (in sampled items) the ratio may drift before the faster side is held back."""
+    priority_exponent: float = 0.6
+    """Prioritized sampler: P(i) is proportional to priority_i ** priority_exponent (alpha; 0 is uniform)."""
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any]) -> "TableConfig":
@@ -49,6 +53,8 @@ class TableConfig:
             raise ValueError("min_size must lie in [0, capacity]")
         if self.samples_per_insert < 0 or self.tolerance < 0:
             raise ValueError("samples_per_insert and tolerance must be >= 0")
+        if not 0 <= self.priority_exponent <= 10:
+            raise ValueError("priority_exponent must lie in [0, 10]")
         if batch_size is not None and self.samples_per_insert > 0 and self.tolerance < batch_size:
             # With inserts blocked the ratio error exceeds the tolerance; a batch is
             # served while error - batch >= -tolerance. tolerance >= batch keeps
@@ -96,6 +102,10 @@ class ReplayTable:
         self.ids = np.full(cfg.capacity, -1, dtype=np.int64)  # global insert index per slot
         self.next_id = 0
         self.size = 0
+        self.prioritized = cfg.sampler == "prioritized"
+        if self.prioritized:
+            self.sum_tree, self.min_tree = SumTree(cfg.capacity), MinTree(cfg.capacity)
+            self.max_priority = 1.0  # new items without a priority get the largest seen so far
 
     def _lock_schema(self, arrays: Mapping[str, np.ndarray]) -> None:
         if not arrays:
@@ -122,13 +132,17 @@ class ReplayTable:
                     raise SchemaError(f"{name}: {a.dtype}{list(a.shape[1:])} != {dtype}{list(shape)}")
         return lengths.pop()
 
-    def insert(self, arrays: Mapping[str, np.ndarray]) -> int:
+    def insert(self, arrays: Mapping[str, np.ndarray], priorities: np.ndarray | None = None) -> int:
         n = self.check(arrays)
+        if priorities is not None and (priorities.shape != (n,) or not np.all(np.isfinite(priorities))
+                                       or np.any(priorities < 0)):
+            raise SchemaError(f"_priority must be {n} finite non-negative numbers")
         if self.schema is None:
             self._lock_schema(arrays)
         cap = self.cfg.capacity
         if n > cap:  # only the newest `cap` items can survive anyway
             arrays = {k: v[-cap:] for k, v in arrays.items()}
+            priorities = None if priorities is None else priorities[-cap:]
             self.next_id += n - cap
             self.limiter.inserted += n - cap
             n = cap
@@ -141,13 +155,61 @@ class ReplayTable:
         new_ids = np.arange(self.next_id, self.next_id + n, dtype=np.int64)
         self.ids[start:start + first] = new_ids[:first]
         self.ids[: n - first] = new_ids[first:]
+        if self.prioritized:
+            if priorities is None:
+                priorities = np.full(n, self.max_priority)
+            else:
+                self.max_priority = max(self.max_priority, float(priorities.max(initial=0.0)))
+            self._set_priorities(new_ids % cap, priorities)
         self.next_id += n
         self.size = min(self.size + n, cap)
         self.limiter.inserted += n
         return n
 
-    def sample(self, batch_size: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """A uniform batch (with replacement) and the ids of its items."""
-        idx = self.rng.integers(0, self.size, size=batch_size)
+    def _set_priorities(self, slots: np.ndarray, priorities: np.ndarray) -> None:
+        p = np.asarray(priorities, dtype=np.float64) ** self.cfg.priority_exponent
+        self.sum_tree.update(slots, p)
+        self.min_tree.update(slots, p)
+
+    def sample(self, batch_size: int, beta: float = 1.0) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None]:
+        """A batch (with replacement), the ids of its items, and for the prioritized sampler the
+        importance weights (size * P(i)) ** -beta, divided by their largest possible value."""
+        weights = None
+        if self.prioritized:
+            total = self.sum_tree.root
+            # Stratified: one draw from each of batch_size equal slices of the priority mass.
+            mass = (np.arange(batch_size) + self.rng.random(batch_size)) * (total / batch_size)
+            idx = np.minimum(self.sum_tree.find_prefix(mass), self.size - 1)
+            probs = self.sum_tree[idx] / total
+            min_prob = self.min_tree.root / total
+            weights = ((probs / min_prob) ** -beta).astype(np.float32)  # = (N P(i))^-b / (N P_min)^-b
+        else:
+            idx = self.rng.integers(0, self.size, size=batch_size)
         self.limiter.sampled += batch_size
-        return {name: store[idx] for name, store in self.storage.items()}, self.ids[idx]
+        return {name: store[idx] for name, store in self.storage.items()}, self.ids[idx], weights
+
+    def update_priorities(self, ids: np.ndarray, priorities: np.ndarray) -> int:
+        """New priorities for items by id; ids whose slot was overwritten since (or never
+        filled) and non-finite or negative priorities are skipped. Returns how many were set."""
+        if not self.prioritized:
+            return 0
+        ids = np.asarray(ids, dtype=np.int64)
+        priorities = np.asarray(priorities, dtype=np.float64)
+        if ids.shape != priorities.shape or ids.ndim != 1:
+            raise ValueError("ids and priorities must be 1-D arrays of the same length")
+        slots = ids % self.cfg.capacity
+        ok = (ids >= 0) & (self.ids[slots] == ids) & np.isfinite(priorities) & (priorities >= 0)
+        if ok.any():
+            self._set_priorities(slots[ok], priorities[ok])
+            self.max_priority = max(self.max_priority, float(priorities[ok].max()))
+        return int(ok.sum())
+
+    def priority_leaves(self) -> np.ndarray:
+        """priority ** exponent of every slot (what sampling uses), for snapshots."""
+        return self.sum_tree[np.arange(self.cfg.capacity)]
+
+    def restore_priority_leaves(self, leaves: np.ndarray, max_priority: float) -> None:
+        slots = np.arange(self.cfg.capacity)
+        self.sum_tree.update(slots, leaves)
+        self.min_tree.update(slots, np.where(slots < self.size, leaves, np.inf))
+        self.max_priority = max_priority

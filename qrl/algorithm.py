@@ -13,9 +13,11 @@ through these names only:
     greedy_act(net, obs) -> actions                           # deterministic evaluation
     action_values(net, obs) -> [B, num_actions] (optional)    # shown by `qrl evaluate --render terminal`
     make_items(rollout, num_steps, args) -> {field: array}    # items pushed to the broker
+                                          # ("_priority": optional initial priorities)
+    sample_options(args, updates) -> dict (optional)         # extra sample-request fields, e.g. beta
     Learner(obs_space, action_space, args, device)
         .net                  the policy network actors run
-        .update(batch) -> metrics
+        .update(batch) -> metrics  (metrics["_priorities"]: new priorities of batch["_id"], optional)
         .policy_state() -> {name: np.ndarray}                 # published as weights
         .state_dict() / .load_state_dict(state)               # checkpoints
 
@@ -39,6 +41,7 @@ import numpy as np
 REGISTRY: dict[str, str] = {
     "dqn": "qrl.algorithms.dqn",
     "ql": "qrl.algorithms.ql",
+    "apex": "qrl.algorithms.apex",
 }
 
 

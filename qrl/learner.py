@@ -142,9 +142,14 @@ class LearnerRun:
         # Requests in flight to a broker that restarted are gone: a new socket starts a new window.
         self.sampler = transport.socket(self.ctx, zmq.DEALER)
         self.sampler.connect(self.opts.broker)
-        batch_size = getattr(self.args, "batch_size")
         for _ in range(self.cfg.samples_in_flight):
-            transport.send(self.sampler, "sample", {"batch_size": batch_size})
+            self.request_sample(getattr(self.args, "batch_size"))
+
+    def request_sample(self, batch_size: int) -> None:
+        # Algorithms with prioritized replay anneal the importance-sampling exponent (beta).
+        options = self.algo.sample_options(self.args, self.learner.updates) if hasattr(
+            self.algo, "sample_options") else {}
+        transport.send(self.sampler, "sample", {"batch_size": batch_size, **options})
 
     def publish(self) -> None:
         self.version += 1
@@ -205,10 +210,17 @@ class LearnerRun:
                 wait_s += time.monotonic() - t0
                 if raw is not None:
                     reply = wire.decode(raw)
-                    transport.send(self.sampler, "sample", {"batch_size": batch_size})
+                    if reply.type == "ok":  # an update_priorities acknowledgement, not a batch
+                        continue
+                    self.request_sample(batch_size)
                     if reply.type == "batch":
                         refusals = 0
                         train_metrics = self.learner.update(reply.arrays)
+                        priorities = train_metrics.pop("_priorities", None)
+                        if priorities is not None:  # prioritized replay: new priorities by item id
+                            transport.send(self.sampler, "update_priorities", {},
+                                           {"ids": np.ascontiguousarray(reply.arrays["_id"]),
+                                            "priorities": np.asarray(priorities, dtype=np.float64)})
                         if self.learner.updates % c.publish_every == 0:
                             self.publish()
                     elif reply.type == "error":  # e.g. a restarted broker without our table

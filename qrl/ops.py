@@ -60,3 +60,54 @@ def polyak_update(target: Iterable, online: Iterable, tau: float) -> None:
     with torch.no_grad():
         for t, o in zip(target, online):
             t.lerp_(o, tau)
+
+
+def gae(rewards, values, next_values, terminated, ends, gamma: float, lam: float):
+    """Generalized advantage estimation over a [T, B] unroll (torch or numpy arrays).
+
+    next_values[t] is V of the true next observation of step t (its final observation when
+    the episode ended there), so a time-limit truncation still bootstraps; ``terminated``
+    stops bootstrapping, ``ends`` (terminated or truncated) stops the advantage from
+    flowing back across an episode boundary. Returns (advantages, returns = advantages + values).
+    Schulman et al. 2016."""
+    not_term = 1.0 - terminated * 1.0
+    not_end = 1.0 - ends * 1.0
+    deltas = rewards + gamma * not_term * next_values - values
+    adv = deltas * 0.0
+    acc = deltas[0] * 0.0
+    for t in range(len(rewards) - 1, -1, -1):
+        acc = deltas[t] + gamma * lam * not_end[t] * acc
+        adv[t] = acc
+    return adv, adv + values
+
+
+def vtrace(log_rhos, rewards, values, next_values, terminated, ends, gamma: float,
+           rho_bar: float = 1.0, c_bar: float = 1.0, pg_rho_bar: float = 1.0):
+    """V-trace targets and policy-gradient advantages over a [T, B] unroll (torch tensors).
+
+    log_rhos = log pi(a|x) - log mu(a|x) (target over behaviour policy). With the same
+    episode-boundary conventions as gae(): next_values bootstraps truncated steps,
+    ``terminated`` zeroes the discount, ``ends`` cuts the trace. Returns (vs, pg_advantages):
+      vs_t = V(x_t) + delta_t + gamma c_t (vs_{t+1} - V(x_{t+1}))   (trace cut at episode ends)
+      delta_t = rho_t (r_t + gamma V(x'_t) - V(x_t)),  rho_t = min(rho_bar, e^log_rho), c_t = min(c_bar, e^log_rho)
+      pg_adv_t = min(pg_rho_bar, e^log_rho) (r_t + gamma vs'_t - V(x_t)),  vs'_t = vs_{t+1}, or V(x'_t) at an end
+    Espeholt et al. 2018, section 4."""
+    import torch
+
+    rhos = torch.exp(log_rhos)
+    clipped_rhos = torch.clamp(rhos, max=rho_bar)
+    cs = torch.clamp(rhos, max=c_bar)
+    discounts = gamma * (1.0 - terminated.float())
+    not_end = 1.0 - ends.float()
+    deltas = clipped_rhos * (rewards + discounts * next_values - values)
+    vs_minus_v = torch.zeros_like(values)
+    acc = torch.zeros_like(values[0])
+    for t in range(len(rewards) - 1, -1, -1):
+        acc = deltas[t] + discounts[t] * cs[t] * not_end[t] * acc
+        vs_minus_v[t] = acc
+    vs = values + vs_minus_v
+    # The value after step t: vs of the next step in the same episode, else V of the true next observation.
+    vs_next = next_values.clone()
+    vs_next[:-1] = torch.where(not_end[:-1] > 0, vs[1:], next_values[:-1])
+    pg_adv = torch.clamp(rhos, max=pg_rho_bar) * (rewards + discounts * vs_next - values)
+    return vs.detach(), pg_adv.detach()

@@ -34,6 +34,7 @@ MESSAGE_TYPES = frozenset(
         "get_weights",  # anyone -> broker
         "weights",  # learner -> broker (PUB) and broker -> actors (XPUB), or a reply
         "sample",  # learner -> broker: ask for a batch
+        "update_priorities",  # learner -> broker: new priorities by item id (prioritized tables)
         "batch",  # broker reply to sample
         "get_stats",  # anyone -> broker
         "claim_ids",  # an actor supervisor -> broker: a block of unused actor ids (--first-id auto)

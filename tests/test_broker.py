@@ -197,3 +197,27 @@ def test_claimed_actor_id_blocks_never_overlap_known_or_earlier_ones(client, pus
     assert (first.type, first.meta["first_id"], second.meta["first_id"]) == ("ok", 6, 10)
     bad = client.request("claim_ids", {"n": 0}, wait_s=10)
     assert bad.type == "error" and "n must be 1..4096" in bad.meta["reason"]
+
+
+def test_prioritized_tables_return_weights_take_priorities_and_initial_priorities(client, push):
+    table = {**TABLE, "sampler": "prioritized", "priority_exponent": 1.0}
+    register(client, table=table)
+    frames = segment(0)
+    msg = wire.decode(frames)
+    push.send_multipart(wire.encode("segment", msg.meta, {**msg.arrays, "_priority": np.arange(1, 9, dtype=np.float64)}))
+    wait_for(lambda: stats(client)["items"] == 8, 10, "8 items")
+    batch = client.request("sample", {"batch_size": 256, "beta": 1.0}, wait_s=10)
+    ids, w = batch.arrays["_id"], batch.arrays["_weight"]
+    assert "_priority" not in batch.arrays and set(ids) <= set(range(8))
+    np.testing.assert_allclose(w, 1.0 / (ids + 1), rtol=1e-6)  # P ~ id + 1; w = (P / P_min)^-1
+    reply = client.request("update_priorities", {}, {"ids": np.array([0, 1, 50]), "priorities": np.array([100.0, 1, 1])},
+                           wait_s=10)
+    assert reply.type == "ok" and reply.meta["updated"] == 2  # id 50 does not exist
+    s = stats(client)
+    assert (s["priority_updates"], s["priority_updates_skipped"]) == (2, 1)
+    ids = client.request("sample", {"batch_size": 1000}, wait_s=10).arrays["_id"]
+    assert np.mean(ids == 0) > 0.6  # 100 / (100 + 1 + 3 + ... + 8) = 0.72
+    bad = client.request("sample", {"batch_size": 8, "beta": 2}, wait_s=10)
+    assert bad.type == "error" and "beta" in bad.meta["reason"]
+    bad = client.request("update_priorities", {}, {"ids": np.array([0, 1])}, wait_s=10)
+    assert bad.type == "error"

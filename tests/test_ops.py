@@ -57,3 +57,42 @@ def test_polyak_update():
     np.testing.assert_allclose(target[0].numpy(), 0.25)
     ops.polyak_update(target, online, 1.0)
     np.testing.assert_allclose(target[0].numpy(), 1.0)
+
+
+def test_gae_by_hand_with_a_termination_and_a_truncation():
+    g, lam = 0.5, 0.5
+    r = np.array([[1.0], [1.0], [1.0], [1.0]])
+    v = np.array([[2.0], [4.0], [6.0], [8.0]])
+    nv = np.array([[4.0], [100.0], [6.0], [10.0]])  # step 1 terminated (its next value is ignored); step 3 truncated
+    term = np.array([[0], [1], [0], [0]], dtype=bool)
+    ends = np.array([[0], [1], [0], [1]], dtype=bool)
+    adv, ret = ops.gae(r, v, nv, term, ends, g, lam)
+    # deltas: t0 = 1 + .5*4 - 2 = 1; t1 = 1 - 4 = -3 (terminated); t2 = 1 + .5*6 - 6 = -2; t3 = 1 + .5*10 - 8 = -2
+    # advantages: t3 = -2 (end); t2 = -2 + .25*-2 = -2.5; t1 = -3 (end); t0 = 1 + .25*-3 = 0.25
+    np.testing.assert_allclose(adv[:, 0], [0.25, -3.0, -2.5, -2.0])
+    np.testing.assert_allclose(ret[:, 0], [2.25, 1.0, 3.5, 6.0])
+
+
+def test_vtrace_on_policy_equals_lambda_one_returns_and_clips_off_policy():
+    g = 0.9
+    T = 5
+    rng = np.random.default_rng(0)
+    r, v, nv = (torch.tensor(rng.normal(size=(T, 3))) for _ in range(3))
+    nv[:-1] = v[1:]  # consistent values within the unroll where episodes continue
+    term = torch.zeros(T, 3, dtype=torch.bool)
+    term[2, 1] = True
+    ends = term.clone()
+    ends[3, 2] = True
+    nv[3, 2] = 7.0  # truncated: bootstrap from the final observation's value
+    vs, pg = ops.vtrace(torch.zeros(T, 3, dtype=torch.float64), r, v, nv, term, ends, g)
+    adv, ret = ops.gae(r, v, nv, term, ends, g, 1.0)
+    torch.testing.assert_close(vs, ret)  # rho = c = 1: V-trace is the lambda = 1 return
+    torch.testing.assert_close(pg, adv)  # and its advantages are GAE's with lambda = 1
+    # Off-policy, by hand: one step, rho = e^1 clipped to 1 for the value target, 0.5 unclipped
+    vs1, pg1 = ops.vtrace(torch.tensor([[1.0], [float(np.log(0.5))]]), torch.tensor([[1.0], [1.0]]),
+                          torch.tensor([[0.0], [0.0]]), torch.tensor([[2.0], [2.0]]),
+                          torch.zeros(2, 1, dtype=torch.bool), torch.tensor([[False], [True]]), 0.5)
+    # t1 (end): delta = 0.5 * (1 + .5*2 - 0) = 1 -> vs1 = 1; t0: delta = 1 * (1 + .5*2) = 2, + .5 * 1 * 1 -> 2.5
+    torch.testing.assert_close(vs1[:, 0], torch.tensor([2.5, 1.0]))
+    # pg: t0 = min(1, e) * (1 + .5 * vs_1=1) = 1.5; t1 = 0.5 * (1 + .5 * 2) = 1
+    torch.testing.assert_close(pg1[:, 0], torch.tensor([1.5, 1.0]))

@@ -28,7 +28,8 @@ def test_insert_larger_than_capacity_keeps_the_last_capacity_items():
 def test_sample_returns_stored_items_with_their_ids():
     table = ReplayTable(TableConfig(capacity=100, min_size=0), seed=1)
     table.insert(items(0, 50))
-    batch, ids = table.sample(32)
+    batch, ids, weights = table.sample(32)
+    assert weights is None  # uniform: no importance weights
     assert batch["obs"].shape == (32, 3) and batch["action"].shape == (32,)
     np.testing.assert_array_equal(batch["action"], ids)
     np.testing.assert_array_equal(batch["obs"][:, 0], ids)

@@ -1,0 +1,79 @@
+"""Learning checks: train a preset (configs/ALGO-ENV.yaml) for several seeds with `qrl run` and
+check each reaches rl-baselines3-zoo's published return within the zoo's step budget.
+
+    make learn ALGO=apex ENV=CartPole-v1 [SEEDS=3]
+    python scripts/learn.py --algo apex --env CartPole-v1 --seeds 3
+
+Prints, per seed, the env frames and wall seconds at the first deterministic evaluation
+(10 episodes) that reached the target, and exits non-zero if any seed missed it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from qrl.metrics import read  # noqa: E402
+
+# (algorithm, env) -> (target mean return, env-step budget): rl-baselines3-zoo's benchmark table
+# and hyperparameter files (budgets), or the environment's reward threshold where the zoo has none.
+TARGETS = {
+    ("dqn", "CartPole-v1"): (475.0, 50_000),
+    ("apex", "CartPole-v1"): (475.0, 50_000),
+    ("ql", "qrl/Grid-v0"): (0.9, 100_000),
+}
+
+
+def preset(algo: str, env: str) -> Path:
+    return ROOT / "configs" / f"{algo}-{env.replace('qrl/', '')}.yaml"
+
+
+def run_seed(algo: str, env: str, seed: int, target: float, budget: int, run_dir: Path) -> dict:
+    t0 = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-m", "qrl", "run", "--config", str(preset(algo, env)), "--seed", str(seed),
+         "--total-steps", str(budget), "--target-return", str(target), "--run-dir", str(run_dir), "--no-progress"],
+        capture_output=True, text=True, timeout=1800)
+    wall = time.monotonic() - t0
+    if out.returncode != 0:
+        return {"seed": seed, "ok": False, "error": out.stderr.strip().splitlines()[-1:] or ["?"]}
+    evals = [m for m in read(run_dir) if m["kind"] == "eval"]
+    hit = next((m for m in evals if m["mean_return"] >= target), None)
+    return {"seed": seed, "ok": hit is not None and hit["frames"] <= budget,
+            "frames": hit["frames"] if hit else None, "learner_s": round(hit["elapsed_s"], 1) if hit else None,
+            "wall_s": round(wall, 1), "best": max((m["mean_return"] for m in evals), default=None)}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--algo", required=True)
+    p.add_argument("--env", required=True)
+    p.add_argument("--seeds", type=int, default=3)
+    a = p.parse_args()
+    if (a.algo, a.env) not in TARGETS:
+        print(f"no learning check for {a.algo} on {a.env}; known: "
+              + ", ".join(f"{x} {e}" for x, e in TARGETS), file=sys.stderr)
+        return 2
+    target, budget = TARGETS[(a.algo, a.env)]
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in range(a.seeds):
+            r = run_seed(a.algo, a.env, seed, target, budget, Path(tmp) / f"seed{seed}")
+            results.append(r)
+            print(f"{a.algo} {a.env} seed {seed}: " + ("reached" if r["ok"] else "MISSED")
+                  + f" {target} " + json.dumps({k: v for k, v in r.items() if k not in ("seed", "ok")}), flush=True)
+    ok = sum(r["ok"] for r in results)
+    print(f"{a.algo} {a.env}: {ok} of {len(results)} seeds reached {target} within {budget:,} env steps")
+    return 0 if ok == len(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
