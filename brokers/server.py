@@ -34,7 +34,7 @@ import zmq
 
 from qrl import transport, wire
 from qrl.brokers import snapshot
-from qrl.brokers.tables import ReplayTable, SchemaError, TableConfig
+from qrl.brokers.tables import QueueTable, ReplayTable, SchemaError, TableConfig, make_table
 from qrl.transport import bind
 
 log = logging.getLogger("qrl.broker")
@@ -80,7 +80,10 @@ class Broker:
             self.auth = transport.start_authenticator(self.ctx, cfg.keys)
         self.limits = wire.Limits(max_message_bytes=cfg.max_message_bytes)
         self.service = transport.socket(self.ctx, zmq.ROUTER)
-        self.ingest = transport.socket(self.ctx, zmq.PULL)
+        # No heartbeats on ingest: its input is held back by the rate limiter, and libzmq 4.3.5
+        # aborts the process when a heartbeat meets a stopped input whose peer died (see
+        # transport.socket). A dead actor needs no detecting here; its PUSH side keeps heartbeats.
+        self.ingest = transport.socket(self.ctx, zmq.PULL, heartbeats=False)
         self.ingest.setsockopt(zmq.MAXMSGSIZE, cfg.max_message_bytes)
         self.ingest.setsockopt(zmq.RCVHWM, cfg.ingest_hwm)
         if cfg.ingest_buffer:
@@ -270,7 +273,8 @@ class Broker:
         arrays = dict(msg.arrays)
         priorities = arrays.pop("_priority", None)  # optional initial priorities computed by the actor
         try:
-            n = self.table.insert(arrays, None if priorities is None else np.asarray(priorities, dtype=np.float64))
+            n = self.table.insert(arrays, None if priorities is None else np.asarray(priorities, dtype=np.float64),
+                                  version=version)
         except SchemaError as exc:
             return self._reject("ingest", "schema_mismatch", str(exc))
         s.segments += 1
@@ -357,7 +361,7 @@ class Broker:
             return self._reply(identity, "error", {"req": req, "reason": f"bad register: {exc}"})
         # A learner that restarts with the same table keeps the experience collected so far.
         if self.table is None or self.table.cfg != table_cfg or (self.spec or {}).get("run_id") != spec.get("run_id"):
-            self.table = ReplayTable(table_cfg, seed=self.cfg.seed)
+            self.table = make_table(table_cfg, seed=self.cfg.seed)
             self.pending.clear()
             log.info("broker: new table %s for run %s", table_cfg, spec.get("run_id"))
         self.spec = spec
@@ -392,6 +396,8 @@ class Broker:
 
     def _serve_pending(self) -> None:
         table = self.table
+        if isinstance(table, QueueTable):  # on-policy: items too old for the newest weights are dropped, counted
+            table.drop_stale(self.weights_version)
         while self.pending and table is not None and table.limiter.can_sample(table.size, self.pending[0][2]):
             identity, req, batch_size, beta, t0 = self.pending.popleft()
             arrays, ids, weights = table.sample(batch_size, beta)
@@ -399,6 +405,8 @@ class Broker:
             self.stats.sampled_items += batch_size
             self.stats.sample_wait_s += time.monotonic() - t0
             extra = {"_id": ids} if weights is None else {"_id": ids, "_weight": weights}
+            if isinstance(table, QueueTable):
+                self.stats.served_lag.extend(table.served_lags)
             self._reply(identity, "batch", {"req": req}, {**arrays, **extra})
 
     def _on_update_priorities(self, identity, msg: wire.Message, req) -> None:
@@ -453,6 +461,9 @@ class Broker:
             "rejected_on": dict(s.rejected_on),  # the same rejections by socket
             "gaps": s.gaps,  # segments that never arrived (sequence numbers skipped)
             "duplicates": s.duplicates,
+            "dropped_stale": getattr(t, "dropped_stale", 0),  # FIFO queues: dropped on purpose (too old)
+            "dropped_overflow": getattr(t, "dropped_overflow", 0),
+            "served_policy_lag": float(np.mean(s.served_lag)) if s.served_lag else None,
             "priority_updates": s.priority_updates,  # items whose priority the learner set
             "priority_updates_skipped": s.priority_updates_skipped,  # ids overwritten before the update came
             "replay_size": t.size if t else 0,
@@ -493,6 +504,7 @@ class _Stats:
         self.returns: collections.deque = collections.deque(maxlen=100)
         self.lengths: collections.deque = collections.deque(maxlen=100)
         self.policy_lag: collections.deque = collections.deque(maxlen=100)  # weight versions behind, per segment
+        self.served_lag: collections.deque = collections.deque(maxlen=1000)  # FIFO queues: lag of items when served
         self.rejected: collections.Counter = collections.Counter()
         self.rejected_on: collections.Counter = collections.Counter()
         self.last_reject_log: dict[str, float] = {}

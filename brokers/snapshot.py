@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from qrl.brokers.tables import ReplayTable, TableConfig
+from qrl.brokers.tables import QueueTable, ReplayTable, TableConfig, make_table
 
 SNAPSHOT, DIGEST = "replay.npz", "replay.npz.sha256"
 
@@ -54,11 +54,14 @@ def save(directory: str | Path, table: ReplayTable, spec: dict[str, Any] | None,
          accounting: dict[str, Any] | None = None) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    n = table.size
+    # An on-policy queue's items are stale by the time a restarted broker could serve them:
+    # its snapshot keeps the configuration, not the items.
+    queue = isinstance(table, QueueTable)
+    n = 0 if queue else table.size
     doc = {"table": table.cfg.as_meta(), "next_id": table.next_id, "size": n,
            "inserted": table.limiter.inserted, "sampled": table.limiter.sampled,
            "spec": spec, "weights_version": weights_version, "accounting": accounting or {}}
-    arrays = {f"f/{name}": store for name, store in table.storage.items()}
+    arrays = {} if queue else {f"f/{name}": store for name, store in table.storage.items()}
     if table.prioritized:
         doc["max_priority"] = table.max_priority
         arrays["priority_leaves"] = table.priority_leaves()
@@ -86,7 +89,7 @@ def load(directory: str | Path, seed: int = 0) -> Restored | None:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
         doc = json.loads(arrays.pop("doc").tobytes())
-        table = ReplayTable(TableConfig.from_meta(doc["table"]), seed=seed)
+        table = make_table(TableConfig.from_meta(doc["table"]), seed=seed)
         fields = {k[2:]: v for k, v in arrays.items() if k.startswith("f/")}
         if fields:
             table._lock_schema({k: v[:1] for k, v in fields.items()})
@@ -94,6 +97,8 @@ def load(directory: str | Path, seed: int = 0) -> Restored | None:
                 table.storage[name][:] = store
         table.ids[:] = arrays["ids"]
         table.next_id, table.size = doc["next_id"], doc["size"]
+        if isinstance(table, QueueTable):
+            table.head = table.next_id
         table.limiter.inserted, table.limiter.sampled = doc["inserted"], doc["sampled"]
         if table.prioritized:
             table.restore_priority_leaves(arrays["priority_leaves"], float(doc["max_priority"]))

@@ -12,7 +12,7 @@ import numpy as np
 
 from qrl.brokers.sumtree import MinTree, SumTree
 
-SAMPLERS = ("uniform", "prioritized")
+SAMPLERS = ("uniform", "prioritized", "fifo")
 
 
 class SchemaError(ValueError):
@@ -33,6 +33,9 @@ class TableConfig:
     """How far (in sampled items) the ratio may drift before the faster side is held back."""
     priority_exponent: float = 0.6
     """Prioritized sampler: P(i) is proportional to priority_i ** priority_exponent (alpha; 0 is uniform)."""
+    max_policy_lag: int | None = None
+    """FIFO queue: items made by weights more than this many versions older than the newest are
+    dropped (and counted) instead of served. None: never."""
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any]) -> "TableConfig":
@@ -55,6 +58,10 @@ class TableConfig:
             raise ValueError("samples_per_insert and tolerance must be >= 0")
         if not 0 <= self.priority_exponent <= 10:
             raise ValueError("priority_exponent must lie in [0, 10]")
+        if self.sampler == "fifo" and self.samples_per_insert:
+            raise ValueError("a fifo queue serves each item once: samples_per_insert must be 0")
+        if self.max_policy_lag is not None and (not isinstance(self.max_policy_lag, int) or self.max_policy_lag < 0):
+            raise ValueError("max_policy_lag must be a non-negative integer or None")
         if batch_size is not None and self.samples_per_insert > 0 and self.tolerance < batch_size:
             # With inserts blocked the ratio error exceeds the tolerance; a batch is
             # served while error - batch >= -tolerance. tolerance >= batch keeps
@@ -132,7 +139,9 @@ class ReplayTable:
                     raise SchemaError(f"{name}: {a.dtype}{list(a.shape[1:])} != {dtype}{list(shape)}")
         return lengths.pop()
 
-    def insert(self, arrays: Mapping[str, np.ndarray], priorities: np.ndarray | None = None) -> int:
+    def insert(self, arrays: Mapping[str, np.ndarray], priorities: np.ndarray | None = None,
+               version: int = 0) -> int:
+        """Store a batch of items (``version``, the policy that made them, matters to FIFO queues only)."""
         n = self.check(arrays)
         if priorities is not None and (priorities.shape != (n,) or not np.all(np.isfinite(priorities))
                                        or np.any(priorities < 0)):
@@ -146,15 +155,7 @@ class ReplayTable:
             self.next_id += n - cap
             self.limiter.inserted += n - cap
             n = cap
-        start = self.next_id % cap
-        first = min(n, cap - start)  # the write wraps around at most once
-        for name, a in arrays.items():
-            store = self.storage[name]
-            store[start:start + first] = a[:first]
-            store[: n - first] = a[first:]
-        new_ids = np.arange(self.next_id, self.next_id + n, dtype=np.int64)
-        self.ids[start:start + first] = new_ids[:first]
-        self.ids[: n - first] = new_ids[first:]
+        new_ids = self._write(arrays, n)
         if self.prioritized:
             if priorities is None:
                 priorities = np.full(n, self.max_priority)
@@ -165,6 +166,20 @@ class ReplayTable:
         self.size = min(self.size + n, cap)
         self.limiter.inserted += n
         return n
+
+    def _write(self, arrays: Mapping[str, np.ndarray], n: int) -> np.ndarray:
+        """Write n items at the ring's next slots; return their ids."""
+        cap = self.cfg.capacity
+        start = self.next_id % cap
+        first = min(n, cap - start)  # the write wraps around at most once
+        for name, a in arrays.items():
+            store = self.storage[name]
+            store[start:start + first] = a[:first]
+            store[: n - first] = a[first:]
+        new_ids = np.arange(self.next_id, self.next_id + n, dtype=np.int64)
+        self.ids[start:start + first] = new_ids[:first]
+        self.ids[: n - first] = new_ids[first:]
+        return new_ids
 
     def _set_priorities(self, slots: np.ndarray, priorities: np.ndarray) -> None:
         p = np.asarray(priorities, dtype=np.float64) ** self.cfg.priority_exponent
@@ -213,3 +228,108 @@ class ReplayTable:
         self.sum_tree.update(slots, leaves)
         self.min_tree.update(slots, np.where(slots < self.size, leaves, np.inf))
         self.max_priority = max_priority
+
+
+class _QueueLimiter:
+    """A FIFO queue's flow control: actors are held back while the queue is full, the learner
+    while fewer than a batch of fresh items are queued."""
+
+    def __init__(self, queue: "QueueTable"):
+        self.queue = queue
+        self.inserted = 0
+        self.sampled = 0
+
+    def can_insert(self) -> bool:
+        q = self.queue
+        return q.size + q.last_insert <= q.cfg.capacity
+
+    def can_sample(self, size: int, batch_size: int) -> bool:
+        return self.queue.fresh_count() >= max(batch_size, 1)
+
+
+class QueueTable(ReplayTable):
+    """An on-policy FIFO queue: each item (e.g. one env's length-T unroll with its bootstrap
+    observation) is served once, oldest first. Items older than cfg.max_policy_lag weight
+    versions when their turn comes are dropped and counted (dropped_stale)."""
+
+    def __init__(self, cfg: TableConfig, seed: int = 0):
+        super().__init__(cfg, seed)
+        self.limiter = _QueueLimiter(self)
+        self.versions = np.zeros(cfg.capacity, dtype=np.int64)  # policy version that made each item
+        self.head = 0  # id of the oldest queued item
+        self.last_insert = 0
+        self.current_version = 0  # the newest weights version, set by the broker
+        self.dropped_stale = 0
+        self.dropped_overflow = 0
+        self.served_lags: list[int] = []  # policy lag of the items in the last batch served
+
+    def insert(self, arrays: Mapping[str, np.ndarray], priorities: np.ndarray | None = None,
+               version: int = 0) -> int:
+        n = self.check(arrays)
+        if n > self.cfg.capacity:
+            raise SchemaError(f"a segment of {n} items does not fit a queue of {self.cfg.capacity}")
+        if self.schema is None:
+            self._lock_schema(arrays)
+        overflow = max(0, self.size + n - self.cfg.capacity)
+        if overflow:  # only when flush reads past a full queue: the oldest make room, counted
+            self.head += overflow
+            self.dropped_overflow += overflow
+        new_ids = self._write(arrays, n)
+        self.versions[new_ids % self.cfg.capacity] = version
+        self.next_id += n
+        self.size = self.next_id - self.head
+        self.last_insert = n
+        self.limiter.inserted += n
+        return n
+
+    def _queued_slots(self) -> np.ndarray:
+        return np.arange(self.head, self.next_id) % self.cfg.capacity
+
+    def _fresh(self, slots: np.ndarray) -> np.ndarray:
+        if self.cfg.max_policy_lag is None:
+            return np.ones(len(slots), dtype=bool)
+        return self.versions[slots] >= self.current_version - self.cfg.max_policy_lag
+
+    def drop_stale(self, current_version: int) -> int:
+        """Drop every queued item made more than max_policy_lag versions before current_version,
+        keeping the others in order (so a queue full of stale items can never block both sides)."""
+        self.current_version = current_version
+        slots = self._queued_slots()
+        fresh = self._fresh(slots)
+        stale = int(len(slots) - fresh.sum())
+        if stale:
+            keep = slots[fresh]
+            kept = {name: store[keep] for name, store in self.storage.items()}
+            versions = self.versions[keep]
+            self.head = self.next_id - len(keep)
+            new_slots = np.arange(self.head, self.next_id) % self.cfg.capacity
+            for name, a in kept.items():
+                self.storage[name][new_slots] = a
+            self.versions[new_slots] = versions
+            self.ids[new_slots] = np.arange(self.head, self.next_id)
+            self.size = len(keep)
+            self.dropped_stale += stale
+        return stale
+
+    def fresh_count(self) -> int:
+        return self.size
+
+    def sample(self, batch_size: int, beta: float = 1.0):
+        """The oldest batch_size items, removed from the queue (call drop_stale first)."""
+        if self.size < batch_size:
+            raise ValueError(f"only {self.size} items queued, asked for {batch_size}")
+        idx = np.arange(self.head, self.head + batch_size) % self.cfg.capacity
+        batch = {name: store[idx] for name, store in self.storage.items()}
+        ids = self.ids[idx]
+        self.served_lags = (self.current_version - self.versions[idx]).tolist()
+        self.head += batch_size
+        self.size = self.next_id - self.head
+        self.limiter.sampled += batch_size
+        return batch, ids, None
+
+    def update_priorities(self, ids: np.ndarray, priorities: np.ndarray) -> int:
+        return 0
+
+
+def make_table(cfg: TableConfig, seed: int = 0) -> ReplayTable:
+    return QueueTable(cfg, seed) if cfg.sampler == "fifo" else ReplayTable(cfg, seed)

@@ -88,16 +88,23 @@ def start_authenticator(ctx: zmq.Context, key_dir: str | Path):
     return auth
 
 
-def socket(ctx: zmq.Context, kind: int, linger_ms: int = 0) -> zmq.Socket:
+def socket(ctx: zmq.Context, kind: int, linger_ms: int = 0, heartbeats: bool = True) -> zmq.Socket:
     """A socket with ZMTP heartbeats, so a peer that dies without closing its connection
     (killed host, cut cable, SIGSTOP) is dropped after HEARTBEAT_TIMEOUT_MS and the
     connection is re-established when it comes back; a chosen LINGER; and CURVE when
-    this process has keys."""
+    this process has keys.
+
+    heartbeats=False for a socket whose input is held back on purpose (the broker's ingest
+    under the rate limiter): libzmq 4.3.5 aborts the whole process (`Assertion failed:
+    !_io_error (src/stream_engine_base.cpp:310)`) when a heartbeat fires on a connection
+    whose input is stopped and whose peer has died (libzmq issues 3596, 3937; reproduced
+    here by SIGKILLing a pushing actor; tests/test_heartbeat.py)."""
     sock = ctx.socket(kind)
     sock.setsockopt(zmq.LINGER, linger_ms)
-    sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
-    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
-    sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
+    if heartbeats:
+        sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+        sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
     if _keys is not None:
         sock.curve_publickey, sock.curve_secretkey = _keys.public, _keys.secret
         if _keys.server_public is None:

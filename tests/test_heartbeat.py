@@ -46,3 +46,51 @@ def test_a_frozen_peer_is_disconnected(monkeypatch):
         monitor.close(linger=0)
         router.close(linger=0)
         ctx.term()
+
+
+PUSHER = """
+import sys, uuid, numpy as np, zmq
+from qrl import transport, wire
+s = transport.socket(zmq.Context(), zmq.PUSH)  # an actor's PUSH, heartbeats on
+s.setsockopt(zmq.SNDHWM, 1)
+s.setsockopt(zmq.SNDBUF, 4096)
+s.connect(sys.argv[1])
+incarnation, seq = uuid.uuid4().hex[:8], 0
+while True:
+    meta = {"run_id": "r1", "actor_id": 0, "incarnation": incarnation, "seq": seq, "policy_version": 0, "frames": 64}
+    s.send_multipart(wire.encode("segment", meta, {"obs": np.zeros((64, 4), np.float32),
+                                                  "action": np.zeros(64, np.int64)}))
+    seq += 1
+"""
+
+
+def test_a_held_back_broker_survives_actors_killed_mid_push(procs):
+    """Regression: with heartbeats on the ingest socket, libzmq 4.3.5 aborted the broker
+    (`Assertion failed: !_io_error`) when an actor was SIGKILLed while the rate limiter held
+    the ingest back. Five killed pushers against a broker that never reads ingest."""
+    import time
+
+    import numpy as np
+
+    from qrl.transport import Client
+    from test_broker import SPEC
+
+    broker, address = procs.start_broker()
+    ctx = zmq.Context()
+    try:
+        client = Client(ctx, address, "test")
+        table = {"capacity": 100, "sampler": "uniform", "min_size": 0, "samples_per_insert": 1000.0, "tolerance": 1.0}
+        assert client.request("register", {"spec": SPEC, "table": table, "weights_version": 0},
+                              {"w": np.zeros(1, np.float32)}, wait_s=15).type == "ok"
+        ingest = f"tcp://127.0.0.1:{client.request('get_spec', wait_s=15).meta['ports']['ingest']}"
+        for _ in range(5):
+            pusher = subprocess.Popen([sys.executable, "-c", PUSHER, ingest])
+            time.sleep(0.6)  # connected, its segments rejected or queued, then held back
+            pusher.send_signal(signal.SIGKILL)
+            pusher.wait(5)
+            time.sleep(0.3)
+            assert broker.poll() is None, broker.log_path.read_text()[-500:]
+        assert client.request("get_stats", wait_s=15).meta["actors"] >= 0
+        client.close()
+    finally:
+        ctx.destroy(linger=0)

@@ -81,3 +81,45 @@ def test_config_rejects_unknown_keys_and_deadlocking_ratios():
         TableConfig(capacity=100, min_size=0, samples_per_insert=4, tolerance=10).validate(batch_size=32)
     with pytest.raises(ValueError, match="sampler"):
         TableConfig.from_meta({"sampler": "magic"})
+
+
+# -- the on-policy FIFO queue -------------------------------------------------------------------
+
+from qrl.brokers.tables import QueueTable, make_table  # noqa: E402
+
+
+def queue(capacity=8, lag=None):
+    return make_table(TableConfig(capacity=capacity, min_size=0, sampler="fifo", max_policy_lag=lag))
+
+
+def unrolls(first, n=2, version=0):
+    return {"obs": np.arange(first, first + n, dtype=np.float32)[:, None].repeat(3, 1)}
+
+
+def test_a_queue_serves_each_item_once_oldest_first_and_holds_back_both_sides():
+    q = queue(capacity=4)
+    assert isinstance(q, QueueTable) and not q.limiter.can_sample(q.size, 1)
+    q.insert(unrolls(0), version=0)
+    q.insert(unrolls(2), version=0)
+    assert not q.limiter.can_insert()  # full: actors wait
+    batch, ids, weights = q.sample(3)
+    assert batch["obs"][:, 0].tolist() == [0, 1, 2] and ids.tolist() == [0, 1, 2] and weights is None
+    assert q.size == 1 and q.limiter.can_insert() and not q.limiter.can_sample(q.size, 2)
+    q.insert(unrolls(4), version=0)  # wraps around the ring
+    assert q.sample(3)[0]["obs"][:, 0].tolist() == [3, 4, 5] and q.size == 0
+
+
+def test_stale_items_are_dropped_and_counted_and_never_block_the_queue():
+    q = queue(capacity=6, lag=1)
+    q.insert(unrolls(0), version=0)
+    q.insert(unrolls(2), version=2)
+    q.insert(unrolls(4), version=0)  # a slow actor's old unrolls behind fresh ones
+    assert q.drop_stale(current_version=2) == 4  # versions 0 are 2 behind: more than the lag of 1
+    assert q.dropped_stale == 4 and q.size == 2
+    batch, _, _ = q.sample(2)
+    assert batch["obs"][:, 0].tolist() == [2, 3] and q.served_lags == [0, 0]
+
+
+def test_a_fifo_queue_rejects_a_replay_ratio():
+    with pytest.raises(ValueError, match="samples_per_insert must be 0"):
+        TableConfig(sampler="fifo", samples_per_insert=2.0).validate()
