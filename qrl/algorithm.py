@@ -5,6 +5,7 @@ that reads top to bottom. The actor runtime and the learner runtime call it
 through these names only:
 
     Args                      frozen dataclass of hyperparameters (config section "algo")
+    RUN_DEFAULTS (optional)   run-config defaults the algorithm needs, e.g. {"publish_every": 1}
     table_config(args)        how the broker should store items (capacity, rate limiter)
     make_policy(obs_space, action_space, args) -> torch.nn.Module
     rollout_overlap(args)     steps of history an item may need past a segment's end
@@ -42,6 +43,7 @@ REGISTRY: dict[str, str] = {
     "dqn": "qrl.algorithms.dqn",
     "ql": "qrl.algorithms.ql",
     "apex": "qrl.algorithms.apex",
+    "ppo": "qrl.algorithms.ppo",
 }
 
 

@@ -67,7 +67,8 @@ class Resolved:
 def _resolve(config: str | None, algo: str | None, env: str | None, sets: tuple[str, ...],
              **run_options) -> Resolved:
     """Check config file, algorithm, env and overrides before anything starts.
-    Precedence: defaults < config file < command-line flags < --set."""
+    Precedence: defaults (RunConfig's, then the algorithm's RUN_DEFAULTS) < config file <
+    command-line flags < --set."""
     from qrl import algorithm, envs
     from qrl.config import build, load_file
 
@@ -76,7 +77,8 @@ def _resolve(config: str | None, algo: str | None, env: str | None, sets: tuple[
     env = env or file.env or "CartPole-v1"
     module = algorithm.load(algo)
     overrides = parse_overrides(sets, {"run": RunConfig, "algo": module.Args})
-    run_values = {**file.run, **{k: v for k, v in run_options.items() if v is not None}, **overrides["run"]}
+    run_values = {**getattr(module, "RUN_DEFAULTS", {}), **file.run,
+                  **{k: v for k, v in run_options.items() if v is not None}, **overrides["run"]}
     run_cfg = build(RunConfig, run_values, "run")
     algo_values = {**file.algo, **overrides["algo"]}
     build(module.Args, algo_values, "algo")  # type-check now, not in a child process

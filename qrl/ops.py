@@ -111,3 +111,21 @@ def vtrace(log_rhos, rewards, values, next_values, terminated, ends, gamma: floa
     vs_next[:-1] = torch.where(not_end[:-1] > 0, vs[1:], next_values[:-1])
     pg_adv = torch.clamp(rhos, max=pg_rho_bar) * (rewards + discounts * vs_next - values)
     return vs.detach(), pg_adv.detach()
+
+
+def clipped_surrogate(ratio, advantages, clip: float):
+    """PPO's policy loss: -mean(min(r A, clip(r, 1 - clip, 1 + clip) A)) (torch tensors)."""
+    import torch
+
+    return -torch.min(ratio * advantages, torch.clamp(ratio, 1 - clip, 1 + clip) * advantages).mean()
+
+
+def value_loss(values, old_values, returns, clip: float = 0.0):
+    """Squared error to the returns; with clip > 0, PPO's clipped version: the worse of the
+    unclipped error and the error of the old value moved by at most clip."""
+    import torch
+
+    if clip <= 0:
+        return ((values - returns) ** 2).mean()
+    clipped = old_values + torch.clamp(values - old_values, -clip, clip)
+    return torch.max((values - returns) ** 2, (clipped - returns) ** 2).mean()

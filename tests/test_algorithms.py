@@ -13,20 +13,21 @@ from conftest import wait_for
 
 pytestmark = pytest.mark.slow
 
-SMOKE = {  # algorithm -> (environment, extra overrides)
-    "dqn": ("CartPole-v1", ["algo.learning_starts=256"]),
-    "apex": ("CartPole-v1", ["algo.learning_starts=256"]),
-    "ql": ("qrl/Grid-v0", []),
-}
+SMOKE = [  # (algorithm, environment, extra overrides); continuous-action algorithms on Pendulum
+    ("dqn", "CartPole-v1", ["algo.learning_starts=256"]),
+    ("apex", "CartPole-v1", ["algo.learning_starts=256"]),
+    ("ql", "qrl/Grid-v0", []),
+    ("ppo", "CartPole-v1", []),
+    ("ppo", "Pendulum-v1", []),
+]
 
 
 def test_every_algorithm_has_a_smoke_run():
-    assert set(SMOKE) == set(REGISTRY)
+    assert {algo for algo, _, _ in SMOKE} == set(REGISTRY)
 
 
-@pytest.mark.parametrize("algo", sorted(SMOKE))
-def test_smoke(algo, procs, tmp_path):
-    env, sets = SMOKE[algo]
+@pytest.mark.parametrize("algo, env, sets", SMOKE, ids=[f"{a}-{e}" for a, e, _ in SMOKE])
+def test_smoke(algo, env, sets, procs, tmp_path):
     _, address = procs.start_broker()
     procs.start("actors", "actor", "--n", "1", "--broker", address)
     run_dir = tmp_path / "run"
@@ -47,6 +48,8 @@ def test_smoke(algo, procs, tmp_path):
         assert stats["batches"] > 0 and stats["gaps"] == 0 and stats["rejected"] == {}
         if algo == "apex":  # prioritized replay: the learner sent back priorities by id
             assert stats["priority_updates"] > 0
+        if algo == "ppo":  # the on-policy queue: served once, lag reported
+            assert stats["served_policy_lag"] is not None and stats["replay_capacity"] == 16
         client.close()
     finally:
         ctx.destroy(linger=0)

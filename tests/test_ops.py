@@ -96,3 +96,17 @@ def test_vtrace_on_policy_equals_lambda_one_returns_and_clips_off_policy():
     torch.testing.assert_close(vs1[:, 0], torch.tensor([2.5, 1.0]))
     # pg: t0 = min(1, e) * (1 + .5 * vs_1=1) = 1.5; t1 = 0.5 * (1 + .5 * 2) = 1
     torch.testing.assert_close(pg1[:, 0], torch.tensor([1.5, 1.0]))
+
+
+def test_clipped_surrogate_by_hand():
+    ratio = torch.tensor([0.5, 1.0, 1.5, 1.5])
+    adv = torch.tensor([1.0, 2.0, 1.0, -1.0])
+    # min(rA, clip(r)A): 0.5 (r below the clip, A > 0: unclipped), 2, 1.2 (clipped), -1.5 (A < 0: unclipped)
+    assert ops.clipped_surrogate(ratio, adv, 0.2).item() == pytest.approx(-(0.5 + 2 + 1.2 - 1.5) / 4)
+
+
+def test_clipped_value_loss_by_hand():
+    v, old, ret = torch.tensor([3.0, 0.0]), torch.tensor([1.0, 1.0]), torch.tensor([2.0, 0.0])
+    assert ops.value_loss(v, old, ret).item() == pytest.approx((1 + 0) / 2)
+    # clip 0.5: item 0 moves to 1.5 -> error .25, unclipped 1 -> max 1; item 1 moves to 0.5 -> .25 vs 0 -> .25
+    assert ops.value_loss(v, old, ret, clip=0.5).item() == pytest.approx((1 + 0.25) / 2)

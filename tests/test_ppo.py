@@ -1,0 +1,50 @@
+"""PPO pieces: per-environment unroll items, log-probabilities, and one update moving the
+policy toward advantaged actions."""
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from qrl.algorithm import Rollout
+from qrl.algorithms import ppo
+
+
+def test_items_are_one_unroll_per_environment_with_true_next_observations():
+    T, B = 3, 2
+    obs = np.arange(T * B * 4, dtype=np.float32).reshape(T, B, 4)
+    rollout = Rollout(obs=obs, actions=np.ones((T, B), np.int64), rewards=np.ones((T, B), np.float32),
+                      terminated=np.zeros((T, B), bool), truncated=np.zeros((T, B), bool), next_obs=obs + 100,
+                      extras={"logp": np.full((T, B), -0.5, np.float32)})
+    items = ppo.make_items(rollout, T, ppo.Args())
+    assert items["obs"].shape == (B, T, 4) and items["action"].dtype == np.int64
+    np.testing.assert_array_equal(items["obs"][1, 2], obs[2, 1])
+    np.testing.assert_array_equal(items["next_obs"][0, 0], obs[0, 0] + 100)
+
+
+def test_continuous_actions_are_clipped_for_the_env_but_stored_raw():
+    space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+    net = ppo.make_policy(gym.spaces.Box(-1, 1, (3,)), space, ppo.Args(log_std_init=2.0))
+    state = ppo.init_actor(0, 1, 64, ppo.Args(), seed=0)
+    env_action, extras = ppo.act(net, np.zeros((64, 3), np.float32), state, ppo.Args())
+    assert np.all(np.abs(env_action) <= 1.0) and np.any(np.abs(extras["raw_action"]) > 1.0)
+    dist = net.distribution(torch.zeros(64, 3))
+    np.testing.assert_allclose(net.log_prob(dist, torch.as_tensor(extras["raw_action"])).detach().numpy(),
+                               extras["logp"], rtol=1e-5)
+
+
+def test_an_update_raises_the_probability_of_advantaged_actions():
+    obs_space, act_space = gym.spaces.Box(-1, 1, (2,)), gym.spaces.Discrete(2)
+    args = ppo.Args(epochs=4, minibatches=1, lr=1e-2, normalize_advantages=False, gamma=0.0)
+    learner = ppo.Learner(obs_space, act_space, args, torch.device("cpu"))
+    N, T = 4, 8
+    obs = np.zeros((N, T, 2), np.float32)
+    actions = np.tile([0, 1], (N, T // 2))
+    with torch.no_grad():
+        p0 = learner.net.distribution(torch.zeros(1, 2)).probs[0, 1].item()
+        logp = np.log(np.where(actions == 1, p0, 1 - p0)).astype(np.float32)
+    batch = {"obs": obs, "action": actions, "logp": logp, "reward": (actions == 1).astype(np.float32),
+             "terminated": np.zeros((N, T), bool), "truncated": np.ones((N, T), bool), "next_obs": obs}
+    metrics = learner.update(batch)
+    with torch.no_grad():
+        p1 = learner.net.distribution(torch.zeros(1, 2)).probs[0, 1].item()
+    assert p1 > p0 + 0.01 and learner.updates == 1 and metrics["clip_fraction"] >= 0
