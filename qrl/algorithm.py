@@ -44,6 +44,7 @@ REGISTRY: dict[str, str] = {
     "ql": "qrl.algorithms.ql",
     "apex": "qrl.algorithms.apex",
     "ppo": "qrl.algorithms.ppo",
+    "impala": "qrl.algorithms.impala",
 }
 
 

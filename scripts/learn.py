@@ -30,6 +30,7 @@ TARGETS = {
     ("apex", "CartPole-v1"): (475.0, 50_000),
     ("ql", "qrl/Grid-v0"): (0.9, 100_000),
     ("ppo", "CartPole-v1"): (500.0, 100_000),
+    ("impala", "CartPole-v1"): (475.0, 200_000),
 }
 
 

