@@ -45,6 +45,9 @@ REGISTRY: dict[str, str] = {
     "apex": "qrl.algorithms.apex",
     "ppo": "qrl.algorithms.ppo",
     "impala": "qrl.algorithms.impala",
+    "ddpg": "qrl.algorithms.ddpg",
+    "td3": "qrl.algorithms.td3",
+    "sac": "qrl.algorithms.sac",
 }
 
 

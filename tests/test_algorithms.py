@@ -20,6 +20,10 @@ SMOKE = [  # (algorithm, environment, extra overrides); continuous-action algori
     ("ppo", "CartPole-v1", []),
     ("ppo", "Pendulum-v1", []),
     ("impala", "CartPole-v1", []),
+    ("ddpg", "Pendulum-v1", ["algo.learning_starts=256", "algo.random_frames=256"]),
+    ("td3", "Pendulum-v1", ["algo.learning_starts=256", "algo.random_frames=256"]),
+    ("sac", "Pendulum-v1", ["algo.learning_starts=256"]),
+    ("sac", "CartPole-v1", ["algo.learning_starts=256"]),  # the discrete-action variant
 ]
 
 
@@ -33,7 +37,7 @@ def test_smoke(algo, env, sets, procs, tmp_path):
     procs.start("actors", "actor", "--n", "1", "--broker", address)
     run_dir = tmp_path / "run"
     args = ["learner", "--algo", algo, "--env", env, "--broker", address, "--run-dir", str(run_dir),
-            "--no-progress", "--total-steps", "3000", "--target-return", "1e9",
+            "--no-progress", "--total-steps", "3000", "--target-return", "1e9", "--set", "run.num_envs=4",
             "--set", "run.eval_episodes=2", "--set", "run.eval_every_frames=1000", "--set", "run.publish_every=5"]
     for s in sets:
         args += ["--set", s]

@@ -1,0 +1,197 @@
+"""DDPG for continuous actions on the broker's replay table, with TD3's three changes as
+switches (algorithms/td3.py turns them on): twin critics with the smaller target, target
+policy smoothing, and delayed policy updates.
+
+Actors act with the deterministic policy plus Gaussian noise (uniformly random actions for
+their first random_frames frames) and push (n-step) transitions; the learner trains the critic
+toward r + discount * Q'(s', mu'(s')) and the policy to maximize Q(s, mu(s)), with Polyak targets.
+References: Lillicrap et al. 2016 (DDPG); Fujimoto et al. 2018 (TD3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qrl import ops
+from qrl.algorithm import Rollout
+from qrl.algorithms import dqn
+from qrl.brokers.tables import TableConfig
+
+
+@dataclass(frozen=True)
+class Args:
+    hidden: list[int] = field(default_factory=lambda: [400, 300])
+    """Hidden layer widths of the policy and of each critic."""
+    lr: float = 1e-3
+    gamma: float = 0.98
+    n_step: int = 1
+    batch_size: int = 256
+    buffer_size: int = 200_000
+    learning_starts: int = 1_000
+    """Items in the replay table before the first batch is served."""
+    updates_per_step: float = 1.0
+    """Learner updates per environment step, held by the broker's rate limiter."""
+    tau: float = 0.005
+    exploration_noise: float = 0.1
+    """Std of the Gaussian added to the policy's action on actors, as a fraction of half the action range."""
+    random_frames: int = 1_000
+    """Each actor's first frames use uniformly random actions."""
+    twin_critics: bool = False
+    policy_delay: int = 1
+    """Update the policy (and the targets) every this many critic updates."""
+    target_noise: float = 0.0
+    """Target policy smoothing: std of the noise on mu'(s'), fraction of half the action range (0: off)."""
+    target_noise_clip: float = 0.5
+
+
+def table_config(args: Args) -> TableConfig:
+    spi = args.updates_per_step * args.batch_size
+    return TableConfig(capacity=args.buffer_size, sampler="uniform", min_size=args.learning_starts,
+                       samples_per_insert=spi, tolerance=max(args.batch_size, 64 * spi) if spi else 0.0)
+
+
+# -- networks ---------------------------------------------------------------------------------
+
+def mlp(inputs: int, hidden: tuple, outputs: int) -> nn.Sequential:
+    layers, width = [], inputs
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.ReLU()]
+        width = h
+    return nn.Sequential(*layers, nn.Linear(width, outputs))
+
+
+class Policy(nn.Module):
+    """mu(s): a tanh MLP scaled to the action bounds."""
+
+    def __init__(self, obs_dim: int, action_space: gym.spaces.Box, hidden: tuple):
+        super().__init__()
+        self.net = mlp(obs_dim, hidden, int(np.prod(action_space.shape)))
+        self.register_buffer("center", torch.as_tensor((action_space.high + action_space.low) / 2, dtype=torch.float32))
+        self.register_buffer("scale", torch.as_tensor((action_space.high - action_space.low) / 2, dtype=torch.float32))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.center + self.scale * torch.tanh(self.net(obs.flatten(1).float()))
+
+
+class Critic(nn.Module):
+    def __init__(self, obs_dim: int, action_dim: int, hidden: tuple):
+        super().__init__()
+        self.net = mlp(obs_dim + action_dim, hidden, 1)
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([obs.flatten(1).float(), action], dim=1)).squeeze(1)
+
+
+def make_policy(obs_space: gym.Space, action_space: gym.Space, args: Args) -> Policy:
+    if not isinstance(action_space, gym.spaces.Box):
+        raise ValueError(f"this algorithm needs continuous (Box) actions, got {action_space}")
+    return Policy(int(np.prod(obs_space.shape)), action_space, tuple(args.hidden))
+
+
+# -- actor side -------------------------------------------------------------------------------
+
+def rollout_overlap(args: Args) -> int:
+    return args.n_step - 1
+
+
+@dataclass
+class ActorState:
+    rng: np.random.Generator
+    frames: int = 0
+
+
+def init_actor(index: int, count: int, num_envs: int, args: Args, seed: int) -> ActorState:
+    return ActorState(np.random.default_rng(seed))
+
+
+def greedy_act(net: Policy, obs: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return net(torch.as_tensor(obs)).numpy()
+
+
+def act(net: Policy, obs: np.ndarray, state: ActorState, args: Args) -> tuple[np.ndarray, dict[str, Any]]:
+    low, high = (net.center - net.scale).numpy(), (net.center + net.scale).numpy()
+    state.frames += len(obs)
+    if state.frames <= args.random_frames:
+        return state.rng.uniform(low, high, size=(len(obs),) + low.shape).astype(np.float32), {}
+    action = greedy_act(net, obs)
+    noise = state.rng.normal(0.0, args.exploration_noise, size=action.shape) * net.scale.numpy()
+    return np.clip(action + noise, low, high).astype(np.float32), {}
+
+
+def make_items(rollout: Rollout, num_steps: int, args: Args) -> dict[str, np.ndarray]:
+    items = dqn.make_items(rollout, num_steps, args)  # (n-step) transitions; actions stay float here
+    items["action"] = rollout.actions[:num_steps].reshape((-1,) + rollout.actions.shape[2:]).astype(np.float32)
+    return items
+
+
+# -- learner side -----------------------------------------------------------------------------
+
+class Learner:
+    def __init__(self, obs_space: gym.Space, action_space: gym.Space, args: Args, device: torch.device):
+        self.args, self.device = args, device
+        obs_dim, action_dim = int(np.prod(obs_space.shape)), int(np.prod(action_space.shape))
+        self.net = make_policy(obs_space, action_space, args).to(device)
+        self.target_policy = make_policy(obs_space, action_space, args).to(device)
+        self.target_policy.load_state_dict(self.net.state_dict())
+        n_critics = 2 if args.twin_critics else 1
+        self.critics = nn.ModuleList(Critic(obs_dim, action_dim, tuple(args.hidden)) for _ in range(n_critics)).to(device)
+        self.target_critics = nn.ModuleList(Critic(obs_dim, action_dim, tuple(args.hidden))
+                                            for _ in range(n_critics)).to(device)
+        self.target_critics.load_state_dict(self.critics.state_dict())
+        self.policy_optimizer = torch.optim.Adam(self.net.parameters(), lr=args.lr)
+        self.critic_optimizer = torch.optim.Adam(self.critics.parameters(), lr=args.lr)
+        self.updates = 0
+        self.last_policy_loss = 0.0
+
+    def update(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
+        a = self.args
+        t = {k: torch.tensor(v, device=self.device) for k, v in batch.items() if not k.startswith("_")}
+        with torch.no_grad():
+            next_action = self.target_policy(t["next_obs"])
+            if a.target_noise > 0:  # TD3: smooth the target over nearby actions
+                noise = (torch.randn_like(next_action) * a.target_noise).clamp(-a.target_noise_clip,
+                                                                               a.target_noise_clip)
+                next_action = torch.max(torch.min(next_action + noise * self.net.scale,
+                                                  self.net.center + self.net.scale), self.net.center - self.net.scale)
+            q_next = torch.min(torch.stack([c(t["next_obs"], next_action) for c in self.target_critics]), dim=0).values
+            target = t["return"] + t["discount"] * q_next
+        critic_loss = sum(F.mse_loss(c(t["obs"], t["action"]), target) for c in self.critics)
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_optimizer.step()
+        self.updates += 1
+        if self.updates % a.policy_delay == 0:
+            policy_loss = -self.critics[0](t["obs"], self.net(t["obs"])).mean()
+            self.policy_optimizer.zero_grad(set_to_none=True)
+            policy_loss.backward()
+            self.policy_optimizer.step()
+            self.last_policy_loss = policy_loss.item()
+            ops.polyak_update(self.target_policy.parameters(), self.net.parameters(), a.tau)
+            ops.polyak_update(self.target_critics.parameters(), self.critics.parameters(), a.tau)
+        return {"critic_loss": critic_loss.item(), "policy_loss": self.last_policy_loss, "q_target": target.mean().item()}
+
+    def policy_state(self) -> dict[str, np.ndarray]:
+        return {k: v.detach().to("cpu", copy=True).numpy() for k, v in self.net.state_dict().items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"net": self.net.state_dict(), "target_policy": self.target_policy.state_dict(),
+                "critics": self.critics.state_dict(), "target_critics": self.target_critics.state_dict(),
+                "policy_optimizer": self.policy_optimizer.state_dict(),
+                "critic_optimizer": self.critic_optimizer.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["net"])
+        self.target_policy.load_state_dict(state["target_policy"])
+        self.critics.load_state_dict(state["critics"])
+        self.target_critics.load_state_dict(state["target_critics"])
+        self.policy_optimizer.load_state_dict(state["policy_optimizer"])
+        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        self.updates = state["updates"]

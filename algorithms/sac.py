@@ -1,0 +1,250 @@
+"""Soft actor-critic on the broker's replay table, with automatic temperature: continuous
+actions (a tanh-squashed Gaussian policy) and a discrete-action variant (a categorical
+policy whose expectations over actions are computed exactly).
+
+Twin critics and Polyak targets; the critic target is r + discount * (min Q'(s', a') -
+alpha log pi(a'|s')); the policy minimizes alpha log pi - min Q; alpha is tuned so the
+policy's entropy tracks a target (-|A| for continuous actions, a fraction of log |A| for
+discrete). References: Haarnoja et al. 2018 (SAC, automatic temperature); Christodoulou 2019
+(discrete SAC).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qrl import ops
+from qrl.algorithm import Rollout
+from qrl.algorithms import dqn
+from qrl.algorithms.ddpg import mlp
+from qrl.brokers.tables import TableConfig
+
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+
+
+@dataclass(frozen=True)
+class Args:
+    hidden: list[int] = field(default_factory=lambda: [256, 256])
+    lr: float = 3e-4
+    gamma: float = 0.99
+    n_step: int = 1
+    batch_size: int = 256
+    buffer_size: int = 1_000_000
+    learning_starts: int = 100
+    updates_per_step: float = 1.0
+    """Learner updates per environment step, held by the broker's rate limiter."""
+    tau: float = 0.005
+    init_alpha: float = 1.0
+    target_entropy_scale: float = 0.6
+    """Discrete actions: target entropy = this * log |A| (continuous: -|A|)."""
+    random_frames: int = 100
+    """Each actor's first frames use uniformly random actions."""
+
+
+def table_config(args: Args) -> TableConfig:
+    spi = args.updates_per_step * args.batch_size
+    return TableConfig(capacity=args.buffer_size, sampler="uniform", min_size=args.learning_starts,
+                       samples_per_insert=spi, tolerance=max(args.batch_size, 64 * spi) if spi else 0.0)
+
+
+# -- networks ---------------------------------------------------------------------------------
+
+class Policy(nn.Module):
+    def __init__(self, obs_dim: int, action_space: gym.Space, hidden: list[int]):
+        super().__init__()
+        self.continuous = isinstance(action_space, gym.spaces.Box)
+        if self.continuous:
+            n = int(np.prod(action_space.shape))
+            self.net = mlp(obs_dim, tuple(hidden), 2 * n)
+            self.register_buffer("center", torch.as_tensor((action_space.high + action_space.low) / 2,
+                                                           dtype=torch.float32))
+            self.register_buffer("scale", torch.as_tensor((action_space.high - action_space.low) / 2,
+                                                          dtype=torch.float32))
+        else:
+            self.net = mlp(obs_dim, tuple(hidden), int(action_space.n))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs.flatten(1).float())
+
+    def sample(self, obs: torch.Tensor, generator: torch.Generator | None = None):
+        """Continuous: (action, log pi(action)). Discrete: (action, log-probabilities of all actions)."""
+        out = self(obs)
+        if not self.continuous:
+            logp_all = F.log_softmax(out, dim=1)
+            action = torch.multinomial(logp_all.exp(), 1, generator=generator).squeeze(1)
+            return action, logp_all
+        mean, log_std = out.chunk(2, dim=1)
+        std = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).exp()
+        u = mean + std * torch.randn(mean.shape, generator=generator, device=mean.device)
+        a = torch.tanh(u)
+        # log pi of the squashed action: Gaussian density minus log |d tanh / du| per dimension
+        logp = torch.distributions.Normal(mean, std).log_prob(u) - torch.log(1 - a.pow(2) + 1e-6)
+        return self.center + self.scale * a, logp.sum(1)
+
+    def greedy(self, obs: torch.Tensor) -> torch.Tensor:
+        out = self(obs)
+        if not self.continuous:
+            return out.argmax(dim=1)
+        return self.center + self.scale * torch.tanh(out.chunk(2, dim=1)[0])
+
+
+class Critic(nn.Module):
+    """Q(s, a) for continuous actions, or Q(s, .) over all discrete actions."""
+
+    def __init__(self, obs_dim: int, action_space: gym.Space, hidden: list[int]):
+        super().__init__()
+        self.continuous = isinstance(action_space, gym.spaces.Box)
+        if self.continuous:
+            self.net = mlp(obs_dim + int(np.prod(action_space.shape)), tuple(hidden), 1)
+        else:
+            self.net = mlp(obs_dim, tuple(hidden), int(action_space.n))
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor | None = None) -> torch.Tensor:
+        if self.continuous:
+            return self.net(torch.cat([obs.flatten(1).float(), action], dim=1)).squeeze(1)
+        return self.net(obs.flatten(1).float())
+
+
+def make_policy(obs_space: gym.Space, action_space: gym.Space, args: Args) -> Policy:
+    if not isinstance(action_space, (gym.spaces.Box, gym.spaces.Discrete)):
+        raise ValueError(f"sac needs Box or Discrete actions, got {action_space}")
+    return Policy(int(np.prod(obs_space.shape)), action_space, args.hidden)
+
+
+# -- actor side -------------------------------------------------------------------------------
+
+def rollout_overlap(args: Args) -> int:
+    return args.n_step - 1
+
+
+@dataclass
+class ActorState:
+    rng: np.random.Generator
+    generator: torch.Generator
+    frames: int = 0
+
+
+def init_actor(index: int, count: int, num_envs: int, args: Args, seed: int) -> ActorState:
+    return ActorState(np.random.default_rng(seed), torch.Generator().manual_seed(seed))
+
+
+def greedy_act(net: Policy, obs: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return net.greedy(torch.as_tensor(obs)).numpy()
+
+
+def act(net: Policy, obs: np.ndarray, state: ActorState, args: Args) -> tuple[np.ndarray, dict[str, Any]]:
+    state.frames += len(obs)
+    if state.frames <= args.random_frames:
+        if net.continuous:
+            low, high = (net.center - net.scale).numpy(), (net.center + net.scale).numpy()
+            return state.rng.uniform(low, high, size=(len(obs),) + low.shape).astype(np.float32), {}
+        return state.rng.integers(0, net.net[-1].out_features, size=len(obs)), {}
+    with torch.inference_mode():
+        action, _ = net.sample(torch.as_tensor(obs), state.generator)
+    return (action.numpy().astype(np.float32) if net.continuous else action.numpy()), {}
+
+
+def make_items(rollout: Rollout, num_steps: int, args: Args) -> dict[str, np.ndarray]:
+    items = dqn.make_items(rollout, num_steps, args)
+    if np.issubdtype(rollout.actions.dtype, np.floating):
+        items["action"] = rollout.actions[:num_steps].reshape((-1,) + rollout.actions.shape[2:]).astype(np.float32)
+    return items
+
+
+# -- learner side -----------------------------------------------------------------------------
+
+class Learner:
+    def __init__(self, obs_space: gym.Space, action_space: gym.Space, args: Args, device: torch.device):
+        self.args, self.device = args, device
+        obs_dim = int(np.prod(obs_space.shape))
+        self.net = make_policy(obs_space, action_space, args).to(device)
+        self.critics = nn.ModuleList(Critic(obs_dim, action_space, args.hidden) for _ in range(2)).to(device)
+        self.target_critics = nn.ModuleList(Critic(obs_dim, action_space, args.hidden) for _ in range(2)).to(device)
+        self.target_critics.load_state_dict(self.critics.state_dict())
+        self.log_alpha = torch.tensor(float(np.log(args.init_alpha)), device=device, requires_grad=True)
+        if self.net.continuous:
+            self.target_entropy = -float(np.prod(action_space.shape))
+        else:
+            self.target_entropy = args.target_entropy_scale * float(np.log(action_space.n))
+        self.policy_optimizer = torch.optim.Adam(self.net.parameters(), lr=args.lr)
+        self.critic_optimizer = torch.optim.Adam(self.critics.parameters(), lr=args.lr)
+        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=args.lr)
+        self.updates = 0
+
+    def update(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
+        a = self.args
+        t = {k: torch.tensor(v, device=self.device) for k, v in batch.items() if not k.startswith("_")}
+        alpha = self.log_alpha.exp().detach()
+        obs, next_obs = t["obs"], t["next_obs"]
+        with torch.no_grad():
+            if self.net.continuous:
+                next_action, next_logp = self.net.sample(next_obs)
+                q_next = torch.min(*(c(next_obs, next_action) for c in self.target_critics))
+                v_next = q_next - alpha * next_logp
+            else:  # exact expectation over the next actions
+                _, next_logp_all = self.net.sample(next_obs)
+                q_next = torch.min(*(c(next_obs) for c in self.target_critics))
+                v_next = (next_logp_all.exp() * (q_next - alpha * next_logp_all)).sum(1)
+            target = t["return"] + t["discount"] * v_next
+        if self.net.continuous:
+            q = [c(obs, t["action"]) for c in self.critics]
+        else:
+            q = [c(obs).gather(1, t["action"].long().unsqueeze(1)).squeeze(1) for c in self.critics]
+        critic_loss = sum(F.mse_loss(qi, target) for qi in q)
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_optimizer.step()
+
+        if self.net.continuous:
+            action, logp = self.net.sample(obs)
+            q_pi = torch.min(*(c(obs, action) for c in self.critics))
+            policy_loss = (alpha * logp - q_pi).mean()
+            entropy = -logp.detach()
+        else:
+            _, logp_all = self.net.sample(obs)
+            with torch.no_grad():
+                q_all = torch.min(*(c(obs) for c in self.critics))
+            probs = logp_all.exp()
+            policy_loss = (probs * (alpha * logp_all - q_all)).sum(1).mean()
+            entropy = -(probs * logp_all).sum(1).detach()
+        self.policy_optimizer.zero_grad(set_to_none=True)
+        policy_loss.backward()
+        self.policy_optimizer.step()
+
+        alpha_loss = (self.log_alpha * (entropy - self.target_entropy)).mean()
+        self.alpha_optimizer.zero_grad(set_to_none=True)
+        alpha_loss.backward()
+        self.alpha_optimizer.step()
+        ops.polyak_update(self.target_critics.parameters(), self.critics.parameters(), a.tau)
+        self.updates += 1
+        return {"critic_loss": critic_loss.item(), "policy_loss": policy_loss.item(), "alpha": alpha.item(),
+                "entropy": entropy.mean().item()}
+
+    def policy_state(self) -> dict[str, np.ndarray]:
+        return {k: v.detach().to("cpu", copy=True).numpy() for k, v in self.net.state_dict().items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"net": self.net.state_dict(), "critics": self.critics.state_dict(),
+                "target_critics": self.target_critics.state_dict(), "log_alpha": self.log_alpha.detach().clone(),
+                "policy_optimizer": self.policy_optimizer.state_dict(),
+                "critic_optimizer": self.critic_optimizer.state_dict(),
+                "alpha_optimizer": self.alpha_optimizer.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["net"])
+        self.critics.load_state_dict(state["critics"])
+        self.target_critics.load_state_dict(state["target_critics"])
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
+        self.policy_optimizer.load_state_dict(state["policy_optimizer"])
+        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
+        self.updates = state["updates"]
