@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import zmq
 
-from qrl import algorithm, envs, transport, wire
+from qrl import algorithm, envs, normalize, transport, wire
 from qrl.config import build
 
 log = logging.getLogger("qrl.actor")
@@ -108,6 +108,7 @@ class Worker:
         net.eval()
         # Claimed ids (--first-id auto) can exceed the total after restarts: wrap for exploration.
         state = algo.init_actor(self.actor_id % total, total, num_envs, args, seed)
+        self.normalizer = normalize.ActorNormalizer()
         version = self._load_weights(net, self._fetch(client, "get_weights"), spec["run_id"])
         client.close()
 
@@ -133,7 +134,7 @@ class Worker:
         while not self.stopping:
             segment_version = version
             while len(window) < L:
-                actions, extras = algo.act(net, obs, state, args)
+                actions, extras = algo.act(net, self.normalizer(obs), state, args)  # items keep raw obs
                 next_obs, reward, terminated, truncated, info = env.step(actions)
                 done = terminated | truncated
                 window.append(dict(obs=obs, actions=actions, rewards=reward.astype(np.float32),
@@ -228,7 +229,8 @@ class Worker:
     def _load_weights(self, net: torch.nn.Module, msg: wire.Message, run_id: str) -> int:
         if msg.meta.get("run_id") != run_id:
             raise RunChanged(f"broker now serves run {msg.meta.get('run_id')}")
-        net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in msg.arrays.items()})
+        arrays = self.normalizer.split(msg.arrays)
+        net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
         return int(msg.meta["version"])
 
 

@@ -54,6 +54,10 @@ class RunConfig:
     """Wall-clock limit for the learner (None: no limit)."""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments for gymnasium.make, e.g. {continuous: true} (--set run.env_kwargs='{...}')."""
+    normalize_obs: bool = False
+    """Normalize observations by running mean and std (kept by the learner, shipped with the weights)."""
+    normalize_reward: bool = False
+    """Scale rewards (or n-step returns) by their running standard deviation on the learner."""
     wrappers: list[Any] = field(default_factory=list)
     """gymnasium.wrappers by name, applied in order: 'FlattenObservation' or
     {name: ClipReward, min_reward: -1, max_reward: 1}."""

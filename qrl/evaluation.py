@@ -15,6 +15,7 @@ import torch
 
 from qrl import algorithm, checkpoint, envs
 from qrl.config import ConfigError, RunConfig, build
+from qrl.normalize import Normalizer
 
 
 @dataclass
@@ -24,6 +25,7 @@ class LoadedPolicy:
     env: str
     run: RunConfig
     net: torch.nn.Module
+    normalize_obs: Callable[[np.ndarray], np.ndarray]
 
 
 def load_policy(path: str | Path) -> LoadedPolicy:
@@ -37,13 +39,15 @@ def load_policy(path: str | Path) -> LoadedPolicy:
     learner = algo.Learner(obs_space, action_space, args, torch.device("cpu"))
     learner.load_state_dict(saved["learner"])
     learner.net.eval()
-    return LoadedPolicy(config["algo"], algo, config["env"], run, learner.net)
+    normalizer = Normalizer(obs_space.shape, run.normalize_obs, run.normalize_reward)
+    normalizer.load_state(saved.get("normalizer") or {})
+    return LoadedPolicy(config["algo"], algo, config["env"], run, learner.net, normalizer.normalize_obs)
 
 
 def _describe_values(policy: LoadedPolicy, env, obs) -> str:
     if not hasattr(policy.algo, "action_values"):
         return ""
-    values = policy.algo.action_values(policy.net, np.asarray([obs]))[0]
+    values = policy.algo.action_values(policy.net, policy.normalize_obs(np.asarray([obs])))[0]
     names = getattr(env.unwrapped, "action_names", None) or [str(i) for i in range(len(values))]
     best = int(values.argmax())
     return "  ".join(f"{n} {v:+.3f}{'*' if i == best else ' '}" for i, (n, v) in enumerate(zip(names, values)))
@@ -62,7 +66,7 @@ def evaluate(path: str | Path, episodes: int = 10, seed: int = 0, render: str | 
         raise ConfigError(f"unknown render mode '{render}'; use --render terminal or --gif PATH")
     if render is None and gif is None:
         mean, std, returns = evaluate_vector(policy.algo, policy.net, policy.env, episodes, seed,
-                                             policy.run.env_kwargs, policy.run.wrappers)
+                                             policy.run.env_kwargs, policy.run.wrappers, policy.normalize_obs)
         return {"env": policy.env, "algo": policy.algo_name, "episodes": episodes, "mean": mean, "std": std,
                 "returns": returns}
 
@@ -85,7 +89,7 @@ def evaluate(path: str | Path, episodes: int = 10, seed: int = 0, render: str | 
                         f"{_describe_values(policy, env, obs)}\n")
                 elif episode == 0:
                     frames.append(env.render())
-                action = policy.algo.greedy_act(policy.net, np.asarray([obs]))[0]
+                action = policy.algo.greedy_act(policy.net, policy.normalize_obs(np.asarray([obs])))[0]
                 obs, reward, terminated, truncated, _ = env.step(action)
                 total += float(reward)
                 step += 1

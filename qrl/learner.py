@@ -26,6 +26,7 @@ import zmq
 from qrl import algorithm, checkpoint, envs, transport, wire
 from qrl.config import RunConfig, build, to_dict, to_yaml
 from qrl.metrics import MetricsWriter, ProgressView
+from qrl.normalize import Normalizer
 
 log = logging.getLogger("qrl.learner")
 
@@ -43,15 +44,18 @@ class LearnerOptions:
 
 
 def evaluate(algo, net: torch.nn.Module, env_id: str, episodes: int, seed: int,
-             env_kwargs: dict | None = None, wrappers: list | tuple = ()) -> tuple[float, float, list[float]]:
-    """Mean and std of the return of ``episodes`` deterministic episodes, stepped as one vector env."""
+             env_kwargs: dict | None = None, wrappers: list | tuple = (),
+             normalize_obs=None) -> tuple[float, float, list[float]]:
+    """Mean and std of the return of ``episodes`` deterministic episodes, stepped as one vector env
+    (observations through normalize_obs first when the run normalizes them)."""
+    normalize_obs = normalize_obs or (lambda o: o)
     env = envs.make_vector_env(env_id, episodes, env_kwargs, wrappers)
     try:
         obs, _ = env.reset(seed=seed)
         returns = np.zeros(episodes)
         finished = np.zeros(episodes, dtype=bool)
         while not finished.all():
-            obs, reward, terminated, truncated, _ = env.step(algo.greedy_act(net, obs))
+            obs, reward, terminated, truncated, _ = env.step(algo.greedy_act(net, normalize_obs(obs)))
             returns += np.where(finished, 0.0, reward)  # count each env's first episode only
             finished |= terminated | truncated
     finally:
@@ -81,6 +85,9 @@ class LearnerRun:
             self.device = torch.device(opts.device)
         self.obs_space, self.action_space = envs.spaces(opts.env, run_cfg.env_kwargs, run_cfg.wrappers)
         self.learner = self.algo.Learner(self.obs_space, self.action_space, self.args, self.device)
+        self.normalizer = None
+        if run_cfg.normalize_obs or run_cfg.normalize_reward:
+            self.normalizer = Normalizer(self.obs_space.shape, run_cfg.normalize_obs, run_cfg.normalize_reward)
         self.eval_net = self.algo.make_policy(self.obs_space, self.action_space, self.args)
         self.target_return = run_cfg.target_return
         if self.target_return is None:
@@ -94,6 +101,8 @@ class LearnerRun:
         self.best_eval = -float("inf")
         if saved is not None:
             self.learner.load_state_dict(saved["learner"])
+            if self.normalizer is not None and "normalizer" in saved:
+                self.normalizer.load_state(saved["normalizer"])
             c = saved["counters"]
             self.run_id, self.version = c["run_id"], c["version"] + 1
             self.frames_before, self.elapsed_before = c["frames"], c["elapsed_s"]
@@ -129,7 +138,7 @@ class LearnerRun:
         reply = self.client.request(
             "register",
             {"spec": self.spec(), "table": self.algo.table_config(self.args).as_meta(), "weights_version": self.version},
-            self.learner.policy_state(), wait_s=None, report=log.warning, should_stop=lambda: self.stopping,
+            self.weights(), wait_s=None, report=log.warning, should_stop=lambda: self.stopping,
         )
         if reply.type != "ok":
             raise RuntimeError(f"broker refused the run: {reply.meta.get('reason')}")
@@ -151,10 +160,13 @@ class LearnerRun:
             self.algo, "sample_options") else {}
         transport.send(self.sampler, "sample", {"batch_size": batch_size, **options})
 
+    def weights(self) -> dict[str, np.ndarray]:
+        """What actors load: the policy's arrays, plus the observation statistics when normalizing."""
+        return {**self.learner.policy_state(), **(self.normalizer.arrays() if self.normalizer else {})}
+
     def publish(self) -> None:
         self.version += 1
-        transport.send(self.pub, "weights", {"version": self.version, "run_id": self.run_id},
-                       self.learner.policy_state())
+        transport.send(self.pub, "weights", {"version": self.version, "run_id": self.run_id}, self.weights())
 
     def broker_stats(self) -> dict[str, Any]:
         reply = self.client.request("get_stats", wait_s=None, report=log.warning, should_stop=lambda: self.stopping)
@@ -165,12 +177,14 @@ class LearnerRun:
     def evaluate(self) -> tuple[float, float]:
         self.eval_net.load_state_dict({k: torch.from_numpy(v) for k, v in self.learner.policy_state().items()})
         mean, std, _ = evaluate(self.algo, self.eval_net, self.opts.env, self.cfg.eval_episodes,
-                                seed=self.cfg.seed + 7, env_kwargs=self.cfg.env_kwargs, wrappers=self.cfg.wrappers)
+                                seed=self.cfg.seed + 7, env_kwargs=self.cfg.env_kwargs, wrappers=self.cfg.wrappers,
+                                normalize_obs=self.normalizer.normalize_obs if self.normalizer else None)
         return mean, std
 
     def save(self, frames: int, elapsed: float) -> Path:
         return checkpoint.save(self.run_dir, {
             "learner": self.learner.state_dict(),
+            "normalizer": self.normalizer.state() if self.normalizer else {},
             "counters": {"run_id": self.run_id, "version": self.version, "frames": frames,
                          "elapsed_s": elapsed, "best_eval": self.best_eval},
             "config": self.config_json,
@@ -215,7 +229,8 @@ class LearnerRun:
                     self.request_sample(batch_size)
                     if reply.type == "batch":
                         refusals = 0
-                        train_metrics = self.learner.update(reply.arrays)
+                        batch = self.normalizer.process_batch(reply.arrays) if self.normalizer else reply.arrays
+                        train_metrics = self.learner.update(batch)
                         priorities = train_metrics.pop("_priorities", None)
                         if priorities is not None:  # prioritized replay: new priorities by item id
                             transport.send(self.sampler, "update_priorities", {},
