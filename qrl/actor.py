@@ -51,6 +51,18 @@ class ActorConfig:
     segments ahead of what the broker has taken, so the learner trained on stale data."""
 
 
+def ingest_socket(ctx: zmq.Context, cfg: ActorConfig) -> zmq.Socket:
+    """The PUSH socket segments go out on. Small queues (see ActorConfig), a bounded flush on a
+    clean stop, and no ZMTP heartbeats: the broker holds this connection's input back on
+    purpose (rate limiter), so pings go unanswered; with heartbeats the actor dropped the
+    connection after the timeout and resent the message in flight on the new one (a
+    duplicate), and libzmq 4.3.5 aborted the broker (see transport.socket)."""
+    push = transport.socket(ctx, zmq.PUSH, linger_ms=500, heartbeats=False)
+    push.setsockopt(zmq.SNDHWM, cfg.send_hwm)
+    push.setsockopt(zmq.SNDBUF, cfg.send_buffer)
+    return push
+
+
 class Stop(Exception):
     pass
 
@@ -116,9 +128,7 @@ class Worker:
         weights_sub = transport.socket(self.ctx, zmq.SUB)
         weights_sub.setsockopt(zmq.SUBSCRIBE, b"")
         weights_sub.connect(f"tcp://{host}:{ports['weights_out']}")
-        push = transport.socket(self.ctx, zmq.PUSH, linger_ms=500)  # a bounded flush on a clean stop
-        push.setsockopt(zmq.SNDHWM, self.cfg.send_hwm)
-        push.setsockopt(zmq.SNDBUF, self.cfg.send_buffer)
+        push = ingest_socket(self.ctx, self.cfg)
         push.connect(f"tcp://{host}:{ports['ingest']}")
         log.info("%s: running %s on %s x%d, weights version %d", self.role, spec["algo"], spec["env"], num_envs,
                  version)

@@ -51,10 +51,11 @@ def test_a_frozen_peer_is_disconnected(monkeypatch):
 PUSHER = """
 import sys, uuid, numpy as np, zmq
 from qrl import transport, wire
-s = transport.socket(zmq.Context(), zmq.PUSH)  # an actor's PUSH, heartbeats on
-s.setsockopt(zmq.SNDHWM, 1)
-s.setsockopt(zmq.SNDBUF, 4096)
+from qrl.actor import ActorConfig, ingest_socket
+transport.HEARTBEAT_IVL_MS, transport.HEARTBEAT_TIMEOUT_MS = 50, 200  # were they on, they would fire here
+s = ingest_socket(zmq.Context(), ActorConfig())  # exactly an actor's PUSH
 s.connect(sys.argv[1])
+print("pushing", flush=True)
 incarnation, seq = uuid.uuid4().hex[:8], 0
 while True:
     meta = {"run_id": "r1", "actor_id": 0, "incarnation": incarnation, "seq": seq, "policy_version": 0, "frames": 64}
@@ -65,9 +66,10 @@ while True:
 
 
 def test_a_held_back_broker_survives_actors_killed_mid_push(procs):
-    """Regression: with heartbeats on the ingest socket, libzmq 4.3.5 aborted the broker
-    (`Assertion failed: !_io_error`) when an actor was SIGKILLed while the rate limiter held
-    the ingest back. Five killed pushers against a broker that never reads ingest."""
+    """Regression: with heartbeats on the broker's ingest socket, libzmq 4.3.5 aborted the broker
+    (`Assertion failed: !_io_error`) when the rate limiter held the ingest back and an actor
+    died (this test fails that way with them on). Pushers are built exactly like actors' PUSH
+    sockets, held back, then SIGKILLed; no segment may arrive twice."""
     import time
 
     import numpy as np
@@ -84,13 +86,16 @@ def test_a_held_back_broker_survives_actors_killed_mid_push(procs):
                               {"w": np.zeros(1, np.float32)}, wait_s=15).type == "ok"
         ingest = f"tcp://127.0.0.1:{client.request('get_spec', wait_s=15).meta['ports']['ingest']}"
         for _ in range(5):
-            pusher = subprocess.Popen([sys.executable, "-c", PUSHER, ingest])
-            time.sleep(0.6)  # connected, its segments rejected or queued, then held back
+            pusher = subprocess.Popen([sys.executable, "-c", PUSHER, ingest], stdout=subprocess.PIPE, text=True)
+            assert pusher.stdout.readline().strip() == "pushing"
+            time.sleep(0.8)  # held back for longer than 4 heartbeat timeouts
             pusher.send_signal(signal.SIGKILL)
             pusher.wait(5)
+            pusher.stdout.close()
             time.sleep(0.3)
             assert broker.poll() is None, broker.log_path.read_text()[-500:]
-        assert client.request("get_stats", wait_s=15).meta["actors"] >= 0
+        stats = client.request("get_stats", wait_s=15).meta
+        assert stats["duplicates"] == 0 and stats["segments"] >= 1
         client.close()
     finally:
         ctx.destroy(linger=0)
