@@ -4,7 +4,7 @@ updating or sampling, whatever the batch size.
 The tree is an array of 2 * L nodes for L leaves (L a power of two >= capacity): node 1 is the
 root, node i has children 2i and 2i + 1, leaf j is node L + j. A batch of updates writes its
 leaves, then recomputes the parents of all touched nodes one level at a time (log2 L numpy
-operations). A batch of prefix-sum queries descends all levels at once the same way.
+operations; a parent shared by several updates is recomputed more than once, to the same value). A batch of prefix-sum queries descends all levels at once the same way.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ class SegmentTree:
         node = np.asarray(index, dtype=np.int64) + self.leaves
         self.nodes[node] = value
         while node[0] > 1:
-            node = np.unique(node >> 1)
+            # Repeated parents are recomputed alike (same children, same result): cheaper than np.unique.
+            node >>= 1
             self.nodes[node] = self.op(self.nodes[2 * node], self.nodes[2 * node + 1])
 
     @property

@@ -52,8 +52,8 @@ def qrl_insert(capacity: int, seconds: float) -> float:
     return rate(lambda: table.insert(seg), seconds) * SEGMENT
 
 
-def filled_table(capacity: int) -> ReplayTable:
-    table = ReplayTable(TableConfig(capacity=capacity, min_size=0))
+def filled_table(capacity: int, sampler: str = "uniform") -> ReplayTable:
+    table = ReplayTable(TableConfig(capacity=capacity, min_size=0, sampler=sampler))
     rng = np.random.default_rng(0)
     for _ in range(capacity // SEGMENT + 1):
         table.insert(segment(rng))
@@ -99,6 +99,13 @@ def main() -> None:
     rows, runs = [], {}
     for cap in capacities:
         table, buf = filled_table(cap), sb3_filled(cap)
+        per = filled_table(cap, "prioritized")
+        rng = np.random.default_rng(1)
+
+        def per_step():  # what one Ape-X update costs the broker: sample 256, then update their priorities
+            _, ids, _ = per.sample(256, beta=0.5)
+            per.update_priorities(ids, rng.random(256) + 1e-3)
+
         sample_encode = lambda: wire.encode("batch", {}, {**(s := table.sample(256))[0], "_id": s[1]})
         cases = {
             "insert transitions/s": {
@@ -109,6 +116,8 @@ def main() -> None:
             "sample batches of 256/s": {
                 "qrl uniform": lambda: rate(lambda: table.sample(256), a.seconds),
                 "qrl uniform sample+encode": lambda: rate(sample_encode, a.seconds),
+                "qrl prioritized (sum tree)": lambda: rate(lambda: per.sample(256, beta=0.5), a.seconds),
+                "qrl prioritized sample+priority update": lambda: rate(per_step, a.seconds),
                 "sb3 ReplayBuffer": lambda: rate(lambda: buf.sample(256), a.seconds),
             },
         }
