@@ -1,0 +1,94 @@
+"""DDPG, TD3 and SAC: the critic targets and the policy/temperature updates, by hand with stub
+networks whose outputs are known."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from qrl.algorithms import ddpg, sac, td3
+
+OBS = gym.spaces.Box(-1, 1, (2,), np.float32)
+ACT = gym.spaces.Box(-2, 2, (1,), np.float32)
+
+
+class Const(nn.Module):
+    """A critic stub: Q = value for every input (with a parameter so optimizers have one)."""
+
+    def __init__(self, value, per_action=None):
+        super().__init__()
+        self.value, self.per_action = value, per_action
+        self.p = nn.Parameter(torch.zeros(()))
+
+    def forward(self, obs, action=None):
+        n = len(obs)
+        if self.per_action is not None:
+            return torch.tensor([self.per_action] * n) + 0 * self.p
+        return torch.full((n,), float(self.value)) + 0 * self.p
+
+
+def answer(module, value):
+    """Make a real critic return a constant (its parameters stay, so Polyak updates still work)."""
+    module.forward = lambda obs, action=None: torch.full((len(obs),), float(value))
+    return module
+
+
+def batch(n=4, discount=0.5):
+    return {"obs": np.zeros((n, 2), np.float32), "action": np.zeros((n, 1), np.float32),
+            "return": np.ones(n, np.float32), "discount": np.full(n, discount, np.float32),
+            "next_obs": np.zeros((n, 2), np.float32)}
+
+
+def test_ddpg_target_is_reward_plus_discounted_target_critic():
+    learner = ddpg.Learner(OBS, ACT, ddpg.Args(hidden=[8]), torch.device("cpu"))
+    answer(learner.target_critics[0], 4.0)
+    assert learner.update(batch())["q_target"] == pytest.approx(1 + 0.5 * 4.0)
+
+
+def test_td3_takes_the_smaller_twin_and_delays_the_policy():
+    learner = td3.Learner(OBS, ACT, td3.Args(hidden=[8]), torch.device("cpu"))
+    assert len(learner.critics) == 2
+    answer(learner.target_critics[0], 4.0)
+    answer(learner.target_critics[1], 2.0)
+    before = [p.clone() for p in learner.net.parameters()]
+    assert learner.update(batch())["q_target"] == pytest.approx(1 + 0.5 * 2.0)
+    assert all(torch.equal(a, b) for a, b in zip(before, learner.net.parameters()))  # update 1: critic only
+    learner.update(batch())
+    assert not all(torch.equal(a, b) for a, b in zip(before, learner.net.parameters()))  # update 2: policy too
+
+
+def test_td3_target_smoothing_stays_within_the_action_bounds():
+    learner = td3.Learner(OBS, ACT, td3.Args(hidden=[8], target_noise=5.0, target_noise_clip=5.0), torch.device("cpu"))
+    seen = []
+
+    for critic in learner.target_critics:
+        critic.forward = lambda obs, action=None: (seen.append(action), torch.zeros(len(obs)))[1]
+    learner.update(batch(n=256))
+    assert torch.all(seen[0].abs() <= 2.0) and seen[0].std() > 0.5
+
+
+def test_discrete_sac_target_is_the_exact_soft_expectation():
+    learner = sac.Learner(OBS, gym.spaces.Discrete(2), sac.Args(hidden=[8], init_alpha=0.5), torch.device("cpu"))
+    with torch.no_grad():  # a policy of probabilities (0.25, 0.75) everywhere
+        last = learner.net.net[-1]
+        last.weight.zero_()
+        last.bias.copy_(torch.log(torch.tensor([0.25, 0.75])))
+    learner.target_critics = nn.ModuleList([Const(0, per_action=[1.0, 3.0]), Const(0, per_action=[2.0, 2.0])])
+    learner.critics = nn.ModuleList([Const(0, per_action=[0.0, 0.0]), Const(0, per_action=[0.0, 0.0])])
+    learner.critic_optimizer = torch.optim.Adam(learner.critics.parameters())
+    b = batch()
+    b["action"] = np.zeros(4, np.int64)
+    # min Q' = (1, 2); V = sum pi (min Q' - alpha log pi) = .25 (1 - .5 ln .25) + .75 (2 - .5 ln .75)
+    v = 0.25 * (1 - 0.5 * np.log(0.25)) + 0.75 * (2 - 0.5 * np.log(0.75))
+    expected_loss = 2 * (1 + 0.5 * v) ** 2  # two critics at 0, target r + discount * V
+    assert learner.update(b)["critic_loss"] == pytest.approx(expected_loss, rel=1e-5)
+
+
+def test_sac_temperature_falls_when_entropy_is_above_target():
+    learner = sac.Learner(OBS, ACT, sac.Args(hidden=[8], lr=0.1), torch.device("cpu"))
+    for _ in range(5):  # a fresh Gaussian policy with std ~1 on one dimension: entropy > -1
+        metrics = learner.update(batch())
+    assert metrics["alpha"] < 1.0
+    action, logp = learner.net.sample(torch.zeros(1000, 2))
+    assert torch.all(action.abs() <= 2.0) and logp.shape == (1000,)
