@@ -1,0 +1,42 @@
+"""DQN's update by hand: the double-DQN target, and prioritized replay's importance weights
+and returned priorities (Ape-X)."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from qrl.algorithms import dqn
+
+OBS, ACT = gym.spaces.Box(-1, 1, (2,), np.float32), gym.spaces.Discrete(2)
+
+
+def fixed(module, rows):
+    """Make a Q network answer fixed Q values: rows[i] for the i-th observation of each call."""
+    module.forward = lambda obs: torch.tensor(rows[: len(obs)], dtype=torch.float32) + 0 * next(module.parameters()).sum()
+    return module
+
+
+def batch(weights=None):
+    b = {"obs": np.zeros((1, 2), np.float32), "action": np.array([0]), "return": np.array([1.0], np.float32),
+         "discount": np.array([0.5], np.float32), "next_obs": np.ones((1, 2), np.float32)}
+    if weights is not None:
+        b["_weight"] = np.asarray(weights, np.float32)
+    return b
+
+
+def test_double_dqn_picks_with_the_online_net_and_evaluates_with_the_target():
+    learner = dqn.Learner(OBS, ACT, dqn.Args(huber=False, max_grad_norm=0), torch.device("cpu"))
+    # online net: Q(obs) = (2, 0), Q(next_obs) = (0, 1) -> picks action 1; target: Q'(next_obs) = (10, 4)
+    q_online = torch.nn.Parameter(torch.zeros(()))
+    learner.net.forward = lambda obs: (torch.tensor([[2.0, 0.0], [0.0, 1.0]]) + q_online)[: len(obs)]
+    fixed(learner.target, [[10.0, 4.0]])
+    metrics = learner.update(batch(weights=[0.5]))
+    # target = 1 + 0.5 * Q'(next, argmax online = 1) = 3; TD = 3 - 2 = 1; weighted MSE = 0.5 * 1
+    assert metrics["loss"] == pytest.approx(0.5)
+    np.testing.assert_allclose(metrics["_priorities"], [1.0 + dqn.PRIORITY_FLOOR], rtol=1e-6)
+
+
+def test_without_importance_weights_no_priorities_are_returned():
+    learner = dqn.Learner(OBS, ACT, dqn.Args(), torch.device("cpu"))
+    assert "_priorities" not in learner.update(batch())
