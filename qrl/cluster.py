@@ -74,6 +74,11 @@ def run_local(algo: str, env: str, actors: int, run_dir: Path, learner_args: lis
     run directory restarts the cluster with the learner's checkpoint and the broker's experience."""
     run_dir.mkdir(parents=True, exist_ok=True)
     procs: list[subprocess.Popen] = []
+
+    def _terminated(signum, frame):  # SIGTERM (a scheduler, `kill`): stop the cluster like Ctrl-C does
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         broker, address = start_broker(run_dir, extra=("--snapshot-dir", str(run_dir / "broker"), *key_args))
         procs.append(broker)
@@ -91,8 +96,10 @@ def run_local(algo: str, env: str, actors: int, run_dir: Path, learner_args: lis
             time.sleep(0.2)
         return learner.returncode
     except KeyboardInterrupt:
-        # Ctrl-C reached every process in the group; give the learner time to checkpoint.
+        # Ctrl-C reached every process in the group (SIGTERM only us): stop() signals each child,
+        # giving the learner time to checkpoint.
         print("qrl run: interrupted, stopping the cluster", file=sys.stderr, flush=True)
         return 130
     finally:
+        signal.signal(signal.SIGTERM, previous)
         stop(procs, grace_s=float(os.environ.get("QRL_STOP_GRACE_S", "30")))

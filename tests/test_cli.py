@@ -87,3 +87,32 @@ def test_deployment_files_use_real_commands_and_flags(where, args):
     for i, a in enumerate(args):
         if a == "--config":
             assert (Path(__file__).parent.parent / args[i + 1]).exists(), args[i + 1]
+
+
+@pytest.mark.slow
+def test_sigterm_to_qrl_run_stops_and_reaps_the_whole_cluster(tmp_path):
+    import json
+    import os
+    import signal
+    import time
+
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "qrl", "run", "--algo", "ql", "--env", "qrl/Grid-v0", "--actors", "1",
+                             "--target-return", "2", "--total-steps", "100000000", "--run-dir", str(run_dir),
+                             "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (run_dir / "metrics.jsonl").exists() or "train" not in (run_dir / "metrics.jsonl").read_text():
+            assert time.monotonic() < deadline and proc.poll() is None, "the run did not start training"
+            time.sleep(0.2)
+        broker_pid = json.loads((run_dir / "broker.json").read_text())["pid"]
+        proc.send_signal(signal.SIGTERM)  # only `qrl run` itself, as a scheduler or `kill` would
+        assert proc.wait(60) == 130, proc.stderr.read()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    with pytest.raises(ProcessLookupError):
+        os.kill(broker_pid, 0)  # the broker was stopped, not orphaned
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["stop_reason"] == "stopped by signal"  # the learner checkpointed on its way out
