@@ -175,7 +175,13 @@ class Worker:
             self.sent += 1
             finished_returns, finished_lengths = [], []
             window = window[T:]  # keep the overlap: later items still need those steps
-            version = self._poll_weights(weights_sub, net, version, spec["run_id"])
+            if run.get("sync_actors"):  # on-policy, synchronous: act again only with the next weights
+                try:
+                    version = self._wait_for_weights(weights_sub, net, segment_version, spec["run_id"])
+                except Stop:
+                    break
+            else:
+                version = self._poll_weights(weights_sub, net, version, spec["run_id"])
         env.close()
         self._confirm_delivery()
 
@@ -217,6 +223,16 @@ class Worker:
                     pass
             if self.stopping:
                 raise Stop
+
+    def _wait_for_weights(self, sub: zmq.Socket, net: torch.nn.Module, acted_with: int, run_id: str) -> int:
+        """Block (but never past a stop request) until weights newer than acted_with arrive."""
+        version = acted_with
+        while version <= acted_with:
+            if self.stopping:
+                raise Stop
+            if sub.poll(200):
+                version = self._poll_weights(sub, net, version, run_id)
+        return version
 
     def _poll_weights(self, sub: zmq.Socket, net: torch.nn.Module, version: int, run_id: str) -> int:
         newest = None

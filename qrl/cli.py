@@ -80,6 +80,8 @@ def _resolve(config: str | None, algo: str | None, env: str | None, sets: tuple[
     run_values = {**getattr(module, "RUN_DEFAULTS", {}), **file.run,
                   **{k: v for k, v in run_options.items() if v is not None}, **overrides["run"]}
     run_cfg = build(RunConfig, run_values, "run")
+    if run_cfg.sync_actors and run_cfg.publish_every != 1:  # actors would wait for weights never sent
+        raise ConfigError("run.sync_actors needs run.publish_every=1 (actors wait for every update's weights)")
     algo_values = {**file.algo, **overrides["algo"]}
     build(module.Args, algo_values, "algo")  # type-check now, not in a child process
     envs.check_env_id(env)

@@ -54,6 +54,9 @@ class RunConfig:
     """Wall-clock limit for the learner (None: no limit)."""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments for gymnasium.make, e.g. {continuous: true} (--set run.env_kwargs='{...}')."""
+    sync_actors: bool = False
+    """Each actor waits for newer weights after pushing a segment (synchronous on-policy training:
+    no stale unrolls). The algorithm's batch must not exceed actors x num_envs unrolls."""
     normalize_obs: bool = False
     """Normalize observations by running mean and std (kept by the learner, shipped with the weights)."""
     normalize_reward: bool = False

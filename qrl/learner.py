@@ -124,7 +124,8 @@ class LearnerRun:
         return {"run_id": self.run_id, "algo": self.opts.algo, "env": self.opts.env,
                 "env_kwargs": c.env_kwargs, "wrappers": c.wrappers,
                 "args": dataclasses.asdict(self.args),
-                "run": {"num_envs": c.num_envs, "segment_length": c.segment_length, "seed": c.seed}}
+                "run": {"num_envs": c.num_envs, "segment_length": c.segment_length, "seed": c.seed,
+                        "sync_actors": c.sync_actors}}
 
     def connect(self, ctx: zmq.Context) -> None:
         self.ctx = ctx

@@ -30,6 +30,7 @@ TARGETS = {
     ("apex", "CartPole-v1"): (475.0, 50_000),
     ("ql", "qrl/Grid-v0"): (0.9, 100_000),
     ("ppo", "CartPole-v1"): (500.0, 100_000),
+    ("ppo", "Pendulum-v1"): (-200.0, 100_000),
     ("impala", "CartPole-v1"): (475.0, 200_000),
     ("sac", "Pendulum-v1"): (-200.0, 20_000),
     ("td3", "Pendulum-v1"): (-200.0, 20_000),

@@ -18,12 +18,12 @@ SMOKE = [  # (algorithm, environment, extra overrides); continuous-action algori
     ("apex", "CartPole-v1", ["algo.learning_starts=256"]),
     ("ql", "qrl/Grid-v0", []),
     ("ppo", "CartPole-v1", []),
-    ("ppo", "Pendulum-v1", []),
+    ("ppo", "Pendulum-v1", ["run.sync_actors=true", "run.publish_every=1", "algo.batch_size=4"]),
     ("impala", "CartPole-v1", []),
-    ("ddpg", "Pendulum-v1", ["algo.learning_starts=256", "algo.random_frames=256"]),
-    ("td3", "Pendulum-v1", ["algo.learning_starts=256", "algo.random_frames=256"]),
-    ("sac", "Pendulum-v1", ["algo.learning_starts=256"]),
-    ("sac", "CartPole-v1", ["algo.learning_starts=256"]),  # the discrete-action variant
+    ("ddpg", "Pendulum-v1", ["algo.learning_starts=256", "algo.random_frames=256", "algo.hidden=[64, 64]"]),
+    ("td3", "Pendulum-v1", ["algo.learning_starts=256", "algo.random_frames=256", "algo.hidden=[64, 64]"]),
+    ("sac", "Pendulum-v1", ["algo.learning_starts=256", "algo.hidden=[64, 64]"]),
+    ("sac", "CartPole-v1", ["algo.learning_starts=256", "algo.hidden=[64, 64]"]),  # the discrete-action variant
 ]
 
 
@@ -55,6 +55,8 @@ def test_smoke(algo, env, sets, procs, tmp_path):
             assert stats["priority_updates"] > 0
         if algo in ("ppo", "impala"):  # the on-policy queue: served once, lag reported
             assert stats["served_policy_lag"] is not None
+        if "run.sync_actors=true" in sets:  # actors wait for each update: nothing goes stale
+            assert stats["dropped_stale"] == 0 and stats["served_policy_lag"] <= 1.0
         client.close()
     finally:
         ctx.destroy(linger=0)

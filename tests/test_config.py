@@ -100,3 +100,9 @@ def test_the_saved_yaml_reads_back_as_the_same_config(tmp_path):
     f.write_text(to_yaml(r.algo, r.env, r.run, build(dqn.Args, r.algo_values, "algo")))
     again = cli._resolve(str(f), None, None, ())
     assert again.run == r.run and build(dqn.Args, again.algo_values, "algo") == build(dqn.Args, r.algo_values, "algo")
+
+
+def test_synchronous_actors_need_weights_after_every_update():
+    with pytest.raises(ConfigError, match="run.sync_actors needs run.publish_every=1"):
+        cli._resolve(None, "dqn", "CartPole-v1", ("run.sync_actors=true",))
+    assert cli._resolve(None, "ppo", "CartPole-v1", ("run.sync_actors=true",)).run.publish_every == 1
