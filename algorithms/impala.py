@@ -10,17 +10,14 @@ Reference: Espeholt et al. 2018.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
 
 from qrl import ops
 from qrl.algorithms import ppo
-from qrl.algorithms.ppo import act, greedy_act, init_actor, make_items, make_policy, rollout_overlap  # noqa: F401
-from qrl.brokers.tables import TableConfig
+from qrl.algorithms.ppo import (act, greedy_act, init_actor, make_items, make_policy,  # noqa: F401
+                                rollout_overlap, table_config)
 
 
 @dataclass(frozen=True)
@@ -44,17 +41,8 @@ class Args(ppo.Args):
 RUN_DEFAULTS = {"publish_every": 1}
 
 
-def table_config(args: Args) -> TableConfig:
-    return TableConfig(capacity=args.queue_capacity, sampler="fifo", min_size=0, samples_per_insert=0.0,
-                       max_policy_lag=args.max_policy_lag)
-
-
-class Learner:
-    def __init__(self, obs_space: gym.Space, action_space: gym.Space, args: Args, device: torch.device):
-        self.args, self.device = args, device
-        self.net = make_policy(obs_space, action_space, args).to(device)
-        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=args.lr)
-        self.updates = 0
+class Learner(ppo.Learner):
+    """PPO's network, optimizer and checkpointing; one V-trace actor-critic step per batch."""
 
     def update(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
         a = self.args
@@ -86,14 +74,3 @@ class Learner:
         rho = torch.exp(logp.detach() - t["logp"])
         return {"policy_loss": policy_loss.item(), "value_loss": value_loss.item(), "entropy": entropy.item(),
                 "rho_mean": rho.mean().item()}
-
-    def policy_state(self) -> dict[str, np.ndarray]:
-        return {k: v.detach().to("cpu", copy=True).numpy() for k, v in self.net.state_dict().items()}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict(), "updates": self.updates}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.net.load_state_dict(state["net"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.updates = state["updates"]

@@ -23,8 +23,7 @@ from torch import nn
 from qrl import ops
 from qrl.algorithm import Rollout
 from qrl.algorithms import dqn
-from qrl.algorithms.ddpg import mlp
-from qrl.brokers.tables import TableConfig
+from qrl.algorithms.ddpg import mlp, table_config  # noqa: F401  (the same replay table and ratio)
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 
@@ -46,12 +45,6 @@ class Args:
     """Discrete actions: target entropy = this * log |A| (continuous: -|A|)."""
     random_frames: int = 100
     """Each actor's first frames use uniformly random actions."""
-
-
-def table_config(args: Args) -> TableConfig:
-    spi = args.updates_per_step * args.batch_size
-    return TableConfig(capacity=args.buffer_size, sampler="uniform", min_size=args.learning_starts,
-                       samples_per_insert=spi, tolerance=max(args.batch_size, 64 * spi) if spi else 0.0)
 
 
 # -- networks ---------------------------------------------------------------------------------

@@ -246,7 +246,7 @@ class Broker:
         s = self.stats
         a = s.actors.setdefault(actor_id, {"segments": 0, "frames": 0, "seq": -1, "policy_version": -1,
                                            "incarnation": None, "incarnations": 0, "gaps": 0, "duplicates": 0,
-                                           "seqs": {}})
+                                           "seqs": {}, "frames_per_s": 0.0})
         # Sequence accounting per actor incarnation (a restarted worker starts again at 0):
         # a jump forward is segments lost on the way, a step back a duplicate, dropped here.
         # A killed worker's last segments can still arrive after its successor's first ones,
