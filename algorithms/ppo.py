@@ -50,7 +50,12 @@ class Args:
     max_policy_lag: int = 4
     """Unrolls made by weights older than this many versions are dropped (and counted)."""
     log_std_init: float = 0.0
-    """Continuous actions: initial log standard deviation (state-independent, learned)."""
+    """Continuous actions: initial log standard deviation (learned)."""
+    use_sde: bool = False
+    """Continuous actions: generalized state-dependent exploration (gSDE): the noise is a linear
+    function of the policy's last hidden features, with weights resampled every sde_sample_freq
+    steps, instead of independent Gaussian noise at every step (Raffin et al. 2022)."""
+    sde_sample_freq: int = 4
 
 
 # One PPO iteration per learner update: every update's weights go to the actors.
@@ -74,19 +79,29 @@ def mlp(inputs: int, hidden: int, outputs: int, out_gain: float) -> nn.Sequentia
 
 
 class ActorCritic(nn.Module):
-    def __init__(self, obs_dim: int, action_space: gym.Space, hidden: int, log_std_init: float):
+    def __init__(self, obs_dim: int, action_space: gym.Space, hidden: int, log_std_init: float, sde: bool = False):
         super().__init__()
         self.continuous = isinstance(action_space, gym.spaces.Box)
+        self.sde = sde and self.continuous
         n_out = int(np.prod(action_space.shape)) if self.continuous else int(action_space.n)
         self.policy = mlp(obs_dim, hidden, n_out, 0.01)
         self.value = mlp(obs_dim, hidden, 1, 1.0)
         if self.continuous:
-            self.log_std = nn.Parameter(torch.full((n_out,), log_std_init))
+            # gSDE: one log std per (hidden feature, action dimension); else one per action dimension.
+            self.log_std = nn.Parameter(torch.full((hidden, n_out) if self.sde else (n_out,), log_std_init))
             self.register_buffer("low", torch.as_tensor(action_space.low, dtype=torch.float32))
             self.register_buffer("high", torch.as_tensor(action_space.high, dtype=torch.float32))
 
+    def features(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(last hidden features, policy output)."""
+        latent = self.policy[:-1](obs.flatten(1).float())
+        return latent, self.policy[-1](latent)
+
     def distribution(self, obs: torch.Tensor) -> torch.distributions.Distribution:
-        out = self.policy(obs.flatten(1).float())
+        latent, out = self.features(obs)
+        if self.sde:  # the action noise latent @ W, W ~ N(0, std^2), has variance latent^2 @ std^2
+            variance = (latent.detach() ** 2) @ (self.log_std.exp() ** 2)
+            return torch.distributions.Normal(out, torch.sqrt(variance + 1e-6))
         if self.continuous:
             return torch.distributions.Normal(out, self.log_std.exp().expand_as(out))
         return torch.distributions.Categorical(logits=out)
@@ -102,7 +117,7 @@ class ActorCritic(nn.Module):
 def make_policy(obs_space: gym.Space, action_space: gym.Space, args: Args) -> ActorCritic:
     if not isinstance(action_space, (gym.spaces.Discrete, gym.spaces.Box)):
         raise ValueError(f"ppo needs Discrete or Box actions, got {action_space}")
-    return ActorCritic(int(np.prod(obs_space.shape)), action_space, args.hidden, args.log_std_init)
+    return ActorCritic(int(np.prod(obs_space.shape)), action_space, args.hidden, args.log_std_init, args.use_sde)
 
 
 # -- actor side -------------------------------------------------------------------------------
@@ -114,6 +129,8 @@ def rollout_overlap(args: Args) -> int:
 @dataclass
 class ActorState:
     generator: torch.Generator
+    steps: int = 0
+    sde_weights: torch.Tensor | None = None  # gSDE: [num_envs, hidden, action_dim], resampled periodically
 
 
 def init_actor(index: int, count: int, num_envs: int, args: Args, seed: int) -> ActorState:
@@ -128,11 +145,18 @@ def _env_action(net: ActorCritic, action: torch.Tensor) -> np.ndarray:
 def act(net: ActorCritic, obs: np.ndarray, state: ActorState, args: Args) -> tuple[np.ndarray, dict[str, Any]]:
     with torch.inference_mode():
         dist = net.distribution(torch.as_tensor(obs))
-        if net.continuous:
+        if net.sde:
+            if state.steps % args.sde_sample_freq == 0 or state.sde_weights is None:
+                std = net.log_std.exp()
+                state.sde_weights = std * torch.randn((len(obs),) + std.shape, generator=state.generator)
+            latent, _ = net.features(torch.as_tensor(obs))
+            action = dist.mean + torch.einsum("bh,bha->ba", latent, state.sde_weights)
+        elif net.continuous:
             action = dist.mean + dist.stddev * torch.randn(dist.mean.shape, generator=state.generator)
         else:
             action = torch.multinomial(dist.probs, 1, generator=state.generator).squeeze(1)
         logp = net.log_prob(dist, action)
+    state.steps += 1
     extras = {"logp": logp.numpy().astype(np.float32)}
     if net.continuous:
         extras["raw_action"] = action.numpy().astype(np.float32)

@@ -18,7 +18,7 @@ SMOKE = [  # (algorithm, environment, extra overrides); continuous-action algori
     ("apex", "CartPole-v1", ["algo.learning_starts=256"]),
     ("ql", "qrl/Grid-v0", []),
     ("ppo", "CartPole-v1", []),
-    ("ppo", "Pendulum-v1", ["run.sync_actors=true", "run.publish_every=1", "algo.batch_size=4"]),
+    ("ppo", "Pendulum-v1", ["run.sync_actors=true", "run.publish_every=1", "algo.batch_size=4", "algo.use_sde=true"]),
     ("impala", "CartPole-v1", []),
     ("ddpg", "Pendulum-v1", ["algo.learning_starts=256", "algo.random_frames=256", "algo.hidden=[64, 64]"]),
     ("td3", "Pendulum-v1", ["algo.learning_starts=256", "algo.random_frames=256", "algo.hidden=[64, 64]"]),

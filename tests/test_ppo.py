@@ -69,3 +69,18 @@ def test_an_impala_update_follows_the_v_trace_policy_gradient():
     with torch.no_grad():
         p1 = learner.net.distribution(torch.zeros(1, 2)).probs[0, 1].item()
     assert p1 > p0 + 0.05 and learner.updates == 5 and metrics["rho_mean"] > 0
+
+
+def test_gsde_noise_is_held_for_sde_sample_freq_steps_and_matches_its_variance():
+    space = gym.spaces.Box(-10.0, 10.0, (2,), np.float32)
+    args = ppo.Args(use_sde=True, sde_sample_freq=3, log_std_init=-1.0)
+    net = ppo.make_policy(gym.spaces.Box(-1, 1, (3,)), space, args)
+    state = ppo.init_actor(0, 1, 2, args, seed=0)
+    obs = np.random.default_rng(0).normal(size=(2, 3)).astype(np.float32)
+    actions = [ppo.act(net, obs, state, args)[0] for _ in range(4)]
+    np.testing.assert_allclose(actions[0], actions[2])  # same observation, same exploration weights
+    assert not np.allclose(actions[2], actions[3])  # resampled at step 3
+    with torch.no_grad():
+        latent, _ = net.features(torch.as_tensor(obs))
+        expected = (latent**2) @ (net.log_std.exp() ** 2)
+        np.testing.assert_allclose(net.distribution(torch.as_tensor(obs)).variance, expected + 1e-6, rtol=1e-5)
