@@ -80,9 +80,10 @@ class Broker:
             self.auth = transport.start_authenticator(self.ctx, cfg.keys)
         self.limits = wire.Limits(max_message_bytes=cfg.max_message_bytes)
         self.service = transport.socket(self.ctx, zmq.ROUTER)
-        # No heartbeats on ingest: its input is held back by the rate limiter, and libzmq 4.3.5
-        # aborts the process when a heartbeat meets a stopped input whose peer died (see
-        # transport.socket). A dead actor needs no detecting here; its PUSH side keeps heartbeats.
+        # No heartbeats on ingest (nor on the actors' side, qrl.actor.ingest_socket): its input is
+        # held back by the rate limiter, and libzmq 4.3.5 aborts the process when a heartbeat
+        # meets a stopped input whose peer died (see transport.socket). A dead actor needs no
+        # detecting here; a dead broker shows as a TCP reset on the actor's side.
         self.ingest = transport.socket(self.ctx, zmq.PULL, heartbeats=False)
         self.ingest.setsockopt(zmq.MAXMSGSIZE, cfg.max_message_bytes)
         self.ingest.setsockopt(zmq.RCVHWM, cfg.ingest_hwm)

@@ -4,7 +4,8 @@ updating or sampling, whatever the batch size.
 The tree is an array of 2 * L nodes for L leaves (L a power of two >= capacity): node 1 is the
 root, node i has children 2i and 2i + 1, leaf j is node L + j. A batch of updates writes its
 leaves, then recomputes the parents of all touched nodes one level at a time (log2 L numpy
-operations; a parent shared by several updates is recomputed more than once, to the same value). A batch of prefix-sum queries descends all levels at once the same way.
+operations; a parent shared by several updates is recomputed more than once, to the same
+value). A batch of prefix-sum queries descends all levels at once the same way.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 class SegmentTree:
     def __init__(self, capacity: int, op: np.ufunc, neutral: float):
         self.leaves = 1 << max(0, int(capacity - 1).bit_length())
-        self.op, self.neutral = op, neutral
+        self.op = op
         self.nodes = np.full(2 * self.leaves, neutral, dtype=np.float64)
 
     def update(self, index: np.ndarray, value: np.ndarray) -> None:

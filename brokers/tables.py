@@ -232,7 +232,7 @@ class ReplayTable:
 
 class _QueueLimiter:
     """A FIFO queue's flow control: actors are held back while the queue is full, the learner
-    while fewer than a batch of fresh items are queued."""
+    while fewer than a batch of items are queued."""
 
     def __init__(self, queue: "QueueTable"):
         self.queue = queue
@@ -244,7 +244,7 @@ class _QueueLimiter:
         return q.size + q.last_insert <= q.cfg.capacity
 
     def can_sample(self, size: int, batch_size: int) -> bool:
-        return self.queue.fresh_count() >= max(batch_size, 1)
+        return size >= max(batch_size, 1)  # the broker drops stale items first (QueueTable.drop_stale)
 
 
 class QueueTable(ReplayTable):
@@ -310,9 +310,6 @@ class QueueTable(ReplayTable):
             self.size = len(keep)
             self.dropped_stale += stale
         return stale
-
-    def fresh_count(self) -> int:
-        return self.size
 
     def sample(self, batch_size: int, beta: float = 1.0):
         """The oldest batch_size items, removed from the queue (call drop_stale first)."""

@@ -48,21 +48,16 @@ def train(algo: str = "dqn", env: str = "CartPole-v1", actors: int = 4, steps: i
     Raises ConfigError (bad key, algorithm or env) before anything starts, RuntimeError if the
     learner fails."""
     from qrl import cli
-    from qrl.cluster import run_local
+    from qrl.cluster import learner_args, run_local
     from qrl.metrics import read
 
     sets = tuple(_overrides(config))
     resolved = cli._resolve(str(config_file) if config_file else None, algo, env, sets, seed=seed,
                             total_steps=steps, target_return=target_return)
     run_dir = Path(run_dir or cli._default_run_dir(resolved.algo, resolved.env))
-    learner_args = [f"--set={s}" for s in sets]
-    for flag, value in (("--config", config_file), ("--seed", seed), ("--total-steps", steps),
-                        ("--target-return", target_return)):
-        if value is not None:
-            learner_args += [flag, str(value)]
-    if not progress:
-        learner_args.append("--no-progress")
-    code = run_local(resolved.algo, resolved.env, actors, run_dir, learner_args)
+    passed_on = learner_args(sets, config=config_file, seed=seed, total_steps=steps, target_return=target_return,
+                             no_progress=not progress)
+    code = run_local(resolved.algo, resolved.env, actors, run_dir, passed_on)
     if code != 0:
         raise RuntimeError(f"the learner exited with code {code}; see {run_dir}")
     summary = json.loads((run_dir / "summary.json").read_text())

@@ -241,21 +241,15 @@ def run(config, algo, env_id, seed, total_steps, target_return, run_dir, no_prog
     r = _resolve(config, algo, env_id, sets, seed=seed, total_steps=total_steps, target_return=target_return)
     if resume and not run_dir:
         raise UserError("run: --resume needs --run-dir")
-    from qrl.cluster import ClusterError, run_local
+    from qrl.cluster import ClusterError, learner_args, run_local
 
     actors = actors or r.actors or 4
-    learner_args = [f"--set={s}" for s in sets]
-    for flag, value in (("--config", config), ("--seed", seed), ("--total-steps", total_steps),
-                        ("--target-return", target_return)):
-        if value is not None:
-            learner_args += [flag, str(value)]
-    for flag, on in (("--no-progress", no_progress), ("--resume", resume), ("--tensorboard", tensorboard)):
-        if on:
-            learner_args.append(flag)
+    passed_on = learner_args(sets, config=config, seed=seed, total_steps=total_steps, target_return=target_return,
+                             no_progress=no_progress, resume=resume, tensorboard=tensorboard)
     key_args = ("--keys", keys) if keys else ()
     try:
         code = run_local(r.algo, r.env, actors, Path(run_dir or _default_run_dir(r.algo, r.env)),
-                         [*learner_args, *key_args], key_args)
+                         [*passed_on, *key_args], key_args)
     except ClusterError as exc:
         raise click.ClickException(f"run: {exc}") from None
     sys.exit(code)

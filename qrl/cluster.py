@@ -66,6 +66,21 @@ def stop(procs: list[subprocess.Popen], grace_s: float = 10.0) -> None:
             p.wait(5)
 
 
+def learner_args(sets: tuple[str, ...] = (), *, config: str | Path | None = None, seed: int | None = None,
+                 total_steps: int | None = None, target_return: float | None = None, no_progress: bool = False,
+                 resume: bool = False, tensorboard: bool = False) -> list[str]:
+    """The `qrl learner` arguments that carry a run's options (what `qrl run` and `qrl.train` pass on)."""
+    args = [f"--set={s}" for s in sets]
+    for flag, value in (("--config", config), ("--seed", seed), ("--total-steps", total_steps),
+                        ("--target-return", target_return)):
+        if value is not None:
+            args += [flag, str(value)]
+    for flag, on in (("--no-progress", no_progress), ("--resume", resume), ("--tensorboard", tensorboard)):
+        if on:
+            args.append(flag)
+    return args
+
+
 def run_local(algo: str, env: str, actors: int, run_dir: Path, learner_args: list[str],
               key_args: tuple[str, ...] = ()) -> int:
     """Run a whole training job; return the learner's exit code.

@@ -16,6 +16,11 @@ import numpy as np
 PREFIX = "_norm/"
 
 
+def standardize(obs: np.ndarray, mean: np.ndarray, var: np.ndarray, clip: float, eps: float) -> np.ndarray:
+    """(obs - mean) / std, clipped to [-clip, clip]: the same on learner, actors and evaluation."""
+    return np.clip((np.asarray(obs, np.float64) - mean) / np.sqrt(var + eps), -clip, clip).astype(np.float32)
+
+
 class RunningMeanStd:
     """Mean and variance of everything seen so far, merged batch by batch (Chan et al. 1979)."""
 
@@ -45,8 +50,7 @@ class Normalizer:
     def normalize_obs(self, obs: np.ndarray) -> np.ndarray:
         if self.obs is None:
             return obs
-        z = (np.asarray(obs, np.float64) - self.obs.mean) / np.sqrt(self.obs.var + self.eps)
-        return np.clip(z, -self.clip, self.clip).astype(np.float32)
+        return standardize(obs, self.obs.mean, self.obs.var, self.clip, self.eps)
 
     def process_batch(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Update the statistics from a batch of raw items, then return it normalized."""
@@ -102,4 +106,4 @@ class ActorNormalizer:
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         if self.mean is None:
             return obs
-        return np.clip((obs - self.mean) / np.sqrt(self.var + self.eps), -self.clip, self.clip).astype(np.float32)
+        return standardize(obs, self.mean, self.var, self.clip, self.eps)

@@ -14,6 +14,7 @@ import zmq
 import qrl
 from qrl.metrics import read
 from qrl.transport import Client
+from conftest import wait_for
 
 pytestmark = pytest.mark.slow
 CONFIGS = Path(__file__).parent.parent / "configs"
@@ -124,20 +125,31 @@ def test_the_python_api_trains_and_evaluates(tmp_path):
         qrl.train("ql", "qrl/Grid-v0", config={"algo.learning_rate": 1})
 
 
-def test_status_shows_the_brokers_view(procs, tmp_path):
-    _, address = procs.start_broker()
-    procs.start("actors", "actor", "--n", "2", "--broker", address)
+def start_endless_grid_learner(procs, address, run_dir):
+    """A learner on the grid preset that never reaches its target (so it keeps serving)."""
     procs.start("learner", "learner", "--config", str(CONFIGS / "ql-Grid-v0.yaml"), "--broker", address,
-                "--run-dir", str(tmp_path / "run"), "--no-progress", "--target-return", "2")
+                "--run-dir", str(run_dir), "--no-progress", "--target-return", "2")
+
+
+def wait_for_actors(address, n):
+    """The broker's per-actor stats once n actors have pushed."""
     ctx = zmq.Context()
     try:
         client = Client(ctx, address, "test")
-        from conftest import wait_for
-
-        wait_for(lambda: len(client.request("get_stats", wait_s=15).meta["per_actor"]) == 2, 60, "two actors")
+        per_actor = lambda: client.request("get_stats", wait_s=15).meta["per_actor"]
+        wait_for(lambda: len(per_actor()) == n, 60, f"{n} actors")
+        stats = per_actor()
         client.close()
+        return stats
     finally:
         ctx.destroy(linger=0)
+
+
+def test_status_shows_the_brokers_view(procs, tmp_path):
+    _, address = procs.start_broker()
+    procs.start("actors", "actor", "--n", "2", "--broker", address)
+    start_endless_grid_learner(procs, address, tmp_path / "run")
+    wait_for_actors(address, 2)
     out = qrl_cmd("status", "--broker", address, "--json")
     assert out.returncode == 0, out.stderr
     stats = json.loads(out.stdout)
@@ -152,16 +164,6 @@ def test_replicas_of_one_actor_command_get_distinct_ids_from_the_broker(procs, t
     for replica in range(2):
         procs.start(f"actors-{replica}", "actor", "--n", "2", "--first-id", "auto", "--total", "4",
                     "--broker", address)
-    procs.start("learner", "learner", "--config", str(CONFIGS / "ql-Grid-v0.yaml"), "--broker", address,
-                "--run-dir", str(tmp_path / "run"), "--no-progress", "--target-return", "2")
-    ctx = zmq.Context()
-    try:
-        client = Client(ctx, address, "test")
-        from conftest import wait_for
-
-        wait_for(lambda: len(client.request("get_stats", wait_s=15).meta["per_actor"]) == 4, 60, "four actors")
-        per_actor = client.request("get_stats", wait_s=15).meta["per_actor"]
-        assert set(per_actor) == {"0", "1", "2", "3"} and all(a["incarnations"] == 1 for a in per_actor.values())
-        client.close()
-    finally:
-        ctx.destroy(linger=0)
+    start_endless_grid_learner(procs, address, tmp_path / "run")
+    per_actor = wait_for_actors(address, 4)
+    assert set(per_actor) == {"0", "1", "2", "3"} and all(a["incarnations"] == 1 for a in per_actor.values())
