@@ -80,6 +80,10 @@ class Broker:
             self.auth = transport.start_authenticator(self.ctx, cfg.keys)
         self.limits = wire.Limits(max_message_bytes=cfg.max_message_bytes)
         self.service = transport.socket(self.ctx, zmq.ROUTER)
+        # A client that sets its own routing id (the learner's sampler) and reconnects, e.g. after
+        # a pause longer than the heartbeat timeout, takes its id over: the batches for the
+        # requests it left pending here reach the new connection instead of being dropped.
+        self.service.setsockopt(zmq.ROUTER_HANDOVER, 1)
         # No heartbeats on ingest (nor on the actors' side, qrl.actor.ingest_socket): its input is
         # held back by the rate limiter, and libzmq 4.3.5 aborts the process when a heartbeat
         # meets a stopped input whose peer died (see transport.socket). A dead actor needs no
@@ -299,7 +303,7 @@ class Broker:
             "get_spec": self._on_get_spec,
             "get_weights": self._on_get_weights,
             "sample": self._on_sample,
-            "get_stats": lambda ident, m, r: self._reply(ident, "stats", {"req": r, **self.stats_summary()}),
+            "get_stats": self._on_get_stats,
             "flush": self._on_flush,
             "update_priorities": self._on_update_priorities,
             "claim_ids": self._on_claim_ids,
@@ -308,6 +312,17 @@ class Broker:
             self._reject("service", "unexpected_type", msg.type)
             return self._reply(identity, "error", {"req": req, "reason": f"unexpected message type {msg.type}"})
         handler(identity, msg, req)
+
+    def _on_get_stats(self, identity, msg: wire.Message, req) -> None:
+        extra = {}
+        sampler = msg.meta.get("sampler")
+        if isinstance(sampler, str) and len(sampler) <= 64:
+            # The learner asks which of its sample requests are held here (still waiting for data),
+            # so it can tell requests lost with a dropped connection from requests merely waiting.
+            sampler_id = sampler.encode()
+            extra["sampler_pending"] = [r for ident, r, *_ in self.pending
+                                       if isinstance(r, int) and ident.bytes == sampler_id]
+        self._reply(identity, "stats", {"req": req, **self.stats_summary(), **extra})
 
     def _reply(self, identity, msg_type: str, meta: dict, arrays: dict | None = None) -> None:
         self.service.send_multipart([identity, *wire.encode(msg_type, meta, arrays)], copy=False)

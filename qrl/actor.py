@@ -25,6 +25,7 @@ import zmq
 
 from qrl import algorithm, envs, normalize, transport, wire
 from qrl.config import build
+from qrl.lifetime import die_with_parent
 
 log = logging.getLogger("qrl.actor")
 
@@ -49,6 +50,10 @@ class ActorConfig:
     """Kernel send buffer (SO_SNDBUF) of the PUSH socket. Every queued segment was made by an
     older policy: loopback's auto-tuned buffers (megabytes) let a fast actor run tens of
     segments ahead of what the broker has taken, so the learner trained on stale data."""
+    give_up_after: int = 0
+    """Stop the supervisor (exit 1, with the last error) when a worker has failed this many times
+    in a row within YOUNG_S of its start; 0: keep restarting (crash-only, as under Kubernetes).
+    `qrl run` sets it, so a broken setting ends the run instead of a silent crash loop."""
 
 
 def ingest_socket(ctx: zmq.Context, cfg: ActorConfig) -> zmq.Socket:
@@ -260,10 +265,11 @@ class Worker:
         return int(msg.meta["version"])
 
 
-def _worker_main(cfg: ActorConfig, actor_id: int) -> None:
+def _worker_main(cfg: ActorConfig, actor_id: int, supervisor_pid: int, errors_fd: int) -> None:
     # Ctrl-C reaches the whole process group; the supervisor decides what happens,
     # and it stops workers with SIGTERM, which finishes the current push cleanly.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(supervisor_pid)  # a SIGKILLed supervisor leaves no worker behind
     worker = Worker(cfg, actor_id)
     signal.signal(signal.SIGTERM, lambda *_: setattr(worker, "stopping", True))
     code = 0
@@ -277,7 +283,11 @@ def _worker_main(cfg: ActorConfig, actor_id: int) -> None:
         log.warning("actor %d: %s; restarting", actor_id, exc)
         code = 3
     except Exception as exc:
-        log.error("actor %d: failed: %s: %s", actor_id, type(exc).__name__, exc)
+        error = f"{type(exc).__name__}: {exc}"
+        log.error("actor %d: failed: %s", actor_id, error)
+        # One line to the supervisor, which reports it if this worker keeps failing (a write of
+        # under PIPE_BUF bytes to a pipe is atomic, so workers' lines never interleave).
+        os.write(errors_fd, f"{actor_id}\t{error}"[:1000].replace("\n", " ").encode() + b"\n")
         code = 1
     # scripts/load_test.py checks these counts against the broker's
     log.info("actor %d: incarnation %s sent %d segments", actor_id, worker.incarnation, worker.sent)
@@ -285,9 +295,20 @@ def _worker_main(cfg: ActorConfig, actor_id: int) -> None:
         os._exit(code)
 
 
+class ActorsFailed(RuntimeError):
+    """A worker kept failing at start (ActorConfig.give_up_after): the supervisor gave up."""
+
+
+YOUNG_S = 10.0
+"""A worker that exits within this many seconds of its start is dying young: its restart backs off."""
+FIRST_BACKOFF_S, MAX_BACKOFF_S = 0.1, 5.0
+
+
 class Supervisor:
-    """Keeps N workers alive: a worker that dies is restarted after a backoff
-    that starts at 0.1 s and doubles (to 10 s) while it keeps dying young."""
+    """Keeps N workers alive. A worker that dies is restarted after a backoff that starts at
+    FIRST_BACKOFF_S and doubles (to MAX_BACKOFF_S) while it keeps dying young; one log line per
+    death says when it comes back, and a worker that fails young again and again is named as such,
+    with its last error (sent up a pipe), or ends the supervisor with ActorsFailed."""
 
     def __init__(self, cfg: ActorConfig):
         self.cfg = cfg
@@ -295,15 +316,52 @@ class Supervisor:
         self.procs: dict[int, Any] = {}
         self.started_at: dict[int, float] = {}
         self.backoff: dict[int, float] = {}
-        self.restart_at: dict[int, float] = {}
+        self.restart_at: dict[int, float] = {}  # worker id -> when its pending restart is due
+        self.failures_in_a_row: dict[int, int] = {}  # young deaths with an error, per worker
+        self.last_error: dict[int, str] = {}
         self.restarts = 0
         self.stopping = False
+        self.errors_r, self.errors_w = os.pipe()
+        os.set_blocking(self.errors_r, False)
 
     def start(self, actor_id: int) -> None:
-        p = self.mp.Process(target=_worker_main, args=(self.cfg, actor_id), name=f"qrl-actor-{actor_id}", daemon=True)
+        p = self.mp.Process(target=_worker_main, args=(self.cfg, actor_id, os.getpid(), self.errors_w),
+                            name=f"qrl-actor-{actor_id}", daemon=True)
         p.start()
         self.procs[actor_id] = p
         self.started_at[actor_id] = time.monotonic()
+
+    def _read_errors(self) -> None:
+        try:
+            data = os.read(self.errors_r, 1 << 16)
+        except BlockingIOError:
+            return
+        for line in data.decode(errors="replace").splitlines():
+            worker, _, error = line.partition("\t")
+            if worker.isdigit():
+                self.last_error[int(worker)] = error
+
+    def _on_exit(self, i: int, exitcode: int | None, now: float) -> None:
+        """A worker died: schedule its restart (once) and say so, or give up."""
+        self._read_errors()
+        lived = now - self.started_at[i]
+        young = lived < YOUNG_S
+        failed = exitcode is not None and exitcode > 0 and exitcode != 3  # 3: a new run, not a failure
+        self.failures_in_a_row[i] = self.failures_in_a_row.get(i, 0) + 1 if young and failed else 0
+        delay = min(MAX_BACKOFF_S, self.backoff.get(i, FIRST_BACKOFF_S / 2) * 2) if young else FIRST_BACKOFF_S
+        self.backoff[i] = delay
+        self.restart_at[i] = now + delay
+        how = f"exited with code {exitcode}" if exitcode is None or exitcode >= 0 else \
+            f"was killed by {signal.Signals(-exitcode).name}"
+        n = self.failures_in_a_row[i]
+        if n >= 2:
+            message = (f"worker {i} keeps dying young: failed {n} times in a row within {YOUNG_S:g} s of its "
+                       f"start; last error: {self.last_error.get(i, 'unknown')}")
+            if self.cfg.give_up_after and n >= self.cfg.give_up_after:
+                raise ActorsFailed(message)
+            log.error("actors: %s; restarting in %.1f s", message, delay)
+        else:
+            log.warning("actors: worker %d %s after %.1f s; restarting in %.1f s", i, how, lived, delay)
 
     def claim_ids(self) -> int:
         """A block of n unused actor ids from the broker (waiting for it like the workers do).
@@ -330,24 +388,22 @@ class Supervisor:
             self.start(i)
         log.info("actors: started %d workers (ids %d..%d), pids %s", self.cfg.n, ids[0], ids[-1],
                  [p.pid for p in self.procs.values()])
-        while not self.stopping:
-            time.sleep(0.1)
-            now = time.monotonic()
-            for i, p in list(self.procs.items()):
-                if p.is_alive() or self.stopping:
-                    continue
-                if i not in self.restart_at:
-                    lived = now - self.started_at[i]
-                    delay = 0.1 if lived > 30 else min(10.0, self.backoff.get(i, 0.05) * 2)
-                    self.backoff[i] = delay
-                    self.restart_at[i] = now + delay
-                    log.warning("actors: worker %d exited with code %s after %.1f s; restarting in %.1f s",
-                                i, p.exitcode, lived, delay)
-                elif now >= self.restart_at.pop(i):
-                    p.join(0)
-                    self.start(i)
-                    self.restarts += 1
-        self.shutdown()
+        try:
+            while not self.stopping:
+                time.sleep(0.02)
+                now = time.monotonic()
+                for i, p in list(self.procs.items()):
+                    if p.is_alive() or self.stopping:
+                        continue
+                    if i not in self.restart_at:
+                        p.join(0)
+                        self._on_exit(i, p.exitcode, now)
+                    elif now >= self.restart_at[i]:  # the restart is kept until it is due
+                        del self.restart_at[i]
+                        self.start(i)
+                        self.restarts += 1
+        finally:
+            self.shutdown()
 
     def shutdown(self, grace_s: float = 5.0) -> None:
         for p in self.procs.values():

@@ -83,7 +83,11 @@ def _resolve(config: str | None, algo: str | None, env: str | None, sets: tuple[
     if run_cfg.sync_actors and run_cfg.publish_every != 1:  # actors would wait for weights never sent
         raise ConfigError("run.sync_actors needs run.publish_every=1 (actors wait for every update's weights)")
     algo_values = {**file.algo, **overrides["algo"]}
-    build(module.Args, algo_values, "algo")  # type-check now, not in a child process
+    args = build(module.Args, algo_values, "algo")  # type- and range-check now, not in a child process
+    try:  # settings that only together make a table the broker can serve (e.g. the rate limiter's)
+        module.table_config(args).validate(getattr(args, "batch_size", None))
+    except ValueError as exc:
+        raise ConfigError(f"algo: {exc}") from None
     envs.check_env_id(env)
     for w in run_cfg.wrappers:
         envs._wrapper(w)
@@ -107,6 +111,9 @@ def _component_config(cls: type, section: str, sets: tuple[str, ...], **values):
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """qrl: distributed reinforcement learning over ZeroMQ (broker, actors, learner)."""
+    from qrl.lifetime import arm_from_env
+
+    arm_from_env()  # started by `qrl run` or `make cluster`: do not outlive it
 
 
 @main.command()

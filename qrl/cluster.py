@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from qrl.lifetime import child_env
+
 
 class ClusterError(RuntimeError):
     pass
@@ -34,7 +36,8 @@ def start_broker(run_dir: Path, host: str = "127.0.0.1", port: int = 0, timeout_
     address_file.unlink(missing_ok=True)
     with (run_dir / "broker.log").open("w") as log:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen(_qrl("broker", "--host", host, "--port", str(port), "--address-file",
-                                     str(address_file), *extra), stdout=log, stderr=subprocess.STDOUT)
+                                     str(address_file), *extra), stdout=log, stderr=subprocess.STDOUT,
+                                env=child_env())
     deadline = time.monotonic() + timeout_s
     while not address_file.exists():
         if proc.poll() is not None:
@@ -49,7 +52,7 @@ def start_broker(run_dir: Path, host: str = "127.0.0.1", port: int = 0, timeout_
 def start_actors(run_dir: Path, broker: str, n: int, extra: tuple[str, ...] = ()) -> subprocess.Popen:
     with (run_dir / "actors.log").open("w") as log:
         return subprocess.Popen(_qrl("actor", "--n", str(n), "--broker", broker, *extra),
-                                stdout=log, stderr=subprocess.STDOUT)
+                                stdout=log, stderr=subprocess.STDOUT, env=child_env())
 
 
 def stop(procs: list[subprocess.Popen], grace_s: float = 10.0) -> None:
@@ -101,7 +104,7 @@ def run_local(algo: str, env: str, actors: int, run_dir: Path, learner_args: lis
         procs.insert(0, actor_proc)
         print(f"qrl run: broker at {address}, {actors} actor processes, logs in {run_dir}", flush=True)
         learner = subprocess.Popen(_qrl("learner", "--algo", algo, "--env", env, "--broker", address,
-                                        "--run-dir", str(run_dir), *learner_args))
+                                        "--run-dir", str(run_dir), *learner_args), env=child_env())
         procs.insert(0, learner)  # stopped first, then actors, then the broker
         while learner.poll() is None:
             for p, name in ((broker, "broker"), (actor_proc, "actors")):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -118,8 +119,68 @@ def _check_value(key: str, value: Any, hint: Any) -> Any:
     raise ConfigError(f"{key}: {value!r} is not a {hint}")
 
 
+# -- ranges ----------------------------------------------------------------------------------------
+# Allowed values by field name. A name means the same thing in every section and every algorithm
+# (batch_size is always a count of items, gamma always a discount), so one table covers RunConfig,
+# each algorithm's Args and the broker and actor settings; tests/test_config.py fails when a
+# registered config has a numeric field with no rule here. Every float must also be finite.
+
+@dataclass(frozen=True)
+class Range:
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    """True: low itself is not allowed (lr > 0), False: it is (learning_starts >= 0)."""
+
+    def check(self, key: str, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            raise ConfigError(f"{key} must be {'>' if self.low_open else '>='} {self.low:g}, got {value!r}")
+        if self.high is not None and value > self.high:
+            raise ConfigError(f"{key} must be <= {self.high:g}, got {value!r}")
+
+
+COUNT, NON_NEGATIVE, POSITIVE, FRACTION = Range(1), Range(0), Range(0, low_open=True), Range(0, 1)
+ANY = Range()
+
+RANGES: dict[str, Range] = {
+    # run
+    "seed": Range(0, 2**32 - 1), "total_steps": COUNT, "target_return": ANY, "num_envs": Range(1, 4096),
+    "segment_length": Range(1, 1 << 20), "eval_every_frames": NON_NEGATIVE, "eval_every_s": POSITIVE,
+    "eval_episodes": Range(1, 100_000), "publish_every": COUNT, "checkpoint_every_s": POSITIVE,
+    "samples_in_flight": Range(1, 64), "learner_threads": Range(1, 1024), "max_seconds": POSITIVE,
+    # algorithms
+    "hidden": COUNT, "n_step": Range(1, 1000), "gamma": FRACTION, "lr": POSITIVE, "batch_size": COUNT,
+    "buffer_size": COUNT, "learning_starts": NON_NEGATIVE, "samples_per_insert": NON_NEGATIVE,
+    "target_tau": Range(0, 1, low_open=True), "target_update_every": COUNT, "max_grad_norm": NON_NEGATIVE,
+    "eps_base": FRACTION, "eps_alpha": NON_NEGATIVE, "eps_anneal_frames": NON_NEGATIVE,
+    "priority_exponent": Range(0, 10), "importance_exponent": FRACTION, "importance_anneal_updates": NON_NEGATIVE,
+    "updates_per_step": NON_NEGATIVE, "tau": Range(0, 1, low_open=True), "exploration_noise": NON_NEGATIVE,
+    "random_frames": NON_NEGATIVE, "policy_delay": COUNT, "target_noise": NON_NEGATIVE,
+    "target_noise_clip": NON_NEGATIVE, "ent_coef": NON_NEGATIVE, "vf_coef": NON_NEGATIVE,
+    "queue_capacity": COUNT, "max_policy_lag": NON_NEGATIVE, "rho_bar": POSITIVE, "c_bar": POSITIVE,
+    "anneal_updates": NON_NEGATIVE, "gae_lambda": FRACTION, "clip_range": POSITIVE, "clip_value": NON_NEGATIVE,
+    "epochs": COUNT, "minibatches": COUNT, "log_std_init": Range(-20, 20), "sde_sample_freq": COUNT,
+    "init_alpha": POSITIVE, "target_entropy_scale": ANY,
+    # broker and actors
+    "port": Range(0, 65535), "max_message_bytes": Range(1024), "ingest_hwm": COUNT, "ingest_buffer": NON_NEGATIVE,
+    "stats_interval_s": POSITIVE, "snapshot_every_s": POSITIVE, "n": Range(1, 1024), "first_id": NON_NEGATIVE,
+    "total": COUNT, "send_hwm": COUNT, "send_buffer": NON_NEGATIVE, "give_up_after": NON_NEGATIVE,
+}
+
+
+def check_range(key: str, value: Any) -> None:
+    """Raise ConfigError when a value is outside what its field name allows (lists: every element)."""
+    name = key.rpartition(".")[2]
+    for v in value if isinstance(value, (list, tuple)) else (value,):
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{key} must be a finite number, got {v!r}")
+        RANGES.get(name, ANY).check(key, v)
+
+
 def build(cls: type, values: Mapping[str, Any], section: str) -> Any:
-    """Instantiate a frozen config dataclass from a mapping, checking every key and type."""
+    """Instantiate a frozen config dataclass from a mapping, checking every key, type and range."""
     hints = typing.get_type_hints(cls)
     allowed = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -127,6 +188,7 @@ def build(cls: type, values: Mapping[str, Any], section: str) -> Any:
         if key not in hints:
             raise ConfigError(f"unknown config key '{section}.{key}'; allowed: {', '.join(section + '.' + a for a in allowed)}")
         kwargs[key] = _check_value(f"{section}.{key}", value, hints[key])
+        check_range(f"{section}.{key}", kwargs[key])
     return cls(**kwargs)
 
 

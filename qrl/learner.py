@@ -10,6 +10,7 @@ stops at the frame budget, the target return or a wall-clock limit.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import signal
@@ -29,6 +30,11 @@ from qrl.metrics import MetricsWriter, ProgressView
 from qrl.normalize import Normalizer
 
 log = logging.getLogger("qrl.learner")
+
+LOST_AFTER_S = 2.0
+"""A sample request older than this that the broker does not hold, on two stats checks in a row,
+was lost with a dropped connection (broker paused past the heartbeat timeout, connection cut):
+it is sent again."""
 
 
 @dataclass(frozen=True)
@@ -131,6 +137,9 @@ class LearnerRun:
         self.ctx = ctx
         self.client = transport.Client(ctx, self.opts.broker, "learner")
         self.pub = self.sampler = None
+        self._sample_reqs = itertools.count(1)
+        self.samples_resent = 0
+        self.last_publish = time.monotonic()
         self.register()
 
     def register(self) -> None:
@@ -150,8 +159,15 @@ class LearnerRun:
         self.pub = transport.socket(self.ctx, zmq.PUB, linger_ms=1000)
         self.pub.connect(f"tcp://{host}:{reply.meta['ports']['weights_in']}")
         # Requests in flight to a broker that restarted are gone: a new socket starts a new window.
+        # A fixed routing id: when a heartbeat timeout (broker paused) or a cut makes libzmq
+        # reconnect this socket, the broker (ROUTER_HANDOVER) sends the batches for the requests
+        # it holds to the new connection instead of dropping them.
         self.sampler = transport.socket(self.ctx, zmq.DEALER)
+        self.sampler_id = f"sampler-{uuid.uuid4().hex}"
+        self.sampler.setsockopt(zmq.ROUTING_ID, self.sampler_id.encode())
         self.sampler.connect(self.opts.broker)
+        self.outstanding: dict[int, float] = {}  # sample request id -> when it was sent
+        self.suspect_lost: set[int] = set()
         for _ in range(self.cfg.samples_in_flight):
             self.request_sample(getattr(self.args, "batch_size"))
 
@@ -159,7 +175,34 @@ class LearnerRun:
         # Algorithms with prioritized replay anneal the importance-sampling exponent (beta).
         options = self.algo.sample_options(self.args, self.learner.updates) if hasattr(
             self.algo, "sample_options") else {}
-        transport.send(self.sampler, "sample", {"batch_size": batch_size, **options})
+        req = next(self._sample_reqs)
+        transport.send(self.sampler, "sample", {"batch_size": batch_size, "req": req, **options})
+        self.outstanding[req] = time.monotonic()
+
+    def answered(self, reply: wire.Message) -> bool:
+        """Take a batch or refusal off the books; False for one whose request was already sent
+        again (its replacement keeps the window full, so it asks for no new sample)."""
+        return self.outstanding.pop(reply.meta.get("req"), None) is not None
+
+    def resend_lost_samples(self, held_by_broker: list[int]) -> None:
+        """Send again the sample requests the broker has not got (see LOST_AFTER_S). A request is
+        judged lost only on the second check in a row, so a batch still on its way is never
+        mistaken for a lost request; one that arrives late anyway is used (see answered)."""
+        now = time.monotonic()
+        if self.sampler.poll(0, zmq.POLLIN):  # replies wait to be read: nothing is stalled
+            self.suspect_lost.clear()
+            return
+        held = set(held_by_broker)
+        missing = {r for r, t in self.outstanding.items() if now - t > LOST_AFTER_S and r not in held}
+        lost, self.suspect_lost = missing & self.suspect_lost, missing - self.suspect_lost
+        if not lost:
+            return
+        log.warning("learner: %d sample request(s) lost on the way to the broker (connection dropped); sent again",
+                    len(lost))
+        for r in lost:
+            del self.outstanding[r]
+            self.request_sample(getattr(self.args, "batch_size"))
+        self.samples_resent += len(lost)
 
     def weights(self) -> dict[str, np.ndarray]:
         """What actors load: the policy's arrays, plus the observation statistics when normalizing."""
@@ -167,10 +210,12 @@ class LearnerRun:
 
     def publish(self) -> None:
         self.version += 1
+        self.last_publish = time.monotonic()
         transport.send(self.pub, "weights", {"version": self.version, "run_id": self.run_id}, self.weights())
 
     def broker_stats(self) -> dict[str, Any]:
-        reply = self.client.request("get_stats", wait_s=None, report=log.warning, should_stop=lambda: self.stopping)
+        reply = self.client.request("get_stats", {"sampler": self.sampler_id}, wait_s=None, report=log.warning,
+                                    should_stop=lambda: self.stopping)
         return reply.meta
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -227,7 +272,8 @@ class LearnerRun:
                     reply = wire.decode(raw)
                     if reply.type == "ok":  # an update_priorities acknowledgement, not a batch
                         continue
-                    self.request_sample(batch_size)
+                    if self.answered(reply):
+                        self.request_sample(batch_size)
                     if reply.type == "batch":
                         refusals = 0
                         batch = self.normalizer.process_batch(reply.arrays) if self.normalizer else reply.arrays
@@ -263,6 +309,13 @@ class LearnerRun:
                         continue
                     frames += max(0, stats["frames"] - broker_frames)
                     broker_frames = stats["frames"]
+                    # Liveness after a pause or a cut connection: requests the broker never got are
+                    # sent again, and weights it never got (a PUB drops what it cannot deliver) are
+                    # published again, or synchronous actors would wait for them forever.
+                    self.resend_lost_samples(stats.get("sampler_pending", []))
+                    if stats.get("weights_version", self.version) < self.version and now - self.last_publish > 1.0:
+                        log.warning("learner: the broker missed weights version %d; publishing again", self.version)
+                        self.publish()
                     dt = now - rate_t
                     updates_per_s = (self.learner.updates - last_updates) / dt
                     frames_per_s = (frames - last_frames) / dt
@@ -273,6 +326,7 @@ class LearnerRun:
                                   mean_return_100=stats.get("mean_return_100"), replay_size=stats.get("replay_size"),
                                   policy_lag=stats.get("policy_lag_100"), actors=stats.get("actors"),
                                   weights_version=self.version, wait_fraction=wait_s / max(elapsed(), 1e-9),
+                                  samples_resent=self.samples_resent,
                                   **train_metrics)
                 eval_due = (c.eval_every_frames and frames - last_eval_frames >= c.eval_every_frames) or (
                     c.eval_every_s is not None and now - last_eval >= c.eval_every_s)
