@@ -37,13 +37,25 @@ $(VENV)/.installed-bench: $(VENV)/.installed
 demo: install
 	$(QRL) run --config configs/dqn-CartPole-v1.yaml --total-steps 300000 --run-dir runs/demo
 
-# Broker, actors and learner in the background; logs and pid files in $(RUN_DIR).
+# Broker, actors and learner as three separate processes (the commands a multi-machine run uses),
+# in the foreground until the learner stops; logs and pid files in $(RUN_DIR). Ctrl-C here or
+# `make stop` from another terminal stops all three; they also exit if this recipe's shell is killed
+# (QRL_PARENT_PID: each one asks the kernel for SIGTERM when its parent dies). PORT=0: free ports.
 cluster: install
-	mkdir -p $(RUN_DIR)
-	$(QRL) broker --port $(PORT) > $(RUN_DIR)/broker.log 2>&1 & echo $$! > $(RUN_DIR)/broker.pid
-	$(QRL) actor --n $(ACTORS) --broker tcp://127.0.0.1:$(PORT) > $(RUN_DIR)/actor.log 2>&1 & echo $$! > $(RUN_DIR)/actor.pid
-	$(QRL) learner $(if $(CONFIG),--config $(CONFIG),--algo $(ALGO) --env $(ENV)) --broker tcp://127.0.0.1:$(PORT) --run-dir $(RUN_DIR) --no-progress $(SET) > $(RUN_DIR)/learner.log 2>&1 & echo $$! > $(RUN_DIR)/learner.pid
-	@echo "cluster started: logs in $(RUN_DIR)/*.log; 'make stop' stops it"
+	@mkdir -p $(RUN_DIR); rm -f $(RUN_DIR)/broker.json; export QRL_PARENT_PID=$$$$; \
+	$(QRL) broker --port $(PORT) --address-file $(RUN_DIR)/broker.json > $(RUN_DIR)/broker.log 2>&1 & echo $$! > $(RUN_DIR)/broker.pid; \
+	while [ ! -f $(RUN_DIR)/broker.json ]; do \
+	  kill -0 $$(cat $(RUN_DIR)/broker.pid) 2>/dev/null || { tail -1 $(RUN_DIR)/broker.log; exit 2; }; sleep 0.05; \
+	done; \
+	address=$$(sed 's/.*"address": *"\([^"]*\)".*/\1/' $(RUN_DIR)/broker.json); \
+	$(QRL) actor --n $(ACTORS) --broker $$address --set actor.give_up_after=3 > $(RUN_DIR)/actor.log 2>&1 & echo $$! > $(RUN_DIR)/actor.pid; \
+	$(QRL) learner $(if $(CONFIG),--config $(CONFIG),--algo $(ALGO) --env $(ENV)) --broker $$address --run-dir $(RUN_DIR) --no-progress $(SET) > $(RUN_DIR)/learner.log 2>&1 & echo $$! > $(RUN_DIR)/learner.pid; \
+	echo "cluster: broker at $$address; logs in $(RUN_DIR)/*.log; Ctrl-C or 'make stop' stops it"; \
+	trap 'kill -TERM $$(cat $(RUN_DIR)/learner.pid) 2>/dev/null' INT TERM; \
+	learner=$$(cat $(RUN_DIR)/learner.pid); \
+	while :; do wait $$learner; code=$$?; kill -0 $$learner 2>/dev/null || break; done; \
+	kill -TERM $$(cat $(RUN_DIR)/actor.pid) $$(cat $(RUN_DIR)/broker.pid) 2>/dev/null; wait; \
+	rm -f $(RUN_DIR)/*.pid; tail -1 $(RUN_DIR)/learner.log; exit $$code
 
 stop:
 	@for role in learner actor broker; do \

@@ -21,10 +21,25 @@ def save(run_dir: str | Path, state: dict[str, Any]) -> Path:
     return path
 
 
+KEYS = ("learner", "counters", "config")
+"""What every qrl checkpoint holds (see qrl.learner.LearnerRun.save)."""
+
+
+class CheckpointError(ValueError):
+    """A file that is not a readable qrl checkpoint; the message is one line for the user."""
+
+
 def load(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
         path = path / FILENAME
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds (pickle, zip, unsupported global) with long texts
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise CheckpointError(f"{path} is not a readable checkpoint ({first_line})") from None
+    if not isinstance(state, dict) or not all(k in state for k in KEYS):
+        raise CheckpointError(f"{path} is not a qrl checkpoint (it lacks {', '.join(k for k in KEYS if not isinstance(state, dict) or k not in state)})")
+    return state

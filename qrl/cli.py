@@ -34,12 +34,14 @@ def user_errors(role: str):
         @functools.wraps(fn)
         def inner(*a, **kw):
             from qrl.algorithm import UnknownAlgorithm
+            from qrl.checkpoint import CheckpointError
             from qrl.envs import UnknownEnvironment
-            from qrl.transport import PortInUse
+            from qrl.transport import AddressError, PortInUse
 
             try:
                 return fn(*a, **kw)
-            except (UnknownAlgorithm, UnknownEnvironment, ConfigError, PortInUse, FileNotFoundError) as exc:
+            except (UnknownAlgorithm, UnknownEnvironment, ConfigError, PortInUse, FileNotFoundError, AddressError,
+                    CheckpointError) as exc:
                 raise UserError(f"{role}: {exc}") from None
             except (click.ClickException, SystemExit, KeyboardInterrupt):
                 raise
@@ -118,7 +120,7 @@ def main() -> None:
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
-@click.option("--port", default=5555, show_default=True, type=int,
+@click.option("--port", default=5555, show_default=True, type=click.IntRange(0, 65532),
               help="Service port; ingest and weights use the next three. 0 picks free ports.")
 @click.option("--address-file", type=click.Path(dir_okay=False), help="Write the bound address and ports here (JSON).")
 @click.option("--snapshot-dir", type=click.Path(file_okay=False),
@@ -134,7 +136,9 @@ def broker(host: str, port: int, address_file: str | None, snapshot_dir: str | N
     """Run the replay broker (the run's rendezvous point)."""
     _setup_logging()
     from qrl.brokers.server import BrokerConfig, run_broker
+    from qrl.transport import check_bind_host
 
+    check_bind_host(host)
     cfg = _component_config(BrokerConfig, "broker", sets, host=host, port=port, keys=keys, snapshot_dir=snapshot_dir,
                             snapshot_every_s=snapshot_every)
     run_broker(cfg, address_file)
@@ -165,14 +169,10 @@ def actor(n: int, broker: str, first_id: int, total: int | None, keys: str | Non
     """Run N actor processes under a supervisor that restarts any that die."""
     _setup_logging()
     from qrl.actor import ActorConfig, run_actors
-    from qrl.transport import split_address, use_keys
+    from qrl.transport import check_address, use_keys
 
     use_keys(keys, server=False)
-
-    try:
-        split_address(broker)
-    except ValueError as exc:
-        raise UserError(f"actor: {exc}") from None
+    check_address(broker)
     if first_id == "auto":
         first = None
     else:
@@ -220,8 +220,9 @@ def learner(config, algo, env_id, seed, total_steps, target_return, run_dir, no_
             broker, device, resume, resume_if_possible) -> None:
     """Run the learner: register the run, train from the broker's batches, publish weights."""
     _setup_logging()
-    from qrl.transport import use_keys
+    from qrl.transport import check_address, use_keys
 
+    check_address(broker)
     use_keys(keys, server=False)
     r = _resolve(config, algo, env_id, sets, seed=seed, total_steps=total_steps, target_return=target_return)
     from qrl.learner import LearnerOptions, run_learner
@@ -298,13 +299,10 @@ def status(broker, as_json, timeout, keys) -> None:
     import zmq
 
     from qrl import status as status_view
-    from qrl.transport import BrokerUnavailable, Client, split_address, use_keys
+    from qrl.transport import BrokerUnavailable, Client, check_address, use_keys
 
     use_keys(keys, server=False)
-    try:
-        split_address(broker)
-    except ValueError as exc:
-        raise UserError(f"status: {exc}") from None
+    check_address(broker)
     ctx = zmq.Context()
     try:
         client = Client(ctx, broker, "status", timeout_s=timeout)

@@ -18,6 +18,10 @@ class ClusterError(RuntimeError):
     pass
 
 
+GIVE_UP_AFTER = 3
+"""`qrl run` stops when an actor worker has failed this many times in a row at start."""
+
+
 def _qrl(*args: str) -> list[str]:
     return [sys.executable, "-m", "qrl", *args]
 
@@ -100,7 +104,10 @@ def run_local(algo: str, env: str, actors: int, run_dir: Path, learner_args: lis
     try:
         broker, address = start_broker(run_dir, extra=("--snapshot-dir", str(run_dir / "broker"), *key_args))
         procs.append(broker)
-        actor_proc = start_actors(run_dir, address, actors, extra=key_args)
+        # Actors that fail at start again and again (a broken env, a bad setting) end the run
+        # with their last error instead of crash-looping unseen.
+        actor_proc = start_actors(run_dir, address, actors, extra=("--set", f"actor.give_up_after={GIVE_UP_AFTER}",
+                                                                     *key_args))
         procs.insert(0, actor_proc)
         print(f"qrl run: broker at {address}, {actors} actor processes, logs in {run_dir}", flush=True)
         learner = subprocess.Popen(_qrl("learner", "--algo", algo, "--env", env, "--broker", address,
@@ -108,9 +115,9 @@ def run_local(algo: str, env: str, actors: int, run_dir: Path, learner_args: lis
         procs.insert(0, learner)  # stopped first, then actors, then the broker
         while learner.poll() is None:
             for p, name in ((broker, "broker"), (actor_proc, "actors")):
-                if p.poll() is not None:
+                if p.poll() is not None:  # its last log line is its one-line error
                     raise ClusterError(f"{name} exited with code {p.returncode}: "
-                                       f"{_tail(run_dir / (name + '.log'))}")
+                                       f"{_tail(run_dir / (name + '.log'), lines=1)}")
             time.sleep(0.2)
         return learner.returncode
     except KeyboardInterrupt:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import shutil
+import socket as socket_module
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,12 +140,44 @@ def recv_frames(sock: zmq.Socket, timeout_ms: int) -> list | None:
     return None
 
 
+class AddressError(ValueError):
+    """A broker address or listening host that cannot work; the message is one line for the user."""
+
+
 def split_address(address: str) -> tuple[str, int]:
-    """'tcp://host:port' -> (host, port)."""
-    if not address.startswith("tcp://") or ":" not in address[6:]:
-        raise ValueError(f"broker address must look like tcp://HOST:PORT, got {address!r}")
-    host, _, port = address[6:].rpartition(":")
-    return host, int(port)
+    """'tcp://host:port' -> (host, port), checking the form and the port's range."""
+    host, sep, port = address[6:].rpartition(":") if address.startswith("tcp://") else ("", "", "")
+    if not sep or not host:
+        raise AddressError(f"broker address must look like tcp://HOST:PORT, got {address!r}")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise AddressError(f"broker address {address!r}: the port must be a number from 1 to 65535, not {port!r}")
+    return host.strip("[]"), int(port)
+
+
+def check_address(address: str) -> tuple[str, int]:
+    """split_address, and the host must resolve (a typo fails now, not as an endless wait).
+    A host that resolves but does not answer is waited for: the broker may start later."""
+    host, port = split_address(address)
+    try:
+        socket_module.getaddrinfo(host, port, type=socket_module.SOCK_STREAM)
+    except (socket_module.gaierror, UnicodeError):
+        raise AddressError(f"broker address {address!r}: cannot resolve host {host!r}") from None
+    return host, port
+
+
+def check_bind_host(host: str) -> None:
+    """The broker can listen on ``host``: it resolves to an address of this machine (or is a wildcard)."""
+    try:
+        infos = socket_module.getaddrinfo(host, 0, type=socket_module.SOCK_STREAM)
+    except (socket_module.gaierror, UnicodeError):
+        raise AddressError(f"cannot listen on {host!r}: not a host name or address this machine can resolve") from None
+    family, _, _, _, sockaddr = infos[0]
+    with socket_module.socket(family, socket_module.SOCK_STREAM) as probe:
+        try:
+            probe.bind((sockaddr[0], 0))
+        except OSError as exc:
+            raise AddressError(f"cannot listen on {host!r} ({sockaddr[0]}): not an address of this machine's "
+                               f"interfaces ({exc.strerror}); 0.0.0.0 listens on all of them") from None
 
 
 class Client:

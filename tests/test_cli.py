@@ -116,3 +116,38 @@ def test_sigterm_to_qrl_run_stops_and_reaps_the_whole_cluster(tmp_path):
         os.kill(broker_pid, 0)  # the broker was stopped, not orphaned
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["stop_reason"] == "stopped by signal"  # the learner checkpointed on its way out
+
+
+@pytest.mark.parametrize("command, args, message", [
+    ("learner", ("--broker", "tcp://127.0.0.1:notaport"), "the port must be a number from 1 to 65535, not 'notaport'"),
+    ("learner", ("--broker", "garbage"), "broker address must look like tcp://HOST:PORT, got 'garbage'"),
+    ("actor", ("--broker", "tcp://127.0.0.1:70000"), "not '70000'"),
+    ("status", ("--broker", "tcp://no-such-host.invalid:5555"), "cannot resolve host 'no-such-host.invalid'"),
+    ("learner", ("--broker", "tcp://no-such-host.invalid:5555"), "cannot resolve host"),
+    ("broker", ("--host", "999.1.1.1"), "cannot listen on '999.1.1.1'"),
+    # A documentation-only address (RFC 5737): no interface here has it; nothing is sent.
+    ("broker", ("--host", "192.0.2.1"), "not an address of this machine's interfaces"),
+])
+def test_malformed_addresses_and_hosts_are_one_line_at_once(command, args, message):
+    import time
+
+    t0 = time.monotonic()
+    one_line_error(qrl(command, *args), message)
+    assert time.monotonic() - t0 < 20  # refused at once, not after the broker wait
+
+
+def test_files_that_are_not_checkpoints_are_one_line(tmp_path):
+    import os
+
+    import torch
+
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(os.urandom(4096))
+    one_line_error(qrl("evaluate", str(junk)), f"{junk} is not a readable checkpoint")
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(3)}, other)
+    one_line_error(qrl("evaluate", str(other)), "is not a qrl checkpoint (it lacks learner, counters, config)")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "checkpoint.pt").write_bytes(os.urandom(100))
+    one_line_error(qrl("learner", "--resume", "--run-dir", str(run_dir)), "is not a readable checkpoint")

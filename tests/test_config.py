@@ -106,3 +106,72 @@ def test_synchronous_actors_need_weights_after_every_update():
     with pytest.raises(ConfigError, match="run.sync_actors needs run.publish_every=1"):
         cli._resolve(None, "dqn", "CartPole-v1", ("run.sync_actors=true",))
     assert cli._resolve(None, "ppo", "CartPole-v1", ("run.sync_actors=true",)).run.publish_every == 1
+
+
+# -- ranges: every value is checked before any process starts -------------------------------------
+
+import dataclasses  # noqa: E402
+import time  # noqa: E402
+import typing  # noqa: E402
+
+from qrl import algorithm  # noqa: E402
+from qrl.actor import ActorConfig  # noqa: E402
+from qrl.brokers.server import BrokerConfig  # noqa: E402
+from qrl.config import RANGES, check_range  # noqa: E402
+
+
+def _config_classes():
+    return [RunConfig, BrokerConfig, ActorConfig, *(algorithm.load(n).Args for n in algorithm.REGISTRY)]
+
+
+def _numeric(hint) -> bool:
+    options = typing.get_args(hint) or (hint,)
+    inner = [a for o in options for a in (typing.get_args(o) or (o,))]
+    return any(t in (int, float) for t in inner)
+
+
+@pytest.mark.parametrize("cls", _config_classes(), ids=lambda c: f"{c.__module__}.{c.__name__}")
+def test_every_numeric_setting_has_a_range_and_its_default_is_in_it(cls):
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if _numeric(hints[f.name]):
+            assert f.name in RANGES, f"{cls.__name__}.{f.name} has no rule in qrl.config.RANGES"
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        check_range(f"{cls.__name__}.{f.name}", default)
+
+
+@pytest.mark.parametrize("item, message", [
+    ("run.num_envs=-1", "run.num_envs must be >= 1, got -1"),
+    ("run.segment_length=0", "run.segment_length must be >= 1, got 0"),
+    ("run.eval_episodes=0", "run.eval_episodes must be >= 1"),
+    ("run.checkpoint_every_s=0", "run.checkpoint_every_s must be > 0"),
+    ("run.seed=-3", "run.seed must be >= 0"),
+    ("algo.batch_size=0", "algo.batch_size must be >= 1, got 0"),
+    ("algo.gamma=1.5", "algo.gamma must be <= 1, got 1.5"),
+    ("algo.lr=nan", "algo.lr must be a finite number"),
+    ("algo.lr=-1e-3", "algo.lr must be > 0"),
+    ("algo.n_step=0", "algo.n_step must be >= 1"),
+    ("algo.learning_starts=200000", "min_size must lie in [0, capacity]"),  # only wrong together with buffer_size
+])
+def test_qrl_run_refuses_a_bad_value_in_one_line_before_starting_anything(tmp_path, item, message):
+    from test_cli import one_line_error, qrl
+
+    t0 = time.monotonic()
+    out = qrl("run", "--set", item, "--run-dir", str(tmp_path / "run"))
+    one_line_error(out, message)
+    assert not (tmp_path / "run").exists() and time.monotonic() - t0 < 30
+
+
+def test_learner_and_the_python_api_refuse_bad_values_too(tmp_path):
+    import qrl as api
+    from test_cli import one_line_error, qrl
+
+    one_line_error(qrl("learner", "--set", "algo.batch_size=0"), "algo.batch_size must be >= 1")
+    with pytest.raises(ConfigError, match="run.num_envs must be >= 1"):
+        api.train("dqn", "CartPole-v1", config={"run.num_envs": 0}, run_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_lists_are_checked_element_by_element():
+    with pytest.raises(ConfigError, match=r"algo.hidden must be >= 1, got 0"):
+        build(algorithm.load("ddpg").Args, {"hidden": [64, 0]}, "algo")
