@@ -15,7 +15,7 @@ RUN_DIR ?= runs/cluster
 SET     ?=
 CONFIG  ?=
 
-.PHONY: install install-bench demo cluster stop test test-fast learn bench bench-quick clean
+.PHONY: install install-bench demo cluster stop test test-fast learn bench bench-quick soak clean
 
 install: $(VENV)/.installed
 
@@ -93,7 +93,13 @@ bench: install-bench $(if $(findstring rllib,$(PEERS)),.venv-rllib/.installed)
 
 # Every benchmark in its --quick mode (about a minute): proves they still run.
 bench-quick: install-bench
-	cd scripts && for b in $(BENCHES); do ../$(BIN)/python $$b.py --quick || exit 1; done
+	cd scripts && for b in $(BENCHES) soak; do ../$(BIN)/python $$b.py --quick || exit 1; done
+
+# Soak (scripts/soak.py): DQN and PPO clusters for MINUTES with actor workers and each broker
+# killed on the way; RSS and descriptors of every process; bench/results/soak.json and soak.png.
+MINUTES ?= 60
+soak: install-bench
+	$(BIN)/python scripts/soak.py --minutes $(MINUTES)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

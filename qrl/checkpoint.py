@@ -8,12 +8,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
-
 FILENAME = "checkpoint.pt"
 
 
 def save(run_dir: str | Path, state: dict[str, Any]) -> Path:
+    import torch  # here, not at the top: the CLI imports CheckpointError in processes without torch (the broker)
+
     path = Path(run_dir) / FILENAME
     tmp = path.with_suffix(".pt.tmp")
     torch.save(state, tmp)
@@ -30,6 +30,8 @@ class CheckpointError(ValueError):
 
 
 def load(path: str | Path) -> dict[str, Any]:
+    import torch
+
     path = Path(path)
     if path.is_dir():
         path = path / FILENAME

@@ -151,3 +151,14 @@ def test_files_that_are_not_checkpoints_are_one_line(tmp_path):
     run_dir.mkdir()
     (run_dir / "checkpoint.pt").write_bytes(os.urandom(100))
     one_line_error(qrl("learner", "--resume", "--run-dir", str(run_dir)), "is not a readable checkpoint")
+
+
+def test_the_broker_process_does_not_load_torch(procs):
+    """The broker is algorithm-agnostic and small: nothing on its path may import torch."""
+    import json
+
+    broker, _ = procs.start_broker()
+    pid = json.loads(next(procs.tmp.glob("broker-*.json")).read_text())["pid"]
+    assert pid == broker.pid
+    maps = open(f"/proc/{pid}/maps").read()
+    assert "libtorch" not in maps and "torch/_C" not in maps
