@@ -128,6 +128,29 @@ def bind(sock: zmq.Socket, host: str, port: int) -> int:
         raise
 
 
+def free_port_block(n: int = 4, host: str = "127.0.0.1") -> int:
+    """A port p with p..p+n-1 free right now (the broker binds four consecutive ports), for
+    launchers that must start a broker again on the same ports (tests, scripts/soak.py)."""
+    for _ in range(100):
+        with socket_module.socket() as s:
+            s.bind((host, 0))
+            base = s.getsockname()[1]
+        if base + n > 65535:
+            continue
+        holders = []
+        try:
+            for port in range(base, base + n):
+                holders.append(socket_module.socket())
+                holders[-1].bind((host, port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for h in holders:
+                h.close()
+    raise RuntimeError("no block of free ports")
+
+
 def send(sock: zmq.Socket, msg_type: str, meta: Mapping[str, Any] | None = None,
          arrays: Mapping[str, np.ndarray] | None = None, flags: int = 0) -> None:
     sock.send_multipart(wire.encode(msg_type, meta, arrays), flags=flags, copy=False)

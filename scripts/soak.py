@@ -17,7 +17,6 @@ more than FD_SLACK above where they were after warm-up (a reconnecting socket ho
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -30,35 +29,13 @@ import zmq
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, print_table, save_results  # noqa: E402
 
-from qrl.transport import Client  # noqa: E402
+from qrl.transport import Client, free_port_block  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = {"dqn": REPO / "configs" / "dqn-CartPole-v1.yaml", "ppo": REPO / "configs" / "ppo-CartPole-v1.yaml"}
 ACTORS = 2
 RSS_TARGET_PCT = 5.0
 FD_SLACK = 2
-
-
-def free_port_block(n: int = 4) -> int:
-    import socket
-
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + n > 65535:
-            continue
-        try:
-            holders = [socket.socket() for _ in range(n)]
-            for i, h in enumerate(holders):
-                h.bind(("127.0.0.1", base + i))
-            return base
-        except OSError:
-            continue
-        finally:
-            for h in holders:
-                h.close()
-    raise RuntimeError("no block of free ports")
 
 
 def rss_mb(pid: int) -> float | None:

@@ -3,13 +3,12 @@
 import json
 import os
 import signal
-import socket
 from pathlib import Path
 
 import pytest
 import zmq
 
-from qrl.transport import Client
+from qrl.transport import Client, free_port_block
 from conftest import wait_for
 
 pytestmark = pytest.mark.slow
@@ -82,29 +81,6 @@ def test_items_flow_weights_advance_and_a_killed_worker_is_restarted(procs, tmp_
         client.close()
     finally:
         ctx.destroy(linger=0)
-
-
-def free_port_block(n=4):
-    """A port p with p..p+n-1 free right now (the broker binds four consecutive ports)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + n > 65535:
-            continue
-        try:
-            holders = []
-            for p in range(base, base + n):
-                h = socket.socket()
-                holders.append(h)
-                h.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for h in holders:
-                h.close()
-    raise RuntimeError("no free block of ports")
 
 
 def test_actors_and_learner_wait_for_a_late_broker(procs, tmp_path):

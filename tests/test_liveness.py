@@ -41,6 +41,13 @@ def _reaches(run_dir, target: float, after_frames: int, timeout_s: float):
                     interval_s=1.0)
 
 
+def _under_way(client, actors):
+    """Wait until batches flow and every actor pushes; return the worker pids and incarnations."""
+    wait_for(lambda: broker_stats(client)["batches"] > 0 and len(broker_stats(client)["per_actor"]) == ACTORS,
+             90, "training under way")
+    return children(actors.pid), {k: a["incarnation"] for k, a in broker_stats(client)["per_actor"].items()}
+
+
 def _same_processes(learner, actors, workers, incarnations, client) -> None:
     assert learner.poll() is None and actors.poll() is None
     assert children(actors.pid) == workers, "an actor worker was restarted"
@@ -55,6 +62,7 @@ def _start(procs, address, run_dir, *learner_flags):
     return actors, learner
 
 
+@pytest.mark.timeout(600)  # 80 s of pauses, then learning to the target
 def test_the_run_recovers_from_broker_pauses_of_5_15_and_60_seconds(procs, tmp_path):
     broker, address = procs.start_broker()
     run_dir = tmp_path / "run"
@@ -63,10 +71,7 @@ def test_the_run_recovers_from_broker_pauses_of_5_15_and_60_seconds(procs, tmp_p
     ctx = zmq.Context()
     try:
         client = Client(ctx, address, "test")
-        wait_for(lambda: broker_stats(client)["batches"] > 0 and len(broker_stats(client)["per_actor"]) == ACTORS,
-                 90, "training under way")
-        workers = children(actors.pid)
-        incarnations = {k: a["incarnation"] for k, a in broker_stats(client)["per_actor"].items()}
+        workers, incarnations = _under_way(client, actors)
         recovered = {}
         for pause_s in (5, 15, 60):
             before = _progress(client)
@@ -85,6 +90,7 @@ def test_the_run_recovers_from_broker_pauses_of_5_15_and_60_seconds(procs, tmp_p
         ctx.destroy(linger=0)
 
 
+@pytest.mark.timeout(450)
 def test_the_run_recovers_from_cut_connections_and_a_partition(procs, tmp_path):
     port = free_port_block()
     procs.start("broker", "broker", "--port", str(port))
@@ -96,10 +102,7 @@ def test_the_run_recovers_from_cut_connections_and_a_partition(procs, tmp_path):
     ctx = zmq.Context()
     try:
         client = Client(ctx, address, "test")
-        wait_for(lambda: broker_stats(client)["batches"] > 0 and len(broker_stats(client)["per_actor"]) == ACTORS,
-                 90, "training under way")
-        workers = children(actors.pid)
-        incarnations = {k: a["incarnation"] for k, a in broker_stats(client)["per_actor"].items()}
+        workers, incarnations = _under_way(client, actors)
         recovered = {}
         for event in ("cut", "cut again", "partition 15 s", "cut"):
             before = _progress(client)
