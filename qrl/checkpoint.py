@@ -21,15 +21,12 @@ def save(run_dir: str | Path, state: dict[str, Any]) -> Path:
     return path
 
 
-KEYS = ("learner", "counters", "config")
-"""What every qrl checkpoint holds (see qrl.learner.LearnerRun.save)."""
-
-
 class CheckpointError(ValueError):
     """A file that is not a readable qrl checkpoint; the message is one line for the user."""
 
 
-def load(path: str | Path) -> dict[str, Any]:
+def load(path: str | Path, require: tuple[str, ...] = ("learner", "config")) -> dict[str, Any]:
+    """The saved state; ``require``: the entries the caller needs (a resume also needs "counters")."""
     import torch
 
     path = Path(path)
@@ -42,6 +39,7 @@ def load(path: str | Path) -> dict[str, Any]:
     except Exception as exc:  # torch raises many kinds (pickle, zip, unsupported global) with long texts
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise CheckpointError(f"{path} is not a readable checkpoint ({first_line})") from None
-    if not isinstance(state, dict) or not all(k in state for k in KEYS):
-        raise CheckpointError(f"{path} is not a qrl checkpoint (it lacks {', '.join(k for k in KEYS if not isinstance(state, dict) or k not in state)})")
+    missing = [k for k in require if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"{path} is not a qrl checkpoint (it lacks {', '.join(missing)})")
     return state

@@ -93,6 +93,12 @@ def _resolve(config: str | None, algo: str | None, env: str | None, sets: tuple[
     envs.check_env_id(env)
     for w in run_cfg.wrappers:
         envs._wrapper(w)
+    try:  # make it once here: bad env_kwargs or wrapper arguments, a missing dependency (Box2D, ALE)
+        envs.spaces(env, run_cfg.env_kwargs, run_cfg.wrappers)
+    except Exception as exc:
+        detail = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(f"cannot make environment {env!r} with run.env_kwargs={run_cfg.env_kwargs} and "
+                          f"run.wrappers={run_cfg.wrappers}: {type(exc).__name__}: {detail}") from None
     return Resolved(algo, env, run_cfg, algo_values, file.actors)
 
 

@@ -76,7 +76,7 @@ class LearnerRun:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         envs.check_env_id(opts.env)
         self.algo = algorithm.load(opts.algo)
-        saved = checkpoint.load(self.run_dir) if opts.resume else None
+        saved = checkpoint.load(self.run_dir, require=("learner", "config", "counters")) if opts.resume else None
         if saved is not None:  # a resumed run keeps the config it started with
             config = json.loads(saved["config"])
             run_cfg = build(RunConfig, config["run"], "run")
@@ -312,7 +312,8 @@ class LearnerRun:
                     # Liveness after a pause or a cut connection: requests the broker never got are
                     # sent again, and weights it never got (a PUB drops what it cannot deliver) are
                     # published again, or synchronous actors would wait for them forever.
-                    self.resend_lost_samples(stats.get("sampler_pending", []))
+                    if "sampler_pending" in stats:  # a broker that cannot tell would make every held request look lost
+                        self.resend_lost_samples(stats["sampler_pending"])
                     if stats.get("weights_version", self.version) < self.version and now - self.last_publish > 1.0:
                         log.warning("learner: the broker missed weights version %d; publishing again", self.version)
                         self.publish()

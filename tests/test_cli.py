@@ -146,7 +146,7 @@ def test_files_that_are_not_checkpoints_are_one_line(tmp_path):
     one_line_error(qrl("evaluate", str(junk)), f"{junk} is not a readable checkpoint")
     other = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(3)}, other)
-    one_line_error(qrl("evaluate", str(other)), "is not a qrl checkpoint (it lacks learner, counters, config)")
+    one_line_error(qrl("evaluate", str(other)), "is not a qrl checkpoint (it lacks learner, config)")
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "checkpoint.pt").write_bytes(os.urandom(100))

@@ -95,7 +95,7 @@ def test_wrong_keys_inside_a_file_name_the_key(tmp_path):
 
 
 def test_the_saved_yaml_reads_back_as_the_same_config(tmp_path):
-    r = cli._resolve(None, "dqn", "CartPole-v1", ("algo.lr=0.003", "run.wrappers=[ClipReward]"))
+    r = cli._resolve(None, "dqn", "CartPole-v1", ("algo.lr=0.003", "run.wrappers=[{name: ClipReward, min_reward: -1, max_reward: 1}]"))
     f = tmp_path / "config.yaml"
     f.write_text(to_yaml(r.algo, r.env, r.run, build(dqn.Args, r.algo_values, "algo")))
     again = cli._resolve(str(f), None, None, ())
@@ -175,3 +175,13 @@ def test_learner_and_the_python_api_refuse_bad_values_too(tmp_path):
 def test_lists_are_checked_element_by_element():
     with pytest.raises(ConfigError, match=r"algo.hidden must be >= 1, got 0"):
         build(algorithm.load("ddpg").Args, {"hidden": [64, 0]}, "algo")
+
+
+def test_an_environment_that_cannot_be_made_is_refused_before_starting_anything(tmp_path):
+    from test_cli import one_line_error, qrl
+
+    one_line_error(qrl("run", "--set", "run.env_kwargs={no_such_option: 1}", "--run-dir", str(tmp_path / "run")),
+                   "cannot make environment 'CartPole-v1'", "no_such_option")
+    one_line_error(qrl("learner", "--set", "run.wrappers=[{name: ClipReward, no_such_argument: 1}]"),
+                   "cannot make environment", "no_such_argument")
+    assert not (tmp_path / "run").exists()
