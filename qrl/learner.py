@@ -153,6 +153,9 @@ class LearnerRun:
         if reply.type != "ok":
             raise RuntimeError(f"broker refused the run: {reply.meta.get('reason')}")
         host, _ = transport.split_address(self.opts.broker)
+        if self.sampler is not None:
+            self.sampler.disable_monitor()
+            self.sampler_events.close(linger=0)
         for sock in (self.pub, self.sampler):
             if sock is not None:
                 sock.close(linger=0)
@@ -165,9 +168,13 @@ class LearnerRun:
         self.sampler = transport.socket(self.ctx, zmq.DEALER)
         self.sampler_id = f"sampler-{uuid.uuid4().hex}"
         self.sampler.setsockopt(zmq.ROUTING_ID, self.sampler_id.encode())
+        # Disconnections of the sample socket, so requests sent on a connection that died are
+        # looked for at the next stats check instead of after LOST_AFTER_S.
+        self.sampler_events = self.sampler.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self.sampler.connect(self.opts.broker)
         self.outstanding: dict[int, float] = {}  # sample request id -> when it was sent
         self.suspect_lost: set[int] = set()
+        self.disconnected_at = -1.0
         for _ in range(self.cfg.samples_in_flight):
             self.request_sample(getattr(self.args, "batch_size"))
 
@@ -185,16 +192,24 @@ class LearnerRun:
         return self.outstanding.pop(reply.meta.get("req"), None) is not None
 
     def resend_lost_samples(self, held_by_broker: list[int]) -> None:
-        """Send again the sample requests the broker has not got (see LOST_AFTER_S). A request is
-        judged lost only on the second check in a row, so a batch still on its way is never
-        mistaken for a lost request; one that arrives late anyway is used (see answered)."""
+        """Send again the sample requests the broker has not got. A request sent before the sample
+        socket last lost its connection is lost if the broker does not hold it; any other only
+        when it is older than LOST_AFTER_S and missing on two checks in a row, so a batch still
+        on its way is not taken for a lost request (one that arrives late anyway is used and not
+        replaced, see answered)."""
         now = time.monotonic()
+        while self.sampler_events.poll(0):
+            self.sampler_events.recv_multipart()  # a monitor event: [event id + value, endpoint]
+            self.disconnected_at = now
         if self.sampler.poll(0, zmq.POLLIN):  # replies wait to be read: nothing is stalled
             self.suspect_lost.clear()
             return
         held = set(held_by_broker)
-        missing = {r for r, t in self.outstanding.items() if now - t > LOST_AFTER_S and r not in held}
-        lost, self.suspect_lost = missing & self.suspect_lost, missing - self.suspect_lost
+        missing = {r for r, t in self.outstanding.items()
+                   if r not in held and (t < self.disconnected_at or now - t > LOST_AFTER_S)}
+        on_dead_connection = {r for r in missing if self.outstanding[r] < self.disconnected_at}
+        lost = (missing & self.suspect_lost) | on_dead_connection
+        self.suspect_lost = missing - lost
         if not lost:
             return
         log.warning("learner: %d sample request(s) lost on the way to the broker (connection dropped); sent again",
