@@ -295,6 +295,13 @@ def _worker_main(cfg: ActorConfig, actor_id: int, supervisor_pid: int, errors_fd
         os._exit(code)
 
 
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:  # real-time signals have no name
+        return f"signal {number}"
+
+
 class ActorsFailed(RuntimeError):
     """A worker kept failing at start (ActorConfig.give_up_after): the supervisor gave up."""
 
@@ -352,7 +359,7 @@ class Supervisor:
         self.backoff[i] = delay
         self.restart_at[i] = now + delay
         how = f"exited with code {exitcode}" if exitcode is None or exitcode >= 0 else \
-            f"was killed by {signal.Signals(-exitcode).name}"
+            f"was killed by {_signal_name(-exitcode)}"
         n = self.failures_in_a_row[i]
         if n >= 2:
             message = (f"worker {i} keeps dying young: failed {n} times in a row within {YOUNG_S:g} s of its "

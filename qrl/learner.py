@@ -34,7 +34,8 @@ log = logging.getLogger("qrl.learner")
 LOST_AFTER_S = 2.0
 """A sample request older than this that the broker does not hold, on two stats checks in a row,
 was lost with a dropped connection (broker paused past the heartbeat timeout, connection cut):
-it is sent again."""
+it is sent again. Requests sent before a disconnection that the sample socket's monitor reported
+are looked for at once (see LearnerRun.resend_lost_samples)."""
 
 
 @dataclass(frozen=True)
@@ -327,7 +328,7 @@ class LearnerRun:
                     # Liveness after a pause or a cut connection: requests the broker never got are
                     # sent again, and weights it never got (a PUB drops what it cannot deliver) are
                     # published again, or synchronous actors would wait for them forever.
-                    if "sampler_pending" in stats:  # a broker that cannot tell would make every held request look lost
+                    if "sampler_pending" in stats:  # without it every held request would look lost
                         self.resend_lost_samples(stats["sampler_pending"])
                     if stats.get("weights_version", self.version) < self.version and now - self.last_publish > 1.0:
                         log.warning("learner: the broker missed weights version %d; publishing again", self.version)
