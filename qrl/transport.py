@@ -168,13 +168,14 @@ class AddressError(ValueError):
 
 
 def split_address(address: str) -> tuple[str, int]:
-    """'tcp://host:port' -> (host, port), checking the form and the port's range."""
+    """'tcp://host:port' -> (host, port), checking the form and the port's range. The host stays
+    as written (an IPv6 one in brackets), so f"tcp://{host}:{other_port}" is an address again."""
     host, sep, port = address[6:].rpartition(":") if address.startswith("tcp://") else ("", "", "")
     if not sep or not host:
         raise AddressError(f"broker address must look like tcp://HOST:PORT, got {address!r}")
     if not port.isdigit() or not 1 <= int(port) <= 65535:
         raise AddressError(f"broker address {address!r}: the port must be a number from 1 to 65535, not {port!r}")
-    return host.strip("[]"), int(port)
+    return host, int(port)
 
 
 def check_address(address: str) -> tuple[str, int]:
@@ -182,7 +183,7 @@ def check_address(address: str) -> tuple[str, int]:
     A host that resolves but does not answer is waited for: the broker may start later."""
     host, port = split_address(address)
     try:
-        socket_module.getaddrinfo(host, port, type=socket_module.SOCK_STREAM)
+        socket_module.getaddrinfo(host.strip("[]"), port, type=socket_module.SOCK_STREAM)
     except (socket_module.gaierror, UnicodeError):
         raise AddressError(f"broker address {address!r}: cannot resolve host {host!r}") from None
     return host, port

@@ -162,3 +162,10 @@ def test_the_broker_process_does_not_load_torch(procs):
     assert pid == broker.pid
     maps = open(f"/proc/{pid}/maps").read()
     assert "libtorch" not in maps and "torch/_C" not in maps
+
+
+def test_addresses_keep_their_host_as_written_so_other_ports_can_be_joined_to_it():
+    from qrl.transport import check_address, split_address
+
+    assert split_address("tcp://127.0.0.1:5555") == ("127.0.0.1", 5555)
+    assert check_address("tcp://[::1]:5555") == ("[::1]", 5555)  # resolved without, kept with brackets
