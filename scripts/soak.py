@@ -144,7 +144,7 @@ def growth(samples: list[dict], role: str, key: str, warmup_s: float, total_s: f
     early_m, late_m = early[len(early) // 2], late[len(late) // 2]
     return {"after_warmup": round(early_m, 1), "end": round(late_m, 1),
             "growth_pct": round(100 * (late_m - early_m) / max(early_m, 1e-9), 2),
-            "max": round(max(v for _, v in values if _ >= warmup_s), 1)}
+            "max": round(max(v for t, v in values if t >= warmup_s), 1)}
 
 
 def plot(samples: list[dict], names: list[str], warmup_s: float, path: Path) -> Path | None:
