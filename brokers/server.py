@@ -18,7 +18,10 @@ fatal.
 from __future__ import annotations
 
 import collections
+import hashlib
+import hmac
 import ipaddress
+import itertools
 import json
 import logging
 import os
@@ -32,9 +35,9 @@ from typing import Any
 import numpy as np
 import zmq
 
-from qrl import transport, wire
+from qrl import messages, transport, wire
 from qrl.brokers import snapshot
-from qrl.brokers.tables import QueueTable, ReplayTable, SchemaError, TableConfig, make_table
+from qrl.brokers.tables import ItemSchema, QueueTable, ReplayTable, SchemaError, TableConfig, make_table
 from qrl.transport import bind
 
 log = logging.getLogger("qrl.broker")
@@ -61,6 +64,8 @@ class BrokerConfig:
     """Where the replay table, spec and weights are snapshotted (and restored from at start)."""
     snapshot_every_s: float = 60.0
     """Seconds between snapshots: what arrives after the last one is lost if the broker is killed."""
+    max_table_bytes: int = 0
+    """The largest replay table a learner may register, in bytes (0: 3/4 of this machine's memory)."""
 
 
 FLUSH_TIMEOUT_S = 5.0
@@ -68,6 +73,26 @@ FLUSH_TIMEOUT_S = 5.0
 MAX_INCARNATIONS_TRACKED = 8
 """Per actor id, the incarnations whose sequence numbers are remembered (a worker restarting
 in a loop would otherwise grow the stats without bound)."""
+MAX_ACTORS_TRACKED = 65_536
+"""Actor ids whose counters are kept; beyond that the least recently seen are forgotten."""
+PER_ACTOR_SHOWN = 256
+"""Actors detailed in a stats reply (the most recently seen); the rest are summed."""
+SEQ_WINDOW = 1 << 20
+"""How far past an incarnation's last sequence number a segment may be (gaps); beyond: refused."""
+MAX_VERSION_STEP = 1 << 20
+"""How far past the cached weights version a published version may jump."""
+MAX_PENDING_SAMPLES = 1024
+"""Sample requests held at once; more are refused."""
+RESEND_INTERVAL_S = 0.2
+"""Cached weights are resent to (new) subscribers at most this often."""
+REQUEST_ROLES = {
+    "register": ("learner",), "sample": ("learner",), "update_priorities": ("learner",),
+    "get_spec": ("learner", "actor"), "get_weights": ("learner", "actor"),
+    "claim_ids": ("actor",), "flush": ("actor",), "actor_error": ("actor",),
+    "get_stats": ("learner", "actor", "observer"),
+}
+"""With keys: the roles (transport.ROLES) that may send each request; "client" (a key of the
+layout before roles) may send all."""
 
 
 class Broker:
@@ -99,6 +124,9 @@ class Broker:
         # so each late subscriber triggers a resend of the cached weights.
         self.weights_out.setsockopt(zmq.XPUB_VERBOSE, 1)
         sockets = [self.service, self.ingest, self.weights_in, self.weights_out]
+        if cfg.keys:  # the ZAP domain tells the authenticator which roles may connect (transport.SOCKET_ROLES)
+            for name, sock in zip(("service", "ingest", "weights_in", "weights_out"), sockets):
+                sock.zap_domain = name.encode()
         ports = [cfg.port + i if cfg.port else 0 for i in range(4)]
         try:
             self.ports = {
@@ -109,12 +137,24 @@ class Broker:
             for s in sockets:
                 s.close(linger=0)
             raise
+        self._sockets = dict(zip(("service", "ingest", "weights_in", "weights_out"), sockets))
         self.weights_in.send(b"\x01")  # XSUB: subscribe to everything the learner publishes
 
         self.spec: dict[str, Any] | None = None
+        self.token_hash: str | None = None  # SHA-256 of the registered learner's token
         self.table: ReplayTable | None = None
         self.weights_frames: list | None = None
+        self.weights_layout: dict[str, tuple[np.dtype, tuple[int, ...]]] | None = None
         self.weights_version = -1
+        self.last_resend, self.resend_due = -1e9, None
+        self.max_table_bytes = cfg.max_table_bytes or int(
+            os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 3 // 4)
+        self._handlers = {
+            "register": self._on_register, "get_spec": self._on_get_spec, "get_weights": self._on_get_weights,
+            "sample": self._on_sample, "get_stats": self._on_get_stats, "flush": self._on_flush,
+            "update_priorities": self._on_update_priorities, "claim_ids": self._on_claim_ids,
+            "actor_error": self._on_actor_error,
+        }
         self.pending: collections.deque = collections.deque()  # sample requests held by the rate limiter
         self.stats = _Stats()
         self.broker_id = uuid.uuid4().hex[:12]
@@ -135,6 +175,8 @@ class Broker:
         if restored is None:
             return
         self.table, self.spec = restored.table, restored.spec
+        self.token_hash = restored.accounting.get("run_token_sha256")
+        self.weights_layout = _layout(restored.weights)
         if self.spec is not None and restored.weights:
             self._cache_weights(wire.encode("weights", {"version": restored.weights_version,
                                                         "run_id": self.spec.get("run_id")}, restored.weights),
@@ -151,7 +193,7 @@ class Broker:
         t0 = time.monotonic()
         weights = wire.decode(self.weights_frames, self.limits).arrays if self.weights_frames else None
         path = snapshot.save(self.cfg.snapshot_dir, self.table, self.spec, weights, self.weights_version,
-                             self.stats.accounting())
+                             {**self.stats.accounting(), "run_token_sha256": self.token_hash})
         self.stats.snapshots += 1
         log.info("broker: snapshot of %d items to %s in %.2f s", self.table.size, path, time.monotonic() - t0)
 
@@ -191,6 +233,8 @@ class Broker:
                 self._drain(self.weights_in, self._on_published_weights)
             if self.weights_out in events:
                 self._drain(self.weights_out, self._on_subscription)
+            if self.resend_due is not None and time.monotonic() >= self.resend_due:
+                self._resend()
             self._serve_pending()
             self.stats.update_rates()
             if self.cfg.snapshot_dir and time.monotonic() >= next_snapshot:
@@ -202,12 +246,13 @@ class Broker:
 
     def _drain(self, sock: zmq.Socket, handler, budget: int = 256) -> None:
         """Handle what is queued on a socket, at most ``budget`` messages, so no socket starves the others."""
+        where = next(name for name, s in self._sockets.items() if s is sock)
         for _ in range(budget):
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            handler(frames)
+            self._guarded(where, handler, frames)
             if sock is self.ingest and self.table is not None and not self.table.limiter.can_insert():
                 self._update_flushing()
                 if not self.flushing:
@@ -227,137 +272,204 @@ class Broker:
         now = time.monotonic()
         if now - self.stats.last_reject_log.get(reason, -1e9) > 5.0:
             self.stats.last_reject_log[reason] = now
-            log.warning("broker: rejected a message on %s: %s %s (%d so far)", where, reason, detail,
+            log.warning("broker: rejected a message on %s: %s %s (%d so far)", where, reason, detail[:300],
                         self.stats.rejected[reason])
 
-    def _on_segment(self, frames: list) -> None:
+    def _receive(self, where: str, frames: list) -> tuple[wire.Message, dict] | None:
+        """Decode a message and check its metadata against its type's schema; None (rejected and
+        counted) if either fails."""
         try:
             msg = wire.decode(frames, self.limits)
-        except wire.WireError as exc:
-            return self._reject("ingest", exc.reason, exc.detail)
+            meta = messages.validate(msg.type, msg.meta)
+        except (wire.WireError, messages.MessageError) as exc:
+            self._reject(where, exc.reason, exc.detail)
+            return None
+        return msg, meta
+
+    def _guarded(self, where: str, handler, frames: list) -> None:
+        """The last line of defence: a message that gets past validation and still raises is
+        counted as internal_error and logged with its traceback; the broker keeps serving."""
+        try:
+            handler(frames)
+        except Exception:  # noqa: BLE001 - nothing a client sends may stop the broker
+            self.stats.rejected["internal_error"] += 1
+            self.stats.rejected_on[where] += 1
+            log.exception("broker: internal error handling a message on %s (counted, not fatal)", where)
+
+    def _on_segment(self, frames: list) -> None:
+        received = self._receive("ingest", frames)
+        if received is None:
+            return
+        msg, meta = received
         if msg.type != "segment":
             return self._reject("ingest", "unexpected_type", msg.type)
-        meta = msg.meta
-        try:
-            actor_id = _int(meta, "actor_id")
-            seq = _int(meta, "seq")
-            version = _int(meta, "policy_version")
-            frames_count = _int(meta, "frames")
-            incarnation = str(meta.get("incarnation", ""))[:32]
-            returns = [float(x) for x in meta.get("episode_returns", [])]
-            lengths = [int(x) for x in meta.get("episode_lengths", [])]
-        except (KeyError, TypeError, ValueError) as exc:
-            return self._reject("ingest", "bad_meta", str(exc))
-        s = self.stats
-        a = s.actors.setdefault(actor_id, {"segments": 0, "frames": 0, "seq": -1, "policy_version": -1,
-                                           "incarnation": None, "incarnations": 0, "gaps": 0, "duplicates": 0,
-                                           "seqs": {}, "frames_per_s": 0.0})
-        # Sequence accounting per actor incarnation (a restarted worker starts again at 0):
-        # a jump forward is segments lost on the way, a step back a duplicate, dropped here.
-        # A killed worker's last segments can still arrive after its successor's first ones,
-        # so the last sequence number of each recent incarnation is kept, not just the newest.
-        seqs = a["seqs"]
-        if incarnation not in seqs:
-            seqs[incarnation] = -1
-            a.update(incarnation=incarnation, incarnations=a["incarnations"] + 1)
-            while len(seqs) > MAX_INCARNATIONS_TRACKED:
-                del seqs[next(iter(seqs))]  # the oldest
-        if seq <= seqs[incarnation]:
-            a["duplicates"] += 1
-            s.duplicates += 1
-            return self._reject("ingest", "duplicate", f"actor {actor_id} seq {seq}")
-        if seq > seqs[incarnation] + 1:
-            a["gaps"] += seq - seqs[incarnation] - 1
-            s.gaps += seq - seqs[incarnation] - 1
-        seqs[incarnation] = seq
-        a["last_seen"] = time.time()
-        if incarnation == a["incarnation"]:
-            a["seq"] = seq
         if self.table is None:
             return self._reject("ingest", "no_table", "no learner has registered yet")
+        if meta["run_id"] != self.spec["run_id"]:
+            return self._reject("ingest", "wrong_run", f"segment of run {meta['run_id']}")
+        returns, lengths = meta.get("episode_returns", []), meta.get("episode_lengths", [])
+        if len(returns) != len(lengths):
+            return self._reject("ingest", "bad_meta", "episode_returns and episode_lengths differ in length")
         arrays = dict(msg.arrays)
         priorities = arrays.pop("_priority", None)  # optional initial priorities computed by the actor
         try:
-            n = self.table.insert(arrays, None if priorities is None else np.asarray(priorities, dtype=np.float64),
-                                  version=version)
+            n_items = self.table.check(arrays, frames=meta["frames"])
         except SchemaError as exc:
-            return self._reject("ingest", "schema_mismatch", str(exc))
+            return self._reject("ingest", exc.reason, str(exc))
+        if priorities is not None and (priorities.shape != (n_items,) or priorities.dtype.kind not in "fiu"
+                                       or not np.isfinite(priorities).all() or (priorities < 0).any()):
+            return self._reject("ingest", "bad_priorities", f"_priority must be {n_items} finite non-negative numbers")
+        actor_id, incarnation, seq = meta["actor_id"], meta["incarnation"], meta["seq"]
+        a = self._actor(actor_id)
+        seqs = a["_seqs"]
+        last = seqs.get(incarnation)
+        # Sequence accounting per actor incarnation (a restarted worker starts again at 0), only
+        # for segments that are otherwise acceptable: a step back is a duplicate, a jump forward is
+        # segments lost on the way (gaps), a jump beyond SEQ_WINDOW is refused (no real actor gets
+        # that far ahead of what reached us; the incarnation is never shown in stats, so only its
+        # own worker can continue it). A killed worker's last segments can still arrive after its
+        # successor's first ones, so the last sequence number of each recent incarnation is kept.
+        if last is not None and seq <= last:
+            a["duplicates"] += 1
+            self.stats.duplicates += 1
+            return self._reject("ingest", "duplicate", f"actor {actor_id} seq {seq}")
+        if last is not None and seq > last + SEQ_WINDOW:
+            return self._reject("ingest", "seq_out_of_window", f"actor {actor_id}: seq {seq} after {last}")
+        if last is None:
+            a["incarnations"] += 1
+            missed = seq if seq <= SEQ_WINDOW else 0  # a start we never saw (e.g. before our restart)
+            while len(seqs) >= MAX_INCARNATIONS_TRACKED:
+                del seqs[next(iter(seqs))]  # the oldest
+        else:
+            missed = seq - last - 1
+        seqs[incarnation] = seq
+        seqs.move_to_end(incarnation)
+        a["gaps"] += missed
+        self.stats.gaps += missed
+        a["seq"], a["last_seen"] = seq, time.time()
+        self.stats.actors.move_to_end(actor_id)
+        # Flow control for every table: a segment made by weights more than max_policy_lag
+        # versions older than the newest is dropped (counted), so how far an actor runs ahead
+        # (its socket options, its kernel buffers) never reaches the learner as stale data.
+        # A version from the future (a broker restarted from an older snapshot) counts as current.
+        version = min(meta["policy_version"], self.weights_version)
+        lag = self.weights_version - version
+        bound = self.table.cfg.max_policy_lag
+        if bound is not None and lag > bound:
+            self.stats.dropped_stale_segments += 1
+            self.stats.dropped_stale_items += n_items
+            self.stats.dropped_stale_frames += meta["frames"]
+            return
+        n = self.table.insert(arrays, None if priorities is None else np.asarray(priorities, dtype=np.float64),
+                              version=version)
+        s = self.stats
         s.segments += 1
         s.items += n
-        s.frames += frames_count
+        s.frames += meta["frames"]
         s.episodes += len(returns)
         s.returns.extend(returns)
         s.lengths.extend(lengths)
-        s.policy_lag.append(max(0, self.weights_version - version))
-        a.update(segments=a["segments"] + 1, frames=a["frames"] + frames_count, policy_version=version)
+        s.policy_lag.append(lag)
+        a.update(segments=a["segments"] + 1, frames=a["frames"] + meta["frames"], policy_version=version)
+
+    def _actor(self, actor_id: int) -> dict[str, Any]:
+        actors = self.stats.actors
+        a = actors.get(actor_id)
+        if a is None:
+            a = actors[actor_id] = {"segments": 0, "frames": 0, "seq": -1, "policy_version": -1, "incarnations": 0,
+                                    "gaps": 0, "duplicates": 0, "frames_per_s": 0.0, "last_seen": None,
+                                    "_seqs": collections.OrderedDict()}
+            while len(actors) > MAX_ACTORS_TRACKED:  # the least recently seen go first
+                actors.popitem(last=False)
+                self.stats.forgotten_actors += 1
+        return a
 
     def _on_request(self, frames: list) -> None:
         identity, body = frames[0], frames[1:]
         try:
             msg = wire.decode(body, self.limits)
         except wire.WireError as exc:
-            return self._reject("service", exc.reason, exc.detail)
-        req = msg.meta.get("req")
-        handler = {
-            "register": self._on_register,
-            "get_spec": self._on_get_spec,
-            "get_weights": self._on_get_weights,
-            "sample": self._on_sample,
-            "get_stats": self._on_get_stats,
-            "flush": self._on_flush,
-            "update_priorities": self._on_update_priorities,
-            "claim_ids": self._on_claim_ids,
-        }.get(msg.type)
+            return self._reject("service", exc.reason, exc.detail)  # no reply: maybe not a qrl client at all
+        try:
+            meta = messages.validate(msg.type, msg.meta)
+        except messages.MessageError as exc:
+            self._reject("service", exc.reason, exc.detail)
+            req = msg.meta.get("req")
+            return self._reply(identity, "error", {"req": req if isinstance(req, int) and abs(req) <= messages.MAX_INT
+                                                   else None, "reason": exc.detail[:512]})
+        req = meta.get("req")
+        handler = self._handlers.get(msg.type)
         if handler is None:
             self._reject("service", "unexpected_type", msg.type)
-            return self._reply(identity, "error", {"req": req, "reason": f"unexpected message type {msg.type}"})
-        handler(identity, msg, req)
+            return self._reply(identity, "error", {"req": req, "reason": f"{msg.type} is not a request"})
+        if self.auth is not None:
+            role = body[0].get("User-Id")
+            if role not in REQUEST_ROLES[msg.type] and role != "client":
+                self._reject("service", "role_refused", f"{role} may not {msg.type}")
+                return self._reply(identity, "error", {"req": req, "reason": f"role {role} may not {msg.type}"})
+        handler(identity, msg, meta, req)
 
-    def _on_get_stats(self, identity, msg: wire.Message, req) -> None:
-        extra = {}
-        sampler = msg.meta.get("sampler")
-        if isinstance(sampler, str) and len(sampler) <= 64:
+    def _refuse(self, identity, req, reason: str, detail: str) -> None:
+        self._reject("service", reason, detail)
+        self._reply(identity, "error", {"req": req, "reason": detail})
+
+    def _on_get_stats(self, identity, msg: wire.Message, meta: dict, req) -> None:
+        extra: dict[str, Any] = {}
+        if "sampler" in meta:
             # The learner asks which of its sample requests are held here (still waiting for data),
             # so it can tell requests lost with a dropped connection from requests merely waiting.
-            sampler_id = sampler.encode()
+            sampler_id = meta["sampler"].encode()
             extra["sampler_pending"] = [r for ident, r, *_ in self.pending
-                                       if isinstance(r, int) and ident.bytes == sampler_id]
-        self._reply(identity, "stats", {"req": req, **self.stats_summary(), **extra})
+                                        if isinstance(r, int) and ident.bytes == sampler_id]
+        if "actor" in meta and "incarnation" in meta:
+            # Only a worker that knows its incarnation (never shown in stats) learns how far the
+            # broker has read it: a stopping actor confirms its last segment arrived.
+            a = self.stats.actors.get(meta["actor"])
+            extra["flushed_seq"] = a["_seqs"].get(meta["incarnation"], -1) if a else -1
+        summary = self.stats_summary(actors_from=meta.get("actors_from"),
+                                     actors_limit=meta.get("actors_limit", PER_ACTOR_SHOWN))
+        self._reply(identity, "stats", {"req": req, **summary, **extra})
 
     def _reply(self, identity, msg_type: str, meta: dict, arrays: dict | None = None) -> None:
         self.service.send_multipart([identity, *wire.encode(msg_type, meta, arrays)], copy=False)
 
-    def _on_flush(self, identity, msg: wire.Message, req) -> None:
+    def _on_flush(self, identity, msg: wire.Message, meta: dict, req) -> None:
         """A stopping actor's last segments may sit in ingest while the rate limiter holds actors
         back; once it disconnects libzmq would discard them. Read ingest past the limiter until
-        that incarnation's last sequence number has arrived (or a few seconds have passed)."""
-        try:
-            key = (_int(msg.meta, "actor_id"), str(msg.meta["incarnation"])[:32])
-            last_seq = _int(msg.meta, "last_seq")
-        except (KeyError, TypeError, ValueError) as exc:
-            self._reject("service", "bad_flush", str(exc))
-            return self._reply(identity, "error", {"req": req, "reason": f"bad flush: {exc}"})
-        if self._flushed(key) < last_seq:
-            self.flushing[key] = (last_seq, time.monotonic() + FLUSH_TIMEOUT_S)
+        that incarnation's last sequence number has arrived (or a few seconds have passed).
+        Only for an incarnation the broker has seen, and a last_seq within its window."""
+        a = self.stats.actors.get(meta["actor_id"])
+        last = a["_seqs"].get(meta["incarnation"]) if a else None
+        if last is None:
+            return self._refuse(identity, req, "bad_flush", "flush: unknown actor incarnation")
+        if meta["last_seq"] > last + SEQ_WINDOW:
+            return self._refuse(identity, req, "bad_flush", "flush: last_seq beyond the sequence window")
+        if last < meta["last_seq"]:
+            self.flushing[(meta["actor_id"], meta["incarnation"])] = (meta["last_seq"],
+                                                                      time.monotonic() + FLUSH_TIMEOUT_S)
         self._reply(identity, "ok", {"req": req})
 
-    def _on_claim_ids(self, identity, msg: wire.Message, req) -> None:
+    def _on_claim_ids(self, identity, msg: wire.Message, meta: dict, req) -> None:
         """Hand out a block of actor ids no one has used (replicas of one container image
         cannot pick distinct --first-id values themselves)."""
-        try:
-            n = _int(msg.meta, "n")
-            if not 1 <= n <= 4096:
-                raise ValueError("n must be 1..4096")
-        except (KeyError, TypeError, ValueError) as exc:
-            self._reject("service", "bad_claim_ids", str(exc))
-            return self._reply(identity, "error", {"req": req, "reason": f"bad claim_ids: {exc}"})
+        n = meta["n"]
         first = max([self.stats.next_actor_id, *(k + 1 for k in self.stats.actors)])
+        if first + n > messages.MAX_INT:
+            return self._refuse(identity, req, "bad_claim_ids", "claim_ids: no ids left")
         self.stats.next_actor_id = first + n
         log.info("broker: actor ids %d..%d claimed", first, first + n - 1)
         self._reply(identity, "ok", {"req": req, "first_id": first})
 
+    def _on_actor_error(self, identity, msg: wire.Message, meta: dict, req) -> None:
+        """An actor that cannot act on the run (it refused the spec, its env failed) says why."""
+        self.stats.actor_errors[meta["reason"]] += 1
+        self.stats.actor_error_last[meta["reason"]] = f"actor {meta['actor_id']}: {meta['detail']}"
+        log.warning("broker: actor %d: %s", meta["actor_id"], meta["detail"])
+        self._reply(identity, "ok", {"req": req})
+
     def _flushed(self, key: tuple[int, str]) -> int:
-        return self.stats.actors.get(key[0], {}).get("seqs", {}).get(key[1], -1)
+        a = self.stats.actors.get(key[0])
+        return a["_seqs"].get(key[1], -1) if a else -1
 
     def _update_flushing(self) -> None:
         now = time.monotonic()
@@ -365,50 +477,72 @@ class Broker:
             if self._flushed(key) >= last_seq or now > deadline:
                 del self.flushing[key]
 
-    def _on_register(self, identity, msg: wire.Message, req) -> None:
+    def _on_register(self, identity, msg: wire.Message, meta: dict, req) -> None:
+        spec = meta["spec"]
         try:
-            spec = msg.meta["spec"]
-            table_cfg = TableConfig.from_meta(msg.meta["table"])
-            version = _int(msg.meta, "weights_version")
-            if not isinstance(spec, dict):
-                raise TypeError("spec must be a map")
-        except (KeyError, TypeError, ValueError) as exc:
-            self._reject("service", "bad_register", str(exc))
-            return self._reply(identity, "error", {"req": req, "reason": f"bad register: {exc}"})
-        # A learner that restarts with the same table keeps the experience collected so far.
-        if self.table is None or self.table.cfg != table_cfg or (self.spec or {}).get("run_id") != spec.get("run_id"):
-            self.table = make_table(table_cfg, seed=self.cfg.seed)
+            table_cfg = TableConfig.from_meta(meta["table"])
+            schema = ItemSchema.from_meta(meta["schema"])
+            item_bytes = schema.item_bytes()
+            if table_cfg.capacity * item_bytes > self.max_table_bytes:
+                raise ValueError(f"a table of {table_cfg.capacity} items of {item_bytes} bytes exceeds the broker's "
+                                 f"limit of {self.max_table_bytes} bytes (broker.max_table_bytes)")
+            if any(a.dtype.kind == "f" and not np.isfinite(a).all() for a in msg.arrays.values()):
+                raise ValueError("the initial weights hold NaN or infinite values")
+        except (ValueError, TypeError) as exc:
+            return self._refuse(identity, req, "bad_register", f"bad register: {exc}")
+        token_hash = _token_hash(meta["token"])
+        same_run = self.spec is not None and self.spec["run_id"] == spec["run_id"]
+        if same_run and self.token_hash is not None and not hmac.compare_digest(token_hash, self.token_hash):
+            # Only the learner that holds a run (it keeps the token in its checkpoint) may register
+            # it again: anyone else reusing the run id would replace its table and settings.
+            return self._refuse(identity, req, "run_held", f"run {spec['run_id']} is held by another learner")
+        if not same_run or self.table.cfg != table_cfg or self.table.item_schema != schema:
+            # A learner that restarts with the same run, table and schema keeps the experience.
+            self.table = make_table(table_cfg, seed=self.cfg.seed, schema=schema)
             self.pending.clear()
-            log.info("broker: new table %s for run %s", table_cfg, spec.get("run_id"))
-        self.spec = spec
+            self.flushing.clear()
+            if not same_run:
+                self.stats.new_run()
+            log.info("broker: new table %s for run %s", table_cfg, spec["run_id"])
+        self.spec, self.token_hash = spec, token_hash
+        self.weights_layout = _layout(msg.arrays)
         self.weights_version = -1
-        self._cache_weights(wire.encode("weights", {"version": version, "run_id": spec.get("run_id")}, msg.arrays), version)
+        self._cache_weights(wire.encode("weights", {"version": meta["weights_version"], "run_id": spec["run_id"]},
+                                        msg.arrays), meta["weights_version"])
         self._reply(identity, "ok", {"req": req, "ports": self.ports})
 
-    def _on_get_spec(self, identity, msg, req) -> None:
+    def _on_get_spec(self, identity, msg, meta, req) -> None:
         if self.spec is None:
             return self._reply(identity, "not_ready", {"req": req})
         self._reply(identity, "spec", {"req": req, "spec": self.spec, "ports": self.ports,
                                        "weights_version": self.weights_version})
 
-    def _on_get_weights(self, identity, msg, req) -> None:
+    def _on_get_weights(self, identity, msg, meta, req) -> None:
         if self.weights_frames is None:
             return self._reply(identity, "not_ready", {"req": req})
         weights = wire.decode(self.weights_frames, self.limits)
         self._reply(identity, "weights", {"req": req, **weights.meta}, weights.arrays)
 
-    def _on_sample(self, identity, msg, req) -> None:
-        batch_size = msg.meta.get("batch_size")
-        if not isinstance(batch_size, int) or not 0 < batch_size <= 1 << 20:
-            self._reject("service", "bad_sample", repr(batch_size))
-            return self._reply(identity, "error", {"req": req, "reason": "batch_size must be a positive int"})
-        beta = msg.meta.get("beta", 1.0)  # importance-sampling exponent (prioritized tables), annealed by the learner
-        if not isinstance(beta, (int, float)) or isinstance(beta, bool) or not 0 <= beta <= 1:
-            self._reject("service", "bad_sample", f"beta {beta!r}")
-            return self._reply(identity, "error", {"req": req, "reason": "beta must be a number in [0, 1]"})
+    def _on_sample(self, identity, msg, meta, req) -> None:
         if self.table is None:
             return self._reply(identity, "error", {"req": req, "reason": "no table: register first"})
-        self.pending.append((identity, req, batch_size, float(beta), time.monotonic()))
+        batch_size, why = meta["batch_size"], self._unservable(meta["batch_size"])
+        if why:  # it could never be served, and would hold every request behind it
+            return self._refuse(identity, req, "bad_sample", f"batch_size {batch_size}: {why}")
+        if len(self.pending) >= MAX_PENDING_SAMPLES:
+            return self._refuse(identity, req, "too_many_pending", f"{len(self.pending)} sample requests are waiting")
+        self.pending.append((identity, req, batch_size, meta.get("beta", 1.0), time.monotonic()))
+
+    def _unservable(self, batch_size: int) -> str:
+        """Why a batch of this size can never be served by the table ('' if it can)."""
+        cfg, nbytes = self.table.cfg, batch_size * self.table.item_schema.item_bytes()
+        if nbytes > wire.DEFAULT_LIMITS.max_message_bytes:
+            return f"{nbytes} bytes is more than a message may carry ({wire.DEFAULT_LIMITS.max_message_bytes})"
+        if cfg.sampler == "fifo" and batch_size > cfg.capacity:
+            return f"more than the queue's capacity {cfg.capacity}"
+        if cfg.samples_per_insert > 0 and batch_size > cfg.tolerance:
+            return f"more than the rate limiter's tolerance {cfg.tolerance} (it would wait forever)"
+        return ""
 
     def _serve_pending(self) -> None:
         table = self.table
@@ -425,44 +559,77 @@ class Broker:
                 self.stats.served_lag.extend(table.served_lags)
             self._reply(identity, "batch", {"req": req}, {**arrays, **extra})
 
-    def _on_update_priorities(self, identity, msg: wire.Message, req) -> None:
+    def _on_update_priorities(self, identity, msg: wire.Message, meta: dict, req) -> None:
         """New priorities by item id from the learner; ids overwritten meanwhile are skipped."""
-        try:
-            if self.table is None:
-                raise ValueError("no table: register first")
-            updated = self.table.update_priorities(msg.arrays["ids"], msg.arrays["priorities"])
-        except (KeyError, ValueError) as exc:
-            self._reject("service", "bad_priorities", str(exc))
-            return self._reply(identity, "error", {"req": req, "reason": f"bad update_priorities: {exc}"})
+        ids, priorities = msg.arrays.get("ids"), msg.arrays.get("priorities")
+        if self.table is None:
+            return self._refuse(identity, req, "bad_priorities", "update_priorities: no table, register first")
+        if ids is None or priorities is None or ids.ndim != 1 or priorities.shape != ids.shape \
+                or ids.dtype.kind not in "iu" or priorities.dtype.kind not in "fiu":
+            return self._refuse(identity, req, "bad_priorities",
+                                "update_priorities: ids (int [K]) and priorities (float [K]) are needed")
+        updated = self.table.update_priorities(ids, priorities)
         self.stats.priority_updates += updated
-        self.stats.priority_updates_skipped += len(msg.arrays["ids"]) - updated
+        self.stats.priority_updates_skipped += len(ids) - updated
         self._reply(identity, "ok", {"req": req, "updated": updated})
 
     def _on_published_weights(self, frames: list) -> None:
-        try:
-            msg = wire.decode(frames, self.limits)
-            version = _int(msg.meta, "version")
-        except (wire.WireError, KeyError, TypeError, ValueError) as exc:
-            return self._reject("weights_in", getattr(exc, "reason", "bad_meta"), str(exc))
+        received = self._receive("weights_in", frames)
+        if received is None:
+            return
+        msg, meta = received
         if msg.type != "weights":
             return self._reject("weights_in", "unexpected_type", msg.type)
+        if self.spec is None or meta["run_id"] != self.spec["run_id"]:
+            return self._reject("weights_in", "wrong_run", f"weights of run {meta['run_id']}")
+        # Without keys the per-run token is what tells the learner's weights from anyone else's.
+        if not hmac.compare_digest(_token_hash(meta.get("token", "")), self.token_hash or ""):
+            return self._reject("weights_in", "bad_token", "weights not from the run's learner")
+        version = meta["version"]
         if version <= self.weights_version:
             return  # a stale publish, e.g. from a learner that restarted from an older checkpoint
-        self._cache_weights([f.buffer for f in frames], version)
+        if version > self.weights_version + MAX_VERSION_STEP:
+            return self._reject("weights_in", "bad_version", f"version {version} after {self.weights_version}")
+        if _layout(msg.arrays) != self.weights_layout:
+            return self._reject("weights_in", "bad_weights", "arrays differ from the registered weights")
+        if any(a.dtype.kind == "f" and not np.isfinite(a).all() for a in msg.arrays.values()):
+            return self._reject("weights_in", "non_finite", "weights hold NaN or infinite values")
+        # Re-encoded without the token (the arrays are not copied): actors never see it.
+        self._cache_weights(wire.encode("weights", {"version": version, "run_id": meta["run_id"]}, msg.arrays),
+                            version)
 
     def _cache_weights(self, frames: list, version: int) -> None:
         self.weights_frames, self.weights_version = frames, version
         self.weights_out.send_multipart(frames, copy=False)
+        self.last_resend = time.monotonic()
+        self.resend_due = None
 
     def _on_subscription(self, frames: list) -> None:
         data = frames[0].bytes
-        if data[:1] == b"\x01" and self.weights_frames is not None:
-            self.weights_out.send_multipart(self.weights_frames, copy=False)
+        if data[:1] != b"\x01" or self.weights_frames is None:
+            return
+        self.stats.subscriptions += 1
+        # A new subscriber gets the cached weights; resends go to every subscriber, so at most one
+        # per RESEND_INTERVAL_S: a burst of subscriptions (or a client resubscribing in a loop)
+        # costs one resend per interval, and each subscriber still has the weights within it.
+        if time.monotonic() - self.last_resend >= RESEND_INTERVAL_S:
+            self._resend()
+        elif self.resend_due is None:
+            self.resend_due = self.last_resend + RESEND_INTERVAL_S
+
+    def _resend(self) -> None:
+        self.weights_out.send_multipart(self.weights_frames, copy=False)
+        self.stats.weights_resends += 1
+        self.last_resend = time.monotonic()
+        self.resend_due = None
 
     # -- stats ----------------------------------------------------------------------------------
 
-    def stats_summary(self, brief: bool = False) -> dict[str, Any]:
+    def stats_summary(self, brief: bool = False, actors_from: int | None = None,
+                      actors_limit: int = PER_ACTOR_SHOWN) -> dict[str, Any]:
+        """Counters of the registered run (``lifetime``: this broker process's totals over all runs)."""
         s, t = self.stats, self.table
+        dropped_queue = getattr(t, "dropped_stale", 0)
         out = {
             "broker_id": self.broker_id,  # new with every broker process: tells a restart apart
             "run_id": (self.spec or {}).get("run_id"),
@@ -473,11 +640,17 @@ class Broker:
             "mean_return_100": float(np.mean(s.returns)) if s.returns else None,
             "mean_length_100": float(np.mean(s.lengths)) if s.lengths else None,
             "policy_lag_100": float(np.mean(s.policy_lag)) if s.policy_lag else None,
+            "max_policy_lag": t.cfg.max_policy_lag if t else None,
             "rejected": dict(s.rejected),
             "rejected_on": dict(s.rejected_on),  # the same rejections by socket
+            "refused_connections": dict(self.auth.refused) if self.auth is not None else {},
+            "actor_errors": dict(s.actor_errors),
+            "actor_error_last": dict(s.actor_error_last),
             "gaps": s.gaps,  # segments that never arrived (sequence numbers skipped)
             "duplicates": s.duplicates,
-            "dropped_stale": getattr(t, "dropped_stale", 0),  # FIFO queues: dropped on purpose (too old)
+            "dropped_stale": s.dropped_stale_items + dropped_queue,  # items too old: dropped on purpose
+            "dropped_stale_segments": s.dropped_stale_segments,  # ... of them at ingest, whole segments
+            "dropped_stale_frames": s.dropped_stale_frames,
             "dropped_overflow": getattr(t, "dropped_overflow", 0),
             "served_policy_lag": float(np.mean(s.served_lag)) if s.served_lag else None,
             "priority_updates": s.priority_updates,  # items whose priority the learner set
@@ -489,6 +662,8 @@ class Broker:
             "sample_rate": s.sample_rate,  # sampled items/s over the last second
             "pending_samples": len(self.pending),
             "weights_version": self.weights_version,
+            "subscriptions": s.subscriptions,
+            "weights_resends": s.weights_resends,
             "actors": len(s.actors),
             "uptime_s": time.monotonic() - s.started,
             "snapshots": s.snapshots,
@@ -496,49 +671,93 @@ class Broker:
             # What the snapshot this broker started from held: a restarted broker counts the
             # segments received after that snapshot (and in flight at the kill) as gaps.
             "restored": s.restored,
+            "lifetime": s.lifetime_totals(),
         }
         if not brief:
-            out["per_actor"] = {str(k): {n: x for n, x in v.items() if not n.startswith("_")}
-                                for k, v in s.actors.items()}
+            out.update(s.per_actor_page(actors_from, actors_limit))
         return out
 
 
 class _Stats:
+    _COUNTERS = ("segments", "items", "frames", "episodes", "batches", "sampled_items", "gaps", "duplicates",
+                 "priority_updates", "priority_updates_skipped", "dropped_stale_segments", "dropped_stale_items",
+                 "dropped_stale_frames")
+
     def __init__(self):
         self.started = time.monotonic()
-        self.segments = self.items = self.frames = self.episodes = self.batches = 0
-        self.sampled_items = 0
-        self.gaps = self.duplicates = 0
-        self.priority_updates = self.priority_updates_skipped = 0
+        for k in self._COUNTERS:
+            setattr(self, k, 0)
+        self.lifetime = collections.Counter()  # totals of the runs before this one
         self.next_actor_id = 0  # the next id handed out by claim_ids
         self.snapshots = 0
+        self.subscriptions = self.weights_resends = 0
+        self.forgotten_actors = 0
         self.snapshot_error: str | None = None  # a snapshot found at start but refused
         self.restored: dict[str, Any] | None = None
         self.insert_rate = self.sample_rate = 0.0
         self._rate_mark = (self.started, 0, 0)  # (time, items, sampled items) at the last rate update
         self.sample_wait_s = 0.0
+        self.rejected: collections.Counter = collections.Counter()
+        self.rejected_on: collections.Counter = collections.Counter()
+        self.actor_errors: collections.Counter = collections.Counter()
+        self.actor_error_last: dict[str, str] = {}
+        self.last_reject_log: dict[str, float] = {}
+        self._reset_run()
+
+    def _reset_run(self) -> None:
+        for k in self._COUNTERS:
+            setattr(self, k, 0)
         self.returns: collections.deque = collections.deque(maxlen=100)
         self.lengths: collections.deque = collections.deque(maxlen=100)
         self.policy_lag: collections.deque = collections.deque(maxlen=100)  # weight versions behind, per segment
         self.served_lag: collections.deque = collections.deque(maxlen=1000)  # FIFO queues: lag of items when served
-        self.rejected: collections.Counter = collections.Counter()
-        self.rejected_on: collections.Counter = collections.Counter()
-        self.last_reject_log: dict[str, float] = {}
-        self.actors: dict[int, dict[str, Any]] = {}
+        # actor id -> its counters, least recently seen first (bounded by MAX_ACTORS_TRACKED)
+        self.actors: collections.OrderedDict[int, dict[str, Any]] = collections.OrderedDict()
+        self._rate_mark = (time.monotonic(), 0, 0)
 
-    _COUNTERS = ("segments", "items", "frames", "episodes", "batches", "sampled_items", "gaps", "duplicates",
-                 "next_actor_id")
+    def new_run(self) -> None:
+        """A different run registered: its counters start from zero (the learner counts frames
+        and budgets from them); what came before goes into the lifetime totals."""
+        self.lifetime.update({k: getattr(self, k) for k in self._COUNTERS})
+        self._reset_run()
+
+    def lifetime_totals(self) -> dict[str, int]:
+        return {k: self.lifetime[k] + getattr(self, k) for k in ("segments", "items", "frames", "episodes", "batches")}
+
+    def per_actor_page(self, actors_from: int | None, limit: int) -> dict[str, Any]:
+        """At most ``limit`` actors: the most recently seen, or with ``actors_from`` the ids from
+        that one up (paging). The others are summed into ``per_actor_rest``, so a reply stays
+        small with any number of actors."""
+        if actors_from is None:
+            shown = list(itertools.islice(reversed(self.actors), limit))
+        else:
+            shown = sorted(k for k in self.actors if k >= actors_from)[:limit]
+        shown_set = set(shown)
+        rest = [a for k, a in self.actors.items() if k not in shown_set]
+        return {
+            "per_actor": {str(k): _public(self.actors[k]) for k in sorted(shown)},
+            "per_actor_rest": {"actors": len(rest), "segments": sum(a["segments"] for a in rest),
+                               "frames": sum(a["frames"] for a in rest), "gaps": sum(a["gaps"] for a in rest)},
+            "forgotten_actors": self.forgotten_actors,
+        }
 
     def accounting(self) -> dict[str, Any]:
-        """The counters a snapshot keeps (JSON-ready)."""
-        return {**{k: getattr(self, k) for k in self._COUNTERS},
-                "actors": {str(k): {n: x for n, x in v.items() if not n.startswith("_")}
-                           for k, v in self.actors.items()}}
+        """The counters a snapshot keeps (JSON-ready), including each incarnation's last
+        sequence number (private: stats never show incarnations)."""
+        return {**{k: getattr(self, k) for k in self._COUNTERS}, "next_actor_id": self.next_actor_id,
+                "lifetime": dict(self.lifetime),
+                "actors": {str(k): {**_public(v), "_seqs": dict(v["_seqs"])} for k, v in self.actors.items()}}
 
     def restore_accounting(self, doc: dict[str, Any]) -> None:
         for k in self._COUNTERS:
             setattr(self, k, int(doc.get(k, 0)))
-        self.actors = {int(k): dict(v) for k, v in doc.get("actors", {}).items()}
+        self.next_actor_id = int(doc.get("next_actor_id", 0))
+        self.lifetime = collections.Counter({k: int(v) for k, v in doc.get("lifetime", {}).items()})
+        self.actors = collections.OrderedDict()
+        for k, v in doc.get("actors", {}).items():
+            a = {**v, "_seqs": collections.OrderedDict(v.get("_seqs", {}))}
+            a.setdefault("incarnations", len(a["_seqs"]))
+            self.actors[int(k)] = a
         self._rate_mark = (time.monotonic(), self.items, self.sampled_items)
 
     def update_rates(self, every_s: float = 1.0) -> None:
@@ -553,11 +772,16 @@ class _Stats:
                 a["_frames_mark"] = a["frames"]
 
 
-def _int(meta: dict, key: str) -> int:
-    value = meta[key]
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{key} must be an integer")
-    return value
+def _layout(arrays: dict[str, np.ndarray]) -> dict[str, tuple[str, tuple[int, ...]]]:
+    return {k: (a.dtype.str, a.shape) for k, a in arrays.items()}
+
+
+def _public(a: dict[str, Any]) -> dict[str, Any]:
+    return {n: x for n, x in a.items() if not n.startswith("_")}
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def run_broker(cfg: BrokerConfig, address_file: str | None = None) -> None:

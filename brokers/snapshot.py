@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from qrl.brokers.tables import QueueTable, ReplayTable, TableConfig, make_table
+from qrl.brokers.tables import ItemSchema, QueueTable, ReplayTable, TableConfig, make_table
 
 SNAPSHOT, DIGEST = "replay.npz", "replay.npz.sha256"
 
@@ -58,7 +58,8 @@ def save(directory: str | Path, table: ReplayTable, spec: dict[str, Any] | None,
     # its snapshot keeps the configuration, not the items.
     queue = isinstance(table, QueueTable)
     n = 0 if queue else table.size
-    doc = {"table": table.cfg.as_meta(), "next_id": table.next_id, "size": n,
+    doc = {"table": table.cfg.as_meta(), "schema": table.item_schema.as_meta() if table.item_schema else None,
+           "next_id": table.next_id, "size": n,
            "inserted": table.limiter.inserted, "sampled": table.limiter.sampled,
            "spec": spec, "weights_version": weights_version, "accounting": accounting or {}}
     arrays = {} if queue else {f"f/{name}": store for name, store in table.storage.items()}
@@ -89,10 +90,12 @@ def load(directory: str | Path, seed: int = 0) -> Restored | None:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
         doc = json.loads(arrays.pop("doc").tobytes())
-        table = make_table(TableConfig.from_meta(doc["table"]), seed=seed)
+        schema = ItemSchema.from_meta(doc["schema"]) if doc.get("schema") else None
+        table = make_table(TableConfig.from_meta(doc["table"]), seed=seed, schema=schema)
         fields = {k[2:]: v for k, v in arrays.items() if k.startswith("f/")}
         if fields:
-            table._lock_schema({k: v[:1] for k, v in fields.items()})
+            if schema is None:
+                table.set_schema(ItemSchema.of({k: v[:1] for k, v in fields.items()}))
             for name, store in fields.items():
                 table.storage[name][:] = store
         table.ids[:] = arrays["ids"]

@@ -1,10 +1,12 @@
 """Replay storage for the broker: a fixed-capacity ring of named numpy fields,
 a uniform or prioritized sampler and a Reverb-style rate limiter. Algorithm-agnostic:
-an item is whatever named arrays the actors send; the schema is locked by the first.
+an item is whatever named arrays the learner declared in its `register` (ItemSchema);
+a segment that differs, holds non-finite floats or more items than the table, is refused.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
@@ -16,7 +18,59 @@ SAMPLERS = ("uniform", "prioritized", "fifo")
 
 
 class SchemaError(ValueError):
-    """An insert whose fields do not match the table's locked schema."""
+    """An insert the table refuses; ``reason`` is the counter it goes to."""
+
+    def __init__(self, detail: str, reason: str = "schema_mismatch"):
+        self.reason = reason
+        super().__init__(detail)
+
+
+MAX_ITEM_NDIM = 7
+
+
+@dataclass(frozen=True)
+class ItemSchema:
+    """What one item is: named fields with a dtype and a trailing shape, declared by the learner
+    (derived from its algorithm's item builder) in `register`, and how many env frames one item
+    covers (a segment's `frames` must equal its items times this)."""
+
+    fields: tuple[tuple[str, str, tuple[int, ...]], ...]
+    frames_per_item: int = 1
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> "ItemSchema":
+        from qrl.wire import ALLOWED_DTYPES
+
+        fields_meta = meta["fields"]
+        if not fields_meta:
+            raise ValueError("an item needs at least one field")
+        out = []
+        for name, desc in fields_meta.items():
+            if name.startswith("_") or len(name) > 128:
+                raise ValueError(f"field names must not start with '_' (reserved) and hold <= 128 characters: {name[:32]!r}")
+            if not (isinstance(desc, list) and len(desc) == 2 and isinstance(desc[0], str) and isinstance(desc[1], list)):
+                raise ValueError(f"field {name}: expected [dtype, shape]")
+            dtype, shape = desc
+            if dtype not in ALLOWED_DTYPES:
+                raise ValueError(f"field {name}: dtype must be one of {sorted(ALLOWED_DTYPES)}")
+            if len(shape) > MAX_ITEM_NDIM or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= 1 << 24
+                                                     for d in shape):
+                raise ValueError(f"field {name}: shape must be at most {MAX_ITEM_NDIM} integers in [0, 2^24]")
+            out.append((name, dtype, tuple(shape)))
+        return cls(tuple(out), int(meta["frames_per_item"]))
+
+    @classmethod
+    def of(cls, arrays: Mapping[str, np.ndarray], frames_per_item: int = 1) -> "ItemSchema":
+        """The schema of a batch of items (leading dimension = items)."""
+        return cls(tuple((name, np.asarray(a).dtype.str, tuple(np.asarray(a).shape[1:])) for name, a in arrays.items()),
+                   frames_per_item)
+
+    def as_meta(self) -> dict[str, Any]:
+        return {"fields": {name: [dtype, list(shape)] for name, dtype, shape in self.fields},
+                "frames_per_item": self.frames_per_item}
+
+    def item_bytes(self) -> int:
+        return sum(np.dtype(dtype).itemsize * int(np.prod(shape)) for _, dtype, shape in self.fields)
 
 
 @dataclass(frozen=True)
@@ -48,8 +102,11 @@ class TableConfig:
         return cfg
 
     def validate(self, batch_size: int | None = None) -> None:
-        if not (isinstance(self.capacity, int) and self.capacity > 0):
+        if not (isinstance(self.capacity, int) and not isinstance(self.capacity, bool) and self.capacity > 0):
             raise ValueError("table capacity must be a positive integer")
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+                   for x in (self.samples_per_insert, self.tolerance, self.priority_exponent)):
+            raise ValueError("samples_per_insert, tolerance and priority_exponent must be finite numbers")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.sampler!r}; available: {list(SAMPLERS)}")
         if not 0 <= self.min_size <= self.capacity:
@@ -100,12 +157,16 @@ class RateLimiter:
 class ReplayTable:
     """A ring buffer of ``capacity`` items; each field is one preallocated array."""
 
-    def __init__(self, cfg: TableConfig, seed: int = 0):
+    def __init__(self, cfg: TableConfig, seed: int = 0, schema: ItemSchema | None = None):
         self.cfg = cfg
         self.limiter = RateLimiter(cfg)
         self.rng = np.random.default_rng(seed)
-        self.schema: dict[str, tuple[np.dtype, tuple[int, ...]]] | None = None
+        self.item_schema: ItemSchema | None = None
+        self.schema: dict[str, tuple[np.dtype, tuple[int, ...]]] = {}
         self.storage: dict[str, np.ndarray] = {}
+        self.floats: list[str] = []
+        if schema is not None:
+            self.set_schema(schema)
         self.ids = np.full(cfg.capacity, -1, dtype=np.int64)  # global insert index per slot
         self.next_id = 0
         self.size = 0
@@ -114,30 +175,42 @@ class ReplayTable:
             self.sum_tree, self.min_tree = SumTree(cfg.capacity), MinTree(cfg.capacity)
             self.max_priority = 1.0  # new items without a priority get the largest seen so far
 
-    def _lock_schema(self, arrays: Mapping[str, np.ndarray]) -> None:
-        if not arrays:
-            raise SchemaError("an item needs at least one field")
-        for name in arrays:
-            if name.startswith("_"):
-                raise SchemaError(f"field names starting with '_' are reserved: {name!r}")
-        self.schema = {name: (a.dtype, a.shape[1:]) for name, a in arrays.items()}
-        self.storage = {
-            name: np.zeros((self.cfg.capacity, *shape), dtype=dtype) for name, (dtype, shape) in self.schema.items()
-        }
+    def set_schema(self, schema: ItemSchema) -> None:
+        """Allocate the storage. The broker always passes the learner's schema at creation; a
+        table made without one (tests, benchmarks) takes the first insert's."""
+        self.item_schema = schema
+        self.schema = {name: (np.dtype(dtype), shape) for name, dtype, shape in schema.fields}
+        self.storage = {name: np.zeros((self.cfg.capacity, *shape), dtype=dtype)
+                        for name, (dtype, shape) in self.schema.items()}
+        self.floats = [name for name, (dtype, _) in self.schema.items() if dtype.kind == "f"]
 
-    def check(self, arrays: Mapping[str, np.ndarray]) -> int:
-        """Validate a batch of items against the schema; return how many items it holds."""
+    def check(self, arrays: Mapping[str, np.ndarray], frames: int | None = None) -> int:
+        """Validate a batch of items against the schema; return how many items it holds.
+        Checked: the field names, dtypes and trailing shapes, one leading (item) dimension of
+        1..capacity, finite floats, and with ``frames`` that it equals items x frames_per_item."""
+        if self.item_schema is None:
+            if not arrays or any(name.startswith("_") for name in arrays):
+                raise SchemaError("an item needs at least one field, and names starting with '_' are reserved")
+            self.set_schema(ItemSchema.of(arrays))
+        if set(arrays) != set(self.schema):
+            raise SchemaError(f"fields {sorted(arrays)[:16]} != table fields {sorted(self.schema)}")
         lengths = {a.shape[0] if a.ndim else -1 for a in arrays.values()}
         if len(lengths) != 1 or -1 in lengths:
             raise SchemaError("all fields need the same leading (item) dimension")
-        if self.schema is not None:
-            if set(arrays) != set(self.schema):
-                raise SchemaError(f"fields {sorted(arrays)} != table fields {sorted(self.schema)}")
-            for name, a in arrays.items():
-                dtype, shape = self.schema[name]
-                if a.dtype != dtype or a.shape[1:] != shape:
-                    raise SchemaError(f"{name}: {a.dtype}{list(a.shape[1:])} != {dtype}{list(shape)}")
-        return lengths.pop()
+        for name, a in arrays.items():
+            dtype, shape = self.schema[name]
+            if a.dtype != dtype or a.shape[1:] != shape:
+                raise SchemaError(f"{name}: {a.dtype}{list(a.shape[1:])} != {dtype}{list(shape)}")
+        n = lengths.pop()
+        if not 0 < n <= self.cfg.capacity:
+            raise SchemaError(f"a segment of {n} items; the table takes 1..{self.cfg.capacity}", "bad_item_count")
+        if frames is not None and frames != n * self.item_schema.frames_per_item:
+            raise SchemaError(f"frames {frames} != {n} items x {self.item_schema.frames_per_item} frames per item",
+                              "bad_frames")
+        for name in self.floats:
+            if not np.isfinite(arrays[name]).all():
+                raise SchemaError(f"{name} holds NaN or infinite values", "non_finite")
+        return n
 
     def insert(self, arrays: Mapping[str, np.ndarray], priorities: np.ndarray | None = None,
                version: int = 0) -> int:
@@ -145,25 +218,16 @@ class ReplayTable:
         n = self.check(arrays)
         if priorities is not None and (priorities.shape != (n,) or not np.all(np.isfinite(priorities))
                                        or np.any(priorities < 0)):
-            raise SchemaError(f"_priority must be {n} finite non-negative numbers")
-        if self.schema is None:
-            self._lock_schema(arrays)
-        cap = self.cfg.capacity
-        if n > cap:  # only the newest `cap` items can survive anyway
-            arrays = {k: v[-cap:] for k, v in arrays.items()}
-            priorities = None if priorities is None else priorities[-cap:]
-            self.next_id += n - cap
-            self.limiter.inserted += n - cap
-            n = cap
+            raise SchemaError(f"_priority must be {n} finite non-negative numbers", "bad_priorities")
         new_ids = self._write(arrays, n)
         if self.prioritized:
             if priorities is None:
                 priorities = np.full(n, self.max_priority)
             else:
                 self.max_priority = max(self.max_priority, float(priorities.max(initial=0.0)))
-            self._set_priorities(new_ids % cap, priorities)
+            self._set_priorities(new_ids % self.cfg.capacity, priorities)
         self.next_id += n
-        self.size = min(self.size + n, cap)
+        self.size = min(self.size + n, self.cfg.capacity)
         self.limiter.inserted += n
         return n
 
@@ -252,8 +316,8 @@ class QueueTable(ReplayTable):
     observation) is served once, oldest first. Items older than cfg.max_policy_lag weight
     versions when their turn comes are dropped and counted (dropped_stale)."""
 
-    def __init__(self, cfg: TableConfig, seed: int = 0):
-        super().__init__(cfg, seed)
+    def __init__(self, cfg: TableConfig, seed: int = 0, schema: ItemSchema | None = None):
+        super().__init__(cfg, seed, schema)
         self.limiter = _QueueLimiter(self)
         self.versions = np.zeros(cfg.capacity, dtype=np.int64)  # policy version that made each item
         self.head = 0  # id of the oldest queued item
@@ -266,10 +330,6 @@ class QueueTable(ReplayTable):
     def insert(self, arrays: Mapping[str, np.ndarray], priorities: np.ndarray | None = None,
                version: int = 0) -> int:
         n = self.check(arrays)
-        if n > self.cfg.capacity:
-            raise SchemaError(f"a segment of {n} items does not fit a queue of {self.cfg.capacity}")
-        if self.schema is None:
-            self._lock_schema(arrays)
         overflow = max(0, self.size + n - self.cfg.capacity)
         if overflow:  # only when flush reads past a full queue: the oldest make room, counted
             self.head += overflow
@@ -328,5 +388,5 @@ class QueueTable(ReplayTable):
         return 0
 
 
-def make_table(cfg: TableConfig, seed: int = 0) -> ReplayTable:
-    return QueueTable(cfg, seed) if cfg.sampler == "fifo" else ReplayTable(cfg, seed)
+def make_table(cfg: TableConfig, seed: int = 0, schema: ItemSchema | None = None) -> ReplayTable:
+    return (QueueTable if cfg.sampler == "fifo" else ReplayTable)(cfg, seed, schema)

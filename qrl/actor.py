@@ -16,7 +16,7 @@ import os
 import signal
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -50,6 +50,11 @@ class ActorConfig:
     """Kernel send buffer (SO_SNDBUF) of the PUSH socket. Every queued segment was made by an
     older policy: loopback's auto-tuned buffers (megabytes) let a fast actor run tens of
     segments ahead of what the broker has taken, so the learner trained on stale data."""
+    allow_envs: list[str] = field(default_factory=list)
+    """Environment entry points (module:Class, or a whole module) a run spec may make this actor
+    import. Registered gymnasium ids need no permission; anything else is refused (reported to the broker)."""
+    allow_wrappers: list[str] = field(default_factory=list)
+    """gymnasium wrappers (by name) a run spec may apply; others are refused."""
     give_up_after: int = 0
     """Stop the supervisor (exit 1, with the last error) when a worker has failed this many times
     in a row within YOUNG_S of its start; 0: keep restarting (crash-only, as under Kubernetes).
@@ -113,6 +118,12 @@ class Worker:
         client = transport.Client(self.ctx, self.cfg.broker, self.role)
         reply = self._fetch(client, "get_spec")
         spec, ports = reply.meta["spec"], reply.meta["ports"]
+        try:
+            envs.check_spec_allowed(spec["env"], spec.get("wrappers") or (), self.cfg.allow_envs,
+                                    self.cfg.allow_wrappers)
+        except envs.RefusedSpec as exc:
+            self._report(client, "refused_spec", str(exc))
+            raise
         algo = algorithm.load(spec["algo"])
         args = build(algo.Args, spec["args"], "algo")
         run = spec["run"]
@@ -190,6 +201,14 @@ class Worker:
         env.close()
         self._confirm_delivery()
 
+    def _report(self, client: transport.Client, reason: str, detail: str) -> None:
+        """Tell the broker why this actor cannot act on the run (counted in its stats)."""
+        try:
+            client.request("actor_error", {"actor_id": self.actor_id, "reason": reason, "detail": detail[:512]},
+                           wait_s=2.0)
+        except transport.BrokerUnavailable:
+            pass
+
     def _confirm_delivery(self, timeout_s: float = 3.0) -> None:
         """On a clean stop, wait (bounded) until the broker has read our last segment.
 
@@ -205,8 +224,9 @@ class Worker:
             client.request("flush", {"actor_id": self.actor_id, "incarnation": self.incarnation,
                                      "last_seq": self.sent - 1}, wait_s=timeout_s)
             while time.monotonic() < deadline:
-                mine = client.request("get_stats", wait_s=timeout_s).meta.get("per_actor", {}).get(str(self.actor_id))
-                if mine and mine.get("seqs", {}).get(self.incarnation, -1) >= self.sent - 1:
+                reply = client.request("get_stats", {"actor": self.actor_id, "incarnation": self.incarnation},
+                                       wait_s=timeout_s)
+                if reply.meta.get("flushed_seq", -1) >= self.sent - 1:
                     return
                 time.sleep(0.05)
             log.warning("%s: the broker had not confirmed segment %d when stopping", self.role, self.sent - 1)

@@ -77,3 +77,30 @@ class Rollout:
     truncated: np.ndarray  # [L, B] bool
     next_obs: np.ndarray  # [L, B, *obs_shape]
     extras: dict[str, np.ndarray] = field(default_factory=dict)  # [L, B, ...] from act()
+
+
+def item_schema(algo: ModuleType, net, obs_space, action_space, args, num_envs: int, num_steps: int):
+    """The broker's item schema for this algorithm (sent with `register`), found by running its own
+    actor path once on sampled observations: init_actor, act, make_items. Also how many env frames
+    one item covers, so the broker can check each segment's `frames`."""
+    from qrl.brokers.tables import ItemSchema
+
+    state = algo.init_actor(0, 1, num_envs, args, 0)
+    obs = np.stack([obs_space.sample() for _ in range(num_envs)])
+    length = num_steps + algo.rollout_overlap(args)
+    steps = []
+    for _ in range(length):
+        actions, extras = algo.act(net, obs, state, args)
+        steps.append((actions, extras))
+    done = np.zeros((length, num_envs), dtype=bool)
+    rollout = Rollout(obs=np.stack([obs] * length), actions=np.stack([a for a, _ in steps]),
+                      rewards=np.zeros((length, num_envs), dtype=np.float32), terminated=done, truncated=done.copy(),
+                      next_obs=np.stack([obs] * length),
+                      extras={k: np.stack([e[k] for _, e in steps]) for k in steps[0][1]})
+    items = algo.make_items(rollout, num_steps, args)
+    items.pop("_priority", None)
+    n_items = len(next(iter(items.values())))
+    if (num_steps * num_envs) % n_items:
+        raise ValueError(f"{algo.__name__}.make_items made {n_items} items from {num_steps * num_envs} frames: "
+                         "an item must cover a whole number of env frames")
+    return ItemSchema.of(items, (num_steps * num_envs) // n_items)

@@ -48,7 +48,7 @@ def train(algo: str = "dqn", env: str = "CartPole-v1", actors: int = 4, steps: i
     Raises ConfigError (bad key, algorithm or env) before anything starts, RuntimeError if the
     learner fails."""
     from qrl import cli
-    from qrl.cluster import learner_args, run_local
+    from qrl.cluster import actor_permissions, learner_args, run_local
     from qrl.metrics import read
 
     sets = tuple(_overrides(config))
@@ -57,7 +57,8 @@ def train(algo: str = "dqn", env: str = "CartPole-v1", actors: int = 4, steps: i
     run_dir = Path(run_dir or cli._default_run_dir(resolved.algo, resolved.env))
     passed_on = learner_args(sets, config=config_file, seed=seed, total_steps=steps, target_return=target_return,
                              no_progress=not progress)
-    code = run_local(resolved.algo, resolved.env, actors, run_dir, passed_on)
+    code = run_local(resolved.algo, resolved.env, actors, run_dir, passed_on,
+                     actor_args=actor_permissions(resolved.env, resolved.run.wrappers))
     if code != 0:
         raise RuntimeError(f"the learner exited with code {code}; see {run_dir}")
     summary = json.loads((run_dir / "summary.json").read_text())

@@ -153,8 +153,10 @@ def broker(host: str, port: int, address_file: str | None, snapshot_dir: str | N
 @main.command()
 @click.argument("key_dir", type=click.Path(file_okay=False))
 def keygen(key_dir: str) -> None:
-    """Write CURVE key pairs for `--keys KEY_DIR`: the broker's, one client's, and the
-    authorized_clients/ directory the broker checks (add more clients' *.key files there)."""
+    """Write CURVE key pairs for `--keys KEY_DIR`: the broker's and one per role (learner, actor,
+    observer), each authorized under authorized_clients/ROLE/ (add more keys there). Give each
+    machine server.key and its role's pair only: an actor key cannot register runs or publish
+    weights, an observer key can only read stats."""
     from qrl.transport import keygen as write_keys
 
     for path in write_keys(key_dir):
@@ -177,7 +179,7 @@ def actor(n: int, broker: str, first_id: int, total: int | None, keys: str | Non
     from qrl.actor import ActorConfig, run_actors
     from qrl.transport import check_address, use_keys
 
-    use_keys(keys, server=False)
+    use_keys(keys, server=False, role="actor")
     check_address(broker)
     if first_id == "auto":
         first = None
@@ -229,7 +231,7 @@ def learner(config, algo, env_id, seed, total_steps, target_return, run_dir, no_
     from qrl.transport import check_address, use_keys
 
     check_address(broker)
-    use_keys(keys, server=False)
+    use_keys(keys, server=False, role="learner")
     r = _resolve(config, algo, env_id, sets, seed=seed, total_steps=total_steps, target_return=target_return)
     from qrl.learner import LearnerOptions, run_learner
 
@@ -255,7 +257,7 @@ def run(config, algo, env_id, seed, total_steps, target_return, run_dir, no_prog
     r = _resolve(config, algo, env_id, sets, seed=seed, total_steps=total_steps, target_return=target_return)
     if resume and not run_dir:
         raise UserError("run: --resume needs --run-dir")
-    from qrl.cluster import ClusterError, learner_args, run_local
+    from qrl.cluster import ClusterError, actor_permissions, learner_args, run_local
 
     actors = actors or r.actors or 4
     passed_on = learner_args(sets, config=config, seed=seed, total_steps=total_steps, target_return=target_return,
@@ -263,7 +265,7 @@ def run(config, algo, env_id, seed, total_steps, target_return, run_dir, no_prog
     key_args = ("--keys", keys) if keys else ()
     try:
         code = run_local(r.algo, r.env, actors, Path(run_dir or _default_run_dir(r.algo, r.env)),
-                         [*passed_on, *key_args], key_args)
+                         [*passed_on, *key_args], key_args, actor_permissions(r.env, r.run.wrappers))
     except ClusterError as exc:
         raise click.ClickException(f"run: {exc}") from None
     sys.exit(code)
@@ -307,7 +309,7 @@ def status(broker, as_json, timeout, keys) -> None:
     from qrl import status as status_view
     from qrl.transport import BrokerUnavailable, Client, check_address, use_keys
 
-    use_keys(keys, server=False)
+    use_keys(keys, server=False, role="observer")
     check_address(broker)
     ctx = zmq.Context()
     try:

@@ -88,8 +88,23 @@ def learner_args(sets: tuple[str, ...] = (), *, config: str | Path | None = None
     return args
 
 
+def actor_permissions(env: str, wrappers: list) -> tuple[str, ...]:
+    """`--set` flags that let this cluster's actors build what its own config names (an entry
+    point, wrappers): a run spec from anyone else gets no such permission."""
+    import json
+
+    from qrl.envs import wrapper_name
+
+    flags: list[str] = []
+    if ":" in env:
+        flags += ["--set", f"actor.allow_envs={json.dumps([env])}"]
+    if wrappers:
+        flags += ["--set", f"actor.allow_wrappers={json.dumps(sorted({wrapper_name(w) for w in wrappers}))}"]
+    return tuple(flags)
+
+
 def run_local(algo: str, env: str, actors: int, run_dir: Path, learner_args: list[str],
-              key_args: tuple[str, ...] = ()) -> int:
+              key_args: tuple[str, ...] = (), actor_args: tuple[str, ...] = ()) -> int:
     """Run a whole training job; return the learner's exit code.
 
     The broker snapshots its replay table into RUN_DIR/broker, so `qrl run --resume` on the same
@@ -107,7 +122,7 @@ def run_local(algo: str, env: str, actors: int, run_dir: Path, learner_args: lis
         # Actors that fail at start again and again (a broken env, a bad setting) end the run
         # with their last error instead of crash-looping unseen.
         actor_proc = start_actors(run_dir, address, actors, extra=("--set", f"actor.give_up_after={GIVE_UP_AFTER}",
-                                                                     *key_args))
+                                                                     *actor_args, *key_args))
         procs.insert(0, actor_proc)
         print(f"qrl run: broker at {address}, {actors} actor processes, logs in {run_dir}", flush=True)
         learner = subprocess.Popen(_qrl("learner", "--algo", algo, "--env", env, "--broker", address,

@@ -55,6 +55,10 @@ class RunConfig:
     """Wall-clock limit for the learner (None: no limit)."""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments for gymnasium.make, e.g. {continuous: true} (--set run.env_kwargs='{...}')."""
+    max_policy_lag: int = 32
+    """Off-policy flow control: the broker drops (and counts) segments made by weights more than
+    this many versions older than the newest, however far an actor's queues let it run ahead.
+    On-policy algorithms state their own bound (algo.max_policy_lag)."""
     sync_actors: bool = False
     """Each actor waits for newer weights after pushing a segment (synchronous on-policy training:
     no stale unrolls). The algorithm's batch must not exceed actors x num_envs unrolls."""

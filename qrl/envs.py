@@ -22,6 +22,33 @@ class UnknownEnvironment(ValueError):
     pass
 
 
+class RefusedSpec(ValueError):
+    """A run spec names code the actor was not allowed to load."""
+
+
+def wrapper_name(spec: Any) -> str:
+    return str(spec.get("name") if isinstance(spec, dict) else spec)
+
+
+def check_spec_allowed(env_id: str, wrappers: Sequence[Any], allow_envs: Sequence[str] = (),
+                       allow_wrappers: Sequence[str] = ()) -> None:
+    """An actor builds what a run spec (written by whoever registered the run) names only if it
+    imports no code the actor did not choose: a registered gymnasium id (or an Atari id), an entry
+    point ``module:Class`` only when allow_envs lists it or its module, and wrappers only when
+    allow_wrappers lists them (some write files where their options say). Raises RefusedSpec."""
+    if ":" in env_id:
+        module = env_id.partition(":")[0]
+        if env_id not in allow_envs and module not in allow_envs:
+            raise RefusedSpec(f"the run names environment entry point '{env_id}', which this actor does not allow "
+                              f"(allow it with --set actor.allow_envs=[{env_id}]); nothing was imported")
+    elif env_id not in gym.registry and not is_atari(env_id):
+        raise RefusedSpec(f"the run names environment '{env_id}', which is not a registered gymnasium id here")
+    for w in wrappers or ():
+        if wrapper_name(w) not in allow_wrappers:
+            raise RefusedSpec(f"the run names wrapper '{wrapper_name(w)}', which this actor does not allow "
+                              f"(allow it with --set actor.allow_wrappers=[{wrapper_name(w)}])")
+
+
 def is_atari(env_id: str) -> bool:
     return env_id.startswith("ALE/")
 

@@ -13,6 +13,7 @@ import dataclasses
 import itertools
 import json
 import logging
+import secrets
 import signal
 import time
 import uuid
@@ -25,6 +26,7 @@ import torch
 import zmq
 
 from qrl import algorithm, checkpoint, envs, transport, wire
+from qrl.brokers.tables import TableConfig
 from qrl.config import RunConfig, build, to_dict, to_yaml
 from qrl.metrics import MetricsWriter, ProgressView
 from qrl.normalize import Normalizer
@@ -96,12 +98,17 @@ class LearnerRun:
         if run_cfg.normalize_obs or run_cfg.normalize_reward:
             self.normalizer = Normalizer(self.obs_space.shape, run_cfg.normalize_obs, run_cfg.normalize_reward)
         self.eval_net = self.algo.make_policy(self.obs_space, self.action_space, self.args)
+        self.item_schema = algorithm.item_schema(self.algo, self.eval_net, self.obs_space, self.action_space,
+                                                 self.args, run_cfg.num_envs, run_cfg.segment_length)
         self.target_return = run_cfg.target_return
         if self.target_return is None:
             self.target_return = envs.spec(opts.env).reward_threshold
 
         # Counters that a checkpoint carries across restarts.
         self.run_id = uuid.uuid4().hex[:12]
+        # The run's secret: the broker takes weights, and a second register of this run, only with
+        # it. Kept in the checkpoint, so a restarted learner holds the run again.
+        self.token = secrets.token_hex(16)
         self.version = 0
         self.frames_before = 0  # env frames counted by earlier incarnations of this run
         self.elapsed_before = 0.0
@@ -112,6 +119,7 @@ class LearnerRun:
                 self.normalizer.load_state(saved["normalizer"])
             c = saved["counters"]
             self.run_id, self.version = c["run_id"], c["version"] + 1
+            self.token = c.get("token", self.token)
             self.frames_before, self.elapsed_before = c["frames"], c["elapsed_s"]
             self.best_eval = c["best_eval"]
             log.info("learner: resumed run %s at update %d, weights version %d", self.run_id,
@@ -143,12 +151,21 @@ class LearnerRun:
         self.last_publish = time.monotonic()
         self.register()
 
+    def table_config(self) -> TableConfig:
+        """The algorithm's table; one that states no policy-lag bound gets the run's (flow control:
+        the broker drops segments made by older weights than that)."""
+        table = self.algo.table_config(self.args)
+        if table.max_policy_lag is None:
+            table = dataclasses.replace(table, max_policy_lag=self.cfg.max_policy_lag)
+        return table
+
     def register(self) -> None:
         """Register the run (spec, table, current weights) and open fresh publish and sample sockets.
         Called again when the broker no longer knows the run (it restarted)."""
         reply = self.client.request(
             "register",
-            {"spec": self.spec(), "table": self.algo.table_config(self.args).as_meta(), "weights_version": self.version},
+            {"spec": self.spec(), "table": self.table_config().as_meta(), "schema": self.item_schema.as_meta(),
+             "weights_version": self.version, "token": self.token},
             self.weights(), wait_s=None, report=log.warning, should_stop=lambda: self.stopping,
         )
         if reply.type != "ok":
@@ -227,7 +244,8 @@ class LearnerRun:
     def publish(self) -> None:
         self.version += 1
         self.last_publish = time.monotonic()
-        transport.send(self.pub, "weights", {"version": self.version, "run_id": self.run_id}, self.weights())
+        transport.send(self.pub, "weights", {"version": self.version, "run_id": self.run_id, "token": self.token},
+                       self.weights())
 
     def broker_stats(self) -> dict[str, Any]:
         reply = self.client.request("get_stats", {"sampler": self.sampler_id}, wait_s=None, report=log.warning,
@@ -247,7 +265,7 @@ class LearnerRun:
         return checkpoint.save(self.run_dir, {
             "learner": self.learner.state_dict(),
             "normalizer": self.normalizer.state() if self.normalizer else {},
-            "counters": {"run_id": self.run_id, "version": self.version, "frames": frames,
+            "counters": {"run_id": self.run_id, "token": self.token, "version": self.version, "frames": frames,
                          "elapsed_s": elapsed, "best_eval": self.best_eval},
             "config": self.config_json,
         })

@@ -24,11 +24,23 @@ def render(stats: dict[str, Any], console: Console | None = None) -> None:
                   f"samples {s['sample_rate']:,.0f}/s  batches {s['batches']:,}  pending {s['pending_samples']}")
     console.print(f"gaps {s['gaps']}  duplicates {s['duplicates']}  rejected "
                   + (", ".join(f"{k} {v}" for k, v in sorted(s['rejected'].items())) or "none"))
-    table = Table("actor", "incarnation", "segments", "frames", "frames/s", "policy v", "gaps", "last seen")
+    if s.get("dropped_stale") or s.get("max_policy_lag") is not None:
+        console.print(f"max policy lag {s.get('max_policy_lag')}  dropped as stale: {s.get('dropped_stale', 0):,} items "
+                      f"({s.get('dropped_stale_segments', 0):,} segments at ingest)")
+    if s.get("actor_errors"):
+        console.print("actor errors: " + "; ".join(f"{k} {v} (last: {s['actor_error_last'].get(k, '')})"
+                                                   for k, v in sorted(s["actor_errors"].items())))
+    if s.get("refused_connections"):
+        console.print("refused connections: " + ", ".join(f"{k} {v}" for k, v in sorted(s["refused_connections"].items())))
+    table = Table("actor", "incarnations", "segments", "frames", "frames/s", "policy v", "gaps", "last seen")
     now = time.time()
     for actor_id, a in sorted(s.get("per_actor", {}).items(), key=lambda kv: int(kv[0])):
         seen = a.get("last_seen")
-        table.add_row(actor_id, str(a.get("incarnation")), f"{a['segments']:,}", f"{a['frames']:,}",
+        table.add_row(actor_id, str(a.get("incarnations")), f"{a['segments']:,}", f"{a['frames']:,}",
                       _fmt(a.get("frames_per_s")), str(a.get("policy_version")), str(a.get("gaps", 0)),
                       "-" if seen is None else f"{now - seen:.1f} s ago")
     console.print(table)
+    rest = s.get("per_actor_rest") or {}
+    if rest.get("actors"):
+        console.print(f"... and {rest['actors']:,} actors seen less recently: {rest['segments']:,} segments, "
+                      f"{rest['frames']:,} frames, {rest['gaps']:,} gaps")

@@ -6,6 +6,7 @@ Only qrl/wire.py knows message bytes; this module moves frames.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import shutil
 import socket as socket_module
@@ -17,6 +18,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import zmq
 import zmq.auth
+from zmq.utils import z85
 
 from qrl import wire
 
@@ -47,45 +49,102 @@ class CurveKeys:
 _keys: CurveKeys | None = None
 
 SERVER_KEY, CLIENT_KEY, AUTHORIZED = "server.key_secret", "client.key_secret", "authorized_clients"
+ROLES = ("learner", "actor", "observer")
+"""With keys, what a client may do is decided by its key's role (authorized_clients/ROLE/*.key):
+learner: register, publish weights, sample, update priorities; actor: push segments, read the
+spec and weights, claim ids, flush, report errors; observer: read stats. A key directly in
+authorized_clients/ (the layout before roles) may do everything, as role "client"."""
+SOCKET_ROLES = {
+    "service": ("learner", "actor", "observer", "client"),  # each request is checked by the broker
+    "ingest": ("actor", "client"),
+    "weights_in": ("learner", "client"),
+    "weights_out": ("learner", "actor", "client"),
+}
+"""Which roles may connect to each broker socket at all (the ZAP handler refuses the rest)."""
 
 
-def use_keys(key_dir: str | Path | None, server: bool) -> None:
-    """Turn on CURVE encryption and authentication for every socket made from now on."""
+def use_keys(key_dir: str | Path | None, server: bool, role: str = "client") -> None:
+    """Turn on CURVE encryption and authentication for every socket made from now on. A client
+    uses ROLE.key_secret from the directory (client.key_secret if there is none: the old layout)."""
     global _keys
     if key_dir is None:
         _keys = None
         return
     key_dir = Path(key_dir)
-    # A client machine needs only the broker's public key, never its secret.
-    for needed in (SERVER_KEY, AUTHORIZED) if server else ("server.key", CLIENT_KEY):
+    own = f"{role}.key_secret"
+    if not server and not (key_dir / own).exists():
+        own = CLIENT_KEY
+    # A client machine needs only the broker's public key and its own role's pair, never the
+    # broker's secret.
+    for needed in (SERVER_KEY, AUTHORIZED) if server else ("server.key", own):
         if not (key_dir / needed).exists():
-            raise FileNotFoundError(f"no {needed} in {key_dir} (create keys with: qrl keygen {key_dir})")
+            missing = f"{role}.key_secret" if needed == CLIENT_KEY else needed
+            raise FileNotFoundError(f"no {missing} in {key_dir} (create keys with: qrl keygen {key_dir})")
     if server:
         _keys = CurveKeys(*zmq.auth.load_certificate(key_dir / SERVER_KEY), None)
     else:
         server_public, _ = zmq.auth.load_certificate(key_dir / "server.key")
-        _keys = CurveKeys(*zmq.auth.load_certificate(key_dir / CLIENT_KEY), server_public)
+        _keys = CurveKeys(*zmq.auth.load_certificate(key_dir / own), server_public)
 
 
 def keygen(key_dir: str | Path) -> list[Path]:
-    """Write a server and a client key pair, and authorize the client's public key."""
+    """Write the broker's key pair and one pair per role (learner, actor, observer), and
+    authorize each role's public key under authorized_clients/ROLE/."""
     key_dir = Path(key_dir)
-    (key_dir / AUTHORIZED).mkdir(parents=True, exist_ok=True)
+    key_dir.mkdir(parents=True, exist_ok=True)
     zmq.auth.create_certificates(key_dir, "server")
-    client_public, _ = zmq.auth.create_certificates(key_dir, "client")
-    shutil.copy(client_public, key_dir / AUTHORIZED / "client.key")
+    for role in ROLES:
+        (key_dir / AUTHORIZED / role).mkdir(parents=True, exist_ok=True)
+        public, _ = zmq.auth.create_certificates(key_dir, role)
+        shutil.copy(public, key_dir / AUTHORIZED / role / f"{role}.key")
     for secret in key_dir.glob("*.key_secret"):
         secret.chmod(0o600)
     return sorted(key_dir.rglob("*.key*"))
 
 
+def authorized_roles(key_dir: str | Path) -> dict[bytes, str]:
+    """Public key (z85) -> role, from KEY_DIR/authorized_clients/ROLE/*.key (and, as role
+    "client", keys directly in authorized_clients/)."""
+    base = Path(key_dir) / AUTHORIZED
+    roles: dict[bytes, str] = {}
+    for role, directory in [("client", base), *((r, base / r) for r in ROLES)]:
+        if directory.is_dir():
+            for public in zmq.auth.load_certificates(str(directory)):
+                roles[public] = role
+    return roles
+
+
+class _RoleCheck:
+    """The ZAP decision for one broker socket (domain): known key and a role allowed there."""
+
+    def __init__(self, roles: dict[bytes, str], allowed: tuple[str, ...], refused: collections.Counter):
+        self.roles, self.allowed, self.refused = roles, allowed, refused
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        role = self.roles.get(key)
+        if role in self.allowed:
+            return True
+        self.refused[f"{role or 'unknown_key'}@{domain}"] += 1  # read by the broker's stats
+        return False
+
+
 def start_authenticator(ctx: zmq.Context, key_dir: str | Path):
-    """The broker's ZAP handler: only clients whose public key is in KEY_DIR/authorized_clients get in."""
+    """The broker's ZAP handler: a client gets in only with a key authorized for a role that may
+    use that socket; its messages then carry the role as their User-Id (zmq.Frame.get). Returns
+    the authenticator; ``auth.refused`` counts refused connections by role@socket."""
     from zmq.auth.thread import ThreadAuthenticator
 
-    auth = ThreadAuthenticator(ctx)
+    roles = authorized_roles(key_dir)
+
+    class RoleAuthenticator(ThreadAuthenticator):
+        def curve_user_id(self, client_public_key: bytes) -> str:
+            return roles.get(z85.encode(client_public_key), "unknown")
+
+    auth = RoleAuthenticator(ctx)
+    auth.refused = collections.Counter()
     auth.start()
-    auth.configure_curve(domain="*", location=str(Path(key_dir) / AUTHORIZED))
+    for domain, allowed in SOCKET_ROLES.items():
+        auth.configure_curve_callback(domain, _RoleCheck(roles, allowed, auth.refused))
     return auth
 
 

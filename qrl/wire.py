@@ -22,7 +22,8 @@ from typing import Any, Mapping, Sequence
 import msgpack
 import numpy as np
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+"""2: typed metadata (qrl.messages), run binding, item schema and token in register, roles."""
 
 # Every message type on every socket (docs/protocol.md describes each).
 MESSAGE_TYPES = frozenset(
@@ -39,6 +40,7 @@ MESSAGE_TYPES = frozenset(
         "get_stats",  # anyone -> broker
         "claim_ids",  # an actor supervisor -> broker: a block of unused actor ids (--first-id auto)
         "flush",  # a stopping actor -> broker: read my last segments even while holding actors back
+        "actor_error",  # an actor -> broker: why it cannot act on the run (counted in stats)
         "stats",  # broker reply
         "ok",  # generic success reply
         "not_ready",  # the broker has no run spec / weights yet
@@ -133,10 +135,11 @@ def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Message:
     if not isinstance(header, dict):
         raise WireError("bad_header", "not a map")
     if header.get("v") != PROTOCOL_VERSION:
-        raise WireError("bad_version", repr(header.get("v")))
+        v = header.get("v")
+        raise WireError("bad_version", str(v) if isinstance(v, int) else type(v).__name__)
     msg_type = header.get("t")
-    if msg_type not in MESSAGE_TYPES:
-        raise WireError("bad_type", repr(msg_type)[:64])
+    if not isinstance(msg_type, str) or msg_type not in MESSAGE_TYPES:
+        raise WireError("bad_type", msg_type[:64] if isinstance(msg_type, str) else type(msg_type).__name__)
     meta = header.get("m", {})
     descs = header.get("a", [])
     if not isinstance(meta, dict) or not isinstance(descs, list):
@@ -171,10 +174,10 @@ def _check_desc(desc: Any, limits: Limits) -> tuple[str, str, tuple[int, ...]]:
     name, dtype, shape = desc
     if not isinstance(name, str) or not 0 < len(name) <= 128:
         raise WireError("bad_array_desc", "name")
-    if dtype not in ALLOWED_DTYPES:
-        raise WireError("bad_dtype", f"{name}: {str(dtype)[:32]}")
+    if not isinstance(dtype, str) or dtype not in ALLOWED_DTYPES:
+        raise WireError("bad_dtype", f"{name}: {type(dtype).__name__ if not isinstance(dtype, str) else dtype[:32]}")
     if not isinstance(shape, list) or len(shape) > limits.max_ndim:
         raise WireError("bad_shape", f"{name}: ndim")
     if not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= limits.max_message_bytes for d in shape):
-        raise WireError("bad_shape", f"{name}: {shape!r}"[:80])
+        raise WireError("bad_shape", f"{name}: dimensions must be integers in [0, {limits.max_message_bytes}]")
     return name, dtype, tuple(shape)

@@ -11,7 +11,14 @@ from qrl.transport import Client, send
 from conftest import wait_for
 
 TABLE = {"capacity": 100, "sampler": "uniform", "min_size": 4, "samples_per_insert": 0.0, "tolerance": 0.0}
-SPEC = {"run_id": "r1", "algo": "dqn", "env": "CartPole-v1", "args": {}, "run": {}}
+SPEC = {"run_id": "r1", "algo": "dqn", "env": "CartPole-v1", "args": {},
+        "run": {"num_envs": 1, "segment_length": 8, "seed": 0}}
+SCHEMA = {"fields": {"obs": ["<f4", [4]], "action": ["<i8", []]}, "frames_per_item": 1}
+TOKEN = "token-of-the-test-learner"
+
+
+def register_meta(spec=SPEC, table=TABLE, version=0, schema=SCHEMA, token=TOKEN):
+    return {"spec": spec, "table": table, "schema": schema, "weights_version": version, "token": token}
 
 
 def segment(seq, n=8, actor_id=0, obs_dim=4, returns=()):
@@ -39,7 +46,7 @@ def push(ctx, broker):
 
 def register(client, weights=None, version=0, table=TABLE):
     weights = weights if weights is not None else {"w": np.arange(3, dtype=np.float32)}
-    return client.request("register", {"spec": SPEC, "table": table, "weights_version": version}, weights, wait_s=10)
+    return client.request("register", register_meta(table=table, version=version), weights, wait_s=10)
 
 
 def stats(client):
@@ -130,15 +137,18 @@ def test_sequence_gaps_duplicates_and_restarts_are_counted(client, push):
     s = stats(client)
     assert (s["gaps"], s["duplicates"], s["rejected"]) == (1, 2, {"duplicate": 2})
     a = s["per_actor"]["0"]
-    assert (a["incarnations"], a["incarnation"], a["seq"], a["gaps"], a["duplicates"]) == (2, "second", 2, 1, 2)
-    assert a["seqs"] == {"first": 5, "second": 2}
+    assert (a["incarnations"], a["seq"], a["gaps"], a["duplicates"]) == (2, 2, 1, 2)
+    assert "second" not in repr(s) and "first" not in repr(s), "stats must not hand out incarnations"
+    flushed = {inc: client.request("get_stats", {"actor": 0, "incarnation": inc}, wait_s=10).meta["flushed_seq"]
+               for inc in ("first", "second", "third")}
+    assert flushed == {"first": 5, "second": 2, "third": -1}  # asked by whoever knows the incarnation
 
 
 def test_bad_requests_get_an_error_reply(client):
     assert client.request("sample", {"batch_size": 4}, wait_s=10).type == "error"  # no table yet
     register(client)
     assert client.request("sample", {"batch_size": "lots"}, wait_s=10).type == "error"
-    reply = client.request("register", {"spec": SPEC, "table": {"colour": 1}, "weights_version": 0}, wait_s=10)
+    reply = client.request("register", register_meta(table={"colour": 1}), wait_s=10)
     assert reply.type == "error" and "colour" in reply.meta["reason"]
 
 
@@ -151,9 +161,9 @@ def test_published_weights_reach_a_late_subscriber(ctx, client, broker):
     deadline = time.monotonic() + 10
     while client.request("get_weights", wait_s=10).meta["version"] != 5:
         assert time.monotonic() < deadline, "published weights never reached the broker"
-        send(pub, "weights", {"version": 5, "run_id": "r1"}, {"w": np.full(3, 5, np.float32)})
+        send(pub, "weights", {"version": 5, "run_id": "r1", "token": TOKEN}, {"w": np.full(3, 5, np.float32)})
         time.sleep(0.05)
-    send(pub, "weights", {"version": 4, "run_id": "r1"}, {"w": np.full(3, 4, np.float32)})  # stale: ignored
+    send(pub, "weights", {"version": 4, "run_id": "r1", "token": TOKEN}, {"w": np.full(3, 4, np.float32)})  # stale: ignored
 
     sub = ctx.socket(zmq.SUB)  # joins after the publish: gets the cached weights at once
     sub.setsockopt(zmq.LINGER, 0)
@@ -196,7 +206,7 @@ def test_claimed_actor_id_blocks_never_overlap_known_or_earlier_ones(client, pus
     second = client.request("claim_ids", {"n": 2}, wait_s=10)
     assert (first.type, first.meta["first_id"], second.meta["first_id"]) == ("ok", 6, 10)
     bad = client.request("claim_ids", {"n": 0}, wait_s=10)
-    assert bad.type == "error" and "n must be 1..4096" in bad.meta["reason"]
+    assert bad.type == "error" and "claim_ids.n: must be an integer in [1, 4096]" in bad.meta["reason"]
 
 
 def test_prioritized_tables_return_weights_take_priorities_and_initial_priorities(client, push):

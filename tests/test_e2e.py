@@ -47,14 +47,14 @@ def test_items_flow_weights_advance_and_a_killed_worker_is_restarted(procs, tmp_
         workers = wait_for(lambda: children(actors.pid) if len(children(actors.pid)) == 2 else None, 10,
                            "two worker processes")
         killed = workers[0]
-        incarnations = {k: v["incarnation"] for k, v in before["per_actor"].items()}
+        incarnations = {k: v["incarnations"] for k, v in before["per_actor"].items()}
         os.kill(killed, signal.SIGKILL)
         wait_for(lambda: len(children(actors.pid)) == 2 and killed not in children(actors.pid), 10,
                  "the supervisor to restart the killed worker")
 
         def restarted_worker_pushes():
             per_actor = broker_stats(client)["per_actor"]
-            return any(per_actor[k]["incarnation"] != incarnations[k] for k in per_actor)
+            return any(per_actor[k]["incarnations"] != incarnations[k] for k in per_actor)
 
         wait_for(restarted_worker_pushes, 60, "the restarted worker to push segments")
         assert "restarting" in actors.log_path.read_text()

@@ -75,14 +75,14 @@ def test_a_held_back_broker_survives_actors_killed_mid_push(procs):
     import numpy as np
 
     from qrl.transport import Client
-    from test_broker import SPEC
+    from test_broker import register_meta
 
     broker, address = procs.start_broker()
     ctx = zmq.Context()
     try:
         client = Client(ctx, address, "test")
         table = {"capacity": 100, "sampler": "uniform", "min_size": 0, "samples_per_insert": 1000.0, "tolerance": 1.0}
-        assert client.request("register", {"spec": SPEC, "table": table, "weights_version": 0},
+        assert client.request("register", register_meta(table=table),
                               {"w": np.zeros(1, np.float32)}, wait_s=15).type == "ok"
         ingest = f"tcp://127.0.0.1:{client.request('get_spec', wait_s=15).meta['ports']['ingest']}"
         for _ in range(5):

@@ -45,13 +45,13 @@ def _under_way(client, actors):
     """Wait until batches flow and every actor pushes; return the worker pids and incarnations."""
     wait_for(lambda: broker_stats(client)["batches"] > 0 and len(broker_stats(client)["per_actor"]) == ACTORS,
              90, "training under way")
-    return children(actors.pid), {k: a["incarnation"] for k, a in broker_stats(client)["per_actor"].items()}
+    return children(actors.pid), {k: a["incarnations"] for k, a in broker_stats(client)["per_actor"].items()}
 
 
 def _same_processes(learner, actors, workers, incarnations, client) -> None:
     assert learner.poll() is None and actors.poll() is None
     assert children(actors.pid) == workers, "an actor worker was restarted"
-    assert {k: a["incarnation"] for k, a in broker_stats(client)["per_actor"].items()} == incarnations
+    assert {k: a["incarnations"] for k, a in broker_stats(client)["per_actor"].items()} == incarnations
 
 
 def _start(procs, address, run_dir, *learner_flags):

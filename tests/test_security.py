@@ -10,7 +10,7 @@ import zmq.auth
 from qrl import transport
 from qrl.transport import BrokerUnavailable, Client
 from conftest import wait_for
-from test_broker import SPEC, TABLE, segment
+from test_broker import register_meta, segment
 
 
 @pytest.fixture
@@ -33,9 +33,9 @@ def test_only_authorized_clients_get_in_or_out(procs, keys, tmp_path):
     _, address = procs.start_broker("--keys", str(keys))
     ctx = zmq.Context()
     try:
-        transport.use_keys(keys, server=False)
+        transport.use_keys(keys, server=False, role="learner")
         friend = Client(ctx, address, "friend")
-        reply = friend.request("register", {"spec": SPEC, "table": TABLE, "weights_version": 0},
+        reply = friend.request("register", register_meta(),
                                {"w": np.zeros(3, np.float32)}, wait_s=15)
         assert reply.type == "ok"
         ingest_port = reply.meta["ports"]["ingest"]
@@ -55,7 +55,7 @@ def test_only_authorized_clients_get_in_or_out(procs, keys, tmp_path):
             push.close()
             client.close()
 
-        transport.use_keys(keys, server=False)  # an authorized actor's segment does get in
+        transport.use_keys(keys, server=False, role="actor")  # an authorized actor's segment does get in
         friend_push = transport.socket(ctx, zmq.PUSH)
         friend_push.connect(f"tcp://127.0.0.1:{ingest_port}")
         friend_push.send_multipart(segment(0))
@@ -71,9 +71,9 @@ def test_only_authorized_clients_get_in_or_out(procs, keys, tmp_path):
 def test_client_needs_no_server_secret(keys, tmp_path):
     client_only = tmp_path / "client-machine"
     client_only.mkdir()
-    for name in ("server.key", "client.key", "client.key_secret"):
+    for name in ("server.key", "actor.key", "actor.key_secret"):
         shutil.copy(keys / name, client_only / name)
-    transport.use_keys(client_only, server=False)
+    transport.use_keys(client_only, server=False, role="actor")
     with pytest.raises(FileNotFoundError, match="qrl keygen"):
         transport.use_keys(client_only, server=True)
 

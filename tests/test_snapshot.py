@@ -10,7 +10,7 @@ from qrl.brokers import snapshot
 from qrl.brokers.server import Broker, BrokerConfig
 from qrl.transport import Client
 from conftest import wait_for
-from test_broker import SPEC, TABLE, segment
+from test_broker import SPEC, TABLE, register_meta, segment
 
 
 def test_a_restarted_broker_restores_table_spec_and_weights(procs, tmp_path):
@@ -19,7 +19,7 @@ def test_a_restarted_broker_restores_table_spec_and_weights(procs, tmp_path):
     ctx = zmq.Context()
     try:
         client = Client(ctx, address, "test")
-        reply = client.request("register", {"spec": SPEC, "table": TABLE, "weights_version": 3},
+        reply = client.request("register", register_meta(version=3),
                                {"w": np.arange(3, dtype=np.float32)}, wait_s=15)
         push = ctx.socket(zmq.PUSH)
         push.connect(f"tcp://127.0.0.1:{reply.meta['ports']['ingest']}")

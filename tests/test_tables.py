@@ -18,11 +18,27 @@ def test_insert_wraps_and_keeps_the_newest_items():
     np.testing.assert_array_equal(table.ids, table.storage["action"])  # ids count inserts
 
 
-def test_insert_larger_than_capacity_keeps_the_last_capacity_items():
+def test_a_segment_larger_than_the_table_is_refused_and_changes_nothing():
     table = ReplayTable(TableConfig(capacity=4, min_size=0))
-    table.insert(items(0, 10))
-    assert sorted(table.storage["action"]) == [6, 7, 8, 9]
-    assert sorted(table.ids) == [6, 7, 8, 9]
+    table.insert(items(0, 3))
+    with pytest.raises(SchemaError, match="takes 1..4") as err:
+        table.insert(items(3, 10))
+    assert err.value.reason == "bad_item_count"
+    assert table.size == 3 and table.next_id == 3
+
+
+def test_non_finite_floats_and_wrong_frame_counts_are_refused():
+    table = ReplayTable(TableConfig(capacity=10, min_size=0))
+    bad = items(0, 2)
+    bad["obs"] = bad["obs"].copy()
+    bad["obs"][1, 0] = np.nan
+    with pytest.raises(SchemaError) as err:
+        table.insert(bad)
+    assert err.value.reason == "non_finite"
+    with pytest.raises(SchemaError) as err:
+        table.check(items(0, 2), frames=3)
+    assert err.value.reason == "bad_frames"
+    assert table.size == 0
 
 
 def test_sample_returns_stored_items_with_their_ids():
