@@ -299,3 +299,20 @@ def validate(msg_type: str, meta: Any) -> dict[str, Any]:
     if schema is None:
         raise MessageError("t", f"{msg_type} is not a message the broker accepts", reason="unexpected_type")
     return schema.check(meta, msg_type)
+
+
+def markdown() -> str:
+    """The metadata tables of docs/protocol.md (checked equal by a test)."""
+    lines = ["| message | field | type | required | meaning |", "|---|---|---|---|---|"]
+    for msg_type, schema in SCHEMAS.items():
+        for name, f in schema.fields.items():
+            lines.append(f"| `{msg_type}` | `{name}` | {f.kind.describe()} | {'yes' if f.required else 'no'} | {f.doc} |")
+    for title, sub in (("spec", SPEC), ("table", TABLE), ("schema", ITEM_SCHEMA), ("spec.run", SPEC.fields["run"].kind)):
+        lines += ["", f"`{title}`:", "", "| field | type | required | meaning |", "|---|---|---|---|"]
+        for name, f in sub.fields.items():
+            lines.append(f"| `{name}` | {f.kind.describe()} | {'yes' if f.required else 'no'} | {f.doc} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown())
