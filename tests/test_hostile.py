@@ -360,3 +360,77 @@ def test_every_message_field_is_documented_and_every_documented_field_exists():
     for msg_type, schema in messages.SCHEMAS.items():
         for name in schema.fields:
             assert f"| `{msg_type}` | `{name}` |" in documented
+
+
+@pytest.mark.timeout(120)
+def test_actors_import_no_code_a_spec_names_unless_their_own_config_allows_it(client, procs, broker, tmp_path):
+    """A module in the actors' working directory (first on their sys.path) that a hostile register
+    names as the environment entry point: refused, reported to the broker, never imported."""
+    marker = tmp_path / "imported"
+    (tmp_path / "evil_env.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\nclass Env: pass\n")
+    register(client, spec={**SPEC, "env": "evil_env:Env"})
+    refused = procs.start("actor-refusing", "actor", "--broker", broker.address(), "--set", "actor.give_up_after=1")
+    assert refused.wait(60) == 1
+    s = stats(client)
+    assert s["actor_errors"]["refused_spec"] >= 1 and "evil_env:Env" in s["actor_error_last"]["refused_spec"]
+    assert "does not allow" in refused.log_path.read_text()
+    assert not marker.exists(), "the spec's module was imported"
+    # The same actor with the entry point allowed on its own command line does load it.
+    allowed = procs.start("actor-allowing", "actor", "--broker", broker.address(), "--set", "actor.give_up_after=1",
+                          "--set", "actor.allow_envs=[evil_env]")
+    allowed.wait(60)
+    assert marker.exists()
+
+
+@pytest.mark.timeout(120)
+def test_the_broker_bounds_policy_lag_for_a_client_with_zeromq_default_options(ctx, broker, client):
+    """A client written from the protocol doc with ZeroMQ's defaults (send HWM 1,000, auto-tuned
+    kernel buffers) runs hundreds of segments ahead of a rate-limited broker. What trains the
+    learner must still be within the table's max_policy_lag."""
+    import threading
+
+    bound = 4
+    register(client, table={**TABLE, "capacity": 10_000, "min_size": 0, "samples_per_insert": 1.0,
+                            "tolerance": 64.0, "max_policy_lag": bound})
+    stop = threading.Event()
+
+    def actor():
+        push, sub = ctx.socket(zmq.PUSH), ctx.socket(zmq.SUB)  # default options, as a foreign client's
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        push.connect(f"tcp://127.0.0.1:{broker.ports['ingest']}")
+        sub.connect(f"tcp://127.0.0.1:{broker.ports['weights_out']}")
+        version, seq = 0, 0
+        while not stop.is_set():
+            while sub.poll(0):
+                version = wire.decode(sub.recv_multipart()).meta["version"]
+            try:
+                push.send_multipart(wire.encode("segment", good_segment_meta(seq=seq, policy_version=version),
+                                                arrays_of(seq)), zmq.NOBLOCK)
+                seq += 1
+            except zmq.Again:
+                time.sleep(0.001)
+        push.close(linger=0)
+        sub.close(linger=0)
+
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.connect(f"tcp://127.0.0.1:{broker.ports['weights_in']}")
+    thread = threading.Thread(target=actor, daemon=True)
+    thread.start()
+    try:
+        version, deadline = 0, time.monotonic() + 8
+        while time.monotonic() < deadline:  # the learner: a batch, then new weights
+            if client.request("sample", {"batch_size": 8}, wait_s=10).type == "batch":
+                version += 1
+                send(pub, "weights", {"version": version, "run_id": SPEC["run_id"], "token": TOKEN},
+                     {"w": np.full(3, version, np.float32)})
+    finally:
+        stop.set()
+        thread.join(10)
+        pub.close()
+    s = stats(client)
+    print(f"\nflow control: {version} versions, {s['segments']} segments accepted, policy lag "
+          f"{s['policy_lag_100']:.1f} (bound {bound}), {s['dropped_stale_segments']} stale segments dropped")
+    assert version > 50 and s["segments"] > 50
+    assert s["policy_lag_100"] <= bound
+    assert s["dropped_stale_segments"] > 0  # the client did run ahead: its queued segments aged

@@ -10,7 +10,7 @@ import zmq.auth
 from qrl import transport
 from qrl.transport import BrokerUnavailable, Client
 from conftest import wait_for
-from test_broker import register_meta, segment
+from test_broker import SPEC, register_meta, segment
 
 
 @pytest.fixture
@@ -91,3 +91,46 @@ def test_a_whole_cluster_trains_with_keys(keys, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["frames"] >= 3000 and summary["updates"] > 0
+
+
+def test_each_key_may_do_only_what_its_role_allows(procs, keys):
+    """learner: register, publish, sample; actor: push, spec, weights; observer: stats only."""
+    _, address = procs.start_broker("--keys", str(keys))
+    ctx = zmq.Context()
+    try:
+        transport.use_keys(keys, server=False, role="learner")
+        learner = Client(ctx, address, "learner")
+        reply = learner.request("register", register_meta(), {"w": np.zeros(3, np.float32)}, wait_s=15)
+        assert reply.type == "ok"
+        ports = reply.meta["ports"]
+
+        transport.use_keys(keys, server=False, role="actor")
+        actor = Client(ctx, address, "actor")
+        assert actor.request("get_spec", wait_s=15).type == "spec"
+        refused = actor.request("register", register_meta(spec={**SPEC, "run_id": "stolen"}, token="x" * 16),
+                                {"w": np.zeros(3, np.float32)}, wait_s=15)
+        assert refused.type == "error" and "may not register" in refused.meta["reason"]
+        assert actor.request("sample", {"batch_size": 1}, wait_s=15).type == "error"
+        actor_pub = transport.socket(ctx, zmq.PUB)  # an actor key cannot even connect to weights_in
+        actor_pub.connect(f"tcp://127.0.0.1:{ports['weights_in']}")
+
+        transport.use_keys(keys, server=False, role="observer")
+        observer = Client(ctx, address, "observer")
+        s = observer.request("get_stats", wait_s=15).meta
+        assert s["run_id"] == SPEC["run_id"]
+        assert observer.request("get_weights", wait_s=15).type == "error"
+        observer_sub = transport.socket(ctx, zmq.SUB)  # nor may an observer read the weights
+        observer_sub.setsockopt(zmq.SUBSCRIBE, b"")
+        observer_sub.connect(f"tcp://127.0.0.1:{ports['weights_out']}")
+        assert not observer_sub.poll(1500), "an observer key got the weights"
+
+        s = wait_for(lambda: (lambda s: s if s["refused_connections"].get("actor@weights_in")
+                              and s["refused_connections"].get("observer@weights_out") else None)(
+            observer.request("get_stats", wait_s=15).meta), 15, "the refused connections counted")
+        assert s["rejected"] == {"role_refused": 3} and s["run_id"] == SPEC["run_id"]
+        for sock in (actor_pub, observer_sub):
+            sock.close(linger=0)
+        for c in (learner, actor, observer):
+            c.close()
+    finally:
+        ctx.destroy(linger=0)
