@@ -309,7 +309,7 @@ def status(broker, as_json, timeout, keys) -> None:
     from qrl import status as status_view
     from qrl.transport import BrokerUnavailable, Client, check_address, use_keys
 
-    use_keys(keys, server=False, role="observer")
+    use_keys(keys, server=False, role=("observer", "learner", "actor"))  # any role may read stats
     check_address(broker)
     ctx = zmq.Context()
     try:

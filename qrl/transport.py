@@ -63,17 +63,18 @@ SOCKET_ROLES = {
 """Which roles may connect to each broker socket at all (the ZAP handler refuses the rest)."""
 
 
-def use_keys(key_dir: str | Path | None, server: bool, role: str = "client") -> None:
+def use_keys(key_dir: str | Path | None, server: bool, role: str | tuple[str, ...] = "client") -> None:
     """Turn on CURVE encryption and authentication for every socket made from now on. A client
-    uses ROLE.key_secret from the directory (client.key_secret if there is none: the old layout)."""
+    uses ROLE.key_secret from the directory (the first found, given several roles; else
+    client.key_secret: the layout before roles)."""
     global _keys
     if key_dir is None:
         _keys = None
         return
     key_dir = Path(key_dir)
-    own = f"{role}.key_secret"
-    if not server and not (key_dir / own).exists():
-        own = CLIENT_KEY
+    roles = (role,) if isinstance(role, str) else role
+    role = roles[0]
+    own = next((f"{r}.key_secret" for r in roles if (key_dir / f"{r}.key_secret").exists()), CLIENT_KEY)
     # A client machine needs only the broker's public key and its own role's pair, never the
     # broker's secret.
     for needed in (SERVER_KEY, AUTHORIZED) if server else ("server.key", own):

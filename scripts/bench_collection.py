@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import secrets
 import statistics
 import tempfile
 import time
@@ -28,7 +29,7 @@ import torch
 import zmq
 
 from _common import print_table, save_results
-from qrl import envs
+from qrl import algorithm, envs
 from qrl.algorithms import dqn
 from qrl.cluster import start_actors, start_broker, stop
 from qrl.transport import Client
@@ -57,8 +58,10 @@ def register(client: Client, env_id: str, num_envs: int) -> None:
     spec = {"run_id": f"bench-{time.time_ns()}", "algo": "dqn", "env": env_id, "env_kwargs": {},
             "args": asdict(args), "run": {"num_envs": num_envs, "segment_length": 32, "seed": 0}}
     weights = {k: v.numpy() for k, v in net.state_dict().items()}
+    schema = algorithm.item_schema(dqn, net, obs_space, act_space, args, num_envs, 32)
     reply = client.request("register", {"spec": spec, "table": dqn.table_config(args).as_meta(),
-                                        "weights_version": 0}, weights, wait_s=30)
+                                        "schema": schema.as_meta(), "weights_version": 0,
+                                        "token": secrets.token_hex(16)}, weights, wait_s=30)
     assert reply.type == "ok", reply.meta
 
 

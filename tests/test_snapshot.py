@@ -10,7 +10,7 @@ from qrl.brokers import snapshot
 from qrl.brokers.server import Broker, BrokerConfig
 from qrl.transport import Client
 from conftest import wait_for
-from test_broker import SPEC, TABLE, register_meta, segment
+from test_broker import SPEC, register_meta, segment
 
 
 def test_a_restarted_broker_restores_table_spec_and_weights(procs, tmp_path):
