@@ -337,6 +337,7 @@ class Broker:
             return self._reject("ingest", "seq_out_of_window", f"actor {actor_id}: seq {seq} after {last}")
         if last is None:
             a["incarnations"] += 1
+            a["_newest"] = incarnation
             missed = seq if seq <= SEQ_WINDOW else 0  # a start we never saw (e.g. before our restart)
             while len(seqs) >= MAX_INCARNATIONS_TRACKED:
                 del seqs[next(iter(seqs))]  # the oldest
@@ -346,7 +347,9 @@ class Broker:
         seqs.move_to_end(incarnation)
         a["gaps"] += missed
         self.stats.gaps += missed
-        a["seq"], a["last_seen"] = seq, time.time()
+        a["last_seen"] = time.time()
+        if incarnation == a.get("_newest"):
+            a["seq"] = seq  # of the newest incarnation (a killed one's late segments do not count here)
         self.stats.actors.move_to_end(actor_id)
         # Flow control for every table: a segment made by weights more than max_policy_lag
         # versions older than the newest is dropped (counted), so how far an actor runs ahead
@@ -746,7 +749,8 @@ class _Stats:
         sequence number (private: stats never show incarnations)."""
         return {**{k: getattr(self, k) for k in self._COUNTERS}, "next_actor_id": self.next_actor_id,
                 "lifetime": dict(self.lifetime),
-                "actors": {str(k): {**_public(v), "_seqs": dict(v["_seqs"])} for k, v in self.actors.items()}}
+                "actors": {str(k): {**_public(v), "_seqs": dict(v["_seqs"]), "_newest": v.get("_newest")}
+                           for k, v in self.actors.items()}}
 
     def restore_accounting(self, doc: dict[str, Any]) -> None:
         for k in self._COUNTERS:
@@ -755,7 +759,7 @@ class _Stats:
         self.lifetime = collections.Counter({k: int(v) for k, v in doc.get("lifetime", {}).items()})
         self.actors = collections.OrderedDict()
         for k, v in doc.get("actors", {}).items():
-            a = {**v, "_seqs": collections.OrderedDict(v.get("_seqs", {}))}
+            a = {**v, "_seqs": collections.OrderedDict(v.get("_seqs", {})), "_newest": v.get("_newest")}
             a.setdefault("incarnations", len(a["_seqs"]))
             self.actors[int(k)] = a
         self._rate_mark = (time.monotonic(), self.items, self.sampled_items)

@@ -360,6 +360,7 @@ class LearnerRun:
                                   frames_per_s=frames_per_s, updates_per_s=updates_per_s,
                                   mean_return_100=stats.get("mean_return_100"), replay_size=stats.get("replay_size"),
                                   policy_lag=stats.get("policy_lag_100"), actors=stats.get("actors"),
+                                  dropped_stale_frames=stats.get("dropped_stale_frames"),
                                   weights_version=self.version, wait_fraction=wait_s / max(elapsed(), 1e-9),
                                   samples_resent=self.samples_resent,
                                   **train_metrics)
