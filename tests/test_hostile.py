@@ -434,3 +434,29 @@ def test_the_broker_bounds_policy_lag_for_a_client_with_zeromq_default_options(c
     assert version > 50 and s["segments"] > 50
     assert s["policy_lag_100"] <= bound
     assert s["dropped_stale_segments"] > 0  # the client did run ahead: its queued segments aged
+
+
+def test_validation_raises_only_message_errors_whatever_the_metadata():
+    """Any msgpack-decodable metadata, for every message type: a clean map or MessageError, never
+    another exception (that would have reached a handler)."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    values = st.recursive(
+        st.none() | st.booleans() | st.integers(-(2**64), 2**64) | st.floats() | st.text(max_size=8)
+        | st.binary(max_size=8),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=6),
+        max_leaves=30)
+    field_names = st.sampled_from(sorted({n for s in messages.SCHEMAS.values() for n in s.fields} | {"x"}))
+
+    @settings(max_examples=400, deadline=None)
+    @given(st.sampled_from(sorted(messages.SCHEMAS)), st.dictionaries(field_names, values, max_size=8) | values)
+    def check(msg_type, meta):
+        try:
+            out = messages.validate(msg_type, meta)
+        except messages.MessageError as exc:
+            assert exc.reason == "bad_meta" and exc.detail
+        else:
+            assert isinstance(out, dict) and set(out) <= set(messages.SCHEMAS[msg_type].fields)
+
+    check()
