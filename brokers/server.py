@@ -10,9 +10,14 @@ The broker is a last-value cache for the run spec and the newest weights: a
 subscriber that joins late is sent the cached weights as soon as its
 subscription arrives. It never imports torch and knows no algorithm.
 
-One thread, one poller. A message that fails validation is dropped, counted
-by reason and logged at most once per reason every few seconds; it is never
-fatal.
+One thread, one poller. Every message is checked before any handler or counter
+sees it: the envelope (qrl.wire), the metadata against its type's schema
+(qrl.messages), then what only the broker can judge: the registered run, the
+item schema the learner declared, finite values, sequence windows, the run's
+token for weights, and with keys the sender's role. A message that fails is
+dropped (a request gets an error reply), counted by reason and logged at most
+once per reason every few seconds; it is never fatal. The trust model is in
+docs/protocol.md ("Security", "No code from a spec").
 """
 
 from __future__ import annotations
@@ -303,7 +308,7 @@ class Broker:
         msg, meta = received
         if msg.type != "segment":
             return self._reject("ingest", "unexpected_type", msg.type)
-        if self.table is None:
+        if self.table is None or self.spec is None:
             return self._reject("ingest", "no_table", "no learner has registered yet")
         if meta["run_id"] != self.spec["run_id"]:
             return self._reject("ingest", "wrong_run", f"segment of run {meta['run_id']}")
