@@ -678,11 +678,14 @@ class Broker:
             "snapshot_error": s.snapshot_error,
             # What the snapshot this broker started from held: a restarted broker counts the
             # segments received after that snapshot (and in flight at the kill) as gaps.
-            "restored": s.restored,
+            "restored": s.restored and {k: v for k, v in s.restored.items() if k != "seq"},
             "lifetime": s.lifetime_totals(),
         }
         if not brief:
-            out.update(s.per_actor_page(actors_from, actors_limit))
+            page = s.per_actor_page(actors_from, actors_limit)
+            out.update(page)
+            if s.restored:  # the restored sequence numbers of the actors shown (bounded like them)
+                out["restored"]["seq"] = {k: v for k, v in s.restored["seq"].items() if k in page["per_actor"]}
         return out
 
 

@@ -460,3 +460,44 @@ def test_validation_raises_only_message_errors_whatever_the_metadata():
             assert isinstance(out, dict) and set(out) <= set(messages.SCHEMAS[msg_type].fields)
 
     check()
+
+
+def test_a_broker_restored_with_thousands_of_actors_still_answers_stats(tmp_path):
+    """4,200 actor ids once made every stats reply undecodable, and the snapshot carried that
+    across a restart."""
+    import threading
+
+    def start():
+        b = server.Broker(server.BrokerConfig(port=0, snapshot_dir=str(tmp_path)), ctx=zmq.Context())
+        thread = threading.Thread(target=b.serve, daemon=True)
+        thread.start()
+        return b, thread
+
+    b, thread = start()
+    ctx = zmq.Context()
+    try:
+        client = Client(ctx, b.address(), "test", timeout_s=2.0)
+        register(client)
+        push = ctx.socket(zmq.PUSH)
+        push.connect(f"tcp://127.0.0.1:{b.ports['ingest']}")
+        for actor_id in range(4200):
+            push.send_multipart(segment(0, n=1, actor_id=actor_id))
+        wait_for(lambda: stats(client)["segments"] == 4200, 60, "4,200 actors' segments")
+        b.stop()
+        thread.join(10)  # stopping writes a snapshot
+        b.snapshot()
+        b.close()
+        client.close()
+        push.close(linger=0)
+
+        b, thread = start()
+        client = Client(ctx, b.address(), "test", timeout_s=2.0)
+        s = stats(client)
+        assert s["restored"]["segments"] == 4200 and s["actors"] == 4200
+        assert len(s["restored"]["seq"]) == len(s["per_actor"]) == server.PER_ACTOR_SHOWN
+        client.close()
+    finally:
+        b.stop()
+        thread.join(10)
+        b.close()
+        ctx.destroy(linger=0)
