@@ -106,7 +106,7 @@ def measure(env_id: str, n: int, num_envs: int, seconds: float, ref_loops: int, 
         t0 = time.perf_counter()
         actors = start_actors(run_dir, address, n)
         procs.insert(0, actors)
-        while len(stats()["per_actor"]) < n:
+        while stats()["actors"] < n:
             assert actors.poll() is None, "actors exited"
             time.sleep(0.02)
         startup = time.perf_counter() - t0

@@ -43,7 +43,7 @@ def main() -> int:
             register(client, a.env, num_envs=8)  # rate limiter off: actors push flat out
             actors = start_actors(run_dir, address, a.actors)
             deadline = time.monotonic() + 120
-            while len(stats()["per_actor"]) < a.actors:
+            while stats()["actors"] < a.actors:
                 assert actors.poll() is None and time.monotonic() < deadline, "actors did not start"
                 time.sleep(0.1)
             time.sleep(a.seconds)
