@@ -371,6 +371,8 @@ class Broker:
         n = self.table.insert(arrays, None if priorities is None else np.asarray(priorities, dtype=np.float64),
                               version=version)
         s = self.stats
+        if s.first_segment_time is None:
+            s.first_segment_time = time.time()
         s.segments += 1
         s.items += n
         s.frames += meta["frames"]
@@ -674,6 +676,7 @@ class Broker:
             "weights_resends": s.weights_resends,
             "actors": len(s.actors),
             "uptime_s": time.monotonic() - s.started,
+            "first_segment_time": s.first_segment_time,
             "snapshots": s.snapshots,
             "snapshot_error": s.snapshot_error,
             # What the snapshot this broker started from held: a restarted broker counts the
@@ -718,6 +721,7 @@ class _Stats:
     def _reset_run(self) -> None:
         for k in self._COUNTERS:
             setattr(self, k, 0)
+        self.first_segment_time: float | None = None  # wall clock of the run's first accepted segment
         self.returns: collections.deque = collections.deque(maxlen=100)
         self.lengths: collections.deque = collections.deque(maxlen=100)
         self.policy_lag: collections.deque = collections.deque(maxlen=100)  # weight versions behind, per segment

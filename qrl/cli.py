@@ -189,6 +189,9 @@ def actor(n: int, broker: str, first_id: int, total: int | None, keys: str | Non
         except ValueError:
             raise UserError(f"actor: --first-id must be an integer or 'auto', not {first_id!r}") from None
     run_actors(_component_config(ActorConfig, "actor", sets, broker=broker, n=n, first_id=first, total=total))
+    from qrl.lifetime import exit_now
+
+    exit_now(0)  # workers are reaped and nothing is left to write
 
 
 def _learner_options(fn):
@@ -244,6 +247,9 @@ def learner(config, algo, env_id, seed, total_steps, target_return, run_dir, no_
     opts = LearnerOptions(algo=r.algo, env=r.env, broker=broker, run_dir=run_dir or _default_run_dir(r.algo, r.env),
                           device=device, resume=resume, progress=not no_progress, tensorboard=tensorboard)
     run_learner(opts, r.run, r.algo_values)
+    from qrl.lifetime import exit_now
+
+    exit_now(0)  # checkpoint, summary and metrics are written and closed
 
 
 @main.command()

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from qrl.lifetime import child_env
+from qrl.lifetime import DONE_ENV, child_env
 
 
 class ClusterError(RuntimeError):
@@ -60,12 +61,14 @@ def start_actors(run_dir: Path, broker: str, n: int, extra: tuple[str, ...] = ()
 
 
 def stop(procs: list[subprocess.Popen], grace_s: float = 10.0) -> None:
-    """SIGTERM each process, wait up to grace_s in total, then SIGKILL what is left."""
+    """Stop the processes in order, each after the one before has exited (SIGTERM, then SIGKILL
+    once grace_s in total has passed): the learner first (it checkpoints), then the actors while the
+    broker still runs (a stopping actor confirms its last segments with the broker, which takes
+    milliseconds; with the broker gone it waits out its timeout), the broker last."""
+    deadline = time.monotonic() + grace_s
     for p in procs:
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    for p in procs:
         try:
             p.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
@@ -125,15 +128,25 @@ def run_local(algo: str, env: str, actors: int, run_dir: Path, learner_args: lis
                                                                      *actor_args, *key_args))
         procs.insert(0, actor_proc)
         print(f"qrl run: broker at {address}, {actors} actor processes, logs in {run_dir}", flush=True)
+        done_read, done_write = os.pipe()  # the learner says when it stops training (lifetime.announce_done)
         learner = subprocess.Popen(_qrl("learner", "--algo", algo, "--env", env, "--broker", address,
-                                        "--run-dir", str(run_dir), *learner_args), env=child_env())
+                                        "--run-dir", str(run_dir), *learner_args),
+                                   env=child_env({**os.environ, DONE_ENV: str(done_write)}), pass_fds=(done_write,))
+        os.close(done_write)
         procs.insert(0, learner)  # stopped first, then actors, then the broker
-        while learner.poll() is None:
-            for p, name in ((broker, "broker"), (actor_proc, "actors")):
-                if p.poll() is not None:  # its last log line is its one-line error
-                    raise ClusterError(f"{name} exited with code {p.returncode}: "
-                                       f"{_tail(run_dir / (name + '.log'), lines=1)}")
-            time.sleep(0.2)
+        try:
+            while learner.poll() is None:
+                for p, name in ((broker, "broker"), (actor_proc, "actors")):
+                    if p.poll() is not None:  # its last log line is its one-line error
+                        raise ClusterError(f"{name} exited with code {p.returncode}: "
+                                           f"{_tail(run_dir / (name + '.log'), lines=1)}")
+                if select.select([done_read], [], [], 0.2)[0]:  # done training (or exited)
+                    # No more experience is needed: the actors stop (confirming their last segments
+                    # with the broker), then the broker, all while the learner checkpoints.
+                    stop([actor_proc, broker], grace_s=float(os.environ.get("QRL_STOP_GRACE_S", "30")))
+                    learner.wait()
+        finally:
+            os.close(done_read)
         return learner.returncode
     except KeyboardInterrupt:
         # Ctrl-C reached every process in the group (SIGTERM only us): stop() signals each child,

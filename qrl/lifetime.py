@@ -46,3 +46,36 @@ def arm_from_env() -> None:
     value = os.environ.pop(PARENT_ENV, None)
     if value and value.isdigit():
         die_with_parent(int(value))
+
+
+DONE_ENV = "QRL_DONE_FD"
+"""A launcher (`qrl run`) may pass the write end of a pipe here; the learner writes to it the
+moment it stops training, so the launcher can stop the actors while the learner checkpoints."""
+
+
+def announce_done() -> None:
+    fd = os.environ.pop(DONE_ENV, None)
+    if fd is None:
+        return
+    try:
+        os.write(int(fd), b"done")
+        os.close(int(fd))
+    except (OSError, ValueError):
+        pass  # the launcher is gone or passed no pipe: nothing to tell
+
+
+def exit_now(code: int = 0) -> None:
+    """Exit once everything is written, without the interpreter's teardown: with torch imported
+    it takes about 0.45 s here (measured: 0.50 s after the last line of `import torch`, 0.02 s with
+    this), on the path from a finished run to every process gone. Log handlers and the standard
+    streams are flushed first; callers close their own files before."""
+    import logging
+    import sys
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)

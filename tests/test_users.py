@@ -42,6 +42,22 @@ def test_the_grid_preset_learns_the_best_path(grid_run):
     assert "algorithm: ql" in saved and "env: qrl/Grid-v0" in saved
 
 
+def test_a_finished_run_stops_its_roles_in_the_right_order(grid_run):
+    """When the learner is done, `qrl run` stops the actors while the broker still confirms their
+    last segments, then the broker, while the learner checkpoints (and exits without teardown)."""
+    actors_log = (grid_run / "actors.log").read_text()
+    assert "stopped" in actors_log and "no broker to confirm" not in actors_log
+    assert (grid_run / "broker.log").read_text().rstrip().endswith("broker: stopped")
+    phases = [m["name"] for m in read(grid_run) if m["kind"] == "phase"]
+    assert phases == ["registered", "first_update", "first_segment"] or phases == [
+        "registered", "first_segment", "first_update"]
+    evals = [m for m in read(grid_run) if m["kind"] == "eval"]
+    assert evals[-1]["final"] and evals[-1]["mean_return"] == evals[-2]["mean_return"]  # the reaching one, reused
+    from qrl import checkpoint
+
+    assert checkpoint.load(grid_run, require=("learner", "counters"))["counters"]["token"]
+
+
 def test_evaluate_renders_the_grid_and_each_actions_value(grid_run):
     out = qrl_cmd("evaluate", str(grid_run), "--episodes", "1", "--render", "terminal")
     assert out.returncode == 0, out.stderr
