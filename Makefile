@@ -77,7 +77,7 @@ learn: install
 
 # Benchmarks (not tests): each prints qrl's figure, the reference measured in the same run and
 # their ratio, and writes bench/results/*.json. About 25 minutes in all on 2 cores.
-BENCHES := bench_transport bench_collection bench_replay bench_solve
+BENCHES := bench_transport bench_collection bench_replay bench_solve bench_overhead
 # PEERS=rllib adds the RLlib comparison (ray in its own .venv-rllib; heavy, never in CI).
 PEERS ?=
 bench: install-bench $(if $(findstring rllib,$(PEERS)),.venv-rllib/.installed)

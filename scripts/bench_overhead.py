@@ -42,10 +42,11 @@ def one_run(config: Path, actors: int, run_dir: Path) -> dict[str, float]:
     target = summary["target_return"]
     reached = next(r["time"] for r in records if r["kind"] == "eval" and not r.get("final")
                    and r["mean_return"] >= target)
-    times = {"broker bound": os.stat(run_dir / "broker.json").st_mtime, "registered": phase["registered"],
-             "first segment": phase["first_segment"], "first update": phase["first_update"],
+    # (a version of qrl without the learner's phase records measures the other phases)
+    times = {"broker bound": os.stat(run_dir / "broker.json").st_mtime, "registered": phase.get("registered"),
+             "first segment": phase.get("first_segment"), "first update": phase.get("first_update"),
              "target reached": reached, "exited": t_exit}
-    out = {name: times[name] - t0 for name in PHASES}
+    out = {name: float("nan") if times[name] is None else times[name] - t0 for name in PHASES}
     out["target to exit"] = t_exit - reached
     return out
 
