@@ -5,6 +5,7 @@ Loading uses weights_only=True: a checkpoint holds tensors and plain data only."
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,9 @@ def load(path: str | Path, require: tuple[str, ...] = ("learner", "config")) -> 
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a junk file can make torch warn before it fails: one line only
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many kinds (pickle, zip, unsupported global) with long texts
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise CheckpointError(f"{path} is not a readable checkpoint ({first_line})") from None

@@ -138,7 +138,7 @@ def test_sequence_gaps_duplicates_and_restarts_are_counted(client, push):
     assert (s["gaps"], s["duplicates"], s["rejected"]) == (1, 2, {"duplicate": 2})
     a = s["per_actor"]["0"]
     assert (a["incarnations"], a["seq"], a["gaps"], a["duplicates"]) == (2, 2, 1, 2)
-    assert "second" not in repr(s) and "first" not in repr(s), "stats must not hand out incarnations"
+    assert "'second'" not in repr(s) and "'first'" not in repr(s), "stats must not hand out incarnations"
     flushed = {inc: client.request("get_stats", {"actor": 0, "incarnation": inc}, wait_s=10).meta["flushed_seq"]
                for inc in ("first", "second", "third")}
     assert flushed == {"first": 5, "second": 2, "third": -1}  # asked by whoever knows the incarnation
