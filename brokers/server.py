@@ -128,21 +128,18 @@ class Broker:
         # Verbose: every subscription reaches us, not just the first per topic,
         # so each late subscriber triggers a resend of the cached weights.
         self.weights_out.setsockopt(zmq.XPUB_VERBOSE, 1)
-        sockets = [self.service, self.ingest, self.weights_in, self.weights_out]
+        self.sockets = {"service": self.service, "ingest": self.ingest, "weights_in": self.weights_in,
+                        "weights_out": self.weights_out}
         if cfg.keys:  # the ZAP domain tells the authenticator which roles may connect (transport.SOCKET_ROLES)
-            for name, sock in zip(("service", "ingest", "weights_in", "weights_out"), sockets):
+            for name, sock in self.sockets.items():
                 sock.zap_domain = name.encode()
-        ports = [cfg.port + i if cfg.port else 0 for i in range(4)]
         try:
-            self.ports = {
-                name: bind(sock, cfg.host, port)
-                for name, sock, port in zip(("service", "ingest", "weights_in", "weights_out"), sockets, ports)
-            }
+            self.ports = {name: bind(sock, cfg.host, cfg.port + i if cfg.port else 0)
+                          for i, (name, sock) in enumerate(self.sockets.items())}
         except Exception:
-            for s in sockets:
-                s.close(linger=0)
+            for sock in self.sockets.values():
+                sock.close(linger=0)
             raise
-        self._sockets = dict(zip(("service", "ingest", "weights_in", "weights_out"), sockets))
         self.weights_in.send(b"\x01")  # XSUB: subscribe to everything the learner publishes
 
         self.spec: dict[str, Any] | None = None
@@ -231,13 +228,13 @@ class Broker:
                 ingest_on = want_ingest
             events = dict(poller.poll(100))
             if self.service in events:
-                self._drain(self.service, self._on_request)
+                self._drain("service", self._on_request)
             if self.ingest in events:
-                self._drain(self.ingest, self._on_segment)
+                self._drain("ingest", self._on_segment)
             if self.weights_in in events:
-                self._drain(self.weights_in, self._on_published_weights)
+                self._drain("weights_in", self._on_published_weights)
             if self.weights_out in events:
-                self._drain(self.weights_out, self._on_subscription)
+                self._drain("weights_out", self._on_subscription)
             if self.resend_due is not None and time.monotonic() >= self.resend_due:
                 self._resend()
             self._serve_pending()
@@ -249,9 +246,9 @@ class Broker:
                 next_stats = time.monotonic() + self.cfg.stats_interval_s
                 log.info("broker: %s", json.dumps(self.stats_summary(brief=True)))
 
-    def _drain(self, sock: zmq.Socket, handler, budget: int = 256) -> None:
+    def _drain(self, where: str, handler, budget: int = 256) -> None:
         """Handle what is queued on a socket, at most ``budget`` messages, so no socket starves the others."""
-        where = next(name for name, s in self._sockets.items() if s is sock)
+        sock = self.sockets[where]
         for _ in range(budget):
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -264,8 +261,8 @@ class Broker:
                     return
 
     def close(self) -> None:
-        for s in (self.service, self.ingest, self.weights_in, self.weights_out):
-            s.close(linger=0)
+        for sock in self.sockets.values():
+            sock.close(linger=0)
         if self.auth is not None:
             self.auth.stop()
 
@@ -318,12 +315,9 @@ class Broker:
         arrays = dict(msg.arrays)
         priorities = arrays.pop("_priority", None)  # optional initial priorities computed by the actor
         try:
-            n_items = self.table.check(arrays, frames=meta["frames"])
+            n_items = self.table.check(arrays, priorities, frames=meta["frames"])
         except SchemaError as exc:
             return self._reject("ingest", exc.reason, str(exc))
-        if priorities is not None and (priorities.shape != (n_items,) or priorities.dtype.kind not in "fiu"
-                                       or not np.isfinite(priorities).all() or (priorities < 0).any()):
-            return self._reject("ingest", "bad_priorities", f"_priority must be {n_items} finite non-negative numbers")
         actor_id, incarnation, seq = meta["actor_id"], meta["incarnation"], meta["seq"]
         a = self._actor(actor_id)
         seqs = a["_seqs"]
@@ -368,13 +362,12 @@ class Broker:
             self.stats.dropped_stale_items += n_items
             self.stats.dropped_stale_frames += meta["frames"]
             return
-        n = self.table.insert(arrays, None if priorities is None else np.asarray(priorities, dtype=np.float64),
-                              version=version)
+        self.table.store(arrays, n_items, priorities, version=version)
         s = self.stats
         if s.first_segment_time is None:
             s.first_segment_time = time.time()
         s.segments += 1
-        s.items += n
+        s.items += n_items
         s.frames += meta["frames"]
         s.episodes += len(returns)
         s.returns.extend(returns)
@@ -434,8 +427,7 @@ class Broker:
         if "actor" in meta and "incarnation" in meta:
             # Only a worker that knows its incarnation (never shown in stats) learns how far the
             # broker has read it: a stopping actor confirms its last segment arrived.
-            a = self.stats.actors.get(meta["actor"])
-            extra["flushed_seq"] = a["_seqs"].get(meta["incarnation"], -1) if a else -1
+            extra["flushed_seq"] = self._flushed((meta["actor"], meta["incarnation"]))
         summary = self.stats_summary(actors_from=meta.get("actors_from"),
                                      actors_limit=meta.get("actors_limit", PER_ACTOR_SHOWN))
         self._reply(identity, "stats", {"req": req, **summary, **extra})
@@ -448,8 +440,7 @@ class Broker:
         back; once it disconnects libzmq would discard them. Read ingest past the limiter until
         that incarnation's last sequence number has arrived (or a few seconds have passed).
         Only for an incarnation the broker has seen, and a last_seq within its window."""
-        a = self.stats.actors.get(meta["actor_id"])
-        last = a["_seqs"].get(meta["incarnation"]) if a else None
+        last = self._last_seq(meta["actor_id"], meta["incarnation"])
         if last is None:
             return self._refuse(identity, req, "bad_flush", "flush: unknown actor incarnation")
         if meta["last_seq"] > last + SEQ_WINDOW:
@@ -477,9 +468,14 @@ class Broker:
         log.warning("broker: actor %d: %s", meta["actor_id"], meta["detail"])
         self._reply(identity, "ok", {"req": req})
 
+    def _last_seq(self, actor_id: int, incarnation: str) -> int | None:
+        """The last sequence number read from this incarnation; None for one not tracked."""
+        a = self.stats.actors.get(actor_id)
+        return a["_seqs"].get(incarnation) if a else None
+
     def _flushed(self, key: tuple[int, str]) -> int:
-        a = self.stats.actors.get(key[0])
-        return a["_seqs"].get(key[1], -1) if a else -1
+        last = self._last_seq(*key)
+        return -1 if last is None else last
 
     def _update_flushing(self) -> None:
         now = time.monotonic()
@@ -496,7 +492,7 @@ class Broker:
             if table_cfg.capacity * item_bytes > self.max_table_bytes:
                 raise ValueError(f"a table of {table_cfg.capacity} items of {item_bytes} bytes exceeds the broker's "
                                  f"limit of {self.max_table_bytes} bytes (broker.max_table_bytes)")
-            if any(a.dtype.kind == "f" and not np.isfinite(a).all() for a in msg.arrays.values()):
+            if not _finite(msg.arrays):
                 raise ValueError("the initial weights hold NaN or infinite values")
         except (ValueError, TypeError) as exc:
             return self._refuse(identity, req, "bad_register", f"bad register: {exc}")
@@ -602,7 +598,7 @@ class Broker:
             return self._reject("weights_in", "bad_version", f"version {version} after {self.weights_version}")
         if _layout(msg.arrays) != self.weights_layout:
             return self._reject("weights_in", "bad_weights", "arrays differ from the registered weights")
-        if any(a.dtype.kind == "f" and not np.isfinite(a).all() for a in msg.arrays.values()):
+        if not _finite(msg.arrays):
             return self._reject("weights_in", "non_finite", "weights hold NaN or infinite values")
         # Re-encoded without the token (the arrays are not copied): actors never see it.
         self._cache_weights(wire.encode("weights", {"version": version, "run_id": meta["run_id"]}, msg.arrays),
@@ -610,7 +606,11 @@ class Broker:
 
     def _cache_weights(self, frames: list, version: int) -> None:
         self.weights_frames, self.weights_version = frames, version
-        self.weights_out.send_multipart(frames, copy=False)
+        self._send_weights()
+
+    def _send_weights(self) -> None:
+        """The cached weights to every subscriber (which also serves any resend that was due)."""
+        self.weights_out.send_multipart(self.weights_frames, copy=False)
         self.last_resend = time.monotonic()
         self.resend_due = None
 
@@ -628,10 +628,8 @@ class Broker:
             self.resend_due = self.last_resend + RESEND_INTERVAL_S
 
     def _resend(self) -> None:
-        self.weights_out.send_multipart(self.weights_frames, copy=False)
+        self._send_weights()
         self.stats.weights_resends += 1
-        self.last_resend = time.monotonic()
-        self.resend_due = None
 
     # -- stats ----------------------------------------------------------------------------------
 
@@ -790,6 +788,10 @@ class _Stats:
 
 def _layout(arrays: dict[str, np.ndarray]) -> dict[str, tuple[str, tuple[int, ...]]]:
     return {k: (a.dtype.str, a.shape) for k, a in arrays.items()}
+
+
+def _finite(arrays: dict[str, np.ndarray]) -> bool:
+    return all(a.dtype.kind != "f" or np.isfinite(a).all() for a in arrays.values())
 
 
 def _public(a: dict[str, Any]) -> dict[str, Any]:

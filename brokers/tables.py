@@ -184,10 +184,12 @@ class ReplayTable:
                         for name, (dtype, shape) in self.schema.items()}
         self.floats = [name for name, (dtype, _) in self.schema.items() if dtype.kind == "f"]
 
-    def check(self, arrays: Mapping[str, np.ndarray], frames: int | None = None) -> int:
+    def check(self, arrays: Mapping[str, np.ndarray], priorities: np.ndarray | None = None,
+              frames: int | None = None) -> int:
         """Validate a batch of items against the schema; return how many items it holds.
         Checked: the field names, dtypes and trailing shapes, one leading (item) dimension of
-        1..capacity, finite floats, and with ``frames`` that it equals items x frames_per_item."""
+        1..capacity, finite floats, numeric finite non-negative priorities (one per item), and
+        with ``frames`` that it equals items x frames_per_item."""
         if self.item_schema is None:
             if not arrays or any(name.startswith("_") for name in arrays):
                 raise SchemaError("an item needs at least one field, and names starting with '_' are reserved")
@@ -210,15 +212,25 @@ class ReplayTable:
         for name in self.floats:
             if not np.isfinite(arrays[name]).all():
                 raise SchemaError(f"{name} holds NaN or infinite values", "non_finite")
+        if priorities is not None and (priorities.shape != (n,) or priorities.dtype.kind not in "fiu"
+                                       or not np.isfinite(priorities).all() or (priorities < 0).any()):
+            raise SchemaError(f"_priority must be {n} finite non-negative numbers", "bad_priorities")
         return n
 
     def insert(self, arrays: Mapping[str, np.ndarray], priorities: np.ndarray | None = None,
                version: int = 0) -> int:
-        """Store a batch of items (``version``, the policy that made them, matters to FIFO queues only)."""
-        n = self.check(arrays)
-        if priorities is not None and (priorities.shape != (n,) or not np.all(np.isfinite(priorities))
-                                       or np.any(priorities < 0)):
-            raise SchemaError(f"_priority must be {n} finite non-negative numbers", "bad_priorities")
+        """Check and store a batch of items (``version``, the policy that made them, matters to
+        FIFO queues only); return how many were stored."""
+        n = self.check(arrays, priorities)
+        self.store(arrays, n, priorities, version)
+        return n
+
+    def store(self, arrays: Mapping[str, np.ndarray], n: int, priorities: np.ndarray | None = None,
+              version: int = 0) -> None:
+        """Store n items that check() has passed (the broker checks before its sequence
+        accounting, then stores, so no segment is scanned twice)."""
+        if priorities is not None:
+            priorities = np.asarray(priorities, dtype=np.float64)
         new_ids = self._write(arrays, n)
         if self.prioritized:
             if priorities is None:
@@ -229,7 +241,6 @@ class ReplayTable:
         self.next_id += n
         self.size = min(self.size + n, self.cfg.capacity)
         self.limiter.inserted += n
-        return n
 
     def _write(self, arrays: Mapping[str, np.ndarray], n: int) -> np.ndarray:
         """Write n items at the ring's next slots; return their ids."""
@@ -327,9 +338,8 @@ class QueueTable(ReplayTable):
         self.dropped_overflow = 0
         self.served_lags: list[int] = []  # policy lag of the items in the last batch served
 
-    def insert(self, arrays: Mapping[str, np.ndarray], priorities: np.ndarray | None = None,
-               version: int = 0) -> int:
-        n = self.check(arrays)
+    def store(self, arrays: Mapping[str, np.ndarray], n: int, priorities: np.ndarray | None = None,
+              version: int = 0) -> None:
         overflow = max(0, self.size + n - self.cfg.capacity)
         if overflow:  # only when flush reads past a full queue: the oldest make room, counted
             self.head += overflow
@@ -340,7 +350,6 @@ class QueueTable(ReplayTable):
         self.size = self.next_id - self.head
         self.last_insert = n
         self.limiter.inserted += n
-        return n
 
     def _queued_slots(self) -> np.ndarray:
         return np.arange(self.head, self.next_id) % self.cfg.capacity

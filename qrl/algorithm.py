@@ -87,16 +87,13 @@ def item_schema(algo: ModuleType, net, obs_space, action_space, args, num_envs: 
 
     state = algo.init_actor(0, 1, num_envs, args, 0)
     obs = np.stack([obs_space.sample() for _ in range(num_envs)])
+    actions, extras = algo.act(net, obs, state, args)  # one step, repeated: only shapes and dtypes matter
     length = num_steps + algo.rollout_overlap(args)
-    steps = []
-    for _ in range(length):
-        actions, extras = algo.act(net, obs, state, args)
-        steps.append((actions, extras))
+    repeat = lambda a: np.stack([a] * length)
     done = np.zeros((length, num_envs), dtype=bool)
-    rollout = Rollout(obs=np.stack([obs] * length), actions=np.stack([a for a, _ in steps]),
-                      rewards=np.zeros((length, num_envs), dtype=np.float32), terminated=done, truncated=done.copy(),
-                      next_obs=np.stack([obs] * length),
-                      extras={k: np.stack([e[k] for _, e in steps]) for k in steps[0][1]})
+    rollout = Rollout(obs=repeat(obs), actions=repeat(actions), rewards=np.zeros((length, num_envs), dtype=np.float32),
+                      terminated=done, truncated=done.copy(), next_obs=repeat(obs),
+                      extras={k: repeat(v) for k, v in extras.items()})
     items = algo.make_items(rollout, num_steps, args)
     items.pop("_priority", None)
     n_items = len(next(iter(items.values())))

@@ -60,6 +60,11 @@ def start_actors(run_dir: Path, broker: str, n: int, extra: tuple[str, ...] = ()
                                 stdout=log, stderr=subprocess.STDOUT, env=child_env())
 
 
+def _grace_s() -> float:
+    """How long stopping the cluster may take before what is left is killed."""
+    return float(os.environ.get("QRL_STOP_GRACE_S", "30"))
+
+
 def stop(procs: list[subprocess.Popen], grace_s: float = 10.0) -> None:
     """Stop the processes in order, each after the one before has exited (SIGTERM, then SIGKILL
     once grace_s in total has passed): the learner first (it checkpoints), then the actors while the
@@ -143,7 +148,7 @@ def run_local(algo: str, env: str, actors: int, run_dir: Path, learner_args: lis
                 if select.select([done_read], [], [], 0.2)[0]:  # done training (or exited)
                     # No more experience is needed: the actors stop (confirming their last segments
                     # with the broker), then the broker, all while the learner checkpoints.
-                    stop([actor_proc, broker], grace_s=float(os.environ.get("QRL_STOP_GRACE_S", "30")))
+                    stop([actor_proc, broker], grace_s=_grace_s())
                     learner.wait()
         finally:
             os.close(done_read)
@@ -155,4 +160,4 @@ def run_local(algo: str, env: str, actors: int, run_dir: Path, learner_args: lis
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
-        stop(procs, grace_s=float(os.environ.get("QRL_STOP_GRACE_S", "30")))
+        stop(procs, grace_s=_grace_s())

@@ -205,7 +205,6 @@ def _num(x: int) -> str:
 REQ = Field(Int(-MAX_INT, MAX_INT), required=False, doc="request id, echoed in the reply")
 RUN_ID = Str(64)
 TOKEN = Str(128)
-DTYPE_AND_SHAPE = List(Json(), max_len=2)
 
 SPEC = Map({
     "run_id": Field(RUN_ID, doc="the run's id"),

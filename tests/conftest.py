@@ -16,6 +16,7 @@ import pytest
 import zmq
 
 from qrl.brokers.server import Broker, BrokerConfig
+from qrl.transport import Client
 
 
 @pytest.fixture
@@ -36,6 +37,24 @@ def broker():
     thread.join(5)
     b.close()
     b.ctx.destroy(linger=0)
+
+
+@pytest.fixture
+def client(ctx, broker):
+    """A request client of the broker fixture."""
+    c = Client(ctx, broker.address(), "test", timeout_s=2.0)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def push(ctx, broker):
+    """A PUSH socket connected to the broker fixture's ingest."""
+    s = ctx.socket(zmq.PUSH)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(f"tcp://127.0.0.1:{broker.ports['ingest']}")
+    yield s
+    s.close()
 
 
 class Procs:

@@ -7,7 +7,7 @@ import pytest
 import zmq
 
 from qrl import wire
-from qrl.transport import Client, send
+from qrl.transport import send
 from conftest import wait_for
 
 TABLE = {"capacity": 100, "sampler": "uniform", "min_size": 4, "samples_per_insert": 0.0, "tolerance": 0.0}
@@ -28,29 +28,13 @@ def segment(seq, n=8, actor_id=0, obs_dim=4, returns=()):
     return wire.encode("segment", meta, arrays)
 
 
-@pytest.fixture
-def client(ctx, broker):
-    c = Client(ctx, broker.address(), "test", timeout_s=2.0)
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def push(ctx, broker):
-    s = ctx.socket(zmq.PUSH)
-    s.setsockopt(zmq.LINGER, 0)
-    s.connect(f"tcp://127.0.0.1:{broker.ports['ingest']}")
-    yield s
-    s.close()
-
-
 def register(client, weights=None, version=0, table=TABLE):
     weights = weights if weights is not None else {"w": np.arange(3, dtype=np.float32)}
     return client.request("register", register_meta(table=table, version=version), weights, wait_s=10)
 
 
-def stats(client):
-    return client.request("get_stats", wait_s=10).meta
+def stats(client, **query):
+    return client.request("get_stats", query, wait_s=10).meta
 
 
 def test_spec_and_weights_are_not_ready_before_a_learner_registers(client):

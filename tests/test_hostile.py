@@ -17,29 +17,9 @@ from qrl import messages, wire
 from qrl.brokers import server
 from qrl.transport import Client, send
 from conftest import wait_for
-from test_broker import SPEC, TABLE, TOKEN, register_meta, segment
+from test_broker import SPEC, TABLE, TOKEN, register_meta, segment, stats
 
 NEST = 1000  # a list nested this deep once raised RecursionError inside the broker
-
-
-@pytest.fixture
-def client(ctx, broker):
-    c = Client(ctx, broker.address(), "test", timeout_s=2.0)
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def push(ctx, broker):
-    s = ctx.socket(zmq.PUSH)
-    s.setsockopt(zmq.LINGER, 0)
-    s.connect(f"tcp://127.0.0.1:{broker.ports['ingest']}")
-    yield s
-    s.close()
-
-
-def stats(client, **query):
-    return client.request("get_stats", query, wait_s=10).meta
 
 
 def register(client, table=TABLE, **meta):
