@@ -112,7 +112,7 @@ class Worker:
             if time.monotonic() - last > 5:
                 last = time.monotonic()
                 log.warning("%s: waiting for a learner to register a run (%.0f s)", self.role, last - start)
-            time.sleep(0.2)
+            time.sleep(0.05)  # a learner starting with us registers within a second or two
 
     def _run(self) -> None:
         client = transport.Client(self.ctx, self.cfg.broker, self.role)

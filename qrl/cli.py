@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -66,22 +67,34 @@ class Resolved:
     actors: int | None
 
 
-def _resolve(config: str | None, algo: str | None, env: str | None, sets: tuple[str, ...],
-             **run_options) -> Resolved:
-    """Check config file, algorithm, env and overrides before anything starts.
+def _names_and_run(config: str | None, algo: str | None, env: str | None, sets: tuple[str, ...],
+                   run_defaults: dict, **run_options) -> tuple[Any, str, str, RunConfig]:
+    """The config file, algorithm and env names, and the checked run settings. Imports no torch.
     Precedence: defaults (RunConfig's, then the algorithm's RUN_DEFAULTS) < config file <
     command-line flags < --set."""
-    from qrl import algorithm, envs
     from qrl.config import build, load_file
 
     file = load_file(config)
     algo = algo or file.algorithm or "dqn"
     env = env or file.env or "CartPole-v1"
+    run_sets = [s for s in sets if s.strip().startswith("run.")]
+    overrides = parse_overrides(run_sets, {"run": RunConfig})
+    run_values = {**run_defaults, **file.run, **{k: v for k, v in run_options.items() if v is not None},
+                  **overrides["run"]}
+    return file, algo, env, build(RunConfig, run_values, "run")
+
+
+def _resolve(config: str | None, algo: str | None, env: str | None, sets: tuple[str, ...],
+             **run_options) -> Resolved:
+    """Check config file, algorithm, env and overrides before anything starts."""
+    from qrl import algorithm, envs
+    from qrl.config import build, load_file
+
+    algo = algo or load_file(config).algorithm or "dqn"
     module = algorithm.load(algo)
     overrides = parse_overrides(sets, {"run": RunConfig, "algo": module.Args})
-    run_values = {**getattr(module, "RUN_DEFAULTS", {}), **file.run,
-                  **{k: v for k, v in run_options.items() if v is not None}, **overrides["run"]}
-    run_cfg = build(RunConfig, run_values, "run")
+    file, algo, env, run_cfg = _names_and_run(config, algo, env, sets, getattr(module, "RUN_DEFAULTS", {}),
+                                              **run_options)
     if run_cfg.sync_actors and run_cfg.publish_every != 1:  # actors would wait for weights never sent
         raise ConfigError("run.sync_actors needs run.publish_every=1 (actors wait for every update's weights)")
     algo_values = {**file.algo, **overrides["algo"]}
@@ -104,6 +117,11 @@ def _resolve(config: str | None, algo: str | None, env: str | None, sets: tuple[
 
 keys_option = click.option("--keys", type=click.Path(file_okay=False), default=None,
                            help="Directory from `qrl keygen`: CURVE encryption and authentication on every socket.")
+
+address_file_option = click.option(
+    "--address-file", "broker_file", type=click.Path(dir_okay=False),
+    help="Read the broker's address from this file (`qrl broker --address-file`), waiting for it to "
+         "appear; instead of --broker. Lets a role start together with its broker.")
 
 set_option = click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
                           help="Override a config value, e.g. --set algo.lr=3e-4 --set run.num_envs=4.")
@@ -169,17 +187,21 @@ def keygen(key_dir: str) -> None:
 @click.option("--first-id", default="0", show_default=True,
               help="Actor id of the first process, or 'auto': a block of unused ids from the broker.")
 @click.option("--total", type=int, help="Actors in the whole run across machines (default: --n).")
+@address_file_option
 @keys_option
 @click.option("--set", "sets", multiple=True, metavar="actor.KEY=VALUE",
               help="Override an actor setting, e.g. --set actor.send_hwm=2 (see ActorConfig).")
 @user_errors("actor")
-def actor(n: int, broker: str, first_id: int, total: int | None, keys: str | None, sets: tuple[str, ...]) -> None:
+def actor(n: int, broker: str, first_id: int, total: int | None, broker_file: str | None, keys: str | None,
+          sets: tuple[str, ...]) -> None:
     """Run N actor processes under a supervisor that restarts any that die."""
     _setup_logging()
-    from qrl.actor import ActorConfig, run_actors
-    from qrl.transport import check_address, use_keys
+    from qrl.actor import ActorConfig, run_actors  # torch: imported while a broker started with us binds
+    from qrl.transport import check_address, read_address_file, use_keys
 
     use_keys(keys, server=False, role="actor")
+    if broker_file:
+        broker = read_address_file(broker_file)
     check_address(broker)
     if first_id == "auto":
         first = None
@@ -222,20 +244,24 @@ def _default_run_dir(algo: str, env_id: str) -> str:
 @main.command()
 @_learner_options
 @click.option("--broker", default="tcp://127.0.0.1:5555", show_default=True, help="The broker's service address.")
+@address_file_option
 @click.option("--device", default="auto", show_default=True, help="torch device: auto, cpu, cuda, cuda:1 ...")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in --run-dir.")
 @click.option("--resume-if-possible", is_flag=True,
               help="Continue from --run-dir's checkpoint if there is one, else start (for restart policies).")
 @user_errors("learner")
 def learner(config, algo, env_id, seed, total_steps, target_return, run_dir, no_progress, tensorboard, keys, sets,
-            broker, device, resume, resume_if_possible) -> None:
+            broker, broker_file, device, resume, resume_if_possible) -> None:
     """Run the learner: register the run, train from the broker's batches, publish weights."""
     _setup_logging()
-    from qrl.transport import check_address, use_keys
+    from qrl.transport import check_address, read_address_file, use_keys
 
-    check_address(broker)
+    if not broker_file:
+        check_address(broker)
     use_keys(keys, server=False, role="learner")
     r = _resolve(config, algo, env_id, sets, seed=seed, total_steps=total_steps, target_return=target_return)
+    if broker_file:  # read after the settings are checked and torch is imported
+        broker = read_address_file(broker_file)
     from qrl.learner import LearnerOptions, run_learner
 
     if (resume or resume_if_possible) and not run_dir:
@@ -260,18 +286,25 @@ def learner(config, algo, env_id, seed, total_steps, target_return, run_dir, no_
 def run(config, algo, env_id, seed, total_steps, target_return, run_dir, no_progress, tensorboard, keys, sets, actors,
         resume) -> None:
     """Train with a local cluster: broker, actors and learner as separate processes on loopback."""
-    r = _resolve(config, algo, env_id, sets, seed=seed, total_steps=total_steps, target_return=target_return)
+    from qrl.algorithm import REGISTRY, UnknownAlgorithm
+
+    # Checked here: what needs no torch. The learner, started at once with the broker and the
+    # actors, checks the rest (algorithm settings, the environment) and ends the run with one line.
+    file, algo, env_id, run_cfg = _names_and_run(config, algo, env_id, sets, {}, seed=seed, total_steps=total_steps,
+                                                 target_return=target_return)
+    if algo not in REGISTRY:
+        raise UnknownAlgorithm(f"unknown algorithm '{algo}'; available: {', '.join(sorted(REGISTRY))}")
     if resume and not run_dir:
         raise UserError("run: --resume needs --run-dir")
     from qrl.cluster import ClusterError, actor_permissions, learner_args, run_local
 
-    actors = actors or r.actors or 4
+    actors = actors or file.actors or 4
     passed_on = learner_args(sets, config=config, seed=seed, total_steps=total_steps, target_return=target_return,
                              no_progress=no_progress, resume=resume, tensorboard=tensorboard)
     key_args = ("--keys", keys) if keys else ()
     try:
-        code = run_local(r.algo, r.env, actors, Path(run_dir or _default_run_dir(r.algo, r.env)),
-                         [*passed_on, *key_args], key_args, actor_permissions(r.env, r.run.wrappers))
+        code = run_local(algo, env_id, actors, Path(run_dir or _default_run_dir(algo, env_id)),
+                         [*passed_on, *key_args], key_args, actor_permissions(env_id, run_cfg.wrappers))
     except ClusterError as exc:
         raise click.ClickException(f"run: {exc}") from None
     sys.exit(code)

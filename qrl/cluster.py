@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,14 +36,17 @@ def _tail(path: Path, lines: int = 5) -> str:
 
 
 def start_broker(run_dir: Path, host: str = "127.0.0.1", port: int = 0, timeout_s: float = 30.0,
-                 extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
-    """Start `qrl broker` and wait until it has bound its sockets; return it and its address."""
+                 extra: tuple[str, ...] = (), wait: bool = True):
+    """Start `qrl broker`. With wait, wait until it has bound its sockets and return it and its
+    address; without, return it at once (it writes RUN_DIR/broker.json once bound)."""
     address_file = run_dir / "broker.json"
     address_file.unlink(missing_ok=True)
     with (run_dir / "broker.log").open("w") as log:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen(_qrl("broker", "--host", host, "--port", str(port), "--address-file",
                                      str(address_file), *extra), stdout=log, stderr=subprocess.STDOUT,
                                 env=child_env())
+    if not wait:
+        return proc
     deadline = time.monotonic() + timeout_s
     while not address_file.exists():
         if proc.poll() is not None:
@@ -54,9 +58,10 @@ def start_broker(run_dir: Path, host: str = "127.0.0.1", port: int = 0, timeout_
     return proc, json.loads(address_file.read_text())["address"]
 
 
-def start_actors(run_dir: Path, broker: str, n: int, extra: tuple[str, ...] = ()) -> subprocess.Popen:
+def start_actors(run_dir: Path, broker: str | None, n: int, extra: tuple[str, ...] = ()) -> subprocess.Popen:
+    """Start `qrl actor --n N`; broker None: extra names its --address-file."""
     with (run_dir / "actors.log").open("w") as log:
-        return subprocess.Popen(_qrl("actor", "--n", str(n), "--broker", broker, *extra),
+        return subprocess.Popen(_qrl("actor", "--n", str(n), *(("--broker", broker) if broker else ()), *extra),
                                 stdout=log, stderr=subprocess.STDOUT, env=child_env())
 
 
@@ -115,44 +120,60 @@ def run_local(algo: str, env: str, actors: int, run_dir: Path, learner_args: lis
               key_args: tuple[str, ...] = (), actor_args: tuple[str, ...] = ()) -> int:
     """Run a whole training job; return the learner's exit code.
 
+    Broker, actors and learner start at once: each imports what it needs (torch: about a second)
+    at the same time, and the actors and the learner read the broker's address from its address
+    file once it has bound. The learner checks the algorithm settings and the environment; when it
+    refuses them (exit code 2, its one-line error on our stderr) the cluster stops, and a run
+    directory this call created is removed again.
+
     The broker snapshots its replay table into RUN_DIR/broker, so `qrl run --resume` on the same
     run directory restarts the cluster with the learner's checkpoint and the broker's experience."""
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
+    address_file = run_dir / "broker.json"
+    address_file.unlink(missing_ok=True)
     procs: list[subprocess.Popen] = []
 
     def _terminated(signum, frame):  # SIGTERM (a scheduler, `kill`): stop the cluster like Ctrl-C does
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, _terminated)
+    code = None
     try:
-        broker, address = start_broker(run_dir, extra=("--snapshot-dir", str(run_dir / "broker"), *key_args))
+        broker = start_broker(run_dir, wait=False, extra=("--snapshot-dir", str(run_dir / "broker"), *key_args))
         procs.append(broker)
         # Actors that fail at start again and again (a broken env, a bad setting) end the run
         # with their last error instead of crash-looping unseen.
-        actor_proc = start_actors(run_dir, address, actors, extra=("--set", f"actor.give_up_after={GIVE_UP_AFTER}",
-                                                                     *actor_args, *key_args))
+        actor_proc = start_actors(run_dir, None, actors, extra=(
+            "--address-file", str(address_file), "--set", f"actor.give_up_after={GIVE_UP_AFTER}", *actor_args,
+            *key_args))
         procs.insert(0, actor_proc)
-        print(f"qrl run: broker at {address}, {actors} actor processes, logs in {run_dir}", flush=True)
         done_read, done_write = os.pipe()  # the learner says when it stops training (lifetime.announce_done)
-        learner = subprocess.Popen(_qrl("learner", "--algo", algo, "--env", env, "--broker", address,
+        learner = subprocess.Popen(_qrl("learner", "--algo", algo, "--env", env, "--address-file", str(address_file),
                                         "--run-dir", str(run_dir), *learner_args),
                                    env=child_env({**os.environ, DONE_ENV: str(done_write)}), pass_fds=(done_write,))
         os.close(done_write)
         procs.insert(0, learner)  # stopped first, then actors, then the broker
+        announced = False
         try:
             while learner.poll() is None:
+                if not announced and address_file.exists():
+                    announced = True
+                    print(f"qrl run: broker at {json.loads(address_file.read_text())['address']}, {actors} actor "
+                          f"processes, logs in {run_dir}", flush=True)
                 for p, name in ((broker, "broker"), (actor_proc, "actors")):
                     if p.poll() is not None:  # its last log line is its one-line error
                         raise ClusterError(f"{name} exited with code {p.returncode}: "
                                            f"{_tail(run_dir / (name + '.log'), lines=1)}")
-                if select.select([done_read], [], [], 0.2)[0]:  # done training (or exited)
+                if select.select([done_read], [], [], 0.05 if not announced else 0.2)[0]:  # done (or exited)
                     # No more experience is needed: the actors stop (confirming their last segments
                     # with the broker), then the broker, all while the learner checkpoints.
                     stop([actor_proc, broker], grace_s=_grace_s())
                     learner.wait()
         finally:
             os.close(done_read)
-        return learner.returncode
+        code = learner.returncode
+        return code
     except KeyboardInterrupt:
         # Ctrl-C reached every process in the group (SIGTERM only us): stop() signals each child,
         # giving the learner time to checkpoint.
@@ -161,3 +182,5 @@ def run_local(algo: str, env: str, actors: int, run_dir: Path, learner_args: lis
     finally:
         signal.signal(signal.SIGTERM, previous)
         stop(procs, grace_s=_grace_s())
+        if code == 2 and created:  # the learner refused the settings: the run never began
+            shutil.rmtree(run_dir, ignore_errors=True)

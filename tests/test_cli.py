@@ -169,3 +169,22 @@ def test_addresses_keep_their_host_as_written_so_other_ports_can_be_joined_to_it
 
     assert split_address("tcp://127.0.0.1:5555") == ("127.0.0.1", 5555)
     assert check_address("tcp://[::1]:5555") == ("[::1]", 5555)  # resolved without, kept with brackets
+
+
+def test_qrl_run_starts_the_roles_at_once_and_a_refused_setting_removes_only_what_it_created(tmp_path):
+    # The learner checks algorithm settings and the environment while the broker and the actors
+    # start; its one line ends the run, and a run directory that existed before is left as it was.
+    new, old = tmp_path / "new", tmp_path / "old"
+    one_line_error(qrl("run", "--set", "algo.batch_size=0", "--run-dir", str(new)), "algo.batch_size must be >= 1")
+    assert not new.exists()
+    old.mkdir()
+    (old / "notes.txt").write_text("mine")
+    one_line_error(qrl("run", "--env", "CartPole-v9", "--run-dir", str(old)), "unknown environment 'CartPole-v9'")
+    assert (old / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("command", ["learner", "actor"])
+def test_an_address_file_without_an_address_is_one_line(tmp_path, command):
+    bad = tmp_path / "broker.json"
+    bad.write_text("[1, 2]")
+    one_line_error(qrl(command, "--address-file", str(bad)), "holds no broker address")
