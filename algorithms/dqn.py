@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qrl import ops
+from qrl.numpy_mlp import compile_mlp, numpy_twin
 from qrl.algorithm import Rollout
 from qrl.brokers.tables import TableConfig
 
@@ -100,6 +101,18 @@ class QNetwork(nn.Module):
             return adv
         return self.value(h) + adv - adv.mean(dim=1, keepdim=True)
 
+    def q_values(self, obs: np.ndarray) -> np.ndarray:
+        """forward() on a numpy batch: in numpy for an MLP (see qrl/numpy_mlp.py), else in torch."""
+        parts = numpy_twin(self, lambda: None if self.image else [
+            compile_mlp(m) for m in (self.torso, self.advantage, self.value) if m is not None])
+        if parts is None or None in parts:
+            with torch.inference_mode():
+                return self(torch.as_tensor(obs)).numpy()
+        torso, advantage, *value = parts
+        h = torso(obs)
+        adv = advantage(h)
+        return adv if not value else value[0](h) + adv - adv.mean(axis=1, keepdims=True)
+
 
 def make_policy(obs_space: gym.Space, action_space: gym.Space, args: Args) -> QNetwork:
     if not isinstance(action_space, gym.spaces.Discrete):
@@ -125,13 +138,11 @@ def init_actor(index: int, count: int, num_envs: int, args: Args, seed: int) -> 
 
 
 def action_values(net: QNetwork, obs: np.ndarray) -> np.ndarray:
-    with torch.inference_mode():
-        return net(torch.as_tensor(obs)).numpy()
+    return net.q_values(obs)
 
 
 def greedy_act(net: QNetwork, obs: np.ndarray) -> np.ndarray:
-    with torch.inference_mode():
-        return net(torch.as_tensor(obs)).argmax(dim=1).numpy()
+    return net.q_values(obs).argmax(axis=1)
 
 
 def act(net: QNetwork, obs: np.ndarray, state: ActorState, args: Args) -> tuple[np.ndarray, dict[str, Any]]:

@@ -22,6 +22,7 @@ from torch import nn
 
 from qrl import ops
 from qrl.algorithm import Rollout
+from qrl.numpy_mlp import compile_mlp, numpy_twin, sample_categorical
 from qrl.brokers.tables import TableConfig
 
 
@@ -113,6 +114,15 @@ class ActorCritic(nn.Module):
     def values(self, obs: torch.Tensor) -> torch.Tensor:
         return self.value(obs.flatten(1).float()).squeeze(-1)
 
+    def logits(self, obs: np.ndarray) -> np.ndarray:
+        """Discrete actions: the policy's logits for a numpy batch, in numpy for an MLP (see
+        qrl/numpy_mlp.py), else in torch."""
+        policy = numpy_twin(self, lambda: compile_mlp(self.policy))
+        if policy is None:
+            with torch.inference_mode():
+                return self.features(torch.as_tensor(obs))[1].numpy()
+        return policy(obs)
+
 
 def make_policy(obs_space: gym.Space, action_space: gym.Space, args: Args) -> ActorCritic:
     if not isinstance(action_space, (gym.spaces.Discrete, gym.spaces.Box)):
@@ -128,21 +138,25 @@ def rollout_overlap(args: Args) -> int:
 
 @dataclass
 class ActorState:
-    generator: torch.Generator
+    generator: torch.Generator  # continuous actions
+    rng: np.random.Generator  # discrete actions (uniforms for inverse-CDF sampling)
     steps: int = 0
     sde_weights: torch.Tensor | None = None  # gSDE: [num_envs, hidden, action_dim], resampled periodically
 
 
 def init_actor(index: int, count: int, num_envs: int, args: Args, seed: int) -> ActorState:
-    return ActorState(torch.Generator().manual_seed(seed))
+    return ActorState(torch.Generator().manual_seed(seed), np.random.default_rng(seed))
 
 
 def _env_action(net: ActorCritic, action: torch.Tensor) -> np.ndarray:
     # The Gaussian's sample is what the log-probability is of; the env gets it clipped to bounds.
-    return torch.clamp(action, net.low, net.high).numpy() if net.continuous else action.numpy()
+    return torch.clamp(action, net.low, net.high).numpy()
 
 
 def act(net: ActorCritic, obs: np.ndarray, state: ActorState, args: Args) -> tuple[np.ndarray, dict[str, Any]]:
+    if not net.continuous:
+        actions, logp = sample_categorical(net.logits(obs), state.rng.random(len(obs)))
+        return actions, {"logp": logp}
     with torch.inference_mode():
         dist = net.distribution(torch.as_tensor(obs))
         if net.sde:
@@ -151,22 +165,19 @@ def act(net: ActorCritic, obs: np.ndarray, state: ActorState, args: Args) -> tup
                 state.sde_weights = std * torch.randn((len(obs),) + std.shape, generator=state.generator)
             latent, _ = net.features(torch.as_tensor(obs))
             action = dist.mean + torch.einsum("bh,bha->ba", latent, state.sde_weights)
-        elif net.continuous:
-            action = dist.mean + dist.stddev * torch.randn(dist.mean.shape, generator=state.generator)
         else:
-            action = torch.multinomial(dist.probs, 1, generator=state.generator).squeeze(1)
+            action = dist.mean + dist.stddev * torch.randn(dist.mean.shape, generator=state.generator)
         logp = net.log_prob(dist, action)
     state.steps += 1
-    extras = {"logp": logp.numpy().astype(np.float32)}
-    if net.continuous:
-        extras["raw_action"] = action.numpy().astype(np.float32)
-    return _env_action(net, action), extras
+    return _env_action(net, action), {"logp": logp.numpy().astype(np.float32),
+                                      "raw_action": action.numpy().astype(np.float32)}
 
 
 def greedy_act(net: ActorCritic, obs: np.ndarray) -> np.ndarray:
+    if not net.continuous:
+        return net.logits(obs).argmax(axis=1)
     with torch.inference_mode():
-        dist = net.distribution(torch.as_tensor(obs))
-        return _env_action(net, dist.mean if net.continuous else dist.probs.argmax(dim=1))
+        return _env_action(net, net.distribution(torch.as_tensor(obs)).mean)
 
 
 def make_items(rollout: Rollout, num_steps: int, args: Args) -> dict[str, np.ndarray]:

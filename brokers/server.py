@@ -79,6 +79,8 @@ MAX_INCARNATIONS_TRACKED = 8
 """Per actor id, the incarnations whose sequence numbers are remembered (a worker restarting
 in a loop would otherwise grow the stats without bound)."""
 MAX_ACTORS_TRACKED = 65_536
+MAX_SOURCES = 65_536
+"""Actor incarnations a queue table tells apart (for synchronous actors) until a new table starts."""
 """Actor ids whose counters are kept; beyond that the least recently seen are forgotten."""
 PER_ACTOR_SHOWN = 256
 """Actors detailed in a stats reply (the most recently seen); the rest are summed."""
@@ -145,6 +147,7 @@ class Broker:
         self.spec: dict[str, Any] | None = None
         self.token_hash: str | None = None  # SHA-256 of the registered learner's token
         self.table: ReplayTable | None = None
+        self._reset_sources()
         self.weights_frames: list | None = None
         self.weights_layout: dict[str, tuple[np.dtype, tuple[int, ...]]] | None = None
         self.weights_version = -1
@@ -357,12 +360,17 @@ class Broker:
         version = min(meta["policy_version"], self.weights_version)
         lag = self.weights_version - version
         bound = self.table.cfg.max_policy_lag
+        code = self._source_code(incarnation)
+        queued = isinstance(self.table, QueueTable)
         if bound is not None and lag > bound:
             self.stats.dropped_stale_segments += 1
             self.stats.dropped_stale_items += n_items
             self.stats.dropped_stale_frames += meta["frames"]
+            self._release_at_ingest(code, seq)
             return
-        self.table.store(arrays, n_items, priorities, version=version)
+        self.table.store(arrays, n_items, priorities, version=version, source=(code, seq) if queued else (-1, -1))
+        if not queued:  # a replay table: a segment can be sampled (is consumed, for sync actors) once stored
+            self._release_at_ingest(code, seq)
         s = self.stats
         if s.first_segment_time is None:
             s.first_segment_time = time.time()
@@ -507,6 +515,7 @@ class Broker:
             self.table = make_table(table_cfg, seed=self.cfg.seed, schema=schema)
             self.pending.clear()
             self.flushing.clear()
+            self._reset_sources()
             if not same_run:
                 self.stats.new_run()
             log.info("broker: new table %s for run %s", table_cfg, spec["run_id"])
@@ -561,9 +570,40 @@ class Broker:
             self.stats.sampled_items += batch_size
             self.stats.sample_wait_s += time.monotonic() - t0
             extra = {"_id": ids} if weights is None else {"_id": ids, "_weight": weights}
+            meta = {"req": req}
             if isinstance(table, QueueTable):
                 self.stats.served_lag.extend(table.served_lags)
-            self._reply(identity, "batch", {"req": req}, {**arrays, **extra})
+            meta["consumed"] = self._consumed(table)
+            self.stats.sampled_frames += batch_size * (table.item_schema.frames_per_item if table.item_schema else 1)
+            self._reply(identity, "batch", meta, {**arrays, **extra})
+
+    # Segments the broker is done with, reported to the learner with each batch (which reports them
+    # to synchronous actors with its weights): a queue's once their items are served or dropped, a
+    # replay table's once stored. By source code: the incarnation's index in source_names.
+    def _reset_sources(self) -> None:
+        self.source_codes: dict[str, int] = {}
+        self.source_names: list[str] = []
+        self.released_at_ingest: dict[int, int] = {}
+
+    def _source_code(self, incarnation: str) -> int:
+        code = self.source_codes.get(incarnation)
+        if code is None and len(self.source_names) < MAX_SOURCES:
+            code = self.source_codes[incarnation] = len(self.source_names)
+            self.source_names.append(incarnation)
+        return -1 if code is None else code
+
+    def _release_at_ingest(self, code: int, seq: int) -> None:
+        if code >= 0 and seq > self.released_at_ingest.get(code, -1):
+            self.released_at_ingest[code] = seq
+
+    def _consumed(self, table: ReplayTable) -> dict[str, int]:
+        """Incarnation -> the newest seq consumed since the last batch: items that left a queue (served
+        or dropped as stale), stored in a replay table, or dropped at ingest."""
+        released = table.take_released() if isinstance(table, QueueTable) else {}
+        for code, seq in self.released_at_ingest.items():
+            released[code] = max(seq, released.get(code, -1))
+        self.released_at_ingest = {}
+        return {self.source_names[code]: seq for code, seq in released.items()}
 
     def _on_update_priorities(self, identity, msg: wire.Message, meta: dict, req) -> None:
         """New priorities by item id from the learner; ids overwritten meanwhile are skipped."""
@@ -601,8 +641,8 @@ class Broker:
         if not _finite(msg.arrays):
             return self._reject("weights_in", "non_finite", "weights hold NaN or infinite values")
         # Re-encoded without the token (the arrays are not copied): actors never see it.
-        self._cache_weights(wire.encode("weights", {"version": version, "run_id": meta["run_id"]}, msg.arrays),
-                            version)
+        forwarded = {k: v for k, v in meta.items() if k != "token"}
+        self._cache_weights(wire.encode("weights", forwarded, msg.arrays), version)
 
     def _cache_weights(self, frames: list, version: int) -> None:
         self.weights_frames, self.weights_version = frames, version
@@ -660,6 +700,11 @@ class Broker:
             "dropped_stale_segments": s.dropped_stale_segments,  # ... of them at ingest, whole segments
             "dropped_stale_frames": s.dropped_stale_frames,
             "dropped_overflow": getattr(t, "dropped_overflow", 0),
+            # Frames collected (frames), trained on (in batches served: each once from a queue, as
+            # often as sampled from replay) and dropped unused (stale or overflowing a queue).
+            "frames_consumed": s.sampled_frames,
+            "frames_dropped": s.dropped_stale_frames + (dropped_queue + getattr(t, "dropped_overflow", 0)) * (
+                t.item_schema.frames_per_item if t is not None and t.item_schema is not None else 0),
             "served_policy_lag": float(np.mean(s.served_lag)) if s.served_lag else None,
             "priority_updates": s.priority_updates,  # items whose priority the learner set
             "priority_updates_skipped": s.priority_updates_skipped,  # ids overwritten before the update came
@@ -691,7 +736,7 @@ class Broker:
 
 
 class _Stats:
-    _COUNTERS = ("segments", "items", "frames", "episodes", "batches", "sampled_items", "gaps", "duplicates",
+    _COUNTERS = ("segments", "items", "frames", "episodes", "batches", "sampled_items", "sampled_frames", "gaps", "duplicates",
                  "priority_updates", "priority_updates_skipped", "dropped_stale_segments", "dropped_stale_items",
                  "dropped_stale_frames")
 

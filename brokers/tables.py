@@ -226,9 +226,9 @@ class ReplayTable:
         return n
 
     def store(self, arrays: Mapping[str, np.ndarray], n: int, priorities: np.ndarray | None = None,
-              version: int = 0) -> None:
+              version: int = 0, source: tuple[int, int] = (-1, -1)) -> None:
         """Store n items that check() has passed (the broker checks before its sequence
-        accounting, then stores, so no segment is scanned twice)."""
+        accounting, then stores, so no segment is scanned twice). source: see QueueTable."""
         if priorities is not None:
             priorities = np.asarray(priorities, dtype=np.float64)
         new_ids = self._write(arrays, n)
@@ -337,19 +337,36 @@ class QueueTable(ReplayTable):
         self.dropped_stale = 0
         self.dropped_overflow = 0
         self.served_lags: list[int] = []  # policy lag of the items in the last batch served
+        # Which segment each item came from (source code, seq; -1: unknown), and the segments whose
+        # items left the queue (served or dropped) since take_released: synchronous actors wait
+        # until the learner is done with their earlier segments.
+        self.sources = np.full((cfg.capacity, 2), -1, dtype=np.int64)
+        self.released: dict[int, int] = {}
 
     def store(self, arrays: Mapping[str, np.ndarray], n: int, priorities: np.ndarray | None = None,
-              version: int = 0) -> None:
+              version: int = 0, source: tuple[int, int] = (-1, -1)) -> None:
         overflow = max(0, self.size + n - self.cfg.capacity)
         if overflow:  # only when flush reads past a full queue: the oldest make room, counted
+            self._release(np.arange(self.head, self.head + overflow) % self.cfg.capacity)
             self.head += overflow
             self.dropped_overflow += overflow
         new_ids = self._write(arrays, n)
         self.versions[new_ids % self.cfg.capacity] = version
+        self.sources[new_ids % self.cfg.capacity] = source
         self.next_id += n
         self.size = self.next_id - self.head
         self.last_insert = n
         self.limiter.inserted += n
+
+    def _release(self, slots: np.ndarray) -> None:
+        for code, seq in self.sources[slots]:
+            if code >= 0 and seq > self.released.get(int(code), -1):
+                self.released[int(code)] = int(seq)
+
+    def take_released(self) -> dict[int, int]:
+        """Source code -> the newest seq whose items left the queue since the last call."""
+        released, self.released = self.released, {}
+        return released
 
     def _queued_slots(self) -> np.ndarray:
         return np.arange(self.head, self.next_id) % self.cfg.capacity
@@ -367,14 +384,16 @@ class QueueTable(ReplayTable):
         fresh = self._fresh(slots)
         stale = int(len(slots) - fresh.sum())
         if stale:
+            self._release(slots[~fresh])
             keep = slots[fresh]
             kept = {name: store[keep] for name, store in self.storage.items()}
-            versions = self.versions[keep]
+            versions, sources = self.versions[keep], self.sources[keep]
             self.head = self.next_id - len(keep)
             new_slots = np.arange(self.head, self.next_id) % self.cfg.capacity
             for name, a in kept.items():
                 self.storage[name][new_slots] = a
             self.versions[new_slots] = versions
+            self.sources[new_slots] = sources
             self.ids[new_slots] = np.arange(self.head, self.next_id)
             self.size = len(keep)
             self.dropped_stale += stale
@@ -388,6 +407,7 @@ class QueueTable(ReplayTable):
         batch = {name: store[idx] for name, store in self.storage.items()}
         ids = self.ids[idx]
         self.served_lags = (self.current_version - self.versions[idx]).tolist()
+        self._release(idx)
         self.head += batch_size
         self.size = self.next_id - self.head
         self.limiter.sampled += batch_size

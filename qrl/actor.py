@@ -10,6 +10,7 @@ Workers are forked after torch, gymnasium and the algorithms are imported, so
 
 from __future__ import annotations
 
+import collections
 import logging
 import multiprocessing as mp
 import os
@@ -17,7 +18,7 @@ import signal
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -73,6 +74,11 @@ def ingest_socket(ctx: zmq.Context, cfg: ActorConfig) -> zmq.Socket:
     return push
 
 
+CONSUMED_WAIT_S = 10.0
+"""A synchronous actor whose segment never comes back as consumed (lost on the way, or with a
+broker that restarted) acts on with newer weights after waiting this long."""
+
+
 class Stop(Exception):
     pass
 
@@ -88,6 +94,9 @@ class Worker:
         self.stopping = False
         self.incarnation = uuid.uuid4().hex[:8]  # tells this process's sequence numbers from a restart's
         self.sent = 0  # segments handed to ZeroMQ (flushed within the PUSH linger on a clean stop)
+        self.version = -1  # of the weights loaded last
+        self.consumed_seq = -1  # sync_actors: our last segment the learner is done with (from its weights)
+        self.waiting_since = 0.0
 
     def should_stop(self) -> bool:
         return self.stopping
@@ -157,6 +166,7 @@ class Worker:
         finished_returns: list[float] = []
         finished_lengths: list[int] = []
         window: list[dict[str, Any]] = []
+        sent_versions: collections.deque = collections.deque(maxlen=65)  # sync_actors: each segment's weights
         while not self.stopping:
             segment_version = version
             while len(window) < L:
@@ -191,13 +201,28 @@ class Worker:
             self.sent += 1
             finished_returns, finished_lengths = [], []
             window = window[T:]  # keep the overlap: later items still need those steps
-            if run.get("sync_actors"):  # on-policy, synchronous: act again only with the next weights
-                try:
-                    version = self._wait_for_weights(weights_sub, net, segment_version, spec["run_id"])
-                except Stop:
-                    break
-            else:
-                version = self._poll_weights(weights_sub, net, version, spec["run_id"])
+            lead = run.get("sync_lead", 0)
+            try:
+                if run.get("sync_actors") and lead == 0:  # strictly on-policy: act again only with new weights
+                    version = self._wait_for_weights(weights_sub, net, lambda v: v > segment_version,
+                                                     spec["run_id"])
+                elif run.get("sync_actors"):
+                    # Act on while the learner trains, up to `lead` segments, then wait for weights made
+                    # after the learner was done with the segment `lead` before this one.
+                    sent_versions.append(segment_version)
+                    due = self.sent - 1 - lead
+                    if due >= 0:
+                        made_with = sent_versions[-1 - lead]
+                        version = self._wait_for_weights(
+                            weights_sub, net, lambda v: self.consumed_seq >= due or (
+                                v > made_with and time.monotonic() - self.waiting_since > CONSUMED_WAIT_S),
+                            spec["run_id"])
+                    else:
+                        version = self._poll_weights(weights_sub, net, version, spec["run_id"])
+                else:
+                    version = self._poll_weights(weights_sub, net, version, spec["run_id"])
+            except Stop:
+                break
         env.close()
         self._confirm_delivery()
 
@@ -249,13 +274,15 @@ class Worker:
             if self.stopping:
                 raise Stop
 
-    def _wait_for_weights(self, sub: zmq.Socket, net: torch.nn.Module, acted_with: int, run_id: str) -> int:
-        """Block (but never past a stop request) until weights newer than acted_with arrive."""
-        version = acted_with
-        while version <= acted_with:
+    def _wait_for_weights(self, sub: zmq.Socket, net: torch.nn.Module, ready: Callable[[int], bool],
+                          run_id: str) -> int:
+        """Load the newest weights, then block (but never past a stop request) until ready(version)."""
+        self.waiting_since = time.monotonic()
+        version = self._poll_weights(sub, net, self.version, run_id)
+        while not ready(version):
             if self.stopping:
                 raise Stop
-            if sub.poll(200):
+            if sub.poll(50):
                 version = self._poll_weights(sub, net, version, run_id)
         return version
 
@@ -282,7 +309,11 @@ class Worker:
             raise RunChanged(f"broker now serves run {msg.meta.get('run_id')}")
         arrays = self.normalizer.split(msg.arrays)
         net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
-        return int(msg.meta["version"])
+        consumed = msg.meta.get("consumed")
+        if isinstance(consumed, dict) and isinstance(consumed.get(self.incarnation), int):
+            self.consumed_seq = max(self.consumed_seq, consumed[self.incarnation])
+        self.version = int(msg.meta["version"])
+        return self.version
 
 
 def _worker_main(cfg: ActorConfig, actor_id: int, supervisor_pid: int, errors_fd: int) -> None:

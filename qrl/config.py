@@ -60,8 +60,14 @@ class RunConfig:
     this many versions older than the newest, however far an actor's queues let it run ahead.
     On-policy algorithms state their own bound (algo.max_policy_lag)."""
     sync_actors: bool = False
-    """Each actor waits for newer weights after pushing a segment (synchronous on-policy training:
-    no stale unrolls). The algorithm's batch must not exceed actors x num_envs unrolls."""
+    """On-policy flow control: an actor acts on with the same weights for at most sync_lead more
+    segments, then waits for weights that the learner made after it was done with the segment
+    sync_lead before (trained on it, or the broker dropped it). No stale unrolls, no idle learner."""
+    sync_lead: int = 1
+    """With sync_actors: segments an actor collects while the learner trains on its last one.
+    1: acting overlaps learning, each unroll is about one round of updates old (corrected by the
+    behaviour log-probabilities PPO carries, or by V-trace); 0: strictly on-policy, the actor waits
+    for newer weights after every segment and idles while the learner trains."""
     normalize_obs: bool = False
     """Normalize observations by running mean and std (kept by the learner, shipped with the weights)."""
     normalize_reward: bool = False
@@ -153,7 +159,7 @@ RANGES: dict[str, Range] = {
     "seed": Range(0, 2**32 - 1), "total_steps": COUNT, "target_return": ANY, "num_envs": Range(1, 4096),
     "segment_length": Range(1, 1 << 20), "eval_every_frames": NON_NEGATIVE, "eval_every_s": POSITIVE,
     "eval_episodes": Range(1, 100_000), "publish_every": COUNT, "checkpoint_every_s": POSITIVE,
-    "samples_in_flight": Range(1, 64), "learner_threads": Range(1, 1024), "max_seconds": POSITIVE,
+    "samples_in_flight": Range(1, 64), "sync_lead": Range(0, 64), "learner_threads": Range(1, 1024), "max_seconds": POSITIVE,
     # algorithms
     "hidden": COUNT, "n_step": Range(1, 1000), "gamma": FRACTION, "lr": POSITIVE, "batch_size": COUNT,
     "buffer_size": COUNT, "learning_starts": NON_NEGATIVE, "samples_per_insert": NON_NEGATIVE,

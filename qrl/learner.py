@@ -9,6 +9,7 @@ stops at the frame budget, the target return or a wall-clock limit.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 import json
@@ -27,6 +28,7 @@ import zmq
 
 from qrl import algorithm, checkpoint, envs, lifetime, transport, wire
 from qrl.brokers.tables import TableConfig
+from qrl.messages import MAX_ACTORS_CONSUMED
 from qrl.config import RunConfig, build, to_dict, to_yaml
 from qrl.metrics import MetricsWriter, ProgressView
 from qrl.normalize import Normalizer
@@ -131,6 +133,9 @@ class LearnerRun:
         (self.run_dir / "config.yaml").write_text(to_yaml(opts.algo, opts.env, self.cfg, self.args))
         self.stopping = False
         self.stop_reason = ""
+        # Synchronous actors: incarnation -> its last segment this learner is done with (trained
+        # on, or dropped by the broker), most recent last; sent with the weights (RunConfig.sync_lead).
+        self.consumed: collections.OrderedDict[str, int] = collections.OrderedDict()
 
     # -- broker plumbing --------------------------------------------------------------------------
 
@@ -140,7 +145,7 @@ class LearnerRun:
                 "env_kwargs": c.env_kwargs, "wrappers": c.wrappers,
                 "args": dataclasses.asdict(self.args),
                 "run": {"num_envs": c.num_envs, "segment_length": c.segment_length, "seed": c.seed,
-                        "sync_actors": c.sync_actors}}
+                        "sync_actors": c.sync_actors, "sync_lead": c.sync_lead}}
 
     def connect(self, ctx: zmq.Context) -> None:
         self.ctx = ctx
@@ -244,8 +249,17 @@ class LearnerRun:
     def publish(self) -> None:
         self.version += 1
         self.last_publish = time.monotonic()
-        transport.send(self.pub, "weights", {"version": self.version, "run_id": self.run_id, "token": self.token},
-                       self.weights())
+        meta = {"version": self.version, "run_id": self.run_id, "token": self.token}
+        if self.cfg.sync_actors and self.cfg.sync_lead > 0:
+            meta["consumed"] = dict(self.consumed)
+        transport.send(self.pub, "weights", meta, self.weights())
+
+    def trained_on(self, consumed: dict[str, int]) -> None:
+        """Note the segments of the batch just trained on (and those the broker dropped)."""
+        for incarnation, seq in consumed.items():
+            self.consumed[incarnation] = max(seq, self.consumed.pop(incarnation, -1))
+        while len(self.consumed) > MAX_ACTORS_CONSUMED:
+            self.consumed.popitem(last=False)
 
     def broker_stats(self) -> dict[str, Any]:
         reply = self.client.request("get_stats", {"sampler": self.sampler_id}, wait_s=None, report=log.warning,
@@ -294,7 +308,8 @@ class LearnerRun:
         wait_s = 0.0
         last_stats = last_eval = last_ckpt = time.monotonic()
         last_updates, last_frames, rate_t = self.learner.updates, frames, time.monotonic()
-        updates_per_s = frames_per_s = 0.0
+        updates_per_s = frames_per_s = consumed_per_s = 0.0
+        last_consumed = 0
         last_eval_value: float | None = None
         last_eval_frames = frames
         train_metrics: dict[str, float] = {}
@@ -315,6 +330,7 @@ class LearnerRun:
                         refusals = 0
                         batch = self.normalizer.process_batch(reply.arrays) if self.normalizer else reply.arrays
                         train_metrics = self.learner.update(batch)
+                        self.trained_on(reply.meta.get("consumed") or {})
                         if self.learner.updates == 1:
                             metrics.write("phase", name="first_update")
                         priorities = train_metrics.pop("_priorities", None)
@@ -362,13 +378,16 @@ class LearnerRun:
                     dt = now - rate_t
                     updates_per_s = (self.learner.updates - last_updates) / dt
                     frames_per_s = (frames - last_frames) / dt
-                    last_updates, last_frames, rate_t = self.learner.updates, frames, now
+                    consumed = stats.get("frames_consumed", 0)
+                    consumed_per_s = max(0, consumed - last_consumed) / dt
+                    last_updates, last_frames, last_consumed, rate_t = self.learner.updates, frames, consumed, now
                     last_stats = now
                     metrics.write("train", frames=frames, updates=self.learner.updates, elapsed_s=elapsed(),
                                   frames_per_s=frames_per_s, updates_per_s=updates_per_s,
                                   mean_return_100=stats.get("mean_return_100"), replay_size=stats.get("replay_size"),
                                   policy_lag=stats.get("policy_lag_100"), actors=stats.get("actors"),
-                                  dropped_stale_frames=stats.get("dropped_stale_frames"),
+                                  frames_consumed=stats.get("frames_consumed"), frames_dropped=stats.get("frames_dropped"),
+                                  consumed_per_s=consumed_per_s,
                                   weights_version=self.version, wait_fraction=wait_s / max(elapsed(), 1e-9),
                                   samples_resent=self.samples_resent,
                                   **train_metrics)
@@ -396,7 +415,7 @@ class LearnerRun:
                     break
                 r100, lag = stats.get("mean_return_100"), stats.get("policy_lag_100")  # lag: weight versions
                 view.update(frames, (
-                    f"{frames_per_s:,.0f} fps | {updates_per_s:,.0f} upd/s | "
+                    f"{frames_per_s:,.0f} fps | trained on {consumed_per_s:,.0f} fps | {updates_per_s:,.0f} upd/s | "
                     f"return(100) {'-' if r100 is None else f'{r100:.1f}'} | "
                     f"eval {'-' if last_eval_value is None else f'{last_eval_value:.1f}'} | "
                     f"replay {stats.get('replay_size', 0):,} | "

@@ -115,6 +115,26 @@ class Nullable:
 
 
 @dataclass(frozen=True)
+class Counts:
+    """A map of short string keys (1..key_len characters) to integers in [-1, 2^53-1]."""
+
+    key_len: int
+    max_entries: int
+
+    def check(self, value: Any, where: str) -> dict[str, int]:
+        if not isinstance(value, dict) or len(value) > self.max_entries:
+            raise MessageError(where, f"must be a map of at most {self.max_entries} entries")
+        for k, v in value.items():
+            if not isinstance(k, str) or not 0 < len(k) <= self.key_len:
+                raise MessageError(where, f"keys must be strings of 1..{self.key_len} characters")
+            Int(-1, MAX_INT).check(v, f"{where}.{k}")
+        return value
+
+    def describe(self) -> str:
+        return f"map (at most {self.max_entries}) of str (1..{self.key_len}) to int in [-1, 2^53-1]"
+
+
+@dataclass(frozen=True)
 class Json:
     """A free-form value (hyperparameters, env kwargs, wrapper options): nil, bool, int, finite
     float, str, list or string-keyed map, at most JSON_DEPTH deep and JSON_ITEMS entries per level.
@@ -204,6 +224,8 @@ def _num(x: int) -> str:
 
 REQ = Field(Int(-MAX_INT, MAX_INT), required=False, doc="request id, echoed in the reply")
 RUN_ID = Str(64)
+MAX_ACTORS_CONSUMED = 1024
+"""Incarnations a weights message reports on (the learner keeps the most recently consumed)."""
 TOKEN = Str(128)
 
 SPEC = Map({
@@ -218,7 +240,8 @@ SPEC = Map({
         "segment_length": Field(Int(1, 1 << 20)),
         "seed": Field(Int(-MAX_INT, MAX_INT)),
         "sync_actors": Field(Bool(), required=False),
-    }), doc="num_envs, segment_length, seed, sync_actors"),
+        "sync_lead": Field(Int(0, 64), required=False),
+    }), doc="num_envs, segment_length, seed, sync_actors, sync_lead"),
 })
 
 TABLE = Map({
@@ -288,6 +311,9 @@ SCHEMAS: dict[str, Map] = {
         "version": Field(Int(0, MAX_INT), doc="above the last one, by at most MAX_VERSION_STEP"),
         "run_id": Field(RUN_ID),
         "token": Field(TOKEN, required=False, doc="the run's token (learner to broker only; stripped on the way out)"),
+        "consumed": Field(Counts(64, MAX_ACTORS_CONSUMED), required=False,
+                          doc="sync_actors runs: incarnation -> the last seq this version's learner is done with "
+                              "(trained on, or dropped by the broker); forwarded to actors"),
     }),
 }
 

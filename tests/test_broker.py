@@ -215,3 +215,53 @@ def test_prioritized_tables_return_weights_take_priorities_and_initial_prioritie
     assert bad.type == "error" and "beta" in bad.meta["reason"]
     bad = client.request("update_priorities", {}, {"ids": np.array([0, 1])}, wait_s=10)
     assert bad.type == "error"
+
+
+def test_batches_name_the_segments_the_broker_is_done_with(ctx, client, push, broker):
+    """`consumed` in each batch: per incarnation, the newest seq that left a queue (served, or
+    dropped as stale), so synchronous actors know when the learner is done with their segments;
+    the learner's weights carry it to the actors, and the broker forwards it (not the token)."""
+    fifo = {"capacity": 32, "sampler": "fifo", "min_size": 0, "samples_per_insert": 0.0, "max_policy_lag": 1}
+    register(client, table=fifo)
+    for seq in range(3):
+        push.send_multipart(segment(seq, n=8))
+    wait_for(lambda: stats(client)["items"] == 24, 10, "three segments queued")
+    reply = client.request("sample", {"batch_size": 8}, wait_s=5)
+    assert reply.type == "batch" and reply.meta["consumed"] == {"x": 0}
+    reply = client.request("sample", {"batch_size": 16}, wait_s=5)
+    assert reply.meta["consumed"] == {"x": 2}
+
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.connect(f"tcp://127.0.0.1:{broker.ports['weights_in']}")
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(f"tcp://127.0.0.1:{broker.ports['weights_out']}")
+    deadline = time.monotonic() + 10
+    while client.request("get_weights", wait_s=10).meta["version"] != 3:  # PUB drops until subscribed
+        assert time.monotonic() < deadline, "published weights never reached the broker"
+        send(pub, "weights", {"version": 3, "run_id": "r1", "token": TOKEN, "consumed": {"x": 2}},
+             {"w": np.full(3, 3, np.float32)})
+        time.sleep(0.05)
+    forwarded = None
+    while sub.poll(2000):
+        msg = wire.decode(sub.recv_multipart())
+        if msg.meta["version"] == 3:
+            forwarded = msg.meta
+            break
+    assert forwarded == {"version": 3, "run_id": "r1", "consumed": {"x": 2}}
+
+    # Stale segments (made 3 versions ago, the bound is 1) are dropped on arrival: consumed too.
+    push.send_multipart(segment(3, n=8))
+    push.send_multipart(wire.encode("segment", {
+        "run_id": "r1", "actor_id": 0, "incarnation": "x", "seq": 4, "policy_version": 3, "frames": 8,
+        "episode_returns": [], "episode_lengths": []}, {"obs": np.zeros((8, 4), np.float32),
+                                                         "action": np.zeros(8, np.int64)}))
+    wait_for(lambda: stats(client)["items"] == 32, 10, "the fresh segment queued")
+    s = stats(client)
+    assert s["dropped_stale_frames"] == 8 and s["frames_dropped"] == 8 and s["frames_consumed"] == 24
+    reply = client.request("sample", {"batch_size": 8}, wait_s=5)
+    assert reply.meta["consumed"] == {"x": 4} and reply.arrays["obs"].max() == 0
+    pub.close()
+    sub.close()
