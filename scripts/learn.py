@@ -23,6 +23,9 @@ sys.path.insert(0, str(ROOT))
 
 from qrl.metrics import read  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "scripts"))
+from _common import save_results  # noqa: E402
+
 # (algorithm, env) -> (target mean return, env-step budget): rl-baselines3-zoo's benchmark table
 # and hyperparameter files (budgets), or the environment's reward threshold where the zoo has none.
 TARGETS = {
@@ -78,6 +81,9 @@ def main() -> int:
                   + f" {target} " + json.dumps({k: v for k, v in r.items() if k not in ("seed", "ok")}), flush=True)
     ok = sum(r["ok"] for r in results)
     print(f"{a.algo} {a.env}: {ok} of {len(results)} seeds reached {target} within {budget:,} env steps")
+    save_results(f"learn-{a.algo}-{a.env.replace('/', '-')}", {
+        "algo": a.algo, "env": a.env, "preset": str(preset(a.algo, a.env).relative_to(ROOT)), "target": target,
+        "budget": budget, "seeds": len(results), "reached": ok, "results": results, "quick": len(results) < 3})
     return 0 if ok == len(results) else 1
 
 
