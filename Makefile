@@ -73,16 +73,21 @@ test-fast: install
 # within its step budget for every seed (scripts/learn.py), e.g. make learn ALGO=apex ENV=CartPole-v1
 SEEDS ?= 3
 learn: install
+	$(if $(findstring LunarLander,$(ENV)),$(BIN)/pip install --quiet -e '.[box2d]')
 	$(BIN)/python scripts/learn.py --algo $(ALGO) --env $(ENV) --seeds $(SEEDS)
 
 # Benchmarks (not tests): each prints qrl's figure, the reference measured in the same run and
-# their ratio, and writes bench/results/*.json. About 25 minutes in all on 2 cores.
+# their ratio, and writes bench/results/*.json; BENCHMARKS.md is generated from those files
+# (scripts/benchmarks_md.py). About 50 minutes in all on 2 cores.
 BENCHES := bench_transport bench_collection bench_replay bench_solve bench_overhead
 # PEERS=rllib adds the RLlib comparison (ray in its own .venv-rllib; heavy, never in CI).
 PEERS ?=
 bench: install-bench $(if $(findstring rllib,$(PEERS)),.venv-rllib/.installed)
 	cd scripts && for b in $(BENCHES); do ../$(BIN)/python $$b.py || exit 1; done
+	cd scripts && ../$(BIN)/python bench_solve.py --task ppo-CartPole-v1
+	cd scripts && ../$(BIN)/python bench_solve.py --task ppo-LunarLander-v3 --stop-at-solve
 	cd scripts && ../$(BIN)/python plot_bench.py
+	$(BIN)/python scripts/benchmarks_md.py
 	$(if $(findstring rllib,$(PEERS)),cd scripts && ../$(BIN)/python bench_rllib.py --rllib-python ../.venv-rllib/bin/python)
 
 .venv-rllib/.installed:

@@ -34,10 +34,12 @@ def save_results(name: str, data: dict) -> Path:
     return path
 
 
-def print_table(header: list[str], rows: list[list]) -> None:
+def print_table(header: list[str], rows: list[list]) -> dict:
+    """Print the table; return it as {"header", "table"} for the results file (BENCHMARKS.md shows it)."""
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     line = lambda r: "  ".join(str(x).rjust(w) for x, w in zip(r, widths))
     print(line(header))
     print("  ".join("-" * w for w in widths))
     for r in rows:
         print(line(r))
+    return {"header": header, "table": rows}

@@ -158,10 +158,10 @@ def main() -> None:
                 runs[f"{env_id}/{n}"] = results
                 print("  ".join(map(str, rows[-1])), flush=True)
     print()
-    print_table(["env", "actors", "qrl frames/s", "raw loops frames/s", "qrl/raw", "vs --n 2",
+    table = print_table(["env", "actors", "qrl frames/s", "raw loops frames/s", "qrl/raw", "vs --n 2",
                  "CPU s/1000 frames", "PSS MB", "start s"], rows)
     save_results("collection", {"quick": a.quick, "rounds": a.rounds, "num_envs": a.num_envs,
-                                "seconds": a.seconds, "table": rows, "runs": runs})
+                                "seconds": a.seconds, **table, "runs": runs})
 
 
 if __name__ == "__main__":

@@ -70,8 +70,8 @@ def main() -> None:
         medians = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         results[str(actors)] = {"median_s": medians, "runs": runs}
         rows.append([actors, *(f"{medians[k]:.2f}" for k in [*PHASES, "target to exit"])])
-    print_table(["actors", *(f"to {k} s" for k in PHASES), "target to exit s"], rows)
-    save_results("overhead", {"quick": a.quick, "config": a.config, "rounds": a.rounds, "actors": results})
+    table = print_table(["actors", *(f"to {k} s" for k in PHASES), "target to exit s"], rows)
+    save_results("overhead", {"quick": a.quick, "config": a.config, "rounds": a.rounds, "actors": results, **table})
 
 
 if __name__ == "__main__":

@@ -131,8 +131,8 @@ def main() -> None:
                 med = statistics.median(vals)
                 rows.append([f"{cap:,}", what, name, f"{med:,.0f}", f"{med / ref:.2f}"])
             runs[f"{cap}/{what}"] = results
-    print_table(["capacity", "figure", "implementation", "median", "vs sb3 (8 envs/add)"], rows)
-    save_results("replay", {"quick": a.quick, "rounds": a.rounds, "table": rows, "runs": runs})
+    table = print_table(["capacity", "figure", "implementation", "median", "vs sb3 (8 envs/add)"], rows)
+    save_results("replay", {"quick": a.quick, "rounds": a.rounds, **table, "runs": runs})
 
 
 if __name__ == "__main__":

@@ -98,10 +98,10 @@ def main() -> None:
         med[system] = (statistics.median(solved), statistics.median(speed))
         for seed, (s, v) in enumerate(zip(solved, speed)):
             rows.append([system, seed, f"{s:.1f}", f"{v:,.0f}"])
-    print_table(["system", "seed", "s to return 475", "env steps/s, learning on"], rows)
+    table = print_table(["system", "seed", "s to return 475", "env steps/s, learning on"], rows)
     print(f"\nqrl/rllib: throughput {med['qrl'][1] / med['rllib'][1]:.1f}x, time to solve "
           f"{med['qrl'][0] / med['rllib'][0]:.2f}x")
-    save_results("rllib", {"table": rows, "medians": med, "runs": runs})
+    save_results("rllib", {**table, "medians": med, "runs": runs})
 
 
 if __name__ == "__main__":

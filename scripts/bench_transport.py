@@ -121,8 +121,8 @@ def main() -> None:
                     rows.append([transport, label, mode, f"{msgs:,.0f}", f"{msgs * size / 1e9:.2f}",
                                  f"{med['raw'] / med[mode]:.2f}"])
                 raw_results[f"{transport}/{label}"] = {"count": count, "seconds": times}
-    print_table(["transport", "payload", "mode", "msg/s", "GB/s", "vs raw"], rows)
-    save_results("transport", {"quick": a.quick, "rounds": a.rounds, "table": rows, "runs": raw_results})
+    table = print_table(["transport", "payload", "mode", "msg/s", "GB/s", "vs raw"], rows)
+    save_results("transport", {"quick": a.quick, "rounds": a.rounds, **table, "runs": raw_results})
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""Learning curves of the time-to-solve runs (bench/results/solve.json) as a PNG:
-evaluation return against wall time (start-up included) and against env steps.
+"""Learning curves of the time-to-solve runs (bench/results/solve-TASK.json) as PNGs
+(bench/results/learning_curves-TASK.png): evaluation return against wall time (start-up
+included) and against env steps.
 
-    python scripts/plot_bench.py [--results bench/results/solve.json] [--out bench/results/learning_curves.png]
+    python scripts/plot_bench.py
 """
 
 from __future__ import annotations
@@ -20,12 +21,7 @@ from _common import RESULTS  # noqa: E402
 COLORS = {"qrl": "tab:blue", "sb3": "tab:orange"}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--results", type=Path, default=RESULTS / "solve.json")
-    p.add_argument("--out", type=Path, default=RESULTS / "learning_curves.png")
-    a = p.parse_args()
-    data = json.loads(a.results.read_text())
+def plot(data: dict, out: Path) -> None:
     fig, (by_time, by_steps) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for system, runs in data["runs"].items():
         for seed, run in enumerate(runs):
@@ -40,10 +36,18 @@ def main() -> None:
         ax.grid(alpha=0.3)
     by_time.set_ylabel(f"deterministic evaluation return ({data['env']}, 20 episodes)")
     by_time.legend()
-    fig.suptitle(f"DQN {data['env']}: qrl vs stable-baselines3 (zoo hyperparameters), {len(data['runs']['qrl'])} seeds each")
+    fig.suptitle(f"{data['task']}: qrl vs stable-baselines3 (zoo hyperparameters), {len(data['runs']['qrl'])} seeds each")
     fig.tight_layout()
-    fig.savefig(a.out, dpi=110)
-    print(f"wrote {a.out}")
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    print(f"wrote {out}")
+
+
+def main() -> None:
+    argparse.ArgumentParser(description=__doc__).parse_args()
+    for path in sorted(RESULTS.glob("solve-*.json")):
+        if not path.stem.endswith("-quick"):
+            plot(json.loads(path.read_text()), RESULTS / f"learning_curves-{path.stem[len('solve-'):]}.png")
 
 
 if __name__ == "__main__":

@@ -239,7 +239,7 @@ def main() -> int:
             if rss and fds:
                 rows.append([f"{name}/{role}", rss["after_warmup"], rss["end"], f"{rss['growth_pct']:+.1f}%",
                              fds["after_warmup"], fds["end"], fds["max"]])
-    print_table(["process", "RSS MB after warm-up", "RSS MB at end", "growth", "fds after warm-up", "fds at end",
+    table = print_table(["process", "RSS MB after warm-up", "RSS MB at end", "growth", "fds after warm-up", "fds at end",
                  "fds max"], rows)
     rss_ok = all(r["rss_mb"]["growth_pct"] <= RSS_TARGET_PCT for r in report.values() if r["rss_mb"])
     fds_ok = all(r["fds"]["end"] <= r["fds"]["after_warmup"] + FD_SLACK for r in report.values() if r["fds"])
@@ -252,7 +252,7 @@ def main() -> int:
           + (" (quick mode: too short to judge)" if args.quick else ""))
     png = plot(samples, list(clusters), warmup_s, RESULTS / f"soak{'-quick' if args.quick else ''}.png")
     save_results("soak", {"quick": args.quick, "minutes": args.minutes, "warmup_s": warmup_s,
-                          "kill_worker_every_s": args.kill_worker_every, "events": events, "report": report,
+                          "kill_worker_every_s": args.kill_worker_every, "events": events, "report": report, **table,
                           "rss_target_pct": RSS_TARGET_PCT, "rss_ok": rss_ok, "fds_ok": fds_ok,
                           "final_stats": {n: {k: s[k] for k in ("frames", "batches", "gaps", "duplicates", "rejected",
                                                                 "weights_version", "restored")}

@@ -2,6 +2,7 @@
 evaluate (terminal rendering, GIF), plot, TensorBoard files, status, and the Python API."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -183,3 +184,30 @@ def test_replicas_of_one_actor_command_get_distinct_ids_from_the_broker(procs, t
     start_endless_grid_learner(procs, address, tmp_path / "run")
     per_actor = wait_for_actors(address, 4)
     assert set(per_actor) == {"0", "1", "2", "3"} and all(a["incarnations"] == 1 for a in per_actor.values())
+
+
+def test_benchmarks_md_is_what_the_results_files_say():
+    """BENCHMARKS.md is generated (scripts/benchmarks_md.py) from bench/results/*.json: no figure is
+    copied by hand, and the committed file is the generator's output for the committed results."""
+    import importlib.util
+
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    sys.path.insert(0, str(scripts))
+    try:
+        spec = importlib.util.spec_from_file_location("benchmarks_md", scripts / "benchmarks_md.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        assert module.OUT.read_text() == module.render(), "BENCHMARKS.md differs: run python scripts/benchmarks_md.py"
+    finally:
+        sys.path.remove(str(scripts))
+
+
+def test_the_readme_preset_table_lists_every_preset():
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    table = readme[readme.index("| preset |"):]
+    table = table[:table.index("\n\n")]
+    listed = set(re.findall(r"`configs/([^`]+\.yaml)`", table))
+    presets = {p.name for p in (root / "configs").glob("*.yaml")}
+    assert presets - listed == set(), f"presets missing from the README's preset table: {presets - listed}"
+    assert listed - presets == set(), f"the README lists presets that do not exist: {listed - presets}"
