@@ -18,7 +18,8 @@ def render(stats: dict[str, Any], console: Console | None = None) -> None:
     s = stats
     console.print(f"[bold]broker[/bold] {s.get('broker_id')}  run {s.get('run_id') or '-'}  "
                   f"up {s['uptime_s']:,.0f} s  weights v{s['weights_version']}  snapshots {s.get('snapshots', 0)}")
-    console.print(f"segments {s['segments']:,}  frames {s['frames']:,}  episodes {s['episodes']:,}  "
+    console.print(f"segments {s['segments']:,}  frames {s['frames']:,} (trained on {s.get('frames_consumed', 0):,}, "
+                  f"dropped {s.get('frames_dropped', 0):,})  episodes {s['episodes']:,}  "
                   f"return(100) {_fmt(s['mean_return_100'], '.2f')}  policy lag {_fmt(s['policy_lag_100'], '.1f')}")
     console.print(f"replay {s['replay_size']:,}/{s['replay_capacity']:,}  inserts {s['insert_rate']:,.0f}/s  "
                   f"samples {s['sample_rate']:,.0f}/s  batches {s['batches']:,}  pending {s['pending_samples']}")

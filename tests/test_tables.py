@@ -139,3 +139,22 @@ def test_stale_items_are_dropped_and_counted_and_never_block_the_queue():
 def test_a_fifo_queue_rejects_a_replay_ratio():
     with pytest.raises(ValueError, match="samples_per_insert must be 0"):
         TableConfig(sampler="fifo", samples_per_insert=2.0).validate()
+
+
+def test_a_queue_reports_which_segments_left_it_served_dropped_or_overflowing():
+    q = queue(capacity=6, lag=1)
+    store = lambda first, version, source: q.store(unrolls(first), q.check(unrolls(first)), version=version,
+                                                   source=source)
+    store(0, 0, (0, 0))  # source 0 (an actor incarnation), seq 0
+    store(2, 2, (1, 5))
+    store(4, 0, (0, 1))
+    assert q.take_released() == {}
+    q.drop_stale(current_version=2)  # source 0's segments are stale: seq 1 is the newest gone
+    assert q.take_released() == {0: 1}
+    q.sample(1)  # half of source 1's segment is served: that segment is consumed
+    assert q.take_released() == {1: 5} and q.take_released() == {}
+    for seq in range(3):  # 1 + 6 items in a queue of 6: the oldest make room, and count as consumed
+        store(10 + 2 * seq, 2, (2, seq))
+    assert q.dropped_overflow == 1 and q.take_released() == {1: 5}
+    q.sample(6)
+    assert q.take_released() == {2: 2}
