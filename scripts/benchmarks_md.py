@@ -160,32 +160,33 @@ def _soak(r):
     return f"at most {growth:+.1f}% over {d['minutes']:g} min", "", "", d["rss_ok"] and d["fds_ok"]
 
 
-TARGETS: list[tuple[str, str, Callable]] = [
-    ("transport, tcp 64 KB messages", ">= 0.9", _transport("64KB")),
-    ("transport, tcp 1 MB messages", ">= 0.9", _transport("1MB")),
-    ("transport, tcp 8 MB messages", ">= 0.9", _transport("8MB")),
-    ("collection CartPole, `qrl actor --n 2` vs 2 raw loops at once", ">= 0.9", _collection_ratio("CartPole-v1")),
-    ("collection LunarLander, `--n 2` vs 2 raw loops", ">= 0.9", _collection_ratio("LunarLander-v3")),
-    ("collection CartPole, `--n 32` vs `--n 2`", ">= 0.8", _scaling),
-    ("32 actor processes started and pushing (CartPole)", "<= 3 s", _actors_32("startup_s", 3.0, "s")),
-    ("PSS of 32 actor processes (CartPole)", "<= 1 GB", _actors_32("pss_mb", 1024, "MB")),
-    ("replay insert, 1M capacity", ">= 1M/s", _replay("1,000,000".replace(",", ""), "insert transitions/s",
+# (figure, target, the results file it comes from, how)
+TARGETS: list[tuple[str, str, str, Callable]] = [
+    ("transport, tcp 64 KB messages", ">= 0.9", "transport", _transport("64KB")),
+    ("transport, tcp 1 MB messages", ">= 0.9", "transport", _transport("1MB")),
+    ("transport, tcp 8 MB messages", ">= 0.9", "transport", _transport("8MB")),
+    ("collection CartPole, `qrl actor --n 2` vs 2 raw loops at once", ">= 0.9", "collection", _collection_ratio("CartPole-v1")),
+    ("collection LunarLander, `--n 2` vs 2 raw loops", ">= 0.9", "collection", _collection_ratio("LunarLander-v3")),
+    ("collection CartPole, `--n 32` vs `--n 2`", ">= 0.8", "collection", _scaling),
+    ("32 actor processes started and pushing (CartPole)", "<= 3 s", "collection", _actors_32("startup_s", 3.0, "s")),
+    ("PSS of 32 actor processes (CartPole)", "<= 1 GB", "collection", _actors_32("pss_mb", 1024, "MB")),
+    ("replay insert, 1M capacity", ">= 1M/s", "replay", _replay("1000000", "insert transitions/s",
                                                       "qrl uniform (256/segment)", lambda q, ref: q >= 1e6)),
-    ("uniform sampling, batches of 256, 1M capacity", ">= SB3", _replay("1000000", "sample batches of 256/s",
+    ("uniform sampling, batches of 256, 1M capacity", ">= SB3", "replay", _replay("1000000", "sample batches of 256/s",
                                                                         "qrl uniform", lambda q, ref: q >= ref)),
-    ("time to 475, DQN CartPole-v1, launch included", "<= 0.5x SB3", _solve("dqn-CartPole-v1")),
-    ("... DQN's solve holds at the 100k budget", "3 of 3", _holds("dqn-CartPole-v1")),
-    ("learner time waiting for data (DQN CartPole)", "< 5%", _waiting),
-    ("time to 475, PPO CartPole-v1, launch included", "<= 1.0x SB3", _solve("ppo-CartPole-v1")),
-    ("time to 200, PPO LunarLander-v3, launch included", "<= 0.5x SB3", _solve("ppo-LunarLander-v3")),
-    ("`qrl run` launch to first update, PPO CartPole, 2 actors", "<= 1.5 s", _overhead("2", "first update", 1.5)),
-    ("`qrl run` target reached to every process exited, 2 actors", "<= 1.0 s", _overhead("2", "target to exit", 1.0)),
-    ("`qrl run` target reached to every process exited, 32 actors", "<= 1.0 s",
+    ("time to 475, DQN CartPole-v1, launch included", "<= 0.5x SB3", "solve-dqn-CartPole-v1", _solve("dqn-CartPole-v1")),
+    ("... DQN's solve holds at the 100k budget", "3 of 3", "solve-dqn-CartPole-v1", _holds("dqn-CartPole-v1")),
+    ("learner time waiting for data (DQN CartPole)", "< 5%", "solve-dqn-CartPole-v1", _waiting),
+    ("time to 475, PPO CartPole-v1, launch included", "<= 1.0x SB3", "solve-ppo-CartPole-v1", _solve("ppo-CartPole-v1")),
+    ("time to 200, PPO LunarLander-v3, launch included", "<= 0.5x SB3", "solve-ppo-LunarLander-v3", _solve("ppo-LunarLander-v3")),
+    ("`qrl run` launch to first update, PPO CartPole, 2 actors", "<= 1.5 s", "overhead", _overhead("2", "first update", 1.5)),
+    ("`qrl run` target reached to every process exited, 2 actors", "<= 1.0 s", "overhead", _overhead("2", "target to exit", 1.0)),
+    ("`qrl run` target reached to every process exited, 32 actors", "<= 1.0 s", "overhead",
      _overhead("32", "target to exit", 1.0)),
-    ("env steps/s with learning on, PPO CartPole (2 actors / 2 env runners)", ">= 10x RLlib",
+    ("env steps/s with learning on, PPO CartPole (2 actors / 2 env runners)", ">= 10x RLlib", "rllib",
      _rllib(1, lambda x: x >= 10, "x")),
-    ("time to 475 from launch, PPO CartPole", "<= 0.1x RLlib", _rllib(0, lambda x: x <= 0.1, "")),
-    ("RSS growth after warm-up, every process (soak)", "a few %", _soak),
+    ("time to 475 from launch, PPO CartPole", "<= 0.1x RLlib", "rllib", _rllib(0, lambda x: x <= 0.1, "")),
+    ("RSS growth after warm-up, every process (soak)", "a few %", "soak", _soak),
 ]
 
 
@@ -238,7 +239,8 @@ def learn_section(results: dict) -> list[str]:
     for name in sorted(k for k in results if k.startswith("learn-")):
         d = results[name]
         per_seed = "; ".join(
-            (f"{r['frames']:,} frames, {r['wall_s']:.0f} s" if r["ok"] else f"missed (best {r.get('best')})")
+            (f"{r['frames']:,} frames, {r['wall_s']:.0f} s" if r["ok"] else
+             f"missed: reached at {r['frames']:,} frames" if r.get("frames") else f"missed (best {r.get('best')})")
             for r in d["results"])
         rows.append([f"`{d['preset']}`", f">= {d['target']:g} within {d['budget']:,}",
                      f"{d['reached']} of {d['seeds']}", per_seed, d["machine"]["date"]])
@@ -263,17 +265,18 @@ def render() -> str:
              "rounds, and each ratio is measured side by side in one run.", "",
              "## Summary against the targets", ""]
     rows = []
-    for figure, target, fn in TARGETS:
+    for figure, target, source, fn in TARGETS:
         try:
             got = fn(results)
         except (KeyError, TypeError, ZeroDivisionError):
             got = None
         if got is None:
-            rows.append([figure, "not measured", "", "", target, "-"])
+            rows.append([figure, "not measured", "", "", target, "-", ""])
         else:
             qrl, ref, ratio, met = got
-            rows.append([figure, qrl, ref, ratio, target, "yes" if met else "**no**"])
-    lines += [table(["figure", "qrl", "reference (same run)", "ratio", "target", "met"], rows), ""]
+            rows.append([figure, qrl, ref, ratio, target, "yes" if met else "**no**",
+                         results[source]["machine"]["date"]])
+    lines += [table(["figure", "qrl", "reference (same run)", "ratio", "target", "met", "measured"], rows), ""]
     for name, title, what in SECTIONS:
         d = results.get(name)
         if not d:
