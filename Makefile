@@ -73,7 +73,6 @@ test-fast: install
 # within its step budget for every seed (scripts/learn.py), e.g. make learn ALGO=apex ENV=CartPole-v1
 SEEDS ?= 3
 learn: install
-	$(if $(findstring LunarLander,$(ENV)),$(BIN)/pip install --quiet -e '.[box2d]')
 	$(BIN)/python scripts/learn.py --algo $(ALGO) --env $(ENV) --seeds $(SEEDS)
 
 # Benchmarks (not tests): each prints qrl's figure, the reference measured in the same run and
