@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from qrl import ops
-from qrl.numpy_mlp import compile_mlp, numpy_twin
 from qrl.algorithm import Rollout
 from qrl.brokers.tables import TableConfig
+from qrl.numpy_mlp import compile_mlp, numpy_twin
 
 
 @dataclass(frozen=True)

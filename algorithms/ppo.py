@@ -22,8 +22,8 @@ from torch import nn
 
 from qrl import ops
 from qrl.algorithm import Rollout
-from qrl.numpy_mlp import compile_mlp, numpy_twin, sample_categorical
 from qrl.brokers.tables import TableConfig
+from qrl.numpy_mlp import compile_mlp, numpy_twin, sample_categorical
 
 
 @dataclass(frozen=True)

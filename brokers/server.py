@@ -79,9 +79,10 @@ MAX_INCARNATIONS_TRACKED = 8
 """Per actor id, the incarnations whose sequence numbers are remembered (a worker restarting
 in a loop would otherwise grow the stats without bound)."""
 MAX_ACTORS_TRACKED = 65_536
-MAX_SOURCES = 65_536
-"""Actor incarnations a queue table tells apart (for synchronous actors) until a new table starts."""
 """Actor ids whose counters are kept; beyond that the least recently seen are forgotten."""
+MAX_SOURCES = 65_536
+"""Actor incarnations whose consumed segments the broker reports (for synchronous actors), until a
+new table starts; segments of any beyond are never reported (their actors wait out CONSUMED_WAIT_S)."""
 PER_ACTOR_SHOWN = 256
 """Actors detailed in a stats reply (the most recently seen); the rest are summed."""
 SEQ_WINDOW = 1 << 20
@@ -574,7 +575,7 @@ class Broker:
             if isinstance(table, QueueTable):
                 self.stats.served_lag.extend(table.served_lags)
             meta["consumed"] = self._consumed(table)
-            self.stats.sampled_frames += batch_size * (table.item_schema.frames_per_item if table.item_schema else 1)
+            self.stats.sampled_frames += batch_size * table.frames_per_item
             self._reply(identity, "batch", meta, {**arrays, **extra})
 
     # Segments the broker is done with, reported to the learner with each batch (which reports them
@@ -703,8 +704,8 @@ class Broker:
             # Frames collected (frames), trained on (in batches served: each once from a queue, as
             # often as sampled from replay) and dropped unused (stale or overflowing a queue).
             "frames_consumed": s.sampled_frames,
-            "frames_dropped": s.dropped_stale_frames + (dropped_queue + getattr(t, "dropped_overflow", 0)) * (
-                t.item_schema.frames_per_item if t is not None and t.item_schema is not None else 0),
+            "frames_dropped": s.dropped_stale_frames
+            + (dropped_queue + getattr(t, "dropped_overflow", 0)) * (t.frames_per_item if t else 0),
             "served_policy_lag": float(np.mean(s.served_lag)) if s.served_lag else None,
             "priority_updates": s.priority_updates,  # items whose priority the learner set
             "priority_updates_skipped": s.priority_updates_skipped,  # ids overwritten before the update came
@@ -736,9 +737,9 @@ class Broker:
 
 
 class _Stats:
-    _COUNTERS = ("segments", "items", "frames", "episodes", "batches", "sampled_items", "sampled_frames", "gaps", "duplicates",
-                 "priority_updates", "priority_updates_skipped", "dropped_stale_segments", "dropped_stale_items",
-                 "dropped_stale_frames")
+    _COUNTERS = ("segments", "items", "frames", "episodes", "batches", "sampled_items", "sampled_frames", "gaps",
+                 "duplicates", "priority_updates", "priority_updates_skipped", "dropped_stale_segments",
+                 "dropped_stale_items", "dropped_stale_frames")
 
     def __init__(self):
         self.started = time.monotonic()

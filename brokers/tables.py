@@ -184,6 +184,11 @@ class ReplayTable:
                         for name, (dtype, shape) in self.schema.items()}
         self.floats = [name for name, (dtype, _) in self.schema.items() if dtype.kind == "f"]
 
+    @property
+    def frames_per_item(self) -> int:
+        """Env frames one item covers (the learner's schema says; 1 before a schema is set)."""
+        return self.item_schema.frames_per_item if self.item_schema is not None else 1
+
     def check(self, arrays: Mapping[str, np.ndarray], priorities: np.ndarray | None = None,
               frames: int | None = None) -> int:
         """Validate a batch of items against the schema; return how many items it holds.

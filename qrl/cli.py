@@ -13,11 +13,10 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import click
 
-from qrl.config import ConfigError, RunConfig, parse_overrides
+from qrl.config import ConfigError, FileConfig, RunConfig, parse_overrides
 
 
 class UserError(click.ClickException):
@@ -67,21 +66,16 @@ class Resolved:
     actors: int | None
 
 
-def _names_and_run(config: str | None, algo: str | None, env: str | None, sets: tuple[str, ...],
-                   run_defaults: dict, **run_options) -> tuple[Any, str, str, RunConfig]:
-    """The config file, algorithm and env names, and the checked run settings. Imports no torch.
+def _names_and_run(file: FileConfig, algo: str | None, env: str | None, run_overrides: dict, run_defaults: dict,
+                   **run_options) -> tuple[str, str, RunConfig]:
+    """The algorithm and env names, and the checked run settings. Imports no torch.
     Precedence: defaults (RunConfig's, then the algorithm's RUN_DEFAULTS) < config file <
     command-line flags < --set."""
-    from qrl.config import build, load_file
+    from qrl.config import build
 
-    file = load_file(config)
-    algo = algo or file.algorithm or "dqn"
-    env = env or file.env or "CartPole-v1"
-    run_sets = [s for s in sets if s.strip().startswith("run.")]
-    overrides = parse_overrides(run_sets, {"run": RunConfig})
     run_values = {**run_defaults, **file.run, **{k: v for k, v in run_options.items() if v is not None},
-                  **overrides["run"]}
-    return file, algo, env, build(RunConfig, run_values, "run")
+                  **run_overrides}
+    return algo or file.algorithm or "dqn", env or file.env or "CartPole-v1", build(RunConfig, run_values, "run")
 
 
 def _resolve(config: str | None, algo: str | None, env: str | None, sets: tuple[str, ...],
@@ -90,11 +84,11 @@ def _resolve(config: str | None, algo: str | None, env: str | None, sets: tuple[
     from qrl import algorithm, envs
     from qrl.config import build, load_file
 
-    algo = algo or load_file(config).algorithm or "dqn"
-    module = algorithm.load(algo)
+    file = load_file(config)
+    module = algorithm.load(algo or file.algorithm or "dqn")
     overrides = parse_overrides(sets, {"run": RunConfig, "algo": module.Args})
-    file, algo, env, run_cfg = _names_and_run(config, algo, env, sets, getattr(module, "RUN_DEFAULTS", {}),
-                                              **run_options)
+    algo, env, run_cfg = _names_and_run(file, algo, env, overrides["run"], getattr(module, "RUN_DEFAULTS", {}),
+                                        **run_options)
     if run_cfg.sync_actors and run_cfg.publish_every != 1:  # actors would wait for weights never sent
         raise ConfigError("run.sync_actors needs run.publish_every=1 (actors wait for every update's weights)")
     algo_values = {**file.algo, **overrides["algo"]}
@@ -287,11 +281,14 @@ def run(config, algo, env_id, seed, total_steps, target_return, run_dir, no_prog
         resume) -> None:
     """Train with a local cluster: broker, actors and learner as separate processes on loopback."""
     from qrl.algorithm import REGISTRY, UnknownAlgorithm
+    from qrl.config import load_file
 
     # Checked here: what needs no torch. The learner, started at once with the broker and the
     # actors, checks the rest (algorithm settings, the environment) and ends the run with one line.
-    file, algo, env_id, run_cfg = _names_and_run(config, algo, env_id, sets, {}, seed=seed, total_steps=total_steps,
-                                                 target_return=target_return)
+    file = load_file(config)
+    run_overrides = parse_overrides([s for s in sets if s.strip().startswith("run.")], {"run": RunConfig})["run"]
+    algo, env_id, run_cfg = _names_and_run(file, algo, env_id, run_overrides, {}, seed=seed, total_steps=total_steps,
+                                           target_return=target_return)
     if algo not in REGISTRY:
         raise UnknownAlgorithm(f"unknown algorithm '{algo}'; available: {', '.join(sorted(REGISTRY))}")
     if resume and not run_dir:

@@ -159,7 +159,8 @@ RANGES: dict[str, Range] = {
     "seed": Range(0, 2**32 - 1), "total_steps": COUNT, "target_return": ANY, "num_envs": Range(1, 4096),
     "segment_length": Range(1, 1 << 20), "eval_every_frames": NON_NEGATIVE, "eval_every_s": POSITIVE,
     "eval_episodes": Range(1, 100_000), "publish_every": COUNT, "checkpoint_every_s": POSITIVE,
-    "samples_in_flight": Range(1, 64), "sync_lead": Range(0, 64), "learner_threads": Range(1, 1024), "max_seconds": POSITIVE,
+    "samples_in_flight": Range(1, 64), "sync_lead": Range(0, 64), "learner_threads": Range(1, 1024),
+    "max_seconds": POSITIVE,
     # algorithms
     "hidden": COUNT, "n_step": Range(1, 1000), "gamma": FRACTION, "lr": POSITIVE, "batch_size": COUNT,
     "buffer_size": COUNT, "learning_starts": NON_NEGATIVE, "samples_per_insert": NON_NEGATIVE,

@@ -28,8 +28,8 @@ import zmq
 
 from qrl import algorithm, checkpoint, envs, lifetime, transport, wire
 from qrl.brokers.tables import TableConfig
-from qrl.messages import MAX_ACTORS_CONSUMED
 from qrl.config import RunConfig, build, to_dict, to_yaml
+from qrl.messages import MAX_ACTORS_CONSUMED
 from qrl.metrics import MetricsWriter, ProgressView
 from qrl.normalize import Normalizer
 
@@ -386,8 +386,8 @@ class LearnerRun:
                                   frames_per_s=frames_per_s, updates_per_s=updates_per_s,
                                   mean_return_100=stats.get("mean_return_100"), replay_size=stats.get("replay_size"),
                                   policy_lag=stats.get("policy_lag_100"), actors=stats.get("actors"),
-                                  frames_consumed=stats.get("frames_consumed"), frames_dropped=stats.get("frames_dropped"),
-                                  consumed_per_s=consumed_per_s,
+                                  frames_consumed=stats.get("frames_consumed"), consumed_per_s=consumed_per_s,
+                                  frames_dropped=stats.get("frames_dropped"),
                                   weights_version=self.version, wait_fraction=wait_s / max(elapsed(), 1e-9),
                                   samples_resent=self.samples_resent,
                                   **train_metrics)

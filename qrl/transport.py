@@ -249,7 +249,7 @@ def check_address(address: str) -> tuple[str, int]:
     return host, port
 
 
-def read_address_file(path: str | Path, timeout_s: float = 60.0, should_stop=lambda: False) -> str:
+def read_address_file(path: str | Path, timeout_s: float = 60.0) -> str:
     """The broker's service address from the file `qrl broker --address-file` writes, waiting for
     the file to appear: roles started together with their broker (`qrl run`, `make cluster`) import
     torch while it binds, instead of after. The broker writes it atomically (write, then rename)."""
@@ -264,8 +264,6 @@ def read_address_file(path: str | Path, timeout_s: float = 60.0, should_stop=lam
             pass
         except (ValueError, KeyError, TypeError) as exc:
             raise AddressError(f"{path} holds no broker address ({type(exc).__name__})") from None
-        if should_stop():
-            raise BrokerUnavailable(f"stopped while waiting for {path}")
         if time.monotonic() > deadline:
             raise AddressError(f"no broker wrote its address to {path} within {timeout_s:g} s")
         time.sleep(0.02)

@@ -16,11 +16,6 @@ ROOT = RESULTS.parents[1]
 OUT = ROOT / "BENCHMARKS.md"
 
 
-def load(name: str) -> dict | None:
-    path = RESULTS / f"{name}.json"
-    return json.loads(path.read_text()) if path.exists() else None
-
-
 def med(values) -> float:
     return statistics.median(list(values))
 
@@ -46,7 +41,7 @@ def measured_on(data: dict) -> str:
             f"`{data.get('command', '?')}`.")
 
 
-# -- the targets: (figure, target, function of the results -> (qrl, reference, ratio, met) or None) --
+# -- the targets: each function of the results gives (qrl, reference, ratio, met), or None ----------
 
 def _transport(size: str):
     def row(r):
@@ -61,17 +56,16 @@ def _transport(size: str):
     return row
 
 
-def _collection(env: str, n: int, key: str):
-    def get(r):
-        d = r["collection"]
-        runs = d and d["runs"].get(f"{env}/{n}")
-        return None if not runs else med(x[key] for x in runs)
-    return get
+def _collection(r, env: str, n: int, key: str) -> float | None:
+    """The median of one collection figure (frames/s, start-up, PSS) for env with n actors."""
+    d = r["collection"]
+    runs = d and d["runs"].get(f"{env}/{n}")
+    return None if not runs else med(x[key] for x in runs)
 
 
 def _collection_ratio(env: str):
     def row(r):
-        q, raw = _collection(env, 2, "qrl")(r), _collection(env, 2, "raw")(r)
+        q, raw = _collection(r, env, 2, "qrl"), _collection(r, env, 2, "raw")
         if q is None:
             return None
         return f"{kfps(q)} frames/s", f"2 raw loops {kfps(raw)}", fmt(q / raw), q / raw >= 0.9
@@ -79,7 +73,7 @@ def _collection_ratio(env: str):
 
 
 def _scaling(r):
-    q2, q32 = _collection("CartPole-v1", 2, "qrl")(r), _collection("CartPole-v1", 32, "qrl")(r)
+    q2, q32 = _collection(r, "CartPole-v1", 2, "qrl"), _collection(r, "CartPole-v1", 32, "qrl")
     if q2 is None or q32 is None:
         return None
     return f"{kfps(q32)} frames/s", f"`--n 2` {kfps(q2)}", fmt(q32 / q2), q32 / q2 >= 0.8
@@ -87,7 +81,7 @@ def _scaling(r):
 
 def _actors_32(key: str, limit: float, unit: str):
     def row(r):
-        v = _collection("CartPole-v1", 32, key)(r)
+        v = _collection(r, "CartPole-v1", 32, key)
         return None if v is None else (f"{v:,.{1 if unit == 'MB' else 2}f} {unit}", "", "", v <= limit)
     return row
 
