@@ -11,13 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from qrl import ops
-from qrl.algorithm import Rollout
+from qrl.algorithm import Agent, History, Rollout, replay_table
 from qrl.algorithms import dqn
-from qrl.algorithms.dqn import Learner, action_values, greedy_act, make_policy  # noqa: F401  (the interface)
-from qrl.brokers.tables import TableConfig
 
 
 @dataclass(frozen=True)
@@ -32,15 +29,9 @@ class Args(dqn.Args):
     (otherwise new items get the largest priority seen so far)."""
 
 
-def table_config(args: Args) -> TableConfig:
-    return TableConfig(
-        capacity=args.buffer_size,
-        sampler="prioritized",
-        min_size=args.learning_starts,
-        samples_per_insert=args.samples_per_insert,
-        tolerance=max(args.batch_size, 64 * args.samples_per_insert) if args.samples_per_insert else 0.0,
-        priority_exponent=args.priority_exponent,
-    )
+def table_config(args: Args):
+    return replay_table(args, args.samples_per_insert, sampler="prioritized",
+                        priority_exponent=args.priority_exponent)
 
 
 def sample_options(args: Args, updates: int) -> dict[str, Any]:
@@ -50,36 +41,35 @@ def sample_options(args: Args, updates: int) -> dict[str, Any]:
 
 # -- actor side -------------------------------------------------------------------------------
 
-def rollout_overlap(args: Args) -> int:
+def history(args: Args) -> History:
     # One step more than DQN: the initial priority of the last item needs max Q of the
     # observation after its n-step window.
-    return args.n_step
+    return History(after=args.n_step)
 
 
-init_actor = dqn.init_actor
+class EpsilonGreedy(dqn.EpsilonGreedy):
+    """DQN's exploration; also records the Q values the initial priorities are computed from."""
+
+    def act(self, net: dqn.QNetwork, obs, state, episode_start):
+        q, state = self.action_values(net, obs, state, episode_start)
+        actions = self.explore(q.argmax(axis=1), q.shape[1])
+        return actions, state, {"q_taken": q[np.arange(len(q)), actions].astype(np.float32), "q_max": q.max(axis=1)}
 
 
-def act(net: dqn.QNetwork, obs: np.ndarray, state: dqn.ActorState, args: Args) -> tuple[np.ndarray, dict[str, Any]]:
-    eps = ops.linear_schedule(1.0, state.epsilon, args.eps_anneal_frames, state.frames)
-    state.frames += len(obs)
-    with torch.inference_mode():
-        q = net(torch.as_tensor(obs)).numpy()
-    actions = q.argmax(axis=1)
-    explore = state.rng.random(len(obs)) < eps
-    if explore.any():
-        actions[explore] = state.rng.integers(0, q.shape[1], size=int(explore.sum()))
-    return actions, {"q_taken": q[np.arange(len(q)), actions].astype(np.float32), "q_max": q.max(axis=1)}
-
-
-def make_items(rollout: Rollout, num_steps: int, args: Args) -> dict[str, np.ndarray]:
-    items = dqn.make_items(rollout, num_steps, args)
+def make_items(rollout: Rollout, args: Args) -> dict[str, np.ndarray]:
+    items = dqn.make_items(rollout, args)
     if args.actor_priorities:
+        T = rollout.num_steps
         returns, discounts, last = ops.nstep_targets(
-            rollout.rewards, rollout.terminated, rollout.truncated, args.gamma, args.n_step, num_steps)
+            rollout.rewards, rollout.terminated, rollout.truncated, args.gamma, args.n_step, T)
         envs = np.arange(rollout.rewards.shape[1])[None, :]
         # max Q at the bootstrap observation = max Q at the step after `last` (exact unless the
         # episode was truncated there; the learner replaces this estimate after the first sample).
         bootstrap = rollout.extras["q_max"][last + 1, envs]
-        td = returns + discounts * bootstrap - rollout.extras["q_taken"][:num_steps]
+        td = returns + discounts * bootstrap - rollout.extras["q_taken"][:T]
         items["_priority"] = (np.abs(td) + dqn.PRIORITY_FLOOR).reshape(-1)
     return items
+
+
+AGENT = Agent(name="apex", Args=Args, make_policy=dqn.make_policy, actor=EpsilonGreedy, make_items=make_items,
+              Learner=dqn.Learner, table_config=table_config, history=history, sample_options=sample_options)

@@ -11,7 +11,6 @@ References: Lillicrap et al. 2016 (DDPG); Fujimoto et al. 2018 (TD3).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qrl import ops
-from qrl.algorithm import Rollout
+from qrl.algorithm import ActorCore, Agent, History, LearnerBase, Rollout, replay_table
 from qrl.algorithms import dqn
 from qrl.brokers.tables import TableConfig
 
@@ -52,9 +51,7 @@ class Args:
 
 
 def table_config(args: Args) -> TableConfig:
-    spi = args.updates_per_step * args.batch_size
-    return TableConfig(capacity=args.buffer_size, sampler="uniform", min_size=args.learning_starts,
-                       samples_per_insert=spi, tolerance=max(args.batch_size, 64 * spi) if spi else 0.0)
+    return replay_table(args, args.updates_per_step * args.batch_size)
 
 
 # -- networks ---------------------------------------------------------------------------------
@@ -97,46 +94,46 @@ def make_policy(obs_space: gym.Space, action_space: gym.Space, args: Args) -> Po
 
 # -- actor side -------------------------------------------------------------------------------
 
-def rollout_overlap(args: Args) -> int:
-    return args.n_step - 1
+def history(args: Args) -> History:
+    return History(after=args.n_step - 1)
 
 
-@dataclass
-class ActorState:
-    rng: np.random.Generator
-    frames: int = 0
+class GaussianNoise(ActorCore):
+    """Uniformly random actions for the first random_frames frames, then the policy's action plus
+    Gaussian noise, clipped to the bounds."""
+
+    def __init__(self, args: Args, index: int, count: int, num_envs: int, seed: int):
+        super().__init__(args, index, count, num_envs, seed)
+        self.rng = np.random.default_rng(seed)
+        self.frames = 0
+
+    def greedy(self, net: Policy, obs, state, episode_start):
+        with torch.inference_mode():
+            return net(torch.as_tensor(obs)).numpy(), state
+
+    def act(self, net: Policy, obs, state, episode_start):
+        low, high = (net.center - net.scale).numpy(), (net.center + net.scale).numpy()
+        self.frames += len(obs)
+        if self.frames <= self.args.random_frames:
+            return self.rng.uniform(low, high, size=(len(obs),) + low.shape).astype(np.float32), state, {}
+        action, _ = self.greedy(net, obs, state, episode_start)
+        noise = self.rng.normal(0.0, self.args.exploration_noise, size=action.shape) * net.scale.numpy()
+        return np.clip(action + noise, low, high).astype(np.float32), state, {}
 
 
-def init_actor(index: int, count: int, num_envs: int, args: Args, seed: int) -> ActorState:
-    return ActorState(np.random.default_rng(seed))
-
-
-def greedy_act(net: Policy, obs: np.ndarray) -> np.ndarray:
-    with torch.inference_mode():
-        return net(torch.as_tensor(obs)).numpy()
-
-
-def act(net: Policy, obs: np.ndarray, state: ActorState, args: Args) -> tuple[np.ndarray, dict[str, Any]]:
-    low, high = (net.center - net.scale).numpy(), (net.center + net.scale).numpy()
-    state.frames += len(obs)
-    if state.frames <= args.random_frames:
-        return state.rng.uniform(low, high, size=(len(obs),) + low.shape).astype(np.float32), {}
-    action = greedy_act(net, obs)
-    noise = state.rng.normal(0.0, args.exploration_noise, size=action.shape) * net.scale.numpy()
-    return np.clip(action + noise, low, high).astype(np.float32), {}
-
-
-def make_items(rollout: Rollout, num_steps: int, args: Args) -> dict[str, np.ndarray]:
-    items = dqn.make_items(rollout, num_steps, args)  # (n-step) transitions; actions stay float here
-    items["action"] = rollout.actions[:num_steps].reshape((-1,) + rollout.actions.shape[2:]).astype(np.float32)
+def make_items(rollout: Rollout, args: Args) -> dict[str, np.ndarray]:
+    items = dqn.make_items(rollout, args)  # (n-step) transitions; actions stay float here
+    items["action"] = rollout.actions[:rollout.num_steps].reshape((-1,) + rollout.actions.shape[2:]).astype(np.float32)
     return items
 
 
 # -- learner side -----------------------------------------------------------------------------
 
-class Learner:
+class Learner(LearnerBase):
+    checkpointed = ("net", "target_policy", "critics", "target_critics", "policy_optimizer", "critic_optimizer")
+
     def __init__(self, obs_space: gym.Space, action_space: gym.Space, args: Args, device: torch.device):
-        self.args, self.device = args, device
+        super().__init__(args, device)
         obs_dim, action_dim = int(np.prod(obs_space.shape)), int(np.prod(action_space.shape))
         self.net = make_policy(obs_space, action_space, args).to(device)
         self.target_policy = make_policy(obs_space, action_space, args).to(device)
@@ -148,12 +145,11 @@ class Learner:
         self.target_critics.load_state_dict(self.critics.state_dict())
         self.policy_optimizer = torch.optim.Adam(self.net.parameters(), lr=args.lr)
         self.critic_optimizer = torch.optim.Adam(self.critics.parameters(), lr=args.lr)
-        self.updates = 0
         self.last_policy_loss = 0.0
 
     def update(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
         a = self.args
-        t = {k: torch.tensor(v, device=self.device) for k, v in batch.items() if not k.startswith("_")}
+        t = self.tensors(batch)
         with torch.no_grad():
             next_action = self.target_policy(t["next_obs"])
             if a.target_noise > 0:  # TD3: smooth the target over nearby actions
@@ -178,20 +174,7 @@ class Learner:
             ops.polyak_update(self.target_critics.parameters(), self.critics.parameters(), a.tau)
         return {"critic_loss": critic_loss.item(), "policy_loss": self.last_policy_loss, "q_target": target.mean().item()}
 
-    def policy_state(self) -> dict[str, np.ndarray]:
-        return {k: v.detach().to("cpu", copy=True).numpy() for k, v in self.net.state_dict().items()}
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"net": self.net.state_dict(), "target_policy": self.target_policy.state_dict(),
-                "critics": self.critics.state_dict(), "target_critics": self.target_critics.state_dict(),
-                "policy_optimizer": self.policy_optimizer.state_dict(),
-                "critic_optimizer": self.critic_optimizer.state_dict(), "updates": self.updates}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.net.load_state_dict(state["net"])
-        self.target_policy.load_state_dict(state["target_policy"])
-        self.critics.load_state_dict(state["critics"])
-        self.target_critics.load_state_dict(state["target_critics"])
-        self.policy_optimizer.load_state_dict(state["policy_optimizer"])
-        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
-        self.updates = state["updates"]
+AGENT = Agent(name="ddpg", Args=Args, make_policy=make_policy, actor=GaussianNoise, make_items=make_items,
+              Learner=Learner, table_config=table_config, history=history)

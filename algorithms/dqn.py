@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qrl import ops
-from qrl.algorithm import Rollout
+from qrl.algorithm import ActorCore, Agent, History, LearnerBase, Rollout, replay_table
 from qrl.brokers.tables import TableConfig
 from qrl.numpy_mlp import compile_mlp, numpy_twin
 
@@ -57,13 +57,7 @@ class Args:
 
 
 def table_config(args: Args) -> TableConfig:
-    return TableConfig(
-        capacity=args.buffer_size,
-        sampler="uniform",
-        min_size=args.learning_starts,
-        samples_per_insert=args.samples_per_insert,
-        tolerance=max(args.batch_size, 64 * args.samples_per_insert) if args.samples_per_insert else 0.0,
-    )
+    return replay_table(args, args.samples_per_insert)
 
 
 PRIORITY_FLOOR = 1e-3
@@ -122,49 +116,47 @@ def make_policy(obs_space: gym.Space, action_space: gym.Space, args: Args) -> QN
 
 # -- actor side -------------------------------------------------------------------------------
 
-def rollout_overlap(args: Args) -> int:
-    return args.n_step - 1
+def history(args: Args) -> History:
+    return History(after=args.n_step - 1)
 
 
-@dataclass
-class ActorState:
-    epsilon: float  # the actor's final epsilon
-    rng: np.random.Generator
-    frames: int = 0
+class EpsilonGreedy(ActorCore):
+    """Greedy in the Q values, else uniformly random: actor i of N anneals from epsilon 1 to its own
+    Ape-X epsilon over its first eps_anneal_frames frames."""
+
+    def __init__(self, args: Args, index: int, count: int, num_envs: int, seed: int):
+        super().__init__(args, index, count, num_envs, seed)
+        self.epsilon = ops.apex_epsilon(index, count, args.eps_base, args.eps_alpha)
+        self.rng = np.random.default_rng(seed)
+        self.frames = 0
+
+    def action_values(self, net: QNetwork, obs, state, episode_start):
+        return net.q_values(obs), state
+
+    def explore(self, actions: np.ndarray, num_actions: int) -> np.ndarray:
+        eps = ops.linear_schedule(1.0, self.epsilon, self.args.eps_anneal_frames, self.frames)
+        self.frames += len(actions)
+        explore = self.rng.random(len(actions)) < eps
+        if explore.any():
+            actions[explore] = self.rng.integers(0, num_actions, size=int(explore.sum()))
+        return actions
+
+    def act(self, net: QNetwork, obs, state, episode_start):
+        q, state = self.action_values(net, obs, state, episode_start)
+        return self.explore(q.argmax(axis=1), q.shape[1]), state, {}
 
 
-def init_actor(index: int, count: int, num_envs: int, args: Args, seed: int) -> ActorState:
-    return ActorState(ops.apex_epsilon(index, count, args.eps_base, args.eps_alpha), np.random.default_rng(seed))
-
-
-def action_values(net: QNetwork, obs: np.ndarray) -> np.ndarray:
-    return net.q_values(obs)
-
-
-def greedy_act(net: QNetwork, obs: np.ndarray) -> np.ndarray:
-    return net.q_values(obs).argmax(axis=1)
-
-
-def act(net: QNetwork, obs: np.ndarray, state: ActorState, args: Args) -> tuple[np.ndarray, dict[str, Any]]:
-    eps = ops.linear_schedule(1.0, state.epsilon, args.eps_anneal_frames, state.frames)
-    state.frames += len(obs)
-    actions = greedy_act(net, obs)
-    explore = state.rng.random(len(obs)) < eps
-    if explore.any():
-        actions[explore] = state.rng.integers(0, net.advantage.out_features, size=int(explore.sum()))
-    return actions, {}
-
-
-def make_items(rollout: Rollout, num_steps: int, args: Args) -> dict[str, np.ndarray]:
-    """n-step transitions (obs, action, return, discount, bootstrap obs) for the first num_steps steps."""
+def make_items(rollout: Rollout, args: Args) -> dict[str, np.ndarray]:
+    """n-step transitions (obs, action, return, discount, bootstrap obs) for the segment's steps."""
+    T = rollout.num_steps
     returns, discounts, last = ops.nstep_targets(
-        rollout.rewards, rollout.terminated, rollout.truncated, args.gamma, args.n_step, num_steps
+        rollout.rewards, rollout.terminated, rollout.truncated, args.gamma, args.n_step, T
     )
     envs = np.arange(rollout.rewards.shape[1])[None, :]
     flat = lambda x: x.reshape((-1,) + x.shape[2:])  # [T, B, ...] -> [T*B, ...]
     return {
-        "obs": flat(rollout.obs[:num_steps]),
-        "action": flat(rollout.actions[:num_steps]).astype(np.int64),
+        "obs": flat(rollout.obs[:T]),
+        "action": flat(rollout.actions[:T]).astype(np.int64),
         "return": flat(returns).astype(np.float32),
         "discount": flat(discounts).astype(np.float32),
         "next_obs": flat(rollout.next_obs[last, envs]),
@@ -173,18 +165,19 @@ def make_items(rollout: Rollout, num_steps: int, args: Args) -> dict[str, np.nda
 
 # -- learner side -----------------------------------------------------------------------------
 
-class Learner:
+class Learner(LearnerBase):
+    checkpointed = ("net", "target", "optimizer")
+
     def __init__(self, obs_space: gym.Space, action_space: gym.Space, args: Args, device: torch.device):
-        self.args, self.device = args, device
+        super().__init__(args, device)
         self.net = make_policy(obs_space, action_space, args).to(device)
         self.target = make_policy(obs_space, action_space, args).to(device)
         self.target.load_state_dict(self.net.state_dict())
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=args.lr)
-        self.updates = 0
 
-    def update(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
+    def update(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         a = self.args
-        t = {k: torch.tensor(v, device=self.device) for k, v in batch.items() if not k.startswith("_")}
+        t = self.tensors(batch)
         n = len(t["obs"])
         if a.double:  # one forward pass of the online net over obs and next_obs together
             q_all = self.net(torch.cat([t["obs"], t["next_obs"]]))
@@ -200,10 +193,8 @@ class Learner:
                 q_next = q_next_target.max(dim=1).values
             td_target = t["return"] + t["discount"] * q_next  # discount already holds gamma^k and termination
         per_item = (F.smooth_l1_loss if a.huber else F.mse_loss)(q, td_target, reduction="none")
-        if "_weight" in batch:  # prioritized replay: importance weights correct the sampling bias
-            loss = (per_item * torch.tensor(batch["_weight"], device=self.device)).mean()
-        else:
-            loss = per_item.mean()
+        # prioritized replay: importance weights correct the sampling bias
+        loss = per_item.mean() if t.weight is None else (per_item * t.weight).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if a.max_grad_norm > 0:
@@ -215,21 +206,10 @@ class Learner:
         elif self.updates % a.target_update_every == 0:
             self.target.load_state_dict(self.net.state_dict())
         metrics = {"loss": loss.item(), "q_mean": q.mean().item()}
-        if "_weight" in batch:  # new priorities for the sampled items: |TD error| (+ a floor so none starves)
+        if t.weight is not None:  # new priorities for the sampled items: |TD error| (+ a floor so none starves)
             metrics["_priorities"] = (td_target - q).detach().abs().cpu().numpy() + PRIORITY_FLOOR
         return metrics
 
-    def policy_state(self) -> dict[str, np.ndarray]:
-        # A copy, not a view: the frames are sent zero-copy after this returns, while
-        # the optimizer keeps updating the parameters in place.
-        return {k: v.detach().to("cpu", copy=True).numpy() for k, v in self.net.state_dict().items()}
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"net": self.net.state_dict(), "target": self.target.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "updates": self.updates}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.net.load_state_dict(state["net"])
-        self.target.load_state_dict(state["target"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.updates = state["updates"]
+AGENT = Agent(name="dqn", Args=Args, make_policy=make_policy, actor=EpsilonGreedy, make_items=make_items,
+              Learner=Learner, table_config=table_config, history=history)

@@ -9,15 +9,15 @@ Reference: Espeholt et al. 2018.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch import nn
 
 from qrl import ops
 from qrl.algorithms import ppo
-from qrl.algorithms.ppo import (act, greedy_act, init_actor, make_items, make_policy,  # noqa: F401
-                                rollout_overlap, table_config)
 
 
 @dataclass(frozen=True)
@@ -38,22 +38,17 @@ class Args(ppo.Args):
     """Truncation of the trace-cutting coefficients (c-bar)."""
 
 
-RUN_DEFAULTS = {"publish_every": 1}
-
-
 class Learner(ppo.Learner):
-    """PPO's network, optimizer and checkpointing; one V-trace actor-critic step per batch."""
+    """PPO's network (feed-forward or LSTM), optimizer and checkpointing; one V-trace actor-critic step
+    per batch."""
 
     def update(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
         a = self.args
-        t = {k: torch.tensor(v, device=self.device) for k, v in batch.items() if not k.startswith("_")}
+        t = self.tensors(batch).fields
         N, T = t["reward"].shape
-        flat = lambda x: x.reshape((N * T,) + x.shape[2:])
-        dist = self.net.distribution(flat(t["obs"]))
-        logp = self.net.log_prob(dist, flat(t["action"])).reshape(N, T)
-        values = self.net.values(flat(t["obs"])).reshape(N, T)
-        with torch.no_grad():
-            next_values = self.net.values(flat(t["next_obs"])).reshape(N, T)
+        dist, values, next_values = self.evaluate(t)
+        logp = self.net.log_prob(dist, t["action"].reshape((N * T,) + t["action"].shape[2:])).reshape(N, T)
+        values, next_values = values.reshape(N, T), next_values.detach().reshape(N, T)
         ends = t["terminated"] | t["truncated"]
         # V-trace, time-major [T, N]; log rho = log pi - log mu of the actions taken.
         vs, pg_adv = ops.vtrace((logp.detach() - t["logp"]).T, t["reward"].T, values.detach().T, next_values.T,
@@ -74,3 +69,6 @@ class Learner(ppo.Learner):
         rho = torch.exp(logp.detach() - t["logp"])
         return {"policy_loss": policy_loss.item(), "value_loss": value_loss.item(), "entropy": entropy.item(),
                 "rho_mean": rho.mean().item()}
+
+
+AGENT = dataclasses.replace(ppo.AGENT, name="impala", Args=Args, Learner=Learner)

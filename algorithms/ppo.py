@@ -7,13 +7,17 @@ log-probability. The learner takes a batch of unrolls, computes GAE with its cur
 function, and runs several epochs of clipped-objective minibatch updates (optional value
 clipping, advantage normalization, entropy bonus); every update is published as new weights.
 Unrolls made by weights more than max_policy_lag versions old are dropped by the broker.
-References: Schulman et al. 2017 (PPO), 2016 (GAE); Andrychowicz et al. 2021 (what matters).
+With `lstm` > 0 the policy and the value function each get an LSTM (recurrent PPO, as
+sb3-contrib's RecurrentPPO): actors carry its state, reset it where an episode starts, and send
+each unroll's initial state and episode starts with it; the learner replays whole unrolls
+through the LSTMs from those states, so its minibatches are unrolls, not steps.
+References: Schulman et al. 2017 (PPO), 2016 (GAE); Andrychowicz et al. 2021 (what matters);
+Raffin et al. 2021 (stable-baselines3, RecurrentPPO in sb3-contrib).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -21,7 +25,7 @@ import torch
 from torch import nn
 
 from qrl import ops
-from qrl.algorithm import Rollout
+from qrl.algorithm import ActorCore, Agent, LearnerBase, Rollout
 from qrl.brokers.tables import TableConfig
 from qrl.numpy_mlp import compile_mlp, numpy_twin, sample_categorical
 
@@ -57,10 +61,12 @@ class Args:
     function of the policy's last hidden features, with weights resampled every sde_sample_freq
     steps, instead of independent Gaussian noise at every step (Raffin et al. 2022)."""
     sde_sample_freq: int = 4
-
-
-# One PPO iteration per learner update: every update's weights go to the actors.
-RUN_DEFAULTS = {"publish_every": 1}
+    lstm: int = 0
+    """Hidden size of the policy's and the value function's LSTMs (0: feed-forward MLPs). With an
+    LSTM, minibatches are whole unrolls: `minibatches` splits the batch's unrolls."""
+    ortho_init: bool = True
+    """Orthogonal initialization of the linear layers (as the PPO implementations that reach
+    published returns do; sb3-contrib's RecurrentPPO presets turn it off)."""
 
 
 def table_config(args: Args) -> TableConfig:
@@ -70,42 +76,62 @@ def table_config(args: Args) -> TableConfig:
 
 # -- network ----------------------------------------------------------------------------------
 
-def mlp(inputs: int, hidden: int, outputs: int, out_gain: float) -> nn.Sequential:
-    layers = [nn.Linear(inputs, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, outputs)]
+def mlp(inputs: int, hidden: int, outputs: int, out_gain: float, ortho: bool = True,
+        layers_n: int = 2, activation=nn.Tanh) -> nn.Sequential:
+    layers, width = [], inputs
+    for _ in range(layers_n):
+        layers += [nn.Linear(width, hidden), activation()]
+        width = hidden
+    layers.append(nn.Linear(width, outputs))
     for layer in layers:  # orthogonal init, as in the PPO implementations that reach published returns
-        if isinstance(layer, nn.Linear):
+        if ortho and isinstance(layer, nn.Linear):
             nn.init.orthogonal_(layer.weight, np.sqrt(2) if layer is not layers[-1] else out_gain)
             nn.init.zeros_(layer.bias)
     return nn.Sequential(*layers)
 
 
 class ActorCritic(nn.Module):
-    def __init__(self, obs_dim: int, action_space: gym.Space, hidden: int, log_std_init: float, sde: bool = False):
+    """Separate policy and value networks: MLPs, or (lstm > 0) each an LSTM cell with an MLP head."""
+
+    def __init__(self, obs_dim: int, action_space: gym.Space, args: Args):
         super().__init__()
+        hidden = args.hidden
         self.continuous = isinstance(action_space, gym.spaces.Box)
-        self.sde = sde and self.continuous
+        self.sde = args.use_sde and self.continuous
+        self.recurrent = args.lstm > 0
         n_out = int(np.prod(action_space.shape)) if self.continuous else int(action_space.n)
-        self.policy = mlp(obs_dim, hidden, n_out, 0.01)
-        self.value = mlp(obs_dim, hidden, 1, 1.0)
+        if self.recurrent:  # sb3-contrib's MlpLstmPolicy: LSTM, then one hidden layer per head
+            self.pi_lstm, self.vf_lstm = nn.LSTMCell(obs_dim, args.lstm), nn.LSTMCell(obs_dim, args.lstm)
+            self.policy = mlp(args.lstm, hidden, n_out, 0.01, args.ortho_init, 1, nn.ReLU)
+            self.value = mlp(args.lstm, hidden, 1, 1.0, args.ortho_init, 1, nn.ReLU)
+        else:
+            self.policy = mlp(obs_dim, hidden, n_out, 0.01, args.ortho_init)
+            self.value = mlp(obs_dim, hidden, 1, 1.0, args.ortho_init)
         if self.continuous:
             # gSDE: one log std per (hidden feature, action dimension); else one per action dimension.
-            self.log_std = nn.Parameter(torch.full((hidden, n_out) if self.sde else (n_out,), log_std_init))
+            self.log_std = nn.Parameter(torch.full((hidden, n_out) if self.sde else (n_out,), args.log_std_init))
             self.register_buffer("low", torch.as_tensor(action_space.low, dtype=torch.float32))
             self.register_buffer("high", torch.as_tensor(action_space.high, dtype=torch.float32))
 
-    def features(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(last hidden features, policy output)."""
-        latent = self.policy[:-1](obs.flatten(1).float())
+    def head(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(last hidden features, policy output) of the policy head on its inputs."""
+        latent = self.policy[:-1](x)
         return latent, self.policy[-1](latent)
 
-    def distribution(self, obs: torch.Tensor) -> torch.distributions.Distribution:
-        latent, out = self.features(obs)
+    def features(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Feed-forward: (last hidden features, policy output)."""
+        return self.head(obs.flatten(1).float())
+
+    def distribution_of(self, latent: torch.Tensor, out: torch.Tensor) -> torch.distributions.Distribution:
         if self.sde:  # the action noise latent @ W, W ~ N(0, std^2), has variance latent^2 @ std^2
             variance = (latent.detach() ** 2) @ (self.log_std.exp() ** 2)
             return torch.distributions.Normal(out, torch.sqrt(variance + 1e-6))
         if self.continuous:
             return torch.distributions.Normal(out, self.log_std.exp().expand_as(out))
         return torch.distributions.Categorical(logits=out)
+
+    def distribution(self, obs: torch.Tensor) -> torch.distributions.Distribution:
+        return self.distribution_of(*self.features(obs))
 
     def log_prob(self, dist: torch.distributions.Distribution, actions: torch.Tensor) -> torch.Tensor:
         lp = dist.log_prob(actions)
@@ -115,37 +141,106 @@ class ActorCritic(nn.Module):
         return self.value(obs.flatten(1).float()).squeeze(-1)
 
     def logits(self, obs: np.ndarray) -> np.ndarray:
-        """Discrete actions: the policy's logits for a numpy batch, in numpy for an MLP (see
-        qrl/numpy_mlp.py), else in torch."""
+        """Feed-forward, discrete actions: the policy's logits for a numpy batch, in numpy for an MLP
+        (see qrl/numpy_mlp.py), else in torch."""
         policy = numpy_twin(self, lambda: compile_mlp(self.policy))
         if policy is None:
             with torch.inference_mode():
                 return self.features(torch.as_tensor(obs))[1].numpy()
         return policy(obs)
 
+    # -- recurrent ------------------------------------------------------------------------------
+
+    def step(self, obs: torch.Tensor, state: dict[str, torch.Tensor], episode_start: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """One actor step of the LSTMs: (policy latent, policy output, next state)."""
+        x = obs.flatten(1).float()[None]
+        start = episode_start[None]
+        (pi_h,), (pi_c,) = ops.lstm_unroll(self.pi_lstm, x, state["pi_h"], state["pi_c"], start)
+        (vf_h,), (vf_c,) = ops.lstm_unroll(self.vf_lstm, x, state["vf_h"], state["vf_c"], start)
+        latent, out = self.head(pi_h)
+        return latent, out, {"pi_h": pi_h, "pi_c": pi_c, "vf_h": vf_h, "vf_c": vf_c}
+
+    def replay(self, t: dict[str, torch.Tensor]) -> tuple[torch.distributions.Distribution, torch.Tensor,
+                                                          torch.Tensor]:
+        """Unrolls [N, T, ...] from their initial states: the policy's distribution and the values at
+        each step, and the values of each step's true next observation, all flattened to [N * T]
+        (next values: the value LSTM one step further from the state after that step)."""
+        N, T = t["reward"].shape
+        x = t["obs"].flatten(2).float().transpose(0, 1)  # time-major [T, N, D]
+        start = t["episode_start"].T
+        pi_h, _ = ops.lstm_unroll(self.pi_lstm, x, t["pi_h"], t["pi_c"], start)
+        vf_h, vf_c = ops.lstm_unroll(self.vf_lstm, x, t["vf_h"], t["vf_c"], start)
+        flat_time = lambda y: y.transpose(0, 1).reshape(N * T, -1)  # [T, N, H] -> [N * T, H]
+        dist = self.distribution_of(*self.head(flat_time(pi_h)))
+        values = self.value(flat_time(vf_h)).squeeze(-1)
+        next_x = t["next_obs"].flatten(2).float().reshape(N * T, -1)
+        next_h, _ = self.vf_lstm(next_x, (flat_time(vf_h), flat_time(vf_c)))
+        return dist, values, self.value(next_h).squeeze(-1)
+
 
 def make_policy(obs_space: gym.Space, action_space: gym.Space, args: Args) -> ActorCritic:
     if not isinstance(action_space, (gym.spaces.Discrete, gym.spaces.Box)):
         raise ValueError(f"ppo needs Discrete or Box actions, got {action_space}")
-    return ActorCritic(int(np.prod(obs_space.shape)), action_space, args.hidden, args.log_std_init, args.use_sde)
+    return ActorCritic(int(np.prod(obs_space.shape)), action_space, args)
 
 
 # -- actor side -------------------------------------------------------------------------------
 
-def rollout_overlap(args: Args) -> int:
-    return 0
+class PolicySampling(ActorCore):
+    """Samples of the policy: discrete actions by inverse CDF from numpy uniforms, continuous ones
+    from the Gaussian (gSDE: noise weights resampled every sde_sample_freq steps). With an LSTM the
+    state is the two LSTMs' (h, c)."""
 
+    def __init__(self, args: Args, index: int, count: int, num_envs: int, seed: int):
+        super().__init__(args, index, count, num_envs, seed)
+        self.generator = torch.Generator().manual_seed(seed)  # continuous actions
+        self.rng = np.random.default_rng(seed)  # discrete actions (uniforms for inverse-CDF sampling)
+        self.steps = 0
+        self.sde_weights: torch.Tensor | None = None  # gSDE: [num_envs, hidden, action_dim]
 
-@dataclass
-class ActorState:
-    generator: torch.Generator  # continuous actions
-    rng: np.random.Generator  # discrete actions (uniforms for inverse-CDF sampling)
-    steps: int = 0
-    sde_weights: torch.Tensor | None = None  # gSDE: [num_envs, hidden, action_dim], resampled periodically
+    def initial_state(self, num_envs: int) -> dict[str, np.ndarray]:
+        if not self.args.lstm:
+            return {}
+        zeros = lambda: np.zeros((num_envs, self.args.lstm), np.float32)
+        return {"pi_h": zeros(), "pi_c": zeros(), "vf_h": zeros(), "vf_c": zeros()}
 
+    def _policy(self, net: ActorCritic, obs, state, episode_start):
+        """(latent, policy output, next state) in torch, or (None, logits, state) in numpy."""
+        if net.recurrent:
+            latent, out, new = net.step(torch.as_tensor(obs), {k: torch.as_tensor(v) for k, v in state.items()},
+                                        torch.as_tensor(episode_start))
+            return latent, out, {k: v.numpy() for k, v in new.items()}
+        if not net.continuous:
+            return None, net.logits(obs), state
+        return (*net.features(torch.as_tensor(obs)), state)
 
-def init_actor(index: int, count: int, num_envs: int, args: Args, seed: int) -> ActorState:
-    return ActorState(torch.Generator().manual_seed(seed), np.random.default_rng(seed))
+    def act(self, net: ActorCritic, obs, state, episode_start):
+        with torch.inference_mode():
+            latent, out, state = self._policy(net, obs, state, episode_start)
+            if not net.continuous:
+                logits = out if isinstance(out, np.ndarray) else out.numpy()
+                actions, logp = sample_categorical(logits, self.rng.random(len(obs)))
+                return actions, state, {"logp": logp}
+            dist = net.distribution_of(latent, out)
+            if net.sde:
+                if self.steps % self.args.sde_sample_freq == 0 or self.sde_weights is None:
+                    std = net.log_std.exp()
+                    self.sde_weights = std * torch.randn((len(obs),) + std.shape, generator=self.generator)
+                action = dist.mean + torch.einsum("bh,bha->ba", latent, self.sde_weights)
+            else:
+                action = dist.mean + dist.stddev * torch.randn(dist.mean.shape, generator=self.generator)
+            logp = net.log_prob(dist, action)
+        self.steps += 1
+        return _env_action(net, action), state, {"logp": logp.numpy().astype(np.float32),
+                                                 "raw_action": action.numpy().astype(np.float32)}
+
+    def greedy(self, net: ActorCritic, obs, state, episode_start):
+        with torch.inference_mode():
+            _, out, state = self._policy(net, obs, state, episode_start)
+            if not net.continuous:
+                return np.asarray(out).argmax(axis=1), state
+            return _env_action(net, out), state
 
 
 def _env_action(net: ActorCritic, action: torch.Tensor) -> np.ndarray:
@@ -153,38 +248,13 @@ def _env_action(net: ActorCritic, action: torch.Tensor) -> np.ndarray:
     return torch.clamp(action, net.low, net.high).numpy()
 
 
-def act(net: ActorCritic, obs: np.ndarray, state: ActorState, args: Args) -> tuple[np.ndarray, dict[str, Any]]:
-    if not net.continuous:
-        actions, logp = sample_categorical(net.logits(obs), state.rng.random(len(obs)))
-        return actions, {"logp": logp}
-    with torch.inference_mode():
-        dist = net.distribution(torch.as_tensor(obs))
-        if net.sde:
-            if state.steps % args.sde_sample_freq == 0 or state.sde_weights is None:
-                std = net.log_std.exp()
-                state.sde_weights = std * torch.randn((len(obs),) + std.shape, generator=state.generator)
-            latent, _ = net.features(torch.as_tensor(obs))
-            action = dist.mean + torch.einsum("bh,bha->ba", latent, state.sde_weights)
-        else:
-            action = dist.mean + dist.stddev * torch.randn(dist.mean.shape, generator=state.generator)
-        logp = net.log_prob(dist, action)
-    state.steps += 1
-    return _env_action(net, action), {"logp": logp.numpy().astype(np.float32),
-                                      "raw_action": action.numpy().astype(np.float32)}
-
-
-def greedy_act(net: ActorCritic, obs: np.ndarray) -> np.ndarray:
-    if not net.continuous:
-        return net.logits(obs).argmax(axis=1)
-    with torch.inference_mode():
-        return _env_action(net, net.distribution(torch.as_tensor(obs)).mean)
-
-
-def make_items(rollout: Rollout, num_steps: int, args: Args) -> dict[str, np.ndarray]:
-    """One item per environment: its [T, ...] unroll (time-major in the rollout, so swap axes)."""
-    per_env = lambda x: np.ascontiguousarray(np.swapaxes(x[:num_steps], 0, 1))
+def make_items(rollout: Rollout, args: Args) -> dict[str, np.ndarray]:
+    """One item per environment: its [T, ...] unroll (time-major in the rollout, so swap axes); with an
+    LSTM also the state it started from and where episodes start."""
+    T = rollout.num_steps
+    per_env = lambda x: np.ascontiguousarray(np.swapaxes(x[:T], 0, 1))
     actions = rollout.extras.get("raw_action", rollout.actions)
-    return {
+    items = {
         "obs": per_env(rollout.obs),
         "action": per_env(actions).astype(np.float32 if "raw_action" in rollout.extras else np.int64),
         "logp": per_env(rollout.extras["logp"]),
@@ -193,50 +263,69 @@ def make_items(rollout: Rollout, num_steps: int, args: Args) -> dict[str, np.nda
         "truncated": per_env(rollout.truncated),
         "next_obs": per_env(rollout.next_obs),
     }
+    if args.lstm:
+        items["episode_start"] = per_env(rollout.episode_start)
+        items.update({k: np.ascontiguousarray(v[0]) for k, v in rollout.states.items()})
+    return items
 
 
 # -- learner side -----------------------------------------------------------------------------
 
-class Learner:
+class Learner(LearnerBase):
     def __init__(self, obs_space: gym.Space, action_space: gym.Space, args: Args, device: torch.device):
-        self.args, self.device = args, device
+        super().__init__(args, device)
         self.net = make_policy(obs_space, action_space, args).to(device)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=args.lr, eps=1e-5)
-        self.updates = 0
+
+    def evaluate(self, t, rows: torch.Tensor | None = None):
+        """(distribution, values, next values) over the batch's steps, flattened [N * T]; `rows`
+        (recurrent: unrolls) picks part of the batch."""
+        if self.net.recurrent:
+            return self.net.replay(t if rows is None else {k: v[rows] for k, v in t.items()})
+        N, T = t["reward"].shape
+        flat = lambda x: x.reshape((N * T,) + x.shape[2:])
+        return self.net.distribution(flat(t["obs"])), self.net.values(flat(t["obs"])), self.net.values(
+            flat(t["next_obs"]))
 
     def update(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
         a = self.args
-        t = {k: torch.tensor(v, device=self.device) for k, v in batch.items() if not k.startswith("_")}
+        t = self.tensors(batch).fields
         N, T = t["reward"].shape
         flat = lambda x: x.reshape((N * T,) + x.shape[2:])
         with torch.no_grad():  # GAE under the current value function, time-major [T, N]
-            values = self.net.values(flat(t["obs"])).reshape(N, T)
-            next_values = self.net.values(flat(t["next_obs"])).reshape(N, T)
+            _, values, next_values = self.evaluate(t)
+            values, next_values = values.reshape(N, T), next_values.reshape(N, T)
             ends = t["terminated"] | t["truncated"]
             adv, returns = ops.gae(t["reward"].T, values.T, next_values.T, t["terminated"].T.float(),
                                    ends.T.float(), a.gamma, a.gae_lambda)
-        obs, actions, old_logp = flat(t["obs"]), flat(t["action"]), flat(t["logp"])
+        actions, old_logp = flat(t["action"]), flat(t["logp"])
         adv, returns, old_values = adv.T.reshape(-1), returns.T.reshape(-1), values.reshape(-1)
 
         frac = max(0.0, 1.0 - self.updates / a.anneal_updates) if a.anneal_updates else 1.0
         for group in self.optimizer.param_groups:
             group["lr"] = a.lr * frac
         clip = a.clip_range * frac
-        size = N * T
+        # Minibatches of steps; of whole unrolls when an LSTM must replay them from their start.
+        size = N if self.net.recurrent else N * T
         mb = max(1, size // a.minibatches)
         stats = []
         for _ in range(a.epochs):
             order = torch.randperm(size, device=self.device)
             for start in range(0, size - mb + 1, mb):
-                i = order[start:start + mb]
-                dist = self.net.distribution(obs[i])
+                rows = order[start:start + mb]
+                if self.net.recurrent:
+                    dist, new_values, _ = self.evaluate(t, rows)
+                    i = (rows[:, None] * T + torch.arange(T, device=self.device)).reshape(-1)
+                else:
+                    i = rows
+                    dist, new_values = self.net.distribution(flat(t["obs"])[i]), self.net.values(flat(t["obs"])[i])
                 logp = self.net.log_prob(dist, actions[i])
                 ratio = torch.exp(logp - old_logp[i])
                 mb_adv = adv[i]
                 if a.normalize_advantages and len(i) > 1:
                     mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
                 policy_loss = ops.clipped_surrogate(ratio, mb_adv, clip)
-                value_loss = ops.value_loss(self.net.values(obs[i]), old_values[i], returns[i], a.clip_value)
+                value_loss = ops.value_loss(new_values, old_values[i], returns[i], a.clip_value)
                 entropy = dist.entropy()
                 entropy = (entropy.sum(-1) if self.net.continuous else entropy).mean()
                 loss = policy_loss + a.vf_coef * value_loss - a.ent_coef * entropy
@@ -251,13 +340,7 @@ class Learner:
         p, v, e, c = np.mean(stats, axis=0)
         return {"policy_loss": p, "value_loss": v, "entropy": e, "clip_fraction": c}
 
-    def policy_state(self) -> dict[str, np.ndarray]:
-        return {k: v.detach().to("cpu", copy=True).numpy() for k, v in self.net.state_dict().items()}
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict(), "updates": self.updates}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.net.load_state_dict(state["net"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.updates = state["updates"]
+# run_defaults: one PPO iteration per learner update, and every update's weights go to the actors.
+AGENT = Agent(name="ppo", Args=Args, make_policy=make_policy, actor=PolicySampling, make_items=make_items,
+              Learner=Learner, table_config=table_config, run_defaults={"publish_every": 1})

@@ -10,15 +10,13 @@ same (s, a) in a batch. Watkins 1989; Sutton & Barto 2018, section 6.5.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
 import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
 
-from qrl import ops
-from qrl.algorithm import Rollout
+from qrl.algorithm import Agent, LearnerBase, Rollout, replay_table
+from qrl.algorithms import dqn
 from qrl.brokers.tables import TableConfig
 
 
@@ -39,9 +37,7 @@ class Args:
 
 
 def table_config(args: Args) -> TableConfig:
-    return TableConfig(capacity=args.buffer_size, sampler="uniform", min_size=args.learning_starts,
-                       samples_per_insert=args.samples_per_insert,
-                       tolerance=max(args.batch_size, 64 * args.samples_per_insert) if args.samples_per_insert else 0.0)
+    return replay_table(args, args.samples_per_insert)
 
 
 class QTable(nn.Module):
@@ -62,42 +58,16 @@ def make_policy(obs_space: gym.Space, action_space: gym.Space, args: Args) -> QT
 
 # -- actor side -------------------------------------------------------------------------------
 
-def rollout_overlap(args: Args) -> int:
-    return 0
+class EpsilonGreedy(dqn.EpsilonGreedy):
+    """DQN's Ape-X epsilon-greedy exploration over the table's Q values."""
+
+    def action_values(self, net: QTable, obs, state, episode_start):
+        with torch.inference_mode():
+            return net(torch.as_tensor(obs)).numpy(), state
 
 
-@dataclass
-class ActorState:
-    epsilon: float
-    rng: np.random.Generator
-    frames: int = 0
-
-
-def init_actor(index: int, count: int, num_envs: int, args: Args, seed: int) -> ActorState:
-    return ActorState(ops.apex_epsilon(index, count, args.eps_base, args.eps_alpha), np.random.default_rng(seed))
-
-
-def action_values(net: QTable, obs: np.ndarray) -> np.ndarray:
-    with torch.inference_mode():
-        return net(torch.as_tensor(obs)).numpy()
-
-
-def greedy_act(net: QTable, obs: np.ndarray) -> np.ndarray:
-    return action_values(net, obs).argmax(axis=1)
-
-
-def act(net: QTable, obs: np.ndarray, state: ActorState, args: Args) -> tuple[np.ndarray, dict[str, Any]]:
-    eps = ops.linear_schedule(1.0, state.epsilon, args.eps_anneal_frames, state.frames)
-    state.frames += len(obs)
-    actions = greedy_act(net, obs)
-    explore = state.rng.random(len(obs)) < eps
-    if explore.any():
-        actions[explore] = state.rng.integers(0, net.q.shape[1], size=int(explore.sum()))
-    return actions, {}
-
-
-def make_items(rollout: Rollout, num_steps: int, args: Args) -> dict[str, np.ndarray]:
-    flat = lambda x: x[:num_steps].reshape((-1,) + x.shape[2:])
+def make_items(rollout: Rollout, args: Args) -> dict[str, np.ndarray]:
+    flat = lambda x: x[:rollout.num_steps].reshape((-1,) + x.shape[2:])
     return {
         "obs": flat(rollout.obs).astype(np.int64),
         "action": flat(rollout.actions).astype(np.int64),
@@ -110,14 +80,15 @@ def make_items(rollout: Rollout, num_steps: int, args: Args) -> dict[str, np.nda
 
 # -- learner side -----------------------------------------------------------------------------
 
-class Learner:
+class Learner(LearnerBase):
+    checkpointed = ("net",)
+
     def __init__(self, obs_space: gym.Space, action_space: gym.Space, args: Args, device: torch.device):
-        self.args, self.device = args, device
+        super().__init__(args, device)
         self.net = make_policy(obs_space, action_space, args).to(device)
-        self.updates = 0
 
     def update(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
-        t = {k: torch.tensor(v, device=self.device) for k, v in batch.items() if not k.startswith("_")}
+        t = self.tensors(batch)
         q = self.net.q
         target = t["reward"] + t["discount"] * q[t["next_obs"]].max(dim=1).values
         td = target - q[t["obs"], t["action"]]
@@ -129,12 +100,6 @@ class Learner:
         self.updates += 1
         return {"td_abs": td.abs().mean().item(), "q_mean": q.mean().item()}
 
-    def policy_state(self) -> dict[str, np.ndarray]:
-        return {k: v.detach().to("cpu", copy=True).numpy() for k, v in self.net.state_dict().items()}
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"net": self.net.state_dict(), "updates": self.updates}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.net.load_state_dict(state["net"])
-        self.updates = state["updates"]
+AGENT = Agent(name="ql", Args=Args, make_policy=make_policy, actor=EpsilonGreedy, make_items=make_items,
+              Learner=Learner, table_config=table_config)

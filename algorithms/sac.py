@@ -12,7 +12,6 @@ discrete). References: Haarnoja et al. 2018 (SAC, automatic temperature); Christ
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -21,9 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from qrl import ops
-from qrl.algorithm import Rollout
-from qrl.algorithms import dqn
-from qrl.algorithms.ddpg import mlp, table_config  # noqa: F401  (the same replay table and ratio)
+from qrl.algorithm import ActorCore, Agent, LearnerBase, Rollout, replay_table
+from qrl.algorithms import ddpg, dqn
+from qrl.algorithms.ddpg import mlp
+from qrl.brokers.tables import TableConfig
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 
@@ -45,6 +45,10 @@ class Args:
     """Discrete actions: target entropy = this * log |A| (continuous: -|A|)."""
     random_frames: int = 100
     """Each actor's first frames use uniformly random actions."""
+
+
+def table_config(args: Args) -> TableConfig:
+    return replay_table(args, args.updates_per_step * args.batch_size)
 
 
 # -- networks ---------------------------------------------------------------------------------
@@ -113,50 +117,46 @@ def make_policy(obs_space: gym.Space, action_space: gym.Space, args: Args) -> Po
 
 # -- actor side -------------------------------------------------------------------------------
 
-def rollout_overlap(args: Args) -> int:
-    return args.n_step - 1
+class PolicySampling(ActorCore):
+    """Uniformly random actions for the first random_frames frames, then samples of the policy."""
+
+    def __init__(self, args: Args, index: int, count: int, num_envs: int, seed: int):
+        super().__init__(args, index, count, num_envs, seed)
+        self.rng = np.random.default_rng(seed)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.frames = 0
+
+    def greedy(self, net: Policy, obs, state, episode_start):
+        with torch.inference_mode():
+            return net.greedy(torch.as_tensor(obs)).numpy(), state
+
+    def act(self, net: Policy, obs, state, episode_start):
+        self.frames += len(obs)
+        if self.frames <= self.args.random_frames:
+            if net.continuous:
+                low, high = (net.center - net.scale).numpy(), (net.center + net.scale).numpy()
+                return self.rng.uniform(low, high, size=(len(obs),) + low.shape).astype(np.float32), state, {}
+            return self.rng.integers(0, net.net[-1].out_features, size=len(obs)), state, {}
+        with torch.inference_mode():
+            action, _ = net.sample(torch.as_tensor(obs), self.generator)
+        return (action.numpy().astype(np.float32) if net.continuous else action.numpy()), state, {}
 
 
-@dataclass
-class ActorState:
-    rng: np.random.Generator
-    generator: torch.Generator
-    frames: int = 0
-
-
-def init_actor(index: int, count: int, num_envs: int, args: Args, seed: int) -> ActorState:
-    return ActorState(np.random.default_rng(seed), torch.Generator().manual_seed(seed))
-
-
-def greedy_act(net: Policy, obs: np.ndarray) -> np.ndarray:
-    with torch.inference_mode():
-        return net.greedy(torch.as_tensor(obs)).numpy()
-
-
-def act(net: Policy, obs: np.ndarray, state: ActorState, args: Args) -> tuple[np.ndarray, dict[str, Any]]:
-    state.frames += len(obs)
-    if state.frames <= args.random_frames:
-        if net.continuous:
-            low, high = (net.center - net.scale).numpy(), (net.center + net.scale).numpy()
-            return state.rng.uniform(low, high, size=(len(obs),) + low.shape).astype(np.float32), {}
-        return state.rng.integers(0, net.net[-1].out_features, size=len(obs)), {}
-    with torch.inference_mode():
-        action, _ = net.sample(torch.as_tensor(obs), state.generator)
-    return (action.numpy().astype(np.float32) if net.continuous else action.numpy()), {}
-
-
-def make_items(rollout: Rollout, num_steps: int, args: Args) -> dict[str, np.ndarray]:
-    items = dqn.make_items(rollout, num_steps, args)
+def make_items(rollout: Rollout, args: Args) -> dict[str, np.ndarray]:
+    items = dqn.make_items(rollout, args)
     if np.issubdtype(rollout.actions.dtype, np.floating):
-        items["action"] = rollout.actions[:num_steps].reshape((-1,) + rollout.actions.shape[2:]).astype(np.float32)
+        items["action"] = rollout.actions[:rollout.num_steps].reshape((-1,) + rollout.actions.shape[2:]).astype(np.float32)
     return items
 
 
 # -- learner side -----------------------------------------------------------------------------
 
-class Learner:
+class Learner(LearnerBase):
+    checkpointed = ("net", "critics", "target_critics", "log_alpha", "policy_optimizer", "critic_optimizer",
+                    "alpha_optimizer")
+
     def __init__(self, obs_space: gym.Space, action_space: gym.Space, args: Args, device: torch.device):
-        self.args, self.device = args, device
+        super().__init__(args, device)
         obs_dim = int(np.prod(obs_space.shape))
         self.net = make_policy(obs_space, action_space, args).to(device)
         self.critics = nn.ModuleList(Critic(obs_dim, action_space, args.hidden) for _ in range(2)).to(device)
@@ -170,11 +170,10 @@ class Learner:
         self.policy_optimizer = torch.optim.Adam(self.net.parameters(), lr=args.lr)
         self.critic_optimizer = torch.optim.Adam(self.critics.parameters(), lr=args.lr)
         self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=args.lr)
-        self.updates = 0
 
     def update(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
         a = self.args
-        t = {k: torch.tensor(v, device=self.device) for k, v in batch.items() if not k.startswith("_")}
+        t = self.tensors(batch)
         alpha = self.log_alpha.exp().detach()
         obs, next_obs = t["obs"], t["next_obs"]
         with torch.no_grad():
@@ -221,23 +220,7 @@ class Learner:
         return {"critic_loss": critic_loss.item(), "policy_loss": policy_loss.item(), "alpha": alpha.item(),
                 "entropy": entropy.mean().item()}
 
-    def policy_state(self) -> dict[str, np.ndarray]:
-        return {k: v.detach().to("cpu", copy=True).numpy() for k, v in self.net.state_dict().items()}
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"net": self.net.state_dict(), "critics": self.critics.state_dict(),
-                "target_critics": self.target_critics.state_dict(), "log_alpha": self.log_alpha.detach().clone(),
-                "policy_optimizer": self.policy_optimizer.state_dict(),
-                "critic_optimizer": self.critic_optimizer.state_dict(),
-                "alpha_optimizer": self.alpha_optimizer.state_dict(), "updates": self.updates}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.net.load_state_dict(state["net"])
-        self.critics.load_state_dict(state["critics"])
-        self.target_critics.load_state_dict(state["target_critics"])
-        with torch.no_grad():
-            self.log_alpha.copy_(state["log_alpha"])
-        self.policy_optimizer.load_state_dict(state["policy_optimizer"])
-        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
-        self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
-        self.updates = state["updates"]
+AGENT = Agent(name="sac", Args=Args, make_policy=make_policy, actor=PolicySampling, make_items=make_items,
+              Learner=Learner, table_config=table_config, history=ddpg.history)

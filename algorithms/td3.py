@@ -6,11 +6,10 @@ Reference: Fujimoto et al. 2018.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from qrl.algorithms import ddpg
-from qrl.algorithms.ddpg import (Learner, act, greedy_act, init_actor, make_items, make_policy,  # noqa: F401
-                                 rollout_overlap, table_config)
 
 
 @dataclass(frozen=True)
@@ -19,3 +18,6 @@ class Args(ddpg.Args):
     policy_delay: int = 2
     target_noise: float = 0.2
     target_noise_clip: float = 0.5
+
+
+AGENT = dataclasses.replace(ddpg.AGENT, name="td3", Args=Args)

@@ -31,9 +31,13 @@ from qrl.lifetime import die_with_parent
 
 log = logging.getLogger("qrl.actor")
 
-# Import every registered algorithm before forking so children share its pages.
-for _name in algorithm.REGISTRY:
-    algorithm.load(_name)
+# Import every registered algorithm before forking so children share its pages. One that fails
+# to import here is reported when a run asks for it.
+for _name in algorithm.names():
+    try:
+        algorithm.load(_name)
+    except Exception:  # noqa: BLE001  (a user's package: its error belongs to the run that uses it)
+        pass
 
 
 @dataclass(frozen=True)
@@ -134,18 +138,18 @@ class Worker:
         except envs.RefusedSpec as exc:
             self._report(client, "refused_spec", str(exc))
             raise
-        algo = algorithm.load(spec["algo"])
-        args = build(algo.Args, spec["args"], "algo")
+        agent = algorithm.load(spec["algo"])
+        args = build(agent.Args, spec["args"], "algo")
         run = spec["run"]
         num_envs, T = run["num_envs"], run["segment_length"]
         total = self.cfg.total or self.cfg.n
         seed = run["seed"] + 1000 * (self.actor_id + 1)
 
         env = envs.make_vector_env(spec["env"], num_envs, spec.get("env_kwargs"), spec.get("wrappers") or ())
-        net = algo.make_policy(env.single_observation_space, env.single_action_space, args)
+        net = agent.make_policy(env.single_observation_space, env.single_action_space, args)
         net.eval()
         # Claimed ids (--first-id auto) can exceed the total after restarts: wrap for exploration.
-        state = algo.init_actor(self.actor_id % total, total, num_envs, args, seed)
+        core = agent.actor(args, self.actor_id % total, total, num_envs, seed)
         self.normalizer = normalize.ActorNormalizer()
         version = self._load_weights(net, self._fetch(client, "get_weights"), spec["run_id"])
         client.close()
@@ -159,9 +163,12 @@ class Worker:
         log.info("%s: running %s on %s x%d, weights version %d", self.role, spec["algo"], spec["env"], num_envs,
                  version)
 
-        overlap = algo.rollout_overlap(args)
-        L = T + overlap
+        history = agent.history(args)
+        L = history.before + T + history.after
         obs, _ = env.reset(seed=seed)
+        state = core.initial_state(num_envs)
+        episode_start = np.ones(num_envs, dtype=bool)
+        valid = np.ones(num_envs, dtype=bool)
         ep_return = np.zeros(num_envs)
         ep_length = np.zeros(num_envs, dtype=np.int64)
         finished_returns: list[float] = []
@@ -171,12 +178,17 @@ class Worker:
         while not self.stopping:
             segment_version = version
             while len(window) < L:
-                actions, extras = algo.act(net, self.normalizer(obs), state, args)  # items keep raw obs
+                # items keep raw obs
+                actions, next_state, extras = core.act(net, self.normalizer(obs), state, episode_start)
                 next_obs, reward, terminated, truncated, info = env.step(actions)
                 done = terminated | truncated
-                window.append(dict(obs=obs, actions=actions, rewards=reward.astype(np.float32),
-                                   terminated=terminated, truncated=truncated,
-                                   next_obs=envs.next_observations(next_obs, done, info), extras=extras))
+                step = dict(obs=obs, actions=actions, rewards=reward.astype(np.float32), terminated=terminated,
+                            truncated=truncated, next_obs=envs.next_observations(next_obs, done, info),
+                            extras=extras, episode_start=episode_start, state=state, valid=valid)
+                if not window and history.before and self.sent == 0:  # nothing before the first step yet
+                    window += [algorithm.padding_step(obs, actions, extras, state)] * history.before
+                window.append(step)
+                state, episode_start = next_state, done
                 ep_return += reward
                 ep_length += 1
                 for i in np.flatnonzero(done):
@@ -185,12 +197,7 @@ class Worker:
                 ep_return[done] = 0.0
                 ep_length[done] = 0
                 obs = next_obs
-            rollout = algorithm.Rollout(
-                **{k: np.stack([w[k] for w in window]) for k in ("obs", "actions", "rewards", "terminated",
-                                                                  "truncated", "next_obs")},
-                extras={k: np.stack([w["extras"][k] for w in window]) for k in window[0]["extras"]},
-            )
-            items = algo.make_items(rollout, T, args)
+            items = agent.make_items(algorithm.stack_steps(window, history.before, T), args)
             meta = {"run_id": spec["run_id"], "actor_id": self.actor_id, "incarnation": self.incarnation,
                     "seq": self.sent,
                     "policy_version": segment_version, "frames": T * num_envs,
@@ -201,7 +208,7 @@ class Worker:
                 break
             self.sent += 1
             finished_returns, finished_lengths = [], []
-            window = window[T:]  # keep the overlap: later items still need those steps
+            window = window[T:]  # keep the history: the next segment's items need those steps
             lead = run.get("sync_lead", 0)
             try:
                 if run.get("sync_actors") and lead == 0:  # strictly on-policy: act again only with new weights

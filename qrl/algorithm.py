@@ -1,74 +1,261 @@
-"""What an algorithm provides to the runtime, and the registry that finds it.
+"""The agent contract: what an algorithm gives the runtime, and the registry that finds it.
 
-An algorithm is one module under algorithms/ (installed as qrl.algorithms)
-that reads top to bottom. The actor runtime and the learner runtime call it
-through these names only:
+An algorithm is one module under algorithms/ (installed as qrl.algorithms), or in a user's own
+package, that reads top to bottom and ends with an `Agent`:
 
-    Args                      frozen dataclass of hyperparameters (config section "algo")
-    RUN_DEFAULTS (optional)   run-config defaults the algorithm needs, e.g. {"publish_every": 1}
-    table_config(args)        how the broker should store items (capacity, rate limiter)
-    make_policy(obs_space, action_space, args) -> torch.nn.Module
-    rollout_overlap(args)     steps of history an item may need past a segment's end
-    init_actor(index, count, num_envs, args, seed) -> actor state (exploration, rng)
-    act(net, obs, actor_state, args) -> (actions, extras)     # exploring, on actors
-    greedy_act(net, obs) -> actions                           # deterministic evaluation
-    action_values(net, obs) -> [B, num_actions] (optional)    # shown by `qrl evaluate --render terminal`
-    make_items(rollout, num_steps, args) -> {field: array}    # items pushed to the broker
-                                          # ("_priority": optional initial priorities)
-    sample_options(args, updates) -> dict (optional)         # extra sample-request fields, e.g. beta
-    Learner(obs_space, action_space, args, device)
-        .net                  the policy network actors run
-        .update(batch) -> metrics  (metrics["_priorities"]: new priorities of batch["_id"], optional)
-        .policy_state() -> {name: np.ndarray}                 # published as weights
-        .state_dict() / .load_state_dict(state)               # checkpoints
+    AGENT = Agent(name="dqn", Args=Args, make_policy=make_policy, actor=EpsilonGreedy,
+                  make_items=make_items, Learner=Learner, table_config=table_config,
+                  history=lambda args: History(after=args.n_step - 1))
 
-Usage loop on an actor (qrl/actor.py):
+The parts, after Acme's actor core / adder / learner split:
 
-    net = algo.make_policy(obs_space, act_space, args)
-    state = algo.init_actor(i, n, num_envs, args, seed)
-    actions, extras = algo.act(net, obs, state, args)   # every step
-    items = algo.make_items(rollout, T, args)            # every T steps, then push
+    Args            frozen dataclass of hyperparameters (config section "algo"); `batch_size` is
+                    the items per batch the learner asks the broker for
+    make_policy     (obs_space, action_space, args) -> torch.nn.Module that actors run
+    actor           (args, index, count, num_envs, seed) -> ActorCore: exploration, recurrent state
+    make_items      (Rollout, args) -> {field: array}: the items pushed to the broker
+                    ("_priority": optional initial priorities)
+    history         args -> History(before, after): steps a segment's items need before its own
+                    steps (burn-in) and after them (n-step)
+    Learner         (obs_space, action_space, args, device) -> a LearnerProtocol (see LearnerBase)
+    table_config    args -> TableConfig: how the broker stores items
+    run_defaults    run-config defaults the algorithm needs, e.g. {"publish_every": 1}
+    sample_options  (args, updates) -> extra sample-request fields, e.g. prioritized replay's beta
+
+The runtime on an actor (qrl/actor.py), for every step and every segment of T steps:
+
+    core = agent.actor(args, index, count, num_envs, seed)
+    state = core.initial_state(num_envs)
+    actions, state, extras = core.act(net, obs, state, episode_start)
+    items = agent.make_items(rollout, args)  # rollout: before + T + after steps, then push
+
+Registration: the entry point group `qrl.algorithms` (name = "package.module:AGENT"); qrl's own
+algorithms are registered there in pyproject.toml like anyone else's.
 """
 
 from __future__ import annotations
 
-import importlib
+import functools
+import importlib.metadata
 from dataclasses import dataclass, field
-from types import ModuleType
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Protocol
 
 import numpy as np
 
-# name -> module. The runtime imports algorithms only through this table.
-REGISTRY: dict[str, str] = {
-    "dqn": "qrl.algorithms.dqn",
-    "ql": "qrl.algorithms.ql",
-    "apex": "qrl.algorithms.apex",
-    "ppo": "qrl.algorithms.ppo",
-    "impala": "qrl.algorithms.impala",
-    "ddpg": "qrl.algorithms.ddpg",
-    "td3": "qrl.algorithms.td3",
-    "sac": "qrl.algorithms.sac",
-}
+if TYPE_CHECKING:  # the broker and `qrl run` read this module without importing torch
+    import gymnasium as gym
+    import torch
+
+    from qrl.brokers.tables import TableConfig
+
+ENTRY_POINT_GROUP = "qrl.algorithms"
+
+RecurrentState = dict[str, np.ndarray]
+"""An actor core's state: named arrays with the environments on axis 0 ({} for feed-forward)."""
 
 
 class UnknownAlgorithm(ValueError):
     pass
 
 
-def load(name: str) -> ModuleType:
-    if name not in REGISTRY:
-        raise UnknownAlgorithm(f"unknown algorithm '{name}'; available: {', '.join(sorted(REGISTRY))}")
-    return importlib.import_module(REGISTRY[name])
+# -- the contract ----------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class History:
+    """Steps of history the items of one segment need beyond the segment's own steps."""
+
+    before: int = 0
+    """Steps before the segment (burn-in of a recurrent state). At the start of an actor's run,
+    where there are none yet, the rollout is padded (Rollout.valid is False there)."""
+    after: int = 0
+    """Steps after the segment (n-step targets)."""
+
+
+class ActorCore:
+    """How an agent acts on an actor: one object per actor process, for its vector env.
+
+    The recurrent state is explicit: `act` and `greedy` take the state from the previous step and
+    return the next one, and `episode_start[b]` says that obs[b] is the first observation of an
+    episode (reset the state there). The exploration schedule and random generators are the core's
+    own. Feed-forward cores keep the defaults: state {} and greedy from action_values."""
+
+    def __init__(self, args: Any, index: int, count: int, num_envs: int, seed: int):
+        self.args = args
+
+    def initial_state(self, num_envs: int) -> RecurrentState:
+        return {}
+
+    def act(self, net, obs: np.ndarray, state: RecurrentState, episode_start: np.ndarray
+            ) -> tuple[np.ndarray, RecurrentState, dict[str, np.ndarray]]:
+        """Exploring actions, the next state, and per-step extras that travel with the rollout. The
+        rollout keeps each step's state: return new arrays, never change `state` in place."""
+        raise NotImplementedError
+
+    def greedy(self, net, obs: np.ndarray, state: RecurrentState, episode_start: np.ndarray
+               ) -> tuple[np.ndarray, RecurrentState]:
+        """The deterministic policy (evaluation)."""
+        values, state = self.action_values(net, obs, state, episode_start)
+        return values.argmax(axis=1), state
+
+    def action_values(self, net, obs: np.ndarray, state: RecurrentState, episode_start: np.ndarray
+                      ) -> tuple[np.ndarray, RecurrentState]:
+        """The value of each discrete action (`qrl evaluate --render terminal` shows them), when the
+        agent has them; see has_action_values."""
+        raise NotImplementedError
+
+    @property
+    def has_action_values(self) -> bool:
+        return type(self).action_values is not ActorCore.action_values
+
+
+class LearnerProtocol(Protocol):
+    net: torch.nn.Module
+    """The policy network that actors run (its state dict is published as weights)."""
+    updates: int
+
+    def update(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        """One update on a broker batch; metrics["_priorities"]: new priorities of batch["_id"]."""
+
+    def policy_state(self) -> dict[str, np.ndarray]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def no_history(args: Any) -> History:
+    return History()
+
+
+def no_sample_options(args: Any, updates: int) -> dict[str, Any]:
+    return {}
+
+
+@dataclass(frozen=True)
+class Agent:
+    name: str
+    Args: type
+    make_policy: Callable[[gym.Space, gym.Space, Any], torch.nn.Module]
+    actor: Callable[[Any, int, int, int, int], ActorCore]
+    make_items: Callable[[Rollout, Any], dict[str, np.ndarray]]
+    Learner: Callable[[gym.Space, gym.Space, Any, torch.device], LearnerProtocol]
+    table_config: Callable[[Any], TableConfig]
+    history: Callable[[Any], History] = no_history
+    run_defaults: dict[str, Any] = field(default_factory=dict)
+    sample_options: Callable[[Any, int], dict[str, Any]] = no_sample_options
+
+
+# -- what every learner repeats --------------------------------------------------------------------
+
+@dataclass
+class Batch:
+    """A broker batch as tensors on the learner's device: item fields by name, and the
+    prioritized-replay importance weights when the table sent them."""
+
+    fields: dict[str, torch.Tensor]
+    weight: torch.Tensor | None = None
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.fields[name]
+
+
+class LearnerBase:
+    """Weights export, batch to tensors and checkpoints for a learner whose networks, optimizers
+    and tensors are named in `checkpointed` (attributes saved under those names)."""
+
+    checkpointed: ClassVar[tuple[str, ...]] = ("net", "optimizer")
+
+    def __init__(self, args: Any, device: torch.device):
+        self.args, self.device = args, device
+        self.updates = 0
+
+    def tensors(self, batch: dict[str, np.ndarray]) -> Batch:
+        import torch
+
+        # A copy: batch arrays are read-only views of received frames.
+        fields = {k: torch.tensor(v, device=self.device) for k, v in batch.items() if not k.startswith("_")}
+        weight = batch.get("_weight")
+        return Batch(fields, None if weight is None else torch.tensor(weight, device=self.device))
+
+    def policy_state(self) -> dict[str, np.ndarray]:
+        # A copy, not a view: the frames are sent zero-copy after this returns, while the optimizer
+        # keeps updating the parameters in place.
+        return {k: v.detach().to("cpu", copy=True).numpy() for k, v in self.net.state_dict().items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        saved = {}
+        for name in self.checkpointed:
+            part = getattr(self, name)
+            saved[name] = part.state_dict() if hasattr(part, "state_dict") else part.detach().clone()
+        return {**saved, "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        import torch
+
+        for name in self.checkpointed:
+            part = getattr(self, name)
+            if hasattr(part, "load_state_dict"):
+                part.load_state_dict(state[name])
+            else:
+                with torch.no_grad():
+                    part.copy_(state[name])
+        self.updates = state["updates"]
+
+
+def rate_tolerance(batch_size: int, samples_per_insert: float) -> float:
+    """The rate limiter's slack, in samples: room for one batch, and for 64 inserts' worth of samples,
+    so actors and learner each run in bursts without waiting on every single insert."""
+    return max(batch_size, 64 * samples_per_insert) if samples_per_insert else 0.0
+
+
+def replay_table(args: Any, samples_per_insert: float, **options) -> TableConfig:
+    """A replay table from the usual Args fields (buffer_size, learning_starts, batch_size)."""
+    from qrl.brokers.tables import TableConfig
+
+    return TableConfig(capacity=args.buffer_size, sampler=options.pop("sampler", "uniform"),
+                       min_size=args.learning_starts, samples_per_insert=samples_per_insert,
+                       tolerance=rate_tolerance(args.batch_size, samples_per_insert), **options)
+
+
+# -- the registry ----------------------------------------------------------------------------------
+
+@functools.cache
+def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def names() -> list[str]:
+    """Every registered algorithm, without importing any."""
+    return sorted(_entry_points())
+
+
+def check_name(name: str) -> None:
+    if name not in _entry_points():
+        hint = "" if _entry_points() else " (none registered: is qrl installed? pip install -e .)"
+        raise UnknownAlgorithm(f"unknown algorithm '{name}'; available: {', '.join(names())}{hint}")
+
+
+@functools.cache
+def load(name: str) -> Agent:
+    check_name(name)
+    agent = _entry_points()[name].load()
+    if not isinstance(agent, Agent):
+        raise UnknownAlgorithm(f"entry point '{name}' of group {ENTRY_POINT_GROUP} is a "
+                               f"{type(agent).__name__}, not a qrl.algorithm.Agent")
+    return agent
+
+
+# -- rollouts and items ----------------------------------------------------------------------------
 
 @dataclass
 class Rollout:
     """Consecutive steps of a vector env; index [t, b] is step t of env b.
 
-    obs[t] -> actions[t] -> rewards[t], terminated[t], truncated[t], next_obs[t].
-    next_obs[t] is the true successor of obs[t] (the final observation when the
-    episode ended at t), so obs[t + 1] != next_obs[t] across episode ends.
-    """
+    Steps [before, before + num_steps) are the segment's own; the History the agent declared lies
+    around them. obs[t] -> actions[t] -> rewards[t], terminated[t], truncated[t], next_obs[t].
+    next_obs[t] is the true successor of obs[t] (the final observation when the episode ended at
+    t), so obs[t + 1] != next_obs[t] across episode ends. episode_start[t]: obs[t] begins an
+    episode. states: the actor core's state passed to act() at step t."""
 
     obs: np.ndarray  # [L, B, *obs_shape]
     actions: np.ndarray  # [L, B, *action_shape]
@@ -77,27 +264,65 @@ class Rollout:
     truncated: np.ndarray  # [L, B] bool
     next_obs: np.ndarray  # [L, B, *obs_shape]
     extras: dict[str, np.ndarray] = field(default_factory=dict)  # [L, B, ...] from act()
+    episode_start: np.ndarray | None = None  # [L, B] bool
+    states: dict[str, np.ndarray] = field(default_factory=dict)  # [L, B, ...]
+    valid: np.ndarray | None = None  # [L, B] bool: False for padding before an actor's first step
+    before: int = 0
+    num_steps: int = 0
+
+    def __post_init__(self):
+        L, B = self.rewards.shape
+        if self.episode_start is None:
+            self.episode_start = np.zeros((L, B), dtype=bool)
+        if self.valid is None:
+            self.valid = np.ones((L, B), dtype=bool)
+        if not self.num_steps:
+            self.num_steps = L - self.before
 
 
-def item_schema(algo: ModuleType, net, obs_space, action_space, args, num_envs: int, num_steps: int):
+def padding_step(obs: np.ndarray, actions: np.ndarray, extras: dict[str, np.ndarray], state: RecurrentState,
+                 ) -> dict[str, Any]:
+    """One step of the history before an actor's first step (History.before): zeros, an episode
+    boundary on every env (so nothing bootstraps or carries state across it), and valid False."""
+    n = len(obs)
+    return dict(obs=np.zeros_like(obs), actions=np.zeros_like(actions), rewards=np.zeros(n, np.float32),
+                terminated=np.zeros(n, bool), truncated=np.ones(n, bool), next_obs=np.zeros_like(obs),
+                extras={k: np.zeros_like(v) for k, v in extras.items()}, episode_start=np.ones(n, bool),
+                state={k: np.zeros_like(v) for k, v in state.items()}, valid=np.zeros(n, bool))
+
+
+def stack_steps(steps: list[dict[str, Any]], before: int, num_steps: int) -> Rollout:
+    """A Rollout from per-step dicts (the actor's window)."""
+    stack = lambda key: np.stack([s[key] for s in steps])
+    first = steps[0]
+    return Rollout(**{k: stack(k) for k in ("obs", "actions", "rewards", "terminated", "truncated", "next_obs",
+                                             "episode_start", "valid")},
+                   extras={k: np.stack([s["extras"][k] for s in steps]) for k in first["extras"]},
+                   states={k: np.stack([s["state"][k] for s in steps]) for k in first["state"]},
+                   before=before, num_steps=num_steps)
+
+
+def item_schema(agent: Agent, net, obs_space, action_space, args, num_envs: int, num_steps: int):
     """The broker's item schema for this algorithm (sent with `register`), found by running its own
-    actor path once on sampled observations: init_actor, act, make_items. Also how many env frames
+    actor path once on sampled observations: the actor core, act, make_items. Also how many env frames
     one item covers, so the broker can check each segment's `frames`."""
     from qrl.brokers.tables import ItemSchema
 
-    state = algo.init_actor(0, 1, num_envs, args, 0)
+    core = agent.actor(args, 0, 1, num_envs, 0)
+    state = core.initial_state(num_envs)
     obs = np.stack([obs_space.sample() for _ in range(num_envs)])
-    actions, extras = algo.act(net, obs, state, args)  # one step, repeated: only shapes and dtypes matter
-    length = num_steps + algo.rollout_overlap(args)
-    repeat = lambda a: np.stack([a] * length)
-    done = np.zeros((length, num_envs), dtype=bool)
-    rollout = Rollout(obs=repeat(obs), actions=repeat(actions), rewards=np.zeros((length, num_envs), dtype=np.float32),
-                      terminated=done, truncated=done.copy(), next_obs=repeat(obs),
-                      extras={k: repeat(v) for k, v in extras.items()})
-    items = algo.make_items(rollout, num_steps, args)
+    start = np.ones(num_envs, dtype=bool)
+    actions, _, extras = core.act(net, obs, state, start)  # one step, repeated: only shapes and dtypes matter
+    history = agent.history(args)
+    done = np.zeros(num_envs, dtype=bool)
+    step = dict(obs=obs, actions=actions, rewards=np.zeros(num_envs, np.float32), terminated=done,
+                truncated=done, next_obs=obs, extras=extras, episode_start=start, state=state,
+                valid=np.ones(num_envs, bool))
+    rollout = stack_steps([step] * (history.before + num_steps + history.after), history.before, num_steps)
+    items = agent.make_items(rollout, args)
     items.pop("_priority", None)
     n_items = len(next(iter(items.values())))
     if (num_steps * num_envs) % n_items:
-        raise ValueError(f"{algo.__name__}.make_items made {n_items} items from {num_steps * num_envs} frames: "
+        raise ValueError(f"{agent.name}: make_items made {n_items} items from {num_steps * num_envs} frames: "
                          "an item must cover a whole number of env frames")
     return ItemSchema.of(items, (num_steps * num_envs) // n_items)

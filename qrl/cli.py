@@ -69,7 +69,7 @@ class Resolved:
 def _names_and_run(file: FileConfig, algo: str | None, env: str | None, run_overrides: dict, run_defaults: dict,
                    **run_options) -> tuple[str, str, RunConfig]:
     """The algorithm and env names, and the checked run settings. Imports no torch.
-    Precedence: defaults (RunConfig's, then the algorithm's RUN_DEFAULTS) < config file <
+    Precedence: defaults (RunConfig's, then the agent's run_defaults) < config file <
     command-line flags < --set."""
     from qrl.config import build
 
@@ -85,16 +85,15 @@ def _resolve(config: str | None, algo: str | None, env: str | None, sets: tuple[
     from qrl.config import build, load_file
 
     file = load_file(config)
-    module = algorithm.load(algo or file.algorithm or "dqn")
-    overrides = parse_overrides(sets, {"run": RunConfig, "algo": module.Args})
-    algo, env, run_cfg = _names_and_run(file, algo, env, overrides["run"], getattr(module, "RUN_DEFAULTS", {}),
-                                        **run_options)
+    agent = algorithm.load(algo or file.algorithm or "dqn")
+    overrides = parse_overrides(sets, {"run": RunConfig, "algo": agent.Args})
+    algo, env, run_cfg = _names_and_run(file, algo, env, overrides["run"], agent.run_defaults, **run_options)
     if run_cfg.sync_actors and run_cfg.publish_every != 1:  # actors would wait for weights never sent
         raise ConfigError("run.sync_actors needs run.publish_every=1 (actors wait for every update's weights)")
     algo_values = {**file.algo, **overrides["algo"]}
-    args = build(module.Args, algo_values, "algo")  # type- and range-check now, not in a child process
+    args = build(agent.Args, algo_values, "algo")  # type- and range-check now, not in a child process
     try:  # settings that only together make a table the broker can serve (e.g. the rate limiter's)
-        module.table_config(args).validate(getattr(args, "batch_size", None))
+        agent.table_config(args).validate(args.batch_size)
     except ValueError as exc:
         raise ConfigError(f"algo: {exc}") from None
     envs.check_env_id(env)
@@ -280,7 +279,7 @@ def learner(config, algo, env_id, seed, total_steps, target_return, run_dir, no_
 def run(config, algo, env_id, seed, total_steps, target_return, run_dir, no_progress, tensorboard, keys, sets, actors,
         resume) -> None:
     """Train with a local cluster: broker, actors and learner as separate processes on loopback."""
-    from qrl.algorithm import REGISTRY, UnknownAlgorithm
+    from qrl import algorithm
     from qrl.config import load_file
 
     # Checked here: what needs no torch. The learner, started at once with the broker and the
@@ -289,8 +288,7 @@ def run(config, algo, env_id, seed, total_steps, target_return, run_dir, no_prog
     run_overrides = parse_overrides([s for s in sets if s.strip().startswith("run.")], {"run": RunConfig})["run"]
     algo, env_id, run_cfg = _names_and_run(file, algo, env_id, run_overrides, {}, seed=seed, total_steps=total_steps,
                                            target_return=target_return)
-    if algo not in REGISTRY:
-        raise UnknownAlgorithm(f"unknown algorithm '{algo}'; available: {', '.join(sorted(REGISTRY))}")
+    algorithm.check_name(algo)
     if resume and not run_dir:
         raise UserError("run: --resume needs --run-dir")
     from qrl.cluster import ClusterError, actor_permissions, learner_args, run_local

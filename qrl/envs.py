@@ -16,6 +16,8 @@ import gymnasium as gym
 import numpy as np
 
 gym.register("qrl/Grid-v0", entry_point="qrl.grid:GridWorld", max_episode_steps=50, reward_threshold=0.9)
+gym.register("qrl/CartPoleNoVel-v1", entry_point="qrl.wrappers:cartpole_no_velocity", max_episode_steps=500,
+             reward_threshold=475.0)
 
 
 class UnknownEnvironment(ValueError):
@@ -94,16 +96,19 @@ def spec(env_id: str) -> gym.envs.registration.EnvSpec:
 
 
 def _wrapper(spec: str | dict[str, Any]):
-    """'FlattenObservation' or {'name': 'ClipReward', 'min_reward': -1, 'max_reward': 1} -> env -> env."""
+    """'FlattenObservation' or {'name': 'ClipReward', 'min_reward': -1, 'max_reward': 1} -> env -> env.
+    Names are qrl's own wrappers (qrl/wrappers.py) or gymnasium.wrappers'."""
+    from qrl.wrappers import WRAPPERS
+
     if isinstance(spec, dict):
         kwargs = dict(spec)
         name = kwargs.pop("name", None)
     else:
         name, kwargs = spec, {}
-    cls = getattr(gym.wrappers, str(name), None)
+    cls = WRAPPERS.get(str(name)) or getattr(gym.wrappers, str(name), None)
     if not (isinstance(cls, type) and issubclass(cls, gym.Wrapper)):
-        known = sorted(n for n in dir(gym.wrappers) if isinstance(getattr(gym.wrappers, n), type)
-                       and issubclass(getattr(gym.wrappers, n), gym.Wrapper))
+        known = sorted([*WRAPPERS] + [n for n in dir(gym.wrappers) if isinstance(getattr(gym.wrappers, n), type)
+                       and issubclass(getattr(gym.wrappers, n), gym.Wrapper)])
         close = difflib.get_close_matches(str(name), known, n=3)
         raise UnknownEnvironment(f"unknown wrapper '{name}'" + (f"; did you mean {', '.join(close)}?" if close
                                                                 else f"; gymnasium.wrappers has {', '.join(known)}"))

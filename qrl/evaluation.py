@@ -1,13 +1,14 @@
-"""`qrl evaluate`: load a run's checkpoint and play deterministic episodes, optionally
-rendered in the terminal (environments with an "ansi" render mode, with the value of each
-action at every step) or saved as a GIF (from "rgb_array" frames, via imageio)."""
+"""Deterministic evaluation, the one place it lives: the learner's periodic evaluation
+(run_episodes), and `qrl evaluate`, which loads a run's checkpoint and plays episodes, optionally
+rendered in the terminal (environments with an "ansi" render mode, with the value of each action
+at every step) or saved as a GIF (from "rgb_array" frames, via imageio). Stateful (recurrent)
+policies carry their state from step to step, reset where an episode starts."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Callable
 
 import numpy as np
@@ -18,10 +19,35 @@ from qrl.config import ConfigError, RunConfig, build
 from qrl.normalize import Normalizer
 
 
+def run_episodes(agent: algorithm.Agent, args: Any, net: torch.nn.Module, env_id: str, episodes: int, seed: int,
+                 env_kwargs: dict | None = None, wrappers: list | tuple = (),
+                 normalize_obs=None) -> tuple[float, float, list[float]]:
+    """Mean and std of the return of ``episodes`` deterministic episodes, stepped as one vector env
+    (observations through normalize_obs first when the run normalizes them)."""
+    normalize_obs = normalize_obs or (lambda o: o)
+    core = agent.actor(args, 0, 1, episodes, seed)
+    env = envs.make_vector_env(env_id, episodes, env_kwargs, wrappers)
+    try:
+        obs, _ = env.reset(seed=seed)
+        state, episode_start = core.initial_state(episodes), np.ones(episodes, dtype=bool)
+        returns = np.zeros(episodes)
+        finished = np.zeros(episodes, dtype=bool)
+        while not finished.all():
+            actions, state = core.greedy(net, normalize_obs(obs), state, episode_start)
+            obs, reward, terminated, truncated, _ = env.step(actions)
+            returns += np.where(finished, 0.0, reward)  # count each env's first episode only
+            episode_start = terminated | truncated
+            finished |= episode_start
+    finally:
+        env.close()
+    return float(returns.mean()), float(returns.std()), returns.tolist()
+
+
 @dataclass
 class LoadedPolicy:
     algo_name: str
-    algo: ModuleType
+    agent: algorithm.Agent
+    args: Any
     env: str
     run: RunConfig
     net: torch.nn.Module
@@ -32,22 +58,22 @@ def load_policy(path: str | Path) -> LoadedPolicy:
     """The policy network of a run directory or checkpoint file, with the config it was trained with."""
     saved = checkpoint.load(path)
     config = json.loads(saved["config"])
-    algo = algorithm.load(config["algo"])
-    args = build(algo.Args, config["args"], "algo")
+    agent = algorithm.load(config["algo"])
+    args = build(agent.Args, config["args"], "algo")
     run = build(RunConfig, config["run"], "run")
     obs_space, action_space = envs.spaces(config["env"], run.env_kwargs, run.wrappers)
-    learner = algo.Learner(obs_space, action_space, args, torch.device("cpu"))
+    learner = agent.Learner(obs_space, action_space, args, torch.device("cpu"))
     learner.load_state_dict(saved["learner"])
     learner.net.eval()
     normalizer = Normalizer(obs_space.shape, run.normalize_obs, run.normalize_reward)
     normalizer.load_state(saved.get("normalizer") or {})
-    return LoadedPolicy(config["algo"], algo, config["env"], run, learner.net, normalizer.normalize_obs)
+    return LoadedPolicy(config["algo"], agent, args, config["env"], run, learner.net, normalizer.normalize_obs)
 
 
-def _describe_values(policy: LoadedPolicy, env, obs) -> str:
-    if not hasattr(policy.algo, "action_values"):
+def _describe_values(policy: LoadedPolicy, core: algorithm.ActorCore, env, obs, state, episode_start) -> str:
+    if not core.has_action_values:
         return ""
-    values = policy.algo.action_values(policy.net, policy.normalize_obs(np.asarray([obs])))[0]
+    values = core.action_values(policy.net, policy.normalize_obs(np.asarray([obs])), state, episode_start)[0][0]
     names = getattr(env.unwrapped, "action_names", None) or [str(i) for i in range(len(values))]
     best = int(values.argmax())
     return "  ".join(f"{n} {v:+.3f}{'*' if i == best else ' '}" for i, (n, v) in enumerate(zip(names, values)))
@@ -59,14 +85,12 @@ def evaluate(path: str | Path, episodes: int = 10, seed: int = 0, render: str | 
 
     render="terminal" prints every step of every episode (text rendering); gif=PATH saves the
     first episode as an animated GIF. Without either, episodes run as one vector env."""
-    from qrl.learner import evaluate as evaluate_vector
-
     policy = load_policy(path)
     if render not in (None, "terminal"):
         raise ConfigError(f"unknown render mode '{render}'; use --render terminal or --gif PATH")
     if render is None and gif is None:
-        mean, std, returns = evaluate_vector(policy.algo, policy.net, policy.env, episodes, seed,
-                                             policy.run.env_kwargs, policy.run.wrappers, policy.normalize_obs)
+        mean, std, returns = run_episodes(policy.agent, policy.args, policy.net, policy.env, episodes, seed,
+                                          policy.run.env_kwargs, policy.run.wrappers, policy.normalize_obs)
         return {"env": policy.env, "algo": policy.algo_name, "episodes": episodes, "mean": mean, "std": std,
                 "returns": returns}
 
@@ -79,17 +103,20 @@ def evaluate(path: str | Path, episodes: int = 10, seed: int = 0, render: str | 
         what = "text rendering for --render terminal" if mode == "ansi" else "rgb_array frames for --gif"
         raise ConfigError(f"{policy.env} has no {what} (its render modes: {', '.join(available) or 'none'})")
     frames, returns = [], []
+    core = policy.agent.actor(policy.args, 0, 1, 1, seed)
     try:
         for episode in range(episodes):
             obs, _ = env.reset(seed=seed + episode)
+            state, start = core.initial_state(1), np.ones(1, dtype=bool)
             total, step, done = 0.0, 0, False
             while not done:
                 if render == "terminal":
                     out(f"episode {episode + 1} step {step}  return {total:+.3f}\n{env.render()}\n"
-                        f"{_describe_values(policy, env, obs)}\n")
+                        f"{_describe_values(policy, core, env, obs, state, start)}\n")
                 elif episode == 0:
                     frames.append(env.render())
-                action = policy.algo.greedy_act(policy.net, policy.normalize_obs(np.asarray([obs])))[0]
+                actions, state = core.greedy(policy.net, policy.normalize_obs(np.asarray([obs])), state, start)
+                action, start = actions[0], np.zeros(1, dtype=bool)
                 obs, reward, terminated, truncated, _ = env.step(action)
                 total += float(reward)
                 step += 1

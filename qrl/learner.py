@@ -27,6 +27,7 @@ import torch
 import zmq
 
 from qrl import algorithm, checkpoint, envs, lifetime, transport, wire
+from qrl.evaluation import run_episodes
 from qrl.brokers.tables import TableConfig
 from qrl.config import RunConfig, build, to_dict, to_yaml
 from qrl.messages import MAX_ACTORS_CONSUMED
@@ -54,33 +55,13 @@ class LearnerOptions:
     tensorboard: bool = False
 
 
-def evaluate(algo, net: torch.nn.Module, env_id: str, episodes: int, seed: int,
-             env_kwargs: dict | None = None, wrappers: list | tuple = (),
-             normalize_obs=None) -> tuple[float, float, list[float]]:
-    """Mean and std of the return of ``episodes`` deterministic episodes, stepped as one vector env
-    (observations through normalize_obs first when the run normalizes them)."""
-    normalize_obs = normalize_obs or (lambda o: o)
-    env = envs.make_vector_env(env_id, episodes, env_kwargs, wrappers)
-    try:
-        obs, _ = env.reset(seed=seed)
-        returns = np.zeros(episodes)
-        finished = np.zeros(episodes, dtype=bool)
-        while not finished.all():
-            obs, reward, terminated, truncated, _ = env.step(algo.greedy_act(net, normalize_obs(obs)))
-            returns += np.where(finished, 0.0, reward)  # count each env's first episode only
-            finished |= terminated | truncated
-    finally:
-        env.close()
-    return float(returns.mean()), float(returns.std()), returns.tolist()
-
-
 class LearnerRun:
     def __init__(self, opts: LearnerOptions, run_cfg: RunConfig, algo_values: dict[str, Any]):
         self.opts = opts
         self.run_dir = Path(opts.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         envs.check_env_id(opts.env)
-        self.algo = algorithm.load(opts.algo)
+        self.agent = algorithm.load(opts.algo)
         saved = checkpoint.load(self.run_dir, require=("learner", "config", "counters")) if opts.resume else None
         if saved is not None:  # a resumed run keeps the config it started with
             config = json.loads(saved["config"])
@@ -88,19 +69,19 @@ class LearnerRun:
             algo_values = config["args"]
         self.cfg = run_cfg
         torch.set_num_threads(run_cfg.learner_threads)
-        self.args = build(self.algo.Args, algo_values, "algo")
-        self.algo.table_config(self.args).validate(getattr(self.args, "batch_size", None))
+        self.args = build(self.agent.Args, algo_values, "algo")
+        self.agent.table_config(self.args).validate(self.args.batch_size)
         if opts.device == "auto":
             self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         else:
             self.device = torch.device(opts.device)
         self.obs_space, self.action_space = envs.spaces(opts.env, run_cfg.env_kwargs, run_cfg.wrappers)
-        self.learner = self.algo.Learner(self.obs_space, self.action_space, self.args, self.device)
+        self.learner = self.agent.Learner(self.obs_space, self.action_space, self.args, self.device)
         self.normalizer = None
         if run_cfg.normalize_obs or run_cfg.normalize_reward:
             self.normalizer = Normalizer(self.obs_space.shape, run_cfg.normalize_obs, run_cfg.normalize_reward)
-        self.eval_net = self.algo.make_policy(self.obs_space, self.action_space, self.args)
-        self.item_schema = algorithm.item_schema(self.algo, self.eval_net, self.obs_space, self.action_space,
+        self.eval_net = self.agent.make_policy(self.obs_space, self.action_space, self.args)
+        self.item_schema = algorithm.item_schema(self.agent, self.eval_net, self.obs_space, self.action_space,
                                                  self.args, run_cfg.num_envs, run_cfg.segment_length)
         self.target_return = run_cfg.target_return
         if self.target_return is None:
@@ -159,7 +140,7 @@ class LearnerRun:
     def table_config(self) -> TableConfig:
         """The algorithm's table; one that states no policy-lag bound gets the run's (flow control:
         the broker drops segments made by older weights than that)."""
-        table = self.algo.table_config(self.args)
+        table = self.agent.table_config(self.args)
         if table.max_policy_lag is None:
             table = dataclasses.replace(table, max_policy_lag=self.cfg.max_policy_lag)
         return table
@@ -199,12 +180,11 @@ class LearnerRun:
         self.suspect_lost: set[int] = set()
         self.disconnected_at = -1.0
         for _ in range(self.cfg.samples_in_flight):
-            self.request_sample(getattr(self.args, "batch_size"))
+            self.request_sample(self.args.batch_size)
 
     def request_sample(self, batch_size: int) -> None:
         # Algorithms with prioritized replay anneal the importance-sampling exponent (beta).
-        options = self.algo.sample_options(self.args, self.learner.updates) if hasattr(
-            self.algo, "sample_options") else {}
+        options = self.agent.sample_options(self.args, self.learner.updates)
         req = next(self._sample_reqs)
         transport.send(self.sampler, "sample", {"batch_size": batch_size, "req": req, **options})
         self.outstanding[req] = time.monotonic()
@@ -239,7 +219,7 @@ class LearnerRun:
                     len(lost))
         for r in lost:
             del self.outstanding[r]
-            self.request_sample(getattr(self.args, "batch_size"))
+            self.request_sample(self.args.batch_size)
         self.samples_resent += len(lost)
 
     def weights(self) -> dict[str, np.ndarray]:
@@ -270,9 +250,10 @@ class LearnerRun:
 
     def evaluate(self) -> tuple[float, float]:
         self.eval_net.load_state_dict({k: torch.from_numpy(v) for k, v in self.learner.policy_state().items()})
-        mean, std, _ = evaluate(self.algo, self.eval_net, self.opts.env, self.cfg.eval_episodes,
-                                seed=self.cfg.seed + 7, env_kwargs=self.cfg.env_kwargs, wrappers=self.cfg.wrappers,
-                                normalize_obs=self.normalizer.normalize_obs if self.normalizer else None)
+        mean, std, _ = run_episodes(self.agent, self.args, self.eval_net, self.opts.env, self.cfg.eval_episodes,
+                                    seed=self.cfg.seed + 7, env_kwargs=self.cfg.env_kwargs,
+                                    wrappers=self.cfg.wrappers,
+                                    normalize_obs=self.normalizer.normalize_obs if self.normalizer else None)
         return mean, std
 
     def save(self, frames: int, elapsed: float) -> Path:
@@ -297,7 +278,7 @@ class LearnerRun:
 
     def _loop(self, metrics: MetricsWriter) -> dict[str, Any]:
         c = self.cfg
-        batch_size = getattr(self.args, "batch_size")
+        batch_size = self.args.batch_size
         start = time.monotonic()
         elapsed = lambda: self.elapsed_before + time.monotonic() - start
         frames = self.frames_before

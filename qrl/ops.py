@@ -129,3 +129,52 @@ def value_loss(values, old_values, returns, clip: float = 0.0):
         return ((values - returns) ** 2).mean()
     clipped = old_values + torch.clamp(values - old_values, -clip, clip)
     return torch.max((values - returns) ** 2, (clipped - returns) ** 2).mean()
+
+
+def value_rescale(x, eps: float = 1e-3):
+    """h(x) = sign(x) (sqrt(|x| + 1) - 1) + eps x: squashes large returns so one network fits
+    values of any scale (torch tensors or numpy arrays). Pohlen et al. 2018."""
+    lib = _lib(x)
+    return lib.sign(x) * (lib.sqrt(lib.abs(x) + 1) - 1) + eps * x
+
+
+def inverse_value_rescale(x, eps: float = 1e-3):
+    """h^-1(x) = sign(x) (((sqrt(1 + 4 eps (|x| + 1 + eps)) - 1) / (2 eps))^2 - 1), exact inverse of
+    value_rescale. Pohlen et al. 2018, proposition A.2."""
+    lib = _lib(x)
+    return lib.sign(x) * (((lib.sqrt(1 + 4 * eps * (lib.abs(x) + 1 + eps)) - 1) / (2 * eps)) ** 2 - 1)
+
+
+def sequence_priority(td_abs, mask, eta: float = 0.9):
+    """R2D2's priority of each sequence from its per-step |TD errors| [N, T] over the steps where
+    mask is true: eta * max + (1 - eta) * mean. Kapturowski et al. 2019, section 2.3."""
+    lib = _lib(td_abs)
+    masked = td_abs * mask
+    count = mask.sum(1)
+    count = count.clamp(min=1) if lib is not np else np.maximum(count, 1)
+    top = masked.max(1).values if lib is not np else masked.max(1)
+    return eta * top + (1 - eta) * masked.sum(1) / count
+
+
+def lstm_unroll(cell, x, h, c, episode_start):
+    """Run an LSTM cell over [T, N, D] inputs from the state (h, c) [N, H], zeroing the state before
+    each step where an episode starts (episode_start [T, N] bool). Returns the hidden and the cell
+    states after each step, [T, N, H] each (torch tensors)."""
+    import torch
+
+    hs, cs = [], []
+    for t in range(len(x)):
+        keep = (~episode_start[t]).to(h.dtype).unsqueeze(1)
+        h, c = cell(x[t], (h * keep, c * keep))
+        hs.append(h)
+        cs.append(c)
+    return torch.stack(hs), torch.stack(cs)
+
+
+def _lib(x):
+    """numpy for arrays, torch for tensors."""
+    if isinstance(x, np.ndarray) or np.isscalar(x):
+        return np
+    import torch
+
+    return torch

@@ -25,6 +25,7 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import zmq
 
@@ -36,16 +37,17 @@ from qrl.transport import Client
 
 
 def raw_loop(env_id: str, num_envs: int, seconds: float, queue) -> None:
-    """The reference: step a SyncVectorEnv with dqn.act inference, nothing else."""
+    """The reference: step a SyncVectorEnv with the dqn actor core's inference, nothing else."""
     torch.set_num_threads(1)
     args = dqn.Args()
     env = envs.make_vector_env(env_id, num_envs)
     net = dqn.make_policy(env.single_observation_space, env.single_action_space, args)
-    state = dqn.init_actor(1, 2, num_envs, args, seed=0)
+    core = dqn.EpsilonGreedy(args, 1, 2, num_envs, seed=0)
+    state, episode_start = core.initial_state(num_envs), np.ones(num_envs, bool)
     obs, _ = env.reset(seed=0)
     frames, start = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - start) < seconds:
-        actions, _ = dqn.act(net, obs, state, args)
+        actions, state, _ = core.act(net, obs, state, episode_start)
         obs, *_ = env.step(actions)
         frames += num_envs
     queue.put(frames / elapsed)
@@ -58,7 +60,7 @@ def register(client: Client, env_id: str, num_envs: int) -> None:
     spec = {"run_id": f"bench-{time.time_ns()}", "algo": "dqn", "env": env_id, "env_kwargs": {},
             "args": asdict(args), "run": {"num_envs": num_envs, "segment_length": 32, "seed": 0}}
     weights = {k: v.numpy() for k, v in net.state_dict().items()}
-    schema = algorithm.item_schema(dqn, net, obs_space, act_space, args, num_envs, 32)
+    schema = algorithm.item_schema(dqn.AGENT, net, obs_space, act_space, args, num_envs, 32)
     reply = client.request("register", {"spec": spec, "table": dqn.table_config(args).as_meta(),
                                         "schema": schema.as_meta(), "weights_version": 0,
                                         "token": secrets.token_hex(16)}, weights, wait_s=30)

@@ -47,7 +47,7 @@ def test_ddpg_target_is_reward_plus_discounted_target_critic():
 
 
 def test_td3_takes_the_smaller_twin_and_delays_the_policy():
-    learner = td3.Learner(OBS, ACT, td3.Args(hidden=[8]), torch.device("cpu"))
+    learner = td3.AGENT.Learner(OBS, ACT, td3.Args(hidden=[8]), torch.device("cpu"))
     assert len(learner.critics) == 2
     answer(learner.target_critics[0], 4.0)
     answer(learner.target_critics[1], 2.0)
@@ -59,7 +59,7 @@ def test_td3_takes_the_smaller_twin_and_delays_the_policy():
 
 
 def test_td3_target_smoothing_stays_within_the_action_bounds():
-    learner = td3.Learner(OBS, ACT, td3.Args(hidden=[8], target_noise=5.0, target_noise_clip=5.0), torch.device("cpu"))
+    learner = td3.AGENT.Learner(OBS, ACT, td3.Args(hidden=[8], target_noise=5.0, target_noise_clip=5.0), torch.device("cpu"))
     seen = []
 
     for critic in learner.target_critics:

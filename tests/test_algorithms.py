@@ -7,7 +7,7 @@ import json
 import pytest
 import zmq
 
-from qrl.algorithm import REGISTRY
+from qrl import algorithm
 from qrl.transport import Client
 from conftest import wait_for
 
@@ -24,11 +24,15 @@ SMOKE = [  # (algorithm, environment, extra overrides); continuous-action algori
     ("td3", "Pendulum-v1", ["algo.learning_starts=256", "algo.random_frames=256", "algo.hidden=[64, 64]"]),
     ("sac", "Pendulum-v1", ["algo.learning_starts=256", "algo.hidden=[64, 64]"]),
     ("sac", "CartPole-v1", ["algo.learning_starts=256", "algo.hidden=[64, 64]"]),  # the discrete-action variant
+    ("r2d2", "qrl/CartPoleNoVel-v1", ["algo.burn_in=4", "algo.sequence_length=8", "run.segment_length=8",
+                                      "algo.learning_starts=16", "algo.batch_size=8", "algo.lstm=16"]),
+    ("ppo", "qrl/CartPoleNoVel-v1", ["algo.lstm=16", "run.segment_length=16"]),  # recurrent PPO
+    ("impala", "qrl/CartPoleNoVel-v1", ["algo.lstm=16", "run.segment_length=16"]),  # recurrent IMPALA
 ]
 
 
 def test_every_algorithm_has_a_smoke_run():
-    assert {algo for algo, _, _ in SMOKE} == set(REGISTRY)
+    assert {algo for algo, _, _ in SMOKE} == set(algorithm.names())
 
 
 @pytest.mark.parametrize("algo, env, sets", SMOKE, ids=[f"{a}-{e}" for a, e, _ in SMOKE])
@@ -51,7 +55,7 @@ def test_smoke(algo, env, sets, procs, tmp_path):
         client = Client(ctx, address, "test")
         stats = wait_for(lambda: client.request("get_stats", wait_s=15).meta, 15, "stats")
         assert stats["batches"] > 0 and stats["gaps"] == 0 and stats["rejected"] == {}
-        if algo == "apex":  # prioritized replay: the learner sent back priorities by id
+        if algo in ("apex", "r2d2"):  # prioritized replay: the learner sent back priorities by id
             assert stats["priority_updates"] > 0
         if algo in ("ppo", "impala"):  # the on-policy queue: served once, lag reported
             assert stats["served_policy_lag"] is not None

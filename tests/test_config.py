@@ -121,7 +121,7 @@ from qrl.config import RANGES, check_range  # noqa: E402
 
 
 def _config_classes():
-    return [RunConfig, BrokerConfig, ActorConfig, *(algorithm.load(n).Args for n in algorithm.REGISTRY)]
+    return [RunConfig, BrokerConfig, ActorConfig, *(algorithm.load(n).Args for n in algorithm.names())]
 
 
 def _numeric(hint) -> bool:

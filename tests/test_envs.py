@@ -58,7 +58,8 @@ def test_atari_ids_get_the_dqn_preprocessing():
     from qrl.algorithms import dqn
 
     net = dqn.make_policy(obs_space, action_space, dqn.Args())
-    assert net.image and dqn.greedy_act(net, obs_space.sample()[None]).shape == (1,)
+    core = dqn.EpsilonGreedy(dqn.Args(), 0, 1, 1, seed=0)
+    assert net.image and core.greedy(net, obs_space.sample()[None], {}, np.ones(1, bool))[0].shape == (1,)
 
 
 def test_the_grid_world_walls_pit_goal_and_best_return():

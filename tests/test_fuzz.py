@@ -80,7 +80,7 @@ def register_run(client):
     net = dqn.make_policy(obs_space, act_space, args)
     spec = {"run_id": "fuzz", "algo": "dqn", "env": "CartPole-v1", "env_kwargs": {},
             "args": dataclasses.asdict(args), "run": {"num_envs": 4, "segment_length": 16, "seed": 0}}
-    schema = algorithm.item_schema(dqn, net, obs_space, act_space, args, 4, 16)
+    schema = algorithm.item_schema(dqn.AGENT, net, obs_space, act_space, args, 4, 16)
     reply = client.request("register", {"spec": spec, "table": dqn.table_config(args).as_meta(), "weights_version": 0,
                                         "schema": schema.as_meta(), "token": "fuzz-token"},
                            {k: v.numpy() for k, v in net.state_dict().items()}, wait_s=10)

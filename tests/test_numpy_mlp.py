@@ -41,34 +41,34 @@ def test_what_numpy_cannot_run_keeps_torch():
 
 
 def make(name: str, obs_space, action_space, **values):
-    algo = algorithm.load(name)
-    args = build(algo.Args, values, "algo")
-    return algo, args, algo.make_policy(obs_space, action_space, args)
+    agent = algorithm.load(name)
+    args = build(agent.Args, values, "algo")
+    return agent.actor(args, 0, 1, 1, seed=3), args, agent.make_policy(obs_space, action_space, args)
 
 
 @pytest.mark.parametrize("name, values", [("dqn", {"dueling": True}), ("dqn", {"dueling": False}),
                                           ("apex", {}), ("ppo", {}), ("impala", {})])
 def test_greedy_actions_equal_the_torch_policys(name, values):
     obs_space, action_space = gym.spaces.Box(-3, 3, (8,), np.float32), gym.spaces.Discrete(5)
-    algo, args, net = make(name, obs_space, action_space, **values)
+    core, args, net = make(name, obs_space, action_space, **values)
     obs = np.random.default_rng(1).normal(size=(4096, 8)).astype(np.float32)
     for seed in range(3):
         net.load_state_dict(random_weights(net, seed))
         with torch.no_grad():
             t = torch.as_tensor(obs)
             torch_out = net(t) if name in ("dqn", "apex") else net.features(t)[1]
-        np.testing.assert_array_equal(algo.greedy_act(net, obs), torch_out.argmax(dim=1).numpy())
+        actions, _ = core.greedy(net, obs, {}, np.zeros(len(obs), bool))
+        np.testing.assert_array_equal(actions, torch_out.argmax(dim=1).numpy())
 
 
 @pytest.mark.parametrize("name", ["ppo", "impala"])
 def test_sampled_actions_equal_the_torch_policys_with_the_same_uniforms(name):
     obs_space, action_space = gym.spaces.Box(-3, 3, (4,), np.float32), gym.spaces.Discrete(3)
-    algo, args, net = make(name, obs_space, action_space)
+    core, args, net = make(name, obs_space, action_space)
     net.load_state_dict(random_weights(net, 7))
     obs = np.random.default_rng(2).normal(size=(2048, 4)).astype(np.float32)
-    state = algo.init_actor(0, 1, len(obs), args, seed=3)
-    actions, extras = algo.act(net, obs, state, args)
-    uniforms = np.random.default_rng(3).random(len(obs))  # what the actor state drew
+    actions, _, extras = core.act(net, obs, {}, np.zeros(len(obs), bool))
+    uniforms = np.random.default_rng(3).random(len(obs))  # what the actor core drew
     with torch.no_grad():
         dist = torch.distributions.Categorical(logits=net.features(torch.as_tensor(obs))[1])
     torch_actions, _ = sample_categorical(dist.logits.numpy(), uniforms)
@@ -86,10 +86,11 @@ def test_inverse_cdf_sampling_has_the_policys_probabilities():
 
 def test_a_copied_network_runs_on_its_own_weights():
     obs_space, action_space = gym.spaces.Box(-3, 3, (4,), np.float32), gym.spaces.Discrete(2)
-    algo, args, net = make("dqn", obs_space, action_space)
+    core, args, net = make("dqn", obs_space, action_space)
     obs = np.random.default_rng(4).normal(size=(16, 4)).astype(np.float32)
-    before = algo.action_values(net, obs)  # builds net's twin
+    values = lambda n: core.action_values(n, obs, {}, np.zeros(len(obs), bool))[0]
+    before = values(net)  # builds net's twin
     target = copy.deepcopy(net)
     net.load_state_dict(random_weights(net, 9))
-    np.testing.assert_allclose(algo.action_values(target, obs), before, rtol=1e-6)
-    assert not np.allclose(algo.action_values(net, obs), before)
+    np.testing.assert_allclose(values(target), before, rtol=1e-6)
+    assert not np.allclose(values(net), before)

@@ -15,7 +15,7 @@ def test_items_are_one_unroll_per_environment_with_true_next_observations():
     rollout = Rollout(obs=obs, actions=np.ones((T, B), np.int64), rewards=np.ones((T, B), np.float32),
                       terminated=np.zeros((T, B), bool), truncated=np.zeros((T, B), bool), next_obs=obs + 100,
                       extras={"logp": np.full((T, B), -0.5, np.float32)})
-    items = ppo.make_items(rollout, T, ppo.Args())
+    items = ppo.make_items(rollout, ppo.Args())
     assert items["obs"].shape == (B, T, 4) and items["action"].dtype == np.int64
     np.testing.assert_array_equal(items["obs"][1, 2], obs[2, 1])
     np.testing.assert_array_equal(items["next_obs"][0, 0], obs[0, 0] + 100)
@@ -24,8 +24,8 @@ def test_items_are_one_unroll_per_environment_with_true_next_observations():
 def test_continuous_actions_are_clipped_for_the_env_but_stored_raw():
     space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
     net = ppo.make_policy(gym.spaces.Box(-1, 1, (3,)), space, ppo.Args(log_std_init=2.0))
-    state = ppo.init_actor(0, 1, 64, ppo.Args(), seed=0)
-    env_action, extras = ppo.act(net, np.zeros((64, 3), np.float32), state, ppo.Args())
+    core = ppo.PolicySampling(ppo.Args(), 0, 1, 64, seed=0)
+    env_action, _, extras = core.act(net, np.zeros((64, 3), np.float32), {}, np.zeros(64, bool))
     assert np.all(np.abs(env_action) <= 1.0) and np.any(np.abs(extras["raw_action"]) > 1.0)
     dist = net.distribution(torch.zeros(64, 3))
     np.testing.assert_allclose(net.log_prob(dist, torch.as_tensor(extras["raw_action"])).detach().numpy(),
@@ -75,9 +75,9 @@ def test_gsde_noise_is_held_for_sde_sample_freq_steps_and_matches_its_variance()
     space = gym.spaces.Box(-10.0, 10.0, (2,), np.float32)
     args = ppo.Args(use_sde=True, sde_sample_freq=3, log_std_init=-1.0)
     net = ppo.make_policy(gym.spaces.Box(-1, 1, (3,)), space, args)
-    state = ppo.init_actor(0, 1, 2, args, seed=0)
+    core = ppo.PolicySampling(args, 0, 1, 2, seed=0)
     obs = np.random.default_rng(0).normal(size=(2, 3)).astype(np.float32)
-    actions = [ppo.act(net, obs, state, args)[0] for _ in range(4)]
+    actions = [core.act(net, obs, {}, np.zeros(2, bool))[0] for _ in range(4)]
     np.testing.assert_allclose(actions[0], actions[2])  # same observation, same exploration weights
     assert not np.allclose(actions[2], actions[3])  # resampled at step 3
     with torch.no_grad():

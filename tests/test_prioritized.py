@@ -100,7 +100,8 @@ def test_apex_initial_priorities_are_n_step_td_errors_by_hand():
                       next_obs=np.zeros((L, B, 1), np.float32),
                       extras={"q_taken": np.array([[1.0], [2.0], [0.0], [0.0]], np.float32),
                               "q_max": np.array([[0.0], [0.0], [10.0], [20.0]], np.float32)})
-    items = apex.make_items(rollout, T, args)
+    rollout.num_steps = T  # the last n_step steps are history after the segment
+    items = apex.make_items(rollout, args)
     # t=0: 1 + 0.5*2 + 0.25 * maxQ(s_2)=10 -> 4.5, minus Q=1 -> 3.5; t=1: 2 + 0.5*4 + 0.25*20 = 9, minus 2 -> 7
     np.testing.assert_allclose(items["_priority"], np.array([3.5, 7.0]) + 1e-3, rtol=1e-6)
     assert apex.sample_options(args, 0)["beta"] == pytest.approx(0.4)

@@ -1,0 +1,236 @@
+"""R2D2: recurrent experience replay in distributed reinforcement learning.
+
+A dueling Q-network with an LSTM. Actors explore with Ape-X epsilons (algorithms/dqn.py) and keep
+the LSTM state from step to step (reset where an episode starts). One item per environment and
+segment is a fixed-length sequence: a burn-in prefix, then `sequence_length` steps to train on
+(ending where the segment ends, so consecutive sequences overlap by sequence_length minus the
+segment length), then n_step - 1 steps for the last targets, with the LSTM state the actor had at
+the sequence's first step. The learner starts both networks from that stored state, runs the
+burn-in without gradients to rebuild the state, and trains on n-step double-Q targets under the
+invertible value rescaling h. Sequences are replayed with priority
+eta * max |TD| + (1 - eta) * mean |TD| (new ones get the largest priority so far) and importance
+weights; the target network is copied every target_update_every updates.
+References: Kapturowski et al. 2019 (R2D2); Pohlen et al. 2018 (value rescaling h);
+Horgan et al. 2018 (Ape-X epsilons, prioritized replay).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from qrl import ops
+from qrl.algorithm import Agent, History, LearnerBase, Rollout, replay_table
+from qrl.algorithms import apex, dqn
+
+
+@dataclass(frozen=True)
+class Args:
+    hidden: int = 64
+    """Width of the linear layer before the LSTM."""
+    lstm: int = 128
+    """Hidden size of the LSTM."""
+    dueling: bool = True
+    double: bool = True
+    burn_in: int = 40
+    """Steps before each training sequence that only rebuild the LSTM state (no gradient)."""
+    sequence_length: int = 80
+    """Steps of each sequence that are trained on. Sequences end where segments end, so with
+    run.segment_length 40 consecutive ones overlap by 40; segment_length may not exceed this."""
+    n_step: int = 5
+    gamma: float = 0.997
+    lr: float = 1e-4
+    adam_eps: float = 1e-3
+    batch_size: int = 64
+    """Sequences per batch."""
+    buffer_size: int = 10_000
+    """Sequences the replay table holds."""
+    learning_starts: int = 64
+    """Sequences in the table before the first batch is served."""
+    samples_per_insert: float = 4.0
+    """Sequences sampled per sequence inserted, held by the broker's rate limiter (0: unlimited)."""
+    target_update_every: int = 2_500
+    """Copy the online network to the target network every this many updates."""
+    value_rescale: bool = True
+    """Train on h(n-step return + discount * h^-1(Q target)) instead of the plain target."""
+    rescale_eps: float = 1e-3
+    max_grad_norm: float = 40.0
+    priority_eta: float = 0.9
+    """A sequence's priority: eta * max |TD| + (1 - eta) * mean |TD| over its trained steps."""
+    priority_exponent: float = 0.9
+    importance_exponent: float = 0.6
+    """beta at the start; annealed linearly to 1 over importance_anneal_updates learner updates."""
+    importance_anneal_updates: int = 20_000
+    eps_base: float = 0.4
+    eps_alpha: float = 7.0
+    """Actor i of N explores with eps_base ** (1 + eps_alpha * i / (N - 1))."""
+    eps_anneal_frames: int = 10_000
+
+
+def table_config(args: Args):
+    return replay_table(args, args.samples_per_insert, sampler="prioritized",
+                        priority_exponent=args.priority_exponent)
+
+
+# -- network ----------------------------------------------------------------------------------
+
+class RecurrentQNetwork(nn.Module):
+    def __init__(self, obs_dim: int, num_actions: int, args: Args):
+        super().__init__()
+        self.torso = nn.Sequential(nn.Linear(obs_dim, args.hidden), nn.ReLU())
+        self.lstm = nn.LSTMCell(args.hidden, args.lstm)
+        self.advantage = nn.Linear(args.lstm, num_actions)
+        self.value = nn.Linear(args.lstm, 1) if args.dueling else None
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:  # [..., lstm] -> [..., num_actions]
+        adv = self.advantage(h)
+        if self.value is None:
+            return adv
+        return self.value(h) + adv - adv.mean(dim=-1, keepdim=True)
+
+    def unroll(self, obs: torch.Tensor, h: torch.Tensor, c: torch.Tensor, episode_start: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """[T, N, *obs_shape] from the state (h, c) [N, lstm] -> hidden and cell states after each step."""
+        x = self.torso(obs.flatten(2).float())
+        return ops.lstm_unroll(self.lstm, x, h, c, episode_start)
+
+    def step_from(self, obs: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Q values of [M, *obs_shape] observations, each from its own state [M, lstm] (no reset)."""
+        h, _ = self.lstm(self.torso(obs.flatten(1).float()), (h, c))
+        return self.head(h)
+
+
+def make_policy(obs_space: gym.Space, action_space: gym.Space, args: Args) -> RecurrentQNetwork:
+    if not isinstance(action_space, gym.spaces.Discrete):
+        raise ValueError(f"r2d2 needs a discrete action space, got {action_space}")
+    return RecurrentQNetwork(int(np.prod(obs_space.shape)), int(action_space.n), args)
+
+
+# -- actor side -------------------------------------------------------------------------------
+
+def history(args: Args) -> History:
+    # The burn-in and a whole sequence before the segment: the item starts T steps into them
+    # (T, the segment length, is the rollout's), so its trained steps end with the segment.
+    return History(before=args.burn_in + args.sequence_length, after=args.n_step - 1)
+
+
+class RecurrentEpsilonGreedy(dqn.EpsilonGreedy):
+    """DQN's Ape-X epsilon-greedy exploration over the recurrent Q values; the state is the LSTM's."""
+
+    def initial_state(self, num_envs: int) -> dict[str, np.ndarray]:
+        zeros = np.zeros((num_envs, self.args.lstm), np.float32)
+        return {"h": zeros, "c": zeros.copy()}
+
+    def action_values(self, net: RecurrentQNetwork, obs, state, episode_start):
+        with torch.inference_mode():
+            hs, cs = net.unroll(torch.as_tensor(obs)[None], torch.as_tensor(state["h"]), torch.as_tensor(state["c"]),
+                                torch.as_tensor(episode_start)[None])
+            return net.head(hs[0]).numpy(), {"h": hs[0].numpy(), "c": cs[0].numpy()}
+
+
+def make_items(rollout: Rollout, args: Args) -> dict[str, np.ndarray]:
+    """One sequence per environment: burn-in + sequence_length + n_step - 1 steps ending n_step - 1
+    steps after the segment, its n-step returns, and the LSTM state at its first step.
+
+    The rollout holds burn_in + sequence_length steps before the segment's T own steps; the item
+    starts T steps into them, so its trained steps are the sequence_length steps that end with the
+    segment."""
+    T = rollout.num_steps
+    if T > args.sequence_length:
+        raise ValueError(f"r2d2 trains on sequences of algo.sequence_length={args.sequence_length} steps that end "
+                         f"where segments end: run.segment_length={T} would leave steps untrained")
+    skip = rollout.before - args.burn_in - args.sequence_length + T  # == T
+    B, m, n = args.burn_in, args.sequence_length, args.n_step
+    window = slice(skip, skip + B + m + n - 1)
+    trained = slice(skip + B, skip + B + m + n - 1)
+    returns, discounts, last = ops.nstep_targets(rollout.rewards[trained], rollout.terminated[trained],
+                                                 rollout.truncated[trained], args.gamma, n, m)
+    per_env = lambda x: np.ascontiguousarray(np.swapaxes(x, 0, 1))  # time-major [L, B] -> [B, L]
+    return {
+        "obs": per_env(rollout.obs[window]),
+        "action": per_env(rollout.actions[window]).astype(np.int64),
+        "episode_start": per_env(rollout.episode_start[window]),
+        "next_obs": per_env(rollout.next_obs[trained]),  # bootstrap observations of the trained steps
+        "return": per_env(returns).astype(np.float32),
+        "discount": per_env(discounts).astype(np.float32),
+        "bootstrap": per_env(last).astype(np.int64),  # index into next_obs of each target's bootstrap
+        "valid": per_env(rollout.valid[skip + B:skip + B + m]),
+        "h": np.ascontiguousarray(rollout.states["h"][skip]),
+        "c": np.ascontiguousarray(rollout.states["c"][skip]),
+    }
+
+
+# -- learner side -----------------------------------------------------------------------------
+
+class Learner(LearnerBase):
+    checkpointed = ("net", "target", "optimizer")
+
+    def __init__(self, obs_space: gym.Space, action_space: gym.Space, args: Args, device: torch.device):
+        super().__init__(args, device)
+        self.net = make_policy(obs_space, action_space, args).to(device)
+        self.target = make_policy(obs_space, action_space, args).to(device)
+        self.target.load_state_dict(self.net.state_dict())
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=args.lr, eps=args.adam_eps)
+
+    def update(self, batch: dict[str, np.ndarray]) -> dict[str, object]:
+        a = self.args
+        t = self.tensors(batch)
+        B, m = a.burn_in, a.sequence_length
+        time_major = lambda x: x.transpose(0, 1)
+        obs, start = time_major(t["obs"]), time_major(t["episode_start"])
+        with torch.no_grad():  # burn-in: rebuild the state the online net has at the first trained step
+            h, c = t["h"], t["c"]
+            if B:
+                hs, cs = self.net.unroll(obs[:B], h, c, start[:B])
+                h, c = hs[-1], cs[-1]
+            target_hs, target_cs = self.target.unroll(obs, t["h"], t["c"], start)
+        hs, cs = self.net.unroll(obs[B:], h, c, start[B:])  # [m + n - 1, N, lstm]
+        actions = time_major(t["action"])[B:B + m]
+        q = self.net.head(hs[:m]).gather(2, actions.unsqueeze(2)).squeeze(2)  # [m, N]
+
+        with torch.no_grad():  # n-step double-Q targets, bootstrapped from each step's true next observation
+            next_obs = time_major(t["next_obs"])  # [m + n - 1, N, ...]
+            S, N = next_obs.shape[:2]
+            flat = lambda x: x.reshape((S * N,) + x.shape[2:])
+            q_next_online = self.net.step_from(flat(next_obs), flat(hs.detach()), flat(cs.detach())).reshape(S, N, -1)
+            q_next_target = self.target.step_from(flat(next_obs), flat(target_hs[B:]), flat(target_cs[B:])
+                                                  ).reshape(S, N, -1)
+            boot = time_major(t["bootstrap"])  # [m, N] index into the S steps
+            envs = torch.arange(N, device=self.device).expand(m, N)
+            online_at, target_at = q_next_online[boot, envs], q_next_target[boot, envs]  # [m, N, A]
+            best = online_at.argmax(dim=2, keepdim=True) if a.double else target_at.argmax(dim=2, keepdim=True)
+            q_next = target_at.gather(2, best).squeeze(2)
+            returns, discounts = time_major(t["return"]), time_major(t["discount"])
+            if a.value_rescale:
+                y = ops.value_rescale(returns + discounts * ops.inverse_value_rescale(q_next, a.rescale_eps),
+                                      a.rescale_eps)
+            else:
+                y = returns + discounts * q_next
+
+        valid = time_major(t["valid"]).float()
+        td = y - q
+        per_sequence = 0.5 * (td ** 2 * valid).sum(0) / valid.sum(0).clamp(min=1)  # [N]
+        loss = per_sequence.mean() if t.weight is None else (per_sequence * t.weight).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if a.max_grad_norm > 0:
+            nn.utils.clip_grad_norm_(self.net.parameters(), a.max_grad_norm)
+        self.optimizer.step()
+        self.updates += 1
+        if self.updates % a.target_update_every == 0:
+            self.target.load_state_dict(self.net.state_dict())
+        td_abs = td.detach().abs().T  # [N, m]
+        metrics = {"loss": loss.item(), "q_mean": q.mean().item()}
+        if t.weight is not None:
+            priorities = ops.sequence_priority(td_abs, valid.T, a.priority_eta)
+            metrics["_priorities"] = priorities.cpu().numpy() + dqn.PRIORITY_FLOOR
+        return metrics
+
+
+AGENT = Agent(name="r2d2", Args=Args, make_policy=make_policy, actor=RecurrentEpsilonGreedy, make_items=make_items,
+              Learner=Learner, table_config=table_config, history=history, run_defaults={"segment_length": 40},
+              sample_options=apex.sample_options)
