@@ -17,6 +17,7 @@ Raffin et al. 2021 (stable-baselines3, RecurrentPPO in sb3-contrib).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -341,6 +342,15 @@ class Learner(LearnerBase):
         return {"policy_loss": p, "value_loss": v, "entropy": e, "clip_fraction": c}
 
 
+@dataclass(frozen=True)
+class RecurrentArgs(Args):
+    """`rppo`: PPO with LSTMs by default, with sb3-contrib RecurrentPPO's defaults."""
+
+    lstm: int = 64
+    ortho_init: bool = False
+
+
 # run_defaults: one PPO iteration per learner update, and every update's weights go to the actors.
 AGENT = Agent(name="ppo", Args=Args, make_policy=make_policy, actor=PolicySampling, make_items=make_items,
               Learner=Learner, table_config=table_config, run_defaults={"publish_every": 1})
+RECURRENT_AGENT = dataclasses.replace(AGENT, name="rppo", Args=RecurrentArgs)

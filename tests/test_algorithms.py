@@ -26,7 +26,7 @@ SMOKE = [  # (algorithm, environment, extra overrides); continuous-action algori
     ("sac", "CartPole-v1", ["algo.learning_starts=256", "algo.hidden=[64, 64]"]),  # the discrete-action variant
     ("r2d2", "qrl/CartPoleNoVel-v1", ["algo.burn_in=4", "algo.sequence_length=8", "run.segment_length=8",
                                       "algo.learning_starts=16", "algo.batch_size=8", "algo.lstm=16"]),
-    ("ppo", "qrl/CartPoleNoVel-v1", ["algo.lstm=16", "run.segment_length=16"]),  # recurrent PPO
+    ("rppo", "qrl/CartPoleNoVel-v1", ["algo.lstm=16", "run.segment_length=16"]),  # recurrent PPO
     ("impala", "qrl/CartPoleNoVel-v1", ["algo.lstm=16", "run.segment_length=16"]),  # recurrent IMPALA
 ]
 
