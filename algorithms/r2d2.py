@@ -95,12 +95,12 @@ class RecurrentQNetwork(nn.Module):
     def unroll(self, obs: torch.Tensor, h: torch.Tensor, c: torch.Tensor, episode_start: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """[T, N, *obs_shape] from the state (h, c) [N, lstm] -> hidden and cell states after each step."""
-        x = self.torso(obs.flatten(2).float())
+        x = self.torso(obs.reshape(obs.shape[0], obs.shape[1], -1).float())
         return ops.lstm_unroll(self.lstm, x, h, c, episode_start)
 
     def step_from(self, obs: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """Q values of [M, *obs_shape] observations, each from its own state [M, lstm] (no reset)."""
-        h, _ = self.lstm(self.torso(obs.flatten(1).float()), (h, c))
+        h, _ = self.lstm(self.torso(obs.reshape(len(obs), -1).float()), (h, c))
         return self.head(h)
 
 

@@ -1,6 +1,10 @@
 """Learning checks: train a preset (configs/ALGO-ENV.yaml) for several seeds with `qrl run` and
 check each reaches rl-baselines3-zoo's published return within the zoo's step budget.
 
+Tasks that need memory (qrl/CartPoleNoVel-v1) also train the feed-forward preset of the same
+family on them, same seeds and budget (CONTRASTS): it must stay below the target, or the task
+would not show that memory is what makes the difference.
+
     make learn ALGO=apex ENV=CartPole-v1 [SEEDS=3]
     python scripts/learn.py --algo apex --env CartPole-v1 --seeds 3
 
@@ -48,14 +52,21 @@ TARGETS = {
 }
 
 
+# memory task -> the feed-forward preset (algo, env) trained on it for contrast
+CONTRASTS = {
+    ("rppo", "qrl/CartPoleNoVel-v1"): ("ppo", "CartPole-v1"),
+    ("r2d2", "qrl/CartPoleNoVel-v1"): ("dqn", "CartPole-v1"),
+}
+
+
 def preset(algo: str, env: str) -> Path:
     return ROOT / "configs" / f"{algo}-{env.replace('qrl/', '')}.yaml"
 
 
-def run_seed(algo: str, env: str, seed: int, target: float, budget: int, run_dir: Path) -> dict:
+def run_seed(config: Path, env: str, seed: int, target: float, budget: int, run_dir: Path) -> dict:
     t0 = time.monotonic()
     out = subprocess.run(
-        [sys.executable, "-m", "qrl", "run", "--config", str(preset(algo, env)), "--seed", str(seed),
+        [sys.executable, "-m", "qrl", "run", "--config", str(config), "--env", env, "--seed", str(seed),
          "--total-steps", str(budget), "--target-return", str(target), "--run-dir", str(run_dir), "--no-progress"],
         capture_output=True, text=True, timeout=1800)
     wall = time.monotonic() - t0
@@ -79,19 +90,32 @@ def main() -> int:
               + ", ".join(f"{x} {e}" for x, e in TARGETS), file=sys.stderr)
         return 2
     target, budget = TARGETS[(a.algo, a.env)]
-    results = []
+    results, contrast = [], []
+    feed_forward = CONTRASTS.get((a.algo, a.env))
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(a.seeds):
-            r = run_seed(a.algo, a.env, seed, target, budget, Path(tmp) / f"seed{seed}")
+            r = run_seed(preset(a.algo, a.env), a.env, seed, target, budget, Path(tmp) / f"seed{seed}")
             results.append(r)
             print(f"{a.algo} {a.env} seed {seed}: " + ("reached" if r["ok"] else "MISSED")
                   + f" {target} " + json.dumps({k: v for k, v in r.items() if k not in ("seed", "ok")}), flush=True)
+        for seed in range(a.seeds if feed_forward else 0):
+            r = run_seed(preset(*feed_forward), a.env, seed, target, budget, Path(tmp) / f"contrast{seed}")
+            contrast.append(r)
+            print(f"contrast: feed-forward {preset(*feed_forward).name} on {a.env} seed {seed}: "
+                  + ("reached (the task did not need memory)" if r["ok"] else "stayed below")
+                  + f" {target} " + json.dumps({k: v for k, v in r.items() if k not in ("seed", "ok")}), flush=True)
     ok = sum(r["ok"] for r in results)
     print(f"{a.algo} {a.env}: {ok} of {len(results)} seeds reached {target} within {budget:,} env steps")
-    save_results(f"learn-{a.algo}-{a.env.replace('/', '-')}", {
-        "algo": a.algo, "env": a.env, "preset": str(preset(a.algo, a.env).relative_to(ROOT)), "target": target,
-        "budget": budget, "seeds": len(results), "reached": ok, "results": results, "quick": len(results) < 3})
-    return 0 if ok == len(results) else 1
+    record = {"algo": a.algo, "env": a.env, "preset": str(preset(a.algo, a.env).relative_to(ROOT)), "target": target,
+              "budget": budget, "seeds": len(results), "reached": ok, "results": results, "quick": len(results) < 3}
+    if feed_forward:
+        best = [r.get("best") for r in contrast]
+        print(f"contrast: feed-forward {preset(*feed_forward).name} on {a.env}: best evaluations {best} "
+              f"within {budget:,} env steps")
+        record["contrast"] = {"preset": str(preset(*feed_forward).relative_to(ROOT)), "results": contrast,
+                              "reached": sum(r["ok"] for r in contrast)}
+    save_results(f"learn-{a.algo}-{a.env.replace('/', '-')}", record)
+    return 0 if ok == len(results) and not any(r["ok"] for r in contrast) else 1
 
 
 if __name__ == "__main__":

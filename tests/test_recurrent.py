@@ -142,3 +142,33 @@ def test_mask_velocity_hides_cartpole_velocities():
     np.testing.assert_allclose(obs[[0, 2]], full_obs[[0, 2]])  # position and angle stay
     with pytest.raises(ValueError, match="MaskVelocity knows no velocity components of"):
         envs.make_env("qrl/Grid-v0", wrappers=["MaskVelocity"])
+
+
+def r2d2_checkpoint(run_dir, env_id: str):
+    """A checkpoint as the learner writes it, of an untrained R2D2 (seeded random weights)."""
+    import dataclasses
+    import json
+
+    from qrl import checkpoint
+    from qrl.config import RunConfig, to_dict
+
+    args = r2d2.Args(lstm=8, hidden=8)
+    obs_space, action_space = envs.spaces(env_id)
+    torch.manual_seed(3)
+    learner = r2d2.Learner(obs_space, action_space, args, torch.device("cpu"))
+    config = {"algo": "r2d2", "env": env_id, "run": to_dict(RunConfig()), "args": dataclasses.asdict(args)}
+    run_dir.mkdir()
+    return checkpoint.save(run_dir, {"learner": learner.state_dict(), "config": json.dumps(config)})
+
+
+def test_a_recurrent_policy_plays_the_same_episodes_in_every_evaluation_path(tmp_path):
+    from qrl import evaluation
+
+    ckpt = r2d2_checkpoint(tmp_path / "cartpole", "qrl/CartPoleNoVel-v1")
+    vector = evaluation.evaluate(ckpt, episodes=3, seed=5)  # one vector env, as the learner evaluates
+    played = evaluation.evaluate(ckpt, episodes=3, seed=5, gif=tmp_path / "episode.gif")  # one env at a time
+    assert vector["returns"] == played["returns"] and (tmp_path / "episode.gif").stat().st_size > 0
+    lines = []
+    grid = r2d2_checkpoint(tmp_path / "grid", "qrl/Grid-v0")
+    evaluation.evaluate(grid, episodes=1, render="terminal", out=lines.append)
+    assert all(("up " in line and "left " in line) for line in lines[:-1])  # each step: every action's value
