@@ -54,6 +54,11 @@ class Args:
     """Actor i of N explores with eps_base ** (1 + eps_alpha * i / (N - 1))."""
     eps_anneal_frames: int = 10_000
     """Each actor starts at epsilon 1 and anneals to its own epsilon over this many of its frames."""
+    atoms: int = 0
+    """Distributional (C51): atoms of the categorical return distribution on [v_min, v_max]
+    (0: learn expected values only)."""
+    v_min: float = -10.0
+    v_max: float = 10.0
 
 
 def table_config(args: Args) -> TableConfig:
@@ -76,7 +81,11 @@ def nature_cnn(in_channels: int, hidden: int) -> nn.Sequential:
 
 
 class QNetwork(nn.Module):
-    def __init__(self, obs_shape: tuple[int, ...], num_actions: int, hidden: int, dueling: bool):
+    """Q values from a torso and a (dueling) head; with atoms > 0 the head gives, for each action,
+    the logits of a categorical return distribution on a fixed support (C51), and Q is its mean."""
+
+    def __init__(self, obs_shape: tuple[int, ...], num_actions: int, hidden: int, dueling: bool, atoms: int = 0,
+                 v_min: float = -10.0, v_max: float = 10.0):
         super().__init__()
         self.image = len(obs_shape) == 3  # [C, H, W] frames (Atari): a CNN on pixels scaled to [0, 1]
         if self.image:
@@ -84,16 +93,35 @@ class QNetwork(nn.Module):
         else:
             obs_dim = int(np.prod(obs_shape))
             self.torso = nn.Sequential(nn.Linear(obs_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
-        self.dueling = dueling
-        self.advantage = nn.Linear(hidden, num_actions)
-        self.value = nn.Linear(hidden, 1) if dueling else None
+        self.dueling, self.num_actions, self.atoms = dueling, num_actions, atoms
+        outputs = max(atoms, 1)
+        self.advantage = nn.Linear(hidden, num_actions * outputs)
+        self.value = nn.Linear(hidden, outputs) if dueling else None
+        if atoms:
+            if not v_min < v_max:
+                raise ValueError(f"algo.v_min must be below algo.v_max, got {v_min} and {v_max}")
+            self.register_buffer("support", torch.linspace(v_min, v_max, atoms))
 
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:  # [B, *obs_shape] -> [B, num_actions]
-        h = self.torso(obs.float() / 255.0) if self.image else self.torso(obs.flatten(1).float())
-        adv = self.advantage(h)
+    def head(self, h, xp=torch):
+        """The dueling combination of the head's outputs (torch tensors or, xp=np, numpy arrays):
+        [B, num_actions] Q values, or [B, num_actions, atoms] logits."""
+        shape = (len(h), self.num_actions) + ((self.atoms,) if self.atoms else ())
+        adv = self.advantage(h).reshape(shape)
         if self.value is None:
             return adv
-        return self.value(h) + adv - adv.mean(dim=1, keepdim=True)
+        value = self.value(h).reshape((len(h), 1) + shape[2:])
+        mean = adv.mean(axis=1, keepdims=True) if xp is np else adv.mean(dim=1, keepdim=True)
+        return value + adv - mean
+
+    def features(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.torso(obs.float() / 255.0) if self.image else self.torso(obs.flatten(1).float())
+
+    def dist_logits(self, obs: torch.Tensor) -> torch.Tensor:  # [B, *obs_shape] -> [B, num_actions, atoms]
+        return self.head(self.features(obs))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:  # [B, *obs_shape] -> [B, num_actions]
+        out = self.head(self.features(obs))
+        return (torch.softmax(out, dim=2) * self.support).sum(2) if self.atoms else out
 
     def q_values(self, obs: np.ndarray) -> np.ndarray:
         """forward() on a numpy batch: in numpy for an MLP (see qrl/numpy_mlp.py), else in torch."""
@@ -104,14 +132,28 @@ class QNetwork(nn.Module):
                 return self(torch.as_tensor(obs)).numpy()
         torso, advantage, *value = parts
         h = torso(obs)
-        adv = advantage(h)
-        return adv if not value else value[0](h) + adv - adv.mean(axis=1, keepdims=True)
+        if not self.atoms:  # the hot path of every dqn/apex actor step: no reshapes
+            adv = advantage(h)
+            return adv if not value else value[0](h) + adv - adv.mean(axis=1, keepdims=True)
+        out = _NumpyHead(self, advantage, value[0] if value else None).head(h, xp=np)
+        p = np.exp(out - out.max(axis=2, keepdims=True))
+        return (p * self.support.numpy()).sum(2) / p.sum(2)
+
+
+class _NumpyHead:
+    """QNetwork.head on compiled numpy layers."""
+
+    def __init__(self, net: QNetwork, advantage, value):
+        self.num_actions, self.atoms, self.advantage, self.value = net.num_actions, net.atoms, advantage, value
+
+    head = QNetwork.head
 
 
 def make_policy(obs_space: gym.Space, action_space: gym.Space, args: Args) -> QNetwork:
     if not isinstance(action_space, gym.spaces.Discrete):
         raise ValueError(f"dqn needs a discrete action space, got {action_space}")
-    return QNetwork(tuple(obs_space.shape), int(action_space.n), args.hidden, args.dueling)
+    return QNetwork(tuple(obs_space.shape), int(action_space.n), args.hidden, args.dueling, args.atoms, args.v_min,
+                    args.v_max)
 
 
 # -- actor side -------------------------------------------------------------------------------
@@ -178,6 +220,30 @@ class Learner(LearnerBase):
     def update(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         a = self.args
         t = self.tensors(batch)
+        if a.atoms:
+            per_item, q, td = self._distributional_loss(t)
+        else:
+            per_item, q, td = self._expected_value_loss(t)
+        # prioritized replay: importance weights correct the sampling bias
+        loss = per_item.mean() if t.weight is None else (per_item * t.weight).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if a.max_grad_norm > 0:
+            nn.utils.clip_grad_norm_(self.net.parameters(), a.max_grad_norm)
+        self.optimizer.step()
+        self.updates += 1
+        if a.target_tau < 1.0:
+            ops.polyak_update(self.target.parameters(), self.net.parameters(), a.target_tau)
+        elif self.updates % a.target_update_every == 0:
+            self.target.load_state_dict(self.net.state_dict())
+        metrics = {"loss": loss.item(), "q_mean": q.mean().item()}
+        if t.weight is not None:  # new priorities for the sampled items (+ a floor so none starves)
+            metrics["_priorities"] = td.detach().abs().cpu().numpy() + PRIORITY_FLOOR
+        return metrics
+
+    def _expected_value_loss(self, t):
+        """Per-item Huber (or squared) TD loss toward return + discount * Q_target(next, a*); the TD errors."""
+        a = self.args
         n = len(t["obs"])
         if a.double:  # one forward pass of the online net over obs and next_obs together
             q_all = self.net(torch.cat([t["obs"], t["next_obs"]]))
@@ -193,22 +259,27 @@ class Learner(LearnerBase):
                 q_next = q_next_target.max(dim=1).values
             td_target = t["return"] + t["discount"] * q_next  # discount already holds gamma^k and termination
         per_item = (F.smooth_l1_loss if a.huber else F.mse_loss)(q, td_target, reduction="none")
-        # prioritized replay: importance weights correct the sampling bias
-        loss = per_item.mean() if t.weight is None else (per_item * t.weight).mean()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if a.max_grad_norm > 0:
-            nn.utils.clip_grad_norm_(self.net.parameters(), a.max_grad_norm)
-        self.optimizer.step()
-        self.updates += 1
-        if a.target_tau < 1.0:
-            ops.polyak_update(self.target.parameters(), self.net.parameters(), a.target_tau)
-        elif self.updates % a.target_update_every == 0:
-            self.target.load_state_dict(self.net.state_dict())
-        metrics = {"loss": loss.item(), "q_mean": q.mean().item()}
-        if t.weight is not None:  # new priorities for the sampled items: |TD error| (+ a floor so none starves)
-            metrics["_priorities"] = (td_target - q).detach().abs().cpu().numpy() + PRIORITY_FLOOR
-        return metrics
+        return per_item, q, td_target - q
+
+    def _distributional_loss(self, t):
+        """C51: cross-entropy between the projected target distribution and the predicted one; the
+        cross-entropy also serves as the priority (as Rainbow's KL)."""
+        a = self.args
+        n = len(t["obs"])
+        support = self.net.support
+        logits = self.net.dist_logits(torch.cat([t["obs"], t["next_obs"]]) if a.double else t["obs"])
+        taken = logits[torch.arange(n, device=self.device), t["action"]]  # [B, atoms]
+        log_p = F.log_softmax(taken, dim=1)
+        with torch.no_grad():
+            target_probs = torch.softmax(self.target.dist_logits(t["next_obs"]), dim=2)  # [B, A, atoms]
+            chooser = torch.softmax(logits[n:], dim=2) if a.double else target_probs
+            best_next = (chooser * support).sum(2).argmax(dim=1)
+            projected = ops.categorical_projection(t["return"], t["discount"],
+                                                   target_probs[torch.arange(n, device=self.device), best_next],
+                                                   support)
+        per_item = -(projected * log_p).sum(1)
+        q = (log_p.exp() * support).sum(1)
+        return per_item, q, per_item
 
 
 AGENT = Agent(name="dqn", Args=Args, make_policy=make_policy, actor=EpsilonGreedy, make_items=make_items,

@@ -178,3 +178,26 @@ def _lib(x):
     import torch
 
     return torch
+
+
+def categorical_projection(returns, discounts, probs, support):
+    """C51's target: the distribution of returns + discounts * Z, Z ~ probs on `support` (evenly
+    spaced atoms), projected back onto the support: each shifted atom's mass is split between its
+    two neighbours in proportion to closeness; atoms beyond the ends go to the end atoms
+    (torch tensors: returns, discounts [B], probs [B, atoms], support [atoms]). Bellemare et al. 2017,
+    algorithm 1."""
+    import torch
+
+    atoms = len(support)
+    v_min, v_max = support[0], support[-1]
+    delta = (v_max - v_min) / (atoms - 1)
+    shifted = (returns.unsqueeze(1) + discounts.unsqueeze(1) * support).clamp(v_min, v_max)
+    b = (shifted - v_min) / delta  # fractional atom index, [B, atoms]
+    lower, upper = b.floor().long().clamp(0, atoms - 1), b.ceil().long().clamp(0, atoms - 1)
+    # all the mass to `lower` when b lands exactly on an atom (lower == upper)
+    to_lower = probs * (upper.to(probs.dtype) - b + (lower == upper).to(probs.dtype))
+    to_upper = probs * (b - lower.to(probs.dtype))
+    target = torch.zeros_like(probs)
+    target.scatter_add_(1, lower, to_lower)
+    target.scatter_add_(1, upper, to_upper)
+    return target

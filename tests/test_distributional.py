@@ -1,0 +1,43 @@
+"""C51 by hand: the projected target distribution on a small support (terminal transitions, atoms
+landing between and exactly on atoms, values beyond the support), and a learner step that moves
+the predicted distribution toward the target."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from qrl import ops
+from qrl.algorithms import c51
+
+SUPPORT = torch.tensor([-1.0, 0.0, 1.0])  # three atoms, 1 apart
+
+
+@pytest.mark.parametrize("ret, discount, probs, expected", [
+    (0.5, 0.0, [0.2, 0.3, 0.5], [0.0, 0.5, 0.5]),  # terminal: all mass at 0.5, split between 0 and 1
+    (0.0, 1.0, [0.2, 0.3, 0.5], [0.2, 0.3, 0.5]),  # r + Z = Z: every atom lands on itself
+    (5.0, 0.0, [0.2, 0.3, 0.5], [0.0, 0.0, 1.0]),  # beyond v_max: all to the last atom
+    (-3.0, 0.5, [0.2, 0.3, 0.5], [1.0, 0.0, 0.0]),  # -3.5, -3, -2.5: all below v_min
+    (0.5, 0.5, [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]),  # 0.5 + 0.5 * -1 = 0, exactly on an atom
+    # 0.25 + 0.5 z: -0.25 (0.75 to atom 0, 0.25 to atom -1), 0.25 (0.75 to 0, 0.25 to 1), 0.75 (0.25 to 0, 0.75 to 1)
+    (0.25, 0.5, [0.2, 0.3, 0.5], [0.05, 0.15 + 0.225 + 0.125, 0.075 + 0.375]),
+])
+def test_the_categorical_projection_by_hand(ret, discount, probs, expected):
+    out = ops.categorical_projection(torch.tensor([ret]), torch.tensor([discount]), torch.tensor([probs]), SUPPORT)
+    torch.testing.assert_close(out[0], torch.tensor(expected))
+    assert out.sum().item() == pytest.approx(1.0)
+
+
+def test_a_c51_update_moves_the_distribution_toward_the_target():
+    obs_space, action_space = gym.spaces.Box(-1, 1, (2,)), gym.spaces.Discrete(2)
+    args = c51.Args(atoms=11, v_min=-5.0, v_max=5.0, lr=1e-2, hidden=16, n_step=1)
+    learner = c51.AGENT.Learner(obs_space, action_space, args, torch.device("cpu"))
+    obs = np.zeros((32, 2), np.float32)
+    batch = {"obs": obs, "action": np.zeros(32, np.int64), "return": np.full(32, 3.0, np.float32),
+             "discount": np.zeros(32, np.float32), "next_obs": obs}
+    for _ in range(200):
+        learner.update(batch)
+    with torch.no_grad():
+        q = learner.net(torch.zeros(1, 2))[0, 0].item()
+        probs = torch.softmax(learner.net.dist_logits(torch.zeros(1, 2))[0, 0], dim=0)
+    assert q == pytest.approx(3.0, abs=0.1) and probs[8].item() > 0.9  # atom 8 of -5..5 is 3
