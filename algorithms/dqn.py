@@ -59,6 +59,11 @@ class Args:
     (0: learn expected values only)."""
     v_min: float = -10.0
     v_max: float = 10.0
+    quantiles: int = 0
+    """Distributional (QR-DQN): quantiles of the return distribution at fractions (2i + 1) / 2N,
+    learned with the quantile Huber loss (0: off; not together with atoms)."""
+    kappa: float = 1.0
+    """QR-DQN: the Huber loss's threshold."""
 
 
 def table_config(args: Args) -> TableConfig:
@@ -82,10 +87,11 @@ def nature_cnn(in_channels: int, hidden: int) -> nn.Sequential:
 
 class QNetwork(nn.Module):
     """Q values from a torso and a (dueling) head; with atoms > 0 the head gives, for each action,
-    the logits of a categorical return distribution on a fixed support (C51), and Q is its mean."""
+    the logits of a categorical return distribution on a fixed support (C51), with quantiles > 0
+    the return distribution's quantiles (QR-DQN); Q is the distribution's mean."""
 
     def __init__(self, obs_shape: tuple[int, ...], num_actions: int, hidden: int, dueling: bool, atoms: int = 0,
-                 v_min: float = -10.0, v_max: float = 10.0):
+                 v_min: float = -10.0, v_max: float = 10.0, quantiles: int = 0):
         super().__init__()
         self.image = len(obs_shape) == 3  # [C, H, W] frames (Atari): a CNN on pixels scaled to [0, 1]
         if self.image:
@@ -93,11 +99,14 @@ class QNetwork(nn.Module):
         else:
             obs_dim = int(np.prod(obs_shape))
             self.torso = nn.Sequential(nn.Linear(obs_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
-        self.dueling, self.num_actions, self.atoms = dueling, num_actions, atoms
-        outputs = max(atoms, 1)
+        if atoms and quantiles:
+            raise ValueError("algo.atoms (C51) and algo.quantiles (QR-DQN) are two distributional heads: set one")
+        # self.atoms: outputs per action beyond one (C51 atoms or QR-DQN quantiles)
+        self.dueling, self.num_actions, self.atoms, self.quantile = dueling, num_actions, atoms or quantiles, bool(quantiles)
+        outputs = max(self.atoms, 1)
         self.advantage = nn.Linear(hidden, num_actions * outputs)
         self.value = nn.Linear(hidden, outputs) if dueling else None
-        if atoms:
+        if atoms and not quantiles:
             if not v_min < v_max:
                 raise ValueError(f"algo.v_min must be below algo.v_max, got {v_min} and {v_max}")
             self.register_buffer("support", torch.linspace(v_min, v_max, atoms))
@@ -116,11 +125,14 @@ class QNetwork(nn.Module):
     def features(self, obs: torch.Tensor) -> torch.Tensor:
         return self.torso(obs.float() / 255.0) if self.image else self.torso(obs.flatten(1).float())
 
-    def dist_logits(self, obs: torch.Tensor) -> torch.Tensor:  # [B, *obs_shape] -> [B, num_actions, atoms]
+    def dist_logits(self, obs: torch.Tensor) -> torch.Tensor:
+        """[B, *obs_shape] -> [B, num_actions, atoms]: C51's logits, or QR-DQN's quantiles."""
         return self.head(self.features(obs))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:  # [B, *obs_shape] -> [B, num_actions]
         out = self.head(self.features(obs))
+        if self.quantile:
+            return out.mean(2)
         return (torch.softmax(out, dim=2) * self.support).sum(2) if self.atoms else out
 
     def q_values(self, obs: np.ndarray) -> np.ndarray:
@@ -136,6 +148,8 @@ class QNetwork(nn.Module):
             adv = advantage(h)
             return adv if not value else value[0](h) + adv - adv.mean(axis=1, keepdims=True)
         out = _NumpyHead(self, advantage, value[0] if value else None).head(h, xp=np)
+        if self.quantile:
+            return out.mean(axis=2)
         p = np.exp(out - out.max(axis=2, keepdims=True))
         return (p * self.support.numpy()).sum(2) / p.sum(2)
 
@@ -153,7 +167,7 @@ def make_policy(obs_space: gym.Space, action_space: gym.Space, args: Args) -> QN
     if not isinstance(action_space, gym.spaces.Discrete):
         raise ValueError(f"dqn needs a discrete action space, got {action_space}")
     return QNetwork(tuple(obs_space.shape), int(action_space.n), args.hidden, args.dueling, args.atoms, args.v_min,
-                    args.v_max)
+                    args.v_max, args.quantiles)
 
 
 # -- actor side -------------------------------------------------------------------------------
@@ -220,7 +234,9 @@ class Learner(LearnerBase):
     def update(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         a = self.args
         t = self.tensors(batch)
-        if a.atoms:
+        if a.quantiles:
+            per_item, q, td = self._quantile_loss(t)
+        elif a.atoms:
             per_item, q, td = self._distributional_loss(t)
         else:
             per_item, q, td = self._expected_value_loss(t)
@@ -280,6 +296,21 @@ class Learner(LearnerBase):
         per_item = -(projected * log_p).sum(1)
         q = (log_p.exp() * support).sum(1)
         return per_item, q, per_item
+
+    def _quantile_loss(self, t):
+        """QR-DQN: the quantile Huber loss between the taken action's quantiles and the target
+        quantiles return + discount * theta_target(next, a*); the loss also serves as the priority."""
+        a = self.args
+        n = len(t["obs"])
+        rows = torch.arange(n, device=self.device)
+        out = self.net.dist_logits(torch.cat([t["obs"], t["next_obs"]]) if a.double else t["obs"])
+        taken = out[rows, t["action"]]  # [B, N]
+        with torch.no_grad():
+            next_target = self.target.dist_logits(t["next_obs"])  # [B, A, N]
+            best_next = (out[n:] if a.double else next_target).mean(2).argmax(dim=1)
+            target = t["return"].unsqueeze(1) + t["discount"].unsqueeze(1) * next_target[rows, best_next]
+        per_item = ops.quantile_huber_loss(taken, target, a.kappa)
+        return per_item, taken.mean(1), per_item
 
 
 AGENT = Agent(name="dqn", Args=Args, make_policy=make_policy, actor=EpsilonGreedy, make_items=make_items,

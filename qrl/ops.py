@@ -201,3 +201,18 @@ def categorical_projection(returns, discounts, probs, support):
     target.scatter_add_(1, lower, to_lower)
     target.scatter_add_(1, upper, to_upper)
     return target
+
+
+def quantile_huber_loss(quantiles, targets, kappa: float = 1.0):
+    """QR-DQN's loss per item: predicted quantiles [B, N] at the midpoint fractions
+    tau_i = (2i + 1) / 2N against target samples [B, M]; for each pair the Huber loss of
+    u = target - prediction, weighted by |tau_i - 1{u < 0}| / kappa, averaged over the targets and
+    summed over the quantiles (torch tensors). Dabney et al. 2018, equation 10."""
+    import torch
+
+    n = quantiles.shape[1]
+    tau = (torch.arange(n, device=quantiles.device, dtype=quantiles.dtype) + 0.5) / n
+    u = targets.unsqueeze(1) - quantiles.unsqueeze(2)  # [B, N, M]
+    huber = torch.where(u.abs() <= kappa, 0.5 * u**2, kappa * (u.abs() - 0.5 * kappa))
+    weight = (tau.view(1, n, 1) - (u.detach() < 0).to(u.dtype)).abs()
+    return (weight * huber / kappa).mean(2).sum(1)

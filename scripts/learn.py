@@ -36,6 +36,7 @@ TARGETS = {
     ("dqn", "CartPole-v1"): (475.0, 50_000),
     ("apex", "CartPole-v1"): (475.0, 50_000),
     ("c51", "CartPole-v1"): (475.0, 50_000),
+    ("qrdqn", "CartPole-v1"): (475.0, 50_000),
     ("ql", "qrl/Grid-v0"): (0.9, 100_000),
     ("ppo", "CartPole-v1"): (500.0, 100_000),
     ("ppo", "Pendulum-v1"): (-200.0, 100_000),

@@ -17,6 +17,7 @@ SMOKE = [  # (algorithm, environment, extra overrides); continuous-action algori
     ("dqn", "CartPole-v1", ["algo.learning_starts=256"]),
     ("apex", "CartPole-v1", ["algo.learning_starts=256"]),
     ("c51", "CartPole-v1", ["algo.learning_starts=256", "algo.v_min=0", "algo.v_max=100"]),
+    ("qrdqn", "CartPole-v1", ["algo.learning_starts=256"]),
     ("ql", "qrl/Grid-v0", []),
     ("ppo", "CartPole-v1", []),
     ("ppo", "Pendulum-v1", ["run.sync_actors=true", "run.publish_every=1", "algo.batch_size=4", "algo.use_sde=true"]),

@@ -41,3 +41,35 @@ def test_a_c51_update_moves_the_distribution_toward_the_target():
         q = learner.net(torch.zeros(1, 2))[0, 0].item()
         probs = torch.softmax(learner.net.dist_logits(torch.zeros(1, 2))[0, 0], dim=0)
     assert q == pytest.approx(3.0, abs=0.1) and probs[8].item() > 0.9  # atom 8 of -5..5 is 3
+
+
+@pytest.mark.parametrize("quantiles, targets, expected", [
+    ([0.0], [1.0], 0.25),  # tau 0.5, u = 1: Huber 0.5, weight |0.5 - 0| = 0.5
+    ([0.0], [-2.0], 0.75),  # u = -2: Huber 1 * (2 - 0.5) = 1.5, weight |0.5 - 1| = 0.5
+    ([0.0, 0.0], [1.0], 0.5),  # taus 0.25 and 0.75, u = 1 for both: 0.25 * 0.5 + 0.75 * 0.5
+    ([0.0], [1.0, -2.0], 0.5),  # averaged over the target samples: (0.25 + 0.75) / 2
+])
+def test_the_quantile_huber_loss_by_hand(quantiles, targets, expected):
+    loss = ops.quantile_huber_loss(torch.tensor([quantiles]), torch.tensor([targets]), kappa=1.0)
+    assert loss.item() == pytest.approx(expected)
+
+
+def test_a_qrdqn_update_moves_the_quantiles_toward_the_target_distribution():
+    from qrl.algorithms import qrdqn
+
+    obs_space, action_space = gym.spaces.Box(-1, 1, (2,)), gym.spaces.Discrete(2)
+    args = qrdqn.Args(quantiles=4, lr=1e-2, hidden=16, n_step=1)
+    learner = qrdqn.AGENT.Learner(obs_space, action_space, args, torch.device("cpu"))
+    obs = np.zeros((64, 2), np.float32)
+    returns = np.tile(np.array([0.0, 4.0], np.float32), 32)  # returns 0 or 4, half each
+    batch = {"obs": obs, "action": np.zeros(64, np.int64), "return": returns,
+             "discount": np.zeros(64, np.float32), "next_obs": obs}
+    for _ in range(400):
+        learner.update(batch)
+    with torch.no_grad():
+        theta = learner.net.dist_logits(torch.zeros(1, 2))[0, 0]
+    # The quantile Huber loss (kappa 1) is minimal where 0.5 (1 - tau) theta = 0.5 tau for theta in
+    # (0, 1) (the quadratic part toward 0, the linear part toward 4): theta = tau / (1 - tau), and
+    # symmetrically 4 - (1 - tau) / tau near 4. Taus 1/8, 3/8, 5/8, 7/8: 1/7, 0.6, 3.4, 4 - 1/7.
+    np.testing.assert_allclose(theta.numpy(), [1 / 7, 0.6, 3.4, 4 - 1 / 7], atol=0.05)
+    assert learner.net(torch.zeros(1, 2))[0, 0].item() == pytest.approx(2.0, abs=0.05)
