@@ -240,14 +240,8 @@ class Learner(LearnerBase):
             per_item, q, td = self._distributional_loss(t)
         else:
             per_item, q, td = self._expected_value_loss(t)
-        # prioritized replay: importance weights correct the sampling bias
-        loss = per_item.mean() if t.weight is None else (per_item * t.weight).mean()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if a.max_grad_norm > 0:
-            nn.utils.clip_grad_norm_(self.net.parameters(), a.max_grad_norm)
-        self.optimizer.step()
-        self.updates += 1
+        loss = t.weighted_mean(per_item)  # importance weights correct prioritized sampling
+        self.minimize(loss, a.max_grad_norm)
         if a.target_tau < 1.0:
             ops.polyak_update(self.target.parameters(), self.net.parameters(), a.target_tau)
         elif self.updates % a.target_update_every == 0:

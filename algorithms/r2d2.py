@@ -214,13 +214,8 @@ class Learner(LearnerBase):
         valid = time_major(t["valid"]).float()
         td = y - q
         per_sequence = 0.5 * (td ** 2 * valid).sum(0) / valid.sum(0).clamp(min=1)  # [N]
-        loss = per_sequence.mean() if t.weight is None else (per_sequence * t.weight).mean()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if a.max_grad_norm > 0:
-            nn.utils.clip_grad_norm_(self.net.parameters(), a.max_grad_norm)
-        self.optimizer.step()
-        self.updates += 1
+        loss = t.weighted_mean(per_sequence)  # importance weights correct prioritized sampling
+        self.minimize(loss, a.max_grad_norm)
         if self.updates % a.target_update_every == 0:
             self.target.load_state_dict(self.net.state_dict())
         td_abs = td.detach().abs().T  # [N, m]

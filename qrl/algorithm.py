@@ -158,6 +158,10 @@ class Batch:
     def __getitem__(self, name: str) -> torch.Tensor:
         return self.fields[name]
 
+    def weighted_mean(self, per_item: torch.Tensor) -> torch.Tensor:
+        """The batch's loss: the mean over items, importance-weighted under prioritized replay."""
+        return per_item.mean() if self.weight is None else (per_item * self.weight).mean()
+
 
 class LearnerBase:
     """Weights export, batch to tensors and checkpoints for a learner whose networks, optimizers
@@ -176,6 +180,17 @@ class LearnerBase:
         fields = {k: torch.tensor(v, device=self.device) for k, v in batch.items() if not k.startswith("_")}
         weight = batch.get("_weight")
         return Batch(fields, None if weight is None else torch.tensor(weight, device=self.device))
+
+    def minimize(self, loss: torch.Tensor, max_grad_norm: float = 0.0) -> None:
+        """One optimizer step on `loss` for self.net (gradient norm clipped when > 0); counts the update."""
+        import torch
+
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), max_grad_norm)
+        self.optimizer.step()
+        self.updates += 1
 
     def policy_state(self) -> dict[str, np.ndarray]:
         # A copy, not a view: the frames are sent zero-copy after this returns, while the optimizer
