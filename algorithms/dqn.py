@@ -9,6 +9,7 @@ References: Mnih et al. 2015; van Hasselt et al. 2016 (double); Wang et al.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qrl import ops
+from qrl import layers, ops
 from qrl.algorithm import ActorCore, Agent, History, LearnerBase, Rollout, replay_table
 from qrl.brokers.tables import TableConfig
 from qrl.numpy_mlp import compile_mlp, numpy_twin
@@ -63,7 +64,32 @@ class Args:
     """Distributional (QR-DQN): quantiles of the return distribution at fractions (2i + 1) / 2N,
     learned with the quantile Huber loss (0: off; not together with atoms)."""
     kappa: float = 1.0
-    """QR-DQN: the Huber loss's threshold."""
+    """QR-DQN and IQN: the quantile Huber loss's threshold."""
+    iqn_n: int = 0
+    """Distributional (IQN): quantile fractions sampled per item for the online net (0: off; not
+    together with atoms or quantiles)."""
+    iqn_n_target: int = 32
+    """IQN: fractions sampled per item for the target."""
+    iqn_k: int = 32
+    """IQN: fractions Q is averaged over when acting (evenly spaced midpoints, so acting is deterministic)."""
+    iqn_embedding: int = 64
+    """IQN: cosines in the fraction embedding."""
+    iqn_cvar: float = 1.0
+    """IQN: act on fractions in (0, iqn_cvar]: 1 is risk-neutral, below 1 risk-averse (CVaR)."""
+    noisy: bool = False
+    """Noisy nets: factorized Gaussian noise layers explore instead of epsilon-greedy (actors draw new
+    noise per segment, the learner per update; evaluation uses the mean weights)."""
+    noisy_std: float = 0.5
+    """Noisy nets: sigma_0 of the noise scale's initialisation."""
+    munchausen: bool = False
+    """Munchausen RL: add alpha * clip(tau * log pi(a|s), log_policy_clip, 0) to the reward and bootstrap
+    from the soft value sum_a' pi(a'|s') (Q(s', a') - tau log pi(a'|s')), pi = softmax(Q_target / tau);
+    with Q values, QR-DQN or IQN (not C51); replaces double DQN."""
+    munchausen_alpha: float = 0.9
+    entropy_tau: float = 0.03
+    """Munchausen: temperature of the softmax policy."""
+    log_policy_clip: float = -1.0
+    """Munchausen: lower clip of the scaled log-policy bonus."""
 
 
 def table_config(args: Args) -> TableConfig:
@@ -75,41 +101,68 @@ PRIORITY_FLOOR = 1e-3
 
 # -- network ----------------------------------------------------------------------------------
 
-def nature_cnn(in_channels: int, hidden: int) -> nn.Sequential:
+def nature_cnn(in_channels: int, hidden: int, linear=nn.Linear) -> nn.Sequential:
     """The Atari torso of Mnih et al. 2015 for [C, 84, 84] stacked frames."""
     return nn.Sequential(
         nn.Conv2d(in_channels, 32, 8, stride=4), nn.ReLU(),
         nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
         nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
-        nn.Flatten(), nn.Linear(64 * 7 * 7, hidden), nn.ReLU(),
+        nn.Flatten(), linear(64 * 7 * 7, hidden), nn.ReLU(),
     )
 
 
-class QNetwork(nn.Module):
-    """Q values from a torso and a (dueling) head; with atoms > 0 the head gives, for each action,
-    the logits of a categorical return distribution on a fixed support (C51), with quantiles > 0
-    the return distribution's quantiles (QR-DQN); Q is the distribution's mean."""
+def check_args(args: Args) -> None:
+    """One line for combinations that have no meaning."""
+    heads = [name for name, on in (("atoms", args.atoms), ("quantiles", args.quantiles), ("iqn_n", args.iqn_n)) if on]
+    if len(heads) > 1:
+        raise ValueError(f"algo.{' and algo.'.join(heads)} are different distributional heads: set one")
+    if args.atoms and not args.v_min < args.v_max:
+        raise ValueError(f"algo.v_min must be below algo.v_max, got {args.v_min} and {args.v_max}")
+    if args.munchausen and args.atoms:
+        raise ValueError("algo.munchausen works with Q values, quantiles or iqn_n, not with atoms (C51)")
+    if args.munchausen and args.double:
+        raise ValueError("algo.munchausen bootstraps from a softmax policy, not double DQN's argmax: "
+                         "set algo.double=false")
+    if args.iqn_n and not 0 < args.iqn_cvar <= 1:
+        raise ValueError(f"algo.iqn_cvar must be in (0, 1], got {args.iqn_cvar}")
 
-    def __init__(self, obs_shape: tuple[int, ...], num_actions: int, hidden: int, dueling: bool, atoms: int = 0,
-                 v_min: float = -10.0, v_max: float = 10.0, quantiles: int = 0):
+
+class QNetwork(nn.Module):
+    """Q values from a torso and a (dueling) head. The head's outputs per action, by option:
+    one Q value; atoms > 0: the logits of a categorical return distribution on a fixed support
+    (C51); quantiles > 0: the return's quantiles at fixed fractions (QR-DQN); iqn_n > 0: the
+    return's quantile at any fraction tau, the torso's features multiplied by a cosine embedding of
+    tau before the last hidden layer (IQN). Q is the distribution's mean. noisy: the torso's last
+    layer and the head are noisy layers (the MLP's first layer, like the CNN's convolutions, stays
+    deterministic, as in Rainbow, where the fully connected layers are the noisy ones)."""
+
+    def __init__(self, obs_shape: tuple[int, ...], num_actions: int, args: Args):
         super().__init__()
+        check_args(args)
+        linear = functools.partial(layers.NoisyLinear, std_init=args.noisy_std) if args.noisy else nn.Linear
+        hidden = args.hidden
         self.image = len(obs_shape) == 3  # [C, H, W] frames (Atari): a CNN on pixels scaled to [0, 1]
         if self.image:
-            self.torso = nature_cnn(obs_shape[0], hidden)
+            self.torso = nature_cnn(obs_shape[0], hidden, linear)
         else:
-            obs_dim = int(np.prod(obs_shape))
-            self.torso = nn.Sequential(nn.Linear(obs_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
-        if atoms and quantiles:
-            raise ValueError("algo.atoms (C51) and algo.quantiles (QR-DQN) are two distributional heads: set one")
+            self.torso = nn.Sequential(nn.Linear(int(np.prod(obs_shape)), hidden), nn.ReLU(), linear(hidden, hidden),
+                                       nn.ReLU())
+        self.implicit = bool(args.iqn_n)
+        if self.implicit:  # the last hidden layer comes after the fraction embedding
+            *first, last, relu = self.torso
+            self.torso, self.mix = nn.Sequential(*first), nn.Sequential(last, relu)
+            self.embedding = layers.CosineEmbedding(args.iqn_embedding, last.in_features)
+            cvar, k = args.iqn_cvar, args.iqn_k
+            self.register_buffer("acting_taus", cvar * (torch.arange(k, dtype=torch.float32) + 0.5) / k,
+                                 persistent=False)
         # self.atoms: outputs per action beyond one (C51 atoms or QR-DQN quantiles)
-        self.dueling, self.num_actions, self.atoms, self.quantile = dueling, num_actions, atoms or quantiles, bool(quantiles)
+        self.dueling, self.num_actions = args.dueling, num_actions
+        self.atoms, self.quantile = args.atoms or args.quantiles, bool(args.quantiles)
         outputs = max(self.atoms, 1)
-        self.advantage = nn.Linear(hidden, num_actions * outputs)
-        self.value = nn.Linear(hidden, outputs) if dueling else None
-        if atoms and not quantiles:
-            if not v_min < v_max:
-                raise ValueError(f"algo.v_min must be below algo.v_max, got {v_min} and {v_max}")
-            self.register_buffer("support", torch.linspace(v_min, v_max, atoms))
+        self.advantage = linear(hidden, num_actions * outputs)
+        self.value = linear(hidden, outputs) if args.dueling else None
+        if args.atoms:
+            self.register_buffer("support", torch.linspace(args.v_min, args.v_max, args.atoms))
 
     def head(self, h, xp=torch):
         """The dueling combination of the head's outputs (torch tensors or, xp=np, numpy arrays):
@@ -125,11 +178,19 @@ class QNetwork(nn.Module):
     def features(self, obs: torch.Tensor) -> torch.Tensor:
         return self.torso(obs.float() / 255.0) if self.image else self.torso(obs.flatten(1).float())
 
-    def dist_logits(self, obs: torch.Tensor) -> torch.Tensor:
-        """[B, *obs_shape] -> [B, num_actions, atoms]: C51's logits, or QR-DQN's quantiles."""
-        return self.head(self.features(obs))
+    def distribution(self, obs: torch.Tensor, taus: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, *obs_shape] -> [B, num_actions, N]: C51's logits, QR-DQN's quantiles, or IQN's
+        quantiles at the fractions taus [B, N]."""
+        h = self.features(obs)
+        if not self.implicit:
+            return self.head(h)
+        B, N = taus.shape
+        mixed = self.mix((h.unsqueeze(1) * self.embedding(taus)).flatten(0, 1))  # [B * N, hidden]
+        return self.head(mixed).reshape(B, N, self.num_actions).transpose(1, 2)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:  # [B, *obs_shape] -> [B, num_actions]
+        if self.implicit:
+            return self.distribution(obs, self.acting_taus.expand(len(obs), -1)).mean(2)
         out = self.head(self.features(obs))
         if self.quantile:
             return out.mean(2)
@@ -137,9 +198,9 @@ class QNetwork(nn.Module):
 
     def q_values(self, obs: np.ndarray) -> np.ndarray:
         """forward() on a numpy batch: in numpy for an MLP (see qrl/numpy_mlp.py), else in torch."""
-        parts = numpy_twin(self, lambda: None if self.image else [
+        parts = numpy_twin(self, lambda: None if self.image or self.implicit else [
             compile_mlp(m) for m in (self.torso, self.advantage, self.value) if m is not None])
-        if parts is None or None in parts:
+        if parts is None or None in parts:  # CNNs, IQN and noisy layers keep torch
             with torch.inference_mode():
                 return self(torch.as_tensor(obs)).numpy()
         torso, advantage, *value = parts
@@ -166,8 +227,7 @@ class _NumpyHead:
 def make_policy(obs_space: gym.Space, action_space: gym.Space, args: Args) -> QNetwork:
     if not isinstance(action_space, gym.spaces.Discrete):
         raise ValueError(f"dqn needs a discrete action space, got {action_space}")
-    return QNetwork(tuple(obs_space.shape), int(action_space.n), args.hidden, args.dueling, args.atoms, args.v_min,
-                    args.v_max, args.quantiles)
+    return QNetwork(tuple(obs_space.shape), int(action_space.n), args)
 
 
 # -- actor side -------------------------------------------------------------------------------
@@ -178,18 +238,30 @@ def history(args: Args) -> History:
 
 class EpsilonGreedy(ActorCore):
     """Greedy in the Q values, else uniformly random: actor i of N anneals from epsilon 1 to its own
-    Ape-X epsilon over its first eps_anneal_frames frames."""
+    Ape-X epsilon over its first eps_anneal_frames frames. With noisy nets there is no epsilon:
+    each segment acts greedily under new noise, and evaluation under the mean weights."""
 
     def __init__(self, args: Args, index: int, count: int, num_envs: int, seed: int):
         super().__init__(args, index, count, num_envs, seed)
         self.epsilon = ops.apex_epsilon(index, count, args.eps_base, args.eps_alpha)
         self.rng = np.random.default_rng(seed)
+        self.noise = torch.Generator().manual_seed(seed) if args.noisy else None
         self.frames = 0
+
+    def begin_segment(self, net: QNetwork) -> None:
+        if self.noise is not None:
+            layers.sample_noise(net, self.noise)
 
     def action_values(self, net: QNetwork, obs, state, episode_start):
         return net.q_values(obs), state
 
+    def greedy(self, net: QNetwork, obs, state, episode_start):
+        with layers.mean_weights(net):
+            return super().greedy(net, obs, state, episode_start)
+
     def explore(self, actions: np.ndarray, num_actions: int) -> np.ndarray:
+        if self.noise is not None:
+            return actions
         eps = ops.linear_schedule(1.0, self.epsilon, self.args.eps_anneal_frames, self.frames)
         self.frames += len(actions)
         explore = self.rng.random(len(actions)) < eps
@@ -234,7 +306,9 @@ class Learner(LearnerBase):
     def update(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         a = self.args
         t = self.tensors(batch)
-        if a.quantiles:
+        layers.sample_noise(self.net)  # noisy nets: new noise for every update (no-op otherwise)
+        layers.sample_noise(self.target)
+        if a.quantiles or a.iqn_n:
             per_item, q, td = self._quantile_loss(t)
         elif a.atoms:
             per_item, q, td = self._distributional_loss(t)
@@ -252,7 +326,8 @@ class Learner(LearnerBase):
         return metrics
 
     def _expected_value_loss(self, t):
-        """Per-item Huber (or squared) TD loss toward return + discount * Q_target(next, a*); the TD errors."""
+        """Per-item Huber (or squared) TD loss toward return + discount * Q_target(next, a*) (or
+        Munchausen's target); the TD errors."""
         a = self.args
         n = len(t["obs"])
         if a.double:  # one forward pass of the online net over obs and next_obs together
@@ -262,14 +337,37 @@ class Learner(LearnerBase):
             q_online = self.net(t["obs"])
         q = q_online.gather(1, t["action"].unsqueeze(1)).squeeze(1)
         with torch.no_grad():
-            q_next_target = self.target(t["next_obs"])
-            if a.double:
-                q_next = q_next_target.gather(1, best_next).squeeze(1)
+            if a.munchausen:
+                q_target = self.target(torch.cat([t["obs"], t["next_obs"]]))
+                td_target = self._munchausen_target(t, q_target[:n], q_target[n:], q_target[n:])
             else:
-                q_next = q_next_target.max(dim=1).values
-            td_target = t["return"] + t["discount"] * q_next  # discount already holds gamma^k and termination
+                q_next_target = self.target(t["next_obs"])
+                if a.double:
+                    q_next = q_next_target.gather(1, best_next).squeeze(1)
+                else:
+                    q_next = q_next_target.max(dim=1).values
+                td_target = t["return"] + t["discount"] * q_next  # discount already holds gamma^k and termination
         per_item = (F.smooth_l1_loss if a.huber else F.mse_loss)(q, td_target, reduction="none")
         return per_item, q, td_target - q
+
+    def _munchausen_target(self, t, q_now, q_next, next_values):
+        """Munchausen's target from the target net's Q values at obs and at next_obs [B, A], for
+        next_values [B, A] (Q) or [B, A, N] (quantiles): return + alpha * clip(tau log pi(a|obs), l0, 0)
+        + discount * sum_a' pi(a'|next) (next_values(a') - tau log pi(a'|next)), pi = softmax(Q / tau).
+        Vieillard et al. 2020, equation 2 (M-DQN) and its quantile form (M-IQN). With n-step items the
+        bonus is the first step's: the later steps' observations are not in the item."""
+        a = self.args
+        tau = a.entropy_tau
+        tau_log_pi = tau * F.log_softmax(q_now / tau, dim=1).gather(1, t["action"].unsqueeze(1)).squeeze(1)
+        bonus = a.munchausen_alpha * tau_log_pi.clamp(a.log_policy_clip, 0.0)
+        log_pi_next = F.log_softmax(q_next / tau, dim=1)
+        if next_values.dim() == 3:
+            log_pi_next = log_pi_next.unsqueeze(2)
+        soft_value = (log_pi_next.exp() * (next_values - tau * log_pi_next)).sum(1)  # [B] or [B, N]
+        first = t["return"] + bonus
+        if soft_value.dim() == 2:
+            return first.unsqueeze(1) + t["discount"].unsqueeze(1) * soft_value
+        return first + t["discount"] * soft_value
 
     def _distributional_loss(self, t):
         """C51: cross-entropy between the projected target distribution and the predicted one; the
@@ -277,11 +375,11 @@ class Learner(LearnerBase):
         a = self.args
         n = len(t["obs"])
         support = self.net.support
-        logits = self.net.dist_logits(torch.cat([t["obs"], t["next_obs"]]) if a.double else t["obs"])
+        logits = self.net.distribution(torch.cat([t["obs"], t["next_obs"]]) if a.double else t["obs"])
         taken = logits[torch.arange(n, device=self.device), t["action"]]  # [B, atoms]
         log_p = F.log_softmax(taken, dim=1)
         with torch.no_grad():
-            target_probs = torch.softmax(self.target.dist_logits(t["next_obs"]), dim=2)  # [B, A, atoms]
+            target_probs = torch.softmax(self.target.distribution(t["next_obs"]), dim=2)  # [B, A, atoms]
             chooser = torch.softmax(logits[n:], dim=2) if a.double else target_probs
             best_next = (chooser * support).sum(2).argmax(dim=1)
             projected = ops.categorical_projection(t["return"], t["discount"],
@@ -291,19 +389,30 @@ class Learner(LearnerBase):
         q = (log_p.exp() * support).sum(1)
         return per_item, q, per_item
 
+    def _taus(self, rows: int, count: int) -> torch.Tensor | None:
+        """IQN: fractions drawn uniformly, [rows, count]; None for QR-DQN's fixed ones."""
+        return torch.rand(rows, count, device=self.device) if self.args.iqn_n else None
+
     def _quantile_loss(self, t):
-        """QR-DQN: the quantile Huber loss between the taken action's quantiles and the target
-        quantiles return + discount * theta_target(next, a*); the loss also serves as the priority."""
+        """QR-DQN and IQN: the quantile Huber loss between the taken action's quantiles and the target
+        quantiles return + discount * theta_target(next, a*) (or Munchausen's target); the loss also
+        serves as the priority. IQN draws its fractions anew for every item, online and target."""
         a = self.args
         n = len(t["obs"])
         rows = torch.arange(n, device=self.device)
-        out = self.net.dist_logits(torch.cat([t["obs"], t["next_obs"]]) if a.double else t["obs"])
+        inputs = torch.cat([t["obs"], t["next_obs"]]) if a.double else t["obs"]
+        taus = self._taus(len(inputs), a.iqn_n)
+        out = self.net.distribution(inputs, taus)  # [n or 2n, A, N]
         taken = out[rows, t["action"]]  # [B, N]
         with torch.no_grad():
-            next_target = self.target.dist_logits(t["next_obs"])  # [B, A, N]
-            best_next = (out[n:] if a.double else next_target).mean(2).argmax(dim=1)
-            target = t["return"].unsqueeze(1) + t["discount"].unsqueeze(1) * next_target[rows, best_next]
-        per_item = ops.quantile_huber_loss(taken, target, a.kappa)
+            if a.munchausen:
+                both = self.target.distribution(torch.cat([t["obs"], t["next_obs"]]), self._taus(2 * n, a.iqn_n_target))
+                target = self._munchausen_target(t, both[:n].mean(2), both[n:].mean(2), both[n:])
+            else:
+                next_target = self.target.distribution(t["next_obs"], self._taus(n, a.iqn_n_target))  # [B, A, N']
+                best_next = (out[n:] if a.double else next_target).mean(2).argmax(dim=1)
+                target = t["return"].unsqueeze(1) + t["discount"].unsqueeze(1) * next_target[rows, best_next]
+        per_item = ops.quantile_huber_loss(taken, target, a.kappa, None if taus is None else taus[:n])
         return per_item, taken.mean(1), per_item
 
 

@@ -177,6 +177,7 @@ class Worker:
         sent_versions: collections.deque = collections.deque(maxlen=65)  # sync_actors: each segment's weights
         while not self.stopping:
             segment_version = version
+            core.begin_segment(net)
             while len(window) < L:
                 # items keep raw obs
                 actions, next_state, extras = core.act(net, self.normalizer(obs), state, episode_start)

@@ -26,6 +26,7 @@ The runtime on an actor (qrl/actor.py), for every step and every segment of T st
 
     core = agent.actor(args, index, count, num_envs, seed)
     state = core.initial_state(num_envs)
+    core.begin_segment(net)  # once per segment, then for each of its steps:
     actions, state, extras = core.act(net, obs, state, episode_start)
     items = agent.make_items(rollout, args)  # rollout: before + T + after steps, then push
 
@@ -84,6 +85,9 @@ class ActorCore:
 
     def initial_state(self, num_envs: int) -> RecurrentState:
         return {}
+
+    def begin_segment(self, net) -> None:
+        """Called before the first step of each segment (noisy nets draw their noise here)."""
 
     def act(self, net, obs: np.ndarray, state: RecurrentState, episode_start: np.ndarray
             ) -> tuple[np.ndarray, RecurrentState, dict[str, np.ndarray]]:

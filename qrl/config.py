@@ -176,6 +176,9 @@ RANGES: dict[str, Range] = {
     "init_alpha": POSITIVE, "target_entropy_scale": ANY, "lstm": Range(0, 1 << 16), "burn_in": Range(0, 1 << 16),
     "sequence_length": Range(1, 1 << 16), "adam_eps": POSITIVE, "rescale_eps": POSITIVE, "priority_eta": FRACTION,
     "atoms": Range(0, 4096), "v_min": ANY, "v_max": ANY, "quantiles": Range(0, 4096), "kappa": POSITIVE,
+    "iqn_n": Range(0, 4096), "iqn_n_target": Range(1, 4096), "iqn_k": Range(1, 4096), "iqn_embedding": Range(1, 4096),
+    "iqn_cvar": Range(0, 1, low_open=True), "noisy_std": NON_NEGATIVE, "munchausen_alpha": NON_NEGATIVE,
+    "entropy_tau": POSITIVE, "log_policy_clip": Range(-1e6, 0),
     # broker and actors
     "port": Range(0, 65535), "max_message_bytes": Range(1024), "ingest_hwm": COUNT, "ingest_buffer": NON_NEGATIVE,
     "stats_interval_s": POSITIVE, "snapshot_every_s": POSITIVE, "max_table_bytes": NON_NEGATIVE, "n": Range(1, 1024), "first_id": NON_NEGATIVE,

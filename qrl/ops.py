@@ -203,16 +203,18 @@ def categorical_projection(returns, discounts, probs, support):
     return target
 
 
-def quantile_huber_loss(quantiles, targets, kappa: float = 1.0):
-    """QR-DQN's loss per item: predicted quantiles [B, N] at the midpoint fractions
-    tau_i = (2i + 1) / 2N against target samples [B, M]; for each pair the Huber loss of
-    u = target - prediction, weighted by |tau_i - 1{u < 0}| / kappa, averaged over the targets and
-    summed over the quantiles (torch tensors). Dabney et al. 2018, equation 10."""
+def quantile_huber_loss(quantiles, targets, kappa: float = 1.0, taus=None):
+    """The quantile regression loss per item: predicted quantiles [B, N] at the fractions taus
+    [B, N] (default: QR-DQN's midpoints (2i + 1) / 2N) against target samples [B, M]; for each pair
+    the Huber loss of u = target - prediction, weighted by |tau_i - 1{u < 0}| / kappa, averaged over
+    the targets and summed over the quantiles (torch tensors). Dabney et al. 2018a, equation 10;
+    2018b (IQN), equation 3."""
     import torch
 
     n = quantiles.shape[1]
-    tau = (torch.arange(n, device=quantiles.device, dtype=quantiles.dtype) + 0.5) / n
+    if taus is None:
+        taus = ((torch.arange(n, device=quantiles.device, dtype=quantiles.dtype) + 0.5) / n).expand(len(quantiles), n)
     u = targets.unsqueeze(1) - quantiles.unsqueeze(2)  # [B, N, M]
     huber = torch.where(u.abs() <= kappa, 0.5 * u**2, kappa * (u.abs() - 0.5 * kappa))
-    weight = (tau.view(1, n, 1) - (u.detach() < 0).to(u.dtype)).abs()
+    weight = (taus.unsqueeze(2) - (u.detach() < 0).to(u.dtype)).abs()
     return (weight * huber / kappa).mean(2).sum(1)

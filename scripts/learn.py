@@ -37,6 +37,9 @@ TARGETS = {
     ("apex", "CartPole-v1"): (475.0, 50_000),
     ("c51", "CartPole-v1"): (475.0, 50_000),
     ("qrdqn", "CartPole-v1"): (475.0, 50_000),
+    ("iqn", "CartPole-v1"): (475.0, 50_000),
+    ("mdqn", "CartPole-v1"): (475.0, 50_000),
+    ("rainbow", "CartPole-v1"): (475.0, 50_000),
     ("ql", "qrl/Grid-v0"): (0.9, 100_000),
     ("ppo", "CartPole-v1"): (500.0, 100_000),
     ("ppo", "Pendulum-v1"): (-200.0, 100_000),
@@ -48,6 +51,8 @@ TARGETS = {
     # DQN 154 within 100k steps, which qrl's dqn preset must beat.
     ("ppo", "LunarLander-v3"): (200.0, 1_000_000),
     ("dqn", "LunarLander-v3"): (154.0, 100_000),
+    ("rainbow", "LunarLander-v3"): (154.0, 100_000),
+    ("iqn", "LunarLander-v3"): (154.0, 100_000),
     # CartPole without velocities needs memory: sb3-contrib's RecurrentPPO solves it in about 100k steps.
     ("rppo", "qrl/CartPoleNoVel-v1"): (475.0, 100_000),
     ("r2d2", "qrl/CartPoleNoVel-v1"): (475.0, 100_000),

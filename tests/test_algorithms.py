@@ -18,6 +18,11 @@ SMOKE = [  # (algorithm, environment, extra overrides); continuous-action algori
     ("apex", "CartPole-v1", ["algo.learning_starts=256"]),
     ("c51", "CartPole-v1", ["algo.learning_starts=256", "algo.v_min=0", "algo.v_max=100"]),
     ("qrdqn", "CartPole-v1", ["algo.learning_starts=256"]),
+    ("iqn", "CartPole-v1", ["algo.learning_starts=256", "algo.iqn_n=8", "algo.iqn_n_target=8"]),
+    ("iqn", "CartPole-v1", ["algo.learning_starts=256", "algo.iqn_n=8", "algo.munchausen=true",  # M-IQN
+                            "algo.double=false"]),
+    ("mdqn", "CartPole-v1", ["algo.learning_starts=256"]),
+    ("rainbow", "CartPole-v1", ["algo.learning_starts=256", "algo.v_min=0", "algo.v_max=100"]),
     ("ql", "qrl/Grid-v0", []),
     ("ppo", "CartPole-v1", []),
     ("ppo", "Pendulum-v1", ["run.sync_actors=true", "run.publish_every=1", "algo.batch_size=4", "algo.use_sde=true"]),
@@ -57,7 +62,7 @@ def test_smoke(algo, env, sets, procs, tmp_path):
         client = Client(ctx, address, "test")
         stats = wait_for(lambda: client.request("get_stats", wait_s=15).meta, 15, "stats")
         assert stats["batches"] > 0 and stats["gaps"] == 0 and stats["rejected"] == {}
-        if algo in ("apex", "r2d2"):  # prioritized replay: the learner sent back priorities by id
+        if algo in ("apex", "r2d2", "rainbow"):  # prioritized replay: the learner sent back priorities by id
             assert stats["priority_updates"] > 0
         if algo in ("ppo", "impala"):  # the on-policy queue: served once, lag reported
             assert stats["served_policy_lag"] is not None

@@ -39,7 +39,7 @@ def test_a_c51_update_moves_the_distribution_toward_the_target():
         learner.update(batch)
     with torch.no_grad():
         q = learner.net(torch.zeros(1, 2))[0, 0].item()
-        probs = torch.softmax(learner.net.dist_logits(torch.zeros(1, 2))[0, 0], dim=0)
+        probs = torch.softmax(learner.net.distribution(torch.zeros(1, 2))[0, 0], dim=0)
     assert q == pytest.approx(3.0, abs=0.1) and probs[8].item() > 0.9  # atom 8 of -5..5 is 3
 
 
@@ -67,7 +67,7 @@ def test_a_qrdqn_update_moves_the_quantiles_toward_the_target_distribution():
     for _ in range(400):
         learner.update(batch)
     with torch.no_grad():
-        theta = learner.net.dist_logits(torch.zeros(1, 2))[0, 0]
+        theta = learner.net.distribution(torch.zeros(1, 2))[0, 0]
     # The quantile Huber loss (kappa 1) is minimal where 0.5 (1 - tau) theta = 0.5 tau for theta in
     # (0, 1) (the quadratic part toward 0, the linear part toward 4): theta = tau / (1 - tau), and
     # symmetrically 4 - (1 - tau) / tau near 4. Taus 1/8, 3/8, 5/8, 7/8: 1/7, 0.6, 3.4, 4 - 1/7.

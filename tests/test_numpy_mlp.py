@@ -48,7 +48,8 @@ def make(name: str, obs_space, action_space, **values):
 
 @pytest.mark.parametrize("name, values", [("dqn", {"dueling": True}), ("dqn", {"dueling": False}),
                                           ("apex", {}), ("ppo", {}), ("impala", {}), ("c51", {}),
-                                          ("c51", {"dueling": False, "atoms": 7}), ("qrdqn", {})])
+                                          ("c51", {"dueling": False, "atoms": 7}), ("qrdqn", {}),
+                                          ("iqn", {}), ("mdqn", {}), ("rainbow", {})])
 def test_greedy_actions_equal_the_torch_policys(name, values):
     obs_space, action_space = gym.spaces.Box(-3, 3, (8,), np.float32), gym.spaces.Discrete(5)
     core, args, net = make(name, obs_space, action_space, **values)
@@ -57,7 +58,7 @@ def test_greedy_actions_equal_the_torch_policys(name, values):
         net.load_state_dict(random_weights(net, seed))
         with torch.no_grad():
             t = torch.as_tensor(obs)
-            torch_out = net(t) if name in ("dqn", "apex", "c51", "qrdqn") else net.features(t)[1]
+            torch_out = net(t) if name in ("dqn", "apex", "c51", "qrdqn", "iqn", "mdqn", "rainbow") else net.features(t)[1]
         actions, _ = core.greedy(net, obs, {}, np.zeros(len(obs), bool))
         np.testing.assert_array_equal(actions, torch_out.argmax(dim=1).numpy())
 
