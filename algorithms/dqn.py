@@ -198,21 +198,32 @@ class QNetwork(nn.Module):
 
     def q_values(self, obs: np.ndarray) -> np.ndarray:
         """forward() on a numpy batch: in numpy for an MLP (see qrl/numpy_mlp.py), else in torch."""
-        parts = numpy_twin(self, lambda: None if self.image or self.implicit else [
+        parts = numpy_twin(self, lambda: None if self.image else [
             compile_mlp(m) for m in (self.torso, self.advantage, self.value) if m is not None])
-        if parts is None or None in parts:  # CNNs, IQN and noisy layers keep torch
+        if parts is None or None in parts:  # CNNs and noisy layers keep torch
             with torch.inference_mode():
                 return self(torch.as_tensor(obs)).numpy()
         torso, advantage, *value = parts
         h = torso(obs)
+        if self.implicit:
+            h = self._numpy_mix(h)  # [B * K, hidden]
         if not self.atoms:  # the hot path of every dqn/apex actor step: no reshapes
             adv = advantage(h)
-            return adv if not value else value[0](h) + adv - adv.mean(axis=1, keepdims=True)
+            q = adv if not value else value[0](h) + adv - adv.mean(axis=1, keepdims=True)
+            return q.reshape(len(obs), -1, self.num_actions).mean(axis=1) if self.implicit else q
         out = _NumpyHead(self, advantage, value[0] if value else None).head(h, xp=np)
         if self.quantile:
             return out.mean(axis=2)
         p = np.exp(out - out.max(axis=2, keepdims=True))
         return (p * self.support.numpy()).sum(2) / p.sum(2)
+
+    def _numpy_mix(self, h: np.ndarray) -> np.ndarray:
+        """IQN in numpy: the torso's features times the embedding of the acting fractions, through
+        the last hidden layer; [B, width] -> [B * K, hidden]."""
+        embed, mix = numpy_twin(self.embedding, lambda: (compile_mlp(self.embedding.linear), compile_mlp(self.mix)))
+        cosines = np.cos(self.acting_taus.numpy()[:, None] * self.embedding.frequencies.numpy()[None])
+        phi = np.maximum(embed(cosines), 0)  # [K, width]: recomputed each call, the weights change
+        return mix((h[:, None, :] * phi[None]).reshape(-1, h.shape[1]))
 
 
 class _NumpyHead:
@@ -245,8 +256,12 @@ class EpsilonGreedy(ActorCore):
         super().__init__(args, index, count, num_envs, seed)
         self.epsilon = ops.apex_epsilon(index, count, args.eps_base, args.eps_alpha)
         self.rng = np.random.default_rng(seed)
-        self.noise = torch.Generator().manual_seed(seed) if args.noisy else None
+        self.noise = torch.Generator().manual_seed(seed) if self.noisy_nets(args) else None
         self.frames = 0
+
+    @staticmethod
+    def noisy_nets(args) -> bool:
+        return args.noisy
 
     def begin_segment(self, net: QNetwork) -> None:
         if self.noise is not None:

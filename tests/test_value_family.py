@@ -150,3 +150,17 @@ def test_the_named_members_of_the_family():
         assert all(getattr(args, k) == v for k, v in values.items()), name
     table = rainbow.AGENT.table_config(rainbow.Args())
     assert table.sampler == "prioritized" and rainbow.AGENT.sample_options(rainbow.Args(), 0) == {"beta": 0.4}
+
+
+@pytest.mark.parametrize("values", [{"iqn_n": 4, "iqn_k": 3}, {"noisy": True, "atoms": 5}, {"noisy": True, "iqn_n": 4}])
+def test_the_options_on_the_nature_cnn(values):
+    frames = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
+    net = dqn.make_policy(frames, ACTIONS, dqn.Args(hidden=32, **values))
+    obs = torch.randint(0, 256, (2, 4, 84, 84), dtype=torch.uint8)
+    layers.sample_noise(net)
+    assert net(obs).shape == (2, 3)
+    if values.get("iqn_n"):
+        assert net.embedding.linear.out_features == 64 * 7 * 7  # the convolutions' features
+        assert net.distribution(obs, torch.rand(2, 4)).shape == (2, 3, 4)
+    core = dqn.AGENT.actor(dqn.Args(hidden=32, **values), 0, 1, 2, seed=0)
+    assert core.greedy(net, obs.numpy(), {}, np.zeros(2, bool))[0].shape == (2,)
