@@ -256,12 +256,9 @@ class EpsilonGreedy(ActorCore):
         super().__init__(args, index, count, num_envs, seed)
         self.epsilon = ops.apex_epsilon(index, count, args.eps_base, args.eps_alpha)
         self.rng = np.random.default_rng(seed)
-        self.noise = torch.Generator().manual_seed(seed) if self.noisy_nets(args) else None
+        # getattr: cores built on this one for agents without the option (ql, r2d2) have no noisy nets
+        self.noise = torch.Generator().manual_seed(seed) if getattr(args, "noisy", False) else None
         self.frames = 0
-
-    @staticmethod
-    def noisy_nets(args) -> bool:
-        return args.noisy
 
     def begin_segment(self, net: QNetwork) -> None:
         if self.noise is not None:
