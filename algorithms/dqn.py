@@ -152,9 +152,7 @@ class QNetwork(nn.Module):
             *first, last, relu = self.torso
             self.torso, self.mix = nn.Sequential(*first), nn.Sequential(last, relu)
             self.embedding = layers.CosineEmbedding(args.iqn_embedding, last.in_features)
-            cvar, k = args.iqn_cvar, args.iqn_k
-            self.register_buffer("acting_taus", cvar * (torch.arange(k, dtype=torch.float32) + 0.5) / k,
-                                 persistent=False)
+            self.register_buffer("acting_taus", args.iqn_cvar * ops.midpoint_fractions(args.iqn_k), persistent=False)
         # self.atoms: outputs per action beyond one (C51 atoms or QR-DQN quantiles)
         self.dueling, self.num_actions = args.dueling, num_actions
         self.atoms, self.quantile = args.atoms or args.quantiles, bool(args.quantiles)
@@ -220,8 +218,9 @@ class QNetwork(nn.Module):
     def _numpy_mix(self, h: np.ndarray) -> np.ndarray:
         """IQN in numpy: the torso's features times the embedding of the acting fractions, through
         the last hidden layer; [B, width] -> [B * K, hidden]."""
-        embed, mix = numpy_twin(self.embedding, lambda: (compile_mlp(self.embedding.linear), compile_mlp(self.mix)))
-        cosines = np.cos(self.acting_taus.numpy()[:, None] * self.embedding.frequencies.numpy()[None])
+        embed, mix, cosines = numpy_twin(self.embedding, lambda: (
+            compile_mlp(self.embedding.linear), compile_mlp(self.mix),
+            np.cos(self.acting_taus.numpy()[:, None] * self.embedding.frequencies.numpy()[None])))  # fixed
         phi = np.maximum(embed(cosines), 0)  # [K, width]: recomputed each call, the weights change
         return mix((h[:, None, :] * phi[None]).reshape(-1, h.shape[1]))
 
@@ -318,8 +317,9 @@ class Learner(LearnerBase):
     def update(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         a = self.args
         t = self.tensors(batch)
-        layers.sample_noise(self.net)  # noisy nets: new noise for every update (no-op otherwise)
-        layers.sample_noise(self.target)
+        if a.noisy:  # new noise for every update
+            layers.sample_noise(self.net)
+            layers.sample_noise(self.target)
         if a.quantiles or a.iqn_n:
             per_item, q, td = self._quantile_loss(t)
         elif a.atoms:

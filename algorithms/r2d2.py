@@ -120,6 +120,7 @@ def history(args: Args) -> History:
 
 class RecurrentEpsilonGreedy(dqn.EpsilonGreedy):
     """DQN's Ape-X epsilon-greedy exploration over the recurrent Q values; the state is the LSTM's."""
+
     def initial_state(self, num_envs: int) -> dict[str, np.ndarray]:
         zeros = np.zeros((num_envs, self.args.lstm), np.float32)
         return {"h": zeros, "c": zeros.copy()}

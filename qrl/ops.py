@@ -203,6 +203,14 @@ def categorical_projection(returns, discounts, probs, support):
     return target
 
 
+def midpoint_fractions(n: int, device=None, dtype=None):
+    """The fractions (2i + 1) / 2N, i = 0 .. N - 1: QR-DQN's quantiles, and IQN's acting fractions
+    (a torch tensor)."""
+    import torch
+
+    return (torch.arange(n, device=device, dtype=dtype or torch.float32) + 0.5) / n
+
+
 def quantile_huber_loss(quantiles, targets, kappa: float = 1.0, taus=None):
     """The quantile regression loss per item: predicted quantiles [B, N] at the fractions taus
     [B, N] (default: QR-DQN's midpoints (2i + 1) / 2N) against target samples [B, M]; for each pair
@@ -213,7 +221,7 @@ def quantile_huber_loss(quantiles, targets, kappa: float = 1.0, taus=None):
 
     n = quantiles.shape[1]
     if taus is None:
-        taus = ((torch.arange(n, device=quantiles.device, dtype=quantiles.dtype) + 0.5) / n).expand(len(quantiles), n)
+        taus = midpoint_fractions(n, quantiles.device, quantiles.dtype).expand(len(quantiles), n)
     u = targets.unsqueeze(1) - quantiles.unsqueeze(2)  # [B, N, M]
     huber = torch.where(u.abs() <= kappa, 0.5 * u**2, kappa * (u.abs() - 0.5 * kappa))
     weight = (taus.unsqueeze(2) - (u.detach() < 0).to(u.dtype)).abs()
