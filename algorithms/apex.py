@@ -50,8 +50,7 @@ def history(args: Args) -> History:
 class EpsilonGreedy(dqn.EpsilonGreedy):
     """DQN's exploration; also records the Q values the initial priorities are computed from."""
 
-    def act(self, net: dqn.QNetwork, obs, state, episode_start):
-        q, state = self.action_values(net, obs, state, episode_start)
+    def choose(self, q: np.ndarray, state):
         actions = self.explore(q.argmax(axis=1), q.shape[1])
         return actions, state, {"q_taken": q[np.arange(len(q)), actions].astype(np.float32), "q_max": q.max(axis=1)}
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qrl import layers, ops
+from qrl import algorithm, layers, ops
 from qrl.algorithm import ActorCore, Agent, History, LearnerBase, Rollout, replay_table
 from qrl.brokers.tables import TableConfig
 from qrl.numpy_mlp import compile_mlp, numpy_twin
@@ -281,8 +281,19 @@ class EpsilonGreedy(ActorCore):
         return actions
 
     def act(self, net: QNetwork, obs, state, episode_start):
-        q, state = self.action_values(net, obs, state, episode_start)
+        return self.choose(*self.action_values(net, obs, state, episode_start))
+
+    def choose(self, q: np.ndarray, state):
+        """act() after the network: the exploring actions from the Q values."""
         return self.explore(q.argmax(axis=1), q.shape[1]), state, {}
+
+    @classmethod
+    def act_many(cls, net: QNetwork, cores, obs, states, episode_starts):
+        # One forward pass for every actor (central inference); each actor explores with its own epsilon.
+        q, state = cores[0].action_values(net, np.concatenate(obs), algorithm.concat_states(states),
+                                          np.concatenate(episode_starts))
+        return [core.choose(q[rows], algorithm.state_rows(state, rows))
+                for core, rows in zip(cores, algorithm.row_slices(obs))]
 
 
 def make_items(rollout: Rollout, args: Args) -> dict[str, np.ndarray]:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from qrl import ops
+from qrl import algorithm, ops
 from qrl.algorithm import ActorCore, Agent, LearnerBase, Rollout
 from qrl.brokers.tables import TableConfig
 from qrl.numpy_mlp import compile_mlp, numpy_twin, sample_categorical
@@ -218,16 +218,31 @@ class PolicySampling(ActorCore):
 
     def act(self, net: ActorCritic, obs, state, episode_start):
         with torch.inference_mode():
-            latent, out, state = self._policy(net, obs, state, episode_start)
-            if not net.continuous:
-                logits = out if isinstance(out, np.ndarray) else out.numpy()
-                actions, logp = sample_categorical(logits, self.rng.random(len(obs)))
-                return actions, state, {"logp": logp}
+            return self._sample(net, *self._policy(net, obs, state, episode_start))
+
+    @classmethod
+    def act_many(cls, net: ActorCritic, cores, obs, states, episode_starts):
+        # One forward pass for every actor (central inference); each actor samples with its own generators.
+        with torch.inference_mode():
+            latent, out, state = cores[0]._policy(net, np.concatenate(obs), algorithm.concat_states(states),
+                                                  np.concatenate(episode_starts))
+            return [core._sample(net, None if latent is None else latent[rows], out[rows],
+                                 algorithm.state_rows(state, rows))
+                    for core, rows in zip(cores, algorithm.row_slices(obs))]
+
+    def _sample(self, net: ActorCritic, latent, out, state):
+        """act() after the network: actions sampled from the policy output, their log-probabilities."""
+        n = len(out)
+        if not net.continuous:
+            logits = out if isinstance(out, np.ndarray) else out.numpy()
+            actions, logp = sample_categorical(logits, self.rng.random(n))
+            return actions, state, {"logp": logp}
+        with torch.inference_mode():
             dist = net.distribution_of(latent, out)
             if net.sde:
                 if self.steps % self.args.sde_sample_freq == 0 or self.sde_weights is None:
                     std = net.log_std.exp()
-                    self.sde_weights = std * torch.randn((len(obs),) + std.shape, generator=self.generator)
+                    self.sde_weights = std * torch.randn((n,) + std.shape, generator=self.generator)
                 action = dist.mean + torch.einsum("bh,bha->ba", latent, self.sde_weights)
             else:
                 action = dist.mean + dist.stddev * torch.randn(dist.mean.shape, generator=self.generator)

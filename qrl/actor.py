@@ -10,16 +10,12 @@ Workers are forked after torch, gymnasium and the algorithms are imported, so
 
 from __future__ import annotations
 
-import collections
-import gc
 import logging
-import multiprocessing as mp
 import os
 import signal
 import time
 import uuid
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -27,7 +23,8 @@ import zmq
 
 from qrl import algorithm, envs, normalize, transport, wire
 from qrl.config import build
-from qrl.lifetime import die_with_parent
+from qrl.segments import SegmentWriter, SyncActing, confirm_delivery
+from qrl.supervisor import ActorConfig, Supervisor, run_supervised, worker_prelude
 
 log = logging.getLogger("qrl.actor")
 
@@ -40,33 +37,6 @@ for _name in algorithm.names():
         pass
 
 
-@dataclass(frozen=True)
-class ActorConfig:
-    broker: str = "tcp://127.0.0.1:5555"
-    n: int = 1
-    """Worker processes under this supervisor."""
-    first_id: int | None = 0
-    """Actor id of the first worker; ids are first_id .. first_id + n - 1. None: ask the broker
-    for a block no one uses (replicas started from one image, e.g. a Kubernetes Deployment)."""
-    total: int | None = None
-    """Actors in the whole run (all machines) for per-actor exploration; None: n."""
-    send_hwm: int = 1
-    """Segments queued in ZeroMQ per worker before its PUSH blocks (backpressure from the broker)."""
-    send_buffer: int = 4 << 10
-    """Kernel send buffer (SO_SNDBUF) of the PUSH socket. Every queued segment was made by an
-    older policy: loopback's auto-tuned buffers (megabytes) let a fast actor run tens of
-    segments ahead of what the broker has taken, so the learner trained on stale data."""
-    allow_envs: list[str] = field(default_factory=list)
-    """Environment entry points (module:Class, or a whole module) a run spec may make this actor
-    import. Registered gymnasium ids need no permission; anything else is refused (reported to the broker)."""
-    allow_wrappers: list[str] = field(default_factory=list)
-    """gymnasium wrappers (by name) a run spec may apply; others are refused."""
-    give_up_after: int = 0
-    """Stop the supervisor (exit 1, with the last error) when a worker has failed this many times
-    in a row within YOUNG_S of its start; 0: keep restarting (crash-only, as under Kubernetes).
-    `qrl run` sets it, so a broken setting ends the run instead of a silent crash loop."""
-
-
 def ingest_socket(ctx: zmq.Context, cfg: ActorConfig) -> zmq.Socket:
     """The PUSH socket segments go out on. Small queues (see ActorConfig), a bounded flush on a
     clean stop, and no ZMTP heartbeats: the broker holds this connection's input back on
@@ -77,11 +47,6 @@ def ingest_socket(ctx: zmq.Context, cfg: ActorConfig) -> zmq.Socket:
     push.setsockopt(zmq.SNDHWM, cfg.send_hwm)
     push.setsockopt(zmq.SNDBUF, cfg.send_buffer)
     return push
-
-
-CONSUMED_WAIT_S = 10.0
-"""A synchronous actor whose segment never comes back as consumed (lost on the way, or with a
-broker that restarted) acts on with newer weights after waiting this long."""
 
 
 class Stop(Exception):
@@ -100,8 +65,7 @@ class Worker:
         self.incarnation = uuid.uuid4().hex[:8]  # tells this process's sequence numbers from a restart's
         self.sent = 0  # segments handed to ZeroMQ (flushed within the PUSH linger on a clean stop)
         self.version = -1  # of the weights loaded last
-        self.consumed_seq = -1  # sync_actors: our last segment the learner is done with (from its weights)
-        self.waiting_since = 0.0
+        self.sync = SyncActing({}, self.incarnation)  # the run's, once its spec is known
 
     def should_stop(self) -> bool:
         return self.stopping
@@ -163,73 +127,35 @@ class Worker:
         log.info("%s: running %s on %s x%d, weights version %d", self.role, spec["algo"], spec["env"], num_envs,
                  version)
 
-        history = agent.history(args)
-        L = history.before + T + history.after
+        self.sync = SyncActing(run, self.incarnation)
+        writer = SegmentWriter(agent, args, spec["run_id"], self.actor_id, self.incarnation, num_envs, T)
         obs, _ = env.reset(seed=seed)
         state = core.initial_state(num_envs)
         episode_start = np.ones(num_envs, dtype=bool)
-        valid = np.ones(num_envs, dtype=bool)
-        ep_return = np.zeros(num_envs)
-        ep_length = np.zeros(num_envs, dtype=np.int64)
-        finished_returns: list[float] = []
-        finished_lengths: list[int] = []
-        window: list[dict[str, Any]] = []
-        sent_versions: collections.deque = collections.deque(maxlen=65)  # sync_actors: each segment's weights
         while not self.stopping:
-            segment_version = version
+            segment_version = writer.version = version
             core.begin_segment(net)
-            while len(window) < L:
+            while not writer.full:
                 # items keep raw obs
                 actions, next_state, extras = core.act(net, self.normalizer(obs), state, episode_start)
                 next_obs, reward, terminated, truncated, info = env.step(actions)
                 done = terminated | truncated
-                step = dict(obs=obs, actions=actions, rewards=reward.astype(np.float32), terminated=terminated,
-                            truncated=truncated, next_obs=envs.next_observations(next_obs, done, info),
-                            extras=extras, episode_start=episode_start, state=state, valid=valid)
-                if not window and history.before and self.sent == 0:  # nothing before the first step yet
-                    window += [algorithm.padding_step(obs, actions, extras, state)] * history.before
-                window.append(step)
+                writer.record(obs, actions, reward, terminated, truncated, envs.next_observations(next_obs, done, info),
+                              extras, episode_start, state)
                 state, episode_start = next_state, done
-                ep_return += reward
-                ep_length += 1
-                for i in np.flatnonzero(done):
-                    finished_returns.append(float(ep_return[i]))
-                    finished_lengths.append(int(ep_length[i]))
-                ep_return[done] = 0.0
-                ep_length[done] = 0
                 obs = next_obs
-            items = agent.make_items(algorithm.stack_steps(window, history.before, T), args)
-            meta = {"run_id": spec["run_id"], "actor_id": self.actor_id, "incarnation": self.incarnation,
-                    "seq": self.sent,
-                    "policy_version": segment_version, "frames": T * num_envs,
-                    "episode_returns": finished_returns, "episode_lengths": finished_lengths}
             try:
-                self._push(push, wire.encode("segment", meta, items))
+                self._push(push, writer.encode())
             except Stop:  # stopped while held back: this segment was never sent; confirm the rest
                 break
-            self.sent += 1
-            finished_returns, finished_lengths = [], []
-            window = window[T:]  # keep the history: the next segment's items need those steps
-            lead = run.get("sync_lead", 0)
+            writer.mark_sent()
+            self.sent = writer.sent
             try:
-                if run.get("sync_actors") and lead == 0:  # strictly on-policy: act again only with new weights
-                    version = self._wait_for_weights(weights_sub, net, lambda v: v > segment_version,
-                                                     spec["run_id"])
-                elif run.get("sync_actors"):
-                    # Act on while the learner trains, up to `lead` segments, then wait for weights made
-                    # after the learner was done with the segment `lead` before this one.
-                    sent_versions.append(segment_version)
-                    due = self.sent - 1 - lead
-                    if due >= 0:
-                        made_with = sent_versions[-1 - lead]
-                        version = self._wait_for_weights(
-                            weights_sub, net, lambda v: self.consumed_seq >= due or (
-                                v > made_with and time.monotonic() - self.waiting_since > CONSUMED_WAIT_S),
-                            spec["run_id"])
-                    else:
-                        version = self._poll_weights(weights_sub, net, version, spec["run_id"])
-                else:
+                ready = self.sync.after_push(writer.sent - 1, segment_version)
+                if ready is None:
                     version = self._poll_weights(weights_sub, net, version, spec["run_id"])
+                else:
+                    version = self._wait_for_weights(weights_sub, net, ready, spec["run_id"])
             except Stop:
                 break
         env.close()
@@ -243,31 +169,9 @@ class Worker:
         except transport.BrokerUnavailable:
             pass
 
-    def _confirm_delivery(self, timeout_s: float = 3.0) -> None:
-        """On a clean stop, wait (bounded) until the broker has read our last segment.
-
-        Closing the PUSH socket is not enough: when a peer disconnects, libzmq discards
-        what is still queued for it at the receiving PULL socket, so a segment sent just
-        before the stop could vanish without a gap ever showing in the sequence numbers."""
-        if self.sent == 0:
-            return
-        client = transport.Client(self.ctx, self.cfg.broker, self.role, timeout_s=0.5)
-        deadline = time.monotonic() + timeout_s
-        try:
-            # While the rate limiter holds actors back the broker is not reading ingest: ask it to.
-            client.request("flush", {"actor_id": self.actor_id, "incarnation": self.incarnation,
-                                     "last_seq": self.sent - 1}, wait_s=timeout_s)
-            while time.monotonic() < deadline:
-                reply = client.request("get_stats", {"actor": self.actor_id, "incarnation": self.incarnation},
-                                       wait_s=timeout_s)
-                if reply.meta.get("flushed_seq", -1) >= self.sent - 1:
-                    return
-                time.sleep(0.05)
-            log.warning("%s: the broker had not confirmed segment %d when stopping", self.role, self.sent - 1)
-        except transport.BrokerUnavailable:
-            log.warning("%s: no broker to confirm delivery of the last segments", self.role)
-        finally:
-            client.close()
+    def _confirm_delivery(self) -> None:
+        if self.sent:
+            confirm_delivery(self.ctx, self.cfg.broker, self.role, [(self.actor_id, self.incarnation, self.sent - 1)])
 
     def _push(self, push: zmq.Socket, frames: list) -> None:
         """Send, blocking while the broker holds us back, but never past a stop request."""
@@ -283,12 +187,12 @@ class Worker:
             if self.stopping:
                 raise Stop
 
-    def _wait_for_weights(self, sub: zmq.Socket, net: torch.nn.Module, ready: Callable[[int], bool],
+    def _wait_for_weights(self, sub: zmq.Socket, net: torch.nn.Module, ready: Callable[[int, float], bool],
                           run_id: str) -> int:
-        """Load the newest weights, then block (but never past a stop request) until ready(version)."""
-        self.waiting_since = time.monotonic()
+        """Load the newest weights, then block (but never past a stop request) until ready(version, waited)."""
+        since = time.monotonic()
         version = self._poll_weights(sub, net, self.version, run_id)
-        while not ready(version):
+        while not ready(version, time.monotonic() - since):
             if self.stopping:
                 raise Stop
             if sub.poll(50):
@@ -318,24 +222,14 @@ class Worker:
             raise RunChanged(f"broker now serves run {msg.meta.get('run_id')}")
         arrays = self.normalizer.split(msg.arrays)
         net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
-        consumed = msg.meta.get("consumed")
-        if isinstance(consumed, dict) and isinstance(consumed.get(self.incarnation), int):
-            self.consumed_seq = max(self.consumed_seq, consumed[self.incarnation])
+        self.sync.weights_arrived(msg.meta)
         self.version = int(msg.meta["version"])
         return self.version
 
 
 def _worker_main(cfg: ActorConfig, actor_id: int, supervisor_pid: int, errors_fd: int,
                  start_pipe: tuple[int, int] | None = None) -> None:
-    # Ctrl-C reaches the whole process group; the supervisor decides what happens,
-    # and it stops workers with SIGTERM, which finishes the current push cleanly.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    die_with_parent(supervisor_pid)  # a SIGKILLed supervisor leaves no worker behind
-    if start_pipe is not None:  # the first workers start together, once all are forked (Supervisor.run)
-        start_r, start_w = start_pipe
-        os.close(start_w)  # inherited: the supervisor's is the last write end, its close is the signal
-        os.read(start_r, 1)
-        os.close(start_r)
+    worker_prelude(supervisor_pid, start_pipe)
     worker = Worker(cfg, actor_id)
     signal.signal(signal.SIGTERM, lambda *_: setattr(worker, "stopping", True))
     code = 0
@@ -361,151 +255,5 @@ def _worker_main(cfg: ActorConfig, actor_id: int, supervisor_pid: int, errors_fd
         os._exit(code)
 
 
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:  # real-time signals have no name
-        return f"signal {number}"
-
-
-class ActorsFailed(RuntimeError):
-    """A worker kept failing at start (ActorConfig.give_up_after): the supervisor gave up."""
-
-
-YOUNG_S = 10.0
-"""A worker that exits within this many seconds of its start is dying young: its restart backs off."""
-FIRST_BACKOFF_S, MAX_BACKOFF_S = 0.1, 5.0
-
-
-class Supervisor:
-    """Keeps N workers alive. A worker that dies is restarted after a backoff that starts at
-    FIRST_BACKOFF_S and doubles (to MAX_BACKOFF_S) while it keeps dying young; one log line per
-    death says when it comes back, and a worker that fails young again and again is named as such,
-    with its last error (sent up a pipe), or ends the supervisor with ActorsFailed."""
-
-    def __init__(self, cfg: ActorConfig):
-        self.cfg = cfg
-        self.mp = mp.get_context("fork")
-        self.procs: dict[int, Any] = {}
-        self.started_at: dict[int, float] = {}
-        self.backoff: dict[int, float] = {}
-        self.restart_at: dict[int, float] = {}  # worker id -> when its pending restart is due
-        self.failures_in_a_row: dict[int, int] = {}  # young deaths with an error, per worker
-        self.last_error: dict[int, str] = {}
-        self.restarts = 0
-        self.stopping = False
-        self.errors_r, self.errors_w = os.pipe()
-        os.set_blocking(self.errors_r, False)
-
-    def start(self, actor_id: int, start_pipe: tuple[int, int] | None = None) -> None:
-        p = self.mp.Process(target=_worker_main, args=(self.cfg, actor_id, os.getpid(), self.errors_w, start_pipe),
-                            name=f"qrl-actor-{actor_id}", daemon=True)
-        p.start()
-        self.procs[actor_id] = p
-        self.started_at[actor_id] = time.monotonic()
-
-    def _read_errors(self) -> None:
-        try:
-            data = os.read(self.errors_r, 1 << 16)
-        except BlockingIOError:
-            return
-        for line in data.decode(errors="replace").splitlines():
-            worker, _, error = line.partition("\t")
-            if worker.isdigit():
-                self.last_error[int(worker)] = error
-
-    def _on_exit(self, i: int, exitcode: int | None, now: float) -> None:
-        """A worker died: schedule its restart (once) and say so, or give up."""
-        self._read_errors()
-        lived = now - self.started_at[i]
-        young = lived < YOUNG_S
-        failed = exitcode is not None and exitcode > 0 and exitcode != 3  # 3: a new run, not a failure
-        self.failures_in_a_row[i] = self.failures_in_a_row.get(i, 0) + 1 if young and failed else 0
-        delay = min(MAX_BACKOFF_S, self.backoff.get(i, FIRST_BACKOFF_S / 2) * 2) if young else FIRST_BACKOFF_S
-        self.backoff[i] = delay
-        self.restart_at[i] = now + delay
-        how = f"exited with code {exitcode}" if exitcode is None or exitcode >= 0 else \
-            f"was killed by {_signal_name(-exitcode)}"
-        n = self.failures_in_a_row[i]
-        if n >= 2:
-            message = (f"worker {i} keeps dying young: failed {n} times in a row within {YOUNG_S:g} s of its "
-                       f"start; last error: {self.last_error.get(i, 'unknown')}")
-            if self.cfg.give_up_after and n >= self.cfg.give_up_after:
-                raise ActorsFailed(message)
-            log.error("actors: %s; restarting in %.1f s", message, delay)
-        else:
-            log.warning("actors: worker %d %s after %.1f s; restarting in %.1f s", i, how, lived, delay)
-
-    def claim_ids(self) -> int:
-        """A block of n unused actor ids from the broker (waiting for it like the workers do).
-        The context is gone before any worker is forked: ZeroMQ contexts do not survive fork."""
-        ctx = zmq.Context()
-        try:
-            client = transport.Client(ctx, self.cfg.broker, "actors")
-            reply = client.request("claim_ids", {"n": self.cfg.n}, wait_s=None, report=log.warning,
-                                   should_stop=lambda: self.stopping)
-            client.close()
-            if reply.type != "ok":
-                raise RuntimeError(f"the broker refused to hand out actor ids: {reply.meta.get('reason')}")
-            return int(reply.meta["first_id"])
-        finally:
-            ctx.destroy(linger=0)
-
-    def run(self) -> None:
-        try:
-            first = self.cfg.first_id if self.cfg.first_id is not None else self.claim_ids()
-        except transport.BrokerUnavailable:  # stopped while waiting for the broker
-            return
-        ids = range(first, first + self.cfg.n)
-        # Objects that exist now (torch, gymnasium, the algorithms: hundreds of MB) are never
-        # collected: a collection in a forked worker would write to every page it scans, and the
-        # workers would copy the parent's heap page by page instead of sharing it.
-        gc.freeze()
-        # Workers wait until all are forked: workers already stepping their envs would take the
-        # cores from the forking supervisor (on 2 cores, 32 forks took 2.7 s instead of 0.3 s).
-        start_r, start_w = os.pipe()
-        for i in ids:
-            self.start(i, (start_r, start_w))
-        os.close(start_w)  # end of file: every worker goes
-        os.close(start_r)
-        log.info("actors: started %d workers (ids %d..%d), pids %s", self.cfg.n, ids[0], ids[-1],
-                 [p.pid for p in self.procs.values()])
-        try:
-            while not self.stopping:
-                time.sleep(0.02)
-                now = time.monotonic()
-                for i, p in list(self.procs.items()):
-                    if p.is_alive() or self.stopping:
-                        continue
-                    if i not in self.restart_at:
-                        p.join(0)
-                        self._on_exit(i, p.exitcode, now)
-                    elif now >= self.restart_at[i]:  # the restart is kept until it is due
-                        del self.restart_at[i]
-                        self.start(i)
-                        self.restarts += 1
-        finally:
-            self.shutdown()
-
-    def shutdown(self, grace_s: float = 5.0) -> None:
-        for p in self.procs.values():
-            if p.is_alive():
-                p.terminate()  # SIGTERM: workers finish their current step and exit
-        deadline = time.monotonic() + grace_s
-        for p in self.procs.values():
-            p.join(max(0.0, deadline - time.monotonic()))
-            if p.is_alive():
-                p.kill()
-                p.join(1.0)
-        log.info("actors: stopped %d workers", len(self.procs))
-
-
 def run_actors(cfg: ActorConfig) -> None:
-    sup = Supervisor(cfg)
-
-    def _stop(*_):
-        sup.stopping = True
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    sup.run()
+    run_supervised(Supervisor(cfg, _worker_main))

@@ -111,6 +111,15 @@ class ActorCore:
     def has_action_values(self) -> bool:
         return type(self).action_values is not ActorCore.action_values
 
+    @classmethod
+    def act_many(cls, net, cores: list[ActorCore], obs: list[np.ndarray], states: list[RecurrentState],
+                 episode_starts: list[np.ndarray]) -> list[tuple[np.ndarray, RecurrentState, dict[str, np.ndarray]]]:
+        """Central inference: act for several actors at once, cores[i] (actor i's exploration) on
+        obs[i]; the same results as each core's act. This default calls each core's act in turn;
+        a core that can split the network from its sampling overrides it to run the network once
+        on every actor's observations (one batched forward pass is what central inference is for)."""
+        return [core.act(net, o, s, e) for core, o, s, e in zip(cores, obs, states, episode_starts)]
+
 
 class LearnerProtocol(Protocol):
     net: torch.nn.Module
@@ -125,6 +134,21 @@ class LearnerProtocol(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def concat_states(states: list[RecurrentState]) -> RecurrentState:
+    """Several actors' states as one batch (environments on axis 0)."""
+    return {k: np.concatenate([s[k] for s in states]) for k in states[0]} if states and states[0] else {}
+
+
+def row_slices(parts: list[np.ndarray]) -> list[slice]:
+    """Where each part lies in their concatenation along axis 0."""
+    ends = np.cumsum([len(p) for p in parts])
+    return [slice(int(e - len(p)), int(e)) for p, e in zip(parts, ends)]
+
+
+def state_rows(state: RecurrentState, rows: slice) -> RecurrentState:
+    return {k: v[rows] for k, v in state.items()}
 
 
 def no_history(args: Any) -> History:

@@ -42,11 +42,12 @@ def _overrides(config: Mapping[str, Any] | None) -> list[str]:
 def train(algo: str = "dqn", env: str = "CartPole-v1", actors: int = 4, steps: int | None = None,
           config: Mapping[str, Any] | None = None, run_dir: str | Path | None = None, seed: int | None = None,
           target_return: float | None = None, config_file: str | Path | None = None,
-          progress: bool = False) -> TrainResult:
+          progress: bool = False, inference: bool = False) -> TrainResult:
     """Train with a local cluster of separate processes; return the run's summary, metrics and checkpoint.
 
-    Raises ConfigError (bad key, algorithm or env) before anything starts, RuntimeError if the
-    learner fails."""
+    inference=True: central inference (`qrl run --inference`): one inference server acts for
+    env-only actors. Raises ConfigError (bad key, algorithm or env) before anything starts,
+    RuntimeError if the learner fails."""
     from qrl import cli
     from qrl.cluster import actor_permissions, learner_args, run_local
     from qrl.metrics import read
@@ -58,7 +59,8 @@ def train(algo: str = "dqn", env: str = "CartPole-v1", actors: int = 4, steps: i
     passed_on = learner_args(sets, config=config_file, seed=seed, total_steps=steps, target_return=target_return,
                              no_progress=not progress)
     code = run_local(resolved.algo, resolved.env, actors, run_dir, passed_on,
-                     actor_args=actor_permissions(resolved.env, resolved.run.wrappers))
+                     actor_args=actor_permissions(resolved.env, resolved.run.wrappers), inference=inference,
+                     inference_args=cli._inference_sets(sets, resolved.env, resolved.run.wrappers))
     if code != 0:
         raise RuntimeError(f"the learner exited with code {code}; see {run_dir}")
     summary = json.loads((run_dir / "summary.json").read_text())

@@ -182,31 +182,89 @@ def keygen(key_dir: str) -> None:
 @click.option("--total", type=int, help="Actors in the whole run across machines (default: --n).")
 @address_file_option
 @keys_option
+@click.option("--inference", help="A central inference server's address (`qrl inference`): env-only actors "
+                                   "that step their envs and get actions from it; they import no torch.")
+@click.option("--inference-file", type=click.Path(dir_okay=False),
+              help="Read the inference server's address from this file (`qrl inference --address-file`).")
 @click.option("--set", "sets", multiple=True, metavar="actor.KEY=VALUE",
               help="Override an actor setting, e.g. --set actor.send_hwm=2 (see ActorConfig).")
 @user_errors("actor")
 def actor(n: int, broker: str, first_id: int, total: int | None, broker_file: str | None, keys: str | None,
-          sets: tuple[str, ...]) -> None:
+          inference: str | None, inference_file: str | None, sets: tuple[str, ...]) -> None:
     """Run N actor processes under a supervisor that restarts any that die."""
     _setup_logging()
-    from qrl.actor import ActorConfig, run_actors  # torch: imported while a broker started with us binds
     from qrl.transport import check_address, read_address_file, use_keys
+
+    if inference or inference_file:
+        if keys:
+            raise UserError("actor: --inference does not support --keys yet (the inference socket has no CURVE)")
+        inference = read_address_file(inference_file) if inference_file else inference
+        check_address(inference, "inference address")
+        from qrl.env_actor import run_env_actors  # no torch
+        from qrl.supervisor import ActorConfig
+
+        first = 0 if first_id == "auto" else _int_option("--first-id", first_id)
+        run_env_actors(_component_config(ActorConfig, "actor", sets, n=n, first_id=first, total=total,
+                                         inference=inference))
+        from qrl.lifetime import exit_now
+
+        exit_now(0)
+    from qrl.actor import ActorConfig, run_actors  # torch: imported while a broker started with us binds
 
     use_keys(keys, server=False, role="actor")
     if broker_file:
         broker = read_address_file(broker_file)
     check_address(broker)
-    if first_id == "auto":
-        first = None
-    else:
-        try:
-            first = int(first_id)
-        except ValueError:
-            raise UserError(f"actor: --first-id must be an integer or 'auto', not {first_id!r}") from None
+    first = None if first_id == "auto" else _int_option("--first-id", first_id)
     run_actors(_component_config(ActorConfig, "actor", sets, broker=broker, n=n, first_id=first, total=total))
     from qrl.lifetime import exit_now
 
     exit_now(0)  # workers are reaped and nothing is left to write
+
+
+def _inference_sets(sets: tuple[str, ...], env: str, wrappers: list) -> tuple[str, ...]:
+    """The `qrl inference` flags of a local cluster: its --set inference.* overrides and permissions."""
+    from qrl.cluster import actor_permissions
+
+    own = tuple(f"--set={s}" for s in sets if s.strip().startswith("inference."))
+    return own + actor_permissions(env, wrappers, section="inference")
+
+
+def _int_option(flag: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise UserError(f"actor: {flag} must be an integer or 'auto', not {value!r}") from None
+
+
+@main.command()
+@click.option("--broker", default="tcp://127.0.0.1:5555", show_default=True, help="The broker's service address.")
+@address_file_option
+@click.option("--bind", default="tcp://127.0.0.1:5565", show_default=True,
+              help="Where env actors connect (port 0: a free one).")
+@click.option("--write-address", "address_out", type=click.Path(dir_okay=False),
+              help="Write the bound address here (JSON), for `qrl actor --inference-file`.")
+@click.option("--device", default="cpu", show_default=True, help="Where the policy runs.")
+@click.option("--set", "sets", multiple=True, metavar="inference.KEY=VALUE",
+              help="Override a setting, e.g. --set inference.batch_envs=64 (see InferenceConfig).")
+@user_errors("inference")
+def inference(broker: str, broker_file: str | None, bind: str, address_out: str | None, device: str,
+              sets: tuple[str, ...]) -> None:
+    """Central inference for env-only actors: batches their observations through the policy, keeps
+    their exploration and recurrent state, and pushes their segments to the broker."""
+    _setup_logging()
+    from qrl.inference import InferenceConfig, run_inference
+    from qrl.transport import check_address, read_address_file
+
+    if broker_file:
+        broker = read_address_file(broker_file)
+    check_address(broker)
+    check_address(bind, "--bind", lowest_port=0)
+    run_inference(_component_config(InferenceConfig, "inference", sets, broker=broker, bind=bind, device=device),
+                  address_out)
+    from qrl.lifetime import exit_now
+
+    exit_now(0)
 
 
 def _learner_options(fn):
@@ -275,9 +333,11 @@ def learner(config, algo, env_id, seed, total_steps, target_return, run_dir, no_
 @_learner_options
 @click.option("--actors", type=click.IntRange(1, 1024), help="Actor processes (default: the config's, else 4).")
 @click.option("--resume", is_flag=True, help="Continue the run in --run-dir: learner checkpoint and broker snapshot.")
+@click.option("--inference", is_flag=True, help="Central inference: one `qrl inference` server acts for env-only "
+                                                "actors (which import no torch).")
 @user_errors("run")
 def run(config, algo, env_id, seed, total_steps, target_return, run_dir, no_progress, tensorboard, keys, sets, actors,
-        resume) -> None:
+        resume, inference) -> None:
     """Train with a local cluster: broker, actors and learner as separate processes on loopback."""
     from qrl import algorithm
     from qrl.config import load_file
@@ -294,12 +354,17 @@ def run(config, algo, env_id, seed, total_steps, target_return, run_dir, no_prog
     from qrl.cluster import ClusterError, actor_permissions, learner_args, run_local
 
     actors = actors or file.actors or 4
-    passed_on = learner_args(sets, config=config, seed=seed, total_steps=total_steps, target_return=target_return,
+    learner_sets = tuple(s for s in sets if not s.strip().startswith("inference."))  # the server's own
+    passed_on = learner_args(learner_sets, config=config, seed=seed, total_steps=total_steps,
+                             target_return=target_return,
                              no_progress=no_progress, resume=resume, tensorboard=tensorboard)
     key_args = ("--keys", keys) if keys else ()
+    if inference and keys:
+        raise UserError("run: --inference does not support --keys yet (the inference socket has no CURVE)")
     try:
         code = run_local(algo, env_id, actors, Path(run_dir or _default_run_dir(algo, env_id)),
-                         [*passed_on, *key_args], key_args, actor_permissions(env_id, run_cfg.wrappers))
+                         [*passed_on, *key_args], key_args, actor_permissions(env_id, run_cfg.wrappers),
+                         inference=inference, inference_args=_inference_sets(sets, env_id, run_cfg.wrappers))
     except ClusterError as exc:
         raise click.ClickException(f"run: {exc}") from None
     sys.exit(code)

@@ -101,23 +101,60 @@ def learner_args(sets: tuple[str, ...] = (), *, config: str | Path | None = None
     return args
 
 
-def actor_permissions(env: str, wrappers: list) -> tuple[str, ...]:
-    """`--set` flags that let this cluster's actors build what its own config names (an entry
-    point, wrappers): a run spec from anyone else gets no such permission."""
+def actor_permissions(env: str, wrappers: list, section: str = "actor") -> tuple[str, ...]:
+    """`--set` flags that let this cluster's actors (or inference server: section "inference") build
+    what its own config names (an entry point, wrappers): a run spec from anyone else gets no such
+    permission."""
     import json
 
     from qrl.envs import wrapper_name
 
     flags: list[str] = []
     if ":" in env:
-        flags += ["--set", f"actor.allow_envs={json.dumps([env])}"]
+        flags += ["--set", f"{section}.allow_envs={json.dumps([env])}"]
     if wrappers:
-        flags += ["--set", f"actor.allow_wrappers={json.dumps(sorted({wrapper_name(w) for w in wrappers}))}"]
+        flags += ["--set", f"{section}.allow_wrappers={json.dumps(sorted({wrapper_name(w) for w in wrappers}))}"]
     return tuple(flags)
 
 
+class InferenceProcess:
+    """`qrl inference` for a local cluster, restarted on the port it first bound when it dies (the
+    env actors reconnect to the same address and resume); one that keeps dying at start ends the run."""
+
+    def __init__(self, run_dir: Path, broker_file: Path, extra: tuple[str, ...] = ()):
+        self.run_dir, self.broker_file, self.extra = run_dir, broker_file, extra
+        self.address_file = run_dir / "inference.json"
+        self.address_file.unlink(missing_ok=True)
+        self.bind = "tcp://127.0.0.1:0"
+        self.restarts = self.young_deaths = 0
+        self.proc = self._start()
+
+    def _start(self) -> subprocess.Popen:
+        self.started = time.monotonic()
+        with (self.run_dir / "inference.log").open("a") as log:
+            return subprocess.Popen(_qrl("inference", "--address-file", str(self.broker_file), "--bind", self.bind,
+                                         "--write-address", str(self.address_file), *self.extra),
+                                    stdout=log, stderr=subprocess.STDOUT, env=child_env())
+
+    def check(self) -> None:
+        """Restart it if it has exited."""
+        if self.proc.poll() is None:
+            return
+        if self.address_file.exists():
+            self.bind = json.loads(self.address_file.read_text())["address"]
+        self.young_deaths = self.young_deaths + 1 if time.monotonic() - self.started < 10 else 0
+        if self.young_deaths >= GIVE_UP_AFTER:
+            raise ClusterError(f"inference exited with code {self.proc.returncode} {self.young_deaths} times in a row "
+                               f"at start: {_tail(self.run_dir / 'inference.log', lines=1)}")
+        print(f"qrl run: the inference server exited with code {self.proc.returncode}; restarting it", file=sys.stderr,
+              flush=True)
+        self.restarts += 1
+        self.proc = self._start()
+
+
 def run_local(algo: str, env: str, actors: int, run_dir: Path, learner_args: list[str],
-              key_args: tuple[str, ...] = (), actor_args: tuple[str, ...] = ()) -> int:
+              key_args: tuple[str, ...] = (), actor_args: tuple[str, ...] = (), inference: bool = False,
+              inference_args: tuple[str, ...] = ()) -> int:
     """Run a whole training job; return the learner's exit code.
 
     Broker, actors and learner start at once: each imports what it needs (torch: about a second)
@@ -133,6 +170,7 @@ def run_local(algo: str, env: str, actors: int, run_dir: Path, learner_args: lis
     address_file = run_dir / "broker.json"
     address_file.unlink(missing_ok=True)
     procs: list[subprocess.Popen] = []
+    server: InferenceProcess | None = None
 
     def _terminated(signum, frame):  # SIGTERM (a scheduler, `kill`): stop the cluster like Ctrl-C does
         raise KeyboardInterrupt
@@ -142,11 +180,16 @@ def run_local(algo: str, env: str, actors: int, run_dir: Path, learner_args: lis
     try:
         broker = start_broker(run_dir, wait=False, extra=("--snapshot-dir", str(run_dir / "broker"), *key_args))
         procs.append(broker)
+        if inference:  # central inference: env-only actors get their actions from one server
+            server = InferenceProcess(run_dir, address_file, inference_args)
+            procs.insert(0, server.proc)  # stopped after the actors, before the broker
+            where = ("--inference-file", str(server.address_file))
+        else:
+            where = ("--address-file", str(address_file), *key_args)
         # Actors that fail at start again and again (a broken env, a bad setting) end the run
         # with their last error instead of crash-looping unseen.
         actor_proc = start_actors(run_dir, None, actors, extra=(
-            "--address-file", str(address_file), "--set", f"actor.give_up_after={GIVE_UP_AFTER}", *actor_args,
-            *key_args))
+            *where, "--set", f"actor.give_up_after={GIVE_UP_AFTER}", *actor_args))
         procs.insert(0, actor_proc)
         done_read, done_write = os.pipe()  # the learner says when it stops training (lifetime.announce_done)
         learner = subprocess.Popen(_qrl("learner", "--algo", algo, "--env", env, "--address-file", str(address_file),
@@ -161,6 +204,10 @@ def run_local(algo: str, env: str, actors: int, run_dir: Path, learner_args: lis
                     announced = True
                     print(f"qrl run: broker at {json.loads(address_file.read_text())['address']}, {actors} actor "
                           f"processes, logs in {run_dir}", flush=True)
+                if server is not None:
+                    before = server.proc
+                    server.check()
+                    procs[procs.index(before)] = server.proc
                 for p, name in ((broker, "broker"), (actor_proc, "actors")):
                     if p.poll() is not None:  # its last log line is its one-line error
                         raise ClusterError(f"{name} exited with code {p.returncode}: "
@@ -168,7 +215,7 @@ def run_local(algo: str, env: str, actors: int, run_dir: Path, learner_args: lis
                 if select.select([done_read], [], [], 0.05 if not announced else 0.2)[0]:  # done (or exited)
                     # No more experience is needed: the actors stop (confirming their last segments
                     # with the broker), then the broker, all while the learner checkpoints.
-                    stop([actor_proc, broker], grace_s=_grace_s())
+                    stop([actor_proc, *([server.proc] if server else []), broker], grace_s=_grace_s())
                     learner.wait()
         finally:
             os.close(done_read)

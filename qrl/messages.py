@@ -318,20 +318,46 @@ SCHEMAS: dict[str, Map] = {
 }
 
 
-def validate(msg_type: str, meta: Any) -> dict[str, Any]:
-    """The metadata of a message the broker received, checked against its type's schema."""
-    schema = SCHEMAS.get(msg_type)
+ENV_ACTOR = {
+    "req": REQ,
+    "actor_id": Field(Int(), doc="the env actor's id"),
+    "incarnation": Field(Str(32), doc="random per env actor process start"),
+}
+
+INFERENCE_SCHEMAS: dict[str, Map] = {
+    "env_hello": Map({
+        **ENV_ACTOR,
+        "num_envs": Field(Int(1, 4096), required=False, doc="environments this actor steps (default: the run's)"),
+        "resume": Field(Bool(), required=False,
+                        doc="true when this actor's episodes are under way (after a timeout: a new server)"),
+    }),
+    "env_step": Map({
+        **ENV_ACTOR,
+        "step": Field(Int(), doc="0 after each hello, then +1 per request; a resent request repeats it"),
+    }),
+    "env_bye": Map(ENV_ACTOR),
+    "get_stats": Map({"req": REQ}),
+}
+"""What the inference server's ROUTER accepts from env-only actors (docs/protocol.md)."""
+
+
+def validate(msg_type: str, meta: Any, schemas: dict[str, Map] = SCHEMAS, server: str = "the broker") -> dict[str, Any]:
+    """The metadata of a message a server received, checked against its type's schema."""
+    schema = schemas.get(msg_type)
     if schema is None:
-        raise MessageError("t", f"{msg_type} is not a message the broker accepts", reason="unexpected_type")
+        raise MessageError("t", f"{msg_type} is not a message {server} accepts", reason="unexpected_type")
     return schema.check(meta, msg_type)
 
 
-def markdown() -> str:
-    """The metadata tables of docs/protocol.md (checked equal by a test)."""
+def markdown(schemas: dict[str, Map] | None = None) -> str:
+    """The metadata tables of docs/protocol.md (checked equal by a test): the broker's messages,
+    or those of the given schemas alone."""
     lines = ["| message | field | type | required | meaning |", "|---|---|---|---|---|"]
-    for msg_type, schema in SCHEMAS.items():
+    for msg_type, schema in (schemas or SCHEMAS).items():
         for name, f in schema.fields.items():
             lines.append(f"| `{msg_type}` | `{name}` | {f.kind.describe()} | {'yes' if f.required else 'no'} | {f.doc} |")
+    if schemas is not None:
+        return "\n".join(lines)
     for title, sub in (("spec", SPEC), ("table", TABLE), ("schema", ITEM_SCHEMA), ("spec.run", SPEC.fields["run"].kind)):
         lines += ["", f"`{title}`:", "", "| field | type | required | meaning |", "|---|---|---|---|"]
         for name, f in sub.fields.items():
@@ -341,3 +367,5 @@ def markdown() -> str:
 
 if __name__ == "__main__":
     print(markdown())
+    print()
+    print(markdown(INFERENCE_SCHEMAS))

@@ -227,25 +227,26 @@ class AddressError(ValueError):
     """A broker address or listening host that cannot work; the message is one line for the user."""
 
 
-def split_address(address: str) -> tuple[str, int]:
+def split_address(address: str, what: str = "broker address", lowest_port: int = 1) -> tuple[str, int]:
     """'tcp://host:port' -> (host, port), checking the form and the port's range. The host stays
-    as written (an IPv6 one in brackets), so f"tcp://{host}:{other_port}" is an address again."""
+    as written (an IPv6 one in brackets), so f"tcp://{host}:{other_port}" is an address again.
+    lowest_port 0: an address to bind, where port 0 means a free one."""
     host, sep, port = address[6:].rpartition(":") if address.startswith("tcp://") else ("", "", "")
     if not sep or not host:
-        raise AddressError(f"broker address must look like tcp://HOST:PORT, got {address!r}")
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise AddressError(f"broker address {address!r}: the port must be a number from 1 to 65535, not {port!r}")
+        raise AddressError(f"{what} must look like tcp://HOST:PORT, got {address!r}")
+    if not port.isdigit() or not lowest_port <= int(port) <= 65535:
+        raise AddressError(f"{what} {address!r}: the port must be a number from {lowest_port} to 65535, not {port!r}")
     return host, int(port)
 
 
-def check_address(address: str) -> tuple[str, int]:
+def check_address(address: str, what: str = "broker address", lowest_port: int = 1) -> tuple[str, int]:
     """split_address, and the host must resolve (a typo fails now, not as an endless wait).
     A host that resolves but does not answer is waited for: the broker may start later."""
-    host, port = split_address(address)
+    host, port = split_address(address, what, lowest_port)
     try:
         socket_module.getaddrinfo(host.strip("[]"), port, type=socket_module.SOCK_STREAM)
     except (socket_module.gaierror, UnicodeError):
-        raise AddressError(f"broker address {address!r}: cannot resolve host {host!r}") from None
+        raise AddressError(f"{what} {address!r}: cannot resolve host {host!r}") from None
     return host, port
 
 

@@ -45,6 +45,11 @@ MESSAGE_TYPES = frozenset(
         "ok",  # generic success reply
         "not_ready",  # the broker has no run spec / weights yet
         "error",  # the request was understood but refused; meta["reason"]
+        "env_hello",  # env-only actor -> inference server: who I am; reply env_config
+        "env_config",  # inference server reply: the run's environment settings for this actor
+        "env_step",  # env-only actor -> inference server: observations (and the last step's outcome)
+        "env_actions",  # inference server reply: the actions
+        "env_bye",  # env-only actor -> inference server: stopping, free my state
     }
 )
 

@@ -1,0 +1,164 @@
+"""Env-only actors (central inference, SEED style): `qrl actor --n N --inference ADDR`.
+
+Each worker steps its synchronous vector env and asks an inference server (`qrl inference`,
+qrl/inference.py) for every step's actions: it sends the observations, and with them the
+rewards, episode ends and final observations of the step before. The server keeps the policy,
+the exploration and recurrent state, builds the items and pushes the segments. A worker here holds
+no policy and imports no torch (tests/test_inference.py checks its memory maps), so 32 of them
+cost a fraction of 32 policy-running actors, and an environment written in another language needs
+only ZeroMQ and msgpack (docs/protocol.md, "Central inference").
+
+A request that gets no answer within ActorConfig.inference_timeout_s is sent again: a live server
+recognises the repeat by its step number and answers once; a restarted server does not know the
+actor and says so, and the worker greets it again with `resume` and carries on with the episodes
+under way (only the unfinished segment the old server held is lost).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+import zmq
+
+from qrl import envs, transport, wire
+from qrl.supervisor import ActorConfig, Supervisor, run_supervised, worker_prelude
+
+log = logging.getLogger("qrl.actor")
+
+
+class Stop(Exception):
+    pass
+
+
+class RunChanged(Exception):
+    """The inference server now serves another run; the worker restarts to build its envs."""
+
+
+class InferenceRefused(RuntimeError):
+    """The inference server answered with an error this worker cannot act on."""
+
+
+class EnvWorker:
+    def __init__(self, cfg: ActorConfig, actor_id: int):
+        self.cfg, self.actor_id = cfg, actor_id
+        self.role = f"env actor {actor_id}"
+        self.incarnation = uuid.uuid4().hex[:16]
+        self.stopping = False
+        self.steps = 0  # vector-env steps taken
+        self.resumes = 0  # greetings after the first (a restarted inference server)
+
+    def should_stop(self) -> bool:
+        return self.stopping
+
+    def run(self) -> None:
+        self.ctx = zmq.Context()
+        try:
+            self._run()
+        finally:
+            self.ctx.destroy(linger=0)
+
+    def _ident(self) -> dict[str, Any]:
+        return {"actor_id": self.actor_id, "incarnation": self.incarnation}
+
+    def _request(self, msg_type: str, meta: dict[str, Any], arrays: dict[str, np.ndarray] | None = None
+                 ) -> wire.Message:
+        try:
+            return self.client.request(msg_type, {**self._ident(), **meta}, arrays, wait_s=None,
+                                       should_stop=self.should_stop)
+        except transport.BrokerUnavailable:  # stopped while waiting
+            raise Stop from None
+
+    def _hello(self, resume: bool) -> dict[str, Any]:
+        """The run's environment settings for this actor, waiting while the server has no run."""
+        start = last = time.monotonic()
+        while True:
+            reply = self._request("env_hello", {"resume": resume})
+            if reply.type == "env_config":
+                return reply.meta
+            if reply.type != "not_ready":
+                raise InferenceRefused(f"the inference server refused the greeting: {reply.meta.get('detail')}")
+            if time.monotonic() - last > 5:
+                last = time.monotonic()
+                log.warning("%s: waiting for the inference server to get a run (%.0f s)", self.role, last - start)
+            time.sleep(0.05)
+
+    def _run(self) -> None:
+        self.client = transport.Client(self.ctx, self.cfg.inference, self.role, timeout_s=self.cfg.inference_timeout_s)
+        config = self._hello(resume=False)
+        envs.check_spec_allowed(config["env"], config.get("wrappers") or (), self.cfg.allow_envs,
+                                self.cfg.allow_wrappers)
+        run_id, num_envs = config["run_id"], config["num_envs"]
+        env = envs.make_vector_env(config["env"], num_envs, config.get("env_kwargs"), config.get("wrappers") or ())
+        log.info("%s: stepping %s x%d for the inference server at %s", self.role, config["env"], num_envs,
+                 self.cfg.inference)
+        obs, _ = env.reset(seed=config["seed"])
+        step, results = 0, {}
+        try:
+            while not self.stopping:
+                reply = self._request("env_step", {"step": step}, {"obs": obs, **results})
+                if reply.type == "not_ready" or reply.type == "error" and reply.meta.get("reason") == "unknown_actor":
+                    # A restarted server (or one that freed us after a long silence): greet it again
+                    # and go on with the episodes under way; its first step is this observation.
+                    self.resumes += 1
+                    config = self._hello(resume=True)
+                    if config["run_id"] != run_id:
+                        raise RunChanged(f"the inference server now serves run {config['run_id']}")
+                    log.warning("%s: resumed with the inference server", self.role)
+                    step, results = 0, {}
+                    continue
+                if reply.type != "env_actions":
+                    raise InferenceRefused(f"the inference server refused step {step}: "
+                                           f"{reply.meta.get('reason')}: {reply.meta.get('detail')}")
+                actions = reply.arrays.get("actions")
+                if actions is None or len(actions) != num_envs:
+                    raise InferenceRefused(f"the inference server sent no action for each of the {num_envs} envs")
+                obs, reward, terminated, truncated, info = env.step(actions)
+                results = {"reward": np.asarray(reward, np.float32), "terminated": terminated, "truncated": truncated}
+                done = terminated | truncated
+                if done.any():
+                    index = np.flatnonzero(done)
+                    results["final_index"] = index.astype(np.int64)
+                    results["final_obs"] = np.stack([info["final_obs"][i] for i in index])
+                step += 1
+                self.steps += 1
+        finally:
+            env.close()
+            if self.stopping:  # the server frees our state now instead of after its idle timeout
+                try:
+                    self.client.request("env_bye", self._ident(), wait_s=0.5)
+                except transport.BrokerUnavailable:
+                    pass
+
+
+def _worker_main(cfg: ActorConfig, actor_id: int, supervisor_pid: int, errors_fd: int,
+                 start_pipe: tuple[int, int] | None = None) -> None:
+    worker_prelude(supervisor_pid, start_pipe)
+    worker = EnvWorker(cfg, actor_id)
+    signal.signal(signal.SIGTERM, lambda *_: setattr(worker, "stopping", True))
+    code = 0
+    try:
+        worker.run()
+    except Stop:
+        pass
+    except RunChanged as exc:
+        log.warning("env actor %d: %s; restarting", actor_id, exc)
+        code = 3
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        log.error("env actor %d: failed: %s", actor_id, error)
+        os.write(errors_fd, f"{actor_id}\t{error}"[:1000].replace("\n", " ").encode() + b"\n")
+        code = 1
+    log.info("env actor %d: incarnation %s took %d steps, resumed %d times", actor_id, worker.incarnation,
+             worker.steps, worker.resumes)
+    if code:
+        os._exit(code)
+
+
+def run_env_actors(cfg: ActorConfig) -> None:
+    run_supervised(Supervisor(cfg, _worker_main))

@@ -1,0 +1,487 @@
+"""Central inference (SEED style): `qrl inference --broker ADDR`.
+
+One process holds the policy for many env-only actors (qrl/env_actor.py). It gets the run spec and
+every new weights version from the broker like an actor does, and serves a ROUTER socket: each env
+actor sends its observations (with the rewards and episode ends of the step before) and gets its
+actions back. Requests are answered in batches: the server waits until `batch_envs` environments'
+observations are waiting, every connected actor has asked, or the oldest request is `deadline_ms`
+old, whichever comes first, then runs the network once on all of them (ActorCore.act_many) while each
+actor keeps its own exploration (its own core: Ape-X epsilon, generators), recurrent state and item
+window. The items are built with the algorithm's item builder and pushed to the broker with the usual
+accounting: the env actor's id, an incarnation per (server, env actor) pair, sequence numbers and
+policy versions, so the broker cannot tell these segments from a policy-running actor's.
+
+Decision: a process of its own, not a thread of the learner. The learner's update loop keeps its
+core and its device to itself, a crashed or restarted server costs no learner state, and the
+server is restarted alone (crash-only, like every role): env actors notice, greet the new server
+and resume their episodes; only the unfinished segments the old one held are lost (a gap the broker
+sees as a new incarnation, never as a duplicate).
+
+Bad messages on the ROUTER (malformed, unknown type or field, wrong shapes or dtypes, non-finite
+rewards or observations, a step out of order) are answered with an error, counted by reason and
+logged at most every few seconds; nothing of them reaches a table.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import signal
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import zmq
+
+from qrl import algorithm, envs, messages, normalize, transport, wire
+from qrl.config import build
+from qrl.segments import SegmentWriter, SyncActing, confirm_delivery
+
+log = logging.getLogger("qrl.inference")
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    broker: str = "tcp://127.0.0.1:5555"
+    bind: str = "tcp://127.0.0.1:5565"
+    """Where env actors connect (port 0: a free one, written to --address-file)."""
+    batch_envs: int = 256
+    """Act as soon as this many environments' observations are waiting."""
+    deadline_ms: float = 2.0
+    """...or once the oldest waiting request is this old: a slow actor never holds up the others longer."""
+    idle_timeout_s: float = 30.0
+    """An env actor not heard from for this long is forgotten (its state freed); a clean stop says bye."""
+    send_hwm: int = 8
+    """Segments queued in ZeroMQ towards the broker before env actors are held back."""
+    device: str = "cpu"
+    """Where the policy runs."""
+    allow_envs: list[str] = field(default_factory=list)
+    """Environment entry points a run spec may make this server import (to learn the spaces), as ActorConfig's."""
+    allow_wrappers: list[str] = field(default_factory=list)
+    total: int | None = None
+    """Actors in the whole run, for per-actor exploration (Ape-X epsilons); None: the highest actor id seen + 1,
+    at least 8."""
+
+
+class RunChanged(Exception):
+    pass
+
+
+class Refused(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+@dataclass
+class Stream:
+    """One env actor as the server sees it."""
+
+    identity: bytes
+    req: Any
+    actor_id: int
+    incarnation: str  # the env actor's
+    num_envs: int
+    core: algorithm.ActorCore
+    state: algorithm.RecurrentState
+    writer: SegmentWriter
+    sync: SyncActing
+    episode_start: np.ndarray
+    next_step: int = 0
+    pending: np.ndarray | None = None  # observations waiting for actions
+    pending_since: float = 0.0
+    acted: dict[str, Any] | None = None  # the last step acted on, waiting for its rewards
+    last_reply: tuple[int, np.ndarray] | None = None
+    hold: Callable[[int, float], bool] | None = None  # sync_actors: act again once hold(version, waited)
+    held_since: float = 0.0
+    unsent: int = 0  # segments of ours still in the outbox
+    last_seen: float = 0.0
+
+
+class InferenceServer:
+    def __init__(self, cfg: InferenceConfig):
+        self.cfg = cfg
+        self.stopping = False
+        self.incarnation = uuid.uuid4().hex[:8]
+        self.greetings = 0  # streams opened by this server (part of each stream's incarnation)
+        self.stats: collections.Counter = collections.Counter()
+        self.rejected: collections.Counter = collections.Counter()
+        self.last_reject_log: dict[str, float] = {}
+        self.address = ""
+        self.device = torch.device(cfg.device)
+        if self.device.type != "cpu":
+            raise ValueError(f"inference.device={cfg.device}: the actor cores run their networks on numpy "
+                             "batches on the CPU; serving on {cfg.device} is not built yet")
+
+    # -- set-up -----------------------------------------------------------------------------
+
+    def bind(self, ctx: zmq.Context) -> None:
+        self.router = transport.socket(ctx, zmq.ROUTER)
+        self.router.setsockopt(zmq.MAXMSGSIZE, wire.DEFAULT_LIMITS.max_message_bytes)
+        host, port = transport.split_address(self.cfg.bind, "--bind", lowest_port=0)
+        if port == 0:
+            port = self.router.bind_to_random_port(f"tcp://{host}")
+        else:
+            self.router.bind(f"tcp://{host}:{port}")
+        self.address = f"tcp://{host}:{port}"
+
+    def serve(self, ctx: zmq.Context) -> None:
+        """Serve runs until stopped (a new run at the broker: start over with its spec)."""
+        while not self.stopping:
+            try:
+                self._serve_run(ctx)
+            except RunChanged as exc:
+                log.warning("inference: %s; serving it", exc)
+
+    def _fetch(self, client: transport.Client, msg_type: str) -> wire.Message:
+        while True:
+            reply = client.request(msg_type, wait_s=None, should_stop=lambda: self.stopping)
+            if reply.type != "not_ready":
+                return reply
+            self._answer_waiting()
+            time.sleep(0.05)
+
+    def _answer_waiting(self) -> None:
+        """While there is no run: tell env actors so (they wait and ask again)."""
+        while self.router.poll(0):
+            frames = self.router.recv_multipart(copy=False)
+            if len(frames) > 1:
+                self._reply(frames[0].bytes, "not_ready", {"req": self._req_of(frames[1:])})
+
+    def _req_of(self, frames: list) -> Any:
+        try:
+            req = wire.decode(frames).meta.get("req")
+            return req if isinstance(req, int) else None
+        except wire.WireError:
+            return None
+
+    def _serve_run(self, ctx: zmq.Context) -> None:
+        client = transport.Client(ctx, self.cfg.broker, "inference")
+        reply = self._fetch(client, "get_spec")
+        self.spec, ports = reply.meta["spec"], reply.meta["ports"]
+        self.agent = algorithm.load(self.spec["algo"])
+        self.args = build(self.agent.Args, self.spec["args"], "algo")
+        self.run = self.spec["run"]
+        envs.check_spec_allowed(self.spec["env"], self.spec.get("wrappers") or (), self.cfg.allow_envs,
+                                self.cfg.allow_wrappers)
+        self.obs_space, self.action_space = envs.spaces(self.spec["env"], self.spec.get("env_kwargs"),
+                                                        self.spec.get("wrappers") or ())
+        self.net = self.agent.make_policy(self.obs_space, self.action_space, self.args).to(self.device)
+        self.net.eval()
+        self.normalizer = normalize.ActorNormalizer()
+        self.version = -1
+        self._load_weights(self._fetch(client, "get_weights"))
+        client.close()
+
+        host, _ = transport.split_address(self.cfg.broker)
+        self.weights_sub = transport.socket(ctx, zmq.SUB)
+        self.weights_sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.weights_sub.connect(f"tcp://{host}:{ports['weights_out']}")
+        self.push = transport.socket(ctx, zmq.PUSH, linger_ms=500, heartbeats=False)  # see actor.ingest_socket
+        self.push.setsockopt(zmq.SNDHWM, self.cfg.send_hwm)
+        self.push.connect(f"tcp://{host}:{ports['ingest']}")
+        self.streams: dict[int, Stream] = {}
+        self.outbox: collections.deque = collections.deque()
+        self.done_streams: list[tuple[int, str, int]] = []  # (actor, incarnation, last seq) of streams closed
+        log.info("inference: serving %s on %s at %s (batches of up to %d envs, %.1f ms deadline), weights version %d",
+                 self.spec["algo"], self.spec["env"], self.address, self.cfg.batch_envs, self.cfg.deadline_ms,
+                 self.version)
+        try:
+            self._loop()
+        finally:
+            self._flush_outbox(deadline_s=2.0)
+            streams = self.done_streams + [(s.actor_id, s.writer.incarnation, s.writer.sent - 1)
+                                           for s in self.streams.values() if s.writer.sent]
+            if streams and self.stopping:
+                confirm_delivery(ctx, self.cfg.broker, "inference", streams)
+            self.weights_sub.close(linger=0)
+            self.push.close()
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self.weights_sub, zmq.POLLIN)
+        last_log = last_sweep = time.monotonic()
+        while not self.stopping:
+            timeout_ms = 50.0
+            waiting = [s for s in self.streams.values() if s.pending is not None]
+            if waiting:
+                oldest = min(s.pending_since for s in waiting)
+                timeout_ms = max(0.0, self.cfg.deadline_ms - (time.monotonic() - oldest) * 1000)
+            if self.outbox:
+                poller.register(self.push, zmq.POLLOUT)
+            events = dict(poller.poll(timeout_ms))
+            if self.outbox:
+                poller.unregister(self.push)
+            if self.weights_sub in events:
+                self._poll_weights()
+            if self.router in events:
+                for _ in range(1000):  # everything that is there, within reason
+                    try:
+                        frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    self._on_message(frames)
+            self._flush_outbox()
+            self._act_if_due()
+            now = time.monotonic()
+            if now - last_sweep > 1.0:
+                last_sweep = now
+                self._forget_idle(now)
+            if now - last_log > 10.0:
+                last_log = now
+                log.info("inference: %d env actors, %d steps in %d batches (%.1f envs per batch), "
+                         "%d segments pushed, rejected %s", len(self.streams), self.stats["steps"],
+                         self.stats["batches"], self.stats["batched_envs"] / max(1, self.stats["batches"]),
+                         self.stats["segments"], dict(self.rejected) or "none")
+
+    def _act_if_due(self) -> None:
+        now = time.monotonic()
+        for s in self.streams.values():
+            if s.hold is not None and s.hold(self.version, now - s.held_since):
+                s.hold = None
+        ready = [s for s in self.streams.values() if s.pending is not None and s.hold is None and not s.unsent]
+        if not ready:
+            return
+        envs_waiting = sum(s.num_envs for s in ready)
+        everyone = len(ready) == sum(1 for s in self.streams.values() if s.hold is None and not s.unsent)
+        oldest = min(s.pending_since for s in ready)
+        if envs_waiting < self.cfg.batch_envs and not everyone and (now - oldest) * 1000 < self.cfg.deadline_ms:
+            return
+        for s in ready:
+            if s.writer.starting:  # the first step of a segment: its policy version, its noise
+                s.writer.version = self.version
+                s.core.begin_segment(self.net)
+        core_type = type(ready[0].core)
+        results = core_type.act_many(self.net, [s.core for s in ready], [self.normalizer(s.pending) for s in ready],
+                                     [s.state for s in ready], [s.episode_start for s in ready])
+        for s, (actions, next_state, extras) in zip(ready, results):
+            s.acted = dict(obs=s.pending, actions=actions, extras=extras, state=s.state, episode_start=s.episode_start)
+            s.state, s.pending = next_state, None
+            s.last_reply = (s.next_step - 1, actions)
+            self._reply(s.identity, "env_actions", {"req": s.req, "step": s.next_step - 1}, {"actions": actions})
+        self.stats["batches"] += 1
+        self.stats["batched_envs"] += envs_waiting
+
+    # -- messages ---------------------------------------------------------------------------------
+
+    def _reply(self, identity: bytes, msg_type: str, meta: dict[str, Any], arrays=None) -> None:
+        try:
+            self.router.send_multipart([identity, *wire.encode(msg_type, meta, arrays)], flags=zmq.NOBLOCK,
+                                       copy=False)
+        except zmq.ZMQError:  # the actor is gone (or not reading): it asks again
+            self.stats["replies_dropped"] += 1
+
+    def _reject(self, identity: bytes, req: Any, reason: str, detail: str) -> None:
+        self.rejected[reason] += 1
+        now = time.monotonic()
+        if now - self.last_reject_log.get(reason, -1e9) > 5.0:
+            self.last_reject_log[reason] = now
+            log.warning("inference: rejected a message: %s %s (%d so far)", reason, detail[:300], self.rejected[reason])
+        self._reply(identity, "error", {"req": req, "reason": reason, "detail": detail[:512]})
+
+    def _on_message(self, frames: list) -> None:
+        if len(frames) < 2:
+            self.rejected["malformed"] += 1
+            return
+        identity = frames[0].bytes
+        req = None
+        try:
+            msg = wire.decode(frames[1:])
+            req = msg.meta.get("req") if isinstance(msg.meta.get("req"), int) else None
+            meta = messages.validate(msg.type, msg.meta, messages.INFERENCE_SCHEMAS, "the inference server")
+            handler = getattr(self, f"_on_{msg.type}")
+            handler(identity, meta, msg.arrays)
+        except (wire.WireError, messages.MessageError) as exc:
+            self._reject(identity, req, exc.reason, exc.detail)
+        except Refused as exc:
+            self._reject(identity, req, exc.reason, exc.detail)
+
+    def _on_get_stats(self, identity: bytes, meta: dict, arrays: dict) -> None:
+        self._reply(identity, "stats", {"req": meta.get("req"), "actors": len(self.streams),
+                                        "actor_ids": sorted(self.streams), "version": self.version,
+                                        "rejected": dict(self.rejected), **dict(self.stats)})
+
+    def _on_env_hello(self, identity: bytes, meta: dict, arrays: dict) -> None:
+        actor_id, num_envs = meta["actor_id"], meta.get("num_envs", self.run["num_envs"])
+        old = self.streams.pop(actor_id, None)
+        if old is not None:  # a restarted env actor (or one resuming after we forgot it): free the old state
+            self._close(old)
+        self.greetings += 1
+        total = self.cfg.total or max(8, actor_id + 1)
+        seed = self.run["seed"] + 1000 * (actor_id + 1)  # as a policy-running actor's
+        core = self.agent.actor(self.args, actor_id % total, total, num_envs, seed)
+        incarnation = f"{self.incarnation}.{self.greetings}.{meta['incarnation']}"
+        writer = SegmentWriter(self.agent, self.args, self.spec["run_id"], actor_id, incarnation, num_envs,
+                               self.run["segment_length"])
+        if meta.get("resume"):
+            writer.counted[:] = False  # episodes under way began before we saw them: returns unknown
+        self.streams[actor_id] = Stream(
+            identity=identity, req=meta.get("req"), actor_id=actor_id, incarnation=meta["incarnation"],
+            num_envs=num_envs, core=core, state=core.initial_state(num_envs), writer=writer,
+            sync=SyncActing(self.run, incarnation), episode_start=np.ones(num_envs, dtype=bool),
+            last_seen=time.monotonic())
+        self.stats["greetings"] += 1
+        self._reply(identity, "env_config", {
+            "req": meta.get("req"), "run_id": self.spec["run_id"], "env": self.spec["env"],
+            "env_kwargs": self.spec.get("env_kwargs"), "wrappers": self.spec.get("wrappers"),
+            "num_envs": num_envs, "seed": seed})
+
+    def _stream(self, meta: dict) -> Stream:
+        s = self.streams.get(meta["actor_id"])
+        if s is None or s.incarnation != meta["incarnation"]:
+            raise Refused("unknown_actor", f"actor {meta['actor_id']} has not said hello to this server")
+        return s
+
+    def _on_env_bye(self, identity: bytes, meta: dict, arrays: dict) -> None:
+        self._close(self.streams.pop(self._stream(meta).actor_id))
+        self._reply(identity, "ok", {"req": meta.get("req")})
+
+    def _close(self, s: Stream) -> None:
+        """Forget an env actor: its unfinished segment is dropped (its accounting stays with the broker)."""
+        if s.writer.sent:
+            self.done_streams.append((s.actor_id, s.writer.incarnation, s.writer.sent - 1))
+            del self.done_streams[:-1024]
+        self.stats["closed"] += 1
+
+    def _forget_idle(self, now: float) -> None:
+        for actor_id, s in list(self.streams.items()):
+            if now - s.last_seen > self.cfg.idle_timeout_s:
+                log.warning("inference: env actor %d silent for %.0f s: freed its state", actor_id, now - s.last_seen)
+                self._close(self.streams.pop(actor_id))
+
+    def _on_env_step(self, identity: bytes, meta: dict, arrays: dict) -> None:
+        s = self._stream(meta)
+        s.identity, s.req, s.last_seen = identity, meta.get("req"), time.monotonic()
+        step = meta["step"]
+        if step == s.next_step - 1:  # a repeat (the actor timed out): answer once
+            if s.pending is None and s.last_reply is not None and s.last_reply[0] == step:
+                self._reply(identity, "env_actions", {"req": s.req, "step": step}, {"actions": s.last_reply[1]})
+            self.stats["repeats"] += 1
+            return
+        if step != s.next_step:
+            raise Refused("bad_step", f"actor {s.actor_id}: step {step}, expected {s.next_step}")
+        obs = self._observations(arrays.get("obs"), s.num_envs, "obs")
+        if step > 0:
+            self._record(s, obs, arrays)
+        s.pending, s.pending_since = obs, time.monotonic()
+        s.next_step += 1
+        self.stats["steps"] += 1
+
+    def _observations(self, obs: Any, n: int, name: str) -> np.ndarray:
+        shape, dtype = tuple(self.obs_space.shape), self.obs_space.dtype
+        if obs is None or obs.shape != (n, *shape) or obs.dtype != dtype:
+            got = "none" if obs is None else f"{obs.dtype}{list(obs.shape)}"
+            raise Refused("bad_obs", f"{name} must be {dtype}{[n, *shape]}, got {got}")
+        if obs.dtype.kind == "f" and not np.isfinite(obs).all():
+            raise Refused("bad_obs", f"{name} holds NaN or infinite values")
+        return obs
+
+    def _record(self, s: Stream, obs: np.ndarray, arrays: dict) -> None:
+        """The previous step's outcome: complete its transition and push the segment once full."""
+        n = s.num_envs
+        reward, terminated, truncated = arrays.get("reward"), arrays.get("terminated"), arrays.get("truncated")
+        if reward is None or reward.shape != (n,) or reward.dtype.kind != "f" or not np.isfinite(reward).all():
+            raise Refused("bad_reward", f"reward must be {n} finite floats")
+        for name, flags in (("terminated", terminated), ("truncated", truncated)):
+            if flags is None or flags.shape != (n,) or flags.dtype != np.bool_:
+                raise Refused("bad_flags", f"{name} must be {n} bools")
+        done = terminated | truncated
+        next_obs = obs
+        index = arrays.get("final_index")
+        if done.any() or index is not None:
+            if index is None or index.dtype.kind not in "iu" or index.ndim != 1 \
+                    or not np.array_equal(np.sort(index), np.flatnonzero(done)):
+                raise Refused("bad_final_obs", "final_index must list exactly the envs whose episode ended")
+            final = self._observations(arrays.get("final_obs"), len(index), "final_obs")
+            next_obs = obs.copy()
+            next_obs[index] = final
+        a = s.acted
+        s.writer.record(a["obs"], a["actions"], reward, terminated, truncated, next_obs, a["extras"],
+                        a["episode_start"], a["state"])
+        s.episode_start = done
+        if s.writer.full:
+            segment_version = s.writer.version
+            self.outbox.append((s, s.writer.encode()))
+            s.unsent += 1
+            s.writer.mark_sent()
+            hold = s.sync.after_push(s.writer.sent - 1, segment_version)
+            if hold is not None:
+                s.hold, s.held_since = hold, time.monotonic()
+
+    # -- broker side ------------------------------------------------------------------------------
+
+    def _flush_outbox(self, deadline_s: float = 0.0) -> None:
+        end = time.monotonic() + deadline_s
+        while self.outbox:
+            s, frames = self.outbox[0]
+            try:
+                self.push.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                if time.monotonic() >= end:
+                    return
+                self.push.poll(50, zmq.POLLOUT)
+                continue
+            self.outbox.popleft()
+            s.unsent -= 1
+            self.stats["segments"] += 1
+
+    def _poll_weights(self) -> None:
+        newest = None
+        while True:  # drain: only the newest weights matter
+            try:
+                newest = self.weights_sub.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+        if newest is None:
+            return
+        try:
+            msg = wire.decode(newest)
+        except wire.WireError as exc:
+            log.warning("inference: ignored malformed weights (%s)", exc)
+            return
+        if msg.meta.get("run_id") == self.spec["run_id"] and msg.meta.get("version", -1) <= self.version:
+            return
+        self._load_weights(msg)
+        for s in self.streams.values():
+            s.sync.weights_arrived(msg.meta)
+
+    def _load_weights(self, msg: wire.Message) -> None:
+        if msg.meta.get("run_id") != self.spec["run_id"]:
+            raise RunChanged(f"the broker now serves run {msg.meta.get('run_id')}")
+        arrays = self.normalizer.split(msg.arrays)
+        self.net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
+        self.version = int(msg.meta["version"])
+
+
+def run_inference(cfg: InferenceConfig, address_file: str | None = None) -> None:
+    import json
+    import os
+
+    torch.set_num_threads(1)
+    server = InferenceServer(cfg)
+
+    def _stop(*_):
+        server.stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    ctx = zmq.Context()
+    try:
+        server.bind(ctx)
+        if address_file:
+            tmp = address_file + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump({"address": server.address, "pid": os.getpid()}, f)
+            os.replace(tmp, address_file)  # readers never see a half-written file
+        server.serve(ctx)
+    except transport.BrokerUnavailable:
+        if not server.stopping:
+            raise
+    finally:
+        ctx.destroy(linger=0)
