@@ -301,6 +301,9 @@ class InferenceServer:
             self._reject(identity, req, exc.reason, exc.detail)
         except Refused as exc:
             self._reject(identity, req, exc.reason, exc.detail)
+        except Exception as exc:  # noqa: BLE001  (a bug: no client message may stop the server)
+            log.exception("inference: internal error on a message")
+            self._reject(identity, req, "internal_error", f"{type(exc).__name__}: {exc}")
 
     def _on_get_stats(self, identity: bytes, meta: dict, arrays: dict) -> None:
         self._reply(identity, "stats", {"req": meta.get("req"), "actors": len(self.streams),
@@ -375,12 +378,12 @@ class InferenceServer:
 
     def _observations(self, obs: Any, n: int, name: str) -> np.ndarray:
         shape, dtype = tuple(self.obs_space.shape), self.obs_space.dtype
-        if obs is None or obs.shape != (n, *shape) or obs.dtype != dtype:
+        if obs is None or obs.shape != (n, *shape) or not np.can_cast(obs.dtype, dtype, "same_kind"):
             got = "none" if obs is None else f"{obs.dtype}{list(obs.shape)}"
             raise Refused("bad_obs", f"{name} must be {dtype}{[n, *shape]}, got {got}")
         if obs.dtype.kind == "f" and not np.isfinite(obs).all():
             raise Refused("bad_obs", f"{name} holds NaN or infinite values")
-        return obs
+        return obs.astype(dtype, copy=False)
 
     def _record(self, s: Stream, obs: np.ndarray, arrays: dict) -> None:
         """The previous step's outcome: complete its transition and push the segment once full."""

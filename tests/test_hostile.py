@@ -337,6 +337,9 @@ def test_every_message_field_is_documented_and_every_documented_field_exists():
     assert begin in doc and end in doc
     documented = doc[doc.index(begin) + len(begin):doc.index(end)].strip()
     assert documented == messages.markdown().strip(), "run: python -m qrl.messages > the block in docs/protocol.md"
+    begin, end = "<!-- inference:begin -->", "<!-- inference:end -->"
+    inference = doc[doc.index(begin) + len(begin):doc.index(end)].strip()
+    assert inference == messages.markdown(messages.INFERENCE_SCHEMAS).strip(), "the central inference block"
     for msg_type, schema in messages.SCHEMAS.items():
         for name in schema.fields:
             assert f"| `{msg_type}` | `{name}` |" in documented

@@ -174,7 +174,7 @@ def test_bad_messages_are_rejected_with_a_reason_and_serving_goes_on(procs, brok
     bad = EnvActor(ctx, address, 2)
     bad.hello()
     cases = [
-        ("bad_obs", {"obs": np.zeros((2, 4), np.float64)}),  # wrong dtype
+        ("bad_obs", {"obs": np.zeros((2, 5), np.float32)}),  # not the observation shape
         ("bad_obs", {"obs": np.zeros((3, 4), np.float32)}),  # wrong number of envs
         ("bad_obs", {"obs": np.full((2, 4), np.nan, np.float32)}),
     ]
