@@ -32,12 +32,13 @@ from qrl.cluster import start_actors, start_broker, stop
 from qrl.transport import Client
 
 
-def start_inference(run_dir: Path, broker: str) -> tuple[subprocess.Popen, str]:
+def start_inference(run_dir: Path, broker: str, sets: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
     address_file = run_dir / "inference.json"
     address_file.unlink(missing_ok=True)
     with (run_dir / "inference.log").open("w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "qrl", "inference", "--broker", broker, "--bind",
-                                 "tcp://127.0.0.1:0", "--write-address", str(address_file)],
+                                 "tcp://127.0.0.1:0", "--write-address", str(address_file),
+                                 *(f"--set=inference.{x}" for x in sets)],
                                 stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while not address_file.exists():
@@ -70,7 +71,8 @@ def round_trips(ctx: zmq.Context, address: str, env_id: str, num_envs: int, step
     return times
 
 
-def measure(env_id: str, n: int, num_envs: int, seconds: float, central: bool, run_dir: Path) -> dict:
+def measure(env_id: str, n: int, num_envs: int, seconds: float, central: bool, run_dir: Path,
+            sets: tuple[str, ...] = ()) -> dict:
     ctx = zmq.Context()
     broker, address = start_broker(run_dir)
     procs = [broker]
@@ -80,7 +82,7 @@ def measure(env_id: str, n: int, num_envs: int, seconds: float, central: bool, r
         stats = lambda: client.request("get_stats", wait_s=30).meta
         server_pids: list[int] = []
         if central:
-            server, inference = start_inference(run_dir, address)
+            server, inference = start_inference(run_dir, address, sets)
             procs.insert(0, server)
             server_pids = [server.pid]
             while stats().get("weights_version", -1) < 0:
@@ -116,6 +118,8 @@ def main() -> None:
     p.add_argument("--num-envs", type=int, default=8, help="envs per actor")
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="an inference server setting, e.g. --set deadline_ms=1 (see InferenceConfig)")
     p.add_argument("--quick", action="store_true")
     a = p.parse_args()
     if a.quick:
@@ -127,7 +131,7 @@ def main() -> None:
                 local, central = [], []
                 for _ in range(a.rounds):  # alternated, so both modes see the machine alike
                     local.append(measure(env_id, n, a.num_envs, a.seconds, False, Path(tmp)))
-                    central.append(measure(env_id, n, a.num_envs, a.seconds, True, Path(tmp)))
+                    central.append(measure(env_id, n, a.num_envs, a.seconds, True, Path(tmp), tuple(a.sets)))
                 med = lambda results, k: statistics.median(r[k] for r in results)
                 rows.append([env_id, n, f"{med(central, 'frames_s'):,.0f}", f"{med(local, 'frames_s'):,.0f}",
                              f"{med(central, 'frames_s') / med(local, 'frames_s'):.2f}",
@@ -141,7 +145,7 @@ def main() -> None:
     table = print_table(["env", "actors", "central frames/s", "local frames/s", "central/local",
                          "round trip p50/p99 ms", "env actors PSS MB", "server PSS MB", "local actors PSS MB",
                          "central start s", "local start s"], rows)
-    save_results("inference", {"quick": a.quick, "rounds": a.rounds, "num_envs": a.num_envs, "seconds": a.seconds,
+    save_results("inference", {"quick": a.quick, "server_settings": a.sets, "rounds": a.rounds, "num_envs": a.num_envs, "seconds": a.seconds,
                                **table, "runs": runs})
 
 

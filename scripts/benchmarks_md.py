@@ -41,7 +41,7 @@ def measured_on(data: dict) -> str:
             f"`{data.get('command', '?')}`.")
 
 
-# -- the targets: each function of the results gives (qrl, reference, ratio, met), or None ----------
+# -- the targets: each function of the results gives (qrl, reference, ratio, met: None without a target), or None
 
 def _transport(size: str):
     def row(r):
@@ -83,6 +83,29 @@ def _actors_32(key: str, limit: float, unit: str):
     def row(r):
         v = _collection(r, "CartPole-v1", 32, key)
         return None if v is None else (f"{v:,.{1 if unit == 'MB' else 2}f} {unit}", "", "", v <= limit)
+    return row
+
+
+def _inference(env: str, n: int, key: str):
+    """Central inference at n actors: (central, local) medians of one figure."""
+    def get(r):
+        d = r["inference"]
+        runs = d and d["runs"].get(f"{env}/{n}")
+        return None if not runs else (med(x[key] for x in runs["central"]), med(x[key] for x in runs["local"]))
+    return get
+
+
+def _inference_pss(r):
+    v = _inference("CartPole-v1", 32, "actors_pss_mb")(r)
+    if v is None:
+        return None
+    return f"{v[0]:,.0f} MB", f"32 policy-running actors {v[1]:,.0f} MB", fmt(v[0] / v[1]), v[0] <= 290
+
+
+def _inference_rate(env: str, n: int):
+    def row(r):
+        v = _inference(env, n, "frames_s")(r)
+        return None if v is None else (f"{kfps(v[0])} frames/s", f"local inference {kfps(v[1])}", fmt(v[0] / v[1]), None)
     return row
 
 
@@ -181,6 +204,12 @@ TARGETS: list[tuple[str, str, str, Callable]] = [
      _rllib(1, lambda x: x >= 10, "x")),
     ("time to 475 from launch, PPO CartPole", "<= 0.1x RLlib", "rllib", _rllib(0, lambda x: x <= 0.1, "")),
     ("RSS growth after warm-up, every process (soak)", "a few %", "soak", _soak),
+    ("PSS of 32 env-only actors (central inference, CartPole)", "well under 580 MB (<= 290)", "inference",
+     _inference_pss),
+    ("central inference CartPole, 8 actors: frames/s vs local inference", "(no target)", "inference",
+     _inference_rate("CartPole-v1", 8)),
+    ("central inference LunarLander, 8 actors: frames/s vs local inference", "(no target)", "inference",
+     _inference_rate("LunarLander-v3", 8)),
 ]
 
 
@@ -201,6 +230,11 @@ SECTIONS = [
      "Seconds from launch to each phase of a PPO CartPole run (broker bound, run registered, first "
      "segment at the broker, first update, target reached, every process exited), and from the "
      "target to exit. Medians."),
+    ("inference", "Central inference (`scripts/bench_inference.py`)",
+     "Env frames/s at the broker from `qrl actor --n N --inference ADDR` (env-only actors, one "
+     "`qrl inference` server on the CPU) against `qrl actor --n N` (each actor runs the policy), alternated "
+     "in each round; the step round trip of one more env-only actor while the N run; PSS of the env-only "
+     "actors, of the server and of the policy-running actors; seconds until N env-only actors push."),
     ("rllib", "RLlib (`scripts/bench_rllib.py`, `make bench PEERS=rllib`)",
      "PPO CartPole-v1: qrl's preset with 2 actors against RLlib's PPO with 2 env runners on the same cores."),
     ("soak", "Soak (`scripts/soak.py`, `make soak MINUTES=60`)",
@@ -273,7 +307,7 @@ def render() -> str:
             rows.append([figure, "not measured", "", "", target, "-", ""])
         else:
             qrl, ref, ratio, met = got
-            rows.append([figure, qrl, ref, ratio, target, "yes" if met else "**no**",
+            rows.append([figure, qrl, ref, ratio, target, "-" if met is None else "yes" if met else "**no**",
                          results[source]["machine"]["date"]])
     lines += [table(["figure", "qrl", "reference (same run)", "ratio", "target", "met", "measured"], rows), ""]
     for name, title, what in SECTIONS:
