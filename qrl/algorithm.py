@@ -30,6 +30,9 @@ The runtime on an actor (qrl/actor.py), for every step and every segment of T st
     actions, state, extras = core.act(net, obs, state, episode_start)
     items = agent.make_items(rollout, args)  # rollout: before + T + after steps, then push
 
+A central inference server (qrl/inference.py) holds one core per env-only actor and acts for all
+of those waiting at once: type(core).act_many(net, cores, obs_list, states, episode_starts).
+
 Registration: the entry point group `qrl.algorithms` (name = "package.module:AGENT"); qrl's own
 algorithms are registered there in pyproject.toml like anyone else's.
 """
