@@ -181,7 +181,8 @@ def run_local(algo: str, env: str, actors: int, run_dir: Path, learner_args: lis
         broker = start_broker(run_dir, wait=False, extra=("--snapshot-dir", str(run_dir / "broker"), *key_args))
         procs.append(broker)
         if inference:  # central inference: env-only actors get their actions from one server
-            server = InferenceProcess(run_dir, address_file, inference_args)
+            # The server spreads exploration (Ape-X epsilons) over this many actors, as local actors do.
+            server = InferenceProcess(run_dir, address_file, ("--set", f"inference.total={actors}", *inference_args))
             procs.insert(0, server.proc)  # stopped after the actors, before the broker
             where = ("--inference-file", str(server.address_file))
         else:

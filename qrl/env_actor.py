@@ -52,6 +52,8 @@ class EnvWorker:
         self.stopping = False
         self.steps = 0  # vector-env steps taken
         self.resumes = 0  # greetings after the first (a restarted inference server)
+        self.req = 0  # the last request's id
+        self.retries = 0  # requests sent again after inference_timeout_s without an answer
 
     def should_stop(self) -> bool:
         return self.stopping
@@ -66,13 +68,27 @@ class EnvWorker:
     def _ident(self) -> dict[str, Any]:
         return {"actor_id": self.actor_id, "incarnation": self.incarnation}
 
-    def _request(self, msg_type: str, meta: dict[str, Any], arrays: dict[str, np.ndarray] | None = None
-                 ) -> wire.Message:
-        try:
-            return self.client.request(msg_type, {**self._ident(), **meta}, arrays, wait_s=None,
-                                       should_stop=self.should_stop)
-        except transport.BrokerUnavailable:  # stopped while waiting
-            raise Stop from None
+    def _request(self, msg_type: str, meta: dict[str, Any], arrays: dict[str, np.ndarray] | None = None,
+                 give_up_s: float | None = None) -> wire.Message:
+        """Send a request and return its reply, sending it again every inference_timeout_s (a new
+        request id each time: a late reply to an earlier try is dropped) and looking at the stop flag
+        every 50 ms. One socket throughout: ZeroMQ reconnects it to a restarted server by itself."""
+        start = time.monotonic()
+        while True:
+            self.req += 1
+            transport.send(self.sock, msg_type, {**self._ident(), **meta, "req": self.req}, arrays)
+            deadline = time.monotonic() + self.cfg.inference_timeout_s
+            while time.monotonic() < deadline:
+                waited = time.monotonic() - start
+                if (self.stopping and give_up_s is None) or (give_up_s is not None and waited > give_up_s):
+                    raise Stop
+                frames = transport.recv_frames(self.sock, 50)
+                if frames is None:
+                    continue
+                reply = wire.decode(frames)
+                if reply.meta.get("req") == self.req:
+                    return reply
+            self.retries += 1
 
     def _hello(self, resume: bool) -> dict[str, Any]:
         """The run's environment settings for this actor, waiting while the server has no run."""
@@ -89,7 +105,8 @@ class EnvWorker:
             time.sleep(0.05)
 
     def _run(self) -> None:
-        self.client = transport.Client(self.ctx, self.cfg.inference, self.role, timeout_s=self.cfg.inference_timeout_s)
+        self.sock = transport.socket(self.ctx, zmq.DEALER)
+        self.sock.connect(self.cfg.inference)
         config = self._hello(resume=False)
         envs.check_spec_allowed(config["env"], config.get("wrappers") or (), self.cfg.allow_envs,
                                 self.cfg.allow_wrappers)
@@ -131,8 +148,8 @@ class EnvWorker:
             env.close()
             if self.stopping:  # the server frees our state now instead of after its idle timeout
                 try:
-                    self.client.request("env_bye", self._ident(), wait_s=0.5)
-                except transport.BrokerUnavailable:
+                    self._request("env_bye", {}, give_up_s=0.3)
+                except Stop:
                     pass
 
 
@@ -154,8 +171,8 @@ def _worker_main(cfg: ActorConfig, actor_id: int, supervisor_pid: int, errors_fd
         log.error("env actor %d: failed: %s", actor_id, error)
         os.write(errors_fd, f"{actor_id}\t{error}"[:1000].replace("\n", " ").encode() + b"\n")
         code = 1
-    log.info("env actor %d: incarnation %s took %d steps, resumed %d times", actor_id, worker.incarnation,
-             worker.steps, worker.resumes)
+    log.info("env actor %d: incarnation %s took %d steps, resumed %d times, sent %d requests again", actor_id,
+             worker.incarnation, worker.steps, worker.resumes, worker.retries)
     if code:
         os._exit(code)
 

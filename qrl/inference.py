@@ -5,10 +5,10 @@ every new weights version from the broker like an actor does, and serves a ROUTE
 actor sends its observations (with the rewards and episode ends of the step before) and gets its
 actions back. Requests are answered in batches: the server waits until `batch_envs` environments'
 observations are waiting, every connected actor has asked, or the oldest request is `deadline_ms`
-old (default 0: at once), whichever comes first, then runs the network once on all of them (ActorCore.act_many) while each
-actor keeps its own exploration (its own core: Ape-X epsilon, generators), recurrent state and item
-window. The items are built with the algorithm's item builder and pushed to the broker with the usual
-accounting: the env actor's id, an incarnation per (server, env actor) pair, sequence numbers and
+old (default 0: at once), whichever comes first, then runs the network once on all of them
+(ActorCore.act_many) while each actor keeps its own exploration (its own core: Ape-X epsilon,
+generators), recurrent state and item window. The items are built with the algorithm's item builder
+and pushed to the broker with the usual accounting: the env actor's id, an incarnation per (server, env actor) pair, sequence numbers and
 policy versions, so the broker cannot tell these segments from a policy-running actor's.
 
 Decision: a process of its own, not a thread of the learner. The learner's update loop keeps its

@@ -145,7 +145,8 @@ def main() -> None:
     table = print_table(["env", "actors", "central frames/s", "local frames/s", "central/local",
                          "round trip p50/p99 ms", "env actors PSS MB", "server PSS MB", "local actors PSS MB",
                          "central start s", "local start s"], rows)
-    save_results("inference", {"quick": a.quick, "server_settings": a.sets, "rounds": a.rounds, "num_envs": a.num_envs, "seconds": a.seconds,
+    save_results("inference", {"quick": a.quick, "server_settings": a.sets, "rounds": a.rounds,
+                               "num_envs": a.num_envs, "seconds": a.seconds,
                                **table, "runs": runs})
 
 

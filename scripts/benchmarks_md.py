@@ -105,7 +105,9 @@ def _inference_pss(r):
 def _inference_rate(env: str, n: int):
     def row(r):
         v = _inference(env, n, "frames_s")(r)
-        return None if v is None else (f"{kfps(v[0])} frames/s", f"local inference {kfps(v[1])}", fmt(v[0] / v[1]), None)
+        if v is None:
+            return None
+        return f"{kfps(v[0])} frames/s", f"local inference {kfps(v[1])}", fmt(v[0] / v[1]), None
     return row
 
 
