@@ -1,5 +1,5 @@
 """Every registered algorithm runs end to end with real processes on a tiny step budget:
-broker, one actor process, learner; batches flow, weights are published, a checkpoint is
+broker, one actor process (running the policy, or env-only behind `qrl inference`), learner; batches flow, weights are published, a checkpoint is
 written, and the learner exits 0. A new algorithm must add its smoke environment here."""
 
 import json
@@ -8,7 +8,7 @@ import pytest
 import zmq
 
 from qrl import algorithm
-from qrl.transport import Client
+from qrl.transport import Client, free_port_block
 from conftest import wait_for
 
 pytestmark = pytest.mark.slow
@@ -42,10 +42,17 @@ def test_every_algorithm_has_a_smoke_run():
     assert {algo for algo, _, _ in SMOKE} == set(algorithm.names())
 
 
+@pytest.mark.parametrize("mode", ["local", "central"])
 @pytest.mark.parametrize("algo, env, sets", SMOKE, ids=[f"{a}-{e}" for a, e, _ in SMOKE])
-def test_smoke(algo, env, sets, procs, tmp_path):
+def test_smoke(algo, env, sets, mode, procs, tmp_path):
+    """local: the actor runs the policy; central: `qrl inference` acts for an env-only actor."""
     _, address = procs.start_broker()
-    procs.start("actors", "actor", "--n", "1", "--broker", address)
+    if mode == "local":
+        procs.start("actors", "actor", "--n", "1", "--broker", address)
+    else:
+        port = free_port_block(1)
+        procs.start("inference", "inference", "--broker", address, "--bind", f"tcp://127.0.0.1:{port}")
+        procs.start("actors", "actor", "--n", "1", "--inference", f"tcp://127.0.0.1:{port}")
     run_dir = tmp_path / "run"
     args = ["learner", "--algo", algo, "--env", env, "--broker", address, "--run-dir", str(run_dir),
             "--no-progress", "--total-steps", "3000", "--target-return", "1e9", "--set", "run.num_envs=4",
