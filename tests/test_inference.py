@@ -159,7 +159,8 @@ def test_the_server_acts_as_each_actors_own_core_would(procs, broker, client, ct
 def test_bad_messages_are_rejected_with_a_reason_and_serving_goes_on(procs, broker, client, ctx):
     register_run(client, "dqn", "CartPole-v1", {})
     port = free_port_block(1)
-    start_inference(procs, broker.address(), port, "--set", "inference.deadline_ms=50")
+    start_inference(procs, broker.address(), port, "--set", "inference.deadline_ms=50",
+                    "--set", "inference.idle_timeout_s=8")
     address = f"tcp://127.0.0.1:{port}"
     good, silent = EnvActor(ctx, address, 0), EnvActor(ctx, address, 1)
     good.hello()
@@ -205,6 +206,8 @@ def test_bad_messages_are_rejected_with_a_reason_and_serving_goes_on(procs, brok
     for reason in ("bad_reward", "bad_flags", "bad_final_obs", "bad_step", "bad_meta", "unexpected_type",
                    "unknown_actor"):
         assert stats["rejected"][reason] >= 1, (reason, stats["rejected"])
+    # Actors that go silent are forgotten after the idle timeout: their state is freed.
+    wait_for(lambda: good.client.request("get_stats", wait_s=10).meta["actors"] == 0, 30, "idle actors freed")
     raw.close()
 
 
