@@ -24,7 +24,7 @@ import zmq
 from qrl import algorithm, envs, normalize, transport, wire
 from qrl.config import build
 from qrl.segments import SegmentWriter, SyncActing, confirm_delivery
-from qrl.supervisor import ActorConfig, Supervisor, run_supervised, worker_prelude
+from qrl.supervisor import ActorConfig, Supervisor, report_failure, run_supervised, worker_prelude
 
 log = logging.getLogger("qrl.actor")
 
@@ -243,12 +243,7 @@ def _worker_main(cfg: ActorConfig, actor_id: int, supervisor_pid: int, errors_fd
         log.warning("actor %d: %s; restarting", actor_id, exc)
         code = 3
     except Exception as exc:
-        error = f"{type(exc).__name__}: {exc}"
-        log.error("actor %d: failed: %s", actor_id, error)
-        # One line to the supervisor, which reports it if this worker keeps failing (a write of
-        # under PIPE_BUF bytes to a pipe is atomic, so workers' lines never interleave).
-        os.write(errors_fd, f"{actor_id}\t{error}"[:1000].replace("\n", " ").encode() + b"\n")
-        code = 1
+        code = report_failure(errors_fd, "actor", actor_id, exc)
     # scripts/load_test.py checks these counts against the broker's
     log.info("actor %d: incarnation %s sent %d segments", actor_id, worker.incarnation, worker.sent)
     if code:

@@ -27,7 +27,7 @@ import numpy as np
 import zmq
 
 from qrl import envs, transport, wire
-from qrl.supervisor import ActorConfig, Supervisor, run_supervised, worker_prelude
+from qrl.supervisor import ActorConfig, Supervisor, report_failure, run_supervised, worker_prelude
 
 log = logging.getLogger("qrl.actor")
 
@@ -167,10 +167,7 @@ def _worker_main(cfg: ActorConfig, actor_id: int, supervisor_pid: int, errors_fd
         log.warning("env actor %d: %s; restarting", actor_id, exc)
         code = 3
     except Exception as exc:
-        error = f"{type(exc).__name__}: {exc}"
-        log.error("env actor %d: failed: %s", actor_id, error)
-        os.write(errors_fd, f"{actor_id}\t{error}"[:1000].replace("\n", " ").encode() + b"\n")
-        code = 1
+        code = report_failure(errors_fd, "env actor", actor_id, exc)
     log.info("env actor %d: incarnation %s took %d steps, resumed %d times, sent %d requests again", actor_id,
              worker.incarnation, worker.steps, worker.resumes, worker.retries)
     if code:

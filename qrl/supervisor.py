@@ -208,6 +208,16 @@ def worker_prelude(supervisor_pid: int, start_pipe: tuple[int, int] | None) -> N
         os.close(start_r)
 
 
+def report_failure(errors_fd: int, name: str, actor_id: int, exc: Exception) -> int:
+    """A worker failed: log it, and send one line up to the supervisor, which reports it if this
+    worker keeps failing (a write of under PIPE_BUF bytes to a pipe is atomic, so workers' lines
+    never interleave). The worker's exit code."""
+    error = f"{type(exc).__name__}: {exc}"
+    log.error("%s %d: failed: %s", name, actor_id, error)
+    os.write(errors_fd, f"{actor_id}\t{error}"[:1000].replace("\n", " ").encode() + b"\n")
+    return 1
+
+
 def run_supervised(sup: Supervisor) -> None:
     """Run the supervisor until SIGTERM or Ctrl-C, then stop its workers."""
 
