@@ -185,7 +185,7 @@ def keygen(key_dir: str) -> None:
 @click.option("--inference", help="A central inference server's address (`qrl inference`): env-only actors "
                                    "that step their envs and get actions from it; they import no torch.")
 @click.option("--inference-file", type=click.Path(dir_okay=False),
-              help="Read the inference server's address from this file (`qrl inference --address-file`).")
+              help="Read the inference server's address from this file (`qrl inference --write-address`).")
 @click.option("--set", "sets", multiple=True, metavar="actor.KEY=VALUE",
               help="Override an actor setting, e.g. --set actor.send_hwm=2 (see ActorConfig).")
 @user_errors("actor")
@@ -260,6 +260,9 @@ def inference(broker: str, broker_file: str | None, bind: str, address_out: str 
         broker = read_address_file(broker_file)
     check_address(broker)
     check_address(bind, "--bind", lowest_port=0)
+    if device != "cpu":
+        raise UserError(f"inference: --device {device}: only the CPU is built yet (the actor cores run their "
+                        "networks on numpy batches)")
     run_inference(_component_config(InferenceConfig, "inference", sets, broker=broker, bind=bind, device=device),
                   address_out)
     from qrl.lifetime import exit_now

@@ -115,9 +115,8 @@ class InferenceServer:
         self.last_reject_log: dict[str, float] = {}
         self.address = ""
         self.device = torch.device(cfg.device)
-        if self.device.type != "cpu":
-            raise ValueError(f"inference.device={cfg.device}: the actor cores run their networks on numpy "
-                             "batches on the CPU; serving on {cfg.device} is not built yet")
+        if self.device.type != "cpu":  # the cores feed their networks numpy batches (CPU tensors)
+            raise ValueError(f"inference.device={cfg.device}: only the CPU is built yet")
 
     # -- set-up -----------------------------------------------------------------------------
 
