@@ -10,7 +10,9 @@ References: Lillicrap et al. 2016 (DDPG); Fujimoto et al. 2018 (TD3).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
+from typing import Callable
 
 import gymnasium as gym
 import numpy as np
@@ -18,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qrl import ops
+from qrl import algorithm, ops
 from qrl.algorithm import ActorCore, Agent, History, LearnerBase, Rollout, replay_table
 from qrl.algorithms import dqn
 from qrl.brokers.tables import TableConfig
@@ -112,13 +114,25 @@ class GaussianNoise(ActorCore):
             return net(torch.as_tensor(obs)).numpy(), state
 
     def act(self, net: Policy, obs, state, episode_start):
+        return self.explore(net, len(obs), lambda: self.greedy(net, obs, state, episode_start)[0]), state, {}
+
+    def explore(self, net: Policy, n: int, policy_action: Callable[[], np.ndarray]) -> np.ndarray:
+        """act() around the network: random actions at first, then policy_action() (asked for only
+        then) plus noise."""
         low, high = (net.center - net.scale).numpy(), (net.center + net.scale).numpy()
-        self.frames += len(obs)
+        self.frames += n
         if self.frames <= self.args.random_frames:
-            return self.rng.uniform(low, high, size=(len(obs),) + low.shape).astype(np.float32), state, {}
-        action, _ = self.greedy(net, obs, state, episode_start)
+            return self.rng.uniform(low, high, size=(n,) + low.shape).astype(np.float32)
+        action = policy_action()
         noise = self.rng.normal(0.0, self.args.exploration_noise, size=action.shape) * net.scale.numpy()
-        return np.clip(action + noise, low, high).astype(np.float32), state, {}
+        return np.clip(action + noise, low, high).astype(np.float32)
+
+    @classmethod
+    def act_many(cls, net: Policy, cores, obs, states, episode_starts):
+        # One forward pass for every actor (central inference), once any is past its random actions.
+        batched = functools.cache(lambda: cores[0].greedy(net, np.concatenate(obs), {}, None)[0])
+        return [(core.explore(net, len(o), lambda rows=rows: batched()[rows]), s, {})
+                for core, o, s, rows in zip(cores, obs, states, algorithm.row_slices(obs))]
 
 
 def make_items(rollout: Rollout, args: Args) -> dict[str, np.ndarray]:

@@ -11,7 +11,9 @@ discrete). References: Haarnoja et al. 2018 (SAC, automatic temperature); Christ
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
+from typing import Callable
 
 import gymnasium as gym
 import numpy as np
@@ -19,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qrl import ops
+from qrl import algorithm, ops
 from qrl.algorithm import ActorCore, Agent, LearnerBase, Rollout, replay_table
 from qrl.algorithms import ddpg, dqn
 from qrl.algorithms.ddpg import mlp
@@ -72,7 +74,10 @@ class Policy(nn.Module):
 
     def sample(self, obs: torch.Tensor, generator: torch.Generator | None = None):
         """Continuous: (action, log pi(action)). Discrete: (action, log-probabilities of all actions)."""
-        out = self(obs)
+        return self.sample_from(self(obs), generator)
+
+    def sample_from(self, out: torch.Tensor, generator: torch.Generator | None = None):
+        """sample() given the network's output."""
         if not self.continuous:
             logp_all = F.log_softmax(out, dim=1)
             action = torch.multinomial(logp_all.exp(), 1, generator=generator).squeeze(1)
@@ -131,15 +136,27 @@ class PolicySampling(ActorCore):
             return net.greedy(torch.as_tensor(obs)).numpy(), state
 
     def act(self, net: Policy, obs, state, episode_start):
-        self.frames += len(obs)
+        return self.explore(net, len(obs), lambda: net(torch.as_tensor(obs))), state, {}
+
+    def explore(self, net: Policy, n: int, policy_output: Callable[[], torch.Tensor]) -> np.ndarray:
+        """act() around the network: random actions at first, then samples of the policy given
+        policy_output() (asked for only then)."""
+        self.frames += n
         if self.frames <= self.args.random_frames:
             if net.continuous:
                 low, high = (net.center - net.scale).numpy(), (net.center + net.scale).numpy()
-                return self.rng.uniform(low, high, size=(len(obs),) + low.shape).astype(np.float32), state, {}
-            return self.rng.integers(0, net.net[-1].out_features, size=len(obs)), state, {}
+                return self.rng.uniform(low, high, size=(n,) + low.shape).astype(np.float32)
+            return self.rng.integers(0, net.net[-1].out_features, size=n)
         with torch.inference_mode():
-            action, _ = net.sample(torch.as_tensor(obs), self.generator)
-        return (action.numpy().astype(np.float32) if net.continuous else action.numpy()), state, {}
+            action, _ = net.sample_from(policy_output(), self.generator)
+        return action.numpy().astype(np.float32) if net.continuous else action.numpy()
+
+    @classmethod
+    def act_many(cls, net: Policy, cores, obs, states, episode_starts):
+        # One forward pass for every actor (central inference), once any is past its random actions.
+        batched = functools.cache(lambda: net(torch.as_tensor(np.concatenate(obs))))
+        return [(core.explore(net, len(o), lambda rows=rows: batched()[rows]), s, {})
+                for core, o, s, rows in zip(cores, obs, states, algorithm.row_slices(obs))]
 
 
 def make_items(rollout: Rollout, args: Args) -> dict[str, np.ndarray]:

@@ -285,3 +285,48 @@ def test_a_run_with_central_inference_reaches_the_cartpole_target(tmp_path, pres
 def test_env_only_actors_import_no_torch():
     code = "import sys, qrl.cli, qrl.env_actor, qrl.supervisor; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def _smoke_cases():
+    from test_algorithms import SMOKE
+
+    return SMOKE
+
+
+@pytest.mark.parametrize("algo, env, sets", _smoke_cases(), ids=[f"{a}-{e}" for a, e, _ in _smoke_cases()])
+def test_act_many_acts_as_each_core_would(algo, env, sets):
+    """ActorCore.act_many (one forward pass for several actors) returns what each actor's own
+    core.act returns, step after step: actions, next states, extras; exploration stays per actor."""
+    from qrl.config import RunConfig, parse_overrides
+
+    agent = algorithm.load(algo)
+    overrides = [s for s in sets if s.startswith("algo.")]
+    if "random_frames" in {f.name for f in dataclasses.fields(agent.Args)}:
+        overrides.append("algo.random_frames=16")  # past the random actions within the test
+    args = build(agent.Args, parse_overrides(overrides, {"algo": agent.Args, "run": RunConfig})["algo"], "algo")
+    obs_space, action_space = envs.spaces(env)
+    net = agent.make_policy(obs_space, action_space, args)
+    net.eval()
+    sizes = [3, 1, 4]  # envs per actor
+    make = lambda: [agent.actor(args, i, 8, n, 100 + i) for i, n in enumerate(sizes)]
+    alone, together = make(), make()
+    states_alone = [c.initial_state(n) for c, n in zip(alone, sizes)]
+    states_together = [c.initial_state(n) for c, n in zip(together, sizes)]
+    rng = np.random.default_rng(0)
+    for step in range(12):
+        obs = [np.stack([obs_space.sample() for _ in range(n)]) for n in sizes]
+        starts = [rng.random(n) < (1.0 if step == 0 else 0.2) for n in sizes]
+        for c in alone + together:
+            if step % 4 == 0:
+                c.begin_segment(net)
+        one_by_one = [c.act(net, o, s, e) for c, o, s, e in zip(alone, obs, states_alone, starts)]
+        batched = type(together[0]).act_many(net, together, obs, states_together, starts)
+        for (a1, s1, x1), (a2, s2, x2) in zip(one_by_one, batched):
+            np.testing.assert_allclose(a1, a2, rtol=1e-5, atol=1e-5)
+            assert s1.keys() == s2.keys() and x1.keys() == x2.keys()
+            for k in s1:
+                np.testing.assert_allclose(s1[k], s2[k], rtol=1e-5, atol=1e-5)
+            for k in x1:
+                np.testing.assert_allclose(x1[k], x2[k], rtol=1e-5, atol=1e-5)
+        states_alone = [s for _, s, _ in one_by_one]
+        states_together = [s for _, s, _ in batched]
