@@ -282,6 +282,42 @@ def test_a_run_with_central_inference_reaches_the_cartpole_target(tmp_path, pres
     assert "inference: serving" in (run_dir / "inference.log").read_text()
 
 
+def test_qrl_run_restarts_a_killed_inference_server(tmp_path):
+    """`qrl run --inference`: SIGKILL its inference server mid-run; the cluster starts a new one on
+    the same port, the env actors resume, and the run ends normally at its frame budget."""
+    run_dir = tmp_path / "run"
+    run = subprocess.Popen([sys.executable, "-m", "qrl", "run", "--algo", "dqn", "--env", "CartPole-v1", "--inference",
+                            "--actors", "2", "--total-steps", "40000", "--target-return", "1e9", "--run-dir",
+                            str(run_dir), "--no-progress", "--set", "run.eval_every_frames=0"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    ctx = zmq.Context()
+    try:
+        server_file = run_dir / "inference.json"
+        wait_for(lambda: server_file.exists() and (run_dir / "broker.json").exists(), 60, "the cluster to start")
+        broker = Client(ctx, json.loads((run_dir / "broker.json").read_text())["address"], "test")
+        frames = lambda: broker.request("get_stats", wait_s=15).meta.get("frames", 0)
+        wait_for(lambda: frames() > 2000, 60, "frames through the first server")
+        first = json.loads(server_file.read_text())
+        os.kill(first["pid"], signal.SIGKILL)
+        wait_for(lambda: json.loads(server_file.read_text())["pid"] != first["pid"], 30, "a new server")
+        second = json.loads(server_file.read_text())
+        assert second["address"] == first["address"]
+        before = frames()
+        wait_for(lambda: frames() > before + 2000, 60, "frames through the new server")
+        _, stderr = run.communicate(timeout=240)
+        assert run.returncode == 0, stderr[-3000:]
+        assert "the inference server exited" in stderr and "restarting it" in stderr
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["stop_reason"].startswith("frame budget"), summary
+        assert "resumed with the inference server" in (run_dir / "actors.log").read_text()
+        broker.close()
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait(10)
+        ctx.destroy(linger=0)
+
+
 def test_env_only_actors_import_no_torch():
     code = "import sys, qrl.cli, qrl.env_actor, qrl.supervisor; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
