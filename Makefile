@@ -15,7 +15,7 @@ RUN_DIR ?= runs/cluster
 SET     ?=
 CONFIG  ?=
 
-.PHONY: install install-bench demo cluster stop test test-fast learn bench bench-quick soak clean
+.PHONY: image install install-bench demo cluster stop test test-fast learn bench bench-quick soak clean
 
 install: $(VENV)/.installed
 
@@ -94,6 +94,14 @@ bench: install-bench $(if $(findstring rllib,$(PEERS)),.venv-rllib/.installed)
 	.venv-rllib/bin/pip install --quiet torch==$(TORCH_VERSION)
 	.venv-rllib/bin/pip install --quiet "ray[rllib]"
 	touch $@
+
+# The container image (Dockerfile, deploy/docker/build.sh): a Debian base from debootstrap and
+# wheels made here, so no image registry is needed. A GPU learner image:
+#   make image IMAGE=qrl:cuda TORCH_VERSION=2.13.0+cu126 TORCH_INDEX=https://download.pytorch.org/whl/cu126
+IMAGE ?= qrl:latest
+TORCH_INDEX ?=
+image: install
+	deploy/docker/build.sh $(IMAGE) $(TORCH_VERSION) $(TORCH_INDEX)
 
 # Every benchmark in its --quick mode (about a minute): proves they still run.
 bench-quick: install-bench

@@ -183,6 +183,8 @@ RANGES: dict[str, Range] = {
     "port": Range(0, 65535), "max_message_bytes": Range(1024), "ingest_hwm": COUNT, "ingest_buffer": NON_NEGATIVE,
     "stats_interval_s": POSITIVE, "snapshot_every_s": POSITIVE, "max_table_bytes": NON_NEGATIVE, "n": Range(1, 1024), "first_id": NON_NEGATIVE,
     "total": COUNT, "send_hwm": COUNT, "send_buffer": NON_NEGATIVE, "give_up_after": NON_NEGATIVE,
+    # central inference
+    "inference_timeout_s": POSITIVE, "batch_envs": COUNT, "deadline_ms": NON_NEGATIVE, "idle_timeout_s": POSITIVE,
 }
 
 

@@ -63,32 +63,6 @@ def test_binding_beyond_loopback_warns(procs):
     assert "without encryption" not in loopback.log_path.read_text()
 
 
-def deployment_commands():
-    """Every qrl command line in docker-compose.yml and the Kubernetes manifests."""
-    import yaml
-    from pathlib import Path
-
-    root = Path(__file__).parent.parent
-    compose = yaml.safe_load((root / "docker-compose.yml").read_text())
-    lines = [(f"compose {name}", svc["command"]) for name, svc in compose["services"].items()]
-    for doc in yaml.safe_load_all((root / "deploy" / "k8s" / "qrl.yaml").read_text()):
-        spec = doc.get("spec", {}).get("template", {}).get("spec", {})
-        lines += [(f"k8s {doc['metadata']['name']}", c["args"]) for c in spec.get("containers", [])]
-    return lines
-
-
-@pytest.mark.parametrize("where, args", deployment_commands(), ids=lambda x: x if isinstance(x, str) else "")
-def test_deployment_files_use_real_commands_and_flags(where, args):
-    from pathlib import Path
-
-    help_text = qrl(args[0], "--help").stdout
-    flags = [a for a in args[1:] if a.startswith("--")]
-    assert flags and all(f in help_text for f in flags), (where, [f for f in flags if f not in help_text])
-    for i, a in enumerate(args):
-        if a == "--config":
-            assert (Path(__file__).parent.parent / args[i + 1]).exists(), args[i + 1]
-
-
 @pytest.mark.slow
 def test_sigterm_to_qrl_run_stops_and_reaps_the_whole_cluster(tmp_path):
     import json

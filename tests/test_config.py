@@ -118,10 +118,11 @@ from qrl import algorithm  # noqa: E402
 from qrl.actor import ActorConfig  # noqa: E402
 from qrl.brokers.server import BrokerConfig  # noqa: E402
 from qrl.config import RANGES, check_range  # noqa: E402
+from qrl.inference import InferenceConfig  # noqa: E402
 
 
 def _config_classes():
-    return [RunConfig, BrokerConfig, ActorConfig, *(algorithm.load(n).Args for n in algorithm.names())]
+    return [RunConfig, BrokerConfig, ActorConfig, InferenceConfig, *(algorithm.load(n).Args for n in algorithm.names())]
 
 
 def _numeric(hint) -> bool:

@@ -31,12 +31,19 @@ def hosts():
     tag = uuid.uuid4().hex[:6]
     bridge = f"qbr{tag}"
     made: list[str] = []
+    allowed = False
     try:
         try:
             sh("ip", "link", "add", bridge, "type", "bridge")
         except subprocess.CalledProcessError as exc:
             pytest.skip(f"cannot create a bridge here: {exc.stderr.strip()}")
         sh("ip", "link", "set", bridge, "up")
+        # Where bridged frames pass through iptables (br_netfilter, loaded by Docker, which also sets
+        # the FORWARD policy to DROP), let this bridge's own traffic through, and only that.
+        forward = ["FORWARD", "-i", bridge, "-o", bridge, "-j", "ACCEPT"]
+        if _bridge_netfilter() and shutil.which("iptables"):
+            sh("iptables", "-I", *forward)
+            allowed = True
         out = {}
         for role, host in ROLES.items():
             ns, veth = f"qrl-{role}-{tag}", f"qv{host}{tag}"
@@ -56,6 +63,15 @@ def hosts():
         for ns in made:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
         subprocess.run(["ip", "link", "del", bridge], capture_output=True, timeout=30)
+        if allowed:
+            subprocess.run(["iptables", "-D", *forward], capture_output=True, timeout=30)
+
+
+def _bridge_netfilter() -> bool:
+    try:
+        return open("/proc/sys/net/bridge/bridge-nf-call-iptables").read().strip() == "1"
+    except OSError:
+        return False
 
 
 def test_broker_learner_and_actors_in_separate_network_namespaces(hosts, procs, tmp_path):
