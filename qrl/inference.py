@@ -195,8 +195,10 @@ class InferenceServer:
             self._loop()
         finally:
             self._flush_outbox(deadline_s=2.0)
-            streams = self.done_streams + [(s.actor_id, s.writer.incarnation, s.writer.sent - 1)
-                                           for s in self.streams.values() if s.writer.sent]
+            # Confirm what reached ZeroMQ: a segment still in the outbox (the broker holding ingest
+            # back past the flush deadline) was never sent and cannot be.
+            streams = self.done_streams + [(s.actor_id, s.writer.incarnation, s.writer.sent - 1 - s.unsent)
+                                           for s in self.streams.values() if s.writer.sent > s.unsent]
             if streams and self.stopping:
                 confirm_delivery(ctx, self.cfg.broker, "inference", streams)
             self.weights_sub.close(linger=0)
@@ -349,8 +351,8 @@ class InferenceServer:
 
     def _close(self, s: Stream) -> None:
         """Forget an env actor: its unfinished segment is dropped (its accounting stays with the broker)."""
-        if s.writer.sent:
-            self.done_streams.append((s.actor_id, s.writer.incarnation, s.writer.sent - 1))
+        if s.writer.sent > s.unsent:  # (a segment of its still in the outbox goes out later, unconfirmed)
+            self.done_streams.append((s.actor_id, s.writer.incarnation, s.writer.sent - 1 - s.unsent))
             del self.done_streams[:-1024]
         self.stats["closed"] += 1
 
