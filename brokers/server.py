@@ -857,10 +857,7 @@ def run_broker(cfg: BrokerConfig, address_file: str | None = None) -> None:
     signal.signal(signal.SIGTERM, lambda *_: broker.stop())
     signal.signal(signal.SIGINT, lambda *_: broker.stop())
     if address_file:
-        tmp = address_file + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"address": broker.address(), "ports": broker.ports, "pid": os.getpid()}, f)
-        os.replace(tmp, address_file)  # readers never see a half-written file
+        transport.write_address_file(address_file, broker.address(), ports=broker.ports)
     log.info("broker: serving on %s (ports %s)", broker.address(), broker.ports)
     try:
         broker.serve()

@@ -37,16 +37,54 @@ for _name in algorithm.names():
         pass
 
 
-def ingest_socket(ctx: zmq.Context, cfg: ActorConfig) -> zmq.Socket:
-    """The PUSH socket segments go out on. Small queues (see ActorConfig), a bounded flush on a
-    clean stop, and no ZMTP heartbeats: the broker holds this connection's input back on
-    purpose (rate limiter), so pings go unanswered; with heartbeats the actor dropped the
-    connection after the timeout and resent the message in flight on the new one (a
-    duplicate), and libzmq 4.3.5 aborted the broker (see transport.socket)."""
+def ingest_socket(ctx: zmq.Context, send_hwm: int, send_buffer: int | None = None) -> zmq.Socket:
+    """The PUSH socket segments go out on (an actor's, or the inference server's). Small queues
+    (see ActorConfig; send_buffer None keeps the kernel's), a bounded flush on a clean stop, and
+    no ZMTP heartbeats: the broker holds this connection's input back on purpose (rate limiter),
+    so pings go unanswered; with heartbeats the actor dropped the connection after the timeout
+    and resent the message in flight on the new one (a duplicate), and libzmq 4.3.5 aborted the
+    broker (see transport.socket)."""
     push = transport.socket(ctx, zmq.PUSH, linger_ms=500, heartbeats=False)
-    push.setsockopt(zmq.SNDHWM, cfg.send_hwm)
-    push.setsockopt(zmq.SNDBUF, cfg.send_buffer)
+    push.setsockopt(zmq.SNDHWM, send_hwm)
+    if send_buffer is not None:
+        push.setsockopt(zmq.SNDBUF, send_buffer)
     return push
+
+
+def actor_seed(run: dict, actor_id: int) -> int:
+    """Actor i's seed (its envs and its exploration), wherever it acts: run seed + 1000 (i + 1)."""
+    return run["seed"] + 1000 * (actor_id + 1)
+
+
+def newest_weights(sub: zmq.Socket, version: int, run_id: str, role: str) -> wire.Message | None:
+    """The newest weights message waiting on a SUB socket (older ones are dropped: only the
+    newest matters), when it is newer than `version` or of another run; else None."""
+    newest = None
+    while True:
+        try:
+            newest = sub.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            break
+    if newest is None:
+        return None
+    try:
+        msg = wire.decode(newest)
+    except wire.WireError as exc:
+        log.warning("%s: ignored malformed weights (%s)", role, exc)
+        return None
+    if msg.meta.get("version", -1) <= version and msg.meta.get("run_id") == run_id:
+        return None
+    return msg
+
+
+def load_weights(net: torch.nn.Module, normalizer: normalize.ActorNormalizer, msg: wire.Message, run_id: str) -> int:
+    """Load a weights message into the policy (its observation statistics into normalizer);
+    return its version. RunChanged when it belongs to another run."""
+    if msg.meta.get("run_id") != run_id:
+        raise RunChanged(f"broker now serves run {msg.meta.get('run_id')}")
+    arrays = normalizer.split(msg.arrays)
+    net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
+    return int(msg.meta["version"])
 
 
 class Stop(Exception):
@@ -63,9 +101,14 @@ class Worker:
         self.role = f"actor {actor_id}"
         self.stopping = False
         self.incarnation = uuid.uuid4().hex[:8]  # tells this process's sequence numbers from a restart's
-        self.sent = 0  # segments handed to ZeroMQ (flushed within the PUSH linger on a clean stop)
+        self.writer: SegmentWriter | None = None  # once the run's spec is known
         self.version = -1  # of the weights loaded last
         self.sync = SyncActing({}, self.incarnation)  # the run's, once its spec is known
+
+    @property
+    def sent(self) -> int:
+        """Segments handed to ZeroMQ (flushed within the PUSH linger on a clean stop)."""
+        return self.writer.sent if self.writer is not None else 0
 
     def should_stop(self) -> bool:
         return self.stopping
@@ -107,7 +150,7 @@ class Worker:
         run = spec["run"]
         num_envs, T = run["num_envs"], run["segment_length"]
         total = self.cfg.total or self.cfg.n
-        seed = run["seed"] + 1000 * (self.actor_id + 1)
+        seed = actor_seed(run, self.actor_id)
 
         env = envs.make_vector_env(spec["env"], num_envs, spec.get("env_kwargs"), spec.get("wrappers") or ())
         net = agent.make_policy(env.single_observation_space, env.single_action_space, args)
@@ -122,13 +165,13 @@ class Worker:
         weights_sub = transport.socket(self.ctx, zmq.SUB)
         weights_sub.setsockopt(zmq.SUBSCRIBE, b"")
         weights_sub.connect(f"tcp://{host}:{ports['weights_out']}")
-        push = ingest_socket(self.ctx, self.cfg)
+        push = ingest_socket(self.ctx, self.cfg.send_hwm, self.cfg.send_buffer)
         push.connect(f"tcp://{host}:{ports['ingest']}")
         log.info("%s: running %s on %s x%d, weights version %d", self.role, spec["algo"], spec["env"], num_envs,
                  version)
 
         self.sync = SyncActing(run, self.incarnation)
-        writer = SegmentWriter(agent, args, spec["run_id"], self.actor_id, self.incarnation, num_envs, T)
+        writer = self.writer = SegmentWriter(agent, args, spec["run_id"], self.actor_id, self.incarnation, num_envs, T)
         obs, _ = env.reset(seed=seed)
         state = core.initial_state(num_envs)
         episode_start = np.ones(num_envs, dtype=bool)
@@ -149,7 +192,6 @@ class Worker:
             except Stop:  # stopped while held back: this segment was never sent; confirm the rest
                 break
             writer.mark_sent()
-            self.sent = writer.sent
             try:
                 ready = self.sync.after_push(writer.sent - 1, segment_version)
                 if ready is None:
@@ -200,30 +242,12 @@ class Worker:
         return version
 
     def _poll_weights(self, sub: zmq.Socket, net: torch.nn.Module, version: int, run_id: str) -> int:
-        newest = None
-        while True:  # drain: only the newest weights matter
-            try:
-                newest = sub.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                break
-        if newest is None:
-            return version
-        try:
-            msg = wire.decode(newest)
-        except wire.WireError as exc:
-            log.warning("%s: ignored malformed weights (%s)", self.role, exc)
-            return version
-        if msg.meta.get("version", -1) <= version and msg.meta.get("run_id") == run_id:
-            return version
-        return self._load_weights(net, msg, run_id)
+        msg = newest_weights(sub, version, run_id, self.role)
+        return version if msg is None else self._load_weights(net, msg, run_id)
 
     def _load_weights(self, net: torch.nn.Module, msg: wire.Message, run_id: str) -> int:
-        if msg.meta.get("run_id") != run_id:
-            raise RunChanged(f"broker now serves run {msg.meta.get('run_id')}")
-        arrays = self.normalizer.split(msg.arrays)
-        net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
+        self.version = load_weights(net, self.normalizer, msg, run_id)
         self.sync.weights_arrived(msg.meta)
-        self.version = int(msg.meta["version"])
         return self.version
 
 

@@ -37,6 +37,7 @@ import torch
 import zmq
 
 from qrl import algorithm, envs, messages, normalize, transport, wire
+from qrl.actor import RunChanged, actor_seed, ingest_socket, load_weights, newest_weights
 from qrl.config import build
 from qrl.segments import SegmentWriter, SyncActing, confirm_delivery
 
@@ -69,10 +70,6 @@ class InferenceConfig:
     at least 8."""
 
 
-class RunChanged(Exception):
-    pass
-
-
 class Refused(Exception):
     def __init__(self, reason: str, detail: str):
         super().__init__(detail)
@@ -102,6 +99,11 @@ class Stream:
     held_since: float = 0.0
     unsent: int = 0  # segments of ours still in the outbox
     last_seen: float = 0.0
+
+    @property
+    def free(self) -> bool:
+        """Not held back: no sync_actors wait, no segment of its waiting to be pushed."""
+        return self.hold is None and not self.unsent
 
 
 class InferenceServer:
@@ -182,8 +184,7 @@ class InferenceServer:
         self.weights_sub = transport.socket(ctx, zmq.SUB)
         self.weights_sub.setsockopt(zmq.SUBSCRIBE, b"")
         self.weights_sub.connect(f"tcp://{host}:{ports['weights_out']}")
-        self.push = transport.socket(ctx, zmq.PUSH, linger_ms=500, heartbeats=False)  # see actor.ingest_socket
-        self.push.setsockopt(zmq.SNDHWM, self.cfg.send_hwm)
+        self.push = ingest_socket(ctx, self.cfg.send_hwm)
         self.push.connect(f"tcp://{host}:{ports['ingest']}")
         self.streams: dict[int, Stream] = {}
         self.outbox: collections.deque = collections.deque()
@@ -213,7 +214,7 @@ class InferenceServer:
         last_log = last_sweep = time.monotonic()
         while not self.stopping:
             timeout_ms = 50.0
-            waiting = [s for s in self.streams.values() if s.pending is not None and s.hold is None and not s.unsent]
+            waiting = [s for s in self.streams.values() if s.pending is not None and s.free]
             if waiting:
                 oldest = min(s.pending_since for s in waiting)
                 timeout_ms = max(0.0, self.cfg.deadline_ms - (time.monotonic() - oldest) * 1000)
@@ -249,11 +250,11 @@ class InferenceServer:
         for s in self.streams.values():
             if s.hold is not None and s.hold(self.version, now - s.held_since):
                 s.hold = None
-        ready = [s for s in self.streams.values() if s.pending is not None and s.hold is None and not s.unsent]
+        ready = [s for s in self.streams.values() if s.pending is not None and s.free]
         if not ready:
             return
         envs_waiting = sum(s.num_envs for s in ready)
-        everyone = len(ready) == sum(1 for s in self.streams.values() if s.hold is None and not s.unsent)
+        everyone = len(ready) == sum(1 for s in self.streams.values() if s.free)
         oldest = min(s.pending_since for s in ready)
         if envs_waiting < self.cfg.batch_envs and not everyone and (now - oldest) * 1000 < self.cfg.deadline_ms:
             return
@@ -321,7 +322,7 @@ class InferenceServer:
             self._close(old)
         self.greetings += 1
         total = self.cfg.total or max(8, actor_id + 1)
-        seed = self.run["seed"] + 1000 * (actor_id + 1)  # as a policy-running actor's
+        seed = actor_seed(self.run, actor_id)  # as a policy-running actor's
         core = self.agent.actor(self.args, actor_id % total, total, num_envs, seed)
         incarnation = f"{self.incarnation}.{self.greetings}.{meta['incarnation']}"
         writer = SegmentWriter(self.agent, self.args, self.spec["run_id"], actor_id, incarnation, num_envs,
@@ -439,37 +440,18 @@ class InferenceServer:
             self.stats["segments"] += 1
 
     def _poll_weights(self) -> None:
-        newest = None
-        while True:  # drain: only the newest weights matter
-            try:
-                newest = self.weights_sub.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                break
-        if newest is None:
-            return
-        try:
-            msg = wire.decode(newest)
-        except wire.WireError as exc:
-            log.warning("inference: ignored malformed weights (%s)", exc)
-            return
-        if msg.meta.get("run_id") == self.spec["run_id"] and msg.meta.get("version", -1) <= self.version:
+        msg = newest_weights(self.weights_sub, self.version, self.spec["run_id"], "inference")
+        if msg is None:
             return
         self._load_weights(msg)
         for s in self.streams.values():
             s.sync.weights_arrived(msg.meta)
 
     def _load_weights(self, msg: wire.Message) -> None:
-        if msg.meta.get("run_id") != self.spec["run_id"]:
-            raise RunChanged(f"the broker now serves run {msg.meta.get('run_id')}")
-        arrays = self.normalizer.split(msg.arrays)
-        self.net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
-        self.version = int(msg.meta["version"])
+        self.version = load_weights(self.net, self.normalizer, msg, self.spec["run_id"])
 
 
 def run_inference(cfg: InferenceConfig, address_file: str | None = None) -> None:
-    import json
-    import os
-
     torch.set_num_threads(1)
     server = InferenceServer(cfg)
 
@@ -482,10 +464,7 @@ def run_inference(cfg: InferenceConfig, address_file: str | None = None) -> None
     try:
         server.bind(ctx)
         if address_file:
-            tmp = address_file + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump({"address": server.address, "pid": os.getpid()}, f)
-            os.replace(tmp, address_file)  # readers never see a half-written file
+            transport.write_address_file(address_file, server.address)
         server.serve(ctx)
     except transport.BrokerUnavailable:
         if not server.stopping:

@@ -250,6 +250,18 @@ def check_address(address: str, what: str = "broker address", lowest_port: int =
     return host, port
 
 
+def write_address_file(path: str | Path, address: str, **more: Any) -> None:
+    """What read_address_file reads: {"address": ..., "pid": ..., **more}, written atomically
+    (write, then rename), so a reader never sees a half-written file."""
+    import json
+    import os
+
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump({"address": address, "pid": os.getpid(), **more}, f)
+    os.replace(tmp, path)
+
+
 def read_address_file(path: str | Path, timeout_s: float = 60.0) -> str:
     """The broker's service address from the file `qrl broker --address-file` writes, waiting for
     the file to appear: roles started together with their broker (`qrl run`, `make cluster`) import

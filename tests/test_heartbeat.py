@@ -53,7 +53,8 @@ import sys, uuid, numpy as np, zmq
 from qrl import transport, wire
 from qrl.actor import ActorConfig, ingest_socket
 transport.HEARTBEAT_IVL_MS, transport.HEARTBEAT_TIMEOUT_MS = 50, 200  # were they on, they would fire here
-s = ingest_socket(zmq.Context(), ActorConfig())  # exactly an actor's PUSH
+cfg = ActorConfig()
+s = ingest_socket(zmq.Context(), cfg.send_hwm, cfg.send_buffer)  # exactly an actor's PUSH
 s.connect(sys.argv[1])
 print("pushing", flush=True)
 incarnation, seq = uuid.uuid4().hex[:8], 0

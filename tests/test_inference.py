@@ -20,6 +20,7 @@ import pytest
 import zmq
 
 from qrl import algorithm, envs, wire
+from qrl.actor import actor_seed
 from qrl.config import build
 from qrl.transport import Client, free_port_block
 from conftest import wait_for
@@ -113,7 +114,7 @@ def test_the_server_acts_as_each_actors_own_core_would(procs, broker, client, ct
             got[a].append(reply.arrays["actions"].copy())
 
     def reference(actor_id: int, resets: bool):
-        core = agent.actor(args, actor_id % 8, 8, n, RUN["seed"] + 1000 * (actor_id + 1))
+        core = agent.actor(args, actor_id % 8, 8, n, actor_seed(RUN, actor_id))
         state, start = core.initial_state(n), np.ones(n, bool)
         actions, states = [], []
         for t in range(steps):
