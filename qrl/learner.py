@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import zmq
 
-from qrl import algorithm, checkpoint, envs, lifetime, transport, wire
+from qrl import algorithm, checkpoint, eager, envs, lifetime, transport, wire
 from qrl.evaluation import run_episodes
 from qrl.brokers.tables import TableConfig
 from qrl.config import RunConfig, build, to_dict, to_yaml
@@ -69,6 +69,7 @@ class LearnerRun:
             algo_values = config["args"]
         self.cfg = run_cfg
         torch.set_num_threads(run_cfg.learner_threads)
+        eager.skip_compiler_import()  # before the algorithm builds its optimizers
         self.args = build(self.agent.Args, algo_values, "algo")
         self.agent.table_config(self.args).validate(self.args.batch_size)
         if opts.device == "auto":
