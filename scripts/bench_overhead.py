@@ -8,12 +8,17 @@ checkpoint written). Medians over --rounds.
 
     python scripts/bench_overhead.py               # PPO CartPole, --actors 2 and 32, 3 rounds
     python scripts/bench_overhead.py --quick       # one round, --actors 2
+
+--compare-compiler-import also runs every round once more with QRL_TORCH_COMPILE=1 (the learner's
+optimizers import torch._dynamo, as torch's own do: what qrl.eager saves), alternated with the
+normal runs, and prints that table too with the ratio of the medians to first update.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -28,11 +33,12 @@ ROOT = Path(__file__).resolve().parents[1]
 PHASES = ["broker bound", "registered", "first segment", "first update", "target reached", "exited"]
 
 
-def one_run(config: Path, actors: int, run_dir: Path) -> dict[str, float]:
+def one_run(config: Path, actors: int, run_dir: Path, env: dict[str, str] | None = None) -> dict[str, float]:
     """Seconds from launch to each phase, and from the target to exit."""
     t0 = time.time()
     proc = subprocess.run([sys.executable, "-m", "qrl", "run", "--config", str(config), "--actors", str(actors),
-                           "--run-dir", str(run_dir), "--no-progress"], capture_output=True, text=True, timeout=600)
+                           "--run-dir", str(run_dir), "--no-progress"], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **(env or {})})
     t_exit = time.time()
     if proc.returncode != 0:
         raise RuntimeError(f"qrl run failed ({proc.returncode}): {proc.stderr[-500:]}")
@@ -40,8 +46,8 @@ def one_run(config: Path, actors: int, run_dir: Path) -> dict[str, float]:
     phase = {r["name"]: r.get("at", r["time"]) for r in records if r["kind"] == "phase"}
     summary = json.loads((run_dir / "summary.json").read_text())
     target = summary["target_return"]
-    reached = next(r["time"] for r in records if r["kind"] == "eval" and not r.get("final")
-                   and r["mean_return"] >= target)
+    reached = next((r["time"] for r in records if r["kind"] == "eval" and not r.get("final")
+                    and r["mean_return"] >= target), float("nan"))  # nan: the budget ran out first
     # (a version of qrl without the learner's phase records measures the other phases)
     times = {"broker bound": os.stat(run_dir / "broker.json").st_mtime, "registered": phase.get("registered"),
              "first segment": phase.get("first_segment"), "first update": phase.get("first_update"),
@@ -51,27 +57,50 @@ def one_run(config: Path, actors: int, run_dir: Path) -> dict[str, float]:
     return out
 
 
+def _median(values: list[float]) -> float:
+    """Of the runs that got there (a run whose budget ran out before the target has no target phases)."""
+    finite = [v for v in values if math.isfinite(v)]
+    return statistics.median(finite) if finite else float("nan")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=str(ROOT / "configs" / "ppo-CartPole-v1.yaml"))
     p.add_argument("--actors", default="2,32")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--compare-compiler-import", action="store_true")
     a = p.parse_args()
     if a.quick:
         a.actors, a.rounds = "2", 1
-    results = {}
-    rows = []
+    variants = {"": {}, **({"with torch._dynamo imported": {"QRL_TORCH_COMPILE": "1"}}
+                           if a.compare_compiler_import else {})}
+    results: dict[str, dict] = {name: {} for name in variants}
     for actors in [int(n) for n in a.actors.split(",")]:
-        runs = []
+        runs: dict[str, list] = {name: [] for name in variants}
         for _ in range(a.rounds):
-            with tempfile.TemporaryDirectory() as tmp:
-                runs.append(one_run(Path(a.config), actors, Path(tmp) / "run"))
-        medians = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-        results[str(actors)] = {"median_s": medians, "runs": runs}
-        rows.append([actors, *(f"{medians[k]:.2f}" for k in [*PHASES, "target to exit"])])
-    table = print_table(["actors", *(f"to {k} s" for k in PHASES), "target to exit s"], rows)
-    save_results("overhead", {"quick": a.quick, "config": a.config, "rounds": a.rounds, "actors": results, **table})
+            for name, env in variants.items():  # alternated, so both see the same machine
+                with tempfile.TemporaryDirectory() as tmp:
+                    runs[name].append(one_run(Path(a.config), actors, Path(tmp) / "run", env))
+        for name in variants:
+            medians = {k: _median([r[k] for r in runs[name]]) for k in runs[name][0]}
+            results[name][str(actors)] = {"median_s": medians, "runs": runs[name]}
+    headers = ["actors", *(f"to {k} s" for k in PHASES), "target to exit s"]
+    rows = lambda name: [[n, *(f"{r['median_s'][k]:.2f}" for k in [*PHASES, "target to exit"])]
+                         for n, r in results[name].items()]
+    table = print_table(headers, rows(""))
+    record = {"quick": a.quick, "config": a.config, "rounds": a.rounds, "actors": results[""], **table}
+    for name in variants:
+        if name:
+            ratios = "; ".join(
+                f"--actors {n}: launch to first update {results[''][n]['median_s']['first update'] / r['median_s']['first update']:.2f}x"
+                for n, r in results[name].items())
+            text = (f"The same rounds, alternated, {name} (QRL_TORCH_COMPILE=1: the learner's optimizers import "
+                    f"it, as torch's own do; qrl.eager saves that). qrl / that run: {ratios}.")
+            print("\n" + text)
+            record["also"] = [{"text": text, **print_table(headers, rows(name))}]
+            record["compiler_import"] = {"actors": results[name]}
+    save_results("overhead", record)
 
 
 if __name__ == "__main__":

@@ -318,6 +318,8 @@ def render() -> str:
             continue
         shown = table(d["header"], d["table"]) if "header" in d else "(a results file without its table: rerun it)"
         lines += [f"## {title}", "", what, "", measured_on(d), "", shown, ""]
+        for extra in d.get("also", []):  # a comparison run side by side with the main table
+            lines += [extra["text"], "", table(extra["header"], extra["table"]), ""]
         png = RESULTS / f"{name}.png"  # the scripts that draw one write it beside their results
         if png.exists():
             lines += [f"![{name}]({png.relative_to(ROOT)})", ""]
