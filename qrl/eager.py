@@ -8,13 +8,13 @@ learner before its first update (and, in `qrl run`, before the actors get the ru
 `skip_compiler_import()` makes those entry points of torch.optim call straight through while
 torch._dynamo is not loaded, which is what they do anyway when nothing is being compiled:
 - the "disable dynamo here" wrappers (torch._compile._disable_dynamo) look for a cached
-  disabled version of the function before importing dynamo to make one; the function itself
-  is cached there, so they call it;
+  disabled version of the function before importing dynamo to make one; a call-through to the
+  function itself is cached there;
 - each optimizer's `step` (wrapped to set grad mode and to insert compiler graph breaks) runs
   under the grad mode the wrapper sets, without the graph breaks (no-ops in eager mode).
 
-Once torch._dynamo is loaded in the process (an algorithm that uses torch.compile), `step` takes
-torch's own path again; set QRL_TORCH_COMPILE=1 to leave torch untouched altogether. Every
+Once torch._dynamo is loaded in the process (an algorithm that uses torch.compile), all of them
+take torch's own path again; set QRL_TORCH_COMPILE=1 to leave torch untouched altogether. Every
 change is checked against torch's own results in tests/test_eager.py.
 """
 
@@ -33,6 +33,20 @@ _applied = False
 
 def _is_disable_wrapper(obj, code) -> bool:
     return getattr(obj, "__code__", None) is code and hasattr(obj, "__wrapped__")
+
+
+def _call_through(wrapper):
+    """What a "disable dynamo here" wrapper finds as its cached disabled function: the function
+    itself; once torch._dynamo is loaded, torch's own wrapper again (it makes the real one)."""
+    fn = wrapper.__wrapped__
+
+    def call(*args, **kwargs):
+        if "torch._dynamo" in sys.modules:
+            delattr(fn, "__dynamo_disable")
+            return wrapper(*args, **kwargs)
+        return fn(*args, **kwargs)
+
+    setattr(fn, "__dynamo_disable", call)
 
 
 def _eager_step(wrapped_step):
@@ -69,13 +83,13 @@ def skip_compiler_import() -> bool:
             continue
         for obj in list(vars(module).values()):
             if _is_disable_wrapper(obj, disable_code):
-                setattr(obj.__wrapped__, "__dynamo_disable", obj.__wrapped__)
+                _call_through(obj)
                 seen += 1
             if not (inspect.isclass(obj) and issubclass(obj, torch.optim.Optimizer)):
                 continue
             for attr, member in list(vars(obj).items()):
                 if _is_disable_wrapper(member, disable_code):
-                    setattr(member.__wrapped__, "__dynamo_disable", member.__wrapped__)
+                    _call_through(member)
                     seen += 1
                 elif attr == "step" and getattr(member, "__code__", None) is grad_wrapper_code:
                     # (after an optimizer of this class was built, step is torch's profiling wrapper

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from qrl import algorithm, checkpoint, envs
+from qrl import algorithm, checkpoint, eager, envs
 from qrl.config import ConfigError, RunConfig, build
 from qrl.normalize import Normalizer
 
@@ -62,6 +62,7 @@ def load_policy(path: str | Path) -> LoadedPolicy:
     args = build(agent.Args, config["args"], "algo")
     run = build(RunConfig, config["run"], "run")
     obs_space, action_space = envs.spaces(config["env"], run.env_kwargs, run.wrappers)
+    eager.skip_compiler_import()  # the learner's optimizer, built only to load the checkpoint
     learner = agent.Learner(obs_space, action_space, args, torch.device("cpu"))
     learner.load_state_dict(saved["learner"])
     learner.net.eval()

@@ -13,9 +13,11 @@ import pytest
 
 STEPS = """
 import json, sys, torch
-if sys.argv[1] == "eager":
+if sys.argv[1] in ("eager", "compiler later"):
     from qrl import eager
     assert eager.skip_compiler_import()
+if sys.argv[1] == "compiler later":  # e.g. an algorithm calls torch.compile: torch's own paths again
+    import torch._dynamo
 out = {}
 for name, make in [("Adam", lambda p: torch.optim.Adam(p, lr=1e-2, eps=1e-5)),
                    ("AdamW", lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1)),
@@ -51,6 +53,13 @@ def test_optimizers_give_torchs_results_without_the_compiler():
     assert torch_own.pop("dynamo") is True  # what the patch is for: torch imports its compiler here
     assert eager.pop("dynamo") is False
     assert eager == torch_own  # bit for bit, every optimizer
+
+
+def test_torchs_own_paths_once_the_compiler_is_loaded():
+    torch_own, later = run_steps("torch"), run_steps("compiler later")
+    assert later.pop("dynamo") is True
+    torch_own.pop("dynamo")
+    assert later == torch_own
 
 
 def test_compile_opt_out_leaves_torch_alone():
