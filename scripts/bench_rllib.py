@@ -2,11 +2,13 @@
 core count, in the same run. Optional and heavy (ray): `make bench PEERS=rllib` installs
 ray[rllib] into its own virtual environment (.venv-rllib) and runs this; never in CI.
 
-For each system: environment steps/s with learning on, and wall-clock seconds from launch
-(start-up included) until the return first reaches 475: for RLlib the mean return of its
-training episodes (what it reports), for qrl its 10-episode deterministic evaluation. qrl runs
-DQN (its algorithm today) with 2 actor processes; RLlib runs PPO, the algorithm its users
-pick for CartPole, with its default hyperparameters.
+Both run PPO: qrl its preset (configs/ppo-CartPole-v1.yaml, rl-baselines3-zoo's hyperparameters)
+with 2 actor processes, RLlib its default PPO with 2 env runners. For each: environment frames
+consumed by training per second with learning on (qrl: frames the learner trained on, from the
+broker's count; RLlib: its sampled steps, every one of which it trains on), and wall-clock seconds
+from launch (start-up included) until the return first reaches 475: for RLlib the mean return of
+its training episodes (what it reports), for qrl its 10-episode deterministic evaluation. qrl
+trains for as long as RLlib took, so both throughputs span the same phases.
 
     python scripts/bench_rllib.py --rllib-python .venv-rllib/bin/python [--seeds 2]
 """
@@ -25,6 +27,7 @@ from pathlib import Path
 from _common import print_table, save_results
 
 THRESHOLD = 475.0
+PRESET = Path(__file__).resolve().parents[1] / "configs" / "ppo-CartPole-v1.yaml"
 
 RLLIB_WORKER = r"""
 import json, sys, time
@@ -60,23 +63,24 @@ def run_rllib(python: str, seed: int, max_s: float) -> dict:
 def run_qrl(seed: int, max_s: float, tmp: Path) -> dict:
     run_dir = tmp / f"qrl-{seed}"
     launched = time.time()
-    subprocess.run([sys.executable, "-m", "qrl", "run", "--algo", "dqn", "--env", "CartPole-v1", "--actors", "2",
+    subprocess.run([sys.executable, "-m", "qrl", "run", "--config", str(PRESET), "--actors", "2",
                     "--seed", str(seed), "--total-steps", "10000000", "--target-return", "1e9", "--run-dir",
                     str(run_dir), "--no-progress", "--set", f"run.max_seconds={max_s}"],
                    check=True, timeout=max_s + 300, stdout=subprocess.DEVNULL)
     metrics = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    # qrl's solve is judged by its deterministic evaluation: its training episodes mix Ape-X
-    # epsilons (0.4 for actor 0), so their mean stays low however good the greedy policy is.
-    curve = [{"time": m["time"] - launched, "frames": m["frames"], "mean_return": m["mean_return"]}
-             for m in metrics if m["kind"] == "eval"]
-    return {"curve": curve, "wall_s": time.time() - launched}
+    curve = [{"time": m["time"] - launched, "frames": m.get("frames_consumed") or 0, "mean_return": float("nan")}
+             for m in metrics if m["kind"] == "train"]
+    curve += [{"time": m["time"] - launched, "frames": None, "mean_return": m["mean_return"]}
+              for m in metrics if m["kind"] == "eval" and not m.get("final")]
+    return {"curve": sorted(curve, key=lambda c: c["time"]), "wall_s": time.time() - launched}
 
 
 def summarize(curve: list[dict]) -> tuple[float, float]:
-    """(seconds from launch to the threshold or inf, env steps/s between the first and last
-    report: with learning on, start-up excluded)."""
+    """(seconds from launch to the threshold or inf, env frames consumed per second between the
+    first and last report: with learning on, start-up excluded)."""
     hit = next((c for c in curve if c["mean_return"] >= THRESHOLD), None)
-    first, last = curve[0], curve[-1]
+    counted = [c for c in curve if c["frames"] is not None]
+    first, last = counted[0], counted[-1]
     return (hit["time"] if hit else float("inf")), (last["frames"] - first["frames"]) / (last["time"] - first["time"])
 
 
@@ -90,7 +94,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(a.seeds):
             runs["rllib"].append(run_rllib(a.rllib_python, seed, a.max_seconds))
-            # qrl trains for as long as RLlib took, so both throughputs include the same phases.
             runs["qrl"].append(run_qrl(seed, max(30.0, runs["rllib"][-1]["wall_s"]), Path(tmp)))
     rows, med = [], {}
     for system, rs in runs.items():
@@ -98,7 +101,7 @@ def main() -> None:
         med[system] = (statistics.median(solved), statistics.median(speed))
         for seed, (s, v) in enumerate(zip(solved, speed)):
             rows.append([system, seed, f"{s:.1f}", f"{v:,.0f}"])
-    table = print_table(["system", "seed", "s to return 475", "env steps/s, learning on"], rows)
+    table = print_table(["system", "seed", "s to return 475", "env frames consumed/s, learning on"], rows)
     print(f"\nqrl/rllib: throughput {med['qrl'][1] / med['rllib'][1]:.1f}x, time to solve "
           f"{med['qrl'][0] / med['rllib'][0]:.2f}x")
     save_results("rllib", {**table, "medians": med, "runs": runs})

@@ -202,7 +202,7 @@ TARGETS: list[tuple[str, str, str, Callable]] = [
     ("`qrl run` target reached to every process exited, 2 actors", "<= 1.0 s", "overhead", _overhead("2", "target to exit", 1.0)),
     ("`qrl run` target reached to every process exited, 32 actors", "<= 1.0 s", "overhead",
      _overhead("32", "target to exit", 1.0)),
-    ("env steps/s with learning on, PPO CartPole (2 actors / 2 env runners)", ">= 10x RLlib", "rllib",
+    ("env frames consumed/s with learning on, PPO CartPole (2 actors / 2 env runners)", ">= 10x RLlib", "rllib",
      _rllib(1, lambda x: x >= 10, "x")),
     ("time to 475 from launch, PPO CartPole", "<= 0.1x RLlib", "rllib", _rllib(0, lambda x: x <= 0.1, "")),
     ("RSS growth after warm-up, every process (soak)", "a few %", "soak", _soak),
