@@ -76,6 +76,12 @@ class Args:
     """IQN: cosines in the fraction embedding."""
     iqn_cvar: float = 1.0
     """IQN: act on fractions in (0, iqn_cvar]: 1 is risk-neutral, below 1 risk-averse (CVaR)."""
+    fqf: bool = False
+    """FQF (with iqn_n): a fraction proposal layer picks iqn_n fractions per state instead of drawing
+    or spacing them, trained to minimize the 1-Wasserstein error of the quantile staircase; Q is the
+    staircase's mean, for acting and for the target."""
+    fraction_lr: float = 2.5e-9
+    """FQF: learning rate of the fraction proposal layer (RMSprop, as in the paper)."""
     noisy: bool = False
     """Noisy nets: factorized Gaussian noise layers explore instead of epsilon-greedy (actors draw new
     noise per segment, the learner per update; evaluation uses the mean weights)."""
@@ -125,6 +131,10 @@ def check_args(args: Args) -> None:
                          "set algo.double=false")
     if args.iqn_n and not 0 < args.iqn_cvar <= 1:
         raise ValueError(f"algo.iqn_cvar must be in (0, 1], got {args.iqn_cvar}")
+    if args.fqf and not args.iqn_n:
+        raise ValueError("algo.fqf proposes the fractions of IQN's quantile network: set algo.iqn_n (fractions per state)")
+    if args.fqf and (args.munchausen or args.iqn_cvar < 1):
+        raise ValueError("algo.fqf takes the mean over its own fractions: not with algo.munchausen or algo.iqn_cvar < 1")
 
 
 class QNetwork(nn.Module):
@@ -153,6 +163,13 @@ class QNetwork(nn.Module):
             self.torso, self.mix = nn.Sequential(*first), nn.Sequential(last, relu)
             self.embedding = layers.CosineEmbedding(args.iqn_embedding, last.in_features)
             self.register_buffer("acting_taus", args.iqn_cvar * ops.midpoint_fractions(args.iqn_k), persistent=False)
+        # FQF: the fraction proposal layer, on the torso's features (detached: it does not shape them).
+        # Small initial weights, as in the authors' code: proposals start near-uniform instead of
+        # following random logits that grow with the features (peaked proposals overestimate Q).
+        self.fractions = nn.Linear(last.in_features, args.iqn_n) if args.fqf else None
+        if self.fractions is not None:
+            nn.init.xavier_uniform_(self.fractions.weight, gain=0.01)
+            nn.init.zeros_(self.fractions.bias)
         # self.atoms: outputs per action beyond one (C51 atoms or QR-DQN quantiles)
         self.dueling, self.num_actions = args.dueling, num_actions
         self.atoms, self.quantile = args.atoms or args.quantiles, bool(args.quantiles)
@@ -182,11 +199,29 @@ class QNetwork(nn.Module):
         h = self.features(obs)
         if not self.implicit:
             return self.head(h)
+        return self.quantiles_at(h, taus)
+
+    def quantiles_at(self, h: torch.Tensor, taus: torch.Tensor) -> torch.Tensor:
+        """IQN: the quantiles [B, num_actions, N] at fractions taus [B, N] from the torso's features h."""
         B, N = taus.shape
         mixed = self.mix((h.unsqueeze(1) * self.embedding(taus)).flatten(0, 1))  # [B * N, hidden]
         return self.head(mixed).reshape(B, N, self.num_actions).transpose(1, 2)
 
+    def propose(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """FQF: the fractions 0 = tau_0 < ... < tau_N = 1 [B, N + 1] proposed for features h, and the
+        midpoints tau_hat [B, N] the quantiles are taken at."""
+        taus = F.pad(torch.softmax(self.fractions(h.detach()), dim=1).cumsum(dim=1), (1, 0))
+        taus = torch.cat([taus[:, :-1], torch.ones_like(taus[:, -1:])], dim=1)  # exactly 1, not 1 - rounding
+        return taus, (taus[:, :-1] + taus[:, 1:]) / 2
+
+    def staircase_mean(self, h: torch.Tensor) -> torch.Tensor:
+        """FQF: Q [B, num_actions], the mean of the quantile staircase on the proposed fractions."""
+        taus, tau_hats = self.propose(h)
+        return (self.quantiles_at(h, tau_hats) * (taus[:, 1:] - taus[:, :-1]).unsqueeze(1)).sum(2)
+
     def forward(self, obs: torch.Tensor) -> torch.Tensor:  # [B, *obs_shape] -> [B, num_actions]
+        if self.fractions is not None:
+            return self.staircase_mean(self.features(obs))
         if self.implicit:
             return self.distribution(obs, self.acting_taus.expand(len(obs), -1)).mean(2)
         out = self.head(self.features(obs))
@@ -196,9 +231,9 @@ class QNetwork(nn.Module):
 
     def q_values(self, obs: np.ndarray) -> np.ndarray:
         """forward() on a numpy batch: in numpy for an MLP (see qrl/numpy_mlp.py), else in torch."""
-        parts = numpy_twin(self, lambda: None if self.image else [
+        parts = numpy_twin(self, lambda: None if self.image or self.fractions is not None else [
             compile_mlp(m) for m in (self.torso, self.advantage, self.value) if m is not None])
-        if parts is None or None in parts:  # CNNs and noisy layers keep torch
+        if parts is None or None in parts:  # CNNs, noisy layers and FQF keep torch
             with torch.inference_mode():
                 return self(torch.as_tensor(obs)).numpy()
         torso, advantage, *value = parts
@@ -323,7 +358,14 @@ class Learner(LearnerBase):
         self.net = make_policy(obs_space, action_space, args).to(device)
         self.target = make_policy(obs_space, action_space, args).to(device)
         self.target.load_state_dict(self.net.state_dict())
-        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=args.lr)
+        if args.fqf:  # the fraction proposal layer learns by its own loss, at its own rate
+            fraction_params = set(self.net.fractions.parameters())
+            self.optimizer = torch.optim.Adam([p for p in self.net.parameters() if p not in fraction_params], lr=args.lr)
+            self.fraction_optimizer = torch.optim.RMSprop(self.net.fractions.parameters(), lr=args.fraction_lr,
+                                                          alpha=0.95, eps=1e-5)
+            self.checkpointed = (*self.checkpointed, "fraction_optimizer")
+        else:
+            self.optimizer = torch.optim.Adam(self.net.parameters(), lr=args.lr)
 
     def update(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         a = self.args
@@ -331,7 +373,9 @@ class Learner(LearnerBase):
         if a.noisy:  # new noise for every update
             layers.sample_noise(self.net)
             layers.sample_noise(self.target)
-        if a.quantiles or a.iqn_n:
+        if a.fqf:
+            per_item, q, td = self._fqf_loss(t)
+        elif a.quantiles or a.iqn_n:
             per_item, q, td = self._quantile_loss(t)
         elif a.atoms:
             per_item, q, td = self._distributional_loss(t)
@@ -436,6 +480,31 @@ class Learner(LearnerBase):
                 best_next = (out[n:] if a.double else next_target).mean(2).argmax(dim=1)
                 target = t["return"].unsqueeze(1) + t["discount"].unsqueeze(1) * next_target[rows, best_next]
         per_item = ops.quantile_huber_loss(taken, target, a.kappa, None if taus is None else taus[:n])
+        return per_item, taken.mean(1), per_item
+
+    def _fqf_loss(self, t):
+        """FQF: the quantile Huber loss at the fractions proposed for each item's state (the target's
+        quantiles at the same fractions, for the next action of the staircase means), and one step
+        of the fraction proposal layer down the 1-Wasserstein error's gradient with respect to its
+        fractions (ops.fraction_gradient; Yang et al. 2019)."""
+        a = self.args
+        n = len(t["obs"])
+        rows = torch.arange(n, device=self.device)
+        h = self.net.features(torch.cat([t["obs"], t["next_obs"]]) if a.double else t["obs"])
+        taus, tau_hats = self.net.propose(h[:n])
+        taken = self.net.quantiles_at(h[:n], tau_hats.detach())[rows, t["action"]]  # [B, N]
+        with torch.no_grad():
+            target_h = self.target.features(t["next_obs"])
+            best_next = (self.net.staircase_mean(h[n:]) if a.double else self.target.staircase_mean(target_h)).argmax(1)
+            next_target = self.target.quantiles_at(target_h, tau_hats)[rows, best_next]  # [B, N]
+            target = t["return"].unsqueeze(1) + t["discount"].unsqueeze(1) * next_target
+            at_taus = self.net.quantiles_at(h[:n], taus[:, 1:-1])[rows, t["action"]]  # F(tau_1..tau_(N-1))
+            w1_gradient = ops.fraction_gradient(at_taus, taken.detach())
+        fraction_loss = t.weighted_mean((w1_gradient * taus[:, 1:-1]).sum(1))
+        self.fraction_optimizer.zero_grad(set_to_none=True)
+        fraction_loss.backward()
+        self.fraction_optimizer.step()
+        per_item = ops.quantile_huber_loss(taken, target, a.kappa, tau_hats.detach())
         return per_item, taken.mean(1), per_item
 
 

@@ -177,7 +177,7 @@ RANGES: dict[str, Range] = {
     "sequence_length": Range(1, 1 << 16), "adam_eps": POSITIVE, "rescale_eps": POSITIVE, "priority_eta": FRACTION,
     "atoms": Range(0, 4096), "v_min": ANY, "v_max": ANY, "quantiles": Range(0, 4096), "kappa": POSITIVE,
     "iqn_n": Range(0, 4096), "iqn_n_target": Range(1, 4096), "iqn_k": Range(1, 4096), "iqn_embedding": Range(1, 4096),
-    "iqn_cvar": Range(0, 1, low_open=True), "noisy_std": NON_NEGATIVE, "munchausen_alpha": NON_NEGATIVE,
+    "iqn_cvar": Range(0, 1, low_open=True), "fraction_lr": POSITIVE, "noisy_std": NON_NEGATIVE, "munchausen_alpha": NON_NEGATIVE,
     "entropy_tau": POSITIVE, "log_policy_clip": Range(-1e6, 0),
     # broker and actors
     "port": Range(0, 65535), "max_message_bytes": Range(1024), "ingest_hwm": COUNT, "ingest_buffer": NON_NEGATIVE,

@@ -226,3 +226,18 @@ def quantile_huber_loss(quantiles, targets, kappa: float = 1.0, taus=None):
     huber = torch.where(u.abs() <= kappa, 0.5 * u**2, kappa * (u.abs() - 0.5 * kappa))
     weight = (taus.unsqueeze(2) - (u.detach() < 0).to(u.dtype)).abs()
     return (weight * huber / kappa).mean(2).sum(1)
+
+
+def fraction_gradient(at_taus, at_hats):
+    """FQF: the gradient of the 1-Wasserstein error of a quantile staircase with respect to its inner
+    fractions tau_1..tau_(N-1), from the quantiles there [B, N-1] and at the midpoints [B, N]:
+    dW1/dtau_i = 2 F(tau_i) - F(tau_hat_(i-1)) - F(tau_hat_i) where F rises around tau_i (Yang et al.
+    2019, proposition 1); each term's sign flips where F falls there, as in the authors' code, so a
+    quantile function that is not monotonic yet still gets a descent direction (torch tensors)."""
+    import torch
+
+    below = at_taus - at_hats[:, :-1]
+    above = at_taus - at_hats[:, 1:]
+    rising = at_taus > torch.cat([at_hats[:, :1], at_taus[:, :-1]], dim=1)
+    falling = at_taus < torch.cat([at_taus[:, 1:], at_hats[:, -1:]], dim=1)
+    return torch.where(rising, below, -below) + torch.where(falling, above, -above)

@@ -38,6 +38,7 @@ TARGETS = {
     ("c51", "CartPole-v1"): (475.0, 50_000),
     ("qrdqn", "CartPole-v1"): (475.0, 50_000),
     ("iqn", "CartPole-v1"): (475.0, 50_000),
+    ("fqf", "CartPole-v1"): (475.0, 50_000),
     ("mdqn", "CartPole-v1"): (475.0, 50_000),
     ("rainbow", "CartPole-v1"): (475.0, 50_000),
     ("ql", "qrl/Grid-v0"): (0.9, 100_000),

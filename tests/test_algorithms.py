@@ -21,6 +21,7 @@ SMOKE = [  # (algorithm, environment, extra overrides); continuous-action algori
     ("iqn", "CartPole-v1", ["algo.learning_starts=256", "algo.iqn_n=8", "algo.iqn_n_target=8"]),
     ("iqn", "CartPole-v1", ["algo.learning_starts=256", "algo.iqn_n=8", "algo.munchausen=true",  # M-IQN
                             "algo.double=false"]),
+    ("fqf", "CartPole-v1", ["algo.learning_starts=256", "algo.iqn_n=8"]),
     ("mdqn", "CartPole-v1", ["algo.learning_starts=256"]),
     ("rainbow", "CartPole-v1", ["algo.learning_starts=256", "algo.v_min=0", "algo.v_max=100"]),
     ("ql", "qrl/Grid-v0", []),

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from qrl import algorithm, layers, ops
-from qrl.algorithms import dqn, iqn, mdqn, rainbow
+from qrl.algorithms import dqn, fqf, iqn, mdqn, rainbow
 
 OBS, ACTIONS = gym.spaces.Box(-1, 1, (4,), np.float32), gym.spaces.Discrete(3)
 
@@ -113,6 +113,55 @@ def test_an_iqn_update_moves_its_quantile_function_toward_the_target_distributio
     assert q == pytest.approx(2.0, abs=0.2)
 
 
+def test_fqf_proposes_increasing_fractions_and_acts_on_the_staircase_mean():
+    net = fqf.AGENT.make_policy(OBS, ACTIONS, fqf.Args(hidden=16, iqn_n=5, iqn_embedding=8))
+    obs = torch.randn(6, 4)
+    h = net.features(obs)
+    taus, tau_hats = net.propose(h)
+    assert taus.shape == (6, 6) and tau_hats.shape == (6, 5)
+    assert (taus[:, 0] == 0).all() and (taus[:, -1] == 1).all() and (taus.diff(dim=1) > 0).all()
+    torch.testing.assert_close(tau_hats, (taus[:, :-1] + taus[:, 1:]) / 2)
+    z = net.quantiles_at(h, tau_hats)  # [B, A, N]
+    torch.testing.assert_close(net(obs), (z * taus.diff(dim=1).unsqueeze(1)).sum(2))
+    with torch.no_grad():  # uniform proposals: the staircase on QR-DQN's midpoints
+        net.fractions.weight.zero_()
+        net.fractions.bias.zero_()
+    torch.testing.assert_close(net.propose(h)[1], ops.midpoint_fractions(5).expand(6, -1))
+    # actors and evaluation run it in torch (no numpy twin for the proposal layer)
+    torch.testing.assert_close(torch.as_tensor(net.q_values(obs.numpy())), net(obs))
+
+
+def test_an_fqf_update_moves_fractions_by_the_wasserstein_gradient_alone():
+    """The proposal layer learns only from the fraction loss (its own optimizer), the rest only from
+    the quantile loss; for a known quantile function the fraction loss's gradient is the paper's."""
+    torch.manual_seed(0)
+    args = fqf.Args(hidden=16, iqn_n=4, iqn_embedding=8, lr=1e-3, fraction_lr=1e-2, n_step=1)
+    learner = fqf.AGENT.Learner(OBS, gym.spaces.Discrete(2), args, torch.device("cpu"))
+    assert not {id(p) for p in learner.net.fractions.parameters()} & {
+        id(p) for group in learner.optimizer.param_groups for p in group["params"]}
+    assert "fraction_optimizer" in learner.state_dict()
+    before = {k: v.clone() for k, v in learner.net.state_dict().items()}
+    obs = np.random.default_rng(0).standard_normal((32, 4)).astype(np.float32)
+    batch = {"obs": obs, "action": np.zeros(32, np.int64), "return": np.ones(32, np.float32),
+             "discount": np.zeros(32, np.float32), "next_obs": obs}
+    learner.update(batch)
+    after = learner.net.state_dict()
+    assert all(not torch.equal(before[k], after[k]) for k in after)  # both losses reached their parameters
+
+
+def test_the_fraction_gradient_by_hand():
+    # F(tau) = tau^2 on tau = 0, .2, .5, .7, 1 (rising): 2 F(tau_i) - F(tau_hat_(i-1)) - F(tau_hat_i)
+    taus = torch.tensor([[0.0, 0.2, 0.5, 0.7, 1.0]])
+    hats = (taus[:, :-1] + taus[:, 1:]) / 2  # .1, .35, .6, .85
+    grad = ops.fraction_gradient(taus[:, 1:-1] ** 2, hats**2)
+    torch.testing.assert_close(grad, torch.tensor([[0.08 - 0.01 - 0.1225, 0.5 - 0.1225 - 0.36,
+                                                    0.98 - 0.36 - 0.7225]]))
+    # where F falls past tau_1 (F(tau_1) = 1 above F(tau_hat_1) = 0.5, F(tau_2) = 0.2 below it), each
+    # term that crosses the fall flips sign: tau_1: (1 - 0) - (1 - 0.5); tau_2: -(0.2 - 0.5) + (0.2 - 0.9)
+    grad = ops.fraction_gradient(torch.tensor([[1.0, 0.2]]), torch.tensor([[0.0, 0.5, 0.9]]))
+    torch.testing.assert_close(grad, torch.tensor([[1.0 - 0.5, 0.3 - 0.7]]))
+
+
 def test_the_munchausen_target_by_hand():
     args = mdqn.Args(entropy_tau=1.0, munchausen_alpha=0.5, log_policy_clip=-1.0, hidden=8)
     learner = mdqn.AGENT.Learner(OBS, gym.spaces.Discrete(2), args, torch.device("cpu"))
@@ -136,6 +185,8 @@ def test_the_munchausen_target_by_hand():
     ({"munchausen": True, "double": False, "atoms": 51}, "algo.munchausen works with Q values, quantiles or iqn_n"),
     ({"munchausen": True}, "set algo.double=false"),
     ({"atoms": 5, "v_min": 1.0, "v_max": 1.0}, "algo.v_min must be below algo.v_max"),
+    ({"fqf": True}, "algo.fqf proposes the fractions of IQN's quantile network: set algo.iqn_n"),
+    ({"fqf": True, "iqn_n": 8, "iqn_cvar": 0.5}, "algo.fqf takes the mean over its own fractions"),
 ])
 def test_meaningless_combinations_are_refused_in_one_line(values, message):
     with pytest.raises(ValueError, match=message.replace(".", r"\.")) as info:
@@ -144,7 +195,7 @@ def test_meaningless_combinations_are_refused_in_one_line(values, message):
 
 
 def test_the_named_members_of_the_family():
-    for name, values in [("iqn", {"iqn_n": 32}), ("mdqn", {"munchausen": True, "double": False}),
+    for name, values in [("iqn", {"iqn_n": 32}), ("fqf", {"iqn_n": 32, "fqf": True}), ("mdqn", {"munchausen": True, "double": False}),
                          ("rainbow", {"atoms": 51, "noisy": True, "dueling": True, "double": True, "n_step": 3})]:
         args = algorithm.load(name).Args()
         assert all(getattr(args, k) == v for k, v in values.items()), name
