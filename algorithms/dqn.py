@@ -158,16 +158,17 @@ class QNetwork(nn.Module):
             self.torso = nn.Sequential(nn.Linear(int(np.prod(obs_shape)), hidden), nn.ReLU(), linear(hidden, hidden),
                                        nn.ReLU())
         self.implicit = bool(args.iqn_n)
+        self.fractions = None
         if self.implicit:  # the last hidden layer comes after the fraction embedding
             *first, last, relu = self.torso
             self.torso, self.mix = nn.Sequential(*first), nn.Sequential(last, relu)
             self.embedding = layers.CosineEmbedding(args.iqn_embedding, last.in_features)
             self.register_buffer("acting_taus", args.iqn_cvar * ops.midpoint_fractions(args.iqn_k), persistent=False)
-        # FQF: the fraction proposal layer, on the torso's features (detached: it does not shape them).
-        # Small initial weights, as in the authors' code: proposals start near-uniform instead of
-        # following random logits that grow with the features (peaked proposals overestimate Q).
-        self.fractions = nn.Linear(last.in_features, args.iqn_n) if args.fqf else None
-        if self.fractions is not None:
+        if args.fqf:  # (check_args: only with iqn_n)
+            # The fraction proposal layer, on the torso's features (detached: it does not shape them).
+            # Small initial weights, as in the authors' code: proposals start near-uniform instead of
+            # following random logits that grow with the features (peaked proposals overestimate Q).
+            self.fractions = nn.Linear(last.in_features, args.iqn_n)
             nn.init.xavier_uniform_(self.fractions.weight, gain=0.01)
             nn.init.zeros_(self.fractions.bias)
         # self.atoms: outputs per action beyond one (C51 atoms or QR-DQN quantiles)

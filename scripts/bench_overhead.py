@@ -30,6 +30,7 @@ from pathlib import Path
 from _common import print_table, save_results
 
 ROOT = Path(__file__).resolve().parents[1]
+COMPILER = "with torch._dynamo imported"
 PHASES = ["broker bound", "registered", "first segment", "first update", "target reached", "exited"]
 
 
@@ -73,8 +74,9 @@ def main() -> None:
     a = p.parse_args()
     if a.quick:
         a.actors, a.rounds = "2", 1
-    variants = {"": {}, **({"with torch._dynamo imported": {"QRL_TORCH_COMPILE": "1"}}
-                           if a.compare_compiler_import else {})}
+    variants = {"": {}}  # name -> environment of its `qrl run`; "" is qrl as it is
+    if a.compare_compiler_import:
+        variants[COMPILER] = {"QRL_TORCH_COMPILE": "1"}
     results: dict[str, dict] = {name: {} for name in variants}
     for actors in [int(n) for n in a.actors.split(",")]:
         runs: dict[str, list] = {name: [] for name in variants}
@@ -90,16 +92,15 @@ def main() -> None:
                          for n, r in results[name].items()]
     table = print_table(headers, rows(""))
     record = {"quick": a.quick, "config": a.config, "rounds": a.rounds, "actors": results[""], **table}
-    for name in variants:
-        if name:
-            ratios = "; ".join(
-                f"--actors {n}: launch to first update {results[''][n]['median_s']['first update'] / r['median_s']['first update']:.2f}x"
-                for n, r in results[name].items())
-            text = (f"The same rounds, alternated, {name} (QRL_TORCH_COMPILE=1: the learner's optimizers import "
-                    f"it, as torch's own do; qrl.eager saves that). qrl / that run: {ratios}.")
-            print("\n" + text)
-            record["also"] = [{"text": text, **print_table(headers, rows(name))}]
-            record["compiler_import"] = {"actors": results[name]}
+    if COMPILER in results:
+        ratios = "; ".join(
+            f"--actors {n}: launch to first update {results[''][n]['median_s']['first update'] / r['median_s']['first update']:.2f}x"
+            for n, r in results[COMPILER].items())
+        text = (f"The same rounds, alternated, {COMPILER} (QRL_TORCH_COMPILE=1: the learner's optimizers import "
+                f"it, as torch's own do; qrl.eager saves that). qrl / that run: {ratios}.")
+        print("\n" + text)
+        record["also"] = [{"text": text, **print_table(headers, rows(COMPILER))}]
+        record["compiler_import"] = {"actors": results[COMPILER]}
     save_results("overhead", record)
 
 
