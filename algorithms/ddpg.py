@@ -157,8 +157,8 @@ class Learner(LearnerBase):
         self.target_critics = nn.ModuleList(Critic(obs_dim, action_dim, tuple(args.hidden))
                                             for _ in range(n_critics)).to(device)
         self.target_critics.load_state_dict(self.critics.state_dict())
-        self.policy_optimizer = torch.optim.Adam(self.net.parameters(), lr=args.lr)
-        self.critic_optimizer = torch.optim.Adam(self.critics.parameters(), lr=args.lr)
+        self.policy_optimizer = ops.adam(self.net.parameters(), lr=args.lr)
+        self.critic_optimizer = ops.adam(self.critics.parameters(), lr=args.lr)
         self.last_policy_loss = 0.0
 
     def update(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
@@ -184,8 +184,8 @@ class Learner(LearnerBase):
             policy_loss.backward()
             self.policy_optimizer.step()
             self.last_policy_loss = policy_loss.item()
-            ops.polyak_update(self.target_policy.parameters(), self.net.parameters(), a.tau)
-            ops.polyak_update(self.target_critics.parameters(), self.critics.parameters(), a.tau)
+            ops.polyak_update(self.parameters_of(self.target_policy), self.parameters_of(self.net), a.tau)
+            ops.polyak_update(self.parameters_of(self.target_critics), self.parameters_of(self.critics), a.tau)
         return {"critic_loss": critic_loss.item(), "policy_loss": self.last_policy_loss, "q_target": target.mean().item()}
 
 

@@ -361,12 +361,12 @@ class Learner(LearnerBase):
         self.target.load_state_dict(self.net.state_dict())
         if args.fqf:  # the fraction proposal layer learns by its own loss, at its own rate
             fraction_params = set(self.net.fractions.parameters())
-            self.optimizer = torch.optim.Adam([p for p in self.net.parameters() if p not in fraction_params], lr=args.lr)
+            self.optimizer = ops.adam([p for p in self.net.parameters() if p not in fraction_params], lr=args.lr)
             self.fraction_optimizer = torch.optim.RMSprop(self.net.fractions.parameters(), lr=args.fraction_lr,
                                                           alpha=0.95, eps=1e-5)
             self.checkpointed = (*self.checkpointed, "fraction_optimizer")
         else:
-            self.optimizer = torch.optim.Adam(self.net.parameters(), lr=args.lr)
+            self.optimizer = ops.adam(self.net.parameters(), lr=args.lr)
 
     def update(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         a = self.args
@@ -385,7 +385,7 @@ class Learner(LearnerBase):
         loss = t.weighted_mean(per_item)  # importance weights correct prioritized sampling
         self.minimize(loss, a.max_grad_norm)
         if a.target_tau < 1.0:
-            ops.polyak_update(self.target.parameters(), self.net.parameters(), a.target_tau)
+            ops.polyak_update(self.parameters_of(self.target), self.parameters_of(self.net), a.target_tau)
         elif self.updates % a.target_update_every == 0:
             self.target.load_state_dict(self.net.state_dict())
         metrics = {"loss": loss.item(), "q_mean": q.mean().item()}

@@ -63,7 +63,7 @@ class Learner(ppo.Learner):
             group["lr"] = a.lr * frac
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        nn.utils.clip_grad_norm_(self.net.parameters(), a.max_grad_norm)
+        nn.utils.clip_grad_norm_(self.parameters_of(self.net), a.max_grad_norm)
         self.optimizer.step()
         self.updates += 1
         rho = torch.exp(logp.detach() - t["logp"])

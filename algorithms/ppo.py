@@ -291,7 +291,7 @@ class Learner(LearnerBase):
     def __init__(self, obs_space: gym.Space, action_space: gym.Space, args: Args, device: torch.device):
         super().__init__(args, device)
         self.net = make_policy(obs_space, action_space, args).to(device)
-        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=args.lr, eps=1e-5)
+        self.optimizer = ops.adam(self.net.parameters(), lr=args.lr, eps=1e-5)
 
     def evaluate(self, t, rows: torch.Tensor | None = None):
         """(distribution, values, next values) over the batch's steps, flattened [N * T]; `rows`
@@ -347,13 +347,13 @@ class Learner(LearnerBase):
                 loss = policy_loss + a.vf_coef * value_loss - a.ent_coef * entropy
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                nn.utils.clip_grad_norm_(self.net.parameters(), a.max_grad_norm)
+                nn.utils.clip_grad_norm_(self.parameters_of(self.net), a.max_grad_norm)
                 self.optimizer.step()
-                with torch.no_grad():
-                    stats.append((policy_loss.item(), value_loss.item(), entropy.item(),
-                                  ((ratio - 1).abs() > clip).float().mean().item()))
+                with torch.no_grad():  # read once after the epochs, not four times per minibatch
+                    stats.append(torch.stack([policy_loss, value_loss, entropy,
+                                              ((ratio - 1).abs() > clip).float().mean()]))
         self.updates += 1
-        p, v, e, c = np.mean(stats, axis=0)
+        p, v, e, c = torch.stack(stats).mean(0).tolist()
         return {"policy_loss": p, "value_loss": v, "entropy": e, "clip_fraction": c}
 
 

@@ -174,7 +174,7 @@ class Learner(LearnerBase):
         self.net = make_policy(obs_space, action_space, args).to(device)
         self.target = make_policy(obs_space, action_space, args).to(device)
         self.target.load_state_dict(self.net.state_dict())
-        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=args.lr, eps=args.adam_eps)
+        self.optimizer = ops.adam(self.net.parameters(), lr=args.lr, eps=args.adam_eps)
 
     def update(self, batch: dict[str, np.ndarray]) -> dict[str, object]:
         a = self.args

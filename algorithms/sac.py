@@ -184,9 +184,9 @@ class Learner(LearnerBase):
             self.target_entropy = -float(np.prod(action_space.shape))
         else:
             self.target_entropy = args.target_entropy_scale * float(np.log(action_space.n))
-        self.policy_optimizer = torch.optim.Adam(self.net.parameters(), lr=args.lr)
-        self.critic_optimizer = torch.optim.Adam(self.critics.parameters(), lr=args.lr)
-        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=args.lr)
+        self.policy_optimizer = ops.adam(self.net.parameters(), lr=args.lr)
+        self.critic_optimizer = ops.adam(self.critics.parameters(), lr=args.lr)
+        self.alpha_optimizer = ops.adam([self.log_alpha], lr=args.lr)
 
     def update(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
         a = self.args
@@ -232,7 +232,7 @@ class Learner(LearnerBase):
         self.alpha_optimizer.zero_grad(set_to_none=True)
         alpha_loss.backward()
         self.alpha_optimizer.step()
-        ops.polyak_update(self.target_critics.parameters(), self.critics.parameters(), a.tau)
+        ops.polyak_update(self.parameters_of(self.target_critics), self.parameters_of(self.critics), a.tau)
         self.updates += 1
         return {"critic_loss": critic_loss.item(), "policy_loss": policy_loss.item(), "alpha": alpha.item(),
                 "entropy": entropy.mean().item()}

@@ -54,12 +54,33 @@ def apex_epsilon(index: int, count: int, base: float = 0.4, alpha: float = 7.0) 
 
 
 def polyak_update(target: Iterable, online: Iterable, tau: float) -> None:
-    """target <- (1 - tau) * target + tau * online, in place (torch parameters); tau = 1 copies."""
+    """target <- (1 - tau) * target + tau * online, in place (torch parameters); tau = 1 copies.
+    One multi-tensor lerp (as torch.optim.swa_utils' EMA), not one call per tensor: small networks
+    update hundreds of times a second and each call costs more than its arithmetic."""
     import torch
 
+    target, online = list(target), list(online)
+    if len(target) != len(online):
+        raise ValueError(f"polyak_update: {len(target)} target tensors for {len(online)} online ones")
     with torch.no_grad():
-        for t, o in zip(target, online):
-            t.lerp_(o, tau)
+        torch._foreach_lerp_(target, online, tau)
+
+
+def adam(params: Iterable, **kwargs):
+    """torch.optim.Adam with its fused kernel where every parameter allows it (a floating dtype on a
+    device torch has the kernel for, CPU included): one kernel per step instead of a handful of
+    small ops per parameter tensor, which is most of a small network's optimizer time
+    (scripts/bench_learner.py). The same algorithm and state; anywhere else, torch's default."""
+    import torch
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    params = list(params)
+    tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
+    fused = bool(tensors) and all(p.is_floating_point() and p.device.type in _get_fused_kernels_supported_devices()
+                                  for p in tensors)
+    if "fused" not in kwargs and "foreach" not in kwargs and not kwargs.get("differentiable"):
+        kwargs["fused"] = fused or None
+    return torch.optim.Adam(params, **kwargs)
 
 
 def gae(rewards, values, next_values, terminated, ends, gamma: float, lam: float):

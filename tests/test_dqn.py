@@ -40,3 +40,14 @@ def test_double_dqn_picks_with_the_online_net_and_evaluates_with_the_target():
 def test_without_importance_weights_no_priorities_are_returned():
     learner = dqn.Learner(OBS, ACT, dqn.Args(), torch.device("cpu"))
     assert "_priorities" not in learner.update(batch())
+
+
+def test_the_target_follows_the_online_net_by_polyak_averaging_every_update():
+    learner = dqn.Learner(OBS, ACT, dqn.Args(target_tau=0.25, max_grad_norm=10.0), torch.device("cpu"))
+    assert learner.parameters_of(learner.net) is learner.parameters_of(learner.net)  # kept between updates
+    with torch.no_grad():
+        for p in learner.target.parameters():
+            p.zero_()
+    learner.update({**batch(), "obs": np.ones((1, 2), np.float32)})
+    for target, online in zip(learner.target.parameters(), learner.net.parameters()):
+        torch.testing.assert_close(target, 0.25 * online.detach())  # 0.75 * 0 + 0.25 * online (after its step)

@@ -22,7 +22,8 @@ out = {}
 for name, make in [("Adam", lambda p: torch.optim.Adam(p, lr=1e-2, eps=1e-5)),
                    ("AdamW", lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1)),
                    ("SGD", lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9, nesterov=True)),
-                   ("RMSprop", lambda p: torch.optim.RMSprop(p, lr=1e-3))]:
+                   ("RMSprop", lambda p: torch.optim.RMSprop(p, lr=1e-3)),
+                   ("fused Adam (qrl.ops.adam)", lambda p: __import__("qrl.ops").ops.adam(p, lr=1e-2, eps=1e-5))]:
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
     opt = make(net.parameters())

@@ -52,11 +52,37 @@ def test_apex_epsilons_and_linear_schedule():
 
 
 def test_polyak_update():
-    target, online = [torch.zeros(3)], [torch.ones(3)]
+    target, online = [torch.zeros(3), torch.full((2, 2), 4.0)], [torch.ones(3), torch.zeros(2, 2)]
     ops.polyak_update(target, online, 0.25)
     np.testing.assert_allclose(target[0].numpy(), 0.25)
-    ops.polyak_update(target, online, 1.0)
+    np.testing.assert_allclose(target[1].numpy(), 3.0)
+    ops.polyak_update(iter(target), iter(online), 1.0)  # any iterables, e.g. module.parameters()
     np.testing.assert_allclose(target[0].numpy(), 1.0)
+    np.testing.assert_allclose(target[1].numpy(), 0.0)
+    with pytest.raises(ValueError, match="2 target tensors for 1 online"):
+        ops.polyak_update(target, online[:1], 0.5)
+
+
+def test_adam_is_torchs_adam_with_the_fused_kernel():
+    torch.manual_seed(0)
+    nets = [torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2)) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    fused = ops.adam(nets[0].parameters(), lr=1e-2, eps=1e-5)
+    plain = torch.optim.Adam(nets[1].parameters(), lr=1e-2, eps=1e-5, foreach=False)
+    assert fused.param_groups[0]["fused"] is True and fused.param_groups[0]["eps"] == 1e-5
+    x = torch.randn(32, 4)
+    for _ in range(20):
+        for net, opt in zip(nets, (fused, plain)):
+            opt.zero_grad()
+            net(x).pow(2).mean().backward()
+            opt.step()
+    for a, b in zip(*(net.parameters() for net in nets)):  # the same algorithm, to float rounding
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(nets[0][0].weight, torch.zeros_like(nets[0][0].weight))
+    # A caller's choice stands; so does torch's default where the fused kernel cannot run.
+    assert ops.adam(nets[0].parameters(), lr=1e-3, foreach=True).param_groups[0]["foreach"] is True
+    groups = ops.adam([{"params": list(nets[0].parameters())}], lr=1e-3)
+    assert groups.param_groups[0]["fused"] is True
 
 
 def test_gae_by_hand_with_a_termination_and_a_truncation():
