@@ -142,7 +142,8 @@ def main() -> None:
             for v, (learner, batch) in made.items():
                 results[v].append(updates_per_s(learner, batch, a.seconds, v))
         ours, ref = statistics.median(results["qrl"]), statistics.median(results["torch defaults"])
-        rows.append([CASES[case][0], a.device, f"{ours:,.0f}", f"{ref:,.0f}", f"{ours / ref:.2f}"])
+        rate = lambda x: f"{x:,.0f}" if x >= 100 else f"{x:.1f}"
+        rows.append([CASES[case][0], a.device, rate(ours), rate(ref), f"{ours / ref:.2f}"])
         runs[case] = results
     table = print_table(["learner", "device", "qrl upd/s", "torch defaults upd/s", "ratio"], rows)
     save_results("learner" if a.device == "cpu" else f"learner-{a.device}",

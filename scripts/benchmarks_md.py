@@ -122,6 +122,16 @@ def _replay(cap: str, what: str, impl: str, target: Callable[[float, float], boo
     return row
 
 
+def _learner(case: str):
+    def row(r):
+        runs = r["learner"] and r["learner"]["runs"].get(case)
+        if not runs:
+            return None
+        q, ref = med(runs["qrl"]), med(runs["torch defaults"])
+        return f"{q:,.0f} upd/s", f"torch defaults {ref:,.0f}", fmt(q / ref), None
+    return row
+
+
 def _solve(task: str):
     def row(r):
         d = r.get(f"solve-{task}")
@@ -193,6 +203,8 @@ TARGETS: list[tuple[str, str, str, Callable]] = [
                                                       "qrl uniform (256/segment)", lambda q, ref: q >= 1e6)),
     ("uniform sampling, batches of 256, 1M capacity", ">= SB3", "replay", _replay("1000000", "sample batches of 256/s",
                                                                         "qrl uniform", lambda q, ref: q >= ref)),
+    ("learner updates/s, DQN CartPole preset (one thread)", "(no target)", "learner", _learner("dqn-mlp")),
+    ("learner updates/s, PPO CartPole preset (one thread)", "(no target)", "learner", _learner("ppo-mlp")),
     ("time to 475, DQN CartPole-v1, launch included", "<= 0.5x SB3", "solve-dqn-CartPole-v1", _solve("dqn-CartPole-v1")),
     ("... DQN's solve holds at the 100k budget", "3 of 3", "solve-dqn-CartPole-v1", _holds("dqn-CartPole-v1")),
     ("learner time waiting for data (DQN CartPole)", "< 5%", "solve-dqn-CartPole-v1", _waiting),
@@ -228,6 +240,11 @@ SECTIONS = [
     ("replay", "Replay (`scripts/bench_replay.py`)",
      "qrl's replay table (insert, uniform sampling, sampling plus wire encoding) against "
      "stable-baselines3's ReplayBuffer."),
+    ("learner", "Learner updates/s (`scripts/bench_learner.py`)",
+     "One learner's updates/s on batches of its preset's shapes, one thread, as qrl runs it (torch's fused "
+     "Adam kernel, parameter lists kept between updates, one multi-tensor Polyak lerp) against the same "
+     "learner with torch's defaults (Adam's loop over tensors, parameters walked every update), alternated "
+     "in each round. In a `qrl run` the learner shares the 2 cores with broker and actors and runs slower."),
     ("overhead", "Fixed overhead of `qrl run` (`scripts/bench_overhead.py`)",
      "Seconds from launch to each phase of a PPO CartPole run (broker bound, run registered, first "
      "segment at the broker, first update, target reached, every process exited), and from the "
