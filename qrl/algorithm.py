@@ -226,11 +226,10 @@ class LearnerBase:
     def parameters_of(self, module: torch.nn.Module) -> list[torch.Tensor]:
         """module.parameters() as a list kept between updates: walking the module tree on every
         update costs a small network's learner several percent of its time."""
-        cache = self.__dict__.setdefault("_parameter_lists", {})
-        key = id(module)
-        if key not in cache or cache[key][0] is not module:
-            cache[key] = (module, list(module.parameters()))
-        return cache[key][1]
+        cache = self.__dict__.setdefault("_parameter_lists", {})  # modules hash by identity
+        if module not in cache:
+            cache[module] = list(module.parameters())
+        return cache[module]
 
     def policy_state(self) -> dict[str, np.ndarray]:
         # A copy, not a view: the frames are sent zero-copy after this returns, while the optimizer

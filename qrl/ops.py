@@ -75,11 +75,12 @@ def adam(params: Iterable, **kwargs):
     from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
     params = list(params)
-    tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
-    fused = bool(tensors) and all(p.is_floating_point() and p.device.type in _get_fused_kernels_supported_devices()
-                                  for p in tensors)
+    # A caller who chose foreach, fused or differentiable gets exactly that.
     if "fused" not in kwargs and "foreach" not in kwargs and not kwargs.get("differentiable"):
-        kwargs["fused"] = fused or None
+        tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
+        devices = _get_fused_kernels_supported_devices()
+        if tensors and all(p.is_floating_point() and p.device.type in devices for p in tensors):
+            kwargs["fused"] = True
     return torch.optim.Adam(params, **kwargs)
 
 
