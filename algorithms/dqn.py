@@ -37,6 +37,9 @@ class Args:
     """Steps of real reward before bootstrapping; actors compute the n-step targets."""
     gamma: float = 0.99
     lr: float = 1e-3
+    anneal_updates: int = 0
+    """Decay lr linearly to lr_final over this many updates, then hold it (0: constant lr)."""
+    lr_final: float = 0.0
     batch_size: int = 128
     buffer_size: int = 100_000
     learning_starts: int = 1_000
@@ -383,6 +386,9 @@ class Learner(LearnerBase):
         else:
             per_item, q, td = self._expected_value_loss(t)
         loss = t.weighted_mean(per_item)  # importance weights correct prioritized sampling
+        if a.anneal_updates:
+            for group in self.optimizer.param_groups:
+                group["lr"] = ops.linear_schedule(a.lr, a.lr_final, a.anneal_updates, self.updates)
         self.minimize(loss, a.max_grad_norm)
         if a.target_tau < 1.0:
             ops.polyak_update(self.parameters_of(self.target), self.parameters_of(self.net), a.target_tau)

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 
 from qrl import ops
 from qrl.algorithms import ppo
@@ -27,6 +26,7 @@ class Args(ppo.Args):
     ent_coef: float = 0.01
     vf_coef: float = 0.5
     max_grad_norm: float = 40.0
+    """Clip the gradient's global norm to this (0: no clipping)."""
     batch_size: int = 4
     """Unrolls per update (one gradient step each)."""
     queue_capacity: int = 32
@@ -61,11 +61,7 @@ class Learner(ppo.Learner):
         frac = max(0.0, 1.0 - self.updates / a.anneal_updates) if a.anneal_updates else 1.0
         for group in self.optimizer.param_groups:
             group["lr"] = a.lr * frac
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(self.parameters_of(self.net), a.max_grad_norm)
-        self.optimizer.step()
-        self.updates += 1
+        self.minimize(loss, a.max_grad_norm)
         rho = torch.exp(logp.detach() - t["logp"])
         return {"policy_loss": policy_loss.item(), "value_loss": value_loss.item(), "entropy": entropy.item(),
                 "rho_mean": rho.mean().item()}

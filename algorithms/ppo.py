@@ -47,6 +47,7 @@ class Args:
     ent_coef: float = 0.0
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
+    """Clip the gradient's global norm to this (0: no clipping)."""
     epochs: int = 10
     minibatches: int = 4
     batch_size: int = 8
@@ -137,6 +138,21 @@ class ActorCritic(nn.Module):
     def log_prob(self, dist: torch.distributions.Distribution, actions: torch.Tensor) -> torch.Tensor:
         lp = dist.log_prob(actions)
         return lp.sum(-1) if self.continuous else lp
+
+    def entropy(self, dist: torch.distributions.Distribution) -> torch.Tensor:
+        e = dist.entropy()
+        return e.sum(-1) if self.continuous else e
+
+    def policy_terms(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Feed-forward: (log-probability of `actions`, entropy) per row of the policy at `obs`.
+        Discrete actions take them from one log-softmax: a PPO minibatch of 64 rows costs mostly
+        per-op overhead, and torch.distributions.Categorical adds a dozen ops and argument checks."""
+        latent, out = self.features(obs)
+        if self.continuous:
+            dist = self.distribution_of(latent, out)
+            return self.log_prob(dist, actions), self.entropy(dist)
+        log_probs = torch.log_softmax(out, -1)
+        return log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1), -(log_probs.exp() * log_probs).sum(-1)
 
     def values(self, obs: torch.Tensor) -> torch.Tensor:
         return self.value(obs.flatten(1).float()).squeeze(-1)
@@ -309,7 +325,10 @@ class Learner(LearnerBase):
         N, T = t["reward"].shape
         flat = lambda x: x.reshape((N * T,) + x.shape[2:])
         with torch.no_grad():  # GAE under the current value function, time-major [T, N]
-            _, values, next_values = self.evaluate(t)
+            if self.net.recurrent:
+                _, values, next_values = self.evaluate(t)
+            else:  # the values only: the policy's outputs for the whole batch are not needed here
+                values, next_values = self.net.values(torch.cat([flat(t["obs"]), flat(t["next_obs"])])).chunk(2)
             values, next_values = values.reshape(N, T), next_values.reshape(N, T)
             ends = t["terminated"] | t["truncated"]
             adv, returns = ops.gae(t["reward"].T, values.T, next_values.T, t["terminated"].T.float(),
@@ -323,6 +342,7 @@ class Learner(LearnerBase):
         clip = a.clip_range * frac
         # Minibatches of steps; of whole unrolls when an LSTM must replay them from their start.
         size = N if self.net.recurrent else N * T
+        obs = flat(t["obs"])
         mb = max(1, size // a.minibatches)
         stats = []
         for _ in range(a.epochs):
@@ -332,23 +352,20 @@ class Learner(LearnerBase):
                 if self.net.recurrent:
                     dist, new_values, _ = self.evaluate(t, rows)
                     i = (rows[:, None] * T + torch.arange(T, device=self.device)).reshape(-1)
+                    logp, entropy = self.net.log_prob(dist, actions[i]), self.net.entropy(dist)
                 else:
                     i = rows
-                    dist, new_values = self.net.distribution(flat(t["obs"])[i]), self.net.values(flat(t["obs"])[i])
-                logp = self.net.log_prob(dist, actions[i])
+                    x = obs[i]
+                    (logp, entropy), new_values = self.net.policy_terms(x, actions[i]), self.net.values(x)
+                entropy = entropy.mean()
                 ratio = torch.exp(logp - old_logp[i])
                 mb_adv = adv[i]
                 if a.normalize_advantages and len(i) > 1:
                     mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
                 policy_loss = ops.clipped_surrogate(ratio, mb_adv, clip)
                 value_loss = ops.value_loss(new_values, old_values[i], returns[i], a.clip_value)
-                entropy = dist.entropy()
-                entropy = (entropy.sum(-1) if self.net.continuous else entropy).mean()
                 loss = policy_loss + a.vf_coef * value_loss - a.ent_coef * entropy
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(self.parameters_of(self.net), a.max_grad_norm)
-                self.optimizer.step()
+                self.optimizer_step(loss, a.max_grad_norm)
                 with torch.no_grad():  # read once after the epochs, not four times per minibatch
                     stats.append(torch.stack([policy_loss, value_loss, entropy,
                                               ((ratio - 1).abs() > clip).float().mean()]))

@@ -214,6 +214,12 @@ class LearnerBase:
 
     def minimize(self, loss: torch.Tensor, max_grad_norm: float = 0.0) -> None:
         """One optimizer step on `loss` for self.net (gradient norm clipped when > 0); counts the update."""
+        self.optimizer_step(loss, max_grad_norm)
+        self.updates += 1
+
+    def optimizer_step(self, loss: torch.Tensor, max_grad_norm: float = 0.0) -> None:
+        """One step of self.optimizer down `loss`, the gradient's global norm over self.net clipped to
+        max_grad_norm when > 0 (0: no clipping); an update may take several (PPO's minibatches)."""
         import torch
 
         self.optimizer.zero_grad(set_to_none=True)
@@ -221,7 +227,6 @@ class LearnerBase:
         if max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.parameters_of(self.net), max_grad_norm)
         self.optimizer.step()
-        self.updates += 1
 
     def parameters_of(self, module: torch.nn.Module) -> list[torch.Tensor]:
         """module.parameters() as a list kept between updates: walking the module tree on every

@@ -171,7 +171,7 @@ RANGES: dict[str, Range] = {
     "random_frames": NON_NEGATIVE, "policy_delay": COUNT, "target_noise": NON_NEGATIVE,
     "target_noise_clip": NON_NEGATIVE, "ent_coef": NON_NEGATIVE, "vf_coef": NON_NEGATIVE,
     "queue_capacity": COUNT, "max_policy_lag": NON_NEGATIVE, "rho_bar": POSITIVE, "c_bar": POSITIVE,
-    "anneal_updates": NON_NEGATIVE, "gae_lambda": FRACTION, "clip_range": POSITIVE, "clip_value": NON_NEGATIVE,
+    "anneal_updates": NON_NEGATIVE, "lr_final": NON_NEGATIVE, "gae_lambda": FRACTION, "clip_range": POSITIVE, "clip_value": NON_NEGATIVE,
     "epochs": COUNT, "minibatches": COUNT, "log_std_init": Range(-20, 20), "sde_sample_freq": COUNT,
     "init_alpha": POSITIVE, "target_entropy_scale": ANY, "lstm": Range(0, 1 << 16), "burn_in": Range(0, 1 << 16),
     "sequence_length": Range(1, 1 << 16), "adam_eps": POSITIVE, "rescale_eps": POSITIVE, "priority_eta": FRACTION,

@@ -51,3 +51,16 @@ def test_the_target_follows_the_online_net_by_polyak_averaging_every_update():
     learner.update({**batch(), "obs": np.ones((1, 2), np.float32)})
     for target, online in zip(learner.target.parameters(), learner.net.parameters()):
         torch.testing.assert_close(target, 0.25 * online.detach())  # 0.75 * 0 + 0.25 * online (after its step)
+
+
+def test_the_learning_rate_anneals_linearly_to_lr_final_and_stays_there():
+    learner = dqn.Learner(OBS, ACT, dqn.Args(lr=1e-2, anneal_updates=4, lr_final=1e-3), torch.device("cpu"))
+    used = []
+    for _ in range(6):
+        learner.update(batch())
+        used.append(learner.optimizer.param_groups[0]["lr"])  # the rate the update just stepped with
+    np.testing.assert_allclose(used, [1e-2, 7.75e-3, 5.5e-3, 3.25e-3, 1e-3, 1e-3])
+    constant = dqn.Learner(OBS, ACT, dqn.Args(lr=1e-2), torch.device("cpu"))
+    for _ in range(3):
+        constant.update(batch())
+    assert constant.optimizer.param_groups[0]["lr"] == 1e-2

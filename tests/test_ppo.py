@@ -3,6 +3,7 @@ policy toward advantaged actions."""
 
 import gymnasium as gym
 import numpy as np
+import pytest
 import torch
 
 from qrl.algorithm import Rollout
@@ -32,9 +33,32 @@ def test_continuous_actions_are_clipped_for_the_env_but_stored_raw():
                                extras["logp"], rtol=1e-5)
 
 
-def test_an_update_raises_the_probability_of_advantaged_actions():
+@pytest.mark.parametrize("space,args", [
+    (gym.spaces.Discrete(5), ppo.Args()),
+    (gym.spaces.Box(-1.0, 1.0, (2,), np.float32), ppo.Args(log_std_init=-0.5)),
+    (gym.spaces.Box(-1.0, 1.0, (2,), np.float32), ppo.Args(use_sde=True)),
+], ids=["discrete", "gaussian", "gsde"])
+def test_policy_terms_equal_the_distributions_log_prob_and_entropy(space, args):
+    torch.manual_seed(0)
+    net = ppo.make_policy(gym.spaces.Box(-1, 1, (3,)), space, args)
+    with torch.no_grad():  # larger logits than at initialisation, so the rows differ
+        net.policy[-1].weight.mul_(50)
+    obs = torch.randn(64, 3)
+    dist = net.distribution(obs)
+    actions = dist.sample()
+    logp, entropy = net.policy_terms(obs, actions)
+    torch.testing.assert_close(logp, net.log_prob(dist, actions))
+    torch.testing.assert_close(entropy, net.entropy(dist))
+    assert logp.shape == entropy.shape == (64,) and entropy.std() > 0
+    logp.sum().backward()  # and the gradient reaches the policy
+    assert net.policy[0].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("max_grad_norm", [0.5, 0.0])  # 0: no clipping (it used to scale the gradient to 0)
+def test_an_update_raises_the_probability_of_advantaged_actions(max_grad_norm):
     obs_space, act_space = gym.spaces.Box(-1, 1, (2,)), gym.spaces.Discrete(2)
-    args = ppo.Args(epochs=4, minibatches=1, lr=1e-2, normalize_advantages=False, gamma=0.0)
+    args = ppo.Args(epochs=4, minibatches=1, lr=1e-2, normalize_advantages=False, gamma=0.0,
+                    max_grad_norm=max_grad_norm)
     learner = ppo.Learner(obs_space, act_space, args, torch.device("cpu"))
     N, T = 4, 8
     obs = np.zeros((N, T, 2), np.float32)
@@ -50,11 +74,13 @@ def test_an_update_raises_the_probability_of_advantaged_actions():
     assert p1 > p0 + 0.01 and learner.updates == 1 and metrics["clip_fraction"] >= 0
 
 
-def test_an_impala_update_follows_the_v_trace_policy_gradient():
+@pytest.mark.parametrize("max_grad_norm", [40.0, 0.0])
+def test_an_impala_update_follows_the_v_trace_policy_gradient(max_grad_norm):
     from qrl.algorithms import impala
 
     obs_space, act_space = gym.spaces.Box(-1, 1, (2,)), gym.spaces.Discrete(2)
-    learner = impala.Learner(obs_space, act_space, impala.Args(lr=5e-2, ent_coef=0.0), torch.device("cpu"))
+    learner = impala.Learner(obs_space, act_space, impala.Args(lr=5e-2, ent_coef=0.0, max_grad_norm=max_grad_norm),
+                             torch.device("cpu"))
     N, T = 4, 8
     obs = np.zeros((N, T, 2), np.float32)
     actions = np.tile([0, 1], (N, T // 2))
