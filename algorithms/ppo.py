@@ -342,28 +342,31 @@ class Learner(LearnerBase):
         clip = a.clip_range * frac
         # Minibatches of steps; of whole unrolls when an LSTM must replay them from their start.
         size = N if self.net.recurrent else N * T
-        obs = flat(t["obs"])
+        obs, per_step = flat(t["obs"]), (actions, old_logp, adv, returns, old_values)
         mb = max(1, size // a.minibatches)
         stats = []
         for _ in range(a.epochs):
             order = torch.randperm(size, device=self.device)
+            if not self.net.recurrent:  # one gather per tensor and epoch; each minibatch is then a view
+                shuffled_obs, shuffled = obs[order], [f[order] for f in per_step]
             for start in range(0, size - mb + 1, mb):
-                rows = order[start:start + mb]
                 if self.net.recurrent:
+                    rows = order[start:start + mb]
                     dist, new_values, _ = self.evaluate(t, rows)
                     i = (rows[:, None] * T + torch.arange(T, device=self.device)).reshape(-1)
-                    logp, entropy = self.net.log_prob(dist, actions[i]), self.net.entropy(dist)
+                    mb_actions, mb_old_logp, mb_adv, mb_returns, mb_old_values = (f[i] for f in per_step)
+                    logp, entropy = self.net.log_prob(dist, mb_actions), self.net.entropy(dist)
                 else:
-                    i = rows
-                    x = obs[i]
-                    (logp, entropy), new_values = self.net.policy_terms(x, actions[i]), self.net.values(x)
+                    x = shuffled_obs[start:start + mb]
+                    mb_actions, mb_old_logp, mb_adv, mb_returns, mb_old_values = (
+                        f[start:start + mb] for f in shuffled)
+                    (logp, entropy), new_values = self.net.policy_terms(x, mb_actions), self.net.values(x)
                 entropy = entropy.mean()
-                ratio = torch.exp(logp - old_logp[i])
-                mb_adv = adv[i]
-                if a.normalize_advantages and len(i) > 1:
+                ratio = torch.exp(logp - mb_old_logp)
+                if a.normalize_advantages and len(mb_adv) > 1:
                     mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
                 policy_loss = ops.clipped_surrogate(ratio, mb_adv, clip)
-                value_loss = ops.value_loss(new_values, old_values[i], returns[i], a.clip_value)
+                value_loss = ops.value_loss(new_values, mb_old_values, mb_returns, a.clip_value)
                 loss = policy_loss + a.vf_coef * value_loss - a.ent_coef * entropy
                 self.optimizer_step(loss, a.max_grad_norm)
                 with torch.no_grad():  # read once after the epochs, not four times per minibatch

@@ -46,6 +46,8 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Protocol
 
 import numpy as np
 
+from qrl import ops
+
 if TYPE_CHECKING:  # the broker and `qrl run` read this module without importing torch
     import gymnasium as gym
     import torch
@@ -220,12 +222,10 @@ class LearnerBase:
     def optimizer_step(self, loss: torch.Tensor, max_grad_norm: float = 0.0) -> None:
         """One step of self.optimizer down `loss`, the gradient's global norm over self.net clipped to
         max_grad_norm when > 0 (0: no clipping); an update may take several (PPO's minibatches)."""
-        import torch
-
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.parameters_of(self.net), max_grad_norm)
+            ops.clip_grad_norm(self.parameters_of(self.net), max_grad_norm)
         self.optimizer.step()
 
     def parameters_of(self, module: torch.nn.Module) -> list[torch.Tensor]:

@@ -66,6 +66,21 @@ def polyak_update(target: Iterable, online: Iterable, tau: float) -> None:
         torch._foreach_lerp_(target, online, tau)
 
 
+def clip_grad_norm(params: list, max_norm: float):
+    """torch.nn.utils.clip_grad_norm_ (L2 norm) in three multi-tensor ops when every gradient is
+    on one device with one dtype (else torch's own): scale the gradients by
+    min(1, max_norm / (norm + 1e-6)) in place; returns the norm before clipping. torch's version
+    regroups the tensors by device and dtype on every call, a tenth of a small PPO minibatch step."""
+    import torch
+
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads or len({(g.device, g.dtype) for g in grads}) > 1:
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    torch._foreach_mul_(grads, torch.clamp(max_norm / (total + 1e-6), max=1.0))
+    return total
+
+
 def adam(params: Iterable, **kwargs):
     """torch.optim.Adam with its fused kernel where every parameter allows it (a floating dtype on a
     device torch has the kernel for, CPU included): one kernel per step instead of a handful of

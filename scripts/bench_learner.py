@@ -28,6 +28,7 @@ from qrl.eager import skip_compiler_import
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 CARTPOLE_OBS = gym.spaces.Box(-np.inf, np.inf, (4,), np.float32)
 ATARI_OBS = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
+LUNAR_OBS = gym.spaces.Box(-np.inf, np.inf, (8,), np.float32)
 PENDULUM_OBS = gym.spaces.Box(-8.0, 8.0, (3,), np.float32)
 PENDULUM_ACT = gym.spaces.Box(-2.0, 2.0, (1,), np.float32)
 
@@ -37,6 +38,8 @@ CASES = {
                 gym.spaces.Discrete(2)),
     "ppo-mlp": ("ppo CartPole preset, 8 x 32 steps x 20 epochs", "ppo", "ppo-CartPole-v1", {}, CARTPOLE_OBS,
                 gym.spaces.Discrete(2)),
+    "ppo-lunarlander": ("ppo LunarLander preset, 16 x 1024 steps x 4 epochs of 256 minibatches", "ppo",
+                        "ppo-LunarLander-v3", {}, LUNAR_OBS, gym.spaces.Discrete(4)),
     "sac-mlp": ("sac Pendulum preset", "sac", "sac-Pendulum-v1", {}, PENDULUM_OBS, PENDULUM_ACT),
     "dqn-cnn": ("dqn Nature CNN (Atari 4x84x84), batch 256", "dqn", None, {"batch_size": 256, "dueling": False},
                 ATARI_OBS, gym.spaces.Discrete(6)),
@@ -57,10 +60,11 @@ def replay_batch(rng, obs_space, action_space, n: int) -> dict[str, np.ndarray]:
             "discount": np.full(n, 0.97, np.float32), "next_obs": obs()}
 
 
-def unroll_batch(rng, obs_space, unrolls: int, steps: int) -> dict[str, np.ndarray]:
+def unroll_batch(rng, obs_space, action_space, unrolls: int, steps: int) -> dict[str, np.ndarray]:
     obs = rng.standard_normal((unrolls, steps, *obs_space.shape), dtype=np.float32)
-    return {"obs": obs, "action": rng.integers(0, 2, (unrolls, steps)).astype(np.int64),
-            "logp": np.full((unrolls, steps), np.log(0.5), np.float32),
+    n = action_space.n
+    return {"obs": obs, "action": rng.integers(0, n, (unrolls, steps)).astype(np.int64),
+            "logp": np.full((unrolls, steps), -np.log(n), np.float32),
             "reward": np.ones((unrolls, steps), np.float32), "terminated": np.zeros((unrolls, steps), bool),
             "truncated": np.zeros((unrolls, steps), bool), "next_obs": obs}
 
@@ -84,7 +88,8 @@ def per_tensor_polyak(target, online, tau):
 def make_case(case: str, variant: str, device: torch.device, seed: int):
     _, algo, preset, overrides, obs_space, action_space = CASES[case]
     agent = algorithm.load(algo)
-    values = dict(config.load_file(CONFIGS / f"{preset}.yaml").algo) if preset else {}
+    file = config.load_file(CONFIGS / f"{preset}.yaml") if preset else None
+    values = dict(file.algo) if file else {}
     args = config.build(agent.Args, {**values, **overrides}, "algo")
     torch.manual_seed(seed)
     learner = agent.Learner(obs_space, action_space, args, device)
@@ -92,8 +97,8 @@ def make_case(case: str, variant: str, device: torch.device, seed: int):
         with_torch_defaults(learner)
     rng = np.random.default_rng(seed)
     if algo == "ppo":
-        steps = values.get("segment_length", 32)
-        batch = unroll_batch(rng, obs_space, args.batch_size, steps)
+        steps = file.run.get("segment_length", 32)  # an unroll is one env's segment
+        batch = unroll_batch(rng, obs_space, action_space, args.batch_size, steps)
     else:
         batch = replay_batch(rng, obs_space, action_space, args.batch_size)
     return learner, batch
@@ -142,7 +147,7 @@ def main() -> None:
             for v, (learner, batch) in made.items():
                 results[v].append(updates_per_s(learner, batch, a.seconds, v))
         ours, ref = statistics.median(results["qrl"]), statistics.median(results["torch defaults"])
-        rate = lambda x: f"{x:,.0f}" if x >= 100 else f"{x:.1f}"
+        rate = lambda x: f"{x:,.0f}" if x >= 100 else f"{x:.1f}" if x >= 1 else f"{x:.2f}"
         rows.append([CASES[case][0], a.device, rate(ours), rate(ref), f"{ours / ref:.2f}"])
         runs[case] = results
     table = print_table(["learner", "device", "qrl upd/s", "torch defaults upd/s", "ratio"], rows)

@@ -9,6 +9,7 @@ env, so evaluation costs them alike. Also the learner's updates/s and the fracti
 time spent waiting for data.
 
     python scripts/bench_solve.py                           # DQN CartPole-v1, 3 seeds each, ~8 minutes
+    python scripts/bench_solve.py --task c51-CartPole-v1    # qrl's c51 preset against SB3's DQN, ~10 minutes
     python scripts/bench_solve.py --task ppo-CartPole-v1    # PPO CartPole-v1, ~3 minutes
     python scripts/bench_solve.py --task ppo-LunarLander-v3 --stop-at-solve   # ~15 minutes
     python scripts/bench_solve.py --quick                   # one short run each: proves it still works
@@ -30,11 +31,17 @@ from _common import print_table, save_results
 ROOT = Path(__file__).resolve().parents[1]
 
 # rl-baselines3-zoo's hyperparameters (hyperparams/dqn.yml, ppo.yml); "lin_X": linear schedule from X to 0.
+ZOO_DQN_CARTPOLE = dict(
+    learning_rate=2.3e-3, batch_size=64, buffer_size=100_000, learning_starts=1000, gamma=0.99,
+    target_update_interval=10, train_freq=256, gradient_steps=128, exploration_fraction=0.16,
+    exploration_final_eps=0.04, policy_kwargs=dict(net_arch=[256, 256]))
+# A task runs the preset configs/<task>.yaml; c51 (DQN with a categorical return head) is held
+# against the same SB3 DQN, which has no distributional variant.
 TASKS = {
-    "dqn-CartPole-v1": dict(sb3="DQN", threshold=475.0, steps=100_000, eval_every_s=2.0, target=0.5, zoo=dict(
-        learning_rate=2.3e-3, batch_size=64, buffer_size=100_000, learning_starts=1000, gamma=0.99,
-        target_update_interval=10, train_freq=256, gradient_steps=128, exploration_fraction=0.16,
-        exploration_final_eps=0.04, policy_kwargs=dict(net_arch=[256, 256]))),
+    "dqn-CartPole-v1": dict(sb3="DQN", threshold=475.0, steps=100_000, eval_every_s=2.0, target=0.5,
+                            zoo=ZOO_DQN_CARTPOLE),
+    "c51-CartPole-v1": dict(sb3="DQN", threshold=475.0, steps=100_000, eval_every_s=2.0, target=0.5,
+                            zoo=ZOO_DQN_CARTPOLE),
     "ppo-CartPole-v1": dict(sb3="PPO", threshold=475.0, steps=100_000, eval_every_s=2.0, target=1.0, zoo=dict(
         n_envs=8, n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_epochs=20, ent_coef=0.0,
         learning_rate="lin_1e-3", clip_range="lin_0.2")),

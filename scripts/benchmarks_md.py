@@ -128,7 +128,8 @@ def _learner(case: str):
         if not runs:
             return None
         q, ref = med(runs["qrl"]), med(runs["torch defaults"])
-        return f"{q:,.0f} upd/s", f"torch defaults {ref:,.0f}", fmt(q / ref), None
+        rate = lambda x: f"{x:,.0f}" if x >= 10 else f"{x:.2f}"  # PPO LunarLander: about one update/s
+        return f"{rate(q)} upd/s", f"torch defaults {rate(ref)}", fmt(q / ref), None
     return row
 
 
@@ -205,9 +206,13 @@ TARGETS: list[tuple[str, str, str, Callable]] = [
                                                                         "qrl uniform", lambda q, ref: q >= ref)),
     ("learner updates/s, DQN CartPole preset (one thread)", "(no target)", "learner", _learner("dqn-mlp")),
     ("learner updates/s, PPO CartPole preset (one thread)", "(no target)", "learner", _learner("ppo-mlp")),
+    ("learner updates/s, PPO LunarLander preset (one thread)", "(no target)", "learner", _learner("ppo-lunarlander")),
     ("time to 475, DQN CartPole-v1, launch included", "<= 0.5x SB3", "solve-dqn-CartPole-v1", _solve("dqn-CartPole-v1")),
     ("... DQN's solve holds at the 100k budget", "3 of 3", "solve-dqn-CartPole-v1", _holds("dqn-CartPole-v1")),
     ("learner time waiting for data (DQN CartPole)", "< 5%", "solve-dqn-CartPole-v1", _waiting),
+    ("time to 475, c51 preset (DQN + categorical return head) vs SB3 DQN, CartPole-v1", "<= 0.5x SB3",
+     "solve-c51-CartPole-v1", _solve("c51-CartPole-v1")),
+    ("... c51's solve holds at the 100k budget", "3 of 3", "solve-c51-CartPole-v1", _holds("c51-CartPole-v1")),
     ("time to 475, PPO CartPole-v1, launch included", "<= 1.0x SB3", "solve-ppo-CartPole-v1", _solve("ppo-CartPole-v1")),
     ("time to 200, PPO LunarLander-v3, launch included", "<= 0.5x SB3", "solve-ppo-LunarLander-v3", _solve("ppo-LunarLander-v3")),
     ("`qrl run` launch to first update, PPO CartPole, 2 actors", "<= 1.5 s", "overhead", _overhead("2", "first update", 1.5)),

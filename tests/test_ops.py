@@ -86,6 +86,24 @@ def test_adam_is_torchs_adam_with_the_fused_kernel():
     assert groups.param_groups[0]["fused"] is True
 
 
+@pytest.mark.parametrize("max_norm", [0.05, 1e6])  # clipped; far above the norm: left as they are
+def test_clip_grad_norm_equals_torchs(max_norm):
+    nets = [torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    for net in nets:
+        net(torch.randn(16, 4, generator=torch.Generator().manual_seed(1))).pow(2).sum().backward()
+    params = [list(net.parameters()) for net in nets]
+    params[0][-1].grad = None  # a parameter without a gradient is skipped, as torch skips it
+    params[1][-1].grad = None
+    ours = ops.clip_grad_norm(params[0], max_norm)
+    torchs = torch.nn.utils.clip_grad_norm_(params[1], max_norm)
+    torch.testing.assert_close(ours, torchs)
+    for a, b in zip(params[0][:-1], params[1][:-1]):
+        torch.testing.assert_close(a.grad, b.grad)
+    norm_after = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params[0][:-1]]))
+    assert norm_after == pytest.approx(min(max_norm, ours.item()), rel=1e-4)
+
+
 def test_gae_by_hand_with_a_termination_and_a_truncation():
     g, lam = 0.5, 0.5
     r = np.array([[1.0], [1.0], [1.0], [1.0]])
