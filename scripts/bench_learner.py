@@ -36,6 +36,8 @@ PENDULUM_ACT = gym.spaces.Box(-2.0, 2.0, (1,), np.float32)
 CASES = {
     "dqn-mlp": ("dqn CartPole preset, batch 64", "dqn", "dqn-CartPole-v1", {}, CARTPOLE_OBS,
                 gym.spaces.Discrete(2)),
+    "c51-mlp": ("c51 CartPole preset, batch 64", "c51", "c51-CartPole-v1", {}, CARTPOLE_OBS,
+                gym.spaces.Discrete(2)),
     "ppo-mlp": ("ppo CartPole preset, 8 x 32 steps x 20 epochs", "ppo", "ppo-CartPole-v1", {}, CARTPOLE_OBS,
                 gym.spaces.Discrete(2)),
     "ppo-lunarlander": ("ppo LunarLander preset, 16 x 1024 steps x 4 epochs of 256 minibatches", "ppo",
