@@ -324,11 +324,12 @@ class Learner(LearnerBase):
         t = self.tensors(batch).fields
         N, T = t["reward"].shape
         flat = lambda x: x.reshape((N * T,) + x.shape[2:])
+        obs = flat(t["obs"])
         with torch.no_grad():  # GAE under the current value function, time-major [T, N]
             if self.net.recurrent:
                 _, values, next_values = self.evaluate(t)
             else:  # the values only: the policy's outputs for the whole batch are not needed here
-                values, next_values = self.net.values(torch.cat([flat(t["obs"]), flat(t["next_obs"])])).chunk(2)
+                values, next_values = self.net.values(torch.cat([obs, flat(t["next_obs"])])).chunk(2)
             values, next_values = values.reshape(N, T), next_values.reshape(N, T)
             ends = t["terminated"] | t["truncated"]
             adv, returns = ops.gae(t["reward"].T, values.T, next_values.T, t["terminated"].T.float(),
@@ -342,7 +343,7 @@ class Learner(LearnerBase):
         clip = a.clip_range * frac
         # Minibatches of steps; of whole unrolls when an LSTM must replay them from their start.
         size = N if self.net.recurrent else N * T
-        obs, per_step = flat(t["obs"]), (actions, old_logp, adv, returns, old_values)
+        per_step = (actions, old_logp, adv, returns, old_values)
         mb = max(1, size // a.minibatches)
         stats = []
         for _ in range(a.epochs):

@@ -34,6 +34,12 @@ def save_results(name: str, data: dict) -> Path:
     return path
 
 
+def rate(x: float) -> str:
+    """A rate for a table: whole numbers from 10 up, else two decimals (PPO LunarLander's learner
+    makes about one update a second)."""
+    return f"{x:,.0f}" if x >= 10 else f"{x:.2f}"
+
+
 def print_table(header: list[str], rows: list[list]) -> dict:
     """Print the table; return it as {"header", "table"} for the results file (BENCHMARKS.md shows it)."""
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]

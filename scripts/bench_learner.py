@@ -21,7 +21,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from _common import print_table, save_results
+from _common import print_table, rate, save_results
 from qrl import algorithm, config, ops
 from qrl.eager import skip_compiler_import
 
@@ -149,7 +149,6 @@ def main() -> None:
             for v, (learner, batch) in made.items():
                 results[v].append(updates_per_s(learner, batch, a.seconds, v))
         ours, ref = statistics.median(results["qrl"]), statistics.median(results["torch defaults"])
-        rate = lambda x: f"{x:,.0f}" if x >= 100 else f"{x:.1f}" if x >= 1 else f"{x:.2f}"
         rows.append([CASES[case][0], a.device, rate(ours), rate(ref), f"{ours / ref:.2f}"])
         runs[case] = results
     table = print_table(["learner", "device", "qrl upd/s", "torch defaults upd/s", "ratio"], rows)

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import print_table, save_results
+from _common import print_table, rate, save_results
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -168,8 +168,7 @@ def main() -> None:
             rows.append([system, seed, "-" if hit is None else f"{hit['time']:.1f}",
                          "-" if hit is None else f"{hit['frames']:,}", f"{final:.1f}",
                          "-" if a.stop_at_solve else "yes" if held else "no",
-                         (f"{r['updates_per_s']:.0f}" if r["updates_per_s"] >= 10 else f"{r['updates_per_s']:.2f}")
-                         if "updates_per_s" in r else "",
+                         rate(r["updates_per_s"]) if "updates_per_s" in r else "",
                          f"{100 * r['wait_fraction']:.1f}%" if "wait_fraction" in r else ""])
         solve_times[system] = statistics.median(times)
     header = ["system", "seed", f"s to {t['threshold']:g}", "env steps", "final eval", "holds",

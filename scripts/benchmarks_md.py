@@ -10,7 +10,7 @@ import json
 import statistics
 from typing import Any, Callable
 
-from _common import RESULTS
+from _common import RESULTS, rate
 
 ROOT = RESULTS.parents[1]
 OUT = ROOT / "BENCHMARKS.md"
@@ -128,7 +128,6 @@ def _learner(case: str):
         if not runs:
             return None
         q, ref = med(runs["qrl"]), med(runs["torch defaults"])
-        rate = lambda x: f"{x:,.0f}" if x >= 10 else f"{x:.2f}"  # PPO LunarLander: about one update/s
         return f"{rate(q)} upd/s", f"torch defaults {rate(ref)}", fmt(q / ref), None
     return row
 
