@@ -175,7 +175,7 @@ RANGES: dict[str, Range] = {
     "epochs": COUNT, "minibatches": COUNT, "log_std_init": Range(-20, 20), "sde_sample_freq": COUNT,
     "init_alpha": POSITIVE, "target_entropy_scale": ANY, "lstm": Range(0, 1 << 16), "burn_in": Range(0, 1 << 16),
     "sequence_length": Range(1, 1 << 16), "adam_eps": POSITIVE, "rescale_eps": POSITIVE, "priority_eta": FRACTION,
-    "atoms": Range(0, 4096), "v_min": ANY, "v_max": ANY, "quantiles": Range(0, 4096), "kappa": POSITIVE,
+    "atoms": Range(0, 4096), "v_min": ANY, "v_max": ANY, "quantiles": Range(0, 4096), "kappa": POSITIVE, "huber_delta": POSITIVE,
     "iqn_n": Range(0, 4096), "iqn_n_target": Range(1, 4096), "iqn_k": Range(1, 4096), "iqn_embedding": Range(1, 4096),
     "iqn_cvar": Range(0, 1, low_open=True), "fraction_lr": POSITIVE, "noisy_std": NON_NEGATIVE, "munchausen_alpha": NON_NEGATIVE,
     "entropy_tau": POSITIVE, "log_policy_clip": Range(-1e6, 0),

@@ -64,3 +64,19 @@ def test_the_learning_rate_anneals_linearly_to_lr_final_and_stays_there():
     for _ in range(3):
         constant.update(batch())
     assert constant.optimizer.param_groups[0]["lr"] == 1e-2
+
+
+@pytest.mark.parametrize("huber, delta, expected", [
+    (False, 1.0, 3.0**2),  # squared error
+    (True, 1.0, 1.0 * (3.0 - 0.5)),  # beyond the threshold: linear, slope 1
+    (True, 10.0, 0.5 * 3.0**2),  # within a threshold of 10: squared
+    (True, 2.0, 2.0 * (3.0 - 1.0)),  # beyond 2: slope 2
+])
+def test_the_td_loss_is_huber_with_the_given_threshold(huber, delta, expected):
+    learner = dqn.Learner(OBS, ACT, dqn.Args(double=False, huber=huber, huber_delta=delta, max_grad_norm=0),
+                          torch.device("cpu"))
+    fixed(learner.net, [[2.0, 0.0]])
+    fixed(learner.target, [[10.0, 4.0]])
+    metrics = learner.update({**batch(), "return": np.array([0.0], np.float32), "discount": np.array([0.5], np.float32)})
+    # target = 0 + 0.5 * 10 = 5; TD error = 5 - Q(obs, action 0) = 5 - 2 = 3
+    assert metrics["loss"] == pytest.approx(expected)
