@@ -77,6 +77,6 @@ def test_the_td_loss_is_huber_with_the_given_threshold(huber, delta, expected):
                           torch.device("cpu"))
     fixed(learner.net, [[2.0, 0.0]])
     fixed(learner.target, [[10.0, 4.0]])
-    metrics = learner.update({**batch(), "return": np.array([0.0], np.float32), "discount": np.array([0.5], np.float32)})
-    # target = 0 + 0.5 * 10 = 5; TD error = 5 - Q(obs, action 0) = 5 - 2 = 3
+    metrics = learner.update({**batch(), "return": np.array([0.0], np.float32)})
+    # target = 0 + discount 0.5 * max Q'(next) 10 = 5; TD error = 5 - Q(obs, action 0) 2 = 3
     assert metrics["loss"] == pytest.approx(expected)
