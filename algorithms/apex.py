@@ -50,9 +50,9 @@ def history(args: Args) -> History:
 class EpsilonGreedy(dqn.EpsilonGreedy):
     """DQN's exploration; also records the Q values the initial priorities are computed from."""
 
-    def choose(self, q: np.ndarray, state):
+    def select(self, net, q: np.ndarray):
         actions = self.explore(q.argmax(axis=1), q.shape[1])
-        return actions, state, {"q_taken": q[np.arange(len(q)), actions].astype(np.float32), "q_max": q.max(axis=1)}
+        return actions, {"q_taken": q[np.arange(len(q)), actions].astype(np.float32), "q_max": q.max(axis=1)}
 
 
 def make_items(rollout: Rollout, args: Args) -> dict[str, np.ndarray]:

@@ -109,30 +109,22 @@ class GaussianNoise(ActorCore):
         self.rng = np.random.default_rng(seed)
         self.frames = 0
 
-    def greedy(self, net: Policy, obs, state, episode_start):
+    def forward(self, net: Policy, obs, state, episode_start):  # the policy's actions [B, action_dim]
         with torch.inference_mode():
             return net(torch.as_tensor(obs)).numpy(), state
 
-    def act(self, net: Policy, obs, state, episode_start):
-        return self.explore(net, len(obs), lambda: self.greedy(net, obs, state, episode_start)[0]), state, {}
+    def greedy(self, net: Policy, obs, state, episode_start):
+        return self.forward(net, obs, state, episode_start)
 
-    def explore(self, net: Policy, n: int, policy_action: Callable[[], np.ndarray]) -> np.ndarray:
-        """act() around the network: random actions at first, then policy_action() (asked for only
-        then) plus noise."""
+    def select(self, net: Policy, action: np.ndarray):
+        """Random actions for the first random_frames frames, then the policy's plus noise."""
         low, high = (net.center - net.scale).numpy(), (net.center + net.scale).numpy()
+        n = len(action)
         self.frames += n
         if self.frames <= self.args.random_frames:
-            return self.rng.uniform(low, high, size=(n,) + low.shape).astype(np.float32)
-        action = policy_action()
+            return self.rng.uniform(low, high, size=(n,) + low.shape).astype(np.float32), {}
         noise = self.rng.normal(0.0, self.args.exploration_noise, size=action.shape) * net.scale.numpy()
-        return np.clip(action + noise, low, high).astype(np.float32)
-
-    @classmethod
-    def act_many(cls, net: Policy, cores, obs, states, episode_starts):
-        # One forward pass for every actor (central inference), once any is past its random actions.
-        batched = functools.cache(lambda: cores[0].greedy(net, np.concatenate(obs), {}, None)[0])
-        return [(core.explore(net, len(o), lambda rows=rows: batched()[rows]), s, {})
-                for core, o, s, rows in zip(cores, obs, states, algorithm.row_slices(obs))]
+        return np.clip(action + noise, low, high).astype(np.float32), {}
 
 
 def make_items(rollout: Rollout, args: Args) -> dict[str, np.ndarray]:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qrl import algorithm, layers, ops
+from qrl import layers, ops
 from qrl.algorithm import ActorCore, Agent, History, LearnerBase, Rollout, replay_table
 from qrl.brokers.tables import TableConfig
 from qrl.numpy_mlp import compile_mlp, numpy_twin
@@ -289,33 +289,24 @@ def history(args: Args) -> History:
     return History(after=args.n_step - 1)
 
 
-class EpsilonGreedy(ActorCore):
-    """Greedy in the Q values, else uniformly random: actor i of N anneals from epsilon 1 to its own
-    Ape-X epsilon over its first eps_anneal_frames frames. With noisy nets there is no epsilon:
-    each segment acts greedily under new noise, and evaluation under the mean weights."""
+class EpsilonExploration(ActorCore):
+    """Greedy in the action values, else uniformly random: actor i of N anneals from epsilon 1 to
+    its own Ape-X epsilon over its first eps_anneal_frames frames. Cores of other value-based
+    agents (ql, r2d2) are this with their own forward."""
 
-    def __init__(self, args: Args, index: int, count: int, num_envs: int, seed: int):
+    def __init__(self, args: Any, index: int, count: int, num_envs: int, seed: int):
         super().__init__(args, index, count, num_envs, seed)
         self.epsilon = ops.apex_epsilon(index, count, args.eps_base, args.eps_alpha)
         self.rng = np.random.default_rng(seed)
-        # getattr: cores built on this one for agents without the option (ql, r2d2) have no noisy nets
-        self.noise = torch.Generator().manual_seed(seed) if getattr(args, "noisy", False) else None
         self.frames = 0
 
-    def begin_segment(self, net: QNetwork) -> None:
-        if self.noise is not None:
-            layers.sample_noise(net, self.noise)
+    def action_values(self, outputs: np.ndarray) -> np.ndarray:
+        return outputs
 
-    def action_values(self, net: QNetwork, obs, state, episode_start):
-        return net.q_values(obs), state
-
-    def greedy(self, net: QNetwork, obs, state, episode_start):
-        with layers.mean_weights(net):
-            return super().greedy(net, obs, state, episode_start)
+    def select(self, net, q: np.ndarray):
+        return self.explore(q.argmax(axis=1), q.shape[1]), {}
 
     def explore(self, actions: np.ndarray, num_actions: int) -> np.ndarray:
-        if self.noise is not None:
-            return actions
         eps = ops.linear_schedule(1.0, self.epsilon, self.args.eps_anneal_frames, self.frames)
         self.frames += len(actions)
         explore = self.rng.random(len(actions)) < eps
@@ -323,20 +314,28 @@ class EpsilonGreedy(ActorCore):
             actions[explore] = self.rng.integers(0, num_actions, size=int(explore.sum()))
         return actions
 
-    def act(self, net: QNetwork, obs, state, episode_start):
-        return self.choose(*self.action_values(net, obs, state, episode_start))
 
-    def choose(self, q: np.ndarray, state):
-        """act() after the network: the exploring actions from the Q values."""
-        return self.explore(q.argmax(axis=1), q.shape[1]), state, {}
+class EpsilonGreedy(EpsilonExploration):
+    """EpsilonExploration on the Q network; with noisy nets there is no epsilon: each segment acts
+    greedily under new noise, and evaluation under the mean weights."""
 
-    @classmethod
-    def act_many(cls, net: QNetwork, cores, obs, states, episode_starts):
-        # One forward pass for every actor (central inference); each actor explores with its own epsilon.
-        q, state = cores[0].action_values(net, np.concatenate(obs), algorithm.concat_states(states),
-                                          np.concatenate(episode_starts))
-        return [core.choose(q[rows], algorithm.state_rows(state, rows))
-                for core, rows in zip(cores, algorithm.row_slices(obs))]
+    def __init__(self, args: Args, index: int, count: int, num_envs: int, seed: int):
+        super().__init__(args, index, count, num_envs, seed)
+        self.noise = torch.Generator().manual_seed(seed) if args.noisy else None
+
+    def begin_segment(self, net: QNetwork) -> None:
+        if self.noise is not None:
+            layers.sample_noise(net, self.noise)
+
+    def forward(self, net: QNetwork, obs, state, episode_start):  # Q values [B, num_actions]
+        return net.q_values(obs), state
+
+    def greedy(self, net: QNetwork, obs, state, episode_start):
+        with layers.mean_weights(net):
+            return super().greedy(net, obs, state, episode_start)
+
+    def explore(self, actions: np.ndarray, num_actions: int) -> np.ndarray:
+        return actions if self.noise is not None else super().explore(actions, num_actions)
 
 
 def make_items(rollout: Rollout, args: Args) -> dict[str, np.ndarray]:

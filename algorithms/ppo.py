@@ -222,56 +222,47 @@ class PolicySampling(ActorCore):
         zeros = lambda: np.zeros((num_envs, self.args.lstm), np.float32)
         return {"pi_h": zeros(), "pi_c": zeros(), "vf_h": zeros(), "vf_c": zeros()}
 
-    def _policy(self, net: ActorCritic, obs, state, episode_start):
-        """(latent, policy output, next state) in torch, or (None, logits, state) in numpy."""
+    def forward(self, net: ActorCritic, obs, state, episode_start):
+        """((latent, policy output), next state) in torch, or ((None, logits), state) in numpy."""
         if net.recurrent:
-            latent, out, new = net.step(torch.as_tensor(obs), {k: torch.as_tensor(v) for k, v in state.items()},
-                                        torch.as_tensor(episode_start))
-            return latent, out, {k: v.numpy() for k, v in new.items()}
+            with torch.inference_mode():
+                latent, out, new = net.step(torch.as_tensor(obs), {k: torch.as_tensor(v) for k, v in state.items()},
+                                            torch.as_tensor(episode_start))
+            return (latent, out), {k: v.numpy() for k, v in new.items()}
         if not net.continuous:
-            return None, net.logits(obs), state
-        return (*net.features(torch.as_tensor(obs)), state)
-
-    def act(self, net: ActorCritic, obs, state, episode_start):
+            return (None, net.logits(obs)), state
         with torch.inference_mode():
-            return self._sample(net, *self._policy(net, obs, state, episode_start))
+            return net.features(torch.as_tensor(obs)), state
 
-    @classmethod
-    def act_many(cls, net: ActorCritic, cores, obs, states, episode_starts):
-        # One forward pass for every actor (central inference); each actor samples with its own generators.
-        with torch.inference_mode():
-            latent, out, state = cores[0]._policy(net, np.concatenate(obs), algorithm.concat_states(states),
-                                                  np.concatenate(episode_starts))
-            return [core._sample(net, None if latent is None else latent[rows], out[rows],
-                                 algorithm.state_rows(state, rows))
-                    for core, rows in zip(cores, algorithm.row_slices(obs))]
-
-    def _sample(self, net: ActorCritic, latent, out, state):
-        """act() after the network: actions sampled from the policy output, their log-probabilities."""
-        n = len(out)
+    def select(self, net: ActorCritic, outputs):
+        """Actions sampled from the policy output, their log-probabilities."""
+        latent, out = outputs
         if not net.continuous:
             logits = out if isinstance(out, np.ndarray) else out.numpy()
-            actions, logp = sample_categorical(logits, self.rng.random(n))
-            return actions, state, {"logp": logp}
+            actions, logp = sample_categorical(logits, self.rng.random(len(logits)))
+            return actions, {"logp": logp}
+        return self._sample_continuous(net, latent, out)
+
+    def _sample_continuous(self, net: ActorCritic, latent: torch.Tensor, out: torch.Tensor):
         with torch.inference_mode():
             dist = net.distribution_of(latent, out)
             if net.sde:
                 if self.steps % self.args.sde_sample_freq == 0 or self.sde_weights is None:
                     std = net.log_std.exp()
-                    self.sde_weights = std * torch.randn((n,) + std.shape, generator=self.generator)
+                    self.sde_weights = std * torch.randn((len(out),) + std.shape, generator=self.generator)
                 action = dist.mean + torch.einsum("bh,bha->ba", latent, self.sde_weights)
             else:
                 action = dist.mean + dist.stddev * torch.randn(dist.mean.shape, generator=self.generator)
             logp = net.log_prob(dist, action)
         self.steps += 1
-        return _env_action(net, action), state, {"logp": logp.numpy().astype(np.float32),
-                                                 "raw_action": action.numpy().astype(np.float32)}
+        return _env_action(net, action), {"logp": logp.numpy().astype(np.float32),
+                                          "raw_action": action.numpy().astype(np.float32)}
 
     def greedy(self, net: ActorCritic, obs, state, episode_start):
+        (_, out), state = self.forward(net, obs, state, episode_start)
+        if not net.continuous:
+            return np.asarray(out).argmax(axis=1), state
         with torch.inference_mode():
-            _, out, state = self._policy(net, obs, state, episode_start)
-            if not net.continuous:
-                return np.asarray(out).argmax(axis=1), state
             return _env_action(net, out), state
 
 

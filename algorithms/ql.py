@@ -58,10 +58,10 @@ def make_policy(obs_space: gym.Space, action_space: gym.Space, args: Args) -> QT
 
 # -- actor side -------------------------------------------------------------------------------
 
-class EpsilonGreedy(dqn.EpsilonGreedy):
+class EpsilonGreedy(dqn.EpsilonExploration):
     """DQN's Ape-X epsilon-greedy exploration over the table's Q values."""
 
-    def action_values(self, net: QTable, obs, state, episode_start):
+    def forward(self, net: QTable, obs, state, episode_start):
         with torch.inference_mode():
             return net(torch.as_tensor(obs)).numpy(), state
 

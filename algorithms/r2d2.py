@@ -118,14 +118,14 @@ def history(args: Args) -> History:
     return History(before=args.burn_in + args.sequence_length, after=args.n_step - 1)
 
 
-class RecurrentEpsilonGreedy(dqn.EpsilonGreedy):
+class RecurrentEpsilonGreedy(dqn.EpsilonExploration):
     """DQN's Ape-X epsilon-greedy exploration over the recurrent Q values; the state is the LSTM's."""
 
     def initial_state(self, num_envs: int) -> dict[str, np.ndarray]:
         zeros = np.zeros((num_envs, self.args.lstm), np.float32)
         return {"h": zeros, "c": zeros.copy()}
 
-    def action_values(self, net: RecurrentQNetwork, obs, state, episode_start):
+    def forward(self, net: RecurrentQNetwork, obs, state, episode_start):
         with torch.inference_mode():
             hs, cs = net.unroll(torch.as_tensor(obs)[None], torch.as_tensor(state["h"]), torch.as_tensor(state["c"]),
                                 torch.as_tensor(episode_start)[None])

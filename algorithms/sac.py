@@ -131,32 +131,26 @@ class PolicySampling(ActorCore):
         self.generator = torch.Generator().manual_seed(seed)
         self.frames = 0
 
+    def forward(self, net: Policy, obs, state, episode_start):  # the policy's distribution parameters
+        with torch.inference_mode():
+            return net(torch.as_tensor(obs)), state
+
     def greedy(self, net: Policy, obs, state, episode_start):
         with torch.inference_mode():
             return net.greedy(torch.as_tensor(obs)).numpy(), state
 
-    def act(self, net: Policy, obs, state, episode_start):
-        return self.explore(net, len(obs), lambda: net(torch.as_tensor(obs))), state, {}
-
-    def explore(self, net: Policy, n: int, policy_output: Callable[[], torch.Tensor]) -> np.ndarray:
-        """act() around the network: random actions at first, then samples of the policy given
-        policy_output() (asked for only then)."""
+    def select(self, net: Policy, outputs: torch.Tensor):
+        """Random actions for the first random_frames frames, then samples of the policy."""
+        n = len(outputs)
         self.frames += n
         if self.frames <= self.args.random_frames:
             if net.continuous:
                 low, high = (net.center - net.scale).numpy(), (net.center + net.scale).numpy()
-                return self.rng.uniform(low, high, size=(n,) + low.shape).astype(np.float32)
-            return self.rng.integers(0, net.net[-1].out_features, size=n)
+                return self.rng.uniform(low, high, size=(n,) + low.shape).astype(np.float32), {}
+            return self.rng.integers(0, net.net[-1].out_features, size=n), {}
         with torch.inference_mode():
-            action, _ = net.sample_from(policy_output(), self.generator)
-        return action.numpy().astype(np.float32) if net.continuous else action.numpy()
-
-    @classmethod
-    def act_many(cls, net: Policy, cores, obs, states, episode_starts):
-        # One forward pass for every actor (central inference), once any is past its random actions.
-        batched = functools.cache(lambda: net(torch.as_tensor(np.concatenate(obs))))
-        return [(core.explore(net, len(o), lambda rows=rows: batched()[rows]), s, {})
-                for core, o, s, rows in zip(cores, obs, states, algorithm.row_slices(obs))]
+            action, _ = net.sample_from(outputs, self.generator)
+        return (action.numpy().astype(np.float32) if net.continuous else action.numpy()), {}
 
 
 def make_items(rollout: Rollout, args: Args) -> dict[str, np.ndarray]:

@@ -27,11 +27,13 @@ The runtime on an actor (qrl/actor.py), for every step and every segment of T st
     core = agent.actor(args, index, count, num_envs, seed)
     state = core.initial_state(num_envs)
     core.begin_segment(net)  # once per segment, then for each of its steps:
-    actions, state, extras = core.act(net, obs, state, episode_start)
+    outputs, state = core.forward(net, obs, state, episode_start)  # batched, no randomness
+    actions, extras = core.select(net, outputs)  # this core's exploration (core.act: both)
     items = agent.make_items(rollout, args)  # rollout: before + T + after steps, then push
 
 A central inference server (qrl/inference.py) holds one core per env-only actor and acts for all
-of those waiting at once: type(core).act_many(net, cores, obs_list, states, episode_starts).
+of those waiting at once: act_batched(net, cores, obs_list, states, episode_starts) runs one
+forward pass on their concatenated inputs and lets each core select on its rows.
 
 Registration: the entry point group `qrl.algorithms` (name = "package.module:AGENT"); qrl's own
 algorithms are registered there in pyproject.toml like anyone else's.
@@ -78,12 +80,20 @@ class History:
 
 
 class ActorCore:
-    """How an agent acts on an actor: one object per actor process, for its vector env.
+    """How an agent acts: one object per actor (its vector env), on an actor process or, for each
+    env-only actor, on a central inference server.
 
-    The recurrent state is explicit: `act` and `greedy` take the state from the previous step and
-    return the next one, and `episode_start[b]` says that obs[b] is the first observation of an
-    episode (reset the state there). The exploration schedule and random generators are the core's
-    own. Feed-forward cores keep the defaults: state {} and greedy from action_values."""
+    Acting is split in two (Acme's ActorCore): `forward` runs the network on a batch of
+    observations and holds no randomness and no per-core state (it reads only `net`, its inputs
+    and self.args), so one call can serve the environments of any number of actors; `select`
+    turns this core's rows of the outputs into actions with the core's own exploration schedule
+    and random generators. act() is the two in a row; central inference (act_batched) runs
+    forward once on many actors' concatenated inputs and hands each core its rows. Outputs are an
+    array or tensor with the environments on axis 0, or a tuple or dict of those (or None).
+
+    The recurrent state is explicit: `forward` and `greedy` take the state from the previous step
+    and return the next one, and `episode_start[b]` says that obs[b] is the first observation of
+    an episode (reset the state there). Feed-forward cores keep the default state {}."""
 
     def __init__(self, args: Any, index: int, count: int, num_envs: int, seed: int):
         self.args = args
@@ -94,36 +104,61 @@ class ActorCore:
     def begin_segment(self, net) -> None:
         """Called before the first step of each segment (noisy nets draw their noise here)."""
 
+    def forward(self, net, obs: np.ndarray, state: RecurrentState, episode_start: np.ndarray
+                ) -> tuple[Any, RecurrentState]:
+        """The network's outputs for a batch of environments and the next state. The rollout keeps
+        each step's state: return new arrays, never change `state` in place."""
+        raise NotImplementedError
+
+    def select(self, net, outputs: Any) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Exploring actions from this core's rows of the outputs, and per-step extras that travel
+        with the rollout. `net` is there for what turns outputs into a distribution (PPO's learned
+        log std, action bounds), never to run the network again."""
+        raise NotImplementedError
+
     def act(self, net, obs: np.ndarray, state: RecurrentState, episode_start: np.ndarray
             ) -> tuple[np.ndarray, RecurrentState, dict[str, np.ndarray]]:
-        """Exploring actions, the next state, and per-step extras that travel with the rollout. The
-        rollout keeps each step's state: return new arrays, never change `state` in place."""
-        raise NotImplementedError
+        outputs, state = self.forward(net, obs, state, episode_start)
+        actions, extras = self.select(net, outputs)
+        return actions, state, extras
 
     def greedy(self, net, obs: np.ndarray, state: RecurrentState, episode_start: np.ndarray
                ) -> tuple[np.ndarray, RecurrentState]:
-        """The deterministic policy (evaluation)."""
-        values, state = self.action_values(net, obs, state, episode_start)
-        return values.argmax(axis=1), state
+        """The deterministic policy (evaluation); by default the best of action_values."""
+        outputs, state = self.forward(net, obs, state, episode_start)
+        return self.action_values(outputs).argmax(axis=1), state
 
-    def action_values(self, net, obs: np.ndarray, state: RecurrentState, episode_start: np.ndarray
-                      ) -> tuple[np.ndarray, RecurrentState]:
-        """The value of each discrete action (`qrl evaluate --render terminal` shows them), when the
-        agent has them; see has_action_values."""
+    def action_values(self, outputs: Any) -> np.ndarray:
+        """The value of each discrete action [B, num_actions] in forward's outputs (`qrl evaluate
+        --render terminal` shows them), when the agent has them; see has_action_values."""
         raise NotImplementedError
 
     @property
     def has_action_values(self) -> bool:
         return type(self).action_values is not ActorCore.action_values
 
-    @classmethod
-    def act_many(cls, net, cores: list[ActorCore], obs: list[np.ndarray], states: list[RecurrentState],
-                 episode_starts: list[np.ndarray]) -> list[tuple[np.ndarray, RecurrentState, dict[str, np.ndarray]]]:
-        """Central inference: act for several actors at once, cores[i] (actor i's exploration) on
-        obs[i]; the same results as each core's act. This default calls each core's act in turn;
-        a core that can split the network from its sampling overrides it to run the network once
-        on every actor's observations (one batched forward pass is what central inference is for)."""
-        return [core.act(net, o, s, e) for core, o, s, e in zip(cores, obs, states, episode_starts)]
+
+def act_batched(net, cores: list[ActorCore], obs: list[np.ndarray], states: list[RecurrentState],
+                episode_starts: list[np.ndarray]) -> list[tuple[np.ndarray, RecurrentState, dict[str, np.ndarray]]]:
+    """Central inference: act for several actors with one forward pass, cores[i] (actor i's
+    exploration) selecting on obs[i]'s rows; the same results as each core's act."""
+    outputs, state = cores[0].forward(net, np.concatenate(obs), concat_states(states), np.concatenate(episode_starts))
+    results = []
+    for core, rows in zip(cores, row_slices(obs)):
+        actions, extras = core.select(net, take_rows(outputs, rows))
+        results.append((actions, state_rows(state, rows), extras))
+    return results
+
+
+def take_rows(outputs: Any, rows: slice) -> Any:
+    """Rows of forward's outputs: of an array or tensor, or of each one in a tuple or dict."""
+    if outputs is None:
+        return None
+    if isinstance(outputs, tuple):
+        return tuple(take_rows(o, rows) for o in outputs)
+    if isinstance(outputs, dict):
+        return {k: take_rows(v, rows) for k, v in outputs.items()}
+    return outputs[rows]
 
 
 class LearnerProtocol(Protocol):

@@ -74,7 +74,8 @@ def load_policy(path: str | Path) -> LoadedPolicy:
 def _describe_values(policy: LoadedPolicy, core: algorithm.ActorCore, env, obs, state, episode_start) -> str:
     if not core.has_action_values:
         return ""
-    values = core.action_values(policy.net, policy.normalize_obs(np.asarray([obs])), state, episode_start)[0][0]
+    outputs, _ = core.forward(policy.net, policy.normalize_obs(np.asarray([obs])), state, episode_start)
+    values = core.action_values(outputs)[0]
     names = getattr(env.unwrapped, "action_names", None) or [str(i) for i in range(len(values))]
     best = int(values.argmax())
     return "  ".join(f"{n} {v:+.3f}{'*' if i == best else ' '}" for i, (n, v) in enumerate(zip(names, values)))

@@ -6,7 +6,7 @@ actor sends its observations (with the rewards and episode ends of the step befo
 actions back. Requests are answered in batches: the server waits until `batch_envs` environments'
 observations are waiting, every connected actor has asked, or the oldest request is `deadline_ms`
 old (default 0: at once), whichever comes first, then runs the network once on all of them
-(ActorCore.act_many) while each actor keeps its own exploration (its own core: Ape-X epsilon,
+(algorithm.act_batched: the cores' forward) while each actor keeps its own exploration (its own core: Ape-X epsilon,
 generators), recurrent state and item window. The items are built with the algorithm's item builder
 and pushed to the broker with the usual accounting: the env actor's id, an incarnation per (server, env actor) pair, sequence numbers and
 policy versions, so the broker cannot tell these segments from a policy-running actor's.
@@ -262,9 +262,8 @@ class InferenceServer:
             if s.writer.starting:  # the first step of a segment: its policy version, its noise
                 s.writer.version = self.version
                 s.core.begin_segment(self.net)
-        core_type = type(ready[0].core)
-        results = core_type.act_many(self.net, [s.core for s in ready], [self.normalizer(s.pending) for s in ready],
-                                     [s.state for s in ready], [s.episode_start for s in ready])
+        results = algorithm.act_batched(self.net, [s.core for s in ready], [self.normalizer(s.pending) for s in ready],
+                                        [s.state for s in ready], [s.episode_start for s in ready])
         for s, (actions, next_state, extras) in zip(ready, results):
             s.acted = dict(obs=s.pending, actions=actions, extras=extras, state=s.state, episode_start=s.episode_start)
             s.state, s.pending = next_state, None

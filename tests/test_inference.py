@@ -7,6 +7,7 @@ server and an env actor being killed, with no duplicate or refused segment at th
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import os
 import signal
@@ -331,8 +332,8 @@ def _smoke_cases():
 
 
 @pytest.mark.parametrize("algo, env, sets", _smoke_cases(), ids=[f"{a}-{e}" for a, e, _ in _smoke_cases()])
-def test_act_many_acts_as_each_core_would(algo, env, sets):
-    """ActorCore.act_many (one forward pass for several actors) returns what each actor's own
+def test_act_batched_acts_as_each_core_would(algo, env, sets):
+    """algorithm.act_batched (one forward pass for several actors) returns what each actor's own
     core.act returns, step after step: actions, next states, extras; exploration stays per actor."""
     from qrl.config import RunConfig, parse_overrides
 
@@ -357,7 +358,7 @@ def test_act_many_acts_as_each_core_would(algo, env, sets):
             if step % 4 == 0:
                 c.begin_segment(net)
         one_by_one = [c.act(net, o, s, e) for c, o, s, e in zip(alone, obs, states_alone, starts)]
-        batched = type(together[0]).act_many(net, together, obs, states_together, starts)
+        batched = algorithm.act_batched(net, together, obs, states_together, starts)
         for (a1, s1, x1), (a2, s2, x2) in zip(one_by_one, batched):
             np.testing.assert_allclose(a1, a2, rtol=1e-5, atol=1e-5)
             assert s1.keys() == s2.keys() and x1.keys() == x2.keys()
@@ -367,3 +368,29 @@ def test_act_many_acts_as_each_core_would(algo, env, sets):
                 np.testing.assert_allclose(x1[k], x2[k], rtol=1e-5, atol=1e-5)
         states_alone = [s for _, s, _ in one_by_one]
         states_together = [s for _, s, _ in batched]
+
+
+def test_an_out_of_tree_algorithm_gets_one_batched_forward_pass(monkeypatch):
+    """docs/example_algorithm writes only forward and select: central inference runs its network
+    once for every waiting actor, and each actor still samples with its own generator."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "docs" / "example_algorithm"))
+    example = importlib.import_module("qrl_example_algorithm")
+    agent = example.AGENT
+    args = agent.Args()
+    obs_space, action_space = envs.spaces("CartPole-v1")
+    net = agent.make_policy(obs_space, action_space, args)
+    sizes = [2, 5, 3]
+    alone = [agent.actor(args, i, 3, n, 7 + i) for i, n in enumerate(sizes)]
+    together = [agent.actor(args, i, 3, n, 7 + i) for i, n in enumerate(sizes)]
+    obs = [np.stack([obs_space.sample() for _ in range(n)]) for n in sizes]
+    starts = [np.ones(n, bool) for n in sizes]
+    calls = []
+    forward = type(together[0]).forward
+    monkeypatch.setattr(type(together[0]), "forward", lambda self, *a: calls.append(len(a[1])) or forward(self, *a))
+    batched = algorithm.act_batched(net, together, obs, [{}] * 3, starts)
+    assert calls == [sum(sizes)]  # one pass over all ten environments
+    monkeypatch.setattr(type(together[0]), "forward", forward)
+    for core, o, s, (actions, state, extras) in zip(alone, obs, starts, batched):
+        expected, _, _ = core.act(net, o, {}, s)
+        np.testing.assert_array_equal(actions, expected)
+        assert state == {} and extras == {}

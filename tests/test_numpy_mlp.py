@@ -90,7 +90,7 @@ def test_a_copied_network_runs_on_its_own_weights():
     obs_space, action_space = gym.spaces.Box(-3, 3, (4,), np.float32), gym.spaces.Discrete(2)
     core, args, net = make("dqn", obs_space, action_space)
     obs = np.random.default_rng(4).normal(size=(16, 4)).astype(np.float32)
-    values = lambda n: core.action_values(n, obs, {}, np.zeros(len(obs), bool))[0]
+    values = lambda n: core.forward(n, obs, {}, np.zeros(len(obs), bool))[0]
     before = values(net)  # builds net's twin
     target = copy.deepcopy(net)
     net.load_state_dict(random_weights(net, 9))

@@ -91,7 +91,7 @@ def test_r2d2_actor_state_resets_at_episode_starts_and_the_learner_replays_it():
     starts = np.array([[1, 1], [0, 0], [0, 1], [0, 0]], bool)
     values = []
     for t in range(4):
-        q, state = core.action_values(net, obs[t], state, starts[t])
+        q, state = core.forward(net, obs[t], state, starts[t])
         values.append(q)
     with torch.no_grad():  # the learner's replay from a zero state gives the actor's Q values
         hs, _ = net.unroll(torch.as_tensor(obs), torch.zeros(2, 8), torch.zeros(2, 8), torch.as_tensor(starts))

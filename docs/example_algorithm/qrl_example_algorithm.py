@@ -33,15 +33,17 @@ class SoftmaxSampling(ActorCore):
         super().__init__(args, index, count, num_envs, seed)
         self.rng = np.random.default_rng(seed)
 
-    def action_values(self, net, obs, state, episode_start):  # logits; greedy() takes their argmax
+    def forward(self, net, obs, state, episode_start):  # logits [B, actions]; no randomness here
         with torch.inference_mode():
             return net(torch.as_tensor(obs, dtype=torch.float32)).numpy(), state
 
-    def act(self, net, obs, state, episode_start):
-        logits, state = self.action_values(net, obs, state, episode_start)
+    def action_values(self, logits):  # greedy() takes their argmax
+        return logits
+
+    def select(self, net, logits):  # this actor's own random generator
         cdf = np.cumsum(np.exp(logits - logits.max(axis=1, keepdims=True)), axis=1)
         actions = (cdf < self.rng.random((len(cdf), 1)) * cdf[:, -1:]).sum(axis=1)
-        return actions, state, {}
+        return actions, {}
 
 
 def make_items(rollout: Rollout, args: Args) -> dict[str, np.ndarray]:
