@@ -55,20 +55,22 @@ class EpsilonGreedy(dqn.EpsilonGreedy):
         return actions, {"q_taken": q[np.arange(len(q)), actions].astype(np.float32), "q_max": q.max(axis=1)}
 
 
-def make_items(rollout: Rollout, args: Args) -> dict[str, np.ndarray]:
-    items = dqn.make_items(rollout, args)
-    if args.actor_priorities:
-        T = rollout.num_steps
-        returns, discounts, last = ops.nstep_targets(
-            rollout.rewards, rollout.terminated, rollout.truncated, args.gamma, args.n_step, T)
-        envs = np.arange(rollout.rewards.shape[1])[None, :]
-        # max Q at the bootstrap observation = max Q at the step after `last` (exact unless the
-        # episode was truncated there; the learner replaces this estimate after the first sample).
-        bootstrap = rollout.extras["q_max"][last + 1, envs]
-        td = returns + discounts * bootstrap - rollout.extras["q_taken"][:T]
-        items["_priority"] = (np.abs(td) + dqn.PRIORITY_FLOOR).reshape(-1)
-    return items
+def initial_priorities(rollout: Rollout, args: Args) -> np.ndarray | None:
+    """The actor's estimate of each item's priority, |n-step TD error| from the Q values it acted
+    on (Ape-X); None: the broker gives new items the largest priority seen so far."""
+    if not args.actor_priorities:
+        return None
+    T = rollout.num_steps
+    returns, discounts, last = ops.nstep_targets(
+        rollout.rewards, rollout.terminated, rollout.truncated, args.gamma, args.n_step, T)
+    envs = np.arange(rollout.rewards.shape[1])[None, :]
+    # max Q at the bootstrap observation = max Q at the step after `last` (exact unless the
+    # episode was truncated there; the learner replaces this estimate after the first sample).
+    bootstrap = rollout.extras["q_max"][last + 1, envs]
+    td = returns + discounts * bootstrap - rollout.extras["q_taken"][:T]
+    return (np.abs(td) + dqn.PRIORITY_FLOOR).reshape(-1)
 
 
-AGENT = Agent(name="apex", Args=Args, make_policy=dqn.make_policy, actor=EpsilonGreedy, make_items=make_items,
-              Learner=dqn.Learner, table_config=table_config, history=history, sample_options=sample_options)
+AGENT = Agent(name="apex", Args=Args, make_policy=dqn.make_policy, actor=EpsilonGreedy, make_items=dqn.make_items,
+              Learner=dqn.Learner, table_config=table_config, history=history, sample_options=sample_options,
+              initial_priorities=initial_priorities)

@@ -10,9 +10,7 @@ References: Lillicrap et al. 2016 (DDPG); Fujimoto et al. 2018 (TD3).
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
-from typing import Callable
 
 import gymnasium as gym
 import numpy as np
@@ -20,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qrl import algorithm, ops
-from qrl.algorithm import ActorCore, Agent, History, LearnerBase, Rollout, replay_table
+from qrl import ops
+from qrl.algorithm import ActorCore, Agent, Batch, History, LearnerBase, Rollout, Update, replay_table
 from qrl.algorithms import dqn
 from qrl.brokers.tables import TableConfig
 
@@ -153,32 +151,32 @@ class Learner(LearnerBase):
         self.critic_optimizer = ops.adam(self.critics.parameters(), lr=args.lr)
         self.last_policy_loss = 0.0
 
-    def update(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
+    def update(self, batch: Batch) -> Update:
         a = self.args
-        t = self.tensors(batch)
         with torch.no_grad():
-            next_action = self.target_policy(t["next_obs"])
+            next_action = self.target_policy(batch["next_obs"])
             if a.target_noise > 0:  # TD3: smooth the target over nearby actions
                 noise = (torch.randn_like(next_action) * a.target_noise).clamp(-a.target_noise_clip,
                                                                                a.target_noise_clip)
                 next_action = torch.max(torch.min(next_action + noise * self.net.scale,
                                                   self.net.center + self.net.scale), self.net.center - self.net.scale)
-            q_next = torch.min(torch.stack([c(t["next_obs"], next_action) for c in self.target_critics]), dim=0).values
-            target = t["return"] + t["discount"] * q_next
-        critic_loss = sum(F.mse_loss(c(t["obs"], t["action"]), target) for c in self.critics)
+            q_next = torch.min(torch.stack([c(batch["next_obs"], next_action) for c in self.target_critics]), dim=0).values
+            target = batch["return"] + batch["discount"] * q_next
+        critic_loss = sum(F.mse_loss(c(batch["obs"], batch["action"]), target) for c in self.critics)
         self.critic_optimizer.zero_grad(set_to_none=True)
         critic_loss.backward()
         self.critic_optimizer.step()
         self.updates += 1
         if self.updates % a.policy_delay == 0:
-            policy_loss = -self.critics[0](t["obs"], self.net(t["obs"])).mean()
+            policy_loss = -self.critics[0](batch["obs"], self.net(batch["obs"])).mean()
             self.policy_optimizer.zero_grad(set_to_none=True)
             policy_loss.backward()
             self.policy_optimizer.step()
             self.last_policy_loss = policy_loss.item()
             ops.polyak_update(self.parameters_of(self.target_policy), self.parameters_of(self.net), a.tau)
             ops.polyak_update(self.parameters_of(self.target_critics), self.parameters_of(self.critics), a.tau)
-        return {"critic_loss": critic_loss.item(), "policy_loss": self.last_policy_loss, "q_target": target.mean().item()}
+        return Update({"critic_loss": critic_loss.item(), "policy_loss": self.last_policy_loss,
+                       "q_target": target.mean().item()})
 
 
 

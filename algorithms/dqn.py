@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qrl import layers, ops
-from qrl.algorithm import ActorCore, Agent, History, LearnerBase, Rollout, replay_table
+from qrl.algorithm import ActorCore, Agent, Batch, History, LearnerBase, Rollout, Update, replay_table
 from qrl.brokers.tables import TableConfig
 from qrl.numpy_mlp import compile_mlp, numpy_twin
 
@@ -374,21 +374,20 @@ class Learner(LearnerBase):
         else:
             self.optimizer = ops.adam(self.net.parameters(), lr=args.lr)
 
-    def update(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+    def update(self, batch: Batch) -> Update:
         a = self.args
-        t = self.tensors(batch)
         if a.noisy:  # new noise for every update
             layers.sample_noise(self.net)
             layers.sample_noise(self.target)
         if a.fqf:
-            per_item, q, td = self._fqf_loss(t)
+            per_item, q, td = self._fqf_loss(batch)
         elif a.quantiles or a.iqn_n:
-            per_item, q, td = self._quantile_loss(t)
+            per_item, q, td = self._quantile_loss(batch)
         elif a.atoms:
-            per_item, q, td = self._distributional_loss(t)
+            per_item, q, td = self._distributional_loss(batch)
         else:
-            per_item, q, td = self._expected_value_loss(t)
-        loss = t.weighted_mean(per_item)  # importance weights correct prioritized sampling
+            per_item, q, td = self._expected_value_loss(batch)
+        loss = batch.weighted_mean(per_item)  # importance weights correct prioritized sampling
         if a.anneal_updates:
             for group in self.optimizer.param_groups:
                 group["lr"] = ops.linear_schedule(a.lr, a.lr_final, a.anneal_updates, self.updates)
@@ -398,11 +397,12 @@ class Learner(LearnerBase):
         elif self.updates % a.target_update_every == 0:
             self.target.load_state_dict(self.net.state_dict())
         metrics = {"loss": loss.item(), "q_mean": q.mean().item()}
-        if t.weight is not None:  # new priorities for the sampled items (+ a floor so none starves)
-            metrics["_priorities"] = td.detach().abs().cpu().numpy() + PRIORITY_FLOOR
-        return metrics
+        if batch.weights is None:
+            return Update(metrics)
+        # prioritized replay: new priorities for the sampled items (+ a floor so none starves)
+        return Update(metrics, td.detach().abs().cpu().numpy() + PRIORITY_FLOOR)
 
-    def _expected_value_loss(self, t):
+    def _expected_value_loss(self, t: Batch):
         """Per-item Huber (or squared) TD loss toward return + discount * Q_target(next, a*) (or
         Munchausen's target); the TD errors."""
         a = self.args
@@ -449,7 +449,7 @@ class Learner(LearnerBase):
             return first.unsqueeze(1) + t["discount"].unsqueeze(1) * soft_value
         return first + t["discount"] * soft_value
 
-    def _distributional_loss(self, t):
+    def _distributional_loss(self, t: Batch):
         """C51: cross-entropy between the projected target distribution and the predicted one; the
         cross-entropy also serves as the priority (as Rainbow's KL)."""
         a = self.args
@@ -473,7 +473,7 @@ class Learner(LearnerBase):
         """IQN: fractions drawn uniformly, [rows, count]; None for QR-DQN's fixed ones."""
         return torch.rand(rows, count, device=self.device) if self.args.iqn_n else None
 
-    def _quantile_loss(self, t):
+    def _quantile_loss(self, t: Batch):
         """QR-DQN and IQN: the quantile Huber loss between the taken action's quantiles and the target
         quantiles return + discount * theta_target(next, a*) (or Munchausen's target); the loss also
         serves as the priority. IQN draws its fractions anew for every item, online and target."""
@@ -495,7 +495,7 @@ class Learner(LearnerBase):
         per_item = ops.quantile_huber_loss(taken, target, a.kappa, None if taus is None else taus[:n])
         return per_item, taken.mean(1), per_item
 
-    def _fqf_loss(self, t):
+    def _fqf_loss(self, t: Batch):
         """FQF: the quantile Huber loss at the fractions proposed for each item's state (the target's
         quantiles at the same fractions, for the next action of the staircase means), and one step
         of the fraction proposal layer down the 1-Wasserstein error's gradient with respect to its

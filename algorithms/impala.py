@@ -12,10 +12,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from qrl import ops
+from qrl.algorithm import Batch, Update
 from qrl.algorithms import ppo
 
 
@@ -42,9 +42,9 @@ class Learner(ppo.Learner):
     """PPO's network (feed-forward or LSTM), optimizer and checkpointing; one V-trace actor-critic step
     per batch."""
 
-    def update(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
+    def update(self, batch: Batch) -> Update:
         a = self.args
-        t = self.tensors(batch).fields
+        t = batch.fields
         N, T = t["reward"].shape
         dist, values, next_values = self.evaluate(t)
         logp = self.net.log_prob(dist, t["action"].reshape((N * T,) + t["action"].shape[2:])).reshape(N, T)
@@ -63,8 +63,8 @@ class Learner(ppo.Learner):
             group["lr"] = a.lr * frac
         self.minimize(loss, a.max_grad_norm)
         rho = torch.exp(logp.detach() - t["logp"])
-        return {"policy_loss": policy_loss.item(), "value_loss": value_loss.item(), "entropy": entropy.item(),
-                "rho_mean": rho.mean().item()}
+        return Update({"policy_loss": policy_loss.item(), "value_loss": value_loss.item(), "entropy": entropy.item(),
+                "rho_mean": rho.mean().item()})
 
 
 AGENT = dataclasses.replace(ppo.AGENT, name="impala", Args=Args, Learner=Learner)

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from qrl import algorithm, ops
-from qrl.algorithm import ActorCore, Agent, LearnerBase, Rollout
+from qrl import ops
+from qrl.algorithm import ActorCore, Agent, Batch, LearnerBase, Rollout, Update
 from qrl.brokers.tables import TableConfig
 from qrl.numpy_mlp import compile_mlp, numpy_twin, sample_categorical
 
@@ -310,9 +310,9 @@ class Learner(LearnerBase):
         return self.net.distribution(flat(t["obs"])), self.net.values(flat(t["obs"])), self.net.values(
             flat(t["next_obs"]))
 
-    def update(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
+    def update(self, batch: Batch) -> Update:
         a = self.args
-        t = self.tensors(batch).fields
+        t = batch.fields
         N, T = t["reward"].shape
         flat = lambda x: x.reshape((N * T,) + x.shape[2:])
         obs = flat(t["obs"])
@@ -366,7 +366,7 @@ class Learner(LearnerBase):
                                               ((ratio - 1).abs() > clip).float().mean()]))
         self.updates += 1
         p, v, e, c = torch.stack(stats).mean(0).tolist()
-        return {"policy_loss": p, "value_loss": v, "entropy": e, "clip_fraction": c}
+        return Update({"policy_loss": p, "value_loss": v, "entropy": e, "clip_fraction": c})
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from qrl.algorithm import Agent, LearnerBase, Rollout, replay_table
+from qrl.algorithm import Agent, Batch, LearnerBase, Rollout, Update, replay_table
 from qrl.algorithms import dqn
 from qrl.brokers.tables import TableConfig
 
@@ -87,18 +87,17 @@ class Learner(LearnerBase):
         super().__init__(args, device)
         self.net = make_policy(obs_space, action_space, args).to(device)
 
-    def update(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
-        t = self.tensors(batch)
+    def update(self, batch: Batch) -> Update:
         q = self.net.q
-        target = t["reward"] + t["discount"] * q[t["next_obs"]].max(dim=1).values
-        td = target - q[t["obs"], t["action"]]
+        target = batch["reward"] + batch["discount"] * q[batch["next_obs"]].max(dim=1).values
+        td = target - q[batch["obs"], batch["action"]]
         # The mean TD error of each (s, a) in the batch, so repeats do not overshoot.
-        flat = t["obs"] * q.shape[1] + t["action"]
+        flat = batch["obs"] * q.shape[1] + batch["action"]
         total = torch.zeros(q.numel(), device=self.device).index_add_(0, flat, td)
         count = torch.zeros(q.numel(), device=self.device).index_add_(0, flat, torch.ones_like(td))
         q.view(-1).add_(self.args.lr * total / count.clamp(min=1))
         self.updates += 1
-        return {"td_abs": td.abs().mean().item(), "q_mean": q.mean().item()}
+        return Update({"td_abs": td.abs().mean().item(), "q_mean": q.mean().item()})
 
 
 AGENT = Agent(name="ql", Args=Args, make_policy=make_policy, actor=EpsilonGreedy, make_items=make_items,

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from qrl import ops
-from qrl.algorithm import Agent, History, LearnerBase, Rollout, replay_table
+from qrl.algorithm import Agent, Batch, History, LearnerBase, Rollout, Update, replay_table
 from qrl.algorithms import apex, dqn
 
 
@@ -176,54 +176,52 @@ class Learner(LearnerBase):
         self.target.load_state_dict(self.net.state_dict())
         self.optimizer = ops.adam(self.net.parameters(), lr=args.lr, eps=args.adam_eps)
 
-    def update(self, batch: dict[str, np.ndarray]) -> dict[str, object]:
+    def update(self, batch: Batch) -> Update:
         a = self.args
-        t = self.tensors(batch)
         B, m = a.burn_in, a.sequence_length
         time_major = lambda x: x.transpose(0, 1)
-        obs, start = time_major(t["obs"]), time_major(t["episode_start"])
+        obs, start = time_major(batch["obs"]), time_major(batch["episode_start"])
         with torch.no_grad():  # burn-in: rebuild the state the online net has at the first trained step
-            h, c = t["h"], t["c"]
+            h, c = batch["h"], batch["c"]
             if B:
                 hs, cs = self.net.unroll(obs[:B], h, c, start[:B])
                 h, c = hs[-1], cs[-1]
-            target_hs, target_cs = self.target.unroll(obs, t["h"], t["c"], start)
+            target_hs, target_cs = self.target.unroll(obs, batch["h"], batch["c"], start)
         hs, cs = self.net.unroll(obs[B:], h, c, start[B:])  # [m + n - 1, N, lstm]
-        actions = time_major(t["action"])[B:B + m]
+        actions = time_major(batch["action"])[B:B + m]
         q = self.net.head(hs[:m]).gather(2, actions.unsqueeze(2)).squeeze(2)  # [m, N]
 
         with torch.no_grad():  # n-step double-Q targets, bootstrapped from each step's true next observation
-            next_obs = time_major(t["next_obs"])  # [m + n - 1, N, ...]
+            next_obs = time_major(batch["next_obs"])  # [m + n - 1, N, ...]
             S, N = next_obs.shape[:2]
             flat = lambda x: x.reshape((S * N,) + x.shape[2:])
             q_next_online = self.net.step_from(flat(next_obs), flat(hs.detach()), flat(cs.detach())).reshape(S, N, -1)
             q_next_target = self.target.step_from(flat(next_obs), flat(target_hs[B:]), flat(target_cs[B:])
                                                   ).reshape(S, N, -1)
-            boot = time_major(t["bootstrap"])  # [m, N] index into the S steps
+            boot = time_major(batch["bootstrap"])  # [m, N] index into the S steps
             envs = torch.arange(N, device=self.device).expand(m, N)
             online_at, target_at = q_next_online[boot, envs], q_next_target[boot, envs]  # [m, N, A]
             best = online_at.argmax(dim=2, keepdim=True) if a.double else target_at.argmax(dim=2, keepdim=True)
             q_next = target_at.gather(2, best).squeeze(2)
-            returns, discounts = time_major(t["return"]), time_major(t["discount"])
+            returns, discounts = time_major(batch["return"]), time_major(batch["discount"])
             if a.value_rescale:
                 y = ops.value_rescale(returns + discounts * ops.inverse_value_rescale(q_next, a.rescale_eps),
                                       a.rescale_eps)
             else:
                 y = returns + discounts * q_next
 
-        valid = time_major(t["valid"]).float()
+        valid = time_major(batch["valid"]).float()
         td = y - q
         per_sequence = 0.5 * (td ** 2 * valid).sum(0) / valid.sum(0).clamp(min=1)  # [N]
-        loss = t.weighted_mean(per_sequence)  # importance weights correct prioritized sampling
+        loss = batch.weighted_mean(per_sequence)  # importance weights correct prioritized sampling
         self.minimize(loss, a.max_grad_norm)
         if self.updates % a.target_update_every == 0:
             self.target.load_state_dict(self.net.state_dict())
         td_abs = td.detach().abs().T  # [N, m]
         metrics = {"loss": loss.item(), "q_mean": q.mean().item()}
-        if t.weight is not None:
-            priorities = ops.sequence_priority(td_abs, valid.T, a.priority_eta)
-            metrics["_priorities"] = priorities.cpu().numpy() + dqn.PRIORITY_FLOOR
-        return metrics
+        if batch.weights is None:
+            return Update(metrics)
+        return Update(metrics, ops.sequence_priority(td_abs, valid.T, a.priority_eta).cpu().numpy() + dqn.PRIORITY_FLOOR)
 
 
 AGENT = Agent(name="r2d2", Args=Args, make_policy=make_policy, actor=RecurrentEpsilonGreedy, make_items=make_items,

@@ -11,9 +11,7 @@ discrete). References: Haarnoja et al. 2018 (SAC, automatic temperature); Christ
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
-from typing import Callable
 
 import gymnasium as gym
 import numpy as np
@@ -21,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qrl import algorithm, ops
-from qrl.algorithm import ActorCore, Agent, LearnerBase, Rollout, replay_table
+from qrl import ops
+from qrl.algorithm import ActorCore, Agent, Batch, LearnerBase, Rollout, Update, replay_table
 from qrl.algorithms import ddpg, dqn
 from qrl.algorithms.ddpg import mlp
 from qrl.brokers.tables import TableConfig
@@ -182,11 +180,10 @@ class Learner(LearnerBase):
         self.critic_optimizer = ops.adam(self.critics.parameters(), lr=args.lr)
         self.alpha_optimizer = ops.adam([self.log_alpha], lr=args.lr)
 
-    def update(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
+    def update(self, batch: Batch) -> Update:
         a = self.args
-        t = self.tensors(batch)
         alpha = self.log_alpha.exp().detach()
-        obs, next_obs = t["obs"], t["next_obs"]
+        obs, next_obs = batch["obs"], batch["next_obs"]
         with torch.no_grad():
             if self.net.continuous:
                 next_action, next_logp = self.net.sample(next_obs)
@@ -196,11 +193,11 @@ class Learner(LearnerBase):
                 _, next_logp_all = self.net.sample(next_obs)
                 q_next = torch.min(*(c(next_obs) for c in self.target_critics))
                 v_next = (next_logp_all.exp() * (q_next - alpha * next_logp_all)).sum(1)
-            target = t["return"] + t["discount"] * v_next
+            target = batch["return"] + batch["discount"] * v_next
         if self.net.continuous:
-            q = [c(obs, t["action"]) for c in self.critics]
+            q = [c(obs, batch["action"]) for c in self.critics]
         else:
-            q = [c(obs).gather(1, t["action"].long().unsqueeze(1)).squeeze(1) for c in self.critics]
+            q = [c(obs).gather(1, batch["action"].long().unsqueeze(1)).squeeze(1) for c in self.critics]
         critic_loss = sum(F.mse_loss(qi, target) for qi in q)
         self.critic_optimizer.zero_grad(set_to_none=True)
         critic_loss.backward()
@@ -228,8 +225,8 @@ class Learner(LearnerBase):
         self.alpha_optimizer.step()
         ops.polyak_update(self.parameters_of(self.target_critics), self.parameters_of(self.critics), a.tau)
         self.updates += 1
-        return {"critic_loss": critic_loss.item(), "policy_loss": policy_loss.item(), "alpha": alpha.item(),
-                "entropy": entropy.mean().item()}
+        return Update({"critic_loss": critic_loss.item(), "policy_loss": policy_loss.item(), "alpha": alpha.item(),
+                "entropy": entropy.mean().item()})
 
 
 

@@ -14,10 +14,12 @@ The parts, after Acme's actor core / adder / learner split:
     make_policy     (obs_space, action_space, args) -> torch.nn.Module that actors run
     actor           (args, index, count, num_envs, seed) -> ActorCore: exploration, recurrent state
     make_items      (Rollout, args) -> {field: array}: the items pushed to the broker
-                    ("_priority": optional initial priorities)
+    initial_priorities  (Rollout, args) -> [items] priorities for a prioritized table, or None
+                    (the broker's default: the largest priority seen so far)
     history         args -> History(before, after): steps a segment's items need before its own
                     steps (burn-in) and after them (n-step)
-    Learner         (obs_space, action_space, args, device) -> a LearnerProtocol (see LearnerBase)
+    Learner         (obs_space, action_space, args, device) -> a LearnerProtocol (see LearnerBase):
+                    update(Batch) -> Update(metrics, priorities)
     table_config    args -> TableConfig: how the broker stores items
     run_defaults    run-config defaults the algorithm needs, e.g. {"publish_every": 1}
     sample_options  (args, updates) -> extra sample-request fields, e.g. prioritized replay's beta
@@ -166,8 +168,8 @@ class LearnerProtocol(Protocol):
     """The policy network that actors run (its state dict is published as weights)."""
     updates: int
 
-    def update(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        """One update on a broker batch; metrics["_priorities"]: new priorities of batch["_id"]."""
+    def update(self, batch: Batch) -> Update:
+        """One update on a batch of items."""
 
     def policy_state(self) -> dict[str, np.ndarray]: ...
 
@@ -199,6 +201,10 @@ def no_sample_options(args: Any, updates: int) -> dict[str, Any]:
     return {}
 
 
+def no_initial_priorities(rollout: Rollout, args: Any) -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class Agent:
     name: str
@@ -211,43 +217,65 @@ class Agent:
     history: Callable[[Any], History] = no_history
     run_defaults: dict[str, Any] = field(default_factory=dict)
     sample_options: Callable[[Any, int], dict[str, Any]] = no_sample_options
+    initial_priorities: Callable[[Rollout, Any], np.ndarray | None] = no_initial_priorities
 
 
 # -- what every learner repeats --------------------------------------------------------------------
 
 @dataclass
 class Batch:
-    """A broker batch as tensors on the learner's device: item fields by name, and the
-    prioritized-replay importance weights when the table sent them."""
+    """A broker batch as the learner's update sees it: item fields as tensors on the learner's
+    device, the items' ids in the broker's table, and the prioritized-replay importance weights
+    when the table sent them (stable-baselines3's ReplayBufferSamples)."""
 
     fields: dict[str, torch.Tensor]
-    weight: torch.Tensor | None = None
+    ids: np.ndarray | None = None  # [B] int64; None for a batch made by hand
+    weights: torch.Tensor | None = None  # [B] float32
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return self.fields[name]
 
+    def __len__(self) -> int:
+        return len(next(iter(self.fields.values())))
+
     def weighted_mean(self, per_item: torch.Tensor) -> torch.Tensor:
         """The batch's loss: the mean over items, importance-weighted under prioritized replay."""
-        return per_item.mean() if self.weight is None else (per_item * self.weight).mean()
+        return per_item.mean() if self.weights is None else (per_item * self.weights).mean()
+
+
+@dataclass
+class Update:
+    """What one update gives back: metrics to log, and for prioritized replay the new priorities
+    of the batch's items (in batch.ids' order)."""
+
+    metrics: dict[str, float]
+    priorities: np.ndarray | None = None
+
+
+ITEM_ID, IMPORTANCE_WEIGHT, INITIAL_PRIORITY = "_id", "_weight", "_priority"
+"""The wire names (docs/protocol.md) of what travels beside an item's fields: its id and importance
+weight in a batch, an actor's initial priority in a segment. Only the runtime reads them."""
+
+
+def to_batch(arrays: dict[str, np.ndarray], device: torch.device | str = "cpu") -> Batch:
+    """A batch message's arrays as a Batch on `device` (copies: the arrays are read-only views of
+    received frames)."""
+    import torch
+
+    fields = {k: torch.tensor(v, device=device) for k, v in arrays.items() if k not in (ITEM_ID, IMPORTANCE_WEIGHT)}
+    weights = arrays.get(IMPORTANCE_WEIGHT)
+    return Batch(fields, arrays.get(ITEM_ID), None if weights is None else torch.tensor(weights, device=device))
 
 
 class LearnerBase:
-    """Weights export, batch to tensors and checkpoints for a learner whose networks, optimizers
-    and tensors are named in `checkpointed` (attributes saved under those names)."""
+    """Weights export and checkpoints for a learner whose networks, optimizers and tensors are
+    named in `checkpointed` (attributes saved under those names)."""
 
     checkpointed: ClassVar[tuple[str, ...]] = ("net", "optimizer")
 
     def __init__(self, args: Any, device: torch.device):
         self.args, self.device = args, device
         self.updates = 0
-
-    def tensors(self, batch: dict[str, np.ndarray]) -> Batch:
-        import torch
-
-        # A copy: batch arrays are read-only views of received frames.
-        fields = {k: torch.tensor(v, device=self.device) for k, v in batch.items() if not k.startswith("_")}
-        weight = batch.get("_weight")
-        return Batch(fields, None if weight is None else torch.tensor(weight, device=self.device))
 
     def minimize(self, loss: torch.Tensor, max_grad_norm: float = 0.0) -> None:
         """One optimizer step on `loss` for self.net (gradient norm clipped when > 0); counts the update."""
@@ -414,7 +442,6 @@ def item_schema(agent: Agent, net, obs_space, action_space, args, num_envs: int,
                 valid=np.ones(num_envs, bool))
     rollout = stack_steps([step] * (history.before + num_steps + history.after), history.before, num_steps)
     items = agent.make_items(rollout, args)
-    items.pop("_priority", None)
     n_items = len(next(iter(items.values())))
     if (num_steps * num_envs) % n_items:
         raise ValueError(f"{agent.name}: make_items made {n_items} items from {num_steps * num_envs} frames: "

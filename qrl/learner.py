@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import itertools
 import json
 import logging
 import secrets
@@ -20,28 +19,22 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import zmq
 
-from qrl import algorithm, checkpoint, eager, envs, lifetime, transport, wire
+from qrl import algorithm, checkpoint, eager, envs, lifetime, transport
 from qrl.evaluation import run_episodes
 from qrl.brokers.tables import TableConfig
 from qrl.config import RunConfig, build, to_dict, to_yaml
 from qrl.messages import MAX_ACTORS_CONSUMED
 from qrl.metrics import MetricsWriter, ProgressView
 from qrl.normalize import Normalizer
+from qrl.sampling import SampleClient
 
 log = logging.getLogger("qrl.learner")
-
-LOST_AFTER_S = 2.0
-"""A sample request older than this that the broker does not hold, on two stats checks in a row,
-was lost with a dropped connection (broker paused past the heartbeat timeout, connection cut):
-it is sent again. Requests sent before a disconnection that the sample socket's monitor reported
-are looked for at once (see LearnerRun.resend_lost_samples)."""
-
 
 @dataclass(frozen=True)
 class LearnerOptions:
@@ -132,9 +125,8 @@ class LearnerRun:
     def connect(self, ctx: zmq.Context) -> None:
         self.ctx = ctx
         self.client = transport.Client(ctx, self.opts.broker, "learner")
-        self.pub = self.sampler = None
-        self._sample_reqs = itertools.count(1)
-        self.samples_resent = 0
+        self.pub: zmq.Socket | None = None
+        self.sampler: SampleClient | None = None
         self.last_publish = time.monotonic()
         self.register()
 
@@ -158,70 +150,18 @@ class LearnerRun:
         if reply.type != "ok":
             raise RuntimeError(f"broker refused the run: {reply.meta.get('reason')}")
         host, _ = transport.split_address(self.opts.broker)
+        resent = 0
         if self.sampler is not None:
-            self.sampler.disable_monitor()
-            self.sampler_events.close(linger=0)
-        for sock in (self.pub, self.sampler):
-            if sock is not None:
-                sock.close(linger=0)
+            resent = self.sampler.resent
+            self.sampler.close()
+        if self.pub is not None:
+            self.pub.close(linger=0)
         self.pub = transport.socket(self.ctx, zmq.PUB, linger_ms=1000)
         self.pub.connect(f"tcp://{host}:{reply.meta['ports']['weights_in']}")
         # Requests in flight to a broker that restarted are gone: a new socket starts a new window.
-        # A fixed routing id: when a heartbeat timeout (broker paused) or a cut makes libzmq
-        # reconnect this socket, the broker (ROUTER_HANDOVER) sends the batches for the requests
-        # it holds to the new connection instead of dropping them.
-        self.sampler = transport.socket(self.ctx, zmq.DEALER)
-        self.sampler_id = f"sampler-{uuid.uuid4().hex}"
-        self.sampler.setsockopt(zmq.ROUTING_ID, self.sampler_id.encode())
-        # Disconnections of the sample socket, so requests sent on a connection that died are
-        # looked for at the next stats check instead of after LOST_AFTER_S.
-        self.sampler_events = self.sampler.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-        self.sampler.connect(self.opts.broker)
-        self.outstanding: dict[int, float] = {}  # sample request id -> when it was sent
-        self.suspect_lost: set[int] = set()
-        self.disconnected_at = -1.0
-        for _ in range(self.cfg.samples_in_flight):
-            self.request_sample(self.args.batch_size)
-
-    def request_sample(self, batch_size: int) -> None:
-        # Algorithms with prioritized replay anneal the importance-sampling exponent (beta).
-        options = self.agent.sample_options(self.args, self.learner.updates)
-        req = next(self._sample_reqs)
-        transport.send(self.sampler, "sample", {"batch_size": batch_size, "req": req, **options})
-        self.outstanding[req] = time.monotonic()
-
-    def answered(self, reply: wire.Message) -> bool:
-        """Take a batch or refusal off the books; False for one whose request was already sent
-        again (its replacement keeps the window full, so it asks for no new sample)."""
-        return self.outstanding.pop(reply.meta.get("req"), None) is not None
-
-    def resend_lost_samples(self, held_by_broker: list[int]) -> None:
-        """Send again the sample requests the broker has not got. A request sent before the sample
-        socket last lost its connection is lost if the broker does not hold it; any other only
-        when it is older than LOST_AFTER_S and missing on two checks in a row, so a batch still
-        on its way is not taken for a lost request (one that arrives late anyway is used and not
-        replaced, see answered)."""
-        now = time.monotonic()
-        while self.sampler_events.poll(0):
-            self.sampler_events.recv_multipart()  # a monitor event: [event id + value, endpoint]
-            self.disconnected_at = now
-        if self.sampler.poll(0, zmq.POLLIN):  # replies wait to be read: nothing is stalled
-            self.suspect_lost.clear()
-            return
-        held = set(held_by_broker)
-        missing = {r for r, t in self.outstanding.items()
-                   if r not in held and (t < self.disconnected_at or now - t > LOST_AFTER_S)}
-        on_dead_connection = {r for r in missing if self.outstanding[r] < self.disconnected_at}
-        lost = (missing & self.suspect_lost) | on_dead_connection
-        self.suspect_lost = missing - lost
-        if not lost:
-            return
-        log.warning("learner: %d sample request(s) lost on the way to the broker (connection dropped); sent again",
-                    len(lost))
-        for r in lost:
-            del self.outstanding[r]
-            self.request_sample(self.args.batch_size)
-        self.samples_resent += len(lost)
+        self.sampler = SampleClient(self.ctx, self.opts.broker, self.args.batch_size, self.cfg.samples_in_flight,
+                                    lambda: self.agent.sample_options(self.args, self.learner.updates))
+        self.sampler.resent = resent
 
     def weights(self) -> dict[str, np.ndarray]:
         """What actors load: the policy's arrays, plus the observation statistics when normalizing."""
@@ -243,7 +183,7 @@ class LearnerRun:
             self.consumed.popitem(last=False)
 
     def broker_stats(self) -> dict[str, Any]:
-        reply = self.client.request("get_stats", {"sampler": self.sampler_id}, wait_s=None, report=log.warning,
+        reply = self.client.request("get_stats", {"sampler": self.sampler.id}, wait_s=None, report=log.warning,
                                     should_stop=lambda: self.stopping)
         return reply.meta
 
@@ -268,162 +208,232 @@ class LearnerRun:
 
     def run(self) -> dict[str, Any]:
         ctx = zmq.Context()
-        metrics = MetricsWriter(self.run_dir, tensorboard=self.opts.tensorboard)
+        self.metrics = MetricsWriter(self.run_dir, tensorboard=self.opts.tensorboard)
         try:
             self.connect(ctx)
-            metrics.write("phase", name="registered")  # start-up phases: scripts/bench_overhead.py
-            return self._loop(metrics)
+            self.metrics.write("phase", name="registered")  # start-up phases: scripts/bench_overhead.py
+            self.live = LiveCounters(frames=self.frames_before, last_eval_frames=self.frames_before)
+            self.live.mark_rates(self.learner.updates, consumed=0)
+            self._loop()
+            return self._finish()
         finally:
-            metrics.close()
+            self.metrics.close()
             ctx.destroy(linger=200)  # the last weights go out at once on loopback; a gone broker gets none
 
-    def _loop(self, metrics: MetricsWriter) -> dict[str, Any]:
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.monotonic() - self.live.started
+
+    def _loop(self) -> None:
+        """Train on batches as they come, with the periodic tasks between them, until a stop rule
+        holds or a signal asks to stop."""
         c = self.cfg
-        batch_size = self.args.batch_size
-        start = time.monotonic()
-        elapsed = lambda: self.elapsed_before + time.monotonic() - start
-        frames = self.frames_before
-        refusals = 0
-        broker_frames = 0  # the broker's frame counter at the last stats; it restarts with the broker
-        broker_id = None
-        stats: dict[str, Any] = {}
-        wait_s = 0.0
-        last_stats = last_eval = last_ckpt = time.monotonic()
-        last_updates, last_frames, rate_t = self.learner.updates, frames, time.monotonic()
-        updates_per_s = frames_per_s = consumed_per_s = 0.0
-        last_consumed = 0
-        last_eval_value: float | None = None
-        last_eval_frames = frames
-        train_metrics: dict[str, float] = {}
-        reached: tuple[float, float] | None = None
-        first_segment = None
+        self.broker_sync = Periodic(1.0, self.sync_with_broker)
+        tasks = [self.broker_sync, Periodic(c.checkpoint_every_s, self.checkpoint)]
         with ProgressView(c.total_steps, self.opts.progress) as view:
             while not self.stopping:
-                t0 = time.monotonic()
-                raw = transport.recv_frames(self.sampler, 100)
-                wait_s += time.monotonic() - t0
-                if raw is not None:
-                    reply = wire.decode(raw)
-                    if reply.type == "ok":  # an update_priorities acknowledgement, not a batch
-                        continue
-                    if self.answered(reply):
-                        self.request_sample(batch_size)
-                    if reply.type == "batch":
-                        refusals = 0
-                        batch = self.normalizer.process_batch(reply.arrays) if self.normalizer else reply.arrays
-                        train_metrics = self.learner.update(batch)
-                        self.trained_on(reply.meta.get("consumed") or {})
-                        if self.learner.updates == 1:
-                            metrics.write("phase", name="first_update")
-                        priorities = train_metrics.pop("_priorities", None)
-                        if priorities is not None:  # prioritized replay: new priorities by item id
-                            transport.send(self.sampler, "update_priorities", {},
-                                           {"ids": np.ascontiguousarray(reply.arrays["_id"]),
-                                            "priorities": np.asarray(priorities, dtype=np.float64)})
-                        if self.learner.updates % c.publish_every == 0:
-                            self.publish()
-                    elif reply.type == "error":  # e.g. a restarted broker without our table
-                        refusals += 1
-                        if refusals > 10:
-                            raise RuntimeError(f"broker refused sample requests: {reply.meta.get('reason')}")
-                        log.warning("learner: broker refused a sample request: %s", reply.meta.get("reason"))
-                        last_stats = 0.0  # check at once whether the broker still knows the run
+                self.train_on_next_batch()
                 now = time.monotonic()
-                if now - last_stats >= 1.0:
-                    try:
-                        stats = self.broker_stats()
-                    except transport.BrokerUnavailable:  # raised only once we are stopping
-                        break
-                    restarted = broker_id is not None and stats.get("broker_id") != broker_id
-                    broker_id = stats.get("broker_id")
-                    if restarted or stats.get("run_id") != self.run_id:
-                        # Sample requests in flight to the old broker are gone; a broker restored
-                        # from a snapshot still knows the run (and keeps its table on register).
-                        log.warning("learner: the broker %s; registering again", "restarted" if restarted
-                                    else f"does not know run {self.run_id}")
-                        self.register()
-                        broker_frames = stats["frames"]  # its counter went back to its snapshot's
-                        continue
-                    frames += max(0, stats["frames"] - broker_frames)
-                    broker_frames = stats["frames"]
-                    if first_segment is None and stats.get("first_segment_time"):
-                        first_segment = stats["first_segment_time"]
-                        metrics.write("phase", name="first_segment", at=first_segment)
-                    # Liveness after a pause or a cut connection: requests the broker never got are
-                    # sent again, and weights it never got (a PUB drops what it cannot deliver) are
-                    # published again, or synchronous actors would wait for them forever.
-                    if "sampler_pending" in stats:  # without it every held request would look lost
-                        self.resend_lost_samples(stats["sampler_pending"])
-                    if stats.get("weights_version", self.version) < self.version and now - self.last_publish > 1.0:
-                        log.warning("learner: the broker missed weights version %d; publishing again", self.version)
-                        self.publish()
-                    dt = now - rate_t
-                    updates_per_s = (self.learner.updates - last_updates) / dt
-                    frames_per_s = (frames - last_frames) / dt
-                    consumed = stats.get("frames_consumed", 0)
-                    consumed_per_s = max(0, consumed - last_consumed) / dt
-                    last_updates, last_frames, last_consumed, rate_t = self.learner.updates, frames, consumed, now
-                    last_stats = now
-                    metrics.write("train", frames=frames, updates=self.learner.updates, elapsed_s=elapsed(),
-                                  frames_per_s=frames_per_s, updates_per_s=updates_per_s,
-                                  mean_return_100=stats.get("mean_return_100"), replay_size=stats.get("replay_size"),
-                                  policy_lag=stats.get("policy_lag_100"), actors=stats.get("actors"),
-                                  frames_consumed=stats.get("frames_consumed"), consumed_per_s=consumed_per_s,
-                                  frames_dropped=stats.get("frames_dropped"),
-                                  weights_version=self.version, wait_fraction=wait_s / max(elapsed(), 1e-9),
-                                  samples_resent=self.samples_resent,
-                                  **train_metrics)
-                eval_due = (c.eval_every_frames and frames - last_eval_frames >= c.eval_every_frames) or (
-                    c.eval_every_s is not None and now - last_eval >= c.eval_every_s)
-                if eval_due and self.learner.updates > 0:
-                    last_eval_frames = frames
-                    mean, std = self.evaluate()
-                    last_eval, last_eval_value = time.monotonic(), mean
-                    self.best_eval = max(self.best_eval, mean)
-                    metrics.write("eval", frames=frames, updates=self.learner.updates, elapsed_s=elapsed(),
-                                  mean_return=mean, std_return=std, episodes=c.eval_episodes)
-                    if self.target_return is not None and mean >= self.target_return:
-                        self.stop_reason = f"evaluation reached {mean:.2f} >= {self.target_return}"
-                        reached = (mean, std)  # of the weights we stop with: no second evaluation
-                        break
-                if now - last_ckpt >= c.checkpoint_every_s:
-                    self.save(frames, elapsed())
-                    last_ckpt = now
-                if frames >= c.total_steps:
-                    self.stop_reason = f"frame budget of {c.total_steps} reached"
+                for task in tasks:
+                    task.maybe_run(now)
+                if self.evaluation_due(now):
+                    self.evaluate_and_record()
+                self.stop_reason = self.stop_reason or self.stop_rule()
+                if self.stop_reason:
                     break
-                if c.max_seconds is not None and elapsed() >= c.max_seconds:
-                    self.stop_reason = f"time limit of {c.max_seconds} s reached"
-                    break
-                r100, lag = stats.get("mean_return_100"), stats.get("policy_lag_100")  # lag: weight versions
-                view.update(frames, (
-                    f"{frames_per_s:,.0f} fps | trained on {consumed_per_s:,.0f} fps | {updates_per_s:,.0f} upd/s | "
-                    f"return(100) {'-' if r100 is None else f'{r100:.1f}'} | "
-                    f"eval {'-' if last_eval_value is None else f'{last_eval_value:.1f}'} | "
-                    f"replay {stats.get('replay_size', 0):,} | "
-                    f"lag {'-' if lag is None else f'{lag:.1f}'} | "
-                    f"actors {stats.get('actors', 0)}"
-                ))
+                view.update(self.live.frames, self.live.status_line())
         if self.stopping and not self.stop_reason:
             self.stop_reason = "stopped by signal"
+
+    def train_on_next_batch(self) -> None:
+        """Wait (briefly) for the next answer to a sample request: train on a batch, note a refusal."""
+        t0 = time.monotonic()
+        reply = self.sampler.receive(100)
+        self.live.wait_s += time.monotonic() - t0
+        if reply is None:
+            return
+        if reply.type == "error":  # e.g. a restarted broker without our table
+            self.live.refusals += 1
+            if self.live.refusals > 10:
+                raise RuntimeError(f"broker refused sample requests: {reply.meta.get('reason')}")
+            log.warning("learner: broker refused a sample request: %s", reply.meta.get("reason"))
+            self.broker_sync.due_now()  # check at once whether the broker still knows the run
+            return
+        if reply.type != "batch":
+            return
+        self.live.refusals = 0
+        arrays = self.normalizer.process_batch(reply.arrays) if self.normalizer else reply.arrays
+        batch = algorithm.to_batch(arrays, self.device)
+        update = self.learner.update(batch)
+        self.live.train_metrics = update.metrics
+        self.trained_on(reply.meta.get("consumed") or {})
+        if self.learner.updates == 1:
+            self.metrics.write("phase", name="first_update")
+        if update.priorities is not None:
+            self.sampler.send_priorities(batch.ids, update.priorities)
+        if self.learner.updates % self.cfg.publish_every == 0:
+            self.publish()
+
+    def sync_with_broker(self) -> None:
+        """Once a second: the broker's stats. Registers again with a broker that lost the run,
+        counts the run's frames, sends again what a dropped connection lost, logs the rates."""
+        try:
+            stats = self.broker_stats()
+        except transport.BrokerUnavailable:  # raised only once we are stopping
+            self.stopping = True
+            return
+        live = self.live
+        restarted = live.broker_id is not None and stats.get("broker_id") != live.broker_id
+        live.broker_id = stats.get("broker_id")
+        if restarted or stats.get("run_id") != self.run_id:
+            # Sample requests in flight to the old broker are gone; a broker restored from a
+            # snapshot still knows the run (and keeps its table on register).
+            log.warning("learner: the broker %s; registering again", "restarted" if restarted
+                        else f"does not know run {self.run_id}")
+            self.register()
+            live.broker_frames = stats["frames"]  # its counter went back to its snapshot's
+            return
+        live.frames += max(0, stats["frames"] - live.broker_frames)
+        live.broker_frames = stats["frames"]
+        if live.first_segment is None and stats.get("first_segment_time"):
+            live.first_segment = stats["first_segment_time"]
+            self.metrics.write("phase", name="first_segment", at=live.first_segment)
+        self.recover_lost_messages(stats)
+        live.stats = stats
+        live.measure_rates(self.learner.updates, stats.get("frames_consumed", 0))
+        self.metrics.write("train", **live.train_record(self.learner.updates, self.elapsed(), self.version,
+                                                        self.sampler.resent))
+
+    def recover_lost_messages(self, stats: dict[str, Any]) -> None:
+        """Liveness after a pause or a cut connection: requests the broker never got are sent
+        again, and weights it never got (a PUB drops what it cannot deliver) are published again,
+        or synchronous actors would wait for them forever."""
+        if "sampler_pending" in stats:  # without it every held request would look lost
+            self.sampler.resend_lost(stats["sampler_pending"])
+        if stats.get("weights_version", self.version) < self.version and time.monotonic() - self.last_publish > 1.0:
+            log.warning("learner: the broker missed weights version %d; publishing again", self.version)
+            self.publish()
+
+    def checkpoint(self) -> None:
+        self.save(self.live.frames, self.elapsed())
+
+    def evaluation_due(self, now: float) -> bool:
+        c, live = self.cfg, self.live
+        due = (c.eval_every_frames and live.frames - live.last_eval_frames >= c.eval_every_frames) or (
+            c.eval_every_s is not None and now - live.last_eval >= c.eval_every_s)
+        return bool(due) and self.learner.updates > 0
+
+    def evaluate_and_record(self) -> None:
+        live = self.live
+        live.last_eval_frames = live.frames
+        mean, std = self.evaluate()
+        live.last_eval, live.last_eval_value = time.monotonic(), mean
+        self.best_eval = max(self.best_eval, mean)
+        self.metrics.write("eval", frames=live.frames, updates=self.learner.updates, elapsed_s=self.elapsed(),
+                           mean_return=mean, std_return=std, episodes=self.cfg.eval_episodes)
+        if self.target_return is not None and mean >= self.target_return:
+            self.stop_reason = f"evaluation reached {mean:.2f} >= {self.target_return}"
+            live.reached = (mean, std)  # of the weights we stop with: no second evaluation
+
+    def stop_rule(self) -> str:
+        """Why the run stops now ("" to go on): the frame budget or the time limit. (The target
+        return stops it from evaluate_and_record, a signal from the handler.)"""
+        c = self.cfg
+        if self.live.frames >= c.total_steps:
+            return f"frame budget of {c.total_steps} reached"
+        if c.max_seconds is not None and self.elapsed() >= c.max_seconds:
+            return f"time limit of {c.max_seconds} s reached"
+        return ""
+
+    def _finish(self) -> dict[str, Any]:
+        """Last weights, final evaluation, checkpoint and summary."""
+        c, live = self.cfg, self.live
         lifetime.announce_done()  # `qrl run` stops the actors now, while we checkpoint
         self.publish()
         # Evaluation is deterministic (fixed seeds, greedy actions): when it just reached the target,
         # evaluating the same weights again would give the same numbers one evaluation later.
-        final_mean, final_std = reached if reached is not None else self.evaluate()
+        final_mean, final_std = live.reached if live.reached is not None else self.evaluate()
         self.best_eval = max(self.best_eval, final_mean)
-        path = self.save(frames, elapsed())
-        metrics.write("eval", frames=frames, updates=self.learner.updates, elapsed_s=elapsed(),
-                      mean_return=final_mean, std_return=final_std, episodes=c.eval_episodes, final=True)
+        elapsed = self.elapsed()
+        path = self.save(live.frames, elapsed)
+        self.metrics.write("eval", frames=live.frames, updates=self.learner.updates, elapsed_s=elapsed,
+                           mean_return=final_mean, std_return=final_std, episodes=c.eval_episodes, final=True)
         summary = {
             "run_id": self.run_id, "algo": self.opts.algo, "env": self.opts.env, "stop_reason": self.stop_reason,
-            "frames": frames, "updates": self.learner.updates, "elapsed_s": round(elapsed(), 2),
+            "frames": live.frames, "updates": self.learner.updates, "elapsed_s": round(elapsed, 2),
             "final_eval_mean": final_mean, "final_eval_std": final_std, "best_eval": self.best_eval,
-            "target_return": self.target_return, "wait_fraction": round(wait_s / max(elapsed(), 1e-9), 4),
+            "target_return": self.target_return, "wait_fraction": round(live.wait_s / max(elapsed, 1e-9), 4),
             "weights_version": self.version, "checkpoint": str(path),
         }
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
+
+
+class Periodic:
+    """A task run every interval_s seconds between batches (Sample Factory's periodic)."""
+
+    def __init__(self, interval_s: float, task: Callable[[], None]):
+        self.interval_s, self.task = interval_s, task
+        self.last = time.monotonic()
+
+    def due_now(self) -> None:
+        self.last = -float("inf")
+
+    def maybe_run(self, now: float) -> None:
+        if now - self.last >= self.interval_s:
+            self.last = now
+            self.task()
+
+
+@dataclass
+class LiveCounters:
+    """What the learner's loop counts while it runs (a checkpoint keeps only frames and time)."""
+
+    frames: int  # env frames of the run, across restarts of this learner
+    last_eval_frames: int
+    started: float = dataclasses.field(default_factory=time.monotonic)
+    wait_s: float = 0.0  # waiting for batches
+    refusals: int = 0  # sample requests refused in a row
+    broker_id: str | None = None
+    broker_frames: int = 0  # the broker's frame counter at the last stats; it restarts with the broker
+    first_segment: float | None = None
+    stats: dict[str, Any] = dataclasses.field(default_factory=dict)  # the broker's, last seen
+    train_metrics: dict[str, float] = dataclasses.field(default_factory=dict)  # of the last update
+    last_eval: float = dataclasses.field(default_factory=time.monotonic)
+    last_eval_value: float | None = None
+    reached: tuple[float, float] | None = None  # (mean, std) of the evaluation that reached the target
+    updates_per_s: float = 0.0
+    frames_per_s: float = 0.0
+    consumed_per_s: float = 0.0
+    rate_mark: tuple[float, int, int, int] = (0.0, 0, 0, 0)  # (time, updates, frames, frames consumed)
+
+    def mark_rates(self, updates: int, consumed: int) -> None:
+        """Where the next rates are measured from."""
+        self.rate_mark = (time.monotonic(), updates, self.frames, consumed)
+
+    def measure_rates(self, updates: int, consumed: int) -> None:
+        then, updates_then, frames_then, consumed_then = self.rate_mark
+        dt = max(time.monotonic() - then, 1e-9)
+        self.updates_per_s = (updates - updates_then) / dt
+        self.frames_per_s = (self.frames - frames_then) / dt
+        self.consumed_per_s = max(0, consumed - consumed_then) / dt
+        self.mark_rates(updates, consumed)
+
+    def train_record(self, updates: int, elapsed: float, version: int, resent: int) -> dict[str, Any]:
+        s = self.stats
+        return dict(frames=self.frames, updates=updates, elapsed_s=elapsed, frames_per_s=self.frames_per_s,
+                    updates_per_s=self.updates_per_s, mean_return_100=s.get("mean_return_100"),
+                    replay_size=s.get("replay_size"), policy_lag=s.get("policy_lag_100"), actors=s.get("actors"),
+                    frames_consumed=s.get("frames_consumed"), consumed_per_s=self.consumed_per_s,
+                    frames_dropped=s.get("frames_dropped"), weights_version=version,
+                    wait_fraction=self.wait_s / max(elapsed, 1e-9), samples_resent=resent, **self.train_metrics)
+
+    def status_line(self) -> str:
+        s = self.stats
+        r100, lag = s.get("mean_return_100"), s.get("policy_lag_100")  # lag: weight versions
+        shown = lambda v: "-" if v is None else f"{v:.1f}"
+        return (f"{self.frames_per_s:,.0f} fps | trained on {self.consumed_per_s:,.0f} fps | "
+                f"{self.updates_per_s:,.0f} upd/s | return(100) {shown(r100)} | eval {shown(self.last_eval_value)} | "
+                f"replay {s.get('replay_size', 0):,} | lag {shown(lag)} | actors {s.get('actors', 0)}")
 
 
 def run_learner(opts: LearnerOptions, run_cfg: RunConfig, algo_values: dict[str, Any]) -> dict[str, Any]:

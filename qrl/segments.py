@@ -76,7 +76,11 @@ class SegmentWriter:
 
     def encode(self) -> list:
         """The full window's segment as wire frames (call mark_sent once it is handed to ZeroMQ)."""
-        items = self.agent.make_items(algorithm.stack_steps(self.window, self.history.before, self.T), self.args)
+        rollout = algorithm.stack_steps(self.window, self.history.before, self.T)
+        items = self.agent.make_items(rollout, self.args)
+        priorities = self.agent.initial_priorities(rollout, self.args)
+        if priorities is not None:
+            items = {**items, algorithm.INITIAL_PRIORITY: priorities}
         meta = {"run_id": self.run_id, "actor_id": self.actor_id, "incarnation": self.incarnation, "seq": self.sent,
                 "policy_version": self.version, "frames": self.T * self.num_envs,
                 "episode_returns": self.finished_returns, "episode_lengths": self.finished_lengths}

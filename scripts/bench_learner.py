@@ -24,6 +24,7 @@ import torch
 from _common import print_table, rate, save_results
 from qrl import algorithm, config, ops
 from qrl.eager import skip_compiler_import
+from qrl.algorithm import to_batch
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 CARTPOLE_OBS = gym.spaces.Box(-np.inf, np.inf, (4,), np.float32)
@@ -113,7 +114,7 @@ def updates_per_s(learner, batch, seconds: float, variant: str) -> float:
     try:
         n, start = 0, time.perf_counter()
         while (elapsed := time.perf_counter() - start) < seconds:
-            learner.update(batch)
+            learner.update(to_batch(batch))
             n += 1
         if learner.device.type == "cuda":
             torch.cuda.synchronize()

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from qrl.algorithms import ddpg, sac, td3
+from qrl.algorithm import to_batch
 
 OBS = gym.spaces.Box(-1, 1, (2,), np.float32)
 ACT = gym.spaces.Box(-2, 2, (1,), np.float32)
@@ -43,7 +44,7 @@ def batch(n=4, discount=0.5):
 def test_ddpg_target_is_reward_plus_discounted_target_critic():
     learner = ddpg.Learner(OBS, ACT, ddpg.Args(hidden=[8]), torch.device("cpu"))
     answer(learner.target_critics[0], 4.0)
-    assert learner.update(batch())["q_target"] == pytest.approx(1 + 0.5 * 4.0)
+    assert learner.update(to_batch(batch())).metrics["q_target"] == pytest.approx(1 + 0.5 * 4.0)
 
 
 def test_td3_takes_the_smaller_twin_and_delays_the_policy():
@@ -58,9 +59,9 @@ def test_td3_takes_the_smaller_twin_and_delays_the_policy():
     critic_forward = critic.forward
     critic.forward = lambda obs, action: critic_forward(obs, action) + action.sum(1)
     before = [p.clone() for p in learner.net.parameters()]
-    assert learner.update(batch())["q_target"] == pytest.approx(1 + 0.5 * 2.0)
+    assert learner.update(to_batch(batch())).metrics["q_target"] == pytest.approx(1 + 0.5 * 2.0)
     assert all(torch.equal(a, b) for a, b in zip(before, learner.net.parameters()))  # update 1: critic only
-    learner.update(batch())
+    learner.update(to_batch(batch()))
     assert not all(torch.equal(a, b) for a, b in zip(before, learner.net.parameters()))  # update 2: policy too
 
 
@@ -70,7 +71,7 @@ def test_td3_target_smoothing_stays_within_the_action_bounds():
 
     for critic in learner.target_critics:
         critic.forward = lambda obs, action=None: (seen.append(action), torch.zeros(len(obs)))[1]
-    learner.update(batch(n=256))
+    learner.update(to_batch(batch(n=256)))
     assert torch.all(seen[0].abs() <= 2.0) and seen[0].std() > 0.5
 
 
@@ -88,13 +89,13 @@ def test_discrete_sac_target_is_the_exact_soft_expectation():
     # min Q' = (1, 2); V = sum pi (min Q' - alpha log pi) = .25 (1 - .5 ln .25) + .75 (2 - .5 ln .75)
     v = 0.25 * (1 - 0.5 * np.log(0.25)) + 0.75 * (2 - 0.5 * np.log(0.75))
     expected_loss = 2 * (1 + 0.5 * v) ** 2  # two critics at 0, target r + discount * V
-    assert learner.update(b)["critic_loss"] == pytest.approx(expected_loss, rel=1e-5)
+    assert learner.update(to_batch(b)).metrics["critic_loss"] == pytest.approx(expected_loss, rel=1e-5)
 
 
 def test_sac_temperature_falls_when_entropy_is_above_target():
     learner = sac.Learner(OBS, ACT, sac.Args(hidden=[8], lr=0.1), torch.device("cpu"))
     for _ in range(5):  # a fresh Gaussian policy with std ~1 on one dimension: entropy > -1
-        metrics = learner.update(batch())
+        metrics = learner.update(to_batch(batch())).metrics
     assert metrics["alpha"] < 1.0
     action, logp = learner.net.sample(torch.zeros(1000, 2))
     assert torch.all(action.abs() <= 2.0) and logp.shape == (1000,)

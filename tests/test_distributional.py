@@ -9,6 +9,7 @@ import torch
 
 from qrl import ops
 from qrl.algorithms import c51
+from qrl.algorithm import to_batch
 
 SUPPORT = torch.tensor([-1.0, 0.0, 1.0])  # three atoms, 1 apart
 
@@ -36,7 +37,7 @@ def test_a_c51_update_moves_the_distribution_toward_the_target():
     batch = {"obs": obs, "action": np.zeros(32, np.int64), "return": np.full(32, 3.0, np.float32),
              "discount": np.zeros(32, np.float32), "next_obs": obs}
     for _ in range(200):
-        learner.update(batch)
+        learner.update(to_batch(batch))
     with torch.no_grad():
         q = learner.net(torch.zeros(1, 2))[0, 0].item()
         probs = torch.softmax(learner.net.distribution(torch.zeros(1, 2))[0, 0], dim=0)
@@ -65,7 +66,7 @@ def test_a_qrdqn_update_moves_the_quantiles_toward_the_target_distribution():
     batch = {"obs": obs, "action": np.zeros(64, np.int64), "return": returns,
              "discount": np.zeros(64, np.float32), "next_obs": obs}
     for _ in range(400):
-        learner.update(batch)
+        learner.update(to_batch(batch))
     with torch.no_grad():
         theta = learner.net.distribution(torch.zeros(1, 2))[0, 0]
     # The quantile Huber loss (kappa 1) is minimal where 0.5 (1 - tau) theta = 0.5 tau for theta in

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from qrl.algorithms import dqn
+from qrl.algorithm import to_batch
 
 OBS, ACT = gym.spaces.Box(-1, 1, (2,), np.float32), gym.spaces.Discrete(2)
 
@@ -31,15 +32,15 @@ def test_double_dqn_picks_with_the_online_net_and_evaluates_with_the_target():
     q_online = torch.nn.Parameter(torch.zeros(()))
     learner.net.forward = lambda obs: (torch.tensor([[2.0, 0.0], [0.0, 1.0]]) + q_online)[: len(obs)]
     fixed(learner.target, [[10.0, 4.0]])
-    metrics = learner.update(batch(weights=[0.5]))
+    update = learner.update(to_batch(batch(weights=[0.5])))
     # target = 1 + 0.5 * Q'(next, argmax online = 1) = 3; TD = 3 - 2 = 1; weighted MSE = 0.5 * 1
-    assert metrics["loss"] == pytest.approx(0.5)
-    np.testing.assert_allclose(metrics["_priorities"], [1.0 + dqn.PRIORITY_FLOOR], rtol=1e-6)
+    assert update.metrics["loss"] == pytest.approx(0.5)
+    np.testing.assert_allclose(update.priorities, [1.0 + dqn.PRIORITY_FLOOR], rtol=1e-6)
 
 
 def test_without_importance_weights_no_priorities_are_returned():
     learner = dqn.Learner(OBS, ACT, dqn.Args(), torch.device("cpu"))
-    assert "_priorities" not in learner.update(batch())
+    assert learner.update(to_batch(batch())).priorities is None
 
 
 def test_the_target_follows_the_online_net_by_polyak_averaging_every_update():
@@ -48,7 +49,7 @@ def test_the_target_follows_the_online_net_by_polyak_averaging_every_update():
     with torch.no_grad():
         for p in learner.target.parameters():
             p.zero_()
-    learner.update({**batch(), "obs": np.ones((1, 2), np.float32)})
+    learner.update(to_batch({**batch(), "obs": np.ones((1, 2), np.float32)}))
     for target, online in zip(learner.target.parameters(), learner.net.parameters()):
         torch.testing.assert_close(target, 0.25 * online.detach())  # 0.75 * 0 + 0.25 * online (after its step)
 
@@ -57,12 +58,12 @@ def test_the_learning_rate_anneals_linearly_to_lr_final_and_stays_there():
     learner = dqn.Learner(OBS, ACT, dqn.Args(lr=1e-2, anneal_updates=4, lr_final=1e-3), torch.device("cpu"))
     used = []
     for _ in range(6):
-        learner.update(batch())
+        learner.update(to_batch(batch()))
         used.append(learner.optimizer.param_groups[0]["lr"])  # the rate the update just stepped with
     np.testing.assert_allclose(used, [1e-2, 7.75e-3, 5.5e-3, 3.25e-3, 1e-3, 1e-3])
     constant = dqn.Learner(OBS, ACT, dqn.Args(lr=1e-2), torch.device("cpu"))
     for _ in range(3):
-        constant.update(batch())
+        constant.update(to_batch(batch()))
     assert constant.optimizer.param_groups[0]["lr"] == 1e-2
 
 
@@ -77,6 +78,6 @@ def test_the_td_loss_is_huber_with_the_given_threshold(huber, delta, expected):
                           torch.device("cpu"))
     fixed(learner.net, [[2.0, 0.0]])
     fixed(learner.target, [[10.0, 4.0]])
-    metrics = learner.update({**batch(), "return": np.array([0.0], np.float32)})
+    metrics = learner.update(to_batch({**batch(), "return": np.array([0.0], np.float32)})).metrics
     # target = 0 + discount 0.5 * max Q'(next) 10 = 5; TD error = 5 - Q(obs, action 0) 2 = 3
     assert metrics["loss"] == pytest.approx(expected)

@@ -8,6 +8,7 @@ import torch
 
 from qrl.algorithm import Rollout
 from qrl.algorithms import ppo
+from qrl.algorithm import to_batch
 
 
 def test_items_are_one_unroll_per_environment_with_true_next_observations():
@@ -68,7 +69,7 @@ def test_an_update_raises_the_probability_of_advantaged_actions(max_grad_norm):
         logp = np.log(np.where(actions == 1, p0, 1 - p0)).astype(np.float32)
     batch = {"obs": obs, "action": actions, "logp": logp, "reward": (actions == 1).astype(np.float32),
              "terminated": np.zeros((N, T), bool), "truncated": np.ones((N, T), bool), "next_obs": obs}
-    metrics = learner.update(batch)
+    metrics = learner.update(to_batch(batch)).metrics
     with torch.no_grad():
         p1 = learner.net.distribution(torch.zeros(1, 2)).probs[0, 1].item()
     assert p1 > p0 + 0.01 and learner.updates == 1 and metrics["clip_fraction"] >= 0
@@ -91,7 +92,7 @@ def test_an_impala_update_follows_the_v_trace_policy_gradient(max_grad_norm):
              "reward": (actions == 1).astype(np.float32), "terminated": np.zeros((N, T), bool),
              "truncated": np.ones((N, T), bool), "next_obs": obs}
     for _ in range(5):
-        metrics = learner.update(batch)
+        metrics = learner.update(to_batch(batch)).metrics
     with torch.no_grad():
         p1 = learner.net.distribution(torch.zeros(1, 2)).probs[0, 1].item()
     assert p1 > p0 + 0.05 and learner.updates == 5 and metrics["rho_mean"] > 0

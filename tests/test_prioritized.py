@@ -1,6 +1,8 @@
 """Prioritized replay: the vectorized segment trees, the table's sampler, importance weights,
 priority updates by id, snapshots, the broker's messages, and Ape-X's initial priorities."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -101,8 +103,9 @@ def test_apex_initial_priorities_are_n_step_td_errors_by_hand():
                       extras={"q_taken": np.array([[1.0], [2.0], [0.0], [0.0]], np.float32),
                               "q_max": np.array([[0.0], [0.0], [10.0], [20.0]], np.float32)})
     rollout.num_steps = T  # the last n_step steps are history after the segment
-    items = apex.make_items(rollout, args)
+    priorities = apex.initial_priorities(rollout, args)
     # t=0: 1 + 0.5*2 + 0.25 * maxQ(s_2)=10 -> 4.5, minus Q=1 -> 3.5; t=1: 2 + 0.5*4 + 0.25*20 = 9, minus 2 -> 7
-    np.testing.assert_allclose(items["_priority"], np.array([3.5, 7.0]) + 1e-3, rtol=1e-6)
+    np.testing.assert_allclose(priorities, np.array([3.5, 7.0]) + 1e-3, rtol=1e-6)
+    assert apex.initial_priorities(rollout, dataclasses.replace(args, actor_priorities=False)) is None
     assert apex.sample_options(args, 0)["beta"] == pytest.approx(0.4)
     assert apex.sample_options(args, args.importance_anneal_updates)["beta"] == 1.0

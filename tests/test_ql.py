@@ -7,6 +7,7 @@ import torch
 from qrl.algorithm import Rollout
 from qrl.algorithms import ql
 from qrl.grid import GridWorld
+from qrl.algorithm import to_batch
 
 
 def make_learner(lr=0.5):
@@ -24,16 +25,16 @@ def test_one_update_by_hand():
     q = learner.net.q
     q[7] = torch.tensor([0.0, 2.0, 1.0, 0.0])
     # Q[0, 1] = 0 + 0.5 * (1 + 0.9 * max Q[7] - 0) = 0.5 * 2.8 = 1.4
-    learner.update(batch(obs=[0], action=[1], reward=[1.0], discount=[0.9], next_obs=[7]))
+    learner.update(to_batch(batch(obs=[0], action=[1], reward=[1.0], discount=[0.9], next_obs=[7])))
     assert q[0, 1].item() == pytest.approx(1.4)
     # Terminal (discount 0): Q[3, 2] = 0 + 0.5 * (-1 - 0) = -0.5
-    learner.update(batch(obs=[3], action=[2], reward=[-1.0], discount=[0.0], next_obs=[7]))
+    learner.update(to_batch(batch(obs=[3], action=[2], reward=[-1.0], discount=[0.0], next_obs=[7])))
     assert q[3, 2].item() == pytest.approx(-0.5)
 
 
 def test_repeats_of_a_pair_in_one_batch_are_averaged_not_summed():
     learner = make_learner(lr=1.0)
-    learner.update(batch(obs=[2, 2], action=[0, 0], reward=[1.0, 3.0], discount=[0.0, 0.0], next_obs=[0, 0]))
+    learner.update(to_batch(batch(obs=[2, 2], action=[0, 0], reward=[1.0, 3.0], discount=[0.0, 0.0], next_obs=[0, 0])))
     assert learner.net.q[2, 0].item() == pytest.approx(2.0)  # the mean target, not 1 + 3
 
 

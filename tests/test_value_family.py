@@ -11,6 +11,7 @@ import torch
 
 from qrl import algorithm, layers, ops
 from qrl.algorithms import dqn, fqf, iqn, mdqn, rainbow
+from qrl.algorithm import to_batch
 
 OBS, ACTIONS = gym.spaces.Box(-1, 1, (4,), np.float32), gym.spaces.Discrete(3)
 
@@ -103,7 +104,7 @@ def test_an_iqn_update_moves_its_quantile_function_toward_the_target_distributio
     batch = {"obs": obs, "action": np.zeros(64, np.int64), "return": np.tile(np.array([0.0, 4.0], np.float32), 32),
              "discount": np.zeros(64, np.float32), "next_obs": obs}
     for _ in range(600):
-        learner.update(batch)
+        learner.update(to_batch(batch))
     with torch.no_grad():
         z = learner.net.distribution(torch.zeros(1, 4), torch.tensor([[0.1, 0.25, 0.75, 0.9]]))[0, 0]
         q = learner.net(torch.zeros(1, 4))[0, 0].item()
@@ -144,7 +145,7 @@ def test_an_fqf_update_moves_fractions_by_the_wasserstein_gradient_alone():
     obs = np.random.default_rng(0).standard_normal((32, 4)).astype(np.float32)
     batch = {"obs": obs, "action": np.zeros(32, np.int64), "return": np.ones(32, np.float32),
              "discount": np.zeros(32, np.float32), "next_obs": obs}
-    learner.update(batch)
+    learner.update(to_batch(batch))
     after = learner.net.state_dict()
     assert all(not torch.equal(before[k], after[k]) for k in after)  # both losses reached their parameters
 

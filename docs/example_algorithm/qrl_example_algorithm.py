@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from qrl.algorithm import ActorCore, Agent, LearnerBase, Rollout
+from qrl.algorithm import ActorCore, Agent, Batch, LearnerBase, Rollout, Update
 from qrl.brokers.tables import TableConfig
 
 
@@ -64,15 +64,14 @@ class Learner(LearnerBase):  # checkpoints "net" and "optimizer", publishes net'
         self.net = make_policy(obs_space, action_space, args).to(device)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=args.lr)
 
-    def update(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
-        t = self.tensors(batch)
-        logp = torch.log_softmax(self.net(t["obs"]), dim=-1).gather(-1, t["action"].unsqueeze(-1)).squeeze(-1)
-        loss = -(logp * (t["return"] - t["return"].mean())).mean()
+    def update(self, batch: Batch) -> Update:
+        logp = torch.log_softmax(self.net(batch["obs"]), dim=-1).gather(-1, batch["action"].unsqueeze(-1)).squeeze(-1)
+        loss = -(logp * (batch["return"] - batch["return"].mean())).mean()
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
         self.updates += 1
-        return {"loss": loss.item()}
+        return Update({"loss": loss.item()})
 
 
 def table_config(args: Args) -> TableConfig:  # an on-policy queue: each unroll served once
