@@ -562,7 +562,7 @@ class Broker:
 
     def _serve_pending(self) -> None:
         table = self.table
-        if isinstance(table, QueueTable):  # on-policy: items too old for the newest weights are dropped, counted
+        if table is not None:  # a queue drops items too old for the newest weights (counted)
             table.drop_stale(self.weights_version)
         while self.pending and table is not None and table.limiter.can_sample(table.size, self.pending[0][2]):
             identity, req, batch_size, beta, t0 = self.pending.popleft()

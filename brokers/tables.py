@@ -283,6 +283,11 @@ class ReplayTable:
         self.limiter.sampled += batch_size
         return {name: store[idx] for name, store in self.storage.items()}, self.ids[idx], weights
 
+    def drop_stale(self, current_version: int) -> int:
+        """Items too old for the newest weights, dropped before a sample: none in a replay table
+        (off-policy learners take items of any age; the broker bounds the lag at ingest)."""
+        return 0
+
     def update_priorities(self, ids: np.ndarray, priorities: np.ndarray) -> int:
         """New priorities for items by id; ids whose slot was overwritten since (or never
         filled) and non-finite or negative priorities are skipped. Returns how many were set."""

@@ -82,9 +82,37 @@ def load_weights(net: torch.nn.Module, normalizer: normalize.ActorNormalizer, ms
     return its version. RunChanged when it belongs to another run."""
     if msg.meta.get("run_id") != run_id:
         raise RunChanged(f"broker now serves run {msg.meta.get('run_id')}")
-    arrays = normalizer.split(msg.arrays)
-    net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
+    load_arrays(net, normalizer, msg.arrays)
     return int(msg.meta["version"])
+
+
+def load_arrays(net: torch.nn.Module, normalizer: normalize.ActorNormalizer, arrays: dict[str, np.ndarray]) -> None:
+    """Published weights into the policy, their observation statistics into normalizer."""
+    arrays = normalizer.split(arrays)
+    net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
+
+
+class Acting:
+    """One actor's vector env, core and segment writer, stepped a segment at a time: what an
+    actor process runs between pushes, and what the in-process runner (qrl/local.py) runs."""
+
+    def __init__(self, env, core: algorithm.ActorCore, writer: SegmentWriter, net: torch.nn.Module, seed: int):
+        self.env, self.core, self.writer, self.net = env, core, writer, net
+        self.obs, _ = env.reset(seed=seed)
+        self.state = core.initial_state(writer.num_envs)
+        self.episode_start = np.ones(writer.num_envs, dtype=bool)
+
+    def fill_segment(self, normalize_obs: Callable[[np.ndarray], np.ndarray]) -> None:
+        """Step until the writer holds a full segment (items keep the raw observations)."""
+        core, net, writer = self.core, self.net, self.writer
+        core.begin_segment(net)
+        while not writer.full:
+            actions, next_state, extras = core.act(net, normalize_obs(self.obs), self.state, self.episode_start)
+            next_obs, reward, terminated, truncated, info = self.env.step(actions)
+            done = terminated | truncated
+            writer.record(self.obs, actions, reward, terminated, truncated,
+                          envs.next_observations(next_obs, done, info), extras, self.episode_start, self.state)
+            self.state, self.episode_start, self.obs = next_state, done, next_obs
 
 
 class Stop(Exception):
@@ -172,21 +200,10 @@ class Worker:
 
         self.sync = SyncActing(run, self.incarnation)
         writer = self.writer = SegmentWriter(agent, args, spec["run_id"], self.actor_id, self.incarnation, num_envs, T)
-        obs, _ = env.reset(seed=seed)
-        state = core.initial_state(num_envs)
-        episode_start = np.ones(num_envs, dtype=bool)
+        acting = Acting(env, core, writer, net, seed)
         while not self.stopping:
             segment_version = writer.version = version
-            core.begin_segment(net)
-            while not writer.full:
-                # items keep raw obs
-                actions, next_state, extras = core.act(net, self.normalizer(obs), state, episode_start)
-                next_obs, reward, terminated, truncated, info = env.step(actions)
-                done = terminated | truncated
-                writer.record(obs, actions, reward, terminated, truncated, envs.next_observations(next_obs, done, info),
-                              extras, episode_start, state)
-                state, episode_start = next_state, done
-                obs = next_obs
+            acting.fill_segment(self.normalizer)
             try:
                 self._push(push, writer.encode())
             except Stop:  # stopped while held back: this segment was never sent; confirm the rest

@@ -42,12 +42,14 @@ def _overrides(config: Mapping[str, Any] | None) -> list[str]:
 def train(algo: str = "dqn", env: str = "CartPole-v1", actors: int = 4, steps: int | None = None,
           config: Mapping[str, Any] | None = None, run_dir: str | Path | None = None, seed: int | None = None,
           target_return: float | None = None, config_file: str | Path | None = None,
-          progress: bool = False, inference: bool = False) -> TrainResult:
+          progress: bool = False, inference: bool = False, local: bool = False) -> TrainResult:
     """Train with a local cluster of separate processes; return the run's summary, metrics and checkpoint.
 
     inference=True: central inference (`qrl run --inference`): one inference server acts for
-    env-only actors. Raises ConfigError (bad key, algorithm or env) before anything starts,
-    RuntimeError if the learner fails."""
+    env-only actors. local=True: everything in this process, no sockets (`qrl run --local`; see
+    qrl/local.py): the same agent, table and learner loop, with the actors taking turns with the
+    learner. Raises ConfigError (bad key, algorithm or env) before anything starts, RuntimeError
+    if the learner fails."""
     from qrl import cli
     from qrl.cluster import actor_permissions, learner_args, run_local
     from qrl.metrics import read
@@ -56,6 +58,13 @@ def train(algo: str = "dqn", env: str = "CartPole-v1", actors: int = 4, steps: i
     resolved = cli._resolve(str(config_file) if config_file else None, algo, env, sets, seed=seed,
                             total_steps=steps, target_return=target_return)
     run_dir = Path(run_dir or cli._default_run_dir(resolved.algo, resolved.env))
+    if local:
+        from qrl.learner import LearnerOptions
+        from qrl.local import run_in_process
+
+        opts = LearnerOptions(algo=resolved.algo, env=resolved.env, run_dir=str(run_dir), progress=progress)
+        summary = run_in_process(opts, resolved.run, resolved.algo_values, actors)
+        return TrainResult(run_dir, summary, read(run_dir), Path(summary["checkpoint"]))
     passed_on = learner_args(sets, config=config_file, seed=seed, total_steps=steps, target_return=target_return,
                              no_progress=not progress)
     code = run_local(resolved.algo, resolved.env, actors, run_dir, passed_on,

@@ -343,12 +343,20 @@ def learner(config, algo, env_id, seed, total_steps, target_return, run_dir, no_
 @click.option("--resume", is_flag=True, help="Continue the run in --run-dir: learner checkpoint and broker snapshot.")
 @click.option("--inference", is_flag=True, help="Central inference: one `qrl inference` server acts for env-only "
                                                 "actors (which import no torch).")
+@click.option("--local", "in_process", is_flag=True,
+              help="One process, no sockets: the actors take turns with the learner (to debug an algorithm).")
 @user_errors("run")
 def run(config, algo, env_id, seed, total_steps, target_return, run_dir, no_progress, tensorboard, keys, sets, actors,
-        resume, inference) -> None:
+        resume, inference, in_process) -> None:
     """Train with a local cluster: broker, actors and learner as separate processes on loopback."""
     from qrl import algorithm
     from qrl.config import load_file
+
+    if in_process:
+        if inference or keys:
+            raise UserError("run: --local runs everything in one process: not with --inference or --keys")
+        _run_in_process(config, algo, env_id, sets, actors, run_dir, resume, no_progress, tensorboard,
+                        seed=seed, total_steps=total_steps, target_return=target_return)
 
     # Checked here: what needs no torch. The learner, started at once with the broker and the
     # actors, checks the rest (algorithm settings, the environment) and ends the run with one line.
@@ -376,6 +384,22 @@ def run(config, algo, env_id, seed, total_steps, target_return, run_dir, no_prog
     except ClusterError as exc:
         raise click.ClickException(f"run: {exc}") from None
     sys.exit(code)
+
+
+def _run_in_process(config, algo, env_id, sets, actors, run_dir, resume, no_progress, tensorboard,
+                    **run_options) -> None:
+    _setup_logging()
+    r = _resolve(config, algo, env_id, sets, **run_options)
+    if resume and not run_dir:
+        raise UserError("run: --resume needs --run-dir")
+    from qrl.learner import LearnerOptions
+    from qrl.lifetime import exit_now
+    from qrl.local import run_in_process
+
+    opts = LearnerOptions(algo=r.algo, env=r.env, run_dir=run_dir or _default_run_dir(r.algo, r.env), resume=resume,
+                          progress=not no_progress, tensorboard=tensorboard)
+    run_in_process(opts, r.run, r.algo_values, actors or r.actors or 4)
+    exit_now(0)
 
 
 @main.command()

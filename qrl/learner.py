@@ -15,6 +15,7 @@ import json
 import logging
 import secrets
 import signal
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -207,10 +208,9 @@ class LearnerRun:
         })
 
     def run(self) -> dict[str, Any]:
-        ctx = zmq.Context()
         self.metrics = MetricsWriter(self.run_dir, tensorboard=self.opts.tensorboard)
         try:
-            self.connect(ctx)
+            self.open()
             self.metrics.write("phase", name="registered")  # start-up phases: scripts/bench_overhead.py
             self.live = LiveCounters(frames=self.frames_before, last_eval_frames=self.frames_before)
             self.live.mark_rates(self.learner.updates, consumed=0)
@@ -218,7 +218,14 @@ class LearnerRun:
             return self._finish()
         finally:
             self.metrics.close()
-            ctx.destroy(linger=200)  # the last weights go out at once on loopback; a gone broker gets none
+            self.close()
+
+    def open(self) -> None:
+        """Reach the broker and register the run."""
+        self.connect(zmq.Context())
+
+    def close(self) -> None:
+        self.ctx.destroy(linger=200)  # the last weights go out at once on loopback; a gone broker gets none
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.monotonic() - self.live.started
@@ -258,14 +265,18 @@ class LearnerRun:
             log.warning("learner: broker refused a sample request: %s", reply.meta.get("reason"))
             self.broker_sync.due_now()  # check at once whether the broker still knows the run
             return
-        if reply.type != "batch":
-            return
-        self.live.refusals = 0
-        arrays = self.normalizer.process_batch(reply.arrays) if self.normalizer else reply.arrays
+        if reply.type == "batch":
+            self.live.refusals = 0
+            self.train_on(reply.arrays, reply.meta.get("consumed") or {})
+
+    def train_on(self, arrays: dict[str, np.ndarray], consumed: dict[str, int]) -> None:
+        """One update on a batch's arrays; its priorities back to the table, weights out when due."""
+        if self.normalizer:
+            arrays = self.normalizer.process_batch(arrays)
         batch = algorithm.to_batch(arrays, self.device)
         update = self.learner.update(batch)
         self.live.train_metrics = update.metrics
-        self.trained_on(reply.meta.get("consumed") or {})
+        self.trained_on(consumed)
         if self.learner.updates == 1:
             self.metrics.write("phase", name="first_update")
         if update.priorities is not None:
@@ -437,13 +448,18 @@ class LiveCounters:
 
 
 def run_learner(opts: LearnerOptions, run_cfg: RunConfig, algo_values: dict[str, Any]) -> dict[str, Any]:
-    run = LearnerRun(opts, run_cfg, algo_values)
+    return serve(LearnerRun(opts, run_cfg, algo_values))
+
+
+def serve(run: LearnerRun) -> dict[str, Any]:
+    """Run to the end (SIGTERM and SIGINT stop it cleanly: last weights, checkpoint, summary)."""
 
     def _stop(*_):
         run.stopping = True
 
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    if threading.current_thread() is threading.main_thread():  # (qrl.train may run in any thread)
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
     summary = run.run()
     print(f"learner: {summary['stop_reason']}; final evaluation {summary['final_eval_mean']:.2f} "
           f"+/- {summary['final_eval_std']:.2f} over {run.cfg.eval_episodes} episodes after "

@@ -76,6 +76,10 @@ class SegmentWriter:
 
     def encode(self) -> list:
         """The full window's segment as wire frames (call mark_sent once it is handed to ZeroMQ)."""
+        return wire.encode("segment", *self.segment())
+
+    def segment(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The full window's segment: its metadata and its items."""
         rollout = algorithm.stack_steps(self.window, self.history.before, self.T)
         items = self.agent.make_items(rollout, self.args)
         priorities = self.agent.initial_priorities(rollout, self.args)
@@ -84,7 +88,7 @@ class SegmentWriter:
         meta = {"run_id": self.run_id, "actor_id": self.actor_id, "incarnation": self.incarnation, "seq": self.sent,
                 "policy_version": self.version, "frames": self.T * self.num_envs,
                 "episode_returns": self.finished_returns, "episode_lengths": self.finished_lengths}
-        return wire.encode("segment", meta, items)
+        return meta, items
 
     def mark_sent(self) -> None:
         self.sent += 1
