@@ -15,7 +15,7 @@ RUN_DIR ?= runs/cluster
 SET     ?=
 CONFIG  ?=
 
-.PHONY: image install install-bench demo cluster stop test test-fast learn bench bench-quick soak clean
+.PHONY: image install install-bench demo cluster stop test test-fast lint learn bench bench-quick soak clean
 
 install: $(VENV)/.installed
 
@@ -68,6 +68,11 @@ test: install
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# The lint gate: ruff (pyproject.toml [tool.ruff]) and no function over 60 lines in the runtime.
+lint: install
+	$(BIN)/ruff check qrl brokers algorithms tests scripts docs
+	$(BIN)/python scripts/check_function_length.py qrl brokers algorithms
 
 # Learning check: the preset configs/$(ALGO)-$(ENV).yaml must reach rl-baselines3-zoo's return
 # within its step budget for every seed (scripts/learn.py), e.g. make learn ALGO=apex ENV=CartPole-v1

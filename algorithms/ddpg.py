@@ -143,7 +143,8 @@ class Learner(LearnerBase):
         self.target_policy = make_policy(obs_space, action_space, args).to(device)
         self.target_policy.load_state_dict(self.net.state_dict())
         n_critics = 2 if args.twin_critics else 1
-        self.critics = nn.ModuleList(Critic(obs_dim, action_dim, tuple(args.hidden)) for _ in range(n_critics)).to(device)
+        self.critics = nn.ModuleList(Critic(obs_dim, action_dim, tuple(args.hidden))
+                                     for _ in range(n_critics)).to(device)
         self.target_critics = nn.ModuleList(Critic(obs_dim, action_dim, tuple(args.hidden))
                                             for _ in range(n_critics)).to(device)
         self.target_critics.load_state_dict(self.critics.state_dict())
@@ -160,7 +161,7 @@ class Learner(LearnerBase):
                                                                                a.target_noise_clip)
                 next_action = torch.max(torch.min(next_action + noise * self.net.scale,
                                                   self.net.center + self.net.scale), self.net.center - self.net.scale)
-            q_next = torch.min(torch.stack([c(batch["next_obs"], next_action) for c in self.target_critics]), dim=0).values
+            q_next = torch.stack([c(batch["next_obs"], next_action) for c in self.target_critics]).min(dim=0).values
             target = batch["return"] + batch["discount"] * q_next
         critic_loss = sum(F.mse_loss(c(batch["obs"], batch["action"]), target) for c in self.critics)
         self.critic_optimizer.zero_grad(set_to_none=True)

@@ -139,9 +139,11 @@ def check_args(args: Args) -> None:
     if args.iqn_n and not 0 < args.iqn_cvar <= 1:
         raise ValueError(f"algo.iqn_cvar must be in (0, 1], got {args.iqn_cvar}")
     if args.fqf and not args.iqn_n:
-        raise ValueError("algo.fqf proposes the fractions of IQN's quantile network: set algo.iqn_n (fractions per state)")
+        raise ValueError("algo.fqf proposes the fractions of IQN's quantile network: "
+                         "set algo.iqn_n (fractions per state)")
     if args.fqf and (args.munchausen or args.iqn_cvar < 1):
-        raise ValueError("algo.fqf takes the mean over its own fractions: not with algo.munchausen or algo.iqn_cvar < 1")
+        raise ValueError("algo.fqf takes the mean over its own fractions: "
+                         "not with algo.munchausen or algo.iqn_cvar < 1")
 
 
 class QNetwork(nn.Module):

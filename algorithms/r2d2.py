@@ -221,7 +221,8 @@ class Learner(LearnerBase):
         metrics = {"loss": loss.item(), "q_mean": q.mean().item()}
         if batch.weights is None:
             return Update(metrics)
-        return Update(metrics, ops.sequence_priority(td_abs, valid.T, a.priority_eta).cpu().numpy() + dqn.PRIORITY_FLOOR)
+        priorities = ops.sequence_priority(td_abs, valid.T, a.priority_eta)
+        return Update(metrics, priorities.cpu().numpy() + dqn.PRIORITY_FLOOR)
 
 
 AGENT = Agent(name="r2d2", Args=Args, make_policy=make_policy, actor=RecurrentEpsilonGreedy, make_items=make_items,

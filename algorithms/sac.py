@@ -154,7 +154,8 @@ class PolicySampling(ActorCore):
 def make_items(rollout: Rollout, args: Args) -> dict[str, np.ndarray]:
     items = dqn.make_items(rollout, args)
     if np.issubdtype(rollout.actions.dtype, np.floating):
-        items["action"] = rollout.actions[:rollout.num_steps].reshape((-1,) + rollout.actions.shape[2:]).astype(np.float32)
+        actions = rollout.actions[:rollout.num_steps]
+        items["action"] = actions.reshape((-1,) + actions.shape[2:]).astype(np.float32)
     return items
 
 

@@ -47,14 +47,16 @@ class ItemSchema:
         out = []
         for name, desc in fields_meta.items():
             if name.startswith("_") or len(name) > 128:
-                raise ValueError(f"field names must not start with '_' (reserved) and hold <= 128 characters: {name[:32]!r}")
-            if not (isinstance(desc, list) and len(desc) == 2 and isinstance(desc[0], str) and isinstance(desc[1], list)):
+                raise ValueError("field names must not start with '_' (reserved) and hold <= 128 characters: "
+                                 f"{name[:32]!r}")
+            if not (isinstance(desc, list) and len(desc) == 2
+                    and isinstance(desc[0], str) and isinstance(desc[1], list)):
                 raise ValueError(f"field {name}: expected [dtype, shape]")
             dtype, shape = desc
             if dtype not in ALLOWED_DTYPES:
                 raise ValueError(f"field {name}: dtype must be one of {sorted(ALLOWED_DTYPES)}")
-            if len(shape) > MAX_ITEM_NDIM or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= 1 << 24
-                                                     for d in shape):
+            sizes_ok = all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= 1 << 24 for d in shape)
+            if len(shape) > MAX_ITEM_NDIM or not sizes_ok:
                 raise ValueError(f"field {name}: shape must be at most {MAX_ITEM_NDIM} integers in [0, 2^24]")
             out.append((name, dtype, tuple(shape)))
         return cls(tuple(out), int(meta["frames_per_item"]))

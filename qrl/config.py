@@ -171,17 +171,21 @@ RANGES: dict[str, Range] = {
     "random_frames": NON_NEGATIVE, "policy_delay": COUNT, "target_noise": NON_NEGATIVE,
     "target_noise_clip": NON_NEGATIVE, "ent_coef": NON_NEGATIVE, "vf_coef": NON_NEGATIVE,
     "queue_capacity": COUNT, "max_policy_lag": NON_NEGATIVE, "rho_bar": POSITIVE, "c_bar": POSITIVE,
-    "anneal_updates": NON_NEGATIVE, "lr_final": NON_NEGATIVE, "gae_lambda": FRACTION, "clip_range": POSITIVE, "clip_value": NON_NEGATIVE,
+    "anneal_updates": NON_NEGATIVE, "lr_final": NON_NEGATIVE, "gae_lambda": FRACTION, "clip_range": POSITIVE,
+    "clip_value": NON_NEGATIVE,
     "epochs": COUNT, "minibatches": COUNT, "log_std_init": Range(-20, 20), "sde_sample_freq": COUNT,
     "init_alpha": POSITIVE, "target_entropy_scale": ANY, "lstm": Range(0, 1 << 16), "burn_in": Range(0, 1 << 16),
     "sequence_length": Range(1, 1 << 16), "adam_eps": POSITIVE, "rescale_eps": POSITIVE, "priority_eta": FRACTION,
-    "atoms": Range(0, 4096), "v_min": ANY, "v_max": ANY, "quantiles": Range(0, 4096), "kappa": POSITIVE, "huber_delta": POSITIVE,
+    "atoms": Range(0, 4096), "v_min": ANY, "v_max": ANY, "quantiles": Range(0, 4096), "kappa": POSITIVE,
+    "huber_delta": POSITIVE,
     "iqn_n": Range(0, 4096), "iqn_n_target": Range(1, 4096), "iqn_k": Range(1, 4096), "iqn_embedding": Range(1, 4096),
-    "iqn_cvar": Range(0, 1, low_open=True), "fraction_lr": POSITIVE, "noisy_std": NON_NEGATIVE, "munchausen_alpha": NON_NEGATIVE,
+    "iqn_cvar": Range(0, 1, low_open=True), "fraction_lr": POSITIVE, "noisy_std": NON_NEGATIVE,
+    "munchausen_alpha": NON_NEGATIVE,
     "entropy_tau": POSITIVE, "log_policy_clip": Range(-1e6, 0),
     # broker and actors
     "port": Range(0, 65535), "max_message_bytes": Range(1024), "ingest_hwm": COUNT, "ingest_buffer": NON_NEGATIVE,
-    "stats_interval_s": POSITIVE, "snapshot_every_s": POSITIVE, "max_table_bytes": NON_NEGATIVE, "n": Range(1, 1024), "first_id": NON_NEGATIVE,
+    "stats_interval_s": POSITIVE, "snapshot_every_s": POSITIVE, "max_table_bytes": NON_NEGATIVE, "n": Range(1, 1024),
+    "first_id": NON_NEGATIVE,
     "total": COUNT, "send_hwm": COUNT, "send_buffer": NON_NEGATIVE, "give_up_after": NON_NEGATIVE,
     # central inference
     "inference_timeout_s": POSITIVE, "batch_envs": COUNT, "deadline_ms": NON_NEGATIVE, "idle_timeout_s": POSITIVE,
@@ -204,7 +208,8 @@ def build(cls: type, values: Mapping[str, Any], section: str) -> Any:
     kwargs = {}
     for key, value in values.items():
         if key not in hints:
-            raise ConfigError(f"unknown config key '{section}.{key}'; allowed: {', '.join(section + '.' + a for a in allowed)}")
+            names = ", ".join(f"{section}.{a}" for a in allowed)
+            raise ConfigError(f"unknown config key '{section}.{key}'; allowed: {names}")
         kwargs[key] = _check_value(f"{section}.{key}", value, hints[key])
         check_range(f"{section}.{key}", kwargs[key])
     return cls(**kwargs)

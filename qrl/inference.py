@@ -8,8 +8,9 @@ observations are waiting, every connected actor has asked, or the oldest request
 old (default 0: at once), whichever comes first, then runs the network once on all of them
 (algorithm.act_batched: the cores' forward) while each actor keeps its own exploration (its own core: Ape-X epsilon,
 generators), recurrent state and item window. The items are built with the algorithm's item builder
-and pushed to the broker with the usual accounting: the env actor's id, an incarnation per (server, env actor) pair, sequence numbers and
-policy versions, so the broker cannot tell these segments from a policy-running actor's.
+and pushed to the broker with the usual accounting: the env actor's id, an incarnation per (server,
+env actor) pair, sequence numbers and policy versions, so the broker cannot tell these segments from
+a policy-running actor's.
 
 Decision: a process of its own, not a thread of the learner. The learner's update loop keeps its
 core and its device to itself, a crashed or restarted server costs no learner state, and the

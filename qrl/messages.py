@@ -355,10 +355,12 @@ def markdown(schemas: dict[str, Map] | None = None) -> str:
     lines = ["| message | field | type | required | meaning |", "|---|---|---|---|---|"]
     for msg_type, schema in (schemas or SCHEMAS).items():
         for name, f in schema.fields.items():
-            lines.append(f"| `{msg_type}` | `{name}` | {f.kind.describe()} | {'yes' if f.required else 'no'} | {f.doc} |")
+            required = "yes" if f.required else "no"
+            lines.append(f"| `{msg_type}` | `{name}` | {f.kind.describe()} | {required} | {f.doc} |")
     if schemas is not None:
         return "\n".join(lines)
-    for title, sub in (("spec", SPEC), ("table", TABLE), ("schema", ITEM_SCHEMA), ("spec.run", SPEC.fields["run"].kind)):
+    maps = (("spec", SPEC), ("table", TABLE), ("schema", ITEM_SCHEMA), ("spec.run", SPEC.fields["run"].kind))
+    for title, sub in maps:
         lines += ["", f"`{title}`:", "", "| field | type | required | meaning |", "|---|---|---|---|"]
         for name, f in sub.fields.items():
             lines.append(f"| `{name}` | {f.kind.describe()} | {'yes' if f.required else 'no'} | {f.doc} |")

@@ -34,7 +34,8 @@ class MetricsWriter:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                raise ConfigError("--tensorboard needs the tensorboard package: pip install 'qrl[tensorboard]'") from None
+                raise ConfigError("--tensorboard needs the tensorboard package: "
+                                  "pip install 'qrl[tensorboard]'") from None
             self.tb = SummaryWriter(str(Path(run_dir) / "tb"))
         # A process killed mid-write leaves a torn last line; start ours on a fresh one.
         torn = self.path.exists() and self.path.stat().st_size > 0 and not self.path.read_bytes().endswith(b"\n")

@@ -71,7 +71,8 @@ class Normalizer:
         """The statistics actors need (observations only: rewards matter to the learner alone)."""
         if self.obs is None:
             return {}
-        return {PREFIX + "obs_mean": self.obs.mean.astype(np.float32), PREFIX + "obs_var": self.obs.var.astype(np.float32)}
+        return {PREFIX + "obs_mean": self.obs.mean.astype(np.float32),
+                PREFIX + "obs_var": self.obs.var.astype(np.float32)}
 
     def state(self) -> dict[str, list | float]:
         """Plain lists and floats: checkpoints load with torch's weights_only=True."""

@@ -26,13 +26,15 @@ def render(stats: dict[str, Any], console: Console | None = None) -> None:
     console.print(f"gaps {s['gaps']}  duplicates {s['duplicates']}  rejected "
                   + (", ".join(f"{k} {v}" for k, v in sorted(s['rejected'].items())) or "none"))
     if s.get("dropped_stale") or s.get("max_policy_lag") is not None:
-        console.print(f"max policy lag {s.get('max_policy_lag')}  dropped as stale: {s.get('dropped_stale', 0):,} items "
+        console.print(f"max policy lag {s.get('max_policy_lag')}  "
+                      f"dropped as stale: {s.get('dropped_stale', 0):,} items "
                       f"({s.get('dropped_stale_segments', 0):,} segments at ingest)")
     if s.get("actor_errors"):
         console.print("actor errors: " + "; ".join(f"{k} {v} (last: {s['actor_error_last'].get(k, '')})"
                                                    for k, v in sorted(s["actor_errors"].items())))
     if s.get("refused_connections"):
-        console.print("refused connections: " + ", ".join(f"{k} {v}" for k, v in sorted(s["refused_connections"].items())))
+        refused = sorted(s["refused_connections"].items())
+        console.print("refused connections: " + ", ".join(f"{k} {v}" for k, v in refused))
     table = Table("actor", "incarnations", "segments", "frames", "frames/s", "policy v", "gaps", "last seen")
     now = time.time()
     for actor_id, a in sorted(s.get("per_actor", {}).items(), key=lambda kv: int(kv[0])):

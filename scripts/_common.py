@@ -17,8 +17,8 @@ def machine() -> dict:
     import torch
     import zmq
 
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                if l.startswith("model name")), platform.machine())
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.machine())
     return {"cores": len(os.sched_getaffinity(0)), "cpu": cpu,
             "python": sys.version.split()[0], "torch": torch.__version__, "numpy": numpy.__version__,
             "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version(), "date": time.strftime("%Y-%m-%d")}

@@ -94,7 +94,8 @@ def main() -> None:
     record = {"quick": a.quick, "config": a.config, "rounds": a.rounds, "actors": results[""], **table}
     if COMPILER in results:
         ratios = "; ".join(
-            f"--actors {n}: launch to first update {results[''][n]['median_s']['first update'] / r['median_s']['first update']:.2f}x"
+            f"--actors {n}: launch to first update "
+            f"{results[''][n]['median_s']['first update'] / r['median_s']['first update']:.2f}x"
             for n, r in results[COMPILER].items())
         text = (f"The same rounds, alternated, {COMPILER} (QRL_TORCH_COMPILE=1: the learner's optimizers import "
                 f"it, as torch's own do; qrl.eager saves that). qrl / that run: {ratios}.")

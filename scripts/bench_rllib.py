@@ -54,7 +54,7 @@ def run_rllib(python: str, seed: int, max_s: float) -> dict:
     launched = time.time()
     out = subprocess.run([python, "-c", RLLIB_WORKER, str(launched), str(seed), str(max_s)], capture_output=True,
                          text=True, timeout=max_s + 300)
-    line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
+    line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
     if line is None:
         raise RuntimeError(f"rllib run failed: {out.stderr[-2000:]}")
     return {"curve": json.loads(line[7:]), "wall_s": time.time() - launched}
@@ -67,7 +67,7 @@ def run_qrl(seed: int, max_s: float, tmp: Path) -> dict:
                     "--seed", str(seed), "--total-steps", "10000000", "--target-return", "1e9", "--run-dir",
                     str(run_dir), "--no-progress", "--set", f"run.max_seconds={max_s}"],
                    check=True, timeout=max_s + 300, stdout=subprocess.DEVNULL)
-    metrics = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     curve = [{"time": m["time"] - launched, "frames": m.get("frames_consumed") or 0, "mean_return": float("nan")}
              for m in metrics if m["kind"] == "train"]
     curve += [{"time": m["time"] - launched, "frames": None, "mean_return": m["mean_return"]}

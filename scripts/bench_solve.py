@@ -119,12 +119,12 @@ def run_qrl(task: str, seed: int, steps: int, actors: int | None, tmp: Path, sto
                     "--set", "run.eval_every_frames=0",
                     "--set", f"run.eval_episodes={EVAL_EPISODES}"],
                    check=True, timeout=3600, stdout=subprocess.DEVNULL)
-    metrics = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     curve = [{"time": m["time"] - launched, "frames": m["frames"], "mean_return": m["mean_return"],
               **({"final": True} if m.get("final") else {})} for m in metrics if m["kind"] == "eval"]
     summary = json.loads((run_dir / "summary.json").read_text())
-    return {"curve": curve, "wall_s": time.time() - launched, "updates_per_s": summary["updates"] / summary["elapsed_s"],
-            "wait_fraction": summary["wait_fraction"]}
+    return {"curve": curve, "wall_s": time.time() - launched,
+            "updates_per_s": summary["updates"] / summary["elapsed_s"], "wait_fraction": summary["wait_fraction"]}
 
 
 def solve_point(curve: list[dict], threshold: float) -> dict | None:

@@ -176,6 +176,23 @@ def plot(samples: list[dict], names: list[str], warmup_s: float, path: Path) -> 
     return path
 
 
+def growth_report(names: list[str], samples: list[dict], warmup_s: float, total_s: float
+                  ) -> tuple[list[list], dict[str, dict]]:
+    """Per cluster and process: RSS and descriptor growth after the warm-up (table rows, report)."""
+    rows, report = [], {}
+    for name in names:
+        roles = sorted({k for s in samples for k in s.get(name, {})})
+        series = [{"t": s["t"], **s[name]} for s in samples if name in s]
+        for role in roles:
+            rss = growth(series, role, "rss_mb", warmup_s, total_s)
+            fds = growth(series, role, "fds", warmup_s, total_s)
+            report[f"{name}/{role}"] = {"rss_mb": rss, "fds": fds}
+            if rss and fds:
+                rows.append([f"{name}/{role}", rss["after_warmup"], rss["end"], f"{rss['growth_pct']:+.1f}%",
+                             fds["after_warmup"], fds["end"], fds["max"]])
+    return rows, report
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=60.0)
@@ -229,18 +246,9 @@ def main() -> int:
         codes = {name: c.stop() for name, c in clusters.items()}
         ctx.destroy(linger=0)
 
-    rows, report = [], {}
-    for name in clusters:
-        roles = sorted({k for s in samples for k in s.get(name, {})})
-        for role in roles:
-            rss = growth([{"t": s["t"], **s[name]} for s in samples if name in s], role, "rss_mb", warmup_s, total_s)
-            fds = growth([{"t": s["t"], **s[name]} for s in samples if name in s], role, "fds", warmup_s, total_s)
-            report[f"{name}/{role}"] = {"rss_mb": rss, "fds": fds}
-            if rss and fds:
-                rows.append([f"{name}/{role}", rss["after_warmup"], rss["end"], f"{rss['growth_pct']:+.1f}%",
-                             fds["after_warmup"], fds["end"], fds["max"]])
-    table = print_table(["process", "RSS MB after warm-up", "RSS MB at end", "growth", "fds after warm-up", "fds at end",
-                 "fds max"], rows)
+    rows, report = growth_report(list(clusters), samples, warmup_s, total_s)
+    table = print_table(["process", "RSS MB after warm-up", "RSS MB at end", "growth", "fds after warm-up",
+                         "fds at end", "fds max"], rows)
     rss_ok = all(r["rss_mb"]["growth_pct"] <= RSS_TARGET_PCT for r in report.values() if r["rss_mb"])
     fds_ok = all(r["fds"]["end"] <= r["fds"]["after_warmup"] + FD_SLACK for r in report.values() if r["fds"])
     for name, s in final.items():

@@ -66,7 +66,8 @@ def test_td3_takes_the_smaller_twin_and_delays_the_policy():
 
 
 def test_td3_target_smoothing_stays_within_the_action_bounds():
-    learner = td3.AGENT.Learner(OBS, ACT, td3.Args(hidden=[8], target_noise=5.0, target_noise_clip=5.0), torch.device("cpu"))
+    args = td3.Args(hidden=[8], target_noise=5.0, target_noise_clip=5.0)
+    learner = td3.AGENT.Learner(OBS, ACT, args, torch.device("cpu"))
     seen = []
 
     for critic in learner.target_critics:

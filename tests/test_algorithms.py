@@ -1,6 +1,7 @@
 """Every registered algorithm runs end to end with real processes on a tiny step budget:
-broker, one actor process (running the policy, or env-only behind `qrl inference`), learner; batches flow, weights are published, a checkpoint is
-written, and the learner exits 0. A new algorithm must add its smoke environment here."""
+broker, one actor process (running the policy, or env-only behind `qrl inference`), learner;
+batches flow, weights are published, a checkpoint is written, and the learner exits 0. A new
+algorithm must add its smoke environment here."""
 
 import json
 

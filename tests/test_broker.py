@@ -147,7 +147,8 @@ def test_published_weights_reach_a_late_subscriber(ctx, client, broker):
         assert time.monotonic() < deadline, "published weights never reached the broker"
         send(pub, "weights", {"version": 5, "run_id": "r1", "token": TOKEN}, {"w": np.full(3, 5, np.float32)})
         time.sleep(0.05)
-    send(pub, "weights", {"version": 4, "run_id": "r1", "token": TOKEN}, {"w": np.full(3, 4, np.float32)})  # stale: ignored
+    # stale: ignored
+    send(pub, "weights", {"version": 4, "run_id": "r1", "token": TOKEN}, {"w": np.full(3, 4, np.float32)})
 
     sub = ctx.socket(zmq.SUB)  # joins after the publish: gets the cached weights at once
     sub.setsockopt(zmq.LINGER, 0)
@@ -198,14 +199,15 @@ def test_prioritized_tables_return_weights_take_priorities_and_initial_prioritie
     register(client, table=table)
     frames = segment(0)
     msg = wire.decode(frames)
-    push.send_multipart(wire.encode("segment", msg.meta, {**msg.arrays, "_priority": np.arange(1, 9, dtype=np.float64)}))
+    priorities = np.arange(1, 9, dtype=np.float64)
+    push.send_multipart(wire.encode("segment", msg.meta, {**msg.arrays, "_priority": priorities}))
     wait_for(lambda: stats(client)["items"] == 8, 10, "8 items")
     batch = client.request("sample", {"batch_size": 256, "beta": 1.0}, wait_s=10)
     ids, w = batch.arrays["_id"], batch.arrays["_weight"]
     assert "_priority" not in batch.arrays and set(ids) <= set(range(8))
     np.testing.assert_allclose(w, 1.0 / (ids + 1), rtol=1e-6)  # P ~ id + 1; w = (P / P_min)^-1
-    reply = client.request("update_priorities", {}, {"ids": np.array([0, 1, 50]), "priorities": np.array([100.0, 1, 1])},
-                           wait_s=10)
+    reply = client.request("update_priorities", {},
+                           {"ids": np.array([0, 1, 50]), "priorities": np.array([100.0, 1, 1])}, wait_s=10)
     assert reply.type == "ok" and reply.meta["updated"] == 2  # id 50 does not exist
     s = stats(client)
     assert (s["priority_updates"], s["priority_updates_skipped"]) == (2, 1)

@@ -23,7 +23,7 @@ def test_help(command):
 
 def one_line_error(out, *fragments):
     assert out.returncode == 2, out
-    lines = [l for l in out.stderr.splitlines() if l.strip()]
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
     for f in fragments:
         assert f in lines[0], lines[0]
@@ -71,7 +71,8 @@ def test_sigterm_to_qrl_run_stops_and_reaps_the_whole_cluster(tmp_path):
     import time
 
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "qrl", "run", "--algo", "ql", "--env", "qrl/Grid-v0", "--actors", "1",
+    proc = subprocess.Popen([sys.executable, "-m", "qrl", "run", "--algo", "ql", "--env", "qrl/Grid-v0",
+                             "--actors", "1",
                              "--target-return", "2", "--total-steps", "100000000", "--run-dir", str(run_dir),
                              "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:

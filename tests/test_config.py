@@ -95,7 +95,8 @@ def test_wrong_keys_inside_a_file_name_the_key(tmp_path):
 
 
 def test_the_saved_yaml_reads_back_as_the_same_config(tmp_path):
-    r = cli._resolve(None, "dqn", "CartPole-v1", ("algo.lr=0.003", "run.wrappers=[{name: ClipReward, min_reward: -1, max_reward: 1}]"))
+    sets = ("algo.lr=0.003", "run.wrappers=[{name: ClipReward, min_reward: -1, max_reward: 1}]")
+    r = cli._resolve(None, "dqn", "CartPole-v1", sets)
     f = tmp_path / "config.yaml"
     f.write_text(to_yaml(r.algo, r.env, r.run, build(dqn.Args, r.algo_values, "algo")))
     again = cli._resolve(str(f), None, None, ())

@@ -69,8 +69,8 @@ KILLERS = {
     "a list as message type on ingest": ("ingest", lambda: [msgpack.packb({"v": wire.PROTOCOL_VERSION, "t": [], "m": {},
                                                                             "a": []}, use_bin_type=True)], "bad_type"),
     "a list as an array's dtype": ("ingest", lambda: [msgpack.packb(
-        {"v": wire.PROTOCOL_VERSION, "t": "segment", "m": {}, "a": [["x", ["<f4"], [1]]]}, use_bin_type=True), b"\0" * 4],
-        "bad_dtype"),
+        {"v": wire.PROTOCOL_VERSION, "t": "segment", "m": {}, "a": [["x", ["<f4"], [1]]]}, use_bin_type=True),
+        b"\0" * 4], "bad_dtype"),
     "episode_lengths [inf]": ("ingest", lambda: wire.encode("segment", good_segment_meta(
         episode_returns=[1.0], episode_lengths=[math.inf]), arrays_of()), "bad_meta"),
     "seq 2^64-1": ("ingest", lambda: wire.encode("segment", good_segment_meta(seq=2**64 - 1), arrays_of()), "bad_meta"),
@@ -149,8 +149,8 @@ def test_a_snapshot_never_meets_a_value_json_cannot_hold(tmp_path, ctx):
         body = wire.encode("register", register_meta(spec={**SPEC, "env_kwargs": {"x": b"\x00"}}))
         b._on_request([zmq.Frame(reply_to), *[zmq.Frame(bytes(f)) for f in body]])
         assert b.spec is None and b.stats.rejected["bad_meta"] == 1
-        b._on_request([zmq.Frame(reply_to), *[zmq.Frame(bytes(f)) for f in wire.encode("register", register_meta(),
-                                                                                        {"w": np.zeros(3, np.float32)})]])
+        frames = wire.encode("register", register_meta(), {"w": np.zeros(3, np.float32)})
+        b._on_request([zmq.Frame(reply_to), *[zmq.Frame(bytes(f)) for f in frames]])
         b.snapshot()  # used to fail: bytes are not JSON serializable
         assert b.stats.snapshots == 1
     finally:

@@ -57,7 +57,8 @@ def _same_processes(learner, actors, workers, incarnations, client) -> None:
 def _start(procs, address, run_dir, *learner_flags):
     actors = procs.start("actors", "actor", "--n", str(ACTORS), "--broker", address)
     learner = procs.start("learner", "learner", "--broker", address, "--run-dir", str(run_dir), "--no-progress",
-                          "--target-return", "1000",  # never stops by itself: the test decides when it has seen the target
+                          # never stops by itself: the test decides when it has seen the target
+                          "--target-return", "1000",
                           *learner_flags)
     return actors, learner
 
@@ -78,7 +79,8 @@ def test_the_run_recovers_from_broker_pauses_of_5_15_and_60_seconds(procs, tmp_p
             os.killpg(broker.pid, signal.SIGSTOP)
             time.sleep(pause_s)
             os.killpg(broker.pid, signal.SIGCONT)
-            recovered[pause_s] = round(_flows_again(client, before, f"batches and segments after a {pause_s} s pause"), 2)
+            flowing = _flows_again(client, before, f"batches and segments after a {pause_s} s pause")
+            recovered[pause_s] = round(flowing, 2)
             _same_processes(learner, actors, workers, incarnations, client)
         print(f"\nrecovered after pauses (s to new batches and segments): {recovered}")
         frames = max(m["frames"] for m in read(run_dir) if "frames" in m)

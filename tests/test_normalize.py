@@ -21,7 +21,8 @@ def test_running_statistics_match_numpy_over_all_batches():
 
 def test_batches_are_normalized_and_statistics_reach_actors():
     n = Normalizer((2,), obs=True, reward=True)
-    batch = {"obs": np.array([[0.0, 10.0], [2.0, 30.0]], np.float32), "next_obs": np.array([[1.0, 20.0]] * 2, np.float32),
+    batch = {"obs": np.array([[0.0, 10.0], [2.0, 30.0]], np.float32),
+             "next_obs": np.array([[1.0, 20.0]] * 2, np.float32),
              "return": np.array([2.0, -2.0], np.float32), "_id": np.array([5, 6])}
     out = n.process_batch(batch)
     np.testing.assert_allclose(out["obs"], [[-1, -1], [1, 1]], atol=1e-3)  # mean (1, 20), std (1, 10)

@@ -58,7 +58,8 @@ def test_greedy_actions_equal_the_torch_policys(name, values):
         net.load_state_dict(random_weights(net, seed))
         with torch.no_grad():
             t = torch.as_tensor(obs)
-            torch_out = net(t) if name in ("dqn", "apex", "c51", "qrdqn", "iqn", "mdqn", "rainbow") else net.features(t)[1]
+            value_based = name in ("dqn", "apex", "c51", "qrdqn", "iqn", "mdqn", "rainbow")
+            torch_out = net(t) if value_based else net.features(t)[1]
         actions, _ = core.greedy(net, obs, {}, np.zeros(len(obs), bool))
         np.testing.assert_array_equal(actions, torch_out.argmax(dim=1).numpy())
 

@@ -42,7 +42,8 @@ def test_items_stop_bootstrapping_at_terminal_states_only():
     L, B = 3, 2
     rollout = Rollout(obs=np.arange(6).reshape(L, B), actions=np.ones((L, B), np.int64),
                       rewards=np.full((L, B), -0.01, np.float32),
-                      terminated=np.array([[0, 0], [1, 0], [0, 0]], bool), truncated=np.array([[0, 0], [0, 1], [0, 0]], bool),
+                      terminated=np.array([[0, 0], [1, 0], [0, 0]], bool),
+                      truncated=np.array([[0, 0], [0, 1], [0, 0]], bool),
                       next_obs=np.arange(6).reshape(L, B) + 10)
     items = ql.make_items(rollout, ql.Args(gamma=0.9))
     assert items["discount"].tolist() == pytest.approx([0.9, 0.9, 0.0, 0.9, 0.9, 0.9])

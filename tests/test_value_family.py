@@ -196,7 +196,8 @@ def test_meaningless_combinations_are_refused_in_one_line(values, message):
 
 
 def test_the_named_members_of_the_family():
-    for name, values in [("iqn", {"iqn_n": 32}), ("fqf", {"iqn_n": 32, "fqf": True}), ("mdqn", {"munchausen": True, "double": False}),
+    for name, values in [("iqn", {"iqn_n": 32}), ("fqf", {"iqn_n": 32, "fqf": True}),
+                         ("mdqn", {"munchausen": True, "double": False}),
                          ("rainbow", {"atoms": 51, "noisy": True, "dueling": True, "double": True, "n_step": 3})]:
         args = algorithm.load(name).Args()
         assert all(getattr(args, k) == v for k, v in values.items()), name
