@@ -42,6 +42,7 @@ import zmq
 
 from qrl import messages, transport, wire
 from qrl.brokers import snapshot
+from qrl.brokers.actors import SEQ_WINDOW, ActorRecord, Duplicate, OutOfWindow
 from qrl.brokers.tables import ItemSchema, QueueTable, ReplayTable, SchemaError, TableConfig, make_table
 from qrl.transport import bind
 
@@ -75,9 +76,6 @@ class BrokerConfig:
 
 FLUSH_TIMEOUT_S = 5.0
 """How long a stopping actor's flush may read ingest past the rate limiter."""
-MAX_INCARNATIONS_TRACKED = 8
-"""Per actor id, the incarnations whose sequence numbers are remembered (a worker restarting
-in a loop would otherwise grow the stats without bound)."""
 MAX_ACTORS_TRACKED = 65_536
 """Actor ids whose counters are kept; beyond that the least recently seen are forgotten."""
 MAX_SOURCES = 65_536
@@ -85,8 +83,6 @@ MAX_SOURCES = 65_536
 new table starts; segments of any beyond are never reported (their actors wait out CONSUMED_WAIT_S)."""
 PER_ACTOR_SHOWN = 256
 """Actors detailed in a stats reply (the most recently seen); the rest are summed."""
-SEQ_WINDOW = 1 << 20
-"""How far past an incarnation's last sequence number a segment may be (gaps); beyond: refused."""
 MAX_VERSION_STEP = 1 << 20
 """How far past the cached weights version a published version may jump."""
 MAX_PENDING_SAMPLES = 1024
@@ -112,6 +108,35 @@ class Broker:
             transport.use_keys(cfg.keys, server=True)
             self.auth = transport.start_authenticator(self.ctx, cfg.keys)
         self.limits = wire.Limits(max_message_bytes=cfg.max_message_bytes)
+        self._open_sockets(cfg)
+
+        self.spec: dict[str, Any] | None = None
+        self.token_hash: str | None = None  # SHA-256 of the registered learner's token
+        self.table: ReplayTable | None = None
+        self._reset_sources()
+        self.weights_frames: list | None = None
+        self.weights_layout: dict[str, tuple[np.dtype, tuple[int, ...]]] | None = None
+        self.weights_version = -1
+        self.last_resend, self.resend_due = -1e9, None
+        self.max_table_bytes = cfg.max_table_bytes or int(
+            os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 3 // 4)
+        self._handlers = {
+            "register": self._on_register, "get_spec": self._on_get_spec, "get_weights": self._on_get_weights,
+            "sample": self._on_sample, "get_stats": self._on_get_stats, "flush": self._on_flush,
+            "update_priorities": self._on_update_priorities, "claim_ids": self._on_claim_ids,
+            "actor_error": self._on_actor_error,
+        }
+        self.pending: collections.deque = collections.deque()  # sample requests held by the rate limiter
+        self.stats = _Stats()
+        self.broker_id = uuid.uuid4().hex[:12]
+        self.flushing: dict[tuple[int, str], tuple[int, float]] = {}  # (actor, incarnation) -> (last seq, deadline)
+        self._stop = False
+        if cfg.snapshot_dir:
+            self._restore(cfg.snapshot_dir)
+
+    def _open_sockets(self, cfg: BrokerConfig) -> None:
+        """Bind the four sockets (service, ingest, weights in and out) on consecutive ports from
+        cfg.port, or free ones (port 0)."""
         self.service = transport.socket(self.ctx, zmq.ROUTER)
         # A client that sets its own routing id (the learner's sampler) and reconnects, e.g. after
         # a pause longer than the heartbeat timeout, takes its id over: the batches for the
@@ -145,30 +170,6 @@ class Broker:
             raise
         self.weights_in.send(b"\x01")  # XSUB: subscribe to everything the learner publishes
 
-        self.spec: dict[str, Any] | None = None
-        self.token_hash: str | None = None  # SHA-256 of the registered learner's token
-        self.table: ReplayTable | None = None
-        self._reset_sources()
-        self.weights_frames: list | None = None
-        self.weights_layout: dict[str, tuple[np.dtype, tuple[int, ...]]] | None = None
-        self.weights_version = -1
-        self.last_resend, self.resend_due = -1e9, None
-        self.max_table_bytes = cfg.max_table_bytes or int(
-            os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 3 // 4)
-        self._handlers = {
-            "register": self._on_register, "get_spec": self._on_get_spec, "get_weights": self._on_get_weights,
-            "sample": self._on_sample, "get_stats": self._on_get_stats, "flush": self._on_flush,
-            "update_priorities": self._on_update_priorities, "claim_ids": self._on_claim_ids,
-            "actor_error": self._on_actor_error,
-        }
-        self.pending: collections.deque = collections.deque()  # sample requests held by the rate limiter
-        self.stats = _Stats()
-        self.broker_id = uuid.uuid4().hex[:12]
-        self.flushing: dict[tuple[int, str], tuple[int, float]] = {}  # (actor, incarnation) -> (last seq, deadline)
-        self._stop = False
-        if cfg.snapshot_dir:
-            self._restore(cfg.snapshot_dir)
-
     # -- snapshots ------------------------------------------------------------------------------
 
     def _restore(self, directory: str) -> None:
@@ -189,7 +190,7 @@ class Broker:
                                 restored.weights_version)
         self.stats.restore_accounting(restored.accounting)
         self.stats.restored = {"items": self.table.size, "segments": self.stats.segments, "batches": self.stats.batches,
-                               "seq": {str(k): a["seq"] for k, a in self.stats.actors.items()}}
+                               "seq": {str(k): a.seq for k, a in self.stats.actors.items()}}
         log.info("broker: restored %d items, %d segments received, and run %s from %s", self.table.size,
                  self.stats.segments, (self.spec or {}).get("run_id"), directory)
 
@@ -324,36 +325,23 @@ class Broker:
             return self._reject("ingest", exc.reason, str(exc))
         actor_id, incarnation, seq = meta["actor_id"], meta["incarnation"], meta["seq"]
         a = self._actor(actor_id)
-        seqs = a["_seqs"]
-        last = seqs.get(incarnation)
-        # Sequence accounting per actor incarnation (a restarted worker starts again at 0), only
-        # for segments that are otherwise acceptable: a step back is a duplicate, a jump forward is
-        # segments lost on the way (gaps), a jump beyond SEQ_WINDOW is refused (no real actor gets
-        # that far ahead of what reached us; the incarnation is never shown in stats, so only its
-        # own worker can continue it). A killed worker's last segments can still arrive after its
-        # successor's first ones, so the last sequence number of each recent incarnation is kept.
-        if last is not None and seq <= last:
-            a["duplicates"] += 1
+        # Sequence accounting per actor incarnation, only for segments that are otherwise
+        # acceptable: a step back is a duplicate, a jump forward is segments lost on the way (gaps),
+        # a jump beyond the window is refused (brokers/actors.py).
+        try:
+            a.check_seq(incarnation, seq)
+        except Duplicate:
             self.stats.duplicates += 1
             return self._reject("ingest", "duplicate", f"actor {actor_id} seq {seq}")
-        if last is not None and seq > last + SEQ_WINDOW:
-            return self._reject("ingest", "seq_out_of_window", f"actor {actor_id}: seq {seq} after {last}")
-        if last is None:
-            a["incarnations"] += 1
-            a["_newest"] = incarnation
-            missed = seq if seq <= SEQ_WINDOW else 0  # a start we never saw (e.g. before our restart)
-            while len(seqs) >= MAX_INCARNATIONS_TRACKED:
-                del seqs[next(iter(seqs))]  # the oldest
-        else:
-            missed = seq - last - 1
-        seqs[incarnation] = seq
-        seqs.move_to_end(incarnation)
-        a["gaps"] += missed
-        self.stats.gaps += missed
-        a["last_seen"] = time.time()
-        if incarnation == a.get("_newest"):
-            a["seq"] = seq  # of the newest incarnation (a killed one's late segments do not count here)
+        except OutOfWindow as exc:
+            return self._reject("ingest", "seq_out_of_window", f"actor {actor_id}: {exc}")
+        self.stats.gaps += a.record_seq(incarnation, seq)
         self.stats.actors.move_to_end(actor_id)
+        self._store_segment(arrays, n_items, priorities, meta, a, returns, lengths)
+
+    def _store_segment(self, arrays: dict[str, np.ndarray], n_items: int, priorities: np.ndarray | None,
+                       meta: dict[str, Any], a: ActorRecord, returns: list, lengths: list) -> None:
+        """Store an accepted segment, unless its weights are too old (flow control), and count it."""
         # Flow control for every table: a segment made by weights more than max_policy_lag
         # versions older than the newest is dropped (counted), so how far an actor runs ahead
         # (its socket options, its kernel buffers) never reaches the learner as stale data.
@@ -361,7 +349,7 @@ class Broker:
         version = min(meta["policy_version"], self.weights_version)
         lag = self.weights_version - version
         bound = self.table.cfg.max_policy_lag
-        code = self._source_code(incarnation)
+        code, seq = self._source_code(meta["incarnation"]), meta["seq"]
         queued = isinstance(self.table, QueueTable)
         if bound is not None and lag > bound:
             self.stats.dropped_stale_segments += 1
@@ -382,15 +370,13 @@ class Broker:
         s.returns.extend(returns)
         s.lengths.extend(lengths)
         s.policy_lag.append(lag)
-        a.update(segments=a["segments"] + 1, frames=a["frames"] + meta["frames"], policy_version=version)
+        a.count(meta["frames"], version)
 
-    def _actor(self, actor_id: int) -> dict[str, Any]:
+    def _actor(self, actor_id: int) -> ActorRecord:
         actors = self.stats.actors
         a = actors.get(actor_id)
         if a is None:
-            a = actors[actor_id] = {"segments": 0, "frames": 0, "seq": -1, "policy_version": -1, "incarnations": 0,
-                                    "gaps": 0, "duplicates": 0, "frames_per_s": 0.0, "last_seen": None,
-                                    "_seqs": collections.OrderedDict()}
+            a = actors[actor_id] = ActorRecord()
             while len(actors) > MAX_ACTORS_TRACKED:  # the least recently seen go first
                 actors.popitem(last=False)
                 self.stats.forgotten_actors += 1
@@ -480,7 +466,7 @@ class Broker:
     def _last_seq(self, actor_id: int, incarnation: str) -> int | None:
         """The last sequence number read from this incarnation; None for one not tracked."""
         a = self.stats.actors.get(actor_id)
-        return a["_seqs"].get(incarnation) if a else None
+        return a.last_seq(incarnation) if a else None
 
     def _flushed(self, key: tuple[int, str]) -> int:
         last = self._last_seq(*key)
@@ -771,7 +757,7 @@ class _Stats:
         self.policy_lag: collections.deque = collections.deque(maxlen=100)  # weight versions behind, per segment
         self.served_lag: collections.deque = collections.deque(maxlen=1000)  # FIFO queues: lag of items when served
         # actor id -> its counters, least recently seen first (bounded by MAX_ACTORS_TRACKED)
-        self.actors: collections.OrderedDict[int, dict[str, Any]] = collections.OrderedDict()
+        self.actors: collections.OrderedDict[int, ActorRecord] = collections.OrderedDict()
         self._rate_mark = (time.monotonic(), 0, 0)
 
     def new_run(self) -> None:
@@ -794,9 +780,9 @@ class _Stats:
         shown_set = set(shown)
         rest = [a for k, a in self.actors.items() if k not in shown_set]
         return {
-            "per_actor": {str(k): _public(self.actors[k]) for k in sorted(shown)},
-            "per_actor_rest": {"actors": len(rest), "segments": sum(a["segments"] for a in rest),
-                               "frames": sum(a["frames"] for a in rest), "gaps": sum(a["gaps"] for a in rest)},
+            "per_actor": {str(k): self.actors[k].public() for k in sorted(shown)},
+            "per_actor_rest": {"actors": len(rest), "segments": sum(a.segments for a in rest),
+                               "frames": sum(a.frames for a in rest), "gaps": sum(a.gaps for a in rest)},
             "forgotten_actors": self.forgotten_actors,
         }
 
@@ -805,8 +791,7 @@ class _Stats:
         sequence number (private: stats never show incarnations)."""
         return {**{k: getattr(self, k) for k in self._COUNTERS}, "next_actor_id": self.next_actor_id,
                 "lifetime": dict(self.lifetime),
-                "actors": {str(k): {**_public(v), "_seqs": dict(v["_seqs"]), "_newest": v.get("_newest")}
-                           for k, v in self.actors.items()}}
+                "actors": {str(k): v.saved() for k, v in self.actors.items()}}
 
     def restore_accounting(self, doc: dict[str, Any]) -> None:
         for k in self._COUNTERS:
@@ -815,9 +800,7 @@ class _Stats:
         self.lifetime = collections.Counter({k: int(v) for k, v in doc.get("lifetime", {}).items()})
         self.actors = collections.OrderedDict()
         for k, v in doc.get("actors", {}).items():
-            a = {**v, "_seqs": collections.OrderedDict(v.get("_seqs", {})), "_newest": v.get("_newest")}
-            a.setdefault("incarnations", len(a["_seqs"]))
-            self.actors[int(k)] = a
+            self.actors[int(k)] = ActorRecord.from_saved(v)
         self._rate_mark = (time.monotonic(), self.items, self.sampled_items)
 
     def update_rates(self, every_s: float = 1.0) -> None:
@@ -828,8 +811,8 @@ class _Stats:
             self.sample_rate = (self.sampled_items - sampled0) / (now - t0)
             self._rate_mark = (now, self.items, self.sampled_items)
             for a in self.actors.values():  # env frames/s of each actor over the last second
-                a["frames_per_s"] = (a["frames"] - a.get("_frames_mark", a["frames"])) / (now - t0)
-                a["_frames_mark"] = a["frames"]
+                a.frames_per_s = (a.frames - (a.frames if a.frames_mark is None else a.frames_mark)) / (now - t0)
+                a.frames_mark = a.frames
 
 
 def _layout(arrays: dict[str, np.ndarray]) -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -838,10 +821,6 @@ def _layout(arrays: dict[str, np.ndarray]) -> dict[str, tuple[str, tuple[int, ..
 
 def _finite(arrays: dict[str, np.ndarray]) -> bool:
     return all(a.dtype.kind != "f" or np.isfinite(a).all() for a in arrays.values())
-
-
-def _public(a: dict[str, Any]) -> dict[str, Any]:
-    return {n: x for n, x in a.items() if not n.startswith("_")}
 
 
 def _token_hash(token: str) -> str:

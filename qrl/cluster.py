@@ -152,6 +152,58 @@ class InferenceProcess:
         self.proc = self._start()
 
 
+def _start_experience(run_dir: Path, address_file: Path, actors: int, procs: list[subprocess.Popen],
+                      key_args: tuple[str, ...], actor_args: tuple[str, ...], inference: bool,
+                      inference_args: tuple[str, ...]) -> tuple[subprocess.Popen, subprocess.Popen,
+                                                                InferenceProcess | None]:
+    """Start the broker, the inference server (central inference) and the actors; each is added
+    to procs in the order they are to be stopped."""
+    broker = start_broker(run_dir, wait=False, extra=("--snapshot-dir", str(run_dir / "broker"), *key_args))
+    procs.append(broker)
+    server = None
+    if inference:  # central inference: env-only actors get their actions from one server
+        # The server spreads exploration (Ape-X epsilons) over this many actors, as local actors do.
+        server = InferenceProcess(run_dir, address_file, ("--set", f"inference.total={actors}", *inference_args))
+        procs.insert(0, server.proc)  # stopped after the actors, before the broker
+        where = ("--inference-file", str(server.address_file))
+    else:
+        where = ("--address-file", str(address_file), *key_args)
+    # Actors that fail at start again and again (a broken env, a bad setting) end the run
+    # with their last error instead of crash-looping unseen.
+    actor_proc = start_actors(run_dir, None, actors, extra=(
+        *where, "--set", f"actor.give_up_after={GIVE_UP_AFTER}", *actor_args))
+    procs.insert(0, actor_proc)
+    return broker, actor_proc, server
+
+
+def _watch(learner: subprocess.Popen, broker: subprocess.Popen, actor_proc: subprocess.Popen,
+           server: InferenceProcess | None, procs: list[subprocess.Popen], run_dir: Path, done_read: int,
+           actors: int) -> None:
+    """Until the learner exits: announce the broker's address, restart a dead inference server,
+    end the run when the broker or the actors die, and stop the experience side once the learner
+    says it is done training."""
+    address_file = run_dir / "broker.json"
+    announced = False
+    while learner.poll() is None:
+        if not announced and address_file.exists():
+            announced = True
+            print(f"qrl run: broker at {json.loads(address_file.read_text())['address']}, {actors} actor "
+                  f"processes, logs in {run_dir}", flush=True)
+        if server is not None:
+            before = server.proc
+            server.check()
+            procs[procs.index(before)] = server.proc
+        for p, name in ((broker, "broker"), (actor_proc, "actors")):
+            if p.poll() is not None:  # its last log line is its one-line error
+                raise ClusterError(f"{name} exited with code {p.returncode}: "
+                                   f"{_tail(run_dir / (name + '.log'), lines=1)}")
+        if select.select([done_read], [], [], 0.05 if not announced else 0.2)[0]:  # done (or exited)
+            # No more experience is needed: the actors stop (confirming their last segments
+            # with the broker), then the broker, all while the learner checkpoints.
+            stop([actor_proc, *([server.proc] if server else []), broker], grace_s=_grace_s())
+            learner.wait()
+
+
 def run_local(algo: str, env: str, actors: int, run_dir: Path, learner_args: list[str],
               key_args: tuple[str, ...] = (), actor_args: tuple[str, ...] = (), inference: bool = False,
               inference_args: tuple[str, ...] = ()) -> int:
@@ -170,7 +222,6 @@ def run_local(algo: str, env: str, actors: int, run_dir: Path, learner_args: lis
     address_file = run_dir / "broker.json"
     address_file.unlink(missing_ok=True)
     procs: list[subprocess.Popen] = []
-    server: InferenceProcess | None = None
 
     def _terminated(signum, frame):  # SIGTERM (a scheduler, `kill`): stop the cluster like Ctrl-C does
         raise KeyboardInterrupt
@@ -178,46 +229,16 @@ def run_local(algo: str, env: str, actors: int, run_dir: Path, learner_args: lis
     previous = signal.signal(signal.SIGTERM, _terminated)
     code = None
     try:
-        broker = start_broker(run_dir, wait=False, extra=("--snapshot-dir", str(run_dir / "broker"), *key_args))
-        procs.append(broker)
-        if inference:  # central inference: env-only actors get their actions from one server
-            # The server spreads exploration (Ape-X epsilons) over this many actors, as local actors do.
-            server = InferenceProcess(run_dir, address_file, ("--set", f"inference.total={actors}", *inference_args))
-            procs.insert(0, server.proc)  # stopped after the actors, before the broker
-            where = ("--inference-file", str(server.address_file))
-        else:
-            where = ("--address-file", str(address_file), *key_args)
-        # Actors that fail at start again and again (a broken env, a bad setting) end the run
-        # with their last error instead of crash-looping unseen.
-        actor_proc = start_actors(run_dir, None, actors, extra=(
-            *where, "--set", f"actor.give_up_after={GIVE_UP_AFTER}", *actor_args))
-        procs.insert(0, actor_proc)
+        broker, actor_proc, server = _start_experience(run_dir, address_file, actors, procs, key_args, actor_args,
+                                                       inference, inference_args)
         done_read, done_write = os.pipe()  # the learner says when it stops training (lifetime.announce_done)
         learner = subprocess.Popen(_qrl("learner", "--algo", algo, "--env", env, "--address-file", str(address_file),
                                         "--run-dir", str(run_dir), *learner_args),
                                    env=child_env({**os.environ, DONE_ENV: str(done_write)}), pass_fds=(done_write,))
         os.close(done_write)
         procs.insert(0, learner)  # stopped first, then actors, then the broker
-        announced = False
         try:
-            while learner.poll() is None:
-                if not announced and address_file.exists():
-                    announced = True
-                    print(f"qrl run: broker at {json.loads(address_file.read_text())['address']}, {actors} actor "
-                          f"processes, logs in {run_dir}", flush=True)
-                if server is not None:
-                    before = server.proc
-                    server.check()
-                    procs[procs.index(before)] = server.proc
-                for p, name in ((broker, "broker"), (actor_proc, "actors")):
-                    if p.poll() is not None:  # its last log line is its one-line error
-                        raise ClusterError(f"{name} exited with code {p.returncode}: "
-                                           f"{_tail(run_dir / (name + '.log'), lines=1)}")
-                if select.select([done_read], [], [], 0.05 if not announced else 0.2)[0]:  # done (or exited)
-                    # No more experience is needed: the actors stop (confirming their last segments
-                    # with the broker), then the broker, all while the learner checkpoints.
-                    stop([actor_proc, *([server.proc] if server else []), broker], grace_s=_grace_s())
-                    learner.wait()
+            _watch(learner, broker, actor_proc, server, procs, run_dir, done_read, actors)
         finally:
             os.close(done_read)
         code = learner.returncode

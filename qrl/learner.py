@@ -92,16 +92,7 @@ class LearnerRun:
         self.elapsed_before = 0.0
         self.best_eval = -float("inf")
         if saved is not None:
-            self.learner.load_state_dict(saved["learner"])
-            if self.normalizer is not None and "normalizer" in saved:
-                self.normalizer.load_state(saved["normalizer"])
-            c = saved["counters"]
-            self.run_id, self.version = c["run_id"], c["version"] + 1
-            self.token = c.get("token", self.token)
-            self.frames_before, self.elapsed_before = c["frames"], c["elapsed_s"]
-            self.best_eval = c["best_eval"]
-            log.info("learner: resumed run %s at update %d, weights version %d", self.run_id,
-                     self.learner.updates, self.version)
+            self.restore(saved)
         self.config_json = json.dumps({"algo": opts.algo, "env": opts.env, "run": to_dict(self.cfg),
                                        "args": dataclasses.asdict(self.args)}, indent=2)
         (self.run_dir / "config.json").write_text(self.config_json)
@@ -112,6 +103,19 @@ class LearnerRun:
         # Synchronous actors: incarnation -> its last segment this learner is done with (trained
         # on, or dropped by the broker), most recent last; sent with the weights (RunConfig.sync_lead).
         self.consumed: collections.OrderedDict[str, int] = collections.OrderedDict()
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        """Continue a checkpointed run: the learner's state and the counters."""
+        self.learner.load_state_dict(saved["learner"])
+        if self.normalizer is not None and "normalizer" in saved:
+            self.normalizer.load_state(saved["normalizer"])
+        c = saved["counters"]
+        self.run_id, self.version = c["run_id"], c["version"] + 1
+        self.token = c.get("token", self.token)
+        self.frames_before, self.elapsed_before = c["frames"], c["elapsed_s"]
+        self.best_eval = c["best_eval"]
+        log.info("learner: resumed run %s at update %d, weights version %d", self.run_id,
+                 self.learner.updates, self.version)
 
     # -- broker plumbing --------------------------------------------------------------------------
 
