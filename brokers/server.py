@@ -557,7 +557,9 @@ class Broker:
             self.stats.sampled_items += batch_size
             self.stats.sample_wait_s += time.monotonic() - t0
             extra = {"_id": ids} if weights is None else {"_id": ids, "_weight": weights}
-            meta = {"req": req}
+            # The run's frame count travels with every batch: the learner's frame budget is checked
+            # on each update, not on its once-a-second stats.
+            meta = {"req": req, "frames": self.stats.frames, "broker_id": self.broker_id}
             if isinstance(table, QueueTable):
                 self.stats.served_lag.extend(table.served_lags)
             meta["consumed"] = self._consumed(table)

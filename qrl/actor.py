@@ -15,7 +15,8 @@ import os
 import signal
 import time
 import uuid
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -92,6 +93,56 @@ def load_arrays(net: torch.nn.Module, normalizer: normalize.ActorNormalizer, arr
     net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
 
 
+def report_actor_error(client: transport.Client, actor_id: int, reason: str, detail: str) -> None:
+    """Tell the broker why this actor (-1: an inference server) cannot act on the run (counted in
+    its stats); a broker that does not answer is not waited for."""
+    try:
+        client.request("actor_error", {"actor_id": actor_id, "reason": reason, "detail": detail[:512]}, wait_s=2.0)
+    except transport.BrokerUnavailable:
+        pass
+
+
+@dataclass
+class JoinedRun:
+    """What an actor or an inference server needs to act on the broker's run."""
+
+    spec: dict[str, Any]
+    ports: dict[str, int]
+    agent: algorithm.Agent
+    args: Any
+    net: torch.nn.Module  # the policy, holding the run's newest weights
+    normalizer: normalize.ActorNormalizer
+    version: int  # of the weights loaded
+
+    @property
+    def run(self) -> dict[str, Any]:
+        return self.spec["run"]
+
+
+def join_run(fetch: Callable[[str], wire.Message], report: Callable[[str, str], None], allow_envs: Sequence[str],
+             allow_wrappers: Sequence[str], spaces: Callable[[dict[str, Any]], tuple], device: str = "cpu"
+             ) -> JoinedRun:
+    """Join the run the broker serves, the one way every acting process does it: fetch the spec,
+    check that it names only environments and wrappers this process allows (before anything is
+    imported; a refusal is reported to the broker as refused_spec and raised as RefusedSpec), load
+    the agent, build its policy for spaces(spec) (observation and action space) and load the
+    newest weights. fetch(type) asks the broker until it has an answer."""
+    reply = fetch("get_spec")
+    spec, ports = reply.meta["spec"], reply.meta["ports"]
+    try:
+        envs.check_spec_allowed(spec["env"], spec.get("wrappers") or (), allow_envs, allow_wrappers)
+    except envs.RefusedSpec as exc:
+        report("refused_spec", str(exc))
+        raise
+    agent = algorithm.load(spec["algo"])
+    args = build(agent.Args, spec["args"], "algo")
+    net = agent.make_policy(*spaces(spec), args).to(device)
+    net.eval()
+    normalizer = normalize.ActorNormalizer()
+    version = load_weights(net, normalizer, fetch("get_weights"), spec["run_id"])
+    return JoinedRun(spec, ports, agent, args, net, normalizer, version)
+
+
 class Acting:
     """One actor's vector env, core and segment writer, stepped a segment at a time: what an
     actor process runs between pushes, and what the in-process runner (qrl/local.py) runs."""
@@ -165,29 +216,27 @@ class Worker:
 
     def _run(self) -> None:
         client = transport.Client(self.ctx, self.cfg.broker, self.role)
-        reply = self._fetch(client, "get_spec")
-        spec, ports = reply.meta["spec"], reply.meta["ports"]
-        try:
-            envs.check_spec_allowed(spec["env"], spec.get("wrappers") or (), self.cfg.allow_envs,
-                                    self.cfg.allow_wrappers)
-        except envs.RefusedSpec as exc:
-            self._report(client, "refused_spec", str(exc))
-            raise
-        agent = algorithm.load(spec["algo"])
-        args = build(agent.Args, spec["args"], "algo")
-        run = spec["run"]
+        env = None
+
+        def spaces(spec: dict[str, Any]) -> tuple:  # the actor's own vector env tells them
+            nonlocal env
+            run = spec["run"]
+            env = envs.make_vector_env(spec["env"], run["num_envs"], spec.get("env_kwargs"), spec.get("wrappers") or ())
+            return env.single_observation_space, env.single_action_space
+
+        joined = join_run(lambda msg_type: self._fetch(client, msg_type),
+                          lambda reason, detail: self._report(client, reason, detail),
+                          self.cfg.allow_envs, self.cfg.allow_wrappers, spaces)
+        client.close()
+        spec, ports, agent, args, net = joined.spec, joined.ports, joined.agent, joined.args, joined.net
+        run = joined.run
         num_envs, T = run["num_envs"], run["segment_length"]
         total = self.cfg.total or self.cfg.n
         seed = actor_seed(run, self.actor_id)
-
-        env = envs.make_vector_env(spec["env"], num_envs, spec.get("env_kwargs"), spec.get("wrappers") or ())
-        net = agent.make_policy(env.single_observation_space, env.single_action_space, args)
-        net.eval()
         # Claimed ids (--first-id auto) can exceed the total after restarts: wrap for exploration.
         core = agent.actor(args, self.actor_id % total, total, num_envs, seed)
-        self.normalizer = normalize.ActorNormalizer()
-        version = self._load_weights(net, self._fetch(client, "get_weights"), spec["run_id"])
-        client.close()
+        self.normalizer = joined.normalizer
+        version = self.version = joined.version
 
         host, _ = transport.split_address(self.cfg.broker)
         weights_sub = transport.socket(self.ctx, zmq.SUB)
@@ -221,12 +270,7 @@ class Worker:
         self._confirm_delivery()
 
     def _report(self, client: transport.Client, reason: str, detail: str) -> None:
-        """Tell the broker why this actor cannot act on the run (counted in its stats)."""
-        try:
-            client.request("actor_error", {"actor_id": self.actor_id, "reason": reason, "detail": detail[:512]},
-                           wait_s=2.0)
-        except transport.BrokerUnavailable:
-            pass
+        report_actor_error(client, self.actor_id, reason, detail)
 
     def _confirm_delivery(self) -> None:
         if self.sent:

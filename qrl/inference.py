@@ -37,9 +37,9 @@ import numpy as np
 import torch
 import zmq
 
-from qrl import algorithm, envs, messages, normalize, transport, wire
-from qrl.actor import RunChanged, actor_seed, ingest_socket, load_weights, newest_weights
-from qrl.config import build
+from qrl import algorithm, envs, messages, transport, wire
+from qrl.actor import (RunChanged, actor_seed, ingest_socket, join_run, load_weights, newest_weights,
+                       report_actor_error)
 from qrl.segments import SegmentWriter, SyncActing, confirm_delivery
 
 log = logging.getLogger("qrl.inference")
@@ -165,21 +165,18 @@ class InferenceServer:
 
     def _serve_run(self, ctx: zmq.Context) -> None:
         client = transport.Client(ctx, self.cfg.broker, "inference")
-        reply = self._fetch(client, "get_spec")
-        self.spec, ports = reply.meta["spec"], reply.meta["ports"]
-        self.agent = algorithm.load(self.spec["algo"])
-        self.args = build(self.agent.Args, self.spec["args"], "algo")
-        self.run = self.spec["run"]
-        envs.check_spec_allowed(self.spec["env"], self.spec.get("wrappers") or (), self.cfg.allow_envs,
-                                self.cfg.allow_wrappers)
-        self.obs_space, self.action_space = envs.spaces(self.spec["env"], self.spec.get("env_kwargs"),
-                                                        self.spec.get("wrappers") or ())
-        self.net = self.agent.make_policy(self.obs_space, self.action_space, self.args).to(self.device)
-        self.net.eval()
-        self.normalizer = normalize.ActorNormalizer()
-        self.version = -1
-        self._load_weights(self._fetch(client, "get_weights"))
+
+        def spaces(spec: dict[str, Any]) -> tuple:
+            self.obs_space, self.action_space = envs.spaces(spec["env"], spec.get("env_kwargs"),
+                                                            spec.get("wrappers") or ())
+            return self.obs_space, self.action_space
+
+        joined = join_run(lambda msg_type: self._fetch(client, msg_type),
+                          lambda reason, detail: report_actor_error(client, -1, reason, detail),  # -1: this server
+                          self.cfg.allow_envs, self.cfg.allow_wrappers, spaces, str(self.device))
         client.close()
+        self.spec, ports, self.agent, self.args = joined.spec, joined.ports, joined.agent, joined.args
+        self.run, self.net, self.normalizer, self.version = joined.run, joined.net, joined.normalizer, joined.version
 
         host, _ = transport.split_address(self.cfg.broker)
         self.weights_sub = transport.socket(ctx, zmq.SUB)

@@ -271,6 +271,7 @@ class LearnerRun:
             return
         if reply.type == "batch":
             self.live.refusals = 0
+            self.count_frames(reply.meta.get("broker_id"), reply.meta.get("frames"))
             self.train_on(reply.arrays, reply.meta.get("consumed") or {})
 
     def train_on(self, arrays: dict[str, np.ndarray], consumed: dict[str, int]) -> None:
@@ -307,8 +308,7 @@ class LearnerRun:
             self.register()
             live.broker_frames = stats["frames"]  # its counter went back to its snapshot's
             return
-        live.frames += max(0, stats["frames"] - live.broker_frames)
-        live.broker_frames = stats["frames"]
+        self.count_frames(live.broker_id, stats["frames"])
         if live.first_segment is None and stats.get("first_segment_time"):
             live.first_segment = stats["first_segment_time"]
             self.metrics.write("phase", name="first_segment", at=live.first_segment)
@@ -317,6 +317,18 @@ class LearnerRun:
         live.measure_rates(self.learner.updates, stats.get("frames_consumed", 0))
         self.metrics.write("train", **live.train_record(self.learner.updates, self.elapsed(), self.version,
                                                         self.sampler.resent))
+
+    def count_frames(self, broker_id: str | None, broker_frames: int | None) -> None:
+        """Add the frames the broker accepted since it last told us (its counter, with each batch
+        and each stats reply), as long as it is the broker we registered with; a batch from
+        another (restarted) one makes the next broker sync come at once."""
+        live = self.live
+        if broker_frames is None or broker_id != live.broker_id:
+            if live.broker_id is not None and broker_id is not None:
+                self.broker_sync.due_now()
+            return
+        live.frames += max(0, broker_frames - live.broker_frames)
+        live.broker_frames = broker_frames
 
     def recover_lost_messages(self, stats: dict[str, Any]) -> None:
         """Liveness after a pause or a cut connection: requests the broker never got are sent

@@ -303,7 +303,7 @@ SCHEMAS: dict[str, Map] = {
     "claim_ids": Map({"req": REQ, "n": Field(Int(1, 4096), doc="how many ids")}),
     "actor_error": Map({
         "req": REQ,
-        "actor_id": Field(Int()),
+        "actor_id": Field(Int(-1, MAX_INT), doc="the actor's id; -1: a central inference server"),
         "reason": Field(Str(32, ("refused_spec", "env_error")), doc="what went wrong"),
         "detail": Field(Str(512), doc="the actor's one-line error"),
     }),

@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 import msgpack
 import numpy as np
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 """2: typed metadata (qrl.messages), run binding, item schema and token in register, roles."""
 
 # Every message type on every socket (docs/protocol.md describes each).

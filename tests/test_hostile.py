@@ -346,6 +346,25 @@ def test_every_message_field_is_documented_and_every_documented_field_exists():
 
 
 @pytest.mark.timeout(120)
+def test_an_inference_server_refuses_a_spec_s_code_before_importing_anything_and_reports_it(client, procs, broker,
+                                                                                           tmp_path):
+    """The same check as an actor's, in the same place (qrl.actor.join_run): before the agent is
+    loaded, reported to the broker as refused_spec (actor id -1: the server)."""
+    marker = tmp_path / "imported"
+    (tmp_path / "evil_env.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\nclass Env: pass\n")
+    register(client, spec={**SPEC, "env": "evil_env:Env"})
+    server = procs.start("inference-refusing", "inference", "--broker", broker.address(), "--bind",
+                         "tcp://127.0.0.1:0")
+    assert server.wait(60) != 0
+    s = stats(client)
+    assert s["actor_errors"]["refused_spec"] >= 1
+    assert s["actor_error_last"]["refused_spec"].startswith("actor -1: ") and "evil_env:Env" in s["actor_error_last"][
+        "refused_spec"]
+    assert "does not allow" in server.log_path.read_text()
+    assert not marker.exists(), "the spec's module was imported"
+
+
+@pytest.mark.timeout(120)
 def test_actors_import_no_code_a_spec_names_unless_their_own_config_allows_it(client, procs, broker, tmp_path):
     """A module in the actors' working directory (first on their sys.path) that a hostile register
     names as the environment entry point: refused, reported to the broker, never imported."""
