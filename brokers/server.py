@@ -11,8 +11,8 @@ subscriber that joins late is sent the cached weights as soon as its
 subscription arrives. It never imports torch and knows no algorithm.
 
 One thread, one poller. Every message is checked before any handler or counter
-sees it: the envelope (qrl.wire), the metadata against its type's schema
-(qrl.messages), then what only the broker can judge: the registered run, the
+sees it: the envelope (qrl.protocol.wire), the metadata against its type's schema
+(qrl.protocol.messages), then what only the broker can judge: the registered run, the
 item schema the learner declared, finite values, sequence windows, the run's
 token for weights, and with keys the sender's role. A message that fails is
 dropped (a request gets an error reply), counted by reason and logged at most
@@ -40,11 +40,11 @@ from typing import Any
 import numpy as np
 import zmq
 
-from qrl import messages, transport, wire
+from qrl.protocol import messages, transport, wire
 from qrl.brokers import snapshot
 from qrl.brokers.actors import SEQ_WINDOW, ActorRecord, Duplicate, OutOfWindow
 from qrl.brokers.tables import ItemSchema, QueueTable, ReplayTable, SchemaError, TableConfig, make_table
-from qrl.transport import bind
+from qrl.protocol.transport import bind
 
 log = logging.getLogger("qrl.broker")
 
@@ -142,7 +142,7 @@ class Broker:
         # a pause longer than the heartbeat timeout, takes its id over: the batches for the
         # requests it left pending here reach the new connection instead of being dropped.
         self.service.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        # No heartbeats on ingest (nor on the actors' side, qrl.actor.ingest_socket): its input is
+        # No heartbeats on ingest (nor on the actors' side, qrl.acting.actor.ingest_socket): its input is
         # held back by the rate limiter, and libzmq 4.3.5 aborts the process when a heartbeat
         # meets a stopped input whose peer died (see transport.socket). A dead actor needs no
         # detecting here; a dead broker shows as a TCP reset on the actor's side.

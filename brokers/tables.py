@@ -39,7 +39,7 @@ class ItemSchema:
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any]) -> "ItemSchema":
-        from qrl.wire import ALLOWED_DTYPES
+        from qrl.protocol.wire import ALLOWED_DTYPES
 
         fields_meta = meta["fields"]
         if not fields_meta:

@@ -24,7 +24,7 @@ The parts, after Acme's actor core / adder / learner split:
     run_defaults    run-config defaults the algorithm needs, e.g. {"publish_every": 1}
     sample_options  (args, updates) -> extra sample-request fields, e.g. prioritized replay's beta
 
-The runtime on an actor (qrl/actor.py), for every step and every segment of T steps:
+The runtime on an actor (qrl/acting/actor.py), for every step and every segment of T steps:
 
     core = agent.actor(args, index, count, num_envs, seed)
     state = core.initial_state(num_envs)
@@ -33,7 +33,7 @@ The runtime on an actor (qrl/actor.py), for every step and every segment of T st
     actions, extras = core.select(net, outputs)  # this core's exploration (core.act: both)
     items = agent.make_items(rollout, args)  # rollout: before + T + after steps, then push
 
-A central inference server (qrl/inference.py) holds one core per env-only actor and acts for all
+A central inference server (qrl/acting/inference.py) holds one core per env-only actor and acts for all
 of those waiting at once: act_batched(net, cores, obs_list, states, episode_starts) runs one
 forward pass on their concatenated inputs and lets each core select on its rows.
 

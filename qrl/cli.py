@@ -36,7 +36,7 @@ def user_errors(role: str):
             from qrl.algorithm import UnknownAlgorithm
             from qrl.checkpoint import CheckpointError
             from qrl.envs import UnknownEnvironment
-            from qrl.transport import AddressError, PortInUse
+            from qrl.protocol.transport import AddressError, PortInUse
 
             try:
                 return fn(*a, **kw)
@@ -153,7 +153,7 @@ def broker(host: str, port: int, address_file: str | None, snapshot_dir: str | N
     """Run the replay broker (the run's rendezvous point)."""
     _setup_logging()
     from qrl.brokers.server import BrokerConfig, run_broker
-    from qrl.transport import check_bind_host
+    from qrl.protocol.transport import check_bind_host
 
     check_bind_host(host)
     cfg = _component_config(BrokerConfig, "broker", sets, host=host, port=port, keys=keys, snapshot_dir=snapshot_dir,
@@ -168,7 +168,7 @@ def keygen(key_dir: str) -> None:
     observer), each authorized under authorized_clients/ROLE/ (add more keys there). Give each
     machine server.key and its role's pair only: an actor key cannot register runs or publish
     weights, an observer key can only read stats."""
-    from qrl.transport import keygen as write_keys
+    from qrl.protocol.transport import keygen as write_keys
 
     for path in write_keys(key_dir):
         click.echo(str(path))
@@ -193,15 +193,15 @@ def actor(n: int, broker: str, first_id: int, total: int | None, broker_file: st
           inference: str | None, inference_file: str | None, sets: tuple[str, ...]) -> None:
     """Run N actor processes under a supervisor that restarts any that die."""
     _setup_logging()
-    from qrl.transport import check_address, read_address_file, use_keys
+    from qrl.protocol.transport import check_address, read_address_file, use_keys
 
     if inference or inference_file:
         if keys:
             raise UserError("actor: --inference does not support --keys yet (the inference socket has no CURVE)")
         inference = read_address_file(inference_file) if inference_file else inference
         check_address(inference, "inference address")
-        from qrl.env_actor import run_env_actors  # no torch
-        from qrl.supervisor import ActorConfig
+        from qrl.acting.env_actor import run_env_actors  # no torch
+        from qrl.acting.supervisor import ActorConfig
 
         first = 0 if first_id == "auto" else _int_option("--first-id", first_id)
         run_env_actors(_component_config(ActorConfig, "actor", sets, n=n, first_id=first, total=total,
@@ -209,7 +209,7 @@ def actor(n: int, broker: str, first_id: int, total: int | None, broker_file: st
         from qrl.lifetime import exit_now
 
         exit_now(0)
-    from qrl.actor import ActorConfig, run_actors  # torch: imported while a broker started with us binds
+    from qrl.acting.actor import ActorConfig, run_actors  # torch: imported while a broker started with us binds
 
     use_keys(keys, server=False, role="actor")
     if broker_file:
@@ -258,8 +258,8 @@ def inference(broker: str, broker_file: str | None, bind: str, address_out: str 
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
     _setup_logging()
-    from qrl.inference import InferenceConfig, run_inference
-    from qrl.transport import check_address, read_address_file
+    from qrl.acting.inference import InferenceConfig, run_inference
+    from qrl.protocol.transport import check_address, read_address_file
 
     if broker_file:
         broker = read_address_file(broker_file)
@@ -313,7 +313,7 @@ def learner(config, algo, env_id, seed, total_steps, target_return, run_dir, no_
             broker, broker_file, device, resume, resume_if_possible) -> None:
     """Run the learner: register the run, train from the broker's batches, publish weights."""
     _setup_logging()
-    from qrl.transport import check_address, read_address_file, use_keys
+    from qrl.protocol.transport import check_address, read_address_file, use_keys
 
     if not broker_file:
         check_address(broker)
@@ -438,7 +438,7 @@ def status(broker, as_json, timeout, keys) -> None:
     import zmq
 
     from qrl import status as status_view
-    from qrl.transport import BrokerUnavailable, Client, check_address, use_keys
+    from qrl.protocol.transport import BrokerUnavailable, Client, check_address, use_keys
 
     use_keys(keys, server=False, role=("observer", "learner", "actor"))  # any role may read stats
     check_address(broker)

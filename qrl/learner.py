@@ -26,11 +26,12 @@ import numpy as np
 import torch
 import zmq
 
-from qrl import algorithm, checkpoint, eager, envs, lifetime, transport
+from qrl import algorithm, checkpoint, eager, envs, lifetime
+from qrl.protocol import transport
 from qrl.evaluation import run_episodes
 from qrl.brokers.tables import TableConfig
 from qrl.config import RunConfig, build, to_dict, to_yaml
-from qrl.messages import MAX_ACTORS_CONSUMED
+from qrl.protocol.messages import MAX_ACTORS_CONSUMED
 from qrl.metrics import MetricsWriter, ProgressView
 from qrl.normalize import Normalizer
 from qrl.sampling import SampleClient

@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 
 from qrl import algorithm, envs, normalize
-from qrl.actor import Acting, actor_seed, load_arrays
+from qrl.acting.actor import Acting, actor_seed, load_arrays
 from qrl.brokers.tables import ReplayTable, SchemaError, make_table
 from qrl.config import RunConfig
 from qrl.learner import LearnerOptions, LearnerRun, serve
-from qrl.segments import SegmentWriter
+from qrl.acting.segments import SegmentWriter
 
 log = logging.getLogger("qrl.local")
 

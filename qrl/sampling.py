@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 import zmq
 
-from qrl import transport, wire
+from qrl.protocol import transport, wire
 
 log = logging.getLogger("qrl.learner")
 

@@ -33,7 +33,7 @@ from _common import print_table, save_results
 from qrl import algorithm, envs
 from qrl.algorithms import dqn
 from qrl.cluster import start_actors, start_broker, stop
-from qrl.transport import Client
+from qrl.protocol.transport import Client
 
 
 def raw_loop(env_id: str, num_envs: int, seconds: float, queue) -> None:

@@ -29,7 +29,7 @@ from _common import print_table, save_results
 from bench_collection import cpu_seconds, proc_tree, pss_mb, register
 from qrl import envs
 from qrl.cluster import start_actors, start_broker, stop
-from qrl.transport import Client
+from qrl.protocol.transport import Client
 
 
 def start_inference(run_dir: Path, broker: str, sets: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:

@@ -21,7 +21,7 @@ import gymnasium as gym
 import numpy as np
 
 from _common import print_table, save_results
-from qrl import wire
+from qrl.protocol import wire
 from qrl.brokers.tables import ReplayTable, TableConfig
 
 OBS = gym.spaces.Box(-np.inf, np.inf, (4,), np.float32)

@@ -23,7 +23,7 @@ import numpy as np
 import zmq
 
 from _common import print_table, save_results
-from qrl import wire
+from qrl.protocol import wire
 
 SIZES = {"1KB": 1 << 10, "64KB": 64 << 10, "1MB": 1 << 20, "8MB": 8 << 20}
 MODES = ("raw", "qrl", "msgpack", "pickle")

@@ -22,7 +22,7 @@ import zmq
 
 from bench_collection import register
 from qrl.cluster import start_actors, start_broker, stop
-from qrl.transport import Client
+from qrl.protocol.transport import Client
 
 SENT = re.compile(r"actor (\d+): incarnation (\w+) sent (\d+) segments")
 

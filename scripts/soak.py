@@ -29,7 +29,7 @@ import zmq
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, print_table, save_results  # noqa: E402
 
-from qrl.transport import Client, free_port_block  # noqa: E402
+from qrl.protocol.transport import Client, free_port_block  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = {"dqn": REPO / "configs" / "dqn-CartPole-v1.yaml", "ppo": REPO / "configs" / "ppo-CartPole-v1.yaml"}

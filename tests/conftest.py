@@ -16,7 +16,7 @@ import pytest
 import zmq
 
 from qrl.brokers.server import Broker, BrokerConfig
-from qrl.transport import Client
+from qrl.protocol.transport import Client
 
 
 @pytest.fixture

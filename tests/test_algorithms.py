@@ -9,7 +9,7 @@ import pytest
 import zmq
 
 from qrl import algorithm
-from qrl.transport import Client, free_port_block
+from qrl.protocol.transport import Client, free_port_block
 from conftest import wait_for
 
 pytestmark = pytest.mark.slow

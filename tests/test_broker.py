@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import zmq
 
-from qrl import wire
-from qrl.transport import send
+from qrl.protocol import wire
+from qrl.protocol.transport import send
 from conftest import wait_for
 
 TABLE = {"capacity": 100, "sampler": "uniform", "min_size": 4, "samples_per_insert": 0.0, "tolerance": 0.0}

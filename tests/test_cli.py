@@ -140,7 +140,7 @@ def test_the_broker_process_does_not_load_torch(procs):
 
 
 def test_addresses_keep_their_host_as_written_so_other_ports_can_be_joined_to_it():
-    from qrl.transport import check_address, split_address
+    from qrl.protocol.transport import check_address, split_address
 
     assert split_address("tcp://127.0.0.1:5555") == ("127.0.0.1", 5555)
     assert check_address("tcp://[::1]:5555") == ("[::1]", 5555)  # resolved without, kept with brackets

@@ -116,10 +116,10 @@ import time  # noqa: E402
 import typing  # noqa: E402
 
 from qrl import algorithm  # noqa: E402
-from qrl.actor import ActorConfig  # noqa: E402
+from qrl.acting.actor import ActorConfig  # noqa: E402
 from qrl.brokers.server import BrokerConfig  # noqa: E402
 from qrl.config import RANGES, check_range  # noqa: E402
-from qrl.inference import InferenceConfig  # noqa: E402
+from qrl.acting.inference import InferenceConfig  # noqa: E402
 
 
 def _config_classes():

@@ -88,7 +88,7 @@ def test_the_image_builds_and_a_compose_cluster_trains_in_it(tmp_path):
     import subprocess
     import sys
 
-    from qrl.transport import free_port_block
+    from qrl.protocol.transport import free_port_block
 
     reason = _docker_missing()
     if reason:
@@ -163,7 +163,7 @@ def test_the_slurm_job_trains_on_a_real_controller(tmp_path):
     import sys
     import time
 
-    from qrl.transport import free_port_block
+    from qrl.protocol.transport import free_port_block
 
     missing = [b for b in ("munged", "slurmctld", "slurmd", "sbatch", "squeue") if shutil.which(b) is None]
     if missing:

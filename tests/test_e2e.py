@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from qrl.transport import Client, free_port_block
+from qrl.protocol.transport import Client, free_port_block
 from conftest import wait_for
 
 pytestmark = pytest.mark.slow

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 from qrl import envs
-from qrl.grid import GridWorld
+from qrl.envs.grid import GridWorld
 
 
 def test_an_entry_point_is_registered_on_first_use():
-    env = envs.make_vector_env("qrl.grid:GridWorld", 2)
+    env = envs.make_vector_env("qrl.envs.grid:GridWorld", 2)
     try:
         obs, _ = env.reset(seed=0)
         assert obs.tolist() == [0, 0] and env.single_action_space.n == 4
@@ -18,8 +18,8 @@ def test_an_entry_point_is_registered_on_first_use():
 
 @pytest.mark.parametrize("env_id, message", [
     ("CartPole-v9", "did you mean CartPole-v1"),
-    ("qrl.grid:Nowhere", "cannot load environment entry point 'qrl.grid:Nowhere'"),
-    ("qrl.grid:LAYOUT", "is not a gymnasium.Env subclass"),
+    ("qrl.envs.grid:Nowhere", "cannot load environment entry point 'qrl.envs.grid:Nowhere'"),
+    ("qrl.envs.grid:LAYOUT", "is not a gymnasium.Env subclass"),
     ("no_such_module:Env", "cannot load environment entry point"),
 ])
 def test_unknown_environments_are_clear(env_id, message):

@@ -13,10 +13,11 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qrl import algorithm, envs, wire
+from qrl import algorithm, envs
+from qrl.protocol import wire
 from qrl.algorithms import dqn
 from qrl.brokers.server import Broker, BrokerConfig
-from qrl.transport import Client
+from qrl.protocol.transport import Client
 from conftest import wait_for
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,7 @@ import sys
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from qrl import transport
+from qrl.protocol import transport
 
 PEER = """
 import sys, time, zmq
@@ -50,8 +50,8 @@ def test_a_frozen_peer_is_disconnected(monkeypatch):
 
 PUSHER = """
 import sys, uuid, numpy as np, zmq
-from qrl import transport, wire
-from qrl.actor import ActorConfig, ingest_socket
+from qrl.protocol import transport, wire
+from qrl.acting.actor import ActorConfig, ingest_socket
 transport.HEARTBEAT_IVL_MS, transport.HEARTBEAT_TIMEOUT_MS = 50, 200  # were they on, they would fire here
 cfg = ActorConfig()
 s = ingest_socket(zmq.Context(), cfg.send_hwm, cfg.send_buffer)  # exactly an actor's PUSH
@@ -75,7 +75,7 @@ def test_a_held_back_broker_survives_actors_killed_mid_push(procs):
 
     import numpy as np
 
-    from qrl.transport import Client
+    from qrl.protocol.transport import Client
     from test_broker import register_meta
 
     broker, address = procs.start_broker()

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import zmq
 
-from qrl import messages, wire
+from qrl.protocol import messages, wire
 from qrl.brokers import server
-from qrl.transport import Client, send
+from qrl.protocol.transport import Client, send
 from conftest import wait_for
 from test_broker import SPEC, TABLE, TOKEN, register_meta, segment, stats
 
@@ -336,7 +336,8 @@ def test_every_message_field_is_documented_and_every_documented_field_exists():
     begin, end = "<!-- messages:begin -->", "<!-- messages:end -->"
     assert begin in doc and end in doc
     documented = doc[doc.index(begin) + len(begin):doc.index(end)].strip()
-    assert documented == messages.markdown().strip(), "run: python -m qrl.messages > the block in docs/protocol.md"
+    assert documented == messages.markdown().strip(), (
+        "run: python -m qrl.protocol.messages > the block in docs/protocol.md")
     begin, end = "<!-- inference:begin -->", "<!-- inference:end -->"
     inference = doc[doc.index(begin) + len(begin):doc.index(end)].strip()
     assert inference == messages.markdown(messages.INFERENCE_SCHEMAS).strip(), "the central inference block"
@@ -348,7 +349,7 @@ def test_every_message_field_is_documented_and_every_documented_field_exists():
 @pytest.mark.timeout(120)
 def test_an_inference_server_refuses_a_spec_s_code_before_importing_anything_and_reports_it(client, procs, broker,
                                                                                            tmp_path):
-    """The same check as an actor's, in the same place (qrl.actor.join_run): before the agent is
+    """The same check as an actor's, in the same place (qrl.acting.actor.join_run): before the agent is
     loaded, reported to the broker as refused_spec (actor id -1: the server)."""
     marker = tmp_path / "imported"
     (tmp_path / "evil_env.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\nclass Env: pass\n")

@@ -20,10 +20,11 @@ import numpy as np
 import pytest
 import zmq
 
-from qrl import algorithm, envs, wire
-from qrl.actor import actor_seed
+from qrl import algorithm, envs
+from qrl.protocol import wire
+from qrl.acting.actor import actor_seed
 from qrl.config import build
-from qrl.transport import Client, free_port_block
+from qrl.protocol.transport import Client, free_port_block
 from conftest import wait_for
 
 pytestmark = pytest.mark.slow
@@ -321,7 +322,8 @@ def test_qrl_run_restarts_a_killed_inference_server(tmp_path):
 
 
 def test_env_only_actors_import_no_torch():
-    code = "import sys, qrl.cli, qrl.env_actor, qrl.supervisor; assert 'torch' not in sys.modules, 'torch imported'"
+    code = ("import sys, qrl.cli, qrl.acting.env_actor, qrl.acting.supervisor; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 

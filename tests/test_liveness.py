@@ -11,7 +11,7 @@ import pytest
 import zmq
 
 from qrl.metrics import read
-from qrl.transport import Client
+from qrl.protocol.transport import Client
 from conftest import wait_for
 from netcut import Proxy
 from test_e2e import broker_stats, children, free_port_block

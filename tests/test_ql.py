@@ -6,7 +6,7 @@ import torch
 
 from qrl.algorithm import Rollout
 from qrl.algorithms import ql
-from qrl.grid import GridWorld
+from qrl.envs.grid import GridWorld
 from qrl.algorithm import to_batch
 
 

@@ -7,8 +7,8 @@ import pytest
 import zmq
 import zmq.auth
 
-from qrl import transport
-from qrl.transport import BrokerUnavailable, Client
+from qrl.protocol import transport
+from qrl.protocol.transport import BrokerUnavailable, Client
 from conftest import wait_for
 from test_broker import SPEC, register_meta, segment
 

@@ -8,7 +8,7 @@ import zmq
 
 from qrl.brokers import snapshot
 from qrl.brokers.server import Broker, BrokerConfig
-from qrl.transport import Client
+from qrl.protocol.transport import Client
 from conftest import wait_for
 from test_broker import SPEC, register_meta, segment
 

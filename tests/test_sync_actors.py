@@ -9,7 +9,8 @@ import pytest
 import zmq
 
 from conftest import wait_for
-from qrl import algorithm, envs, transport
+from qrl import algorithm, envs
+from qrl.protocol import transport
 from qrl.config import build
 
 TOKEN = "token-of-the-test-learner"

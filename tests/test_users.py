@@ -14,7 +14,7 @@ import zmq
 
 import qrl
 from qrl.metrics import read
-from qrl.transport import Client
+from qrl.protocol.transport import Client
 from conftest import wait_for
 
 pytestmark = pytest.mark.slow

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import zmq
 
-from qrl import wire
-from qrl.transport import recv_frames, send
+from qrl.protocol import wire
+from qrl.protocol.transport import recv_frames, send
 
 DTYPES = ["bool", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64",
           "float16", "float32", "float64"]

@@ -1,6 +1,6 @@
 """Central inference (SEED style): `qrl inference --broker ADDR`.
 
-One process holds the policy for many env-only actors (qrl/env_actor.py). It gets the run spec and
+One process holds the policy for many env-only actors (qrl/acting/env_actor.py). It gets the run spec and
 every new weights version from the broker like an actor does, and serves a ROUTER socket: each env
 actor sends its observations (with the rewards and episode ends of the step before) and gets its
 actions back. Requests are answered in batches: the server waits until `batch_envs` environments'
@@ -37,10 +37,11 @@ import numpy as np
 import torch
 import zmq
 
-from qrl import algorithm, envs, messages, transport, wire
-from qrl.actor import (RunChanged, actor_seed, ingest_socket, join_run, load_weights, newest_weights,
+from qrl import algorithm, envs
+from qrl.protocol import messages, transport, wire
+from qrl.acting.actor import (RunChanged, actor_seed, ingest_socket, join_run, load_weights, newest_weights,
                        report_actor_error)
-from qrl.segments import SegmentWriter, SyncActing, confirm_delivery
+from qrl.acting.segments import SegmentWriter, SyncActing, confirm_delivery
 
 log = logging.getLogger("qrl.inference")
 

@@ -22,10 +22,11 @@ import numpy as np
 import torch
 import zmq
 
-from qrl import algorithm, envs, normalize, transport, wire
+from qrl import algorithm, envs, normalize
+from qrl.protocol import transport, wire
 from qrl.config import build
-from qrl.segments import SegmentWriter, SyncActing, confirm_delivery
-from qrl.supervisor import ActorConfig, Supervisor, report_failure, run_supervised, worker_prelude
+from qrl.acting.segments import SegmentWriter, SyncActing, confirm_delivery
+from qrl.acting.supervisor import ActorConfig, Supervisor, report_failure, run_supervised, worker_prelude
 
 log = logging.getLogger("qrl.actor")
 

@@ -1,7 +1,7 @@
 """ZeroMQ plumbing shared by broker, actors and learner: binding, timed receives
 and a request client that survives a broker that is not there yet or restarts.
 
-Only qrl/wire.py knows message bytes; this module moves frames.
+Only qrl/protocol/wire.py knows message bytes; this module moves frames.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import zmq
 import zmq.auth
 from zmq.utils import z85
 
-from qrl import wire
+from qrl.protocol import wire
 
 
 class PortInUse(RuntimeError):

@@ -1,6 +1,6 @@
 """The actor supervisor: keeps N worker processes alive (forked from it, so they share what it
 imported), restarting any that die with a backoff. Imports no torch: it supervises the policy-running
-workers of qrl/actor.py and the env-only workers of qrl/env_actor.py alike."""
+workers of qrl/acting/actor.py and the env-only workers of qrl/acting/env_actor.py alike."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import zmq
 
-from qrl import transport
+from qrl.protocol import transport
 from qrl.lifetime import die_with_parent
 
 log = logging.getLogger("qrl.actor")

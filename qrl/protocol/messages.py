@@ -1,6 +1,6 @@
 """What every message's metadata may hold: one schema per message type the broker receives.
 
-`qrl.wire` checks the envelope (header, dtypes, shapes, sizes); this module checks the
+`qrl.protocol.wire` checks the envelope (header, dtypes, shapes, sizes); this module checks the
 metadata inside it, before any broker handler or counter sees it. Every field has a type,
 bounds and a length; integers stay within MAX_INT (what the broker can store in int64 arrays,
 sum into counters and encode again, and what a JSON or JavaScript reader gets exactly);

@@ -1,7 +1,7 @@
 """Env-only actors (central inference, SEED style): `qrl actor --n N --inference ADDR`.
 
 Each worker steps its synchronous vector env and asks an inference server (`qrl inference`,
-qrl/inference.py) for every step's actions: it sends the observations, and with them the
+qrl/acting/inference.py) for every step's actions: it sends the observations, and with them the
 rewards, episode ends and final observations of the step before. The server keeps the policy,
 the exploration and recurrent state, builds the items and pushes the segments. A worker here holds
 no policy and imports no torch (tests/test_inference.py checks its memory maps), so 32 of them
@@ -26,8 +26,9 @@ from typing import Any
 import numpy as np
 import zmq
 
-from qrl import envs, transport, wire
-from qrl.supervisor import ActorConfig, Supervisor, report_failure, run_supervised, worker_prelude
+from qrl import envs
+from qrl.protocol import transport, wire
+from qrl.acting.supervisor import ActorConfig, Supervisor, report_failure, run_supervised, worker_prelude
 
 log = logging.getLogger("qrl.actor")
 

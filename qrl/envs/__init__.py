@@ -15,8 +15,8 @@ from typing import Any, Sequence
 import gymnasium as gym
 import numpy as np
 
-gym.register("qrl/Grid-v0", entry_point="qrl.grid:GridWorld", max_episode_steps=50, reward_threshold=0.9)
-gym.register("qrl/CartPoleNoVel-v1", entry_point="qrl.wrappers:cartpole_no_velocity", max_episode_steps=500,
+gym.register("qrl/Grid-v0", entry_point="qrl.envs.grid:GridWorld", max_episode_steps=50, reward_threshold=0.9)
+gym.register("qrl/CartPoleNoVel-v1", entry_point="qrl.envs.wrappers:cartpole_no_velocity", max_episode_steps=500,
              reward_threshold=475.0)
 
 
@@ -97,8 +97,8 @@ def spec(env_id: str) -> gym.envs.registration.EnvSpec:
 
 def _wrapper(spec: str | dict[str, Any]):
     """'FlattenObservation' or {'name': 'ClipReward', 'min_reward': -1, 'max_reward': 1} -> env -> env.
-    Names are qrl's own wrappers (qrl/wrappers.py) or gymnasium.wrappers'."""
-    from qrl.wrappers import WRAPPERS
+    Names are qrl's own wrappers (qrl/envs/wrappers.py) or gymnasium.wrappers'."""
+    from qrl.envs.wrappers import WRAPPERS
 
     if isinstance(spec, dict):
         kwargs = dict(spec)

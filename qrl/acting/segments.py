@@ -1,7 +1,7 @@
 """One actor's steps turned into the segments it pushes to the broker.
 
-Shared by the two places an agent acts: an actor process running its policy itself (qrl/actor.py)
-and the central inference server acting for env-only actors (qrl/inference.py). Both hand every
+Shared by the two places an agent acts: an actor process running its policy itself (qrl/acting/actor.py)
+and the central inference server acting for env-only actors (qrl/acting/inference.py). Both hand every
 step to a SegmentWriter and push what it encodes, so a segment carries the same accounting either
 way: actor id, incarnation, sequence number, the policy version it started with, and the episodes
 that finished in it.
@@ -17,7 +17,8 @@ from typing import Any, Callable
 import numpy as np
 import zmq
 
-from qrl import algorithm, transport, wire
+from qrl import algorithm
+from qrl.protocol import transport, wire
 
 log = logging.getLogger("qrl.actor")
 

@@ -23,7 +23,7 @@ import msgpack
 import numpy as np
 
 PROTOCOL_VERSION = 3
-"""2: typed metadata (qrl.messages), run binding, item schema and token in register, roles."""
+"""2: typed metadata (qrl.protocol.messages), run binding, item schema and token in register, roles."""
 
 # Every message type on every socket (docs/protocol.md describes each).
 MESSAGE_TYPES = frozenset(

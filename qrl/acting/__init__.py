@@ -1,0 +1,2 @@
+"""Acting: actor workers and their supervisor, env-only actors, the central inference server, and
+the segments every acting process pushes."""
