@@ -9,11 +9,12 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from qrl.config import ConfigError
+from qrl.config import ConfigError, FileConfig, RunConfig, parse_overrides
 
 
 @dataclass
@@ -24,6 +25,73 @@ class TrainResult:
     metrics: list[dict[str, Any]]
     """Every record of metrics.jsonl ("train" and "eval" kinds)."""
     checkpoint: Path
+
+
+# -- a run's settings, checked before anything starts ------------------------------------------
+
+@dataclass
+class Resolved:
+    """A run's settings, checked: what `qrl run`, `qrl learner` and train() start from."""
+
+    algo: str
+    env: str
+    run: RunConfig
+    algo_values: dict
+    actors: int | None
+
+
+def names_and_run(file: FileConfig, algo: str | None, env: str | None, run_overrides: dict, run_defaults: dict,
+                   **run_options) -> tuple[str, str, RunConfig]:
+    """The algorithm and env names, and the checked run settings. Imports no torch.
+    Precedence: defaults (RunConfig's, then the agent's run_defaults) < config file <
+    command-line flags < --set."""
+    from qrl.config import build
+
+    run_values = {**run_defaults, **file.run, **{k: v for k, v in run_options.items() if v is not None},
+                  **run_overrides}
+    return algo or file.algorithm or "dqn", env or file.env or "CartPole-v1", build(RunConfig, run_values, "run")
+
+
+def resolve(config: str | None, algo: str | None, env: str | None, sets: tuple[str, ...],
+            **run_options) -> Resolved:
+    """Check config file, algorithm, env and overrides before anything starts."""
+    from qrl import algorithm, envs
+    from qrl.config import build, load_file
+
+    file = load_file(config)
+    agent = algorithm.load(algo or file.algorithm or "dqn")
+    overrides = parse_overrides(sets, {"run": RunConfig, "algo": agent.Args})
+    algo, env, run_cfg = names_and_run(file, algo, env, overrides["run"], agent.run_defaults, **run_options)
+    if run_cfg.sync_actors and run_cfg.publish_every != 1:  # actors would wait for weights never sent
+        raise ConfigError("run.sync_actors needs run.publish_every=1 (actors wait for every update's weights)")
+    algo_values = {**file.algo, **overrides["algo"]}
+    args = build(agent.Args, algo_values, "algo")  # type- and range-check now, not in a child process
+    try:  # settings that only together make a table the broker can serve (e.g. the rate limiter's)
+        agent.table_config(args).validate(args.batch_size)
+    except ValueError as exc:
+        raise ConfigError(f"algo: {exc}") from None
+    envs.check_env_id(env)
+    for w in run_cfg.wrappers:
+        envs._wrapper(w)
+    try:  # make it once here: bad env_kwargs or wrapper arguments, a missing dependency (Box2D, ALE)
+        envs.spaces(env, run_cfg.env_kwargs, run_cfg.wrappers)
+    except Exception as exc:
+        detail = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(f"cannot make environment {env!r} with run.env_kwargs={run_cfg.env_kwargs} and "
+                          f"run.wrappers={run_cfg.wrappers}: {type(exc).__name__}: {detail}") from None
+    return Resolved(algo, env, run_cfg, algo_values, file.actors)
+
+
+def inference_sets(sets: tuple[str, ...], env: str, wrappers: list) -> tuple[str, ...]:
+    """The `qrl inference` flags of a local cluster: its --set inference.* overrides and permissions."""
+    from qrl.cluster import actor_permissions
+
+    own = tuple(f"--set={s}" for s in sets if s.strip().startswith("inference."))
+    return own + actor_permissions(env, wrappers, section="inference")
+
+
+def default_run_dir(algo: str, env_id: str) -> str:
+    return str(Path("runs") / f"{algo}-{env_id}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def _overrides(config: Mapping[str, Any] | None) -> list[str]:
@@ -50,30 +118,36 @@ def train(algo: str = "dqn", env: str = "CartPole-v1", actors: int = 4, steps: i
     qrl/local.py): the same agent, table and learner loop, with the actors taking turns with the
     learner. Raises ConfigError (bad key, algorithm or env) before anything starts, RuntimeError
     if the learner fails."""
-    from qrl import cli
     from qrl.cluster import actor_permissions, learner_args, run_local
     from qrl.metrics import read
 
     sets = tuple(_overrides(config))
-    resolved = cli._resolve(str(config_file) if config_file else None, algo, env, sets, seed=seed,
+    resolved = resolve(str(config_file) if config_file else None, algo, env, sets, seed=seed,
                             total_steps=steps, target_return=target_return)
-    run_dir = Path(run_dir or cli._default_run_dir(resolved.algo, resolved.env))
+    run_dir = Path(run_dir or default_run_dir(resolved.algo, resolved.env))
     if local:
-        from qrl.learner import LearnerOptions
-        from qrl.local import run_in_process
-
-        opts = LearnerOptions(algo=resolved.algo, env=resolved.env, run_dir=str(run_dir), progress=progress)
-        summary = run_in_process(opts, resolved.run, resolved.algo_values, actors)
+        summary = train_in_process(resolved, actors, run_dir, progress=progress)
         return TrainResult(run_dir, summary, read(run_dir), Path(summary["checkpoint"]))
     passed_on = learner_args(sets, config=config_file, seed=seed, total_steps=steps, target_return=target_return,
                              no_progress=not progress)
     code = run_local(resolved.algo, resolved.env, actors, run_dir, passed_on,
                      actor_args=actor_permissions(resolved.env, resolved.run.wrappers), inference=inference,
-                     inference_args=cli._inference_sets(sets, resolved.env, resolved.run.wrappers))
+                     inference_args=inference_sets(sets, resolved.env, resolved.run.wrappers))
     if code != 0:
         raise RuntimeError(f"the learner exited with code {code}; see {run_dir}")
     summary = json.loads((run_dir / "summary.json").read_text())
     return TrainResult(run_dir, summary, read(run_dir), Path(summary["checkpoint"]))
+
+
+def train_in_process(resolved: Resolved, actors: int, run_dir: str | Path, resume: bool = False,
+                     progress: bool = False, tensorboard: bool = False) -> dict[str, Any]:
+    """The run in this process, no sockets (qrl/local.py); its summary (summary.json)."""
+    from qrl.learner import LearnerOptions
+    from qrl.local import run_in_process
+
+    opts = LearnerOptions(algo=resolved.algo, env=resolved.env, run_dir=str(run_dir), resume=resume, progress=progress,
+                          tensorboard=tensorboard)
+    return run_in_process(opts, resolved.run, resolved.algo_values, actors)
 
 
 def evaluate(path: str | Path, episodes: int = 10, seed: int = 0, render: str | None = None,

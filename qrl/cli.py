@@ -6,17 +6,16 @@ line on stderr and exit code 2; no traceback.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 
 import click
 
-from qrl.config import ConfigError, FileConfig, RunConfig, parse_overrides
+from qrl.api import default_run_dir, inference_sets, names_and_run, resolve
+from qrl.config import ConfigError, RunConfig, parse_overrides
 
 
 class UserError(click.ClickException):
@@ -55,57 +54,6 @@ def user_errors(role: str):
         return inner
 
     return wrap
-
-
-@dataclasses.dataclass
-class Resolved:
-    algo: str
-    env: str
-    run: RunConfig
-    algo_values: dict
-    actors: int | None
-
-
-def _names_and_run(file: FileConfig, algo: str | None, env: str | None, run_overrides: dict, run_defaults: dict,
-                   **run_options) -> tuple[str, str, RunConfig]:
-    """The algorithm and env names, and the checked run settings. Imports no torch.
-    Precedence: defaults (RunConfig's, then the agent's run_defaults) < config file <
-    command-line flags < --set."""
-    from qrl.config import build
-
-    run_values = {**run_defaults, **file.run, **{k: v for k, v in run_options.items() if v is not None},
-                  **run_overrides}
-    return algo or file.algorithm or "dqn", env or file.env or "CartPole-v1", build(RunConfig, run_values, "run")
-
-
-def _resolve(config: str | None, algo: str | None, env: str | None, sets: tuple[str, ...],
-             **run_options) -> Resolved:
-    """Check config file, algorithm, env and overrides before anything starts."""
-    from qrl import algorithm, envs
-    from qrl.config import build, load_file
-
-    file = load_file(config)
-    agent = algorithm.load(algo or file.algorithm or "dqn")
-    overrides = parse_overrides(sets, {"run": RunConfig, "algo": agent.Args})
-    algo, env, run_cfg = _names_and_run(file, algo, env, overrides["run"], agent.run_defaults, **run_options)
-    if run_cfg.sync_actors and run_cfg.publish_every != 1:  # actors would wait for weights never sent
-        raise ConfigError("run.sync_actors needs run.publish_every=1 (actors wait for every update's weights)")
-    algo_values = {**file.algo, **overrides["algo"]}
-    args = build(agent.Args, algo_values, "algo")  # type- and range-check now, not in a child process
-    try:  # settings that only together make a table the broker can serve (e.g. the rate limiter's)
-        agent.table_config(args).validate(args.batch_size)
-    except ValueError as exc:
-        raise ConfigError(f"algo: {exc}") from None
-    envs.check_env_id(env)
-    for w in run_cfg.wrappers:
-        envs._wrapper(w)
-    try:  # make it once here: bad env_kwargs or wrapper arguments, a missing dependency (Box2D, ALE)
-        envs.spaces(env, run_cfg.env_kwargs, run_cfg.wrappers)
-    except Exception as exc:
-        detail = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise ConfigError(f"cannot make environment {env!r} with run.env_kwargs={run_cfg.env_kwargs} and "
-                          f"run.wrappers={run_cfg.wrappers}: {type(exc).__name__}: {detail}") from None
-    return Resolved(algo, env, run_cfg, algo_values, file.actors)
 
 
 keys_option = click.option("--keys", type=click.Path(file_okay=False), default=None,
@@ -222,14 +170,6 @@ def actor(n: int, broker: str, first_id: int, total: int | None, broker_file: st
     exit_now(0)  # workers are reaped and nothing is left to write
 
 
-def _inference_sets(sets: tuple[str, ...], env: str, wrappers: list) -> tuple[str, ...]:
-    """The `qrl inference` flags of a local cluster: its --set inference.* overrides and permissions."""
-    from qrl.cluster import actor_permissions
-
-    own = tuple(f"--set={s}" for s in sets if s.strip().startswith("inference."))
-    return own + actor_permissions(env, wrappers, section="inference")
-
-
 def _int_option(flag: str, value: str) -> int:
     try:
         return int(value)
@@ -296,10 +236,6 @@ def _learner_options(fn):
     return fn
 
 
-def _default_run_dir(algo: str, env_id: str) -> str:
-    return str(Path("runs") / f"{algo}-{env_id}-{time.strftime('%Y%m%d-%H%M%S')}")
-
-
 @main.command()
 @_learner_options
 @click.option("--broker", default="tcp://127.0.0.1:5555", show_default=True, help="The broker's service address.")
@@ -318,7 +254,7 @@ def learner(config, algo, env_id, seed, total_steps, target_return, run_dir, no_
     if not broker_file:
         check_address(broker)
     use_keys(keys, server=False, role="learner")
-    r = _resolve(config, algo, env_id, sets, seed=seed, total_steps=total_steps, target_return=target_return)
+    r = resolve(config, algo, env_id, sets, seed=seed, total_steps=total_steps, target_return=target_return)
     if broker_file:  # read after the settings are checked and torch is imported
         broker = read_address_file(broker_file)
     from qrl.learner import LearnerOptions, run_learner
@@ -329,7 +265,7 @@ def learner(config, algo, env_id, seed, total_steps, target_return, run_dir, no_
         from qrl import checkpoint
 
         resume = (Path(run_dir) / checkpoint.FILENAME).exists()
-    opts = LearnerOptions(algo=r.algo, env=r.env, broker=broker, run_dir=run_dir or _default_run_dir(r.algo, r.env),
+    opts = LearnerOptions(algo=r.algo, env=r.env, broker=broker, run_dir=run_dir or default_run_dir(r.algo, r.env),
                           device=device, resume=resume, progress=not no_progress, tensorboard=tensorboard)
     run_learner(opts, r.run, r.algo_values)
     from qrl.lifetime import exit_now
@@ -362,7 +298,7 @@ def run(config, algo, env_id, seed, total_steps, target_return, run_dir, no_prog
     # actors, checks the rest (algorithm settings, the environment) and ends the run with one line.
     file = load_file(config)
     run_overrides = parse_overrides([s for s in sets if s.strip().startswith("run.")], {"run": RunConfig})["run"]
-    algo, env_id, run_cfg = _names_and_run(file, algo, env_id, run_overrides, {}, seed=seed, total_steps=total_steps,
+    algo, env_id, run_cfg = names_and_run(file, algo, env_id, run_overrides, {}, seed=seed, total_steps=total_steps,
                                            target_return=target_return)
     algorithm.check_name(algo)
     if resume and not run_dir:
@@ -378,9 +314,9 @@ def run(config, algo, env_id, seed, total_steps, target_return, run_dir, no_prog
     if inference and keys:
         raise UserError("run: --inference does not support --keys yet (the inference socket has no CURVE)")
     try:
-        code = run_local(algo, env_id, actors, Path(run_dir or _default_run_dir(algo, env_id)),
+        code = run_local(algo, env_id, actors, Path(run_dir or default_run_dir(algo, env_id)),
                          [*passed_on, *key_args], key_args, actor_permissions(env_id, run_cfg.wrappers),
-                         inference=inference, inference_args=_inference_sets(sets, env_id, run_cfg.wrappers))
+                         inference=inference, inference_args=inference_sets(sets, env_id, run_cfg.wrappers))
     except ClusterError as exc:
         raise click.ClickException(f"run: {exc}") from None
     sys.exit(code)
@@ -389,16 +325,14 @@ def run(config, algo, env_id, seed, total_steps, target_return, run_dir, no_prog
 def _run_in_process(config, algo, env_id, sets, actors, run_dir, resume, no_progress, tensorboard,
                     **run_options) -> None:
     _setup_logging()
-    r = _resolve(config, algo, env_id, sets, **run_options)
+    r = resolve(config, algo, env_id, sets, **run_options)
     if resume and not run_dir:
         raise UserError("run: --resume needs --run-dir")
-    from qrl.learner import LearnerOptions
+    from qrl.api import train_in_process
     from qrl.lifetime import exit_now
-    from qrl.local import run_in_process
 
-    opts = LearnerOptions(algo=r.algo, env=r.env, run_dir=run_dir or _default_run_dir(r.algo, r.env), resume=resume,
-                          progress=not no_progress, tensorboard=tensorboard)
-    run_in_process(opts, r.run, r.algo_values, actors or r.actors or 4)
+    train_in_process(r, actors or r.actors or 4, run_dir or default_run_dir(r.algo, r.env), resume=resume,
+                     progress=not no_progress, tensorboard=tensorboard)
     exit_now(0)
 
 

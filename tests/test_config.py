@@ -39,7 +39,7 @@ def test_build_checks_keys_and_types_of_saved_values():
 
 from pathlib import Path  # noqa: E402
 
-from qrl import cli  # noqa: E402
+from qrl import api  # noqa: E402
 from qrl.config import load_file, to_yaml  # noqa: E402
 
 PRESETS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
@@ -51,7 +51,7 @@ def test_there_are_presets():
 
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
 def test_every_preset_resolves_to_a_checked_config(preset):
-    r = cli._resolve(str(preset), None, None, ())
+    r = api.resolve(str(preset), None, None, ())
     assert f"{r.algo}-{r.env.replace('/', '-').replace('qrl-', '')}" == preset.stem
     assert r.actors and r.run.total_steps > 0
 
@@ -59,13 +59,13 @@ def test_every_preset_resolves_to_a_checked_config(preset):
 def test_precedence_defaults_file_flags_then_set(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("algorithm: dqn\nenv: CartPole-v1\nrun: {seed: 1, total_steps: 10}\nalgo: {lr: 0.5, hidden: 32}\n")
-    r = cli._resolve(str(f), None, None, ("algo.lr=0.25", "run.env_kwargs={sutton_barto_reward: true}"),
+    r = api.resolve(str(f), None, None, ("algo.lr=0.25", "run.env_kwargs={sutton_barto_reward: true}"),
                      seed=2, total_steps=None)
     assert (r.run.seed, r.run.total_steps) == (2, 10)  # flag beats file; file beats default
     assert r.algo_values == {"lr": 0.25, "hidden": 32}  # --set beats file
     assert r.run.env_kwargs == {"sutton_barto_reward": True}
     f.write_text("algorithm: dqn\nenv: CartPole-v1\n")
-    r2 = cli._resolve(str(f), "ql", "qrl/Grid-v0", ())  # flags beat the file's algorithm and env
+    r2 = api.resolve(str(f), "ql", "qrl/Grid-v0", ())  # flags beat the file's algorithm and env
     assert (r2.algo, r2.env) == ("ql", "qrl/Grid-v0")
 
 
@@ -88,25 +88,25 @@ def test_wrong_keys_inside_a_file_name_the_key(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("algo: {learning_rate: 0.1}\n")
     with pytest.raises(ConfigError, match="unknown config key 'algo.learning_rate'; allowed: algo.hidden"):
-        cli._resolve(str(f), None, None, ())
+        api.resolve(str(f), None, None, ())
     f.write_text("run: {env_kwargs: [1]}\n")
     with pytest.raises(ConfigError, match="run.env_kwargs"):
-        cli._resolve(str(f), None, None, ())
+        api.resolve(str(f), None, None, ())
 
 
 def test_the_saved_yaml_reads_back_as_the_same_config(tmp_path):
     sets = ("algo.lr=0.003", "run.wrappers=[{name: ClipReward, min_reward: -1, max_reward: 1}]")
-    r = cli._resolve(None, "dqn", "CartPole-v1", sets)
+    r = api.resolve(None, "dqn", "CartPole-v1", sets)
     f = tmp_path / "config.yaml"
     f.write_text(to_yaml(r.algo, r.env, r.run, build(dqn.Args, r.algo_values, "algo")))
-    again = cli._resolve(str(f), None, None, ())
+    again = api.resolve(str(f), None, None, ())
     assert again.run == r.run and build(dqn.Args, again.algo_values, "algo") == build(dqn.Args, r.algo_values, "algo")
 
 
 def test_synchronous_actors_need_weights_after_every_update():
     with pytest.raises(ConfigError, match="run.sync_actors needs run.publish_every=1"):
-        cli._resolve(None, "dqn", "CartPole-v1", ("run.sync_actors=true",))
-    assert cli._resolve(None, "ppo", "CartPole-v1", ("run.sync_actors=true",)).run.publish_every == 1
+        api.resolve(None, "dqn", "CartPole-v1", ("run.sync_actors=true",))
+    assert api.resolve(None, "ppo", "CartPole-v1", ("run.sync_actors=true",)).run.publish_every == 1
 
 
 # -- ranges: every value is checked before any process starts -------------------------------------

@@ -79,3 +79,14 @@ def test_local_refuses_central_inference():
                          text=True, timeout=60)
     assert out.returncode != 0
     assert "--local runs everything in one process: not with --inference or --keys" in out.stderr
+
+
+def test_the_python_api_trains_in_process(tmp_path):
+    import qrl
+
+    result = qrl.train("ql", "qrl/Grid-v0", actors=2, steps=3000, local=True, run_dir=tmp_path / "run",
+                       target_return=1e9, config={"run.eval_episodes": 2, "run.eval_every_frames": 1000})
+    assert result.summary["stop_reason"] == "frame budget of 3000 reached" and result.summary["updates"] > 0
+    assert result.checkpoint.exists() and result.run_dir == tmp_path / "run"
+    evals = [m for m in result.metrics if m["kind"] == "eval"]
+    assert len(evals) >= 3 and evals[-1].get("final")  # every 1000 frames, and the final one
