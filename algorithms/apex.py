@@ -71,6 +71,6 @@ def initial_priorities(rollout: Rollout, args: Args) -> np.ndarray | None:
     return (np.abs(td) + dqn.PRIORITY_FLOOR).reshape(-1)
 
 
-AGENT = Agent(name="apex", Args=Args, make_policy=dqn.make_policy, actor=EpsilonGreedy, make_items=dqn.make_items,
+AGENT = Agent(name="apex", Args=Args, make_policy=dqn.make_policy, make_core=EpsilonGreedy, make_items=dqn.make_items,
               Learner=dqn.Learner, table_config=table_config, history=history, sample_options=sample_options,
               initial_priorities=initial_priorities)

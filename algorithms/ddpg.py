@@ -181,5 +181,5 @@ class Learner(LearnerBase):
 
 
 
-AGENT = Agent(name="ddpg", Args=Args, make_policy=make_policy, actor=GaussianNoise, make_items=make_items,
+AGENT = Agent(name="ddpg", Args=Args, make_policy=make_policy, make_core=GaussianNoise, make_items=make_items,
               Learner=Learner, table_config=table_config, history=history)

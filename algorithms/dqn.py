@@ -523,5 +523,5 @@ class Learner(LearnerBase):
         return per_item, taken.mean(1), per_item
 
 
-AGENT = Agent(name="dqn", Args=Args, make_policy=make_policy, actor=EpsilonGreedy, make_items=make_items,
+AGENT = Agent(name="dqn", Args=Args, make_policy=make_policy, make_core=EpsilonGreedy, make_items=make_items,
               Learner=Learner, table_config=table_config, history=history)

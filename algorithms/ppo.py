@@ -378,6 +378,6 @@ class RecurrentArgs(Args):
 
 
 # run_defaults: one PPO iteration per learner update, and every update's weights go to the actors.
-AGENT = Agent(name="ppo", Args=Args, make_policy=make_policy, actor=PolicySampling, make_items=make_items,
+AGENT = Agent(name="ppo", Args=Args, make_policy=make_policy, make_core=PolicySampling, make_items=make_items,
               Learner=Learner, table_config=table_config, run_defaults={"publish_every": 1})
 RECURRENT_AGENT = dataclasses.replace(AGENT, name="rppo", Args=RecurrentArgs)

@@ -100,5 +100,5 @@ class Learner(LearnerBase):
         return Update({"td_abs": td.abs().mean().item(), "q_mean": q.mean().item()})
 
 
-AGENT = Agent(name="ql", Args=Args, make_policy=make_policy, actor=EpsilonGreedy, make_items=make_items,
+AGENT = Agent(name="ql", Args=Args, make_policy=make_policy, make_core=EpsilonGreedy, make_items=make_items,
               Learner=Learner, table_config=table_config)

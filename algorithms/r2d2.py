@@ -225,6 +225,6 @@ class Learner(LearnerBase):
         return Update(metrics, priorities.cpu().numpy() + dqn.PRIORITY_FLOOR)
 
 
-AGENT = Agent(name="r2d2", Args=Args, make_policy=make_policy, actor=RecurrentEpsilonGreedy, make_items=make_items,
+AGENT = Agent(name="r2d2", Args=Args, make_policy=make_policy, make_core=RecurrentEpsilonGreedy, make_items=make_items,
               Learner=Learner, table_config=table_config, history=history, run_defaults={"segment_length": 40},
               sample_options=apex.sample_options)

@@ -231,5 +231,5 @@ class Learner(LearnerBase):
 
 
 
-AGENT = Agent(name="sac", Args=Args, make_policy=make_policy, actor=PolicySampling, make_items=make_items,
+AGENT = Agent(name="sac", Args=Args, make_policy=make_policy, make_core=PolicySampling, make_items=make_items,
               Learner=Learner, table_config=table_config, history=ddpg.history)

@@ -3,7 +3,7 @@
 An algorithm is one module under algorithms/ (installed as qrl.algorithms), or in a user's own
 package, that reads top to bottom and ends with an `Agent`:
 
-    AGENT = Agent(name="dqn", Args=Args, make_policy=make_policy, actor=EpsilonGreedy,
+    AGENT = Agent(name="dqn", Args=Args, make_policy=make_policy, make_core=EpsilonGreedy,
                   make_items=make_items, Learner=Learner, table_config=table_config,
                   history=lambda args: History(after=args.n_step - 1))
 
@@ -12,7 +12,8 @@ The parts, after Acme's actor core / adder / learner split:
     Args            frozen dataclass of hyperparameters (config section "algo"); `batch_size` is
                     the items per batch the learner asks the broker for
     make_policy     (obs_space, action_space, args) -> torch.nn.Module that actors run
-    actor           (args, index, count, num_envs, seed) -> ActorCore: exploration, recurrent state
+    make_core       (args, index, count, num_envs, seed) -> ActorCore: acting (forward and select),
+                    exploration, recurrent state
     make_items      (Rollout, args) -> {field: array}: the items pushed to the broker
     initial_priorities  (Rollout, args) -> [items] priorities for a prioritized table, or None
                     (the broker's default: the largest priority seen so far)
@@ -26,7 +27,7 @@ The parts, after Acme's actor core / adder / learner split:
 
 The runtime on an actor (qrl/acting/actor.py), for every step and every segment of T steps:
 
-    core = agent.actor(args, index, count, num_envs, seed)
+    core = agent.make_core(args, index, count, num_envs, seed)
     state = core.initial_state(num_envs)
     core.begin_segment(net)  # once per segment, then for each of its steps:
     outputs, state = core.forward(net, obs, state, episode_start)  # batched, no randomness
@@ -210,7 +211,7 @@ class Agent:
     name: str
     Args: type
     make_policy: Callable[[gym.Space, gym.Space, Any], torch.nn.Module]
-    actor: Callable[[Any, int, int, int, int], ActorCore]
+    make_core: Callable[[Any, int, int, int, int], ActorCore]
     make_items: Callable[[Rollout, Any], dict[str, np.ndarray]]
     Learner: Callable[[gym.Space, gym.Space, Any, torch.device], LearnerProtocol]
     table_config: Callable[[Any], TableConfig]
@@ -430,7 +431,7 @@ def item_schema(agent: Agent, net, obs_space, action_space, args, num_envs: int,
     one item covers, so the broker can check each segment's `frames`."""
     from qrl.brokers.tables import ItemSchema
 
-    core = agent.actor(args, 0, 1, num_envs, 0)
+    core = agent.make_core(args, 0, 1, num_envs, 0)
     state = core.initial_state(num_envs)
     obs = np.stack([obs_space.sample() for _ in range(num_envs)])
     start = np.ones(num_envs, dtype=bool)

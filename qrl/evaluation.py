@@ -25,7 +25,7 @@ def run_episodes(agent: algorithm.Agent, args: Any, net: torch.nn.Module, env_id
     """Mean and std of the return of ``episodes`` deterministic episodes, stepped as one vector env
     (observations through normalize_obs first when the run normalizes them)."""
     normalize_obs = normalize_obs or (lambda o: o)
-    core = agent.actor(args, 0, 1, episodes, seed)
+    core = agent.make_core(args, 0, 1, episodes, seed)
     env = envs.make_vector_env(env_id, episodes, env_kwargs, wrappers)
     try:
         obs, _ = env.reset(seed=seed)
@@ -105,7 +105,7 @@ def evaluate(path: str | Path, episodes: int = 10, seed: int = 0, render: str | 
         what = "text rendering for --render terminal" if mode == "ansi" else "rgb_array frames for --gif"
         raise ConfigError(f"{policy.env} has no {what} (its render modes: {', '.join(available) or 'none'})")
     frames, returns = [], []
-    core = policy.agent.actor(policy.args, 0, 1, 1, seed)
+    core = policy.agent.make_core(policy.args, 0, 1, 1, seed)
     try:
         for episode in range(episodes):
             obs, _ = env.reset(seed=seed + episode)

@@ -50,7 +50,7 @@ class LearnerOptions:
     tensorboard: bool = False
 
 
-class LearnerRun:
+class LearnerProcess:
     def __init__(self, opts: LearnerOptions, run_cfg: RunConfig, algo_values: dict[str, Any]):
         self.opts = opts
         self.run_dir = Path(opts.run_dir)
@@ -88,7 +88,7 @@ class LearnerRun:
         # The run's secret: the broker takes weights, and a second register of this run, only with
         # it. Kept in the checkpoint, so a restarted learner holds the run again.
         self.token = secrets.token_hex(16)
-        self.version = 0
+        self.weights_version = 0
         self.frames_before = 0  # env frames counted by earlier incarnations of this run
         self.elapsed_before = 0.0
         self.best_eval = -float("inf")
@@ -111,12 +111,12 @@ class LearnerRun:
         if self.normalizer is not None and "normalizer" in saved:
             self.normalizer.load_state(saved["normalizer"])
         c = saved["counters"]
-        self.run_id, self.version = c["run_id"], c["version"] + 1
+        self.run_id, self.weights_version = c["run_id"], c["version"] + 1
         self.token = c.get("token", self.token)
         self.frames_before, self.elapsed_before = c["frames"], c["elapsed_s"]
         self.best_eval = c["best_eval"]
         log.info("learner: resumed run %s at update %d, weights version %d", self.run_id,
-                 self.learner.updates, self.version)
+                 self.learner.updates, self.weights_version)
 
     # -- broker plumbing --------------------------------------------------------------------------
 
@@ -150,7 +150,7 @@ class LearnerRun:
         reply = self.client.request(
             "register",
             {"spec": self.spec(), "table": self.table_config().as_meta(), "schema": self.item_schema.as_meta(),
-             "weights_version": self.version, "token": self.token},
+             "weights_version": self.weights_version, "token": self.token},
             self.weights(), wait_s=None, report=log.warning, should_stop=lambda: self.stopping,
         )
         if reply.type != "ok":
@@ -174,9 +174,9 @@ class LearnerRun:
         return {**self.learner.policy_state(), **(self.normalizer.arrays() if self.normalizer else {})}
 
     def publish(self) -> None:
-        self.version += 1
+        self.weights_version += 1
         self.last_publish = time.monotonic()
-        meta = {"version": self.version, "run_id": self.run_id, "token": self.token}
+        meta = {"version": self.weights_version, "run_id": self.run_id, "token": self.token}
         if self.cfg.sync_actors and self.cfg.sync_lead > 0:
             meta["consumed"] = dict(self.consumed)
         transport.send(self.pub, "weights", meta, self.weights())
@@ -207,7 +207,7 @@ class LearnerRun:
         return checkpoint.save(self.run_dir, {
             "learner": self.learner.state_dict(),
             "normalizer": self.normalizer.state() if self.normalizer else {},
-            "counters": {"run_id": self.run_id, "token": self.token, "version": self.version, "frames": frames,
+            "counters": {"run_id": self.run_id, "token": self.token, "version": self.weights_version, "frames": frames,
                          "elapsed_s": elapsed, "best_eval": self.best_eval},
             "config": self.config_json,
         })
@@ -316,7 +316,7 @@ class LearnerRun:
         self.recover_lost_messages(stats)
         live.stats = stats
         live.measure_rates(self.learner.updates, stats.get("frames_consumed", 0))
-        self.metrics.write("train", **live.train_record(self.learner.updates, self.elapsed(), self.version,
+        self.metrics.write("train", **live.train_record(self.learner.updates, self.elapsed(), self.weights_version,
                                                         self.sampler.resent))
 
     def count_frames(self, broker_id: str | None, broker_frames: int | None) -> None:
@@ -337,8 +337,9 @@ class LearnerRun:
         or synchronous actors would wait for them forever."""
         if "sampler_pending" in stats:  # without it every held request would look lost
             self.sampler.resend_lost(stats["sampler_pending"])
-        if stats.get("weights_version", self.version) < self.version and time.monotonic() - self.last_publish > 1.0:
-            log.warning("learner: the broker missed weights version %d; publishing again", self.version)
+        missed = stats.get("weights_version", self.weights_version) < self.weights_version
+        if missed and time.monotonic() - self.last_publish > 1.0:
+            log.warning("learner: the broker missed weights version %d; publishing again", self.weights_version)
             self.publish()
 
     def checkpoint(self) -> None:
@@ -390,7 +391,7 @@ class LearnerRun:
             "frames": live.frames, "updates": self.learner.updates, "elapsed_s": round(elapsed, 2),
             "final_eval_mean": final_mean, "final_eval_std": final_std, "best_eval": self.best_eval,
             "target_return": self.target_return, "wait_fraction": round(live.wait_s / max(elapsed, 1e-9), 4),
-            "weights_version": self.version, "checkpoint": str(path),
+            "weights_version": self.weights_version, "checkpoint": str(path),
         }
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
@@ -465,10 +466,10 @@ class LiveCounters:
 
 
 def run_learner(opts: LearnerOptions, run_cfg: RunConfig, algo_values: dict[str, Any]) -> dict[str, Any]:
-    return serve(LearnerRun(opts, run_cfg, algo_values))
+    return serve(LearnerProcess(opts, run_cfg, algo_values))
 
 
-def serve(run: LearnerRun) -> dict[str, Any]:
+def serve(run: LearnerProcess) -> dict[str, Any]:
     """Run to the end (SIGTERM and SIGINT stop it cleanly: last weights, checkpoint, summary)."""
 
     def _stop(*_):

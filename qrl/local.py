@@ -26,7 +26,7 @@ from qrl import algorithm, envs, normalize
 from qrl.acting.actor import Acting, actor_seed, load_arrays
 from qrl.brokers.tables import ReplayTable, SchemaError, make_table
 from qrl.config import RunConfig
-from qrl.learner import LearnerOptions, LearnerRun, serve
+from qrl.learner import LearnerOptions, LearnerProcess, serve
 from qrl.acting.segments import SegmentWriter
 
 log = logging.getLogger("qrl.local")
@@ -44,7 +44,7 @@ class TableSampler:
         self.table.update_priorities(ids, priorities)
 
 
-class LocalRun(LearnerRun):
+class LocalRun(LearnerProcess):
     """A learner run whose broker is a table and whose actors are Acting loops in this process."""
 
     def __init__(self, opts: LearnerOptions, run_cfg: RunConfig, algo_values: dict[str, Any], actors: int):
@@ -69,7 +69,7 @@ class LocalRun(LearnerRun):
         c = self.cfg
         seed = actor_seed(run, actor_id)
         env = envs.make_vector_env(self.opts.env, c.num_envs, c.env_kwargs, c.wrappers)
-        core = self.agent.actor(self.args, actor_id, self.num_actors, c.num_envs, seed)
+        core = self.agent.make_core(self.args, actor_id, self.num_actors, c.num_envs, seed)
         writer = SegmentWriter(self.agent, self.args, self.run_id, actor_id, "local", c.num_envs, c.segment_length)
         return Acting(env, core, writer, self.policy, seed)
 
@@ -78,7 +78,7 @@ class LocalRun(LearnerRun):
             acting.env.close()
 
     def publish(self) -> None:
-        self.version += 1
+        self.weights_version += 1
         self.publish_locally()
 
     def publish_locally(self) -> None:
@@ -87,7 +87,7 @@ class LocalRun(LearnerRun):
     def train_on_next_batch(self) -> None:
         """Act until the table serves a batch, then train on one (the rate limiter takes turns)."""
         table, batch_size = self.table, self.args.batch_size
-        table.drop_stale(self.version)
+        table.drop_stale(self.weights_version)
         while table.limiter.can_insert() or not table.limiter.can_sample(table.size, batch_size):
             self.collect_segment()
             if self.stop_rule() or table.limiter.can_sample(table.size, batch_size):
@@ -104,7 +104,7 @@ class LocalRun(LearnerRun):
         """The next actor in turn fills a segment with the newest weights; its items go into the table."""
         acting = self.actors[self.next_actor]
         self.next_actor = (self.next_actor + 1) % len(self.actors)
-        acting.writer.version = self.version
+        acting.writer.policy_version = self.weights_version
         acting.fill_segment(self.actor_normalizer)
         meta, items = acting.writer.segment()
         acting.writer.mark_sent()
@@ -114,7 +114,7 @@ class LocalRun(LearnerRun):
             n_items = self.table.check(items, priorities, frames=meta["frames"])
         except SchemaError as exc:  # the broker would drop it; here it is the algorithm's own bug
             raise RuntimeError(f"{self.opts.algo}: a segment does not fit the table: {exc}") from None
-        self.table.store(items, n_items, priorities, version=self.version)
+        self.table.store(items, n_items, priorities, version=self.weights_version)
         self.live.frames += meta["frames"]
         self.episode_returns.extend(meta["episode_returns"])
 
@@ -125,7 +125,7 @@ class LocalRun(LearnerRun):
                       "replay_size": self.table.size, "actors": len(self.actors),
                       "frames_consumed": self.table.limiter.sampled * self.table.frames_per_item}
         live.measure_rates(self.learner.updates, live.stats["frames_consumed"])
-        self.metrics.write("train", **live.train_record(self.learner.updates, self.elapsed(), self.version, 0))
+        self.metrics.write("train", **live.train_record(self.learner.updates, self.elapsed(), self.weights_version, 0))
 
 
 def run_in_process(opts: LearnerOptions, run_cfg: RunConfig, algo_values: dict[str, Any],

@@ -116,7 +116,7 @@ def test_the_server_acts_as_each_actors_own_core_would(procs, broker, client, ct
             got[a].append(reply.arrays["actions"].copy())
 
     def reference(actor_id: int, resets: bool):
-        core = agent.actor(args, actor_id % 8, 8, n, actor_seed(RUN, actor_id))
+        core = agent.make_core(args, actor_id % 8, 8, n, actor_seed(RUN, actor_id))
         state, start = core.initial_state(n), np.ones(n, bool)
         actions, states = [], []
         for t in range(steps):
@@ -348,7 +348,7 @@ def test_act_batched_acts_as_each_core_would(algo, env, sets):
     net = agent.make_policy(obs_space, action_space, args)
     net.eval()
     sizes = [3, 1, 4]  # envs per actor
-    make = lambda: [agent.actor(args, i, 8, n, 100 + i) for i, n in enumerate(sizes)]
+    make = lambda: [agent.make_core(args, i, 8, n, 100 + i) for i, n in enumerate(sizes)]
     alone, together = make(), make()
     states_alone = [c.initial_state(n) for c, n in zip(alone, sizes)]
     states_together = [c.initial_state(n) for c, n in zip(together, sizes)]
@@ -382,8 +382,8 @@ def test_an_out_of_tree_algorithm_gets_one_batched_forward_pass(monkeypatch):
     obs_space, action_space = envs.spaces("CartPole-v1")
     net = agent.make_policy(obs_space, action_space, args)
     sizes = [2, 5, 3]
-    alone = [agent.actor(args, i, 3, n, 7 + i) for i, n in enumerate(sizes)]
-    together = [agent.actor(args, i, 3, n, 7 + i) for i, n in enumerate(sizes)]
+    alone = [agent.make_core(args, i, 3, n, 7 + i) for i, n in enumerate(sizes)]
+    together = [agent.make_core(args, i, 3, n, 7 + i) for i, n in enumerate(sizes)]
     obs = [np.stack([obs_space.sample() for _ in range(n)]) for n in sizes]
     starts = [np.ones(n, bool) for n in sizes]
     calls = []

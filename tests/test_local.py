@@ -61,7 +61,7 @@ def test_a_resumed_local_run_continues_from_its_checkpoint(tmp_path):
     for name, value in first.learner.policy_state().items():
         np.testing.assert_array_equal(resumed.learner.policy_state()[name], value)
     assert resumed.learner.updates == first.learner.updates and resumed.run_id == first.run_id
-    assert resumed.frames_before == 1024 and resumed.version == first.version + 1
+    assert resumed.frames_before == 1024 and resumed.weights_version == first.weights_version + 1
 
 
 def test_qrl_run_local_trains_ppo_on_cartpole_to_the_threshold(tmp_path):

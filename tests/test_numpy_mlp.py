@@ -43,7 +43,7 @@ def test_what_numpy_cannot_run_keeps_torch():
 def make(name: str, obs_space, action_space, **values):
     agent = algorithm.load(name)
     args = build(agent.Args, values, "algo")
-    return agent.actor(args, 0, 1, 1, seed=3), args, agent.make_policy(obs_space, action_space, args)
+    return agent.make_core(args, 0, 1, 1, seed=3), args, agent.make_policy(obs_space, action_space, args)
 
 
 @pytest.mark.parametrize("name, values", [("dqn", {"dueling": True}), ("dqn", {"dueling": False}),

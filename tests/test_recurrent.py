@@ -85,7 +85,7 @@ def test_r2d2_actor_state_resets_at_episode_starts_and_the_learner_replays_it():
     args = r2d2.Args(lstm=8, hidden=8)
     obs_space, action_space = gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(2)
     net = r2d2.make_policy(obs_space, action_space, args)
-    core = r2d2.AGENT.actor(args, 0, 1, 2, 0)
+    core = r2d2.AGENT.make_core(args, 0, 1, 2, 0)
     state = core.initial_state(2)
     obs = np.random.default_rng(0).normal(size=(4, 2, 3)).astype(np.float32)
     starts = np.array([[1, 1], [0, 0], [0, 1], [0, 0]], bool)
@@ -106,7 +106,7 @@ def test_recurrent_ppo_items_carry_the_unrolls_initial_state_and_episode_starts(
     args = ppo.RecurrentArgs(lstm=4, hidden=8)
     obs_space, action_space = gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(2)
     net = ppo.make_policy(obs_space, action_space, args)
-    core = ppo.RECURRENT_AGENT.actor(args, 0, 1, 2, 0)
+    core = ppo.RECURRENT_AGENT.make_core(args, 0, 1, 2, 0)
     state, start = core.initial_state(2), np.ones(2, bool)
     steps = []
     obs = np.random.default_rng(1).normal(size=(6, 2, 3)).astype(np.float32)

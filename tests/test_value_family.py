@@ -42,7 +42,7 @@ def test_noisy_actors_draw_noise_per_segment_and_evaluate_on_the_mean_weights():
     with torch.no_grad():  # large noise: different draws pick different actions
         for layer in layers.noisy_layers(net):
             layer.weight_sigma.fill_(2.0)
-    core = rainbow.AGENT.actor(args, 0, 1, 64, seed=5)
+    core = rainbow.AGENT.make_core(args, 0, 1, 64, seed=5)
     obs = np.random.default_rng(0).normal(size=(256, 4)).astype(np.float32)
     start = np.zeros(len(obs), bool)
     with torch.no_grad():
@@ -215,5 +215,5 @@ def test_the_options_on_the_nature_cnn(values):
     if values.get("iqn_n"):
         assert net.embedding.linear.out_features == 64 * 7 * 7  # the convolutions' features
         assert net.distribution(obs, torch.rand(2, 4)).shape == (2, 3, 4)
-    core = dqn.AGENT.actor(dqn.Args(hidden=32, **values), 0, 1, 2, seed=0)
+    core = dqn.AGENT.make_core(dqn.Args(hidden=32, **values), 0, 1, 2, seed=0)
     assert core.greedy(net, obs.numpy(), {}, np.zeros(2, bool))[0].shape == (2,)

@@ -78,5 +78,5 @@ def table_config(args: Args) -> TableConfig:  # an on-policy queue: each unroll 
     return TableConfig(capacity=16, sampler="fifo", min_size=0, samples_per_insert=0.0, max_policy_lag=2)
 
 
-AGENT = Agent(name="reinforce", Args=Args, make_policy=make_policy, actor=SoftmaxSampling, make_items=make_items,
+AGENT = Agent(name="reinforce", Args=Args, make_policy=make_policy, make_core=SoftmaxSampling, make_items=make_items,
               Learner=Learner, table_config=table_config, run_defaults={"publish_every": 1})

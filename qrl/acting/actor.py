@@ -113,7 +113,7 @@ class JoinedRun:
     args: Any
     net: torch.nn.Module  # the policy, holding the run's newest weights
     normalizer: normalize.ActorNormalizer
-    version: int  # of the weights loaded
+    weights_version: int  # of the weights loaded
 
     @property
     def run(self) -> dict[str, Any]:
@@ -182,7 +182,7 @@ class Worker:
         self.stopping = False
         self.incarnation = uuid.uuid4().hex[:8]  # tells this process's sequence numbers from a restart's
         self.writer: SegmentWriter | None = None  # once the run's spec is known
-        self.version = -1  # of the weights loaded last
+        self.weights_version = -1  # of the weights loaded last
         self.sync = SyncActing({}, self.incarnation)  # the run's, once its spec is known
 
     @property
@@ -235,9 +235,9 @@ class Worker:
         total = self.cfg.total or self.cfg.n
         seed = actor_seed(run, self.actor_id)
         # Claimed ids (--first-id auto) can exceed the total after restarts: wrap for exploration.
-        core = agent.actor(args, self.actor_id % total, total, num_envs, seed)
+        core = agent.make_core(args, self.actor_id % total, total, num_envs, seed)
         self.normalizer = joined.normalizer
-        version = self.version = joined.version
+        version = self.weights_version = joined.weights_version
 
         host, _ = transport.split_address(self.cfg.broker)
         weights_sub = transport.socket(self.ctx, zmq.SUB)
@@ -252,7 +252,7 @@ class Worker:
         writer = self.writer = SegmentWriter(agent, args, spec["run_id"], self.actor_id, self.incarnation, num_envs, T)
         acting = Acting(env, core, writer, net, seed)
         while not self.stopping:
-            segment_version = writer.version = version
+            policy_version = writer.policy_version = version
             acting.fill_segment(self.normalizer)
             try:
                 self._push(push, writer.encode())
@@ -260,7 +260,7 @@ class Worker:
                 break
             writer.mark_sent()
             try:
-                ready = self.sync.after_push(writer.sent - 1, segment_version)
+                ready = self.sync.after_push(writer.sent - 1, policy_version)
                 if ready is None:
                     version = self._poll_weights(weights_sub, net, version, spec["run_id"])
                 else:
@@ -295,7 +295,7 @@ class Worker:
                           run_id: str) -> int:
         """Load the newest weights, then block (but never past a stop request) until ready(version, waited)."""
         since = time.monotonic()
-        version = self._poll_weights(sub, net, self.version, run_id)
+        version = self._poll_weights(sub, net, self.weights_version, run_id)
         while not ready(version, time.monotonic() - since):
             if self.stopping:
                 raise Stop
@@ -308,9 +308,9 @@ class Worker:
         return version if msg is None else self._load_weights(net, msg, run_id)
 
     def _load_weights(self, net: torch.nn.Module, msg: wire.Message, run_id: str) -> int:
-        self.version = load_weights(net, self.normalizer, msg, run_id)
+        self.weights_version = load_weights(net, self.normalizer, msg, run_id)
         self.sync.weights_arrived(msg.meta)
-        return self.version
+        return self.weights_version
 
 
 def _worker_main(cfg: ActorConfig, actor_id: int, supervisor_pid: int, errors_fd: int,

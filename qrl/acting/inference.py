@@ -177,7 +177,8 @@ class InferenceServer:
                           self.cfg.allow_envs, self.cfg.allow_wrappers, spaces, str(self.device))
         client.close()
         self.spec, ports, self.agent, self.args = joined.spec, joined.ports, joined.agent, joined.args
-        self.run, self.net, self.normalizer, self.version = joined.run, joined.net, joined.normalizer, joined.version
+        self.run, self.net, self.normalizer = joined.run, joined.net, joined.normalizer
+        self.weights_version = joined.weights_version
 
         host, _ = transport.split_address(self.cfg.broker)
         self.weights_sub = transport.socket(ctx, zmq.SUB)
@@ -190,7 +191,7 @@ class InferenceServer:
         self.done_streams: list[tuple[int, str, int]] = []  # (actor, incarnation, last seq) of streams closed
         log.info("inference: serving %s on %s at %s (batches of up to %d envs, %.1f ms deadline), weights version %d",
                  self.spec["algo"], self.spec["env"], self.address, self.cfg.batch_envs, self.cfg.deadline_ms,
-                 self.version)
+                 self.weights_version)
         try:
             self._loop()
         finally:
@@ -247,7 +248,7 @@ class InferenceServer:
     def _act_if_due(self) -> None:
         now = time.monotonic()
         for s in self.streams.values():
-            if s.hold is not None and s.hold(self.version, now - s.held_since):
+            if s.hold is not None and s.hold(self.weights_version, now - s.held_since):
                 s.hold = None
         ready = [s for s in self.streams.values() if s.pending is not None and s.free]
         if not ready:
@@ -259,7 +260,7 @@ class InferenceServer:
             return
         for s in ready:
             if s.writer.starting:  # the first step of a segment: its policy version, its noise
-                s.writer.version = self.version
+                s.writer.policy_version = self.weights_version
                 s.core.begin_segment(self.net)
         results = algorithm.act_batched(self.net, [s.core for s in ready], [self.normalizer(s.pending) for s in ready],
                                         [s.state for s in ready], [s.episode_start for s in ready])
@@ -310,7 +311,7 @@ class InferenceServer:
 
     def _on_get_stats(self, identity: bytes, meta: dict, arrays: dict) -> None:
         self._reply(identity, "stats", {"req": meta.get("req"), "actors": len(self.streams),
-                                        "actor_ids": sorted(self.streams), "version": self.version,
+                                        "actor_ids": sorted(self.streams), "version": self.weights_version,
                                         "rejected": dict(self.rejected), **dict(self.stats)})
 
     def _on_env_hello(self, identity: bytes, meta: dict, arrays: dict) -> None:
@@ -321,7 +322,7 @@ class InferenceServer:
         self.greetings += 1
         total = self.cfg.total or max(8, actor_id + 1)
         seed = actor_seed(self.run, actor_id)  # as a policy-running actor's
-        core = self.agent.actor(self.args, actor_id % total, total, num_envs, seed)
+        core = self.agent.make_core(self.args, actor_id % total, total, num_envs, seed)
         incarnation = f"{self.incarnation}.{self.greetings}.{meta['incarnation']}"
         writer = SegmentWriter(self.agent, self.args, self.spec["run_id"], actor_id, incarnation, num_envs,
                                self.run["segment_length"])
@@ -412,11 +413,11 @@ class InferenceServer:
                         a["episode_start"], a["state"])
         s.episode_start = done
         if s.writer.full:
-            segment_version = s.writer.version
+            policy_version = s.writer.policy_version
             self.outbox.append((s, s.writer.encode()))
             s.unsent += 1
             s.writer.mark_sent()
-            hold = s.sync.after_push(s.writer.sent - 1, segment_version)
+            hold = s.sync.after_push(s.writer.sent - 1, policy_version)
             if hold is not None:
                 s.hold, s.held_since = hold, time.monotonic()
 
@@ -438,7 +439,7 @@ class InferenceServer:
             self.stats["segments"] += 1
 
     def _poll_weights(self) -> None:
-        msg = newest_weights(self.weights_sub, self.version, self.spec["run_id"], "inference")
+        msg = newest_weights(self.weights_sub, self.weights_version, self.spec["run_id"], "inference")
         if msg is None:
             return
         self._load_weights(msg)
@@ -446,7 +447,7 @@ class InferenceServer:
             s.sync.weights_arrived(msg.meta)
 
     def _load_weights(self, msg: wire.Message) -> None:
-        self.version = load_weights(self.net, self.normalizer, msg, self.spec["run_id"])
+        self.weights_version = load_weights(self.net, self.normalizer, msg, self.spec["run_id"])
 
 
 def run_inference(cfg: InferenceConfig, address_file: str | None = None) -> None:

@@ -36,7 +36,7 @@ class SegmentWriter:
         self.length = self.history.before + segment_length + self.history.after
         self.window: list[dict[str, Any]] = []
         self.sent = 0  # segments encoded and handed on (the next one's sequence number)
-        self.version = -1  # the policy version the current segment started with
+        self.policy_version = -1  # the policy version the current segment started with
         self.ep_return = np.zeros(num_envs)
         self.ep_length = np.zeros(num_envs, dtype=np.int64)
         # False for an env whose episode began before we saw it (an env actor resuming on a new
@@ -87,7 +87,7 @@ class SegmentWriter:
         if priorities is not None:
             items = {**items, algorithm.INITIAL_PRIORITY: priorities}
         meta = {"run_id": self.run_id, "actor_id": self.actor_id, "incarnation": self.incarnation, "seq": self.sent,
-                "policy_version": self.version, "frames": self.T * self.num_envs,
+                "policy_version": self.policy_version, "frames": self.T * self.num_envs,
                 "episode_returns": self.finished_returns, "episode_lengths": self.finished_lengths}
         return meta, items
 
