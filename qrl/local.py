@@ -90,7 +90,7 @@ class LocalRun(LearnerProcess):
         table.drop_stale(self.weights_version)
         while table.limiter.can_insert() or not table.limiter.can_sample(table.size, batch_size):
             self.collect_segment()
-            if self.stop_rule() or table.limiter.can_sample(table.size, batch_size):
+            if self.stopping or self.stop_rule() or table.limiter.can_sample(table.size, batch_size):
                 break
         if not table.limiter.can_sample(table.size, batch_size):
             return
