@@ -43,7 +43,7 @@ import zmq
 from qrl.protocol import messages, transport, wire
 from qrl.brokers import snapshot
 from qrl.brokers.actors import SEQ_WINDOW, ActorRecord, Duplicate, OutOfWindow
-from qrl.brokers.tables import ItemSchema, QueueTable, ReplayTable, SchemaError, TableConfig, make_table
+from qrl.brokers.tables import ItemSchema, ReplayTable, SchemaError, TableConfig, make_table
 from qrl.protocol.transport import bind
 
 log = logging.getLogger("qrl.broker")
@@ -350,16 +350,13 @@ class Broker:
         lag = self.weights_version - version
         bound = self.table.cfg.max_policy_lag
         code, seq = self._source_code(meta["incarnation"]), meta["seq"]
-        queued = isinstance(self.table, QueueTable)
         if bound is not None and lag > bound:
             self.stats.dropped_stale_segments += 1
             self.stats.dropped_stale_items += n_items
             self.stats.dropped_stale_frames += meta["frames"]
             self._release_at_ingest(code, seq)
             return
-        self.table.store(arrays, n_items, priorities, version=version, source=(code, seq) if queued else (-1, -1))
-        if not queued:  # a replay table: a segment can be sampled (is consumed, for sync actors) once stored
-            self._release_at_ingest(code, seq)
+        self.table.store(arrays, n_items, priorities, version=version, source=(code, seq))
         s = self.stats
         if s.first_segment_time is None:
             s.first_segment_time = time.time()
@@ -560,15 +557,14 @@ class Broker:
             # The run's frame count travels with every batch: the learner's frame budget is checked
             # on each update, not on its once-a-second stats.
             meta = {"req": req, "frames": self.stats.frames, "broker_id": self.broker_id}
-            if isinstance(table, QueueTable):
-                self.stats.served_lag.extend(table.served_lags)
+            self.stats.served_lag.extend(table.served_lags)  # a queue's; a replay table serves by sampling
             meta["consumed"] = self._consumed(table)
             self.stats.sampled_frames += batch_size * table.frames_per_item
             self._reply(identity, "batch", meta, {**arrays, **extra})
 
     # Segments the broker is done with, reported to the learner with each batch (which reports them
-    # to synchronous actors with its weights): a queue's once their items are served or dropped, a
-    # replay table's once stored. By source code: the incarnation's index in source_names.
+    # to synchronous actors with its weights): the table's (ReplayTable.take_released) and those
+    # dropped at ingest. By source code: the incarnation's index in source_names.
     def _reset_sources(self) -> None:
         self.source_codes: dict[str, int] = {}
         self.source_names: list[str] = []
@@ -588,7 +584,7 @@ class Broker:
     def _consumed(self, table: ReplayTable) -> dict[str, int]:
         """Incarnation -> the newest seq consumed since the last batch: items that left a queue (served
         or dropped as stale), stored in a replay table, or dropped at ingest."""
-        released = table.take_released() if isinstance(table, QueueTable) else {}
+        released = table.take_released()
         for code, seq in self.released_at_ingest.items():
             released[code] = max(seq, released.get(code, -1))
         self.released_at_ingest = {}

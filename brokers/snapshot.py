@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from qrl.brokers.tables import ItemSchema, QueueTable, ReplayTable, TableConfig, make_table
+from qrl.brokers.tables import ItemSchema, ReplayTable, TableConfig, make_table
 
 SNAPSHOT, DIGEST = "replay.npz", "replay.npz.sha256"
 
@@ -56,7 +56,7 @@ def save(directory: str | Path, table: ReplayTable, spec: dict[str, Any] | None,
     directory.mkdir(parents=True, exist_ok=True)
     # An on-policy queue's items are stale by the time a restarted broker could serve them:
     # its snapshot keeps the configuration, not the items.
-    queue = isinstance(table, QueueTable)
+    queue = not table.snapshot_keeps_items
     n = 0 if queue else table.size
     doc = {"table": table.cfg.as_meta(), "schema": table.item_schema.as_meta() if table.item_schema else None,
            "next_id": table.next_id, "size": n,
@@ -100,8 +100,7 @@ def load(directory: str | Path, seed: int = 0) -> Restored | None:
                 table.storage[name][:] = store
         table.ids[:] = arrays["ids"]
         table.next_id, table.size = doc["next_id"], doc["size"]
-        if isinstance(table, QueueTable):
-            table.head = table.next_id
+        table.restored()
         table.limiter.inserted, table.limiter.sampled = doc["inserted"], doc["sampled"]
         if table.prioritized:
             table.restore_priority_leaves(arrays["priority_leaves"], float(doc["max_priority"]))

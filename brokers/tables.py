@@ -157,7 +157,15 @@ class RateLimiter:
 
 
 class ReplayTable:
-    """A ring buffer of ``capacity`` items; each field is one preallocated array."""
+    """A ring buffer of ``capacity`` items; each field is one preallocated array.
+
+    The broker asks every table the same things and the table answers for its kind: which
+    segments it is done with (take_released: a replay table once it stored them, a queue once it
+    served or dropped their items), the policy lag of the items it last served, items too old to
+    serve (drop_stale), and whether a snapshot keeps its items."""
+
+    snapshot_keeps_items = True
+    """A restarted broker can serve replay items; an on-policy queue's would be stale."""
 
     def __init__(self, cfg: TableConfig, seed: int = 0, schema: ItemSchema | None = None):
         self.cfg = cfg
@@ -176,6 +184,10 @@ class ReplayTable:
         if self.prioritized:
             self.sum_tree, self.min_tree = SumTree(cfg.capacity), MinTree(cfg.capacity)
             self.max_priority = 1.0  # new items without a priority get the largest seen so far
+        # Source (segment) code -> the newest seq whose items this table is done with, since the
+        # last take_released; and the policy lag of the items of the last batch served.
+        self.released: dict[int, int] = {}
+        self.served_lags: list[int] = []
 
     def set_schema(self, schema: ItemSchema) -> None:
         """Allocate the storage. The broker always passes the learner's schema at creation; a
@@ -235,7 +247,9 @@ class ReplayTable:
     def store(self, arrays: Mapping[str, np.ndarray], n: int, priorities: np.ndarray | None = None,
               version: int = 0, source: tuple[int, int] = (-1, -1)) -> None:
         """Store n items that check() has passed (the broker checks before its sequence
-        accounting, then stores, so no segment is scanned twice). source: see QueueTable."""
+        accounting, then stores, so no segment is scanned twice). source: the segment's (code,
+        seq); a replay table is done with it once stored (it can be sampled from then on)."""
+        self._mark_released(*source)
         if priorities is not None:
             priorities = np.asarray(priorities, dtype=np.float64)
         new_ids = self._write(arrays, n)
@@ -290,6 +304,18 @@ class ReplayTable:
         (off-policy learners take items of any age; the broker bounds the lag at ingest)."""
         return 0
 
+    def _mark_released(self, code: int, seq: int) -> None:
+        if code >= 0 and seq > self.released.get(code, -1):
+            self.released[code] = seq
+
+    def take_released(self) -> dict[int, int]:
+        """Source code -> the newest seq this table is done with since the last call."""
+        released, self.released = self.released, {}
+        return released
+
+    def restored(self) -> None:
+        """Called once a snapshot's arrays are back in place."""
+
     def update_priorities(self, ids: np.ndarray, priorities: np.ndarray) -> int:
         """New priorities for items by id; ids whose slot was overwritten since (or never
         filled) and non-finite or negative priorities are skipped. Returns how many were set."""
@@ -339,6 +365,8 @@ class QueueTable(ReplayTable):
     observation) is served once, oldest first. Items older than cfg.max_policy_lag weight
     versions when their turn comes are dropped and counted (dropped_stale)."""
 
+    snapshot_keeps_items = False
+
     def __init__(self, cfg: TableConfig, seed: int = 0, schema: ItemSchema | None = None):
         super().__init__(cfg, seed, schema)
         self.limiter = _QueueLimiter(self)
@@ -348,12 +376,10 @@ class QueueTable(ReplayTable):
         self.current_version = 0  # the newest weights version, set by the broker
         self.dropped_stale = 0
         self.dropped_overflow = 0
-        self.served_lags: list[int] = []  # policy lag of the items in the last batch served
         # Which segment each item came from (source code, seq; -1: unknown), and the segments whose
         # items left the queue (served or dropped) since take_released: synchronous actors wait
         # until the learner is done with their earlier segments.
         self.sources = np.full((cfg.capacity, 2), -1, dtype=np.int64)
-        self.released: dict[int, int] = {}
 
     def store(self, arrays: Mapping[str, np.ndarray], n: int, priorities: np.ndarray | None = None,
               version: int = 0, source: tuple[int, int] = (-1, -1)) -> None:
@@ -372,13 +398,10 @@ class QueueTable(ReplayTable):
 
     def _release(self, slots: np.ndarray) -> None:
         for code, seq in self.sources[slots]:
-            if code >= 0 and seq > self.released.get(int(code), -1):
-                self.released[int(code)] = int(seq)
+            self._mark_released(int(code), int(seq))
 
-    def take_released(self) -> dict[int, int]:
-        """Source code -> the newest seq whose items left the queue since the last call."""
-        released, self.released = self.released, {}
-        return released
+    def restored(self) -> None:
+        self.head = self.next_id  # a snapshot keeps no queued items
 
     def _queued_slots(self) -> np.ndarray:
         return np.arange(self.head, self.next_id) % self.cfg.capacity

@@ -158,3 +158,17 @@ def test_a_queue_reports_which_segments_left_it_served_dropped_or_overflowing():
     assert q.dropped_overflow == 1 and q.take_released() == {1: 5}
     q.sample(6)
     assert q.take_released() == {2: 2}
+
+
+def test_a_replay_table_is_done_with_a_segment_once_stored_and_keeps_its_items():
+    """The broker asks every table the same things (no isinstance at its call sites); a replay
+    table's answers: a segment is consumed once stored, nothing is stale, no lag to report."""
+    t = ReplayTable(TableConfig(capacity=8))
+    t.store(items(0, 2), t.check(items(0, 2)), source=(3, 7))
+    t.store(items(2, 2), t.check(items(2, 2)), source=(3, 8))
+    t.insert(items(4, 2))  # no source: a table used outside the broker
+    assert t.take_released() == {3: 8} and t.take_released() == {}
+    assert t.drop_stale(current_version=10**6) == 0 and t.size == 6
+    t.sample(4)
+    assert t.served_lags == [] and t.snapshot_keeps_items
+    assert not queue(capacity=6, lag=1).snapshot_keeps_items
