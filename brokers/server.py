@@ -282,14 +282,17 @@ class Broker:
             log.warning("broker: rejected a message on %s: %s %s (%d so far)", where, reason, detail[:300],
                         self.stats.rejected[reason])
 
-    def _receive(self, where: str, frames: list) -> tuple[wire.Message, dict] | None:
-        """Decode a message and check its metadata against its type's schema; None (rejected and
-        counted) if either fails."""
+    def _receive(self, where: str, frames: list, expected: str) -> tuple[wire.Message, dict] | None:
+        """Decode a message of the one type this socket takes and check its metadata against the
+        type's schema; None (rejected and counted) if anything fails."""
         try:
             msg = wire.decode(frames, self.limits)
             meta = messages.validate(msg.type, msg.meta)
         except (wire.WireError, messages.MessageError) as exc:
             self._reject(where, exc.reason, exc.detail)
+            return None
+        if msg.type != expected:
+            self._reject(where, "unexpected_type", msg.type)
             return None
         return msg, meta
 
@@ -304,12 +307,10 @@ class Broker:
             log.exception("broker: internal error handling a message on %s (counted, not fatal)", where)
 
     def _on_segment(self, frames: list) -> None:
-        received = self._receive("ingest", frames)
+        received = self._receive("ingest", frames, "segment")
         if received is None:
             return
         msg, meta = received
-        if msg.type != "segment":
-            return self._reject("ingest", "unexpected_type", msg.type)
         if self.table is None or self.spec is None:
             return self._reject("ingest", "no_table", "no learner has registered yet")
         if meta["run_id"] != self.spec["run_id"]:
@@ -605,12 +606,10 @@ class Broker:
         self._reply(identity, "ok", {"req": req, "updated": updated})
 
     def _on_published_weights(self, frames: list) -> None:
-        received = self._receive("weights_in", frames)
+        received = self._receive("weights_in", frames, "weights")
         if received is None:
             return
         msg, meta = received
-        if msg.type != "weights":
-            return self._reject("weights_in", "unexpected_type", msg.type)
         if self.spec is None or meta["run_id"] != self.spec["run_id"]:
             return self._reject("weights_in", "wrong_run", f"weights of run {meta['run_id']}")
         # Without keys the per-run token is what tells the learner's weights from anyone else's.

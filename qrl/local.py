@@ -17,7 +17,6 @@ nothing to do here: every segment is made with the newest weights.
 from __future__ import annotations
 
 import collections
-import logging
 from typing import Any
 
 import numpy as np
@@ -28,8 +27,6 @@ from qrl.brokers.tables import ReplayTable, SchemaError, make_table
 from qrl.config import RunConfig
 from qrl.learner import LearnerOptions, LearnerProcess, serve
 from qrl.acting.segments import SegmentWriter
-
-log = logging.getLogger("qrl.local")
 
 
 class TableSampler:
@@ -51,6 +48,7 @@ class LocalRun(LearnerProcess):
         super().__init__(opts, run_cfg, algo_values)
         self.num_actors = actors
         self.next_actor = 0
+        self.actors: list[Acting] = []  # built by open()
         self.episode_returns: collections.deque[float] = collections.deque(maxlen=100)
 
     def open(self) -> None:
@@ -74,7 +72,7 @@ class LocalRun(LearnerProcess):
         return Acting(env, core, writer, self.policy, seed)
 
     def close(self) -> None:
-        for acting in getattr(self, "actors", []):
+        for acting in self.actors:
             acting.env.close()
 
     def publish(self) -> None:
