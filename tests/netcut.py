@@ -40,6 +40,11 @@ class Proxy:
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
 
+    def connections(self) -> int:
+        """Connections open through the proxy now."""
+        with self._lock:
+            return len(self.pairs) // 2
+
     def cut(self) -> int:
         """Reset every open connection; return how many were cut."""
         with self._lock:
