@@ -43,7 +43,7 @@ import zmq
 from qrl.protocol import messages, transport, wire
 from qrl.brokers import snapshot
 from qrl.brokers.actors import SEQ_WINDOW, ActorRecord, Duplicate, OutOfWindow
-from qrl.brokers.tables import ItemSchema, ReplayTable, SchemaError, TableConfig, make_table
+from qrl.brokers.tables import INITIAL_PRIORITY, ItemSchema, ReplayTable, SchemaError, TableConfig, make_table
 from qrl.protocol.transport import bind
 
 log = logging.getLogger("qrl.broker")
@@ -319,7 +319,7 @@ class Broker:
         if len(returns) != len(lengths):
             return self._reject("ingest", "bad_meta", "episode_returns and episode_lengths differ in length")
         arrays = dict(msg.arrays)
-        priorities = arrays.pop("_priority", None)  # optional initial priorities computed by the actor
+        priorities = arrays.pop(INITIAL_PRIORITY, None)  # optional initial priorities computed by the actor
         try:
             n_items = self.table.check(arrays, priorities, frames=meta["frames"])
         except SchemaError as exc:
@@ -550,18 +550,17 @@ class Broker:
             table.drop_stale(self.weights_version)
         while self.pending and table is not None and table.limiter.can_sample(table.size, self.pending[0][2]):
             identity, req, batch_size, beta, t0 = self.pending.popleft()
-            arrays, ids, weights = table.sample(batch_size, beta)
+            arrays = table.sample_arrays(batch_size, beta)
             self.stats.batches += 1
             self.stats.sampled_items += batch_size
             self.stats.sample_wait_s += time.monotonic() - t0
-            extra = {"_id": ids} if weights is None else {"_id": ids, "_weight": weights}
             # The run's frame count travels with every batch: the learner's frame budget is checked
             # on each update, not on its once-a-second stats.
             meta = {"req": req, "frames": self.stats.frames, "broker_id": self.broker_id}
             self.stats.served_lag.extend(table.served_lags)  # a queue's; a replay table serves by sampling
             meta["consumed"] = self._consumed(table)
             self.stats.sampled_frames += batch_size * table.frames_per_item
-            self._reply(identity, "batch", meta, {**arrays, **extra})
+            self._reply(identity, "batch", meta, arrays)
 
     # Segments the broker is done with, reported to the learner with each batch (which reports them
     # to synchronous actors with its weights): the table's (ReplayTable.take_released) and those

@@ -17,6 +17,11 @@ from qrl.brokers.sumtree import MinTree, SumTree
 SAMPLERS = ("uniform", "prioritized", "fifo")
 
 
+ITEM_ID, IMPORTANCE_WEIGHT, INITIAL_PRIORITY = "_id", "_weight", "_priority"
+"""The wire names (docs/protocol.md) of what travels beside an item's fields: its id and importance
+weight in a batch, an actor's initial priority in a segment."""
+
+
 class SchemaError(ValueError):
     """An insert the table refuses; ``reason`` is the counter it goes to."""
 
@@ -281,6 +286,12 @@ class ReplayTable:
         p = np.asarray(priorities, dtype=np.float64) ** self.cfg.priority_exponent
         self.sum_tree.update(slots, p)
         self.min_tree.update(slots, p)
+
+    def sample_arrays(self, batch_size: int, beta: float = 1.0) -> dict[str, np.ndarray]:
+        """A batch as it travels: the items' fields, their ids and, when prioritized, importance weights."""
+        arrays, ids, weights = self.sample(batch_size, beta)
+        extra = {ITEM_ID: ids} if weights is None else {ITEM_ID: ids, IMPORTANCE_WEIGHT: weights}
+        return {**arrays, **extra}
 
     def sample(self, batch_size: int, beta: float = 1.0) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None]:
         """A batch (with replacement), the ids of its items, and for the prioritized sampler the

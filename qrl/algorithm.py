@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Protocol
 import numpy as np
 
 from qrl import ops
+from qrl.brokers.tables import IMPORTANCE_WEIGHT, ITEM_ID  # the wire's names, defined once
 
 if TYPE_CHECKING:  # the broker and `qrl run` read this module without importing torch
     import gymnasium as gym
@@ -251,11 +252,6 @@ class Update:
 
     metrics: dict[str, float]
     priorities: np.ndarray | None = None
-
-
-ITEM_ID, IMPORTANCE_WEIGHT, INITIAL_PRIORITY = "_id", "_weight", "_priority"
-"""The wire names (docs/protocol.md) of what travels beside an item's fields: its id and importance
-weight in a batch, an actor's initial priority in a segment. Only the runtime reads them."""
 
 
 def to_batch(arrays: dict[str, np.ndarray], device: torch.device | str = "cpu") -> Batch:

@@ -38,6 +38,7 @@ from qrl.sampling import SampleClient
 
 log = logging.getLogger("qrl.learner")
 
+
 @dataclass(frozen=True)
 class LearnerOptions:
     algo: str

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from qrl import algorithm, envs, normalize
+from qrl import envs, normalize
 from qrl.acting.actor import Acting, actor_seed, load_arrays
-from qrl.brokers.tables import ReplayTable, SchemaError, make_table
+from qrl.brokers.tables import INITIAL_PRIORITY, ReplayTable, SchemaError, make_table
 from qrl.config import RunConfig
 from qrl.learner import LearnerOptions, LearnerProcess, serve
 from qrl.acting.segments import SegmentWriter
@@ -93,10 +93,7 @@ class LocalRun(LearnerProcess):
         if not table.limiter.can_sample(table.size, batch_size):
             return
         beta = self.agent.sample_options(self.args, self.learner.updates).get("beta", 1.0)
-        arrays, ids, weights = table.sample(batch_size, beta)
-        extra = {algorithm.ITEM_ID: ids} if weights is None else {algorithm.ITEM_ID: ids,
-                                                                   algorithm.IMPORTANCE_WEIGHT: weights}
-        self.train_on({**arrays, **extra}, {})
+        self.train_on(table.sample_arrays(batch_size, beta), {})
 
     def collect_segment(self) -> None:
         """The next actor in turn fills a segment with the newest weights; its items go into the table."""
@@ -107,7 +104,7 @@ class LocalRun(LearnerProcess):
         meta, items = acting.writer.segment()
         acting.writer.mark_sent()
         items = dict(items)
-        priorities = items.pop(algorithm.INITIAL_PRIORITY, None)
+        priorities = items.pop(INITIAL_PRIORITY, None)
         try:
             n_items = self.table.check(items, priorities, frames=meta["frames"])
         except SchemaError as exc:  # the broker would drop it; here it is the algorithm's own bug

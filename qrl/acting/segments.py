@@ -18,6 +18,7 @@ import numpy as np
 import zmq
 
 from qrl import algorithm
+from qrl.brokers.tables import INITIAL_PRIORITY
 from qrl.protocol import transport, wire
 
 log = logging.getLogger("qrl.actor")
@@ -85,7 +86,7 @@ class SegmentWriter:
         items = self.agent.make_items(rollout, self.args)
         priorities = self.agent.initial_priorities(rollout, self.args)
         if priorities is not None:
-            items = {**items, algorithm.INITIAL_PRIORITY: priorities}
+            items = {**items, INITIAL_PRIORITY: priorities}
         meta = {"run_id": self.run_id, "actor_id": self.actor_id, "incarnation": self.incarnation, "seq": self.sent,
                 "policy_version": self.policy_version, "frames": self.T * self.num_envs,
                 "episode_returns": self.finished_returns, "episode_lengths": self.finished_lengths}
