@@ -1,6 +1,6 @@
 """Rainbow: dqn's options together, as in Hessel et al. 2018: a categorical return distribution
-(C51), noisy nets instead of epsilon-greedy, dueling, double, n-step returns, and prioritized
-replay in the broker with importance weights (Ape-X's table; new items get the largest priority
+(c51.py), noisy nets instead of epsilon-greedy, dueling, double, n-step returns, and prioritized
+replay in the broker with importance weights (apex.py's table; new items get the largest priority
 seen so far, and the learner's cross-entropy becomes each sampled item's priority).
 Reference: Hessel et al. 2018.
 """
@@ -10,14 +10,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from qrl.algorithms import apex, dqn
+from qrl.algorithms import apex, c51
 
 
 @dataclass(frozen=True)
-class Args(apex.Args):
-    atoms: int = 51
-    v_min: float = -10.0
-    v_max: float = 10.0
+class Args(c51.Args, apex.Args):
     noisy: bool = True
     dueling: bool = True
     double: bool = True
@@ -28,5 +25,5 @@ class Args(apex.Args):
     """Rainbow's priorities are cross-entropies, which actors cannot compute without the target net."""
 
 
-AGENT = dataclasses.replace(dqn.AGENT, name="rainbow", Args=Args, table_config=apex.table_config,
+AGENT = dataclasses.replace(c51.AGENT, name="rainbow", Args=Args, table_config=apex.table_config,
                             sample_options=apex.sample_options)

@@ -2,7 +2,9 @@
 segment, noise not in the weights), IQN's cosine embedding and shapes, the quantile Huber loss at
 given fractions, the Munchausen target, and the one-line refusals of meaningless combinations."""
 
+import dataclasses
 import math
+import re
 
 import gymnasium as gym
 import numpy as np
@@ -10,7 +12,7 @@ import pytest
 import torch
 
 from qrl import algorithm, layers, ops
-from qrl.algorithms import dqn, fqf, iqn, mdqn, rainbow
+from qrl.algorithms import c51, fqf, iqn, mdqn, qrdqn, rainbow
 from qrl.algorithm import to_batch
 
 OBS, ACTIONS = gym.spaces.Box(-1, 1, (4,), np.float32), gym.spaces.Discrete(3)
@@ -165,55 +167,71 @@ def test_the_fraction_gradient_by_hand():
 
 def test_the_munchausen_target_by_hand():
     args = mdqn.Args(entropy_tau=1.0, munchausen_alpha=0.5, log_policy_clip=-1.0, hidden=8)
-    learner = mdqn.AGENT.Learner(OBS, gym.spaces.Discrete(2), args, torch.device("cpu"))
     t = {"action": torch.tensor([0, 1]), "return": torch.tensor([1.0, 1.0]), "discount": torch.tensor([0.5, 0.0])}
     q_now = torch.tensor([[0.0, math.log(3)], [0.0, math.log(3)]])  # pi = (1/4, 3/4)
     q_next = torch.zeros(2, 2)  # pi = (1/2, 1/2): soft value = sum pi (0 - log pi) = log 2
-    out = learner._munchausen_target(t, q_now, q_next, q_next)
+    out = mdqn.soft_target(args, t, q_now, q_next, q_next)
     # item 0: log(1/4) = -1.39 clipped to -1, bonus 0.5 * -1; + 0.5 * log 2.  item 1: 0.5 * log(3/4), terminal.
     torch.testing.assert_close(out, torch.tensor([1 - 0.5 + 0.5 * math.log(2), 1 + 0.5 * math.log(0.75)]))
     # the quantile form (M-IQN): each target quantile is the policy-weighted mean over next actions
     z_next = torch.tensor([[[1.0, 3.0], [-1.0, 1.0]], [[0.0, 0.0], [0.0, 0.0]]])  # [B, A, N]
-    out = learner._munchausen_target(t, q_now, q_next, z_next)
+    out = mdqn.soft_target(args, t, q_now, q_next, z_next)
     soft = 0.5 * (torch.tensor([1.0, 3.0]) + torch.tensor([-1.0, 1.0])) + math.log(2)
     torch.testing.assert_close(out[0], 0.5 + 0.5 * soft)
     torch.testing.assert_close(out[1], torch.full((2,), 1 + 0.5 * math.log(0.75)))
 
 
-@pytest.mark.parametrize("values, message", [
-    ({"atoms": 51, "quantiles": 10}, "algo.atoms and algo.quantiles are different distributional heads: set one"),
-    ({"quantiles": 10, "iqn_n": 8}, "algo.quantiles and algo.iqn_n are different distributional heads: set one"),
-    ({"munchausen": True, "double": False, "atoms": 51}, "algo.munchausen works with Q values, quantiles or iqn_n"),
-    ({"munchausen": True}, "set algo.double=false"),
-    ({"atoms": 5, "v_min": 1.0, "v_max": 1.0}, "algo.v_min must be below algo.v_max"),
-    ({"fqf": True}, "algo.fqf proposes the fractions of IQN's quantile network: set algo.iqn_n"),
-    ({"fqf": True, "iqn_n": 8, "iqn_cvar": 0.5}, "algo.fqf takes the mean over its own fractions"),
+@pytest.mark.parametrize("variant, values, message", [
+    (mdqn, {"double": True}, "Munchausen bootstraps from a softmax policy, not double DQN's argmax: "
+                             "set algo.double=false"),
+    (qrdqn, {"munchausen": True, "double": True}, "set algo.double=false"),
+    (iqn, {"munchausen": True, "double": True}, "set algo.double=false"),
+    (c51, {"v_min": 1.0, "v_max": 1.0}, "c51 needs algo.atoms >= 2 and algo.v_min below algo.v_max"),
+    (c51, {"atoms": 1}, "c51 needs algo.atoms >= 2"),
+    (iqn, {"iqn_cvar": 0.0}, "algo.iqn_cvar must be in (0, 1], got 0.0"),
 ])
-def test_meaningless_combinations_are_refused_in_one_line(values, message):
-    with pytest.raises(ValueError, match=message.replace(".", r"\.")) as info:
-        dqn.make_policy(OBS, ACTIONS, dqn.Args(**values))
+def test_meaningless_combinations_are_refused_in_one_line(variant, values, message):
+    with pytest.raises(ValueError, match=re.escape(message)) as info:
+        variant.make_policy(OBS, ACTIONS, variant.Args(**values))
     assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match=re.escape(message)):  # the learner builds its networks the same way
+        variant.AGENT.Learner(OBS, ACTIONS, variant.Args(**values), torch.device("cpu"))
+
+
+def test_each_variant_has_its_own_options_and_none_of_the_others():
+    fields = {name: {f.name for f in dataclasses.fields(algorithm.load(name).Args)}
+              for name in ("dqn", "c51", "qrdqn", "iqn", "fqf", "mdqn", "rainbow")}
+    holders = {  # option -> the variants that have it (rainbow is c51 with apex's table)
+        "atoms": {"c51", "rainbow"}, "v_max": {"c51", "rainbow"}, "quantiles": {"qrdqn"},
+        "iqn_k": {"iqn"}, "iqn_cvar": {"iqn"}, "iqn_n": {"iqn", "fqf"}, "fraction_lr": {"fqf"},
+        "entropy_tau": {"mdqn", "qrdqn", "iqn"}, "munchausen": {"qrdqn", "iqn"},  # M-DQN, M-QR-DQN, M-IQN
+        "noisy": set(fields), "double": set(fields),
+    }
+    for option, names in holders.items():
+        assert {name for name in fields if option in fields[name]} == names, option
 
 
 def test_the_named_members_of_the_family():
-    for name, values in [("iqn", {"iqn_n": 32}), ("fqf", {"iqn_n": 32, "fqf": True}),
-                         ("mdqn", {"munchausen": True, "double": False}),
+    for name, values in [("iqn", {"iqn_n": 32}), ("fqf", {"iqn_n": 32}), ("mdqn", {"double": False}),
                          ("rainbow", {"atoms": 51, "noisy": True, "dueling": True, "double": True, "n_step": 3})]:
         args = algorithm.load(name).Args()
         assert all(getattr(args, k) == v for k, v in values.items()), name
     table = rainbow.AGENT.table_config(rainbow.Args())
     assert table.sampler == "prioritized" and rainbow.AGENT.sample_options(rainbow.Args(), 0) == {"beta": 0.4}
+    assert isinstance(rainbow.AGENT.make_policy(OBS, ACTIONS, rainbow.Args()), c51.CategoricalQNetwork)
 
 
-@pytest.mark.parametrize("values", [{"iqn_n": 4, "iqn_k": 3}, {"noisy": True, "atoms": 5}, {"noisy": True, "iqn_n": 4}])
-def test_the_options_on_the_nature_cnn(values):
+@pytest.mark.parametrize("variant, values", [(iqn, {"iqn_n": 4, "iqn_k": 3}), (c51, {"noisy": True, "atoms": 5}),
+                                            (iqn, {"noisy": True, "iqn_n": 4}), (qrdqn, {"quantiles": 3}),
+                                            (fqf, {"iqn_n": 3})])
+def test_the_options_on_the_nature_cnn(variant, values):
     frames = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
-    net = dqn.make_policy(frames, ACTIONS, dqn.Args(hidden=32, **values))
+    net = variant.make_policy(frames, ACTIONS, variant.Args(hidden=32, **values))
     obs = torch.randint(0, 256, (2, 4, 84, 84), dtype=torch.uint8)
     layers.sample_noise(net)
     assert net(obs).shape == (2, 3)
-    if values.get("iqn_n"):
+    if variant is iqn:
         assert net.embedding.linear.out_features == 64 * 7 * 7  # the convolutions' features
         assert net.distribution(obs, torch.rand(2, 4)).shape == (2, 3, 4)
-    core = dqn.AGENT.make_core(dqn.Args(hidden=32, **values), 0, 1, 2, seed=0)
+    core = variant.AGENT.make_core(variant.Args(hidden=32, **values), 0, 1, 2, seed=0)
     assert core.greedy(net, obs.numpy(), {}, np.zeros(2, bool))[0].shape == (2,)
