@@ -90,7 +90,7 @@ MAX_PENDING_SAMPLES = 1024
 RESEND_INTERVAL_S = 0.2
 """Cached weights are resent to (new) subscribers at most this often."""
 REQUEST_ROLES = {
-    "register": ("learner",), "sample": ("learner",), "update_priorities": ("learner",),
+    "register": ("learner",), "sample": ("learner",), "sample_status": ("learner",), "update_priorities": ("learner",),
     "get_spec": ("learner", "actor"), "get_weights": ("learner", "actor"),
     "claim_ids": ("actor",), "flush": ("actor",), "actor_error": ("actor",),
     "get_stats": ("learner", "actor", "observer"),
@@ -122,8 +122,8 @@ class Broker:
             os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 3 // 4)
         self._handlers = {
             "register": self._on_register, "get_spec": self._on_get_spec, "get_weights": self._on_get_weights,
-            "sample": self._on_sample, "get_stats": self._on_get_stats, "flush": self._on_flush,
-            "update_priorities": self._on_update_priorities, "claim_ids": self._on_claim_ids,
+            "sample": self._on_sample, "sample_status": self._on_sample_status, "get_stats": self._on_get_stats,
+            "flush": self._on_flush, "update_priorities": self._on_update_priorities, "claim_ids": self._on_claim_ids,
             "actor_error": self._on_actor_error,
         }
         self.pending: collections.deque = collections.deque()  # sample requests held by the rate limiter
@@ -411,12 +411,6 @@ class Broker:
 
     def _on_get_stats(self, identity, msg: wire.Message, meta: dict, req) -> None:
         extra: dict[str, Any] = {}
-        if "sampler" in meta:
-            # The learner asks which of its sample requests are held here (still waiting for data),
-            # so it can tell requests lost with a dropped connection from requests merely waiting.
-            sampler_id = meta["sampler"].encode()
-            extra["sampler_pending"] = [r for ident, r, *_ in self.pending
-                                        if isinstance(r, int) and ident.bytes == sampler_id]
         if "actor" in meta and "incarnation" in meta:
             # Only a worker that knows its incarnation (never shown in stats) learns how far the
             # broker has read it: a stopping actor confirms its last segment arrived.
@@ -532,6 +526,15 @@ class Broker:
         if len(self.pending) >= MAX_PENDING_SAMPLES:
             return self._refuse(identity, req, "too_many_pending", f"{len(self.pending)} sample requests are waiting")
         self.pending.append((identity, req, batch_size, meta.get("beta", 1.0), time.monotonic()))
+
+    def _on_sample_status(self, identity, msg, meta, req) -> None:
+        """Which of this socket's sample requests are held here (waiting for data), and what a
+        learner's stop rule and liveness need. Asked on the sampling socket itself and answered
+        in order, so a request sent before it that is neither answered nor held was lost with a
+        dropped connection (docs/protocol.md, "Requests on service")."""
+        held = [r for ident, r, *_ in self.pending if ident.bytes == identity.bytes]
+        self._reply(identity, "sample_status", {"req": req, "held": held, "frames": self.stats.frames,
+                                                 "broker_id": self.broker_id, "weights_version": self.weights_version})
 
     def _unservable(self, batch_size: int) -> str:
         """Why a batch of this size can never be served by the table ('' if it can)."""

@@ -157,9 +157,7 @@ class LearnerProcess:
         if reply.type != "ok":
             raise RuntimeError(f"broker refused the run: {reply.meta.get('reason')}")
         host, _ = transport.split_address(self.opts.broker)
-        resent = 0
         if self.sampler is not None:
-            resent = self.sampler.resent
             self.sampler.close()
         if self.pub is not None:
             self.pub.close(linger=0)
@@ -168,7 +166,6 @@ class LearnerProcess:
         # Requests in flight to a broker that restarted are gone: a new socket starts a new window.
         self.sampler = SampleClient(self.ctx, self.opts.broker, self.args.batch_size, self.cfg.samples_in_flight,
                                     lambda: self.agent.sample_options(self.args, self.learner.updates))
-        self.sampler.resent = resent
 
     def weights(self) -> dict[str, np.ndarray]:
         """What actors load: the policy's arrays, plus the observation statistics when normalizing."""
@@ -190,7 +187,7 @@ class LearnerProcess:
             self.consumed.popitem(last=False)
 
     def broker_stats(self) -> dict[str, Any]:
-        reply = self.client.request("get_stats", {"sampler": self.sampler.id}, wait_s=None, report=log.warning,
+        reply = self.client.request("get_stats", {}, wait_s=None, report=log.warning,
                                     should_stop=lambda: self.stopping)
         return reply.meta
 
@@ -258,7 +255,8 @@ class LearnerProcess:
             self.stop_reason = "stopped by signal"
 
     def train_on_next_batch(self) -> None:
-        """Wait (briefly) for the next answer to a sample request: train on a batch, note a refusal."""
+        """Wait (briefly) for the next answer on the sampling socket: train on a batch, note a
+        refusal, or recover from a sample_status what a dropped connection lost."""
         t0 = time.monotonic()
         reply = self.sampler.receive(100)
         self.live.wait_s += time.monotonic() - t0
@@ -275,6 +273,9 @@ class LearnerProcess:
             self.live.refusals = 0
             self.count_frames(reply.meta.get("broker_id"), reply.meta.get("frames"))
             self.train_on(reply.arrays, reply.meta.get("consumed") or {})
+        elif reply.type == "sample_status":
+            self.count_frames(reply.meta.get("broker_id"), reply.meta.get("frames"))
+            self.recover_lost_messages(reply.meta)
 
     def train_on(self, arrays: dict[str, np.ndarray], consumed: dict[str, int]) -> None:
         """One update on a batch's arrays; its priorities back to the table, weights out when due."""
@@ -292,8 +293,8 @@ class LearnerProcess:
             self.publish()
 
     def sync_with_broker(self) -> None:
-        """Once a second: the broker's stats. Registers again with a broker that lost the run,
-        counts the run's frames, sends again what a dropped connection lost, logs the rates."""
+        """Once a second (and at once when a batch or sample_status came from another broker): the
+        broker's stats. Registers again with a broker that lost the run, logs the rates."""
         try:
             stats = self.broker_stats()
         except transport.BrokerUnavailable:  # raised only once we are stopping
@@ -314,11 +315,9 @@ class LearnerProcess:
         if live.first_segment is None and stats.get("first_segment_time"):
             live.first_segment = stats["first_segment_time"]
             self.metrics.write("phase", name="first_segment", at=live.first_segment)
-        self.recover_lost_messages(stats)
         live.stats = stats
         live.measure_rates(self.learner.updates, stats.get("frames_consumed", 0))
-        self.metrics.write("train", **live.train_record(self.learner.updates, self.elapsed(), self.weights_version,
-                                                        self.sampler.resent))
+        self.metrics.write("train", **live.train_record(self.learner.updates, self.elapsed(), self.weights_version))
 
     def count_frames(self, broker_id: str | None, broker_frames: int | None) -> None:
         """Add the frames the broker accepted since it last told us (its counter, with each batch
@@ -332,13 +331,12 @@ class LearnerProcess:
         live.frames += max(0, broker_frames - live.broker_frames)
         live.broker_frames = broker_frames
 
-    def recover_lost_messages(self, stats: dict[str, Any]) -> None:
-        """Liveness after a pause or a cut connection: requests the broker never got are sent
-        again, and weights it never got (a PUB drops what it cannot deliver) are published again,
-        or synchronous actors would wait for them forever."""
-        if "sampler_pending" in stats:  # without it every held request would look lost
-            self.sampler.resend_lost(stats["sampler_pending"])
-        missed = stats.get("weights_version", self.weights_version) < self.weights_version
+    def recover_lost_messages(self, status: dict[str, Any]) -> None:
+        """Liveness after a pause or a cut connection (from a sample_status): requests the broker
+        never got are sent again, and weights it never got (a PUB drops what it cannot deliver)
+        are published again, or synchronous actors would wait for them forever."""
+        self.live.resent += self.sampler.resend_lost(status)
+        missed = status.get("weights_version", self.weights_version) < self.weights_version
         if missed and time.monotonic() - self.last_publish > 1.0:
             log.warning("learner: the broker missed weights version %d; publishing again", self.weights_version)
             self.publish()
@@ -423,6 +421,7 @@ class LiveCounters:
     started: float = dataclasses.field(default_factory=time.monotonic)
     wait_s: float = 0.0  # waiting for batches
     refusals: int = 0  # sample requests refused in a row
+    resent: int = 0  # sample requests lost with a dropped connection and sent again
     broker_id: str | None = None
     broker_frames: int = 0  # the broker's frame counter at the last stats; it restarts with the broker
     first_segment: float | None = None
@@ -448,14 +447,14 @@ class LiveCounters:
         self.consumed_per_s = max(0, consumed - consumed_then) / dt
         self.mark_rates(updates, consumed)
 
-    def train_record(self, updates: int, elapsed: float, version: int, resent: int) -> dict[str, Any]:
+    def train_record(self, updates: int, elapsed: float, version: int) -> dict[str, Any]:
         s = self.stats
         return dict(frames=self.frames, updates=updates, elapsed_s=elapsed, frames_per_s=self.frames_per_s,
                     updates_per_s=self.updates_per_s, mean_return_100=s.get("mean_return_100"),
                     replay_size=s.get("replay_size"), policy_lag=s.get("policy_lag_100"), actors=s.get("actors"),
                     frames_consumed=s.get("frames_consumed"), consumed_per_s=self.consumed_per_s,
                     frames_dropped=s.get("frames_dropped"), weights_version=version,
-                    wait_fraction=self.wait_s / max(elapsed, 1e-9), samples_resent=resent, **self.train_metrics)
+                    wait_fraction=self.wait_s / max(elapsed, 1e-9), samples_resent=self.resent, **self.train_metrics)
 
     def status_line(self) -> str:
         s = self.stats

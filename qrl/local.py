@@ -32,8 +32,6 @@ from qrl.acting.segments import SegmentWriter
 class TableSampler:
     """The learner's sampling client (qrl/sampling.py) for a table in the same process."""
 
-    resent = 0  # nothing is lost without a connection
-
     def __init__(self, table: ReplayTable):
         self.table = table
 
@@ -120,7 +118,7 @@ class LocalRun(LearnerProcess):
                       "replay_size": self.table.size, "actors": len(self.actors),
                       "frames_consumed": self.table.limiter.sampled * self.table.frames_per_item}
         live.measure_rates(self.learner.updates, live.stats["frames_consumed"])
-        self.metrics.write("train", **live.train_record(self.learner.updates, self.elapsed(), self.weights_version, 0))
+        self.metrics.write("train", **live.train_record(self.learner.updates, self.elapsed(), self.weights_version))
 
 
 def run_in_process(opts: LearnerOptions, run_cfg: RunConfig, algo_values: dict[str, Any],

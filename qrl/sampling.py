@@ -19,11 +19,12 @@ from qrl.protocol import transport, wire
 
 log = logging.getLogger("qrl.learner")
 
-LOST_AFTER_S = 2.0
-"""A sample request older than this that the broker does not hold, on two stats checks in a row,
-was lost with a dropped connection (broker paused past the heartbeat timeout, connection cut):
-it is sent again. Requests sent before a disconnection that the socket's monitor reported are
-looked for at once (see SampleClient.resend_lost)."""
+STATUS_EVERY_S = 1.0
+"""How often the client asks the broker which of its requests it holds (`sample_status`, on the
+sampling socket itself). The answer comes on the same connection, after the answers to every
+request sent before it, so such a request that is neither answered nor held was lost with a
+dropped connection (broker paused past the heartbeat timeout, connection cut): it is sent again.
+The answer also carries the broker's frame count and weights version for the learner."""
 
 
 class SampleClient:
@@ -38,23 +39,16 @@ class SampleClient:
         # reconnect this socket, the broker (ROUTER_HANDOVER) sends the batches for the requests
         # it holds to the new connection instead of dropping them.
         self.socket = transport.socket(ctx, zmq.DEALER)
-        self.id = f"sampler-{uuid.uuid4().hex}"
-        self.socket.setsockopt(zmq.ROUTING_ID, self.id.encode())
-        # Disconnections, so requests sent on a connection that died are looked for at the next
-        # stats check instead of after LOST_AFTER_S.
-        self.events = self.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self.socket.setsockopt(zmq.ROUTING_ID, f"sampler-{uuid.uuid4().hex}".encode())
         self.socket.connect(broker)
         self.requests = itertools.count(1)
         self.outstanding: dict[int, float] = {}  # request id -> when it was sent
-        self.suspect_lost: set[int] = set()
-        self.disconnected_at = -1.0
-        self.resent = 0
+        self.status_asked: dict[int, int] = {}  # sample_status req -> the last sample req sent before it
+        self.last_status = time.monotonic()
         for _ in range(in_flight):
             self.request()
 
     def close(self) -> None:
-        self.socket.disable_monitor()
-        self.events.close(linger=0)
         self.socket.close(linger=0)
 
     def request(self) -> None:
@@ -63,15 +57,17 @@ class SampleClient:
         self.outstanding[req] = time.monotonic()
 
     def receive(self, timeout_ms: int) -> wire.Message | None:
-        """The next batch or refusal ("error"), or None within the timeout. A request is replaced
-        when answered, unless it was already sent again (its replacement keeps the window full)."""
+        """The next batch, refusal ("error") or sample_status (for resend_lost), or None within
+        the timeout. A request is replaced when answered, unless it was already sent again (its
+        replacement keeps the window full)."""
+        self.ask_status_when_due()
         raw = transport.recv_frames(self.socket, timeout_ms)
         if raw is None:
             return None
         reply = wire.decode(raw)
         if reply.type == "ok":  # an update_priorities acknowledgement, not an answer
             return None
-        if self.outstanding.pop(reply.meta.get("req"), None) is not None:
+        if reply.type != "sample_status" and self.outstanding.pop(reply.meta.get("req"), None) is not None:
             self.request()
         return reply
 
@@ -80,29 +76,29 @@ class SampleClient:
         transport.send(self.socket, "update_priorities", {},
                        {"ids": np.ascontiguousarray(ids), "priorities": np.asarray(priorities, dtype=np.float64)})
 
-    def resend_lost(self, held_by_broker: list[int]) -> None:
-        """Send again the requests the broker has not got. One sent before the socket last lost
-        its connection is lost if the broker does not hold it; any other only when it is older
-        than LOST_AFTER_S and missing on two checks in a row, so a batch still on its way is not
-        taken for a lost request (one that arrives late anyway is used and not replaced)."""
+    def ask_status_when_due(self) -> None:
         now = time.monotonic()
-        while self.events.poll(0):
-            self.events.recv_multipart()  # a monitor event: [event id + value, endpoint]
-            self.disconnected_at = now
-        if self.socket.poll(0, zmq.POLLIN):  # replies wait to be read: nothing is stalled
-            self.suspect_lost.clear()
-            return
-        held = set(held_by_broker)
-        missing = {r for r, t in self.outstanding.items()
-                   if r not in held and (t < self.disconnected_at or now - t > LOST_AFTER_S)}
-        on_dead_connection = {r for r in missing if self.outstanding[r] < self.disconnected_at}
-        lost = (missing & self.suspect_lost) | on_dead_connection
-        self.suspect_lost = missing - lost
+        if now - self.last_status >= STATUS_EVERY_S:
+            req = next(self.requests)
+            transport.send(self.socket, "sample_status", {"req": req})
+            self.status_asked[req] = req - 1  # every request numbered below it was sent before it
+            self.last_status = now
+
+    def resend_lost(self, status: dict[str, Any]) -> int:
+        """Send again the requests sent before this sample_status that the broker neither
+        answered (their answers came first) nor holds; how many. An answer that still arrives
+        for one is used and not replaced."""
+        sent_before = self.status_asked.pop(status.get("req"), None)
+        if sent_before is None:
+            return 0  # not ours, or an old status answered late
+        self.status_asked = {r: b for r, b in self.status_asked.items() if r > status["req"]}
+        held = set(status.get("held") or ())
+        lost = [r for r in self.outstanding if r <= sent_before and r not in held]
         if not lost:
-            return
+            return 0
         log.warning("learner: %d sample request(s) lost on the way to the broker (connection dropped); sent again",
                     len(lost))
         for r in lost:
             del self.outstanding[r]
             self.request()
-        self.resent += len(lost)
+        return len(lost)

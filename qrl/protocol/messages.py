@@ -286,9 +286,9 @@ SCHEMAS: dict[str, Map] = {
         "beta": Field(Float(0, 1), required=False, doc="importance-sampling exponent, default 1"),
     }),
     "update_priorities": Map({"req": REQ}),
+    "sample_status": Map({"req": REQ}),
     "get_stats": Map({
         "req": REQ,
-        "sampler": Field(Str(64), required=False, doc="a sample socket's routing id"),
         "actor": Field(Int(), required=False, doc="with incarnation: that incarnation's last seq"),
         "incarnation": Field(Str(64), required=False, doc="see actor"),
         "actors_from": Field(Int(), required=False, doc="per_actor page: ids from this one"),

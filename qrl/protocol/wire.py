@@ -22,8 +22,9 @@ from typing import Any, Mapping, Sequence
 import msgpack
 import numpy as np
 
-PROTOCOL_VERSION = 3
-"""2: typed metadata (qrl.protocol.messages), run binding, item schema and token in register, roles."""
+PROTOCOL_VERSION = 4
+"""2: typed metadata (qrl.protocol.messages), run binding, item schema and token in register, roles.
+3: frames and broker_id in batch replies. 4: sample_status (docs/protocol.md says what changed)."""
 
 # Every message type on every socket (docs/protocol.md describes each).
 MESSAGE_TYPES = frozenset(
@@ -37,6 +38,7 @@ MESSAGE_TYPES = frozenset(
         "sample",  # learner -> broker: ask for a batch
         "update_priorities",  # learner -> broker: new priorities by item id (prioritized tables)
         "batch",  # broker reply to sample
+        "sample_status",  # learner -> broker and its reply: which sample requests the broker holds
         "get_stats",  # anyone -> broker
         "claim_ids",  # an actor supervisor -> broker: a block of unused actor ids (--first-id auto)
         "flush",  # a stopping actor -> broker: read my last segments even while holding actors back
