@@ -10,9 +10,8 @@ Workers are forked after torch, gymnasium and the algorithms are imported, so
 
 from __future__ import annotations
 
+import functools
 import logging
-import os
-import signal
 import time
 import uuid
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from qrl import algorithm, envs, normalize
 from qrl.protocol import transport, wire
 from qrl.config import build
 from qrl.acting.segments import SegmentWriter, SyncActing, confirm_delivery
-from qrl.acting.supervisor import ActorConfig, Supervisor, report_failure, run_supervised, worker_prelude
+from qrl.acting.supervisor import ActorConfig, RunChanged, Stop, Supervisor, run_supervised, run_worker
 
 log = logging.getLogger("qrl.actor")
 
@@ -167,14 +166,6 @@ class Acting:
             self.state, self.episode_start, self.obs = next_state, done, next_obs
 
 
-class Stop(Exception):
-    pass
-
-
-class RunChanged(Exception):
-    """A new run registered at the broker; the worker restarts to fetch its spec."""
-
-
 class Worker:
     def __init__(self, cfg: ActorConfig, actor_id: int):
         self.cfg, self.actor_id = cfg, actor_id
@@ -192,6 +183,9 @@ class Worker:
 
     def should_stop(self) -> bool:
         return self.stopping
+
+    def summary(self) -> str:
+        return f"incarnation {self.incarnation} sent {self.sent} segments"
 
     def run(self) -> None:
         torch.set_num_threads(1)
@@ -313,28 +307,5 @@ class Worker:
         return self.weights_version
 
 
-def _worker_main(cfg: ActorConfig, actor_id: int, supervisor_pid: int, errors_fd: int,
-                 start_pipe: tuple[int, int] | None = None) -> None:
-    worker_prelude(supervisor_pid, start_pipe)
-    worker = Worker(cfg, actor_id)
-    signal.signal(signal.SIGTERM, lambda *_: setattr(worker, "stopping", True))
-    code = 0
-    try:
-        worker.run()
-    except (Stop, transport.BrokerUnavailable):
-        if not worker.stopping:
-            log.error("actor %d: failed: the broker went away", actor_id)
-            code = 1
-    except RunChanged as exc:
-        log.warning("actor %d: %s; restarting", actor_id, exc)
-        code = 3
-    except Exception as exc:
-        code = report_failure(errors_fd, "actor", actor_id, exc)
-    # scripts/load_test.py checks these counts against the broker's
-    log.info("actor %d: incarnation %s sent %d segments", actor_id, worker.incarnation, worker.sent)
-    if code:
-        os._exit(code)
-
-
 def run_actors(cfg: ActorConfig) -> None:
-    run_supervised(Supervisor(cfg, _worker_main))
+    run_supervised(Supervisor(cfg, functools.partial(run_worker, "actor", Worker)))

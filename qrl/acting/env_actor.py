@@ -16,9 +16,8 @@ under way (only the unfinished segment the old server held is lost).
 
 from __future__ import annotations
 
+import functools
 import logging
-import os
-import signal
 import time
 import uuid
 from typing import Any
@@ -28,17 +27,9 @@ import zmq
 
 from qrl import envs
 from qrl.protocol import transport, wire
-from qrl.acting.supervisor import ActorConfig, Supervisor, report_failure, run_supervised, worker_prelude
+from qrl.acting.supervisor import ActorConfig, RunChanged, Stop, Supervisor, run_supervised, run_worker
 
 log = logging.getLogger("qrl.actor")
-
-
-class Stop(Exception):
-    pass
-
-
-class RunChanged(Exception):
-    """The inference server now serves another run; the worker restarts to build its envs."""
 
 
 class InferenceRefused(RuntimeError):
@@ -58,6 +49,10 @@ class EnvWorker:
 
     def should_stop(self) -> bool:
         return self.stopping
+
+    def summary(self) -> str:
+        return (f"incarnation {self.incarnation} took {self.steps} steps, resumed {self.resumes} times, "
+                f"sent {self.retries} requests again")
 
     def run(self) -> None:
         self.ctx = zmq.Context()
@@ -154,26 +149,5 @@ class EnvWorker:
                     pass
 
 
-def _worker_main(cfg: ActorConfig, actor_id: int, supervisor_pid: int, errors_fd: int,
-                 start_pipe: tuple[int, int] | None = None) -> None:
-    worker_prelude(supervisor_pid, start_pipe)
-    worker = EnvWorker(cfg, actor_id)
-    signal.signal(signal.SIGTERM, lambda *_: setattr(worker, "stopping", True))
-    code = 0
-    try:
-        worker.run()
-    except Stop:
-        pass
-    except RunChanged as exc:
-        log.warning("env actor %d: %s; restarting", actor_id, exc)
-        code = 3
-    except Exception as exc:
-        code = report_failure(errors_fd, "env actor", actor_id, exc)
-    log.info("env actor %d: incarnation %s took %d steps, resumed %d times, sent %d requests again", actor_id,
-             worker.incarnation, worker.steps, worker.resumes, worker.retries)
-    if code:
-        os._exit(code)
-
-
 def run_env_actors(cfg: ActorConfig) -> None:
-    run_supervised(Supervisor(cfg, _worker_main))
+    run_supervised(Supervisor(cfg, functools.partial(run_worker, "env actor", EnvWorker)))

@@ -114,7 +114,7 @@ class Supervisor:
         self._read_errors()
         lived = now - self.started_at[i]
         young = lived < YOUNG_S
-        failed = exitcode is not None and exitcode > 0 and exitcode != 3  # 3: a new run, not a failure
+        failed = exitcode is not None and exitcode > 0 and exitcode != RESTART_FOR_NEW_RUN
         self.failures_in_a_row[i] = self.failures_in_a_row.get(i, 0) + 1 if young and failed else 0
         delay = min(MAX_BACKOFF_S, self.backoff.get(i, FIRST_BACKOFF_S / 2) * 2) if young else FIRST_BACKOFF_S
         self.backoff[i] = delay
@@ -206,6 +206,43 @@ def worker_prelude(supervisor_pid: int, start_pipe: tuple[int, int] | None) -> N
         os.close(start_w)  # inherited: the supervisor's is the last write end, its close is the signal
         os.read(start_r, 1)
         os.close(start_r)
+
+
+class Stop(Exception):
+    """The worker stops: it was asked to (SIGTERM), or its peer went away while it waited."""
+
+
+class RunChanged(Exception):
+    """A new run at the broker or inference server: the worker restarts to join it."""
+
+
+RESTART_FOR_NEW_RUN = 3
+"""A worker's exit code when it restarts for a new run (not counted as a failure)."""
+
+
+def run_worker(name: str, make_worker: Callable[[ActorConfig, int], Any], cfg: ActorConfig, actor_id: int,
+               supervisor_pid: int, errors_fd: int, start_pipe: tuple[int, int] | None = None) -> None:
+    """A forked worker's life (Supervisor's target, with name and make_worker bound): run until
+    stopped, then exit 0, 1 (failed, reported up the errors pipe) or RESTART_FOR_NEW_RUN. The
+    worker has run(), a `stopping` flag SIGTERM sets, and summary() for the last log line."""
+    worker_prelude(supervisor_pid, start_pipe)
+    worker = make_worker(cfg, actor_id)
+    signal.signal(signal.SIGTERM, lambda *_: setattr(worker, "stopping", True))
+    code = 0
+    try:
+        worker.run()
+    except (Stop, transport.BrokerUnavailable):
+        if not worker.stopping:
+            log.error("%s %d: failed: the broker went away", name, actor_id)
+            code = 1
+    except RunChanged as exc:
+        log.warning("%s %d: %s; restarting", name, actor_id, exc)
+        code = RESTART_FOR_NEW_RUN
+    except Exception as exc:
+        code = report_failure(errors_fd, name, actor_id, exc)
+    log.info("%s %d: %s", name, actor_id, worker.summary())  # scripts/load_test.py checks an actor's counts
+    if code:
+        os._exit(code)
 
 
 def report_failure(errors_fd: int, name: str, actor_id: int, exc: Exception) -> int:
