@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -49,3 +50,20 @@ def print_table(header: list[str], rows: list[list]) -> dict:
     for r in rows:
         print(line(r))
     return {"header": header, "table": rows}
+
+
+def parser(doc: str | None) -> argparse.ArgumentParser:
+    """A script's argument parser, with its docstring as the help text."""
+    return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def actor_sweep_parser(doc: str | None, n: str, seconds: float, num_envs_help: str) -> argparse.ArgumentParser:
+    """The options of a benchmark that runs N actor processes on some environments, in rounds."""
+    p = parser(doc)
+    p.add_argument("--envs", default="CartPole-v1,LunarLander-v3")
+    p.add_argument("--n", default=n, help="actor process counts")
+    p.add_argument("--num-envs", type=int, default=8, help=num_envs_help)
+    p.add_argument("--seconds", type=float, default=seconds)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--quick", action="store_true")
+    return p

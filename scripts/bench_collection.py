@@ -15,7 +15,6 @@ figure is the median of --rounds.
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing as mp
 import os
 import secrets
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 import zmq
 
-from _common import print_table, save_results
+from _common import actor_sweep_parser, print_table, save_results
 from qrl import algorithm, envs
 from qrl.algorithms import dqn
 from qrl.cluster import start_actors, start_broker, stop
@@ -134,14 +133,7 @@ def measure(env_id: str, n: int, num_envs: int, seconds: float, ref_loops: int, 
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--envs", default="CartPole-v1,LunarLander-v3")
-    p.add_argument("--n", default="1,2,4,8,16,32", help="actor process counts")
-    p.add_argument("--num-envs", type=int, default=8, help="envs per actor and per reference loop")
-    p.add_argument("--seconds", type=float, default=6.0)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--quick", action="store_true")
-    a = p.parse_args()
+    a = actor_sweep_parser(__doc__, "1,2,4,8,16,32", 6.0, "envs per actor and per reference loop").parse_args()
     if a.quick:
         a.envs, a.n, a.seconds, a.rounds = "CartPole-v1", "1,2", 2.0, 1
     cores = len(os.sched_getaffinity(0))

@@ -13,7 +13,6 @@ off, so both modes run as fast as they can; every figure is the median of --roun
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from _common import print_table, save_results
+from _common import actor_sweep_parser, print_table, save_results
 from bench_collection import cpu_seconds, proc_tree, pss_mb, register
 from qrl import envs
 from qrl.cluster import start_actors, start_broker, stop
@@ -112,15 +111,9 @@ def measure(env_id: str, n: int, num_envs: int, seconds: float, central: bool, r
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--envs", default="CartPole-v1,LunarLander-v3")
-    p.add_argument("--n", default="2,8,32", help="actor process counts")
-    p.add_argument("--num-envs", type=int, default=8, help="envs per actor")
-    p.add_argument("--seconds", type=float, default=5.0)
-    p.add_argument("--rounds", type=int, default=3)
+    p = actor_sweep_parser(__doc__, "2,8,32", 5.0, "envs per actor")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="an inference server setting, e.g. --set deadline_ms=1 (see InferenceConfig)")
-    p.add_argument("--quick", action="store_true")
     a = p.parse_args()
     if a.quick:
         a.envs, a.n, a.seconds, a.rounds = "CartPole-v1", "2", 2.0, 1

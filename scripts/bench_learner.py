@@ -12,7 +12,6 @@ the values); the networks and hyperparameters are the presets'. `--device cuda` 
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from _common import print_table, rate, save_results
+from _common import parser, print_table, rate, save_results
 from qrl import algorithm, config, ops
 from qrl.eager import skip_compiler_import
 from qrl.algorithm import to_batch
@@ -125,7 +124,7 @@ def updates_per_s(learner, batch, seconds: float, variant: str) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--seconds", type=float, default=1.0)
     p.add_argument("--device", default="cpu")

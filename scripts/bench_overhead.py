@@ -16,7 +16,6 @@ normal runs, and prints that table too with the ratio of the medians to first up
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -27,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import print_table, save_results
+from _common import parser, print_table, save_results
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPILER = "with torch._dynamo imported"
@@ -65,7 +64,7 @@ def _median(values: list[float]) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--config", default=str(ROOT / "configs" / "ppo-CartPole-v1.yaml"))
     p.add_argument("--actors", default="2,32")
     p.add_argument("--rounds", type=int, default=3)

@@ -13,14 +13,13 @@ broker really does per batch.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
 import gymnasium as gym
 import numpy as np
 
-from _common import print_table, save_results
+from _common import parser, print_table, save_results
 from qrl.protocol import wire
 from qrl.brokers.tables import ReplayTable, TableConfig
 
@@ -88,7 +87,7 @@ def sb3_filled(capacity: int):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--seconds", type=float, default=2.0)
     p.add_argument("--quick", action="store_true")

@@ -15,7 +15,6 @@ trains for as long as RLlib took, so both throughputs span the same phases.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -24,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import print_table, save_results
+from _common import parser, print_table, save_results
 
 THRESHOLD = 475.0
 PRESET = Path(__file__).resolve().parents[1] / "configs" / "ppo-CartPole-v1.yaml"
@@ -85,7 +84,7 @@ def summarize(curve: list[dict]) -> tuple[float, float]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--rllib-python", default=".venv-rllib/bin/python")
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--max-seconds", type=float, default=300)

@@ -17,7 +17,6 @@ time spent waiting for data.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -26,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import print_table, rate, save_results
+from _common import parser, print_table, rate, save_results
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -132,7 +131,7 @@ def solve_point(curve: list[dict], threshold: float) -> dict | None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--task", default="dqn-CartPole-v1", choices=sorted(TASKS))
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--steps", type=int, help="env step budget of each run, both systems (default: the task's)")

@@ -11,7 +11,6 @@ share the machine alike. Prints messages/s, GB/s and the ratio to raw.
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing as mp
 import pickle  # contrast row only
 import statistics
@@ -22,7 +21,7 @@ import msgpack
 import numpy as np
 import zmq
 
-from _common import print_table, save_results
+from _common import parser, print_table, save_results
 from qrl.protocol import wire
 
 SIZES = {"1KB": 1 << 10, "64KB": 64 << 10, "1MB": 1 << 20, "8MB": 8 << 20}
@@ -97,7 +96,7 @@ def one_run(transport: str, mode: str, size: int, count: int, tmp: str) -> float
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--bytes-per-run", type=float, default=1.5e9, help="payload bytes per measured run")
     p.add_argument("--quick", action="store_true")

@@ -14,7 +14,6 @@ Prints, per seed, the env frames and wall seconds at the first deterministic eva
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -28,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from qrl.metrics import read  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "scripts"))
-from _common import save_results  # noqa: E402
+from _common import parser, save_results  # noqa: E402
 
 # (algorithm, env) -> (target mean return, env-step budget): rl-baselines3-zoo's benchmark table
 # and hyperparameter files (budgets), or the environment's reward threshold where the zoo has none.
@@ -88,7 +87,7 @@ def run_seed(config: Path, env: str, seed: int, target: float, budget: int, run_
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--algo", required=True)
     p.add_argument("--env", required=True)
     p.add_argument("--seeds", type=int, default=3)

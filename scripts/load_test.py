@@ -10,7 +10,6 @@ Exits 1 if any check fails.
 
 from __future__ import annotations
 
-import argparse
 import re
 import signal
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import zmq
 
+from _common import parser
 from bench_collection import register
 from qrl.cluster import start_actors, start_broker, stop
 from qrl.protocol.transport import Client
@@ -28,7 +28,7 @@ SENT = re.compile(r"actor (\d+): incarnation (\w+) sent (\d+) segments")
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--actors", type=int, default=32)
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--env", default="CartPole-v1")

@@ -16,7 +16,6 @@ more than FD_SLACK above where they were after warm-up (a reconnecting socket ho
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import subprocess
@@ -27,7 +26,7 @@ from pathlib import Path
 import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, print_table, save_results  # noqa: E402
+from _common import RESULTS, parser, print_table, save_results  # noqa: E402
 
 from qrl.protocol.transport import Client, free_port_block  # noqa: E402
 
@@ -194,13 +193,13 @@ def growth_report(names: list[str], samples: list[dict], warmup_s: float, total_
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", type=float, default=60.0)
-    parser.add_argument("--quick", action="store_true", help="about a minute, to prove the script runs (CI)")
-    parser.add_argument("--kill-worker-every", type=float, default=300.0, help="seconds between worker kills")
-    parser.add_argument("--sample-every", type=float, default=10.0, help="seconds between RSS/descriptor samples")
-    parser.add_argument("--work-dir", type=Path, default=REPO / "runs" / "soak")
-    args = parser.parse_args()
+    p = parser(__doc__)
+    p.add_argument("--minutes", type=float, default=60.0)
+    p.add_argument("--quick", action="store_true", help="about a minute, to prove the script runs (CI)")
+    p.add_argument("--kill-worker-every", type=float, default=300.0, help="seconds between worker kills")
+    p.add_argument("--sample-every", type=float, default=10.0, help="seconds between RSS/descriptor samples")
+    p.add_argument("--work-dir", type=Path, default=REPO / "runs" / "soak")
+    args = p.parse_args()
     if args.quick:
         args.minutes, args.kill_worker_every, args.sample_every = 1.0, 15.0, 1.0
     total_s = args.minutes * 60

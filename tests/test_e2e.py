@@ -1,5 +1,6 @@
 """Real processes on random loopback ports: broker, actor supervisor, learner."""
 
+import contextlib
 import json
 import os
 import signal
@@ -16,6 +17,24 @@ pytestmark = pytest.mark.slow
 
 def broker_stats(client):
     return client.request("get_stats", wait_s=15).meta
+
+
+@contextlib.contextmanager
+def broker_client(address):
+    """A request client of the broker at address (which may not be up yet), closed afterwards."""
+    ctx = zmq.Context()
+    client = Client(ctx, address, "test")
+    try:
+        yield client
+    finally:
+        client.close()
+        ctx.destroy(linger=0)
+
+
+def loopback_address():
+    """A free block of ports and the broker address on its first one."""
+    port = free_port_block()
+    return port, f"tcp://127.0.0.1:{port}"
 
 
 def children(pid):
@@ -84,32 +103,23 @@ def test_items_flow_weights_advance_and_a_killed_worker_is_restarted(procs, tmp_
 
 
 def test_actors_and_learner_wait_for_a_late_broker(procs, tmp_path):
-    port = free_port_block()
-    address = f"tcp://127.0.0.1:{port}"
+    port, address = loopback_address()
     actors = procs.start("actors", "actor", "--n", "1", "--broker", address)
     learner = procs.start("learner", *learner_args(address, tmp_path / "run"))
     wait_for(lambda: "waiting for the broker" in actors.log_path.read_text()
              and "waiting for the broker" in learner.log_path.read_text(), 30, "periodic waiting messages")
     procs.start("broker", "broker", "--port", str(port))
-    ctx = zmq.Context()
-    try:
-        client = Client(ctx, address, "test")
+    with broker_client(address) as client:
         wait_for(lambda: broker_stats(client)["batches"] > 0, 60, "batches served after the broker appeared")
         assert actors.poll() is None and learner.poll() is None
-        client.close()
-    finally:
-        ctx.destroy(linger=0)
 
 
 def test_learner_and_actors_carry_on_after_the_broker_is_killed_and_restarted(procs, tmp_path):
-    port = free_port_block()
-    address = f"tcp://127.0.0.1:{port}"
+    port, address = loopback_address()
     broker = procs.start("broker", "broker", "--port", str(port))
     procs.start("actors", "actor", "--n", "1", "--broker", address)
     learner = procs.start("learner", *learner_args(address, tmp_path / "run"))
-    ctx = zmq.Context()
-    try:
-        client = Client(ctx, address, "test")
+    with broker_client(address) as client:
         wait_for(lambda: broker_stats(client)["batches"] > 0, 60, "batches from the first broker")
         os.killpg(broker.pid, signal.SIGKILL)
         broker.wait(10)
@@ -117,6 +127,3 @@ def test_learner_and_actors_carry_on_after_the_broker_is_killed_and_restarted(pr
         wait_for(lambda: broker_stats(client)["batches"] > 0, 60, "batches from the restarted broker")
         assert "registering again" in learner.log_path.read_text()
         assert learner.poll() is None
-        client.close()
-    finally:
-        ctx.destroy(linger=0)
