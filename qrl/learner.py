@@ -328,8 +328,7 @@ class LearnerProcess:
             if live.broker_id is not None and broker_id is not None:
                 self.broker_sync.due_now()
             return
-        live.frames += max(0, broker_frames - live.broker_frames)
-        live.broker_frames = broker_frames
+        live.count_broker_frames(broker_frames)
 
     def recover_lost_messages(self, status: dict[str, Any]) -> None:
         """Liveness after a pause or a cut connection (from a sample_status): requests the broker
@@ -423,7 +422,7 @@ class LiveCounters:
     refusals: int = 0  # sample requests refused in a row
     resent: int = 0  # sample requests lost with a dropped connection and sent again
     broker_id: str | None = None
-    broker_frames: int = 0  # the broker's frame counter at the last stats; it restarts with the broker
+    broker_frames: int = 0  # the highest frame counter the broker reported; it restarts with the broker
     first_segment: float | None = None
     stats: dict[str, Any] = dataclasses.field(default_factory=dict)  # the broker's, last seen
     train_metrics: dict[str, float] = dataclasses.field(default_factory=dict)  # of the last update
@@ -434,6 +433,14 @@ class LiveCounters:
     frames_per_s: float = 0.0
     consumed_per_s: float = 0.0
     rate_mark: tuple[float, int, int, int] = (0.0, 0, 0, 0)  # (time, updates, frames, frames consumed)
+
+    def count_broker_frames(self, broker_frames: int) -> None:
+        """The broker's frame counter, as a batch, a sample_status or the stats reported it. The
+        three come on different sockets and at different times, so an older (lower) report can
+        follow a newer one: only an advance counts, or the frames in between would count twice."""
+        if broker_frames > self.broker_frames:
+            self.frames += broker_frames - self.broker_frames
+            self.broker_frames = broker_frames
 
     def mark_rates(self, updates: int, consumed: int) -> None:
         """Where the next rates are measured from."""

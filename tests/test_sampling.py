@@ -6,6 +6,7 @@ import pytest
 import zmq
 
 from qrl.protocol import transport, wire
+from qrl.learner import LiveCounters
 from qrl.sampling import SampleClient
 from conftest import wait_for
 from test_broker import register, segment, stats
@@ -80,3 +81,12 @@ def test_the_broker_says_which_requests_of_this_socket_it_holds(ctx, client, bro
     finally:
         sampler.close()
         other.close()
+
+
+def test_the_run_s_frames_count_once_when_the_broker_s_reports_arrive_out_of_order():
+    """Batches, sample_status and stats replies come on two sockets: a batch queued behind others
+    can report a lower frame counter than a stats reply read before it."""
+    live = LiveCounters(frames=100, last_eval_frames=0)
+    for reported in (1000, 1200, 1000, 1100, 1250):
+        live.count_broker_frames(reported)
+    assert live.frames == 100 + 1250 and live.broker_frames == 1250
