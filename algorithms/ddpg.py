@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qrl import ops
+from qrl import networks, ops
 from qrl.algorithm import ActorCore, Agent, Batch, History, LearnerBase, Rollout, Update, replay_table
 from qrl.algorithms import dqn
 from qrl.brokers.tables import TableConfig
@@ -37,6 +37,10 @@ class Args:
     """Items in the replay table before the first batch is served."""
     updates_per_step: float = 1.0
     """Learner updates per environment step, held by the broker's rate limiter."""
+    torso: str = "auto"
+    """Image observations: the convolutional torso each network has of its own (qrl/networks.py):
+    nature, impala, minatar, or auto (nature for 36 pixels and more, else minatar); its last layer
+    has hidden[0] units."""
     tau: float = 0.005
     exploration_noise: float = 0.1
     """Std of the Gaussian added to the policy's action on actors, as a fraction of half the action range."""
@@ -65,31 +69,35 @@ def mlp(inputs: int, hidden: tuple, outputs: int) -> nn.Sequential:
 
 
 class Policy(nn.Module):
-    """mu(s): a tanh MLP scaled to the action bounds."""
+    """mu(s): a tanh MLP scaled to the action bounds (on images: after a torso of its own)."""
 
-    def __init__(self, obs_dim: int, action_space: gym.spaces.Box, hidden: tuple):
+    def __init__(self, obs_shape: tuple[int, ...], action_space: gym.spaces.Box, args: Args):
         super().__init__()
-        self.net = mlp(obs_dim, hidden, int(np.prod(action_space.shape)))
+        self.encoder = networks.Encoder(obs_shape, args.hidden[0], args.torso)
+        self.net = mlp(self.encoder.out_features, tuple(args.hidden), int(np.prod(action_space.shape)))
         self.register_buffer("center", torch.as_tensor((action_space.high + action_space.low) / 2, dtype=torch.float32))
         self.register_buffer("scale", torch.as_tensor((action_space.high - action_space.low) / 2, dtype=torch.float32))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.center + self.scale * torch.tanh(self.net(obs.flatten(1).float()))
+        return self.center + self.scale * torch.tanh(self.net(self.encoder(obs)))
 
 
 class Critic(nn.Module):
-    def __init__(self, obs_dim: int, action_dim: int, hidden: tuple):
+    """Q(s, a): an MLP on the observation (on images: a torso's features) and the action."""
+
+    def __init__(self, obs_shape: tuple[int, ...], action_dim: int, args: Args):
         super().__init__()
-        self.net = mlp(obs_dim + action_dim, hidden, 1)
+        self.encoder = networks.Encoder(obs_shape, args.hidden[0], args.torso)
+        self.net = mlp(self.encoder.out_features + action_dim, tuple(args.hidden), 1)
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([obs.flatten(1).float(), action], dim=1)).squeeze(1)
+        return self.net(torch.cat([self.encoder(obs), action], dim=1)).squeeze(1)
 
 
 def make_policy(obs_space: gym.Space, action_space: gym.Space, args: Args) -> Policy:
     if not isinstance(action_space, gym.spaces.Box):
         raise ValueError(f"this algorithm needs continuous (Box) actions, got {action_space}")
-    return Policy(int(np.prod(obs_space.shape)), action_space, tuple(args.hidden))
+    return Policy(tuple(obs_space.shape), action_space, args)
 
 
 # -- actor side -------------------------------------------------------------------------------
@@ -138,15 +146,13 @@ class Learner(LearnerBase):
 
     def __init__(self, obs_space: gym.Space, action_space: gym.Space, args: Args, device: torch.device):
         super().__init__(args, device)
-        obs_dim, action_dim = int(np.prod(obs_space.shape)), int(np.prod(action_space.shape))
+        obs_shape, action_dim = tuple(obs_space.shape), int(np.prod(action_space.shape))
         self.net = make_policy(obs_space, action_space, args).to(device)
         self.target_policy = make_policy(obs_space, action_space, args).to(device)
         self.target_policy.load_state_dict(self.net.state_dict())
         n_critics = 2 if args.twin_critics else 1
-        self.critics = nn.ModuleList(Critic(obs_dim, action_dim, tuple(args.hidden))
-                                     for _ in range(n_critics)).to(device)
-        self.target_critics = nn.ModuleList(Critic(obs_dim, action_dim, tuple(args.hidden))
-                                            for _ in range(n_critics)).to(device)
+        self.critics = nn.ModuleList(Critic(obs_shape, action_dim, args) for _ in range(n_critics)).to(device)
+        self.target_critics = nn.ModuleList(Critic(obs_shape, action_dim, args) for _ in range(n_critics)).to(device)
         self.target_critics.load_state_dict(self.critics.state_dict())
         self.policy_optimizer = ops.adam(self.net.parameters(), lr=args.lr)
         self.critic_optimizer = ops.adam(self.critics.parameters(), lr=args.lr)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qrl import layers, ops
+from qrl import layers, networks, ops
 from qrl.algorithm import ActorCore, Agent, Batch, History, LearnerBase, Rollout, Update, replay_table
 from qrl.brokers.tables import TableConfig
 from qrl.numpy_mlp import compile_mlp, numpy_twin
@@ -71,6 +71,9 @@ class Args:
     noise per segment, the learner per update; evaluation uses the mean weights)."""
     noisy_std: float = 0.5
     """Noisy nets: sigma_0 of the noise scale's initialisation."""
+    torso: str = "auto"
+    """Image observations: the convolutional torso (qrl/networks.py): nature, impala, minatar, or auto
+    (nature for 36 pixels and more, else minatar); its last layer has `hidden` units."""
 
 
 def table_config(args: Args) -> TableConfig:
@@ -82,18 +85,8 @@ PRIORITY_FLOOR = 1e-3
 
 # -- network ----------------------------------------------------------------------------------
 
-def nature_cnn(in_channels: int, hidden: int, linear=nn.Linear) -> nn.Sequential:
-    """The Atari torso of Mnih et al. 2015 for [C, 84, 84] stacked frames."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, 32, 8, stride=4), nn.ReLU(),
-        nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
-        nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
-        nn.Flatten(), linear(64 * 7 * 7, hidden), nn.ReLU(),
-    )
-
-
 class QNetwork(nn.Module):
-    """Q values from a torso (an MLP, or the Nature CNN on [C, H, W] frames) and a (dueling) head.
+    """Q values from a torso (an MLP, or a convolutional torso on images) and a (dueling) head.
     `outputs`: numbers per action beyond one Q value (the variants' distributions: C51's logits,
     QR-DQN's quantiles); None: the head gives Q. noisy: the torso's last layer and the head are
     noisy layers (the MLP's first layer, like the CNN's convolutions, stays deterministic, as in
@@ -106,9 +99,9 @@ class QNetwork(nn.Module):
         super().__init__()
         linear = functools.partial(layers.NoisyLinear, std_init=args.noisy_std) if args.noisy else nn.Linear
         hidden = args.hidden
-        self.image = len(obs_shape) == 3  # [C, H, W] frames (Atari): a CNN on pixels scaled to [0, 1]
+        self.image = networks.is_image(obs_shape)
         if self.image:
-            self.torso = nature_cnn(obs_shape[0], hidden, linear)
+            self.torso = networks.image_torso(obs_shape, hidden, args.torso, linear)
         else:
             self.torso = nn.Sequential(nn.Linear(int(np.prod(obs_shape)), hidden), nn.ReLU(), linear(hidden, hidden),
                                        nn.ReLU())
@@ -131,7 +124,7 @@ class QNetwork(nn.Module):
         return self.combine(self.advantage(h), None if self.value is None else self.value(h))
 
     def features(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.torso(obs.float() / 255.0) if self.image else self.torso(obs.flatten(1).float())
+        return self.torso(obs) if self.image else self.torso(obs.flatten(1).float())
 
     def q_from(self, out: torch.Tensor) -> torch.Tensor:
         """The head's outputs -> Q values [B, num_actions]."""

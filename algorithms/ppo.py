@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from qrl import ops
+from qrl import networks, ops
 from qrl.algorithm import ActorCore, Agent, Batch, LearnerBase, Rollout, Update
 from qrl.brokers.tables import TableConfig
 from qrl.numpy_mlp import compile_mlp, numpy_twin, sample_categorical
@@ -69,6 +69,10 @@ class Args:
     ortho_init: bool = True
     """Orthogonal initialization of the linear layers (as the PPO implementations that reach
     published returns do; sb3-contrib's RecurrentPPO presets turn it off)."""
+    torso: str = "auto"
+    """Image observations: the convolutional torso the policy and the value share (qrl/networks.py):
+    nature, impala, minatar, or auto (nature for 36 pixels and more, else minatar); its last layer
+    has `hidden` units, and the policy and value heads are one linear layer each on it."""
 
 
 def table_config(args: Args) -> TableConfig:
@@ -93,22 +97,33 @@ def mlp(inputs: int, hidden: int, outputs: int, out_gain: float, ortho: bool = T
 
 
 class ActorCritic(nn.Module):
-    """Separate policy and value networks: MLPs, or (lstm > 0) each an LSTM cell with an MLP head."""
+    """Separate policy and value networks: MLPs, or (lstm > 0) each an LSTM cell with an MLP head.
+    Image observations first go through a convolutional torso both share (CleanRL's ppo_atari,
+    SB3's CnnPolicy); the heads after it have no hidden layer of their own."""
 
-    def __init__(self, obs_dim: int, action_space: gym.Space, args: Args):
+    def __init__(self, obs_shape: tuple[int, ...], action_space: gym.Space, args: Args):
         super().__init__()
         hidden = args.hidden
         self.continuous = isinstance(action_space, gym.spaces.Box)
         self.sde = args.use_sde and self.continuous
         self.recurrent = args.lstm > 0
+        self.image = networks.is_image(obs_shape)
         n_out = int(np.prod(action_space.shape)) if self.continuous else int(action_space.n)
+        head_layers = 1  # hidden layers of each head (feed-forward: twice as many)
+        if self.image:
+            self.encoder = networks.image_torso(obs_shape, hidden, args.torso)
+            if args.ortho_init:
+                networks.orthogonal_init(self.encoder, np.sqrt(2))
+            obs_dim, head_layers = hidden, int(self.recurrent)  # after a torso: linear heads
+        else:
+            obs_dim = int(np.prod(obs_shape))
         if self.recurrent:  # sb3-contrib's MlpLstmPolicy: LSTM, then one hidden layer per head
             self.pi_lstm, self.vf_lstm = nn.LSTMCell(obs_dim, args.lstm), nn.LSTMCell(obs_dim, args.lstm)
-            self.policy = mlp(args.lstm, hidden, n_out, 0.01, args.ortho_init, 1, nn.ReLU)
-            self.value = mlp(args.lstm, hidden, 1, 1.0, args.ortho_init, 1, nn.ReLU)
+            self.policy = mlp(args.lstm, hidden, n_out, 0.01, args.ortho_init, head_layers, nn.ReLU)
+            self.value = mlp(args.lstm, hidden, 1, 1.0, args.ortho_init, head_layers, nn.ReLU)
         else:
-            self.policy = mlp(obs_dim, hidden, n_out, 0.01, args.ortho_init)
-            self.value = mlp(obs_dim, hidden, 1, 1.0, args.ortho_init)
+            self.policy = mlp(obs_dim, hidden, n_out, 0.01, args.ortho_init, 2 * head_layers)
+            self.value = mlp(obs_dim, hidden, 1, 1.0, args.ortho_init, 2 * head_layers)
         if self.continuous:
             # gSDE: one log std per (hidden feature, action dimension); else one per action dimension.
             self.log_std = nn.Parameter(torch.full((hidden, n_out) if self.sde else (n_out,), args.log_std_init))
@@ -120,9 +135,13 @@ class ActorCritic(nn.Module):
         latent = self.policy[:-1](x)
         return latent, self.policy[-1](latent)
 
+    def encode(self, obs: torch.Tensor) -> torch.Tensor:
+        """Observations [B, *obs_shape] -> the heads' (or the LSTMs') inputs [B, D]."""
+        return self.encoder(obs) if self.image else obs.reshape(len(obs), -1).float()
+
     def features(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Feed-forward: (last hidden features, policy output)."""
-        return self.head(obs.flatten(1).float())
+        return self.head(self.encode(obs))
 
     def distribution_of(self, latent: torch.Tensor, out: torch.Tensor) -> torch.distributions.Distribution:
         if self.sde:  # the action noise latent @ W, W ~ N(0, std^2), has variance latent^2 @ std^2
@@ -155,12 +174,12 @@ class ActorCritic(nn.Module):
         return log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1), -(log_probs.exp() * log_probs).sum(-1)
 
     def values(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.value(obs.flatten(1).float()).squeeze(-1)
+        return self.value(self.encode(obs)).squeeze(-1)
 
     def logits(self, obs: np.ndarray) -> np.ndarray:
         """Feed-forward, discrete actions: the policy's logits for a numpy batch, in numpy for an MLP
         (see qrl/numpy_mlp.py), else in torch."""
-        policy = numpy_twin(self, lambda: compile_mlp(self.policy))
+        policy = numpy_twin(self, lambda: None if self.image else compile_mlp(self.policy))
         if policy is None:
             with torch.inference_mode():
                 return self.features(torch.as_tensor(obs))[1].numpy()
@@ -171,7 +190,7 @@ class ActorCritic(nn.Module):
     def step(self, obs: torch.Tensor, state: dict[str, torch.Tensor], episode_start: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """One actor step of the LSTMs: (policy latent, policy output, next state)."""
-        x = obs.flatten(1).float()[None]
+        x = self.encode(obs)[None]
         start = episode_start[None]
         (pi_h,), (pi_c,) = ops.lstm_unroll(self.pi_lstm, x, state["pi_h"], state["pi_c"], start)
         (vf_h,), (vf_c,) = ops.lstm_unroll(self.vf_lstm, x, state["vf_h"], state["vf_c"], start)
@@ -184,14 +203,14 @@ class ActorCritic(nn.Module):
         each step, and the values of each step's true next observation, all flattened to [N * T]
         (next values: the value LSTM one step further from the state after that step)."""
         N, T = t["reward"].shape
-        x = t["obs"].flatten(2).float().transpose(0, 1)  # time-major [T, N, D]
+        x = self.encode(t["obs"].flatten(0, 1)).reshape(N, T, -1).transpose(0, 1)  # time-major [T, N, D]
         start = t["episode_start"].T
         pi_h, _ = ops.lstm_unroll(self.pi_lstm, x, t["pi_h"], t["pi_c"], start)
         vf_h, vf_c = ops.lstm_unroll(self.vf_lstm, x, t["vf_h"], t["vf_c"], start)
         flat_time = lambda y: y.transpose(0, 1).reshape(N * T, -1)  # [T, N, H] -> [N * T, H]
         dist = self.distribution_of(*self.head(flat_time(pi_h)))
         values = self.value(flat_time(vf_h)).squeeze(-1)
-        next_x = t["next_obs"].flatten(2).float().reshape(N * T, -1)
+        next_x = self.encode(t["next_obs"].flatten(0, 1))
         next_h, _ = self.vf_lstm(next_x, (flat_time(vf_h), flat_time(vf_c)))
         return dist, values, self.value(next_h).squeeze(-1)
 
@@ -199,7 +218,7 @@ class ActorCritic(nn.Module):
 def make_policy(obs_space: gym.Space, action_space: gym.Space, args: Args) -> ActorCritic:
     if not isinstance(action_space, (gym.spaces.Discrete, gym.spaces.Box)):
         raise ValueError(f"ppo needs Discrete or Box actions, got {action_space}")
-    return ActorCritic(int(np.prod(obs_space.shape)), action_space, args)
+    return ActorCritic(tuple(obs_space.shape), action_space, args)
 
 
 # -- actor side -------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from qrl import ops
+from qrl import networks, ops
 from qrl.algorithm import Agent, Batch, History, LearnerBase, Rollout, Update, replay_table
 from qrl.algorithms import apex, dqn
 
@@ -31,7 +31,10 @@ from qrl.algorithms import apex, dqn
 @dataclass(frozen=True)
 class Args:
     hidden: int = 64
-    """Width of the linear layer before the LSTM."""
+    """Width of the linear layer before the LSTM (on images: the torso's last layer)."""
+    torso: str = "auto"
+    """Image observations: the convolutional torso before the LSTM (qrl/networks.py): nature, impala,
+    minatar, or auto (nature for 36 pixels and more, else minatar)."""
     lstm: int = 128
     """Hidden size of the LSTM."""
     dueling: bool = True
@@ -79,9 +82,15 @@ def table_config(args: Args):
 # -- network ----------------------------------------------------------------------------------
 
 class RecurrentQNetwork(nn.Module):
-    def __init__(self, obs_dim: int, num_actions: int, args: Args):
+    """A torso (one linear layer, or a convolutional torso on images), an LSTM, a (dueling) head."""
+
+    def __init__(self, obs_shape: tuple[int, ...], num_actions: int, args: Args):
         super().__init__()
-        self.torso = nn.Sequential(nn.Linear(obs_dim, args.hidden), nn.ReLU())
+        self.image = networks.is_image(obs_shape)
+        if self.image:
+            self.torso = networks.image_torso(obs_shape, args.hidden, args.torso)
+        else:
+            self.torso = nn.Sequential(nn.Linear(int(np.prod(obs_shape)), args.hidden), nn.ReLU())
         self.lstm = nn.LSTMCell(args.hidden, args.lstm)
         self.advantage = nn.Linear(args.lstm, num_actions)
         self.value = nn.Linear(args.lstm, 1) if args.dueling else None
@@ -95,19 +104,23 @@ class RecurrentQNetwork(nn.Module):
     def unroll(self, obs: torch.Tensor, h: torch.Tensor, c: torch.Tensor, episode_start: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """[T, N, *obs_shape] from the state (h, c) [N, lstm] -> hidden and cell states after each step."""
-        x = self.torso(obs.reshape(obs.shape[0], obs.shape[1], -1).float())
+        x = self.encode(obs.flatten(0, 1)).reshape(obs.shape[0], obs.shape[1], -1)
         return ops.lstm_unroll(self.lstm, x, h, c, episode_start)
+
+    def encode(self, obs: torch.Tensor) -> torch.Tensor:
+        """Observations [M, *obs_shape] -> the LSTM's inputs [M, hidden]."""
+        return self.torso(obs) if self.image else self.torso(obs.reshape(len(obs), -1).float())
 
     def step_from(self, obs: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """Q values of [M, *obs_shape] observations, each from its own state [M, lstm] (no reset)."""
-        h, _ = self.lstm(self.torso(obs.reshape(len(obs), -1).float()), (h, c))
+        h, _ = self.lstm(self.encode(obs), (h, c))
         return self.head(h)
 
 
 def make_policy(obs_space: gym.Space, action_space: gym.Space, args: Args) -> RecurrentQNetwork:
     if not isinstance(action_space, gym.spaces.Discrete):
         raise ValueError(f"r2d2 needs a discrete action space, got {action_space}")
-    return RecurrentQNetwork(int(np.prod(obs_space.shape)), int(action_space.n), args)
+    return RecurrentQNetwork(tuple(obs_space.shape), int(action_space.n), args)
 
 
 # -- actor side -------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qrl import ops
+from qrl import networks, ops
 from qrl.algorithm import ActorCore, Agent, Batch, LearnerBase, Rollout, Update, replay_table
 from qrl.algorithms import ddpg, dqn
 from qrl.algorithms.ddpg import mlp
@@ -45,6 +45,10 @@ class Args:
     """Discrete actions: target entropy = this * log |A| (continuous: -|A|)."""
     random_frames: int = 100
     """Each actor's first frames use uniformly random actions."""
+    torso: str = "auto"
+    """Image observations: the convolutional torso each network has of its own (qrl/networks.py):
+    nature, impala, minatar, or auto (nature for 36 pixels and more, else minatar); its last layer
+    has hidden[0] units."""
 
 
 def table_config(args: Args) -> TableConfig:
@@ -54,8 +58,14 @@ def table_config(args: Args) -> TableConfig:
 # -- networks ---------------------------------------------------------------------------------
 
 class Policy(nn.Module):
-    def __init__(self, obs_dim: int, action_space: gym.Space, hidden: list[int]):
+    """A squashed Gaussian (continuous) or a categorical (discrete) policy: an MLP (on images, after
+    a torso of its own)."""
+
+    def __init__(self, obs_shape: tuple[int, ...], action_space: gym.Space, args: Args):
         super().__init__()
+        hidden = args.hidden
+        self.encoder = networks.Encoder(obs_shape, hidden[0], args.torso)
+        obs_dim = self.encoder.out_features
         self.continuous = isinstance(action_space, gym.spaces.Box)
         if self.continuous:
             n = int(np.prod(action_space.shape))
@@ -68,7 +78,7 @@ class Policy(nn.Module):
             self.net = mlp(obs_dim, tuple(hidden), int(action_space.n))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.net(obs.flatten(1).float())
+        return self.net(self.encoder(obs))
 
     def sample(self, obs: torch.Tensor, generator: torch.Generator | None = None):
         """Continuous: (action, log pi(action)). Discrete: (action, log-probabilities of all actions)."""
@@ -98,8 +108,11 @@ class Policy(nn.Module):
 class Critic(nn.Module):
     """Q(s, a) for continuous actions, or Q(s, .) over all discrete actions."""
 
-    def __init__(self, obs_dim: int, action_space: gym.Space, hidden: list[int]):
+    def __init__(self, obs_shape: tuple[int, ...], action_space: gym.Space, args: Args):
         super().__init__()
+        hidden = args.hidden
+        self.encoder = networks.Encoder(obs_shape, hidden[0], args.torso)
+        obs_dim = self.encoder.out_features
         self.continuous = isinstance(action_space, gym.spaces.Box)
         if self.continuous:
             self.net = mlp(obs_dim + int(np.prod(action_space.shape)), tuple(hidden), 1)
@@ -108,14 +121,14 @@ class Critic(nn.Module):
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor | None = None) -> torch.Tensor:
         if self.continuous:
-            return self.net(torch.cat([obs.flatten(1).float(), action], dim=1)).squeeze(1)
-        return self.net(obs.flatten(1).float())
+            return self.net(torch.cat([self.encoder(obs), action], dim=1)).squeeze(1)
+        return self.net(self.encoder(obs))
 
 
 def make_policy(obs_space: gym.Space, action_space: gym.Space, args: Args) -> Policy:
     if not isinstance(action_space, (gym.spaces.Box, gym.spaces.Discrete)):
         raise ValueError(f"sac needs Box or Discrete actions, got {action_space}")
-    return Policy(int(np.prod(obs_space.shape)), action_space, args.hidden)
+    return Policy(tuple(obs_space.shape), action_space, args)
 
 
 # -- actor side -------------------------------------------------------------------------------
@@ -167,10 +180,10 @@ class Learner(LearnerBase):
 
     def __init__(self, obs_space: gym.Space, action_space: gym.Space, args: Args, device: torch.device):
         super().__init__(args, device)
-        obs_dim = int(np.prod(obs_space.shape))
+        obs_shape = tuple(obs_space.shape)
         self.net = make_policy(obs_space, action_space, args).to(device)
-        self.critics = nn.ModuleList(Critic(obs_dim, action_space, args.hidden) for _ in range(2)).to(device)
-        self.target_critics = nn.ModuleList(Critic(obs_dim, action_space, args.hidden) for _ in range(2)).to(device)
+        self.critics = nn.ModuleList(Critic(obs_shape, action_space, args) for _ in range(2)).to(device)
+        self.target_critics = nn.ModuleList(Critic(obs_shape, action_space, args) for _ in range(2)).to(device)
         self.target_critics.load_state_dict(self.critics.state_dict())
         self.log_alpha = torch.tensor(float(np.log(args.init_alpha)), device=device, requires_grad=True)
         if self.net.continuous:

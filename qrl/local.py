@@ -34,9 +34,10 @@ class TableSampler:
 
     def __init__(self, table: ReplayTable):
         self.table = table
+        self.priorities_set = 0  # as the broker's stats count priority_updates
 
     def send_priorities(self, ids: np.ndarray, priorities: np.ndarray) -> None:
-        self.table.update_priorities(ids, priorities)
+        self.priorities_set += self.table.update_priorities(ids, priorities)
 
 
 class LocalRun(LearnerProcess):

@@ -40,12 +40,46 @@ SMOKE = [  # (algorithm, environment, extra overrides); continuous-action algori
 ]
 
 
+MINATAR = "MinAtar/Breakout-v1"  # 10x10x4 bool images, 3 actions
+PENDULUM_PIXELS = [  # Pendulum seen as 24x24x3 pixels: an image environment with continuous actions
+    "run.env_kwargs={render_mode: rgb_array}", "algo.batch_size=32",
+    "run.wrappers=[{name: AddRenderObservation, render_only: true}, {name: ResizeObservation, shape: [24, 24]}]"]
+PIXEL_SMOKE = [  # every algorithm that takes images, on images (its convolutional torso, qrl/networks.py)
+    ("dqn", MINATAR, ["algo.learning_starts=256", "algo.hidden=32"]),
+    ("dqn", MINATAR, ["algo.learning_starts=256", "algo.hidden=32", "algo.torso=impala"]),
+    ("apex", MINATAR, ["algo.learning_starts=256", "algo.hidden=32"]),
+    ("c51", MINATAR, ["algo.learning_starts=256", "algo.hidden=32"]),
+    ("qrdqn", MINATAR, ["algo.learning_starts=256", "algo.hidden=32"]),
+    ("iqn", MINATAR, ["algo.learning_starts=256", "algo.hidden=32", "algo.iqn_n=8", "algo.iqn_n_target=8"]),
+    ("fqf", MINATAR, ["algo.learning_starts=256", "algo.hidden=32", "algo.iqn_n=8"]),
+    ("mdqn", MINATAR, ["algo.learning_starts=256", "algo.hidden=32"]),
+    ("rainbow", MINATAR, ["algo.learning_starts=256", "algo.hidden=32"]),
+    ("ppo", MINATAR, ["algo.hidden=32"]),
+    ("ppo", MINATAR, ["algo.hidden=32", "algo.torso=impala"]),
+    ("impala", MINATAR, ["algo.hidden=32"]),
+    ("rppo", MINATAR, ["algo.hidden=32", "algo.lstm=16", "run.segment_length=16"]),
+    ("r2d2", MINATAR, ["algo.burn_in=4", "algo.sequence_length=8", "run.segment_length=8", "algo.learning_starts=16",
+                       "algo.batch_size=8", "algo.lstm=16", "algo.hidden=32"]),
+    ("sac", MINATAR, ["algo.learning_starts=256", "algo.hidden=[32, 32]"]),  # discrete SAC
+    ("sac", "Pendulum-v1", ["algo.learning_starts=256", "algo.hidden=[32, 32]", *PENDULUM_PIXELS]),
+    ("ddpg", "Pendulum-v1", ["algo.learning_starts=256", "algo.random_frames=256", "algo.hidden=[32, 32]",
+                             *PENDULUM_PIXELS]),
+    ("td3", "Pendulum-v1", ["algo.learning_starts=256", "algo.random_frames=256", "algo.hidden=[32, 32]",
+                            *PENDULUM_PIXELS]),
+]
+"""ql alone takes no images: its table has one row per discrete observation."""
+PROCESS_SMOKE = SMOKE + [case for case in PIXEL_SMOKE if case[1] == MINATAR and "algo.torso=impala" not in case[2]]
+"""Run as separate processes in both acting modes: every algorithm, and every one that takes images on
+MinAtar (the torso variants and the slow-rendering pixel Pendulum run in-process only, test_local.py)."""
+
+
 def test_every_algorithm_has_a_smoke_run():
     assert {algo for algo, _, _ in SMOKE} == set(algorithm.names())
+    assert {algo for algo, _, _ in PIXEL_SMOKE} == set(algorithm.names()) - {"ql"}
 
 
 @pytest.mark.parametrize("mode", ["local", "central"])
-@pytest.mark.parametrize("algo, env, sets", SMOKE, ids=[f"{a}-{e}" for a, e, _ in SMOKE])
+@pytest.mark.parametrize("algo, env, sets", PROCESS_SMOKE, ids=[f"{a}-{e}" for a, e, _ in PROCESS_SMOKE])
 def test_smoke(algo, env, sets, mode, procs, tmp_path):
     """local: the actor runs the policy; central: `qrl inference` acts for an env-only actor."""
     _, address = procs.start_broker()

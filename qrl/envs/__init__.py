@@ -1,9 +1,10 @@
 """Building gymnasium environments the same way on actors, learner and evaluation.
 
 An environment is a gymnasium id (``CartPole-v1``, ``qrl/Grid-v0``, ``ALE/Pong-v5`` with the
-atari extra) or an entry point ``package.module:Class``, plus keyword arguments and standard
-gymnasium wrappers by name (``run.env_kwargs``, ``run.wrappers`` in the config). Atari ids get
-the usual DQN preprocessing: no-op starts, frame skip 4, grayscale, 84x84, 4 stacked frames.
+atari extra, ``MinAtar/Breakout-v1`` with the minatar extra) or an entry point
+``package.module:Class``, plus keyword arguments and standard gymnasium wrappers by name
+(``run.env_kwargs``, ``run.wrappers`` in the config). Atari ids get the usual DQN preprocessing:
+no-op starts, frame skip 4, grayscale, 84x84, 4 stacked frames.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def check_spec_allowed(env_id: str, wrappers: Sequence[Any], allow_envs: Sequenc
         if env_id not in allow_envs and module not in allow_envs:
             raise RefusedSpec(f"the run names environment entry point '{env_id}', which this actor does not allow "
                               f"(allow it with --set actor.allow_envs=[{env_id}]); nothing was imported")
-    elif env_id not in gym.registry and not is_atari(env_id):
+    elif env_id not in gym.registry and not known_namespace(env_id):
         raise RefusedSpec(f"the run names environment '{env_id}', which is not a registered gymnasium id here")
     for w in wrappers or ():
         if wrapper_name(w) not in allow_wrappers:
@@ -51,23 +52,43 @@ def check_spec_allowed(env_id: str, wrappers: Sequence[Any], allow_envs: Sequenc
                               f"(allow it with --set actor.allow_wrappers=[{wrapper_name(w)}])")
 
 
+NAMESPACES = {  # id prefix -> (the module that registers its ids, how to install it)
+    "ALE/": ("ale_py", "pip install 'qrl[atari]'"),
+    "MinAtar/": ("minatar.gym", "pip install 'qrl[minatar]'"),
+}
+"""Well-known packages whose gymnasium ids qrl registers on first use (importing nothing else)."""
+
+
 def is_atari(env_id: str) -> bool:
     return env_id.startswith("ALE/")
 
 
+def known_namespace(env_id: str) -> tuple[str, str] | None:
+    return next((v for prefix, v in NAMESPACES.items() if env_id.startswith(prefix)), None)
+
+
+def _register_namespace(env_id: str) -> None:
+    """Register the ids of env_id's well-known package (ale-py's, MinAtar's)."""
+    module_name, install = known_namespace(env_id)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        raise UnknownEnvironment(f"'{env_id}' needs {module_name.partition('.')[0]}: {install}") from None
+    if module_name == "minatar.gym":
+        module.register_envs()
+    else:
+        gym.register_envs(module)
+
+
 def resolve(env_id: str) -> str:
     """The gymnasium id to build env_id with: a registered id as it is, an Atari id once ale-py
-    has registered its envs, an entry point ``package.module:Class`` registered on first use
+    (or MinAtar) has registered its envs, an entry point ``package.module:Class`` registered on first use
     (as ``entry/package.module.Class``: gymnasium reads "module:id" in make() its own way).
     Anything else raises UnknownEnvironment with close matches."""
     if env_id in gym.registry:
         return env_id
-    if is_atari(env_id):
-        try:
-            import ale_py
-        except ImportError:
-            raise UnknownEnvironment(f"'{env_id}' needs ale-py: pip install 'qrl[atari]'") from None
-        gym.register_envs(ale_py)
+    if known_namespace(env_id):
+        _register_namespace(env_id)
         if env_id in gym.registry:
             return env_id
     if ":" in env_id:
@@ -101,7 +122,9 @@ def _wrapper(spec: str | dict[str, Any]):
     from qrl.envs.wrappers import WRAPPERS
 
     if isinstance(spec, dict):
-        kwargs = dict(spec)
+        # Lists as tuples: a config (YAML, JSON, msgpack) has no tuples, and wrappers check for them
+        # (ResizeObservation's shape).
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()}
         name = kwargs.pop("name", None)
     else:
         name, kwargs = spec, {}

@@ -1,0 +1,142 @@
+"""Convolutional torsos for image observations, shared by every algorithm that takes images.
+
+An algorithm picks one with `algo.torso` (its Args field):
+
+    nature    Mnih et al. 2015's three convolutions (Atari's 84x84 frames; 36 pixels or more)
+    impala    Espeholt et al. 2018's ResNet: three stacks of a convolution, a max-pool and two
+              residual blocks (16, 32, 32 channels), as IMPALA, Procgen and Sample Factory use it
+    minatar   Young & Tian 2019's one 3x3 convolution of 16 channels (MinAtar's 10x10 grids)
+    auto      nature for images of 36 pixels and more on each side, else minatar
+
+Every torso ends in a linear layer of the algorithm's width and a ReLU, so the layers after it
+(heads, an LSTM, IQN's fraction embedding) are those of the vector case.
+
+Images arrive as the environment gives them: [C, H, W] (qrl's Atari wrappers) or [H, W, C]
+(gymnasium's convention: MinAtar, Procgen, rendered pixels). The channel axis is the first one
+when it is strictly the smallest, else the last (a 10x10x10 MinAtar grid is [H, W, C]). Pixels of
+dtype uint8 are scaled to [0, 1]; bool and float observations are used as they are.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+TORSOS = ("auto", "nature", "impala", "minatar")
+NATURE_MIN_PIXELS = 36  # the three convolutions (kernels 8, 4, 3; strides 4, 2, 1) need 36 x 36
+
+
+def is_image(obs_shape: tuple[int, ...]) -> bool:
+    return len(obs_shape) == 3
+
+
+def channels_last(obs_shape: tuple[int, ...]) -> bool:
+    """Whether an image observation is [H, W, C] (else [C, H, W])."""
+    return not obs_shape[0] < min(obs_shape[1], obs_shape[2])
+
+
+def chw(obs_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """(channels, height, width) of an image observation."""
+    if channels_last(obs_shape):
+        return obs_shape[2], obs_shape[0], obs_shape[1]
+    return obs_shape[0], obs_shape[1], obs_shape[2]
+
+
+class ImageInput(nn.Module):
+    """Observations [B, *obs_shape] as the convolutions take them: float [B, C, H, W], uint8
+    pixels scaled to [0, 1]."""
+
+    def __init__(self, channels_last: bool):
+        super().__init__()
+        self.channels_last = channels_last
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        x = obs.float() / 255.0 if obs.dtype == torch.uint8 else obs.float()
+        return x.permute(0, 3, 1, 2) if self.channels_last else x
+
+    def extra_repr(self) -> str:
+        return "channels_last" if self.channels_last else "channels_first"
+
+
+class ResidualBlock(nn.Module):
+    """x + conv(relu(conv(relu(x)))), 3x3 convolutions that keep the shape (IMPALA)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv0 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv1(torch.relu(self.conv0(torch.relu(x))))
+
+
+def nature_convolutions(channels: int) -> list[nn.Module]:
+    return [nn.Conv2d(channels, 32, 8, stride=4), nn.ReLU(), nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=1), nn.ReLU()]
+
+
+def impala_convolutions(channels: int, depths: tuple[int, ...] = (16, 32, 32)) -> list[nn.Module]:
+    layers: list[nn.Module] = []
+    for depth in depths:
+        layers += [nn.Conv2d(channels, depth, 3, padding=1), nn.MaxPool2d(3, stride=2, padding=1),
+                   ResidualBlock(depth), ResidualBlock(depth)]
+        channels = depth
+    return [*layers, nn.ReLU()]
+
+
+def minatar_convolutions(channels: int) -> list[nn.Module]:
+    return [nn.Conv2d(channels, 16, 3, stride=1), nn.ReLU()]
+
+
+CONVOLUTIONS: dict[str, Callable[[int], list[nn.Module]]] = {
+    "nature": nature_convolutions, "impala": impala_convolutions, "minatar": minatar_convolutions}
+
+
+def torso_kind(obs_shape: tuple[int, ...], kind: str) -> str:
+    """The torso `kind` names for this image shape ('auto' resolved); one line for a bad choice."""
+    if kind not in TORSOS:
+        raise ValueError(f"algo.torso must be one of {', '.join(TORSOS)}, got {kind!r}")
+    _, height, width = chw(obs_shape)
+    if kind == "auto":
+        return "nature" if min(height, width) >= NATURE_MIN_PIXELS else "minatar"
+    if kind == "nature" and min(height, width) < NATURE_MIN_PIXELS:
+        raise ValueError(f"algo.torso nature needs images of at least {NATURE_MIN_PIXELS}x{NATURE_MIN_PIXELS} "
+                         f"pixels, got {height}x{width}: use impala or minatar")
+    return kind
+
+
+def image_torso(obs_shape: tuple[int, ...], width: int, kind: str = "auto",
+                linear: Callable[[int, int], nn.Module] = nn.Linear) -> nn.Sequential:
+    """Observations [B, *obs_shape] -> features [B, width]: input scaling, the convolutions of
+    `kind`, then linear(flattened, width) and a ReLU (`linear`: e.g. a noisy layer)."""
+    channels, height, width_px = chw(obs_shape)
+    convolutions = nn.Sequential(*CONVOLUTIONS[torso_kind(obs_shape, kind)](channels))
+    with torch.no_grad():
+        flat = convolutions(torch.zeros(1, channels, height, width_px)).numel()
+    return nn.Sequential(ImageInput(channels_last(obs_shape)), *convolutions, nn.Flatten(), linear(flat, width),
+                         nn.ReLU())
+
+
+def orthogonal_init(module: nn.Module, gain: float) -> None:
+    """Orthogonal weights and zero biases for every convolution and linear layer in module (the
+    initialization of the PPO implementations that reach published returns on Atari)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.orthogonal_(m.weight, gain)
+            nn.init.zeros_(m.bias)
+
+
+class Encoder(nn.Module):
+    """Observations [B, *obs_shape] -> [B, out_features]: vectors flattened to floats (no
+    parameters), images through an image torso of `width` features."""
+
+    def __init__(self, obs_shape: tuple[int, ...], width: int, kind: str = "auto"):
+        super().__init__()
+        self.torso = image_torso(obs_shape, width, kind) if is_image(obs_shape) else None
+        self.out_features = width if self.torso is not None else int(math.prod(obs_shape))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.torso(obs) if self.torso is not None else obs.reshape(len(obs), -1).float()
