@@ -90,6 +90,20 @@ def inference_sets(sets: tuple[str, ...], env: str, wrappers: list) -> tuple[str
     return own + actor_permissions(env, wrappers, section="inference")
 
 
+def actor_sets(sets: tuple[str, ...], env: str, wrappers: list) -> tuple[str, ...]:
+    """The `qrl actor` flags of a local cluster: its --set actor.* overrides (e.g. actor.vector_env=ale)
+    and permissions."""
+    from qrl.cluster import actor_permissions
+
+    own = tuple(f"--set={s}" for s in sets if s.strip().startswith("actor."))
+    return own + actor_permissions(env, wrappers)
+
+
+def learner_sets(sets: tuple[str, ...]) -> tuple[str, ...]:
+    """The overrides the learner takes: all but the inference server's and the actors' own."""
+    return tuple(s for s in sets if not s.strip().startswith(("inference.", "actor.")))
+
+
 def default_run_dir(algo: str, env_id: str) -> str:
     return str(Path("runs") / f"{algo}-{env_id}-{time.strftime('%Y%m%d-%H%M%S')}")
 
@@ -118,20 +132,20 @@ def train(algo: str = "dqn", env: str = "CartPole-v1", actors: int = 4, steps: i
     qrl/local.py): the same agent, table and learner loop, with the actors taking turns with the
     learner. Raises ConfigError (bad key, algorithm or env) before anything starts, RuntimeError
     if the learner fails."""
-    from qrl.cluster import actor_permissions, learner_args, run_local
+    from qrl.cluster import learner_args, run_local
     from qrl.metrics import read
 
     sets = tuple(_overrides(config))
-    resolved = resolve(str(config_file) if config_file else None, algo, env, sets, seed=seed,
+    resolved = resolve(str(config_file) if config_file else None, algo, env, learner_sets(sets), seed=seed,
                             total_steps=steps, target_return=target_return)
     run_dir = Path(run_dir or default_run_dir(resolved.algo, resolved.env))
     if local:
         summary = train_in_process(resolved, actors, run_dir, progress=progress)
         return TrainResult(run_dir, summary, read(run_dir), Path(summary["checkpoint"]))
-    passed_on = learner_args(sets, config=config_file, seed=seed, total_steps=steps, target_return=target_return,
-                             no_progress=not progress)
+    passed_on = learner_args(learner_sets(sets), config=config_file, seed=seed, total_steps=steps,
+                             target_return=target_return, no_progress=not progress)
     code = run_local(resolved.algo, resolved.env, actors, run_dir, passed_on,
-                     actor_args=actor_permissions(resolved.env, resolved.run.wrappers), inference=inference,
+                     actor_args=actor_sets(sets, resolved.env, resolved.run.wrappers), inference=inference,
                      inference_args=inference_sets(sets, resolved.env, resolved.run.wrappers))
     if code != 0:
         raise RuntimeError(f"the learner exited with code {code}; see {run_dir}")

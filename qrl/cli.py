@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from qrl.api import default_run_dir, inference_sets, names_and_run, resolve
+from qrl.api import actor_sets, default_run_dir, inference_sets, learner_sets, names_and_run, resolve
 from qrl.config import ConfigError, RunConfig, parse_overrides
 
 
@@ -303,11 +303,10 @@ def run(config, algo, env_id, seed, total_steps, target_return, run_dir, no_prog
     algorithm.check_name(algo)
     if resume and not run_dir:
         raise UserError("run: --resume needs --run-dir")
-    from qrl.cluster import ClusterError, actor_permissions, learner_args, run_local
+    from qrl.cluster import ClusterError, learner_args, run_local
 
     actors = actors or file.actors or 4
-    learner_sets = tuple(s for s in sets if not s.strip().startswith("inference."))  # the server's own
-    passed_on = learner_args(learner_sets, config=config, seed=seed, total_steps=total_steps,
+    passed_on = learner_args(learner_sets(sets), config=config, seed=seed, total_steps=total_steps,
                              target_return=target_return,
                              no_progress=no_progress, resume=resume, tensorboard=tensorboard)
     key_args = ("--keys", keys) if keys else ()
@@ -315,7 +314,7 @@ def run(config, algo, env_id, seed, total_steps, target_return, run_dir, no_prog
         raise UserError("run: --inference does not support --keys yet (the inference socket has no CURVE)")
     try:
         code = run_local(algo, env_id, actors, Path(run_dir or default_run_dir(algo, env_id)),
-                         [*passed_on, *key_args], key_args, actor_permissions(env_id, run_cfg.wrappers),
+                         [*passed_on, *key_args], key_args, actor_sets(sets, env_id, run_cfg.wrappers),
                          inference=inference, inference_args=inference_sets(sets, env_id, run_cfg.wrappers))
     except ClusterError as exc:
         raise click.ClickException(f"run: {exc}") from None

@@ -185,6 +185,7 @@ RANGES: dict[str, Range] = {
     # broker and actors
     "port": Range(0, 65535), "max_message_bytes": Range(1024), "ingest_hwm": COUNT, "ingest_buffer": NON_NEGATIVE,
     "stats_interval_s": POSITIVE, "snapshot_every_s": POSITIVE, "max_table_bytes": NON_NEGATIVE, "n": Range(1, 1024),
+    "vector_threads": Range(1, 256),
     "first_id": NON_NEGATIVE,
     "total": COUNT, "send_hwm": COUNT, "send_buffer": NON_NEGATIVE, "give_up_after": NON_NEGATIVE,
     # central inference

@@ -216,7 +216,8 @@ class Worker:
         def spaces(spec: dict[str, Any]) -> tuple:  # the actor's own vector env tells them
             nonlocal env
             run = spec["run"]
-            env = envs.make_vector_env(spec["env"], run["num_envs"], spec.get("env_kwargs"), spec.get("wrappers") or ())
+            env = envs.make_vector_env(spec["env"], run["num_envs"], spec.get("env_kwargs"), spec.get("wrappers") or (),
+                                       self.cfg.vector_env, self.cfg.vector_threads)
             return env.single_observation_space, env.single_action_space
 
         joined = join_run(lambda msg_type: self._fetch(client, msg_type),

@@ -107,7 +107,8 @@ class EnvWorker:
         envs.check_spec_allowed(config["env"], config.get("wrappers") or (), self.cfg.allow_envs,
                                 self.cfg.allow_wrappers)
         run_id, num_envs = config["run_id"], config["num_envs"]
-        env = envs.make_vector_env(config["env"], num_envs, config.get("env_kwargs"), config.get("wrappers") or ())
+        env = envs.make_vector_env(config["env"], num_envs, config.get("env_kwargs"), config.get("wrappers") or (),
+                                   self.cfg.vector_env, self.cfg.vector_threads)
         log.info("%s: stepping %s x%d for the inference server at %s", self.role, config["env"], num_envs,
                  self.cfg.inference)
         obs, _ = env.reset(seed=config["seed"])

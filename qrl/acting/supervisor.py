@@ -48,6 +48,11 @@ class ActorConfig:
     inference_timeout_s: float = 2.0
     """Env-only workers: seconds without an answer before a step request is sent again (a live server
     ignores the repeat; a restarted one is greeted again and the actor resumes)."""
+    vector_env: str = "gymnasium"
+    """How the workers step their environments: gymnasium (SyncVectorEnv), or ale (Atari ids: ale-py's
+    C++ vector env, same preprocessing, several times the frames per second; qrl/envs/ale_vector.py)."""
+    vector_threads: int = 1
+    """vector_env=ale: threads each worker steps its games on."""
     give_up_after: int = 0
     """Stop the supervisor (exit 1, with the last error) when a worker has failed this many times
     in a row within YOUNG_S of its start; 0: keep restarting (crash-only, as under Kubernetes).

@@ -138,8 +138,14 @@ def _wrapper(spec: str | dict[str, Any]):
     return lambda env: cls(env, **kwargs)
 
 
+ATARI_NOOP_MAX = 30
+"""Random no-op actions at the start of each Atari episode (both vector backends)."""
+VECTOR_BACKENDS = ("gymnasium", "ale")
+
+
 def _atari_preprocessing(env: gym.Env) -> gym.Env:
-    env = gym.wrappers.AtariPreprocessing(env, noop_max=30, frame_skip=4, screen_size=84, grayscale_obs=True)
+    env = gym.wrappers.AtariPreprocessing(env, noop_max=ATARI_NOOP_MAX, frame_skip=4, screen_size=84,
+                                          grayscale_obs=True)
     return gym.wrappers.FrameStackObservation(env, 4)
 
 
@@ -164,14 +170,23 @@ def make_env(env_id: str, env_kwargs: dict[str, Any] | None = None, wrappers: Se
 
 
 def make_vector_env(env_id: str, num_envs: int, env_kwargs: dict[str, Any] | None = None,
-                    wrappers: Sequence[Any] = ()) -> gym.vector.VectorEnv:
-    """A synchronous vector env that resets finished episodes in the same step.
+                    wrappers: Sequence[Any] = (), backend: str = "gymnasium", threads: int = 1) -> gym.vector.VectorEnv:
+    """A vector env that resets finished episodes in the same step.
 
     Same-step autoreset keeps step t's transition whole: the observation after a
     finished episode is in info["final_obs"] and the returned obs is already
     the next episode's first (see next_observations). No render mode unless
     asked for: LunarLander keeps particle bodies and steps ~3x slower with one.
+    backend "gymnasium": gymnasium's SyncVectorEnv; "ale": Atari games stepped by
+    ale-py's C++ vector env on `threads` threads (qrl/envs/ale_vector.py).
     """
+    if backend not in VECTOR_BACKENDS:
+        raise ValueError(f"actor.vector_env must be one of {', '.join(VECTOR_BACKENDS)}, got {backend!r}")
+    if backend == "ale":
+        from qrl.envs.ale_vector import ALEVectorEnv
+
+        resolve(env_id)  # ale-py installed, ids registered
+        return ALEVectorEnv(env_id, num_envs, env_kwargs, wrappers, threads)
     gym_id, kwargs, fns = _make_args(env_id, env_kwargs, wrappers)
     return gym.make_vec(
         gym_id,
