@@ -117,19 +117,19 @@ class GaussianNoise(ActorCore):
 
     def forward(self, net: Policy, obs, state, episode_start):  # the policy's actions [B, action_dim]
         with torch.inference_mode():
-            return net(torch.as_tensor(obs)).numpy(), state
+            return networks.to_numpy(net(networks.on_device(net, obs))), state
 
     def greedy(self, net: Policy, obs, state, episode_start):
         return self.forward(net, obs, state, episode_start)
 
     def select(self, net: Policy, action: np.ndarray):
         """Random actions for the first random_frames frames, then the policy's plus noise."""
-        low, high = (net.center - net.scale).numpy(), (net.center + net.scale).numpy()
+        low, high = networks.to_numpy(net.center - net.scale), networks.to_numpy(net.center + net.scale)
         n = len(action)
         self.frames += n
         if self.frames <= self.args.random_frames:
             return self.rng.uniform(low, high, size=(n,) + low.shape).astype(np.float32), {}
-        noise = self.rng.normal(0.0, self.args.exploration_noise, size=action.shape) * net.scale.numpy()
+        noise = self.rng.normal(0.0, self.args.exploration_noise, size=action.shape) * networks.to_numpy(net.scale)
         return np.clip(action + noise, low, high).astype(np.float32), {}
 
 

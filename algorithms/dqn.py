@@ -141,7 +141,7 @@ class QNetwork(nn.Module):
         parts = numpy_twin(self, self._compile_numpy)
         if parts is None:  # CNNs and noisy layers keep torch
             with torch.inference_mode():
-                return self(torch.as_tensor(obs)).numpy()
+                return networks.to_numpy(self(networks.on_device(self, obs)))
         torso, advantage, value = parts
         return self.numpy_q(torso(obs), advantage, value)
 

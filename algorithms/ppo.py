@@ -18,6 +18,7 @@ Raffin et al. 2021 (stable-baselines3, RecurrentPPO in sb3-contrib).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -182,7 +183,7 @@ class ActorCritic(nn.Module):
         policy = numpy_twin(self, lambda: None if self.image else compile_mlp(self.policy))
         if policy is None:
             with torch.inference_mode():
-                return self.features(torch.as_tensor(obs))[1].numpy()
+                return networks.to_numpy(self.features(networks.on_device(self, obs))[1])
         return policy(obs)
 
     # -- recurrent ------------------------------------------------------------------------------
@@ -245,19 +246,19 @@ class PolicySampling(ActorCore):
         """((latent, policy output), next state) in torch, or ((None, logits), state) in numpy."""
         if net.recurrent:
             with torch.inference_mode():
-                latent, out, new = net.step(torch.as_tensor(obs), {k: torch.as_tensor(v) for k, v in state.items()},
-                                            torch.as_tensor(episode_start))
-            return (latent, out), {k: v.numpy() for k, v in new.items()}
+                put = functools.partial(networks.on_device, net)
+                latent, out, new = net.step(put(obs), {k: put(v) for k, v in state.items()}, put(episode_start))
+            return (latent, out), {k: networks.to_numpy(v) for k, v in new.items()}
         if not net.continuous:
             return (None, net.logits(obs)), state
         with torch.inference_mode():
-            return net.features(torch.as_tensor(obs)), state
+            return net.features(networks.on_device(net, obs)), state
 
     def select(self, net: ActorCritic, outputs):
         """Actions sampled from the policy output, their log-probabilities."""
         latent, out = outputs
         if not net.continuous:
-            logits = out if isinstance(out, np.ndarray) else out.numpy()
+            logits = out if isinstance(out, np.ndarray) else networks.to_numpy(out)
             actions, logp = sample_categorical(logits, self.rng.random(len(logits)))
             return actions, {"logp": logp}
         return self._sample_continuous(net, latent, out)
@@ -268,14 +269,15 @@ class PolicySampling(ActorCore):
             if net.sde:
                 if self.steps % self.args.sde_sample_freq == 0 or self.sde_weights is None:
                     std = net.log_std.exp()
-                    self.sde_weights = std * torch.randn((len(out),) + std.shape, generator=self.generator)
+                    draw = torch.randn((len(out),) + std.shape, generator=self.generator)  # the core's CPU generator
+                    self.sde_weights = std * draw.to(std.device)
                 action = dist.mean + torch.einsum("bh,bha->ba", latent, self.sde_weights)
             else:
-                action = dist.mean + dist.stddev * torch.randn(dist.mean.shape, generator=self.generator)
+                action = dist.mean + dist.stddev * torch.randn(dist.mean.shape, generator=self.generator).to(out.device)
             logp = net.log_prob(dist, action)
         self.steps += 1
-        return _env_action(net, action), {"logp": logp.numpy().astype(np.float32),
-                                          "raw_action": action.numpy().astype(np.float32)}
+        return _env_action(net, action), {"logp": networks.to_numpy(logp).astype(np.float32),
+                                          "raw_action": networks.to_numpy(action).astype(np.float32)}
 
     def greedy(self, net: ActorCritic, obs, state, episode_start):
         (_, out), state = self.forward(net, obs, state, episode_start)
@@ -287,7 +289,7 @@ class PolicySampling(ActorCore):
 
 def _env_action(net: ActorCritic, action: torch.Tensor) -> np.ndarray:
     # The Gaussian's sample is what the log-probability is of; the env gets it clipped to bounds.
-    return torch.clamp(action, net.low, net.high).numpy()
+    return networks.to_numpy(torch.clamp(action, net.low, net.high))
 
 
 def make_items(rollout: Rollout, args: Args) -> dict[str, np.ndarray]:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from qrl import networks
 from qrl.algorithm import Agent, Batch, LearnerBase, Rollout, Update, replay_table
 from qrl.algorithms import dqn
 from qrl.brokers.tables import TableConfig
@@ -63,7 +64,7 @@ class EpsilonGreedy(dqn.EpsilonExploration):
 
     def forward(self, net: QTable, obs, state, episode_start):
         with torch.inference_mode():
-            return net(torch.as_tensor(obs)).numpy(), state
+            return networks.to_numpy(net(networks.on_device(net, obs))), state
 
 
 def make_items(rollout: Rollout, args: Args) -> dict[str, np.ndarray]:

@@ -16,6 +16,7 @@ Horgan et al. 2018 (Ape-X epsilons, prioritized replay).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -140,9 +141,9 @@ class RecurrentEpsilonGreedy(dqn.EpsilonExploration):
 
     def forward(self, net: RecurrentQNetwork, obs, state, episode_start):
         with torch.inference_mode():
-            hs, cs = net.unroll(torch.as_tensor(obs)[None], torch.as_tensor(state["h"]), torch.as_tensor(state["c"]),
-                                torch.as_tensor(episode_start)[None])
-            return net.head(hs[0]).numpy(), {"h": hs[0].numpy(), "c": cs[0].numpy()}
+            put = functools.partial(networks.on_device, net)
+            hs, cs = net.unroll(put(obs)[None], put(state["h"]), put(state["c"]), put(episode_start)[None])
+            return networks.to_numpy(net.head(hs[0])), {"h": networks.to_numpy(hs[0]), "c": networks.to_numpy(cs[0])}
 
 
 def make_items(rollout: Rollout, args: Args) -> dict[str, np.ndarray]:

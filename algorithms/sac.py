@@ -55,6 +55,13 @@ def table_config(args: Args) -> TableConfig:
     return replay_table(args, args.updates_per_step * args.batch_size)
 
 
+
+def _device(generator: torch.Generator | None, like: torch.Tensor) -> torch.device:
+    """Where a draw with this generator happens: the generator's device (an actor core's is the
+    CPU's, also when a central inference server runs the policy on a GPU), else like's."""
+    return generator.device if generator is not None else like.device
+
+
 # -- networks ---------------------------------------------------------------------------------
 
 class Policy(nn.Module):
@@ -88,11 +95,11 @@ class Policy(nn.Module):
         """sample() given the network's output."""
         if not self.continuous:
             logp_all = F.log_softmax(out, dim=1)
-            action = torch.multinomial(logp_all.exp(), 1, generator=generator).squeeze(1)
+            action = torch.multinomial(logp_all.exp().to(_device(generator, out)), 1, generator=generator).squeeze(1)
             return action, logp_all
         mean, log_std = out.chunk(2, dim=1)
         std = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).exp()
-        u = mean + std * torch.randn(mean.shape, generator=generator, device=mean.device)
+        u = mean + std * torch.randn(mean.shape, generator=generator, device=_device(generator, mean)).to(mean.device)
         a = torch.tanh(u)
         # log pi of the squashed action: Gaussian density minus log |d tanh / du| per dimension
         logp = torch.distributions.Normal(mean, std).log_prob(u) - torch.log(1 - a.pow(2) + 1e-6)
@@ -144,11 +151,11 @@ class PolicySampling(ActorCore):
 
     def forward(self, net: Policy, obs, state, episode_start):  # the policy's distribution parameters
         with torch.inference_mode():
-            return net(torch.as_tensor(obs)), state
+            return net(networks.on_device(net, obs)), state
 
     def greedy(self, net: Policy, obs, state, episode_start):
         with torch.inference_mode():
-            return net.greedy(torch.as_tensor(obs)).numpy(), state
+            return networks.to_numpy(net.greedy(networks.on_device(net, obs))), state
 
     def select(self, net: Policy, outputs: torch.Tensor):
         """Random actions for the first random_frames frames, then samples of the policy."""
@@ -156,12 +163,13 @@ class PolicySampling(ActorCore):
         self.frames += n
         if self.frames <= self.args.random_frames:
             if net.continuous:
-                low, high = (net.center - net.scale).numpy(), (net.center + net.scale).numpy()
+                low, high = networks.to_numpy(net.center - net.scale), networks.to_numpy(net.center + net.scale)
                 return self.rng.uniform(low, high, size=(n,) + low.shape).astype(np.float32), {}
             return self.rng.integers(0, net.net[-1].out_features, size=n), {}
         with torch.inference_mode():
             action, _ = net.sample_from(outputs, self.generator)
-        return (action.numpy().astype(np.float32) if net.continuous else action.numpy()), {}
+        action = networks.to_numpy(action)
+        return (action.astype(np.float32) if net.continuous else action), {}
 
 
 def make_items(rollout: Rollout, args: Args) -> dict[str, np.ndarray]:

@@ -205,9 +205,6 @@ def inference(broker: str, broker_file: str | None, bind: str, address_out: str 
         broker = read_address_file(broker_file)
     check_address(broker)
     check_address(bind, "--bind", lowest_port=0)
-    if device != "cpu":
-        raise UserError(f"inference: --device {device}: only the CPU is built yet (the actor cores run their "
-                        "networks on numpy batches)")
     run_inference(_component_config(InferenceConfig, "inference", sets, broker=broker, bind=bind, device=device),
                   address_out)
     from qrl.lifetime import exit_now

@@ -19,6 +19,7 @@ dtype uint8 are scaled to [0, 1]; bool and float observations are used as they a
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Callable
 
@@ -140,3 +141,25 @@ class Encoder(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.torso(obs) if self.torso is not None else obs.reshape(len(obs), -1).float()
+
+
+# -- acting on the network's device ------------------------------------------------------------
+# Actor cores get numpy batches and give numpy actions. These put a batch where the network is
+# (a central inference server with --device cuda; on the CPU a view, no copy) and bring results
+# back, so the same core code runs on either.
+
+def device_of(net: nn.Module) -> torch.device:
+    """Where net's parameters (or, for a table of buffers like ql's, its buffers) are."""
+    for tensor in itertools.chain(net.parameters(), net.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def on_device(net: nn.Module, x) -> torch.Tensor:
+    """A numpy array (or tensor) as a tensor on net's device."""
+    return torch.as_tensor(x, device=device_of(net))
+
+
+def to_numpy(t: torch.Tensor):
+    """A tensor's values as a numpy array on the CPU."""
+    return t.detach().cpu().numpy()

@@ -45,7 +45,19 @@ CASES = {
     "sac-mlp": ("sac Pendulum preset", "sac", "sac-Pendulum-v1", {}, PENDULUM_OBS, PENDULUM_ACT),
     "dqn-cnn": ("dqn Nature CNN (Atari 4x84x84), batch 256", "dqn", None, {"batch_size": 256, "dueling": False},
                 ATARI_OBS, gym.spaces.Discrete(6)),
+    # The GPU check's cases (scripts/gpu_check.sh): both image torsos at the batch sizes of Atari DQN
+    # (32) and of Ape-X / R2D2-scale learners (256).
+    "dqn-cnn-32": ("dqn Nature CNN (Atari 4x84x84), batch 32", "dqn", None, {"batch_size": 32, "dueling": False},
+                   ATARI_OBS, gym.spaces.Discrete(6)),
+    "dqn-resnet-32": ("dqn IMPALA ResNet (Atari 4x84x84), batch 32", "dqn", None,
+                      {"batch_size": 32, "dueling": False, "torso": "impala", "hidden": 256}, ATARI_OBS,
+                      gym.spaces.Discrete(6)),
+    "dqn-resnet-256": ("dqn IMPALA ResNet (Atari 4x84x84), batch 256", "dqn", None,
+                       {"batch_size": 256, "dueling": False, "torso": "impala", "hidden": 256}, ATARI_OBS,
+                       gym.spaces.Discrete(6)),
 }
+
+DEFAULT_CASES = ("dqn-mlp", "c51-mlp", "ppo-mlp", "ppo-lunarlander", "sac-mlp", "dqn-cnn")
 
 
 def replay_batch(rng, obs_space, action_space, n: int) -> dict[str, np.ndarray]:
@@ -128,7 +140,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--seconds", type=float, default=1.0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
+    p.add_argument("--cases", default=",".join(DEFAULT_CASES), help=f"comma-separated, of {', '.join(CASES)}")
     p.add_argument("--quick", action="store_true")
     a = p.parse_args()
     skip_compiler_import()  # as the learner process does

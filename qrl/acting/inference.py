@@ -118,9 +118,9 @@ class InferenceServer:
         self.rejected: collections.Counter = collections.Counter()
         self.last_reject_log: dict[str, float] = {}
         self.address = ""
-        self.device = torch.device(cfg.device)
-        if self.device.type != "cpu":  # the cores feed their networks numpy batches (CPU tensors)
-            raise ValueError(f"inference.device={cfg.device}: only the CPU is built yet")
+        self.device = torch.device(cfg.device)  # the policy's: cores move batches there and back
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"inference.device={cfg.device}: torch sees no CUDA device here")
 
     # -- set-up -----------------------------------------------------------------------------
 
