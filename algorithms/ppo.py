@@ -110,14 +110,13 @@ class ActorCritic(nn.Module):
         self.recurrent = args.lstm > 0
         self.image = networks.is_image(obs_shape)
         n_out = int(np.prod(action_space.shape)) if self.continuous else int(action_space.n)
+        self.encoder = networks.Encoder(obs_shape, hidden, args.torso)  # vectors: flattened, no parameters
+        obs_dim = self.encoder.out_features
         head_layers = 1  # hidden layers of each head (feed-forward: twice as many)
         if self.image:
-            self.encoder = networks.image_torso(obs_shape, hidden, args.torso)
             if args.ortho_init:
                 networks.orthogonal_init(self.encoder, np.sqrt(2))
-            obs_dim, head_layers = hidden, int(self.recurrent)  # after a torso: linear heads
-        else:
-            obs_dim = int(np.prod(obs_shape))
+            head_layers = int(self.recurrent)  # after a torso: linear heads
         if self.recurrent:  # sb3-contrib's MlpLstmPolicy: LSTM, then one hidden layer per head
             self.pi_lstm, self.vf_lstm = nn.LSTMCell(obs_dim, args.lstm), nn.LSTMCell(obs_dim, args.lstm)
             self.policy = mlp(args.lstm, hidden, n_out, 0.01, args.ortho_init, head_layers, nn.ReLU)
@@ -136,13 +135,9 @@ class ActorCritic(nn.Module):
         latent = self.policy[:-1](x)
         return latent, self.policy[-1](latent)
 
-    def encode(self, obs: torch.Tensor) -> torch.Tensor:
-        """Observations [B, *obs_shape] -> the heads' (or the LSTMs') inputs [B, D]."""
-        return self.encoder(obs) if self.image else obs.reshape(len(obs), -1).float()
-
     def features(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Feed-forward: (last hidden features, policy output)."""
-        return self.head(self.encode(obs))
+        return self.head(self.encoder(obs))
 
     def distribution_of(self, latent: torch.Tensor, out: torch.Tensor) -> torch.distributions.Distribution:
         if self.sde:  # the action noise latent @ W, W ~ N(0, std^2), has variance latent^2 @ std^2
@@ -175,7 +170,7 @@ class ActorCritic(nn.Module):
         return log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1), -(log_probs.exp() * log_probs).sum(-1)
 
     def values(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.value(self.encode(obs)).squeeze(-1)
+        return self.value(self.encoder(obs)).squeeze(-1)
 
     def logits(self, obs: np.ndarray) -> np.ndarray:
         """Feed-forward, discrete actions: the policy's logits for a numpy batch, in numpy for an MLP
@@ -191,7 +186,7 @@ class ActorCritic(nn.Module):
     def step(self, obs: torch.Tensor, state: dict[str, torch.Tensor], episode_start: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """One actor step of the LSTMs: (policy latent, policy output, next state)."""
-        x = self.encode(obs)[None]
+        x = self.encoder(obs)[None]
         start = episode_start[None]
         (pi_h,), (pi_c,) = ops.lstm_unroll(self.pi_lstm, x, state["pi_h"], state["pi_c"], start)
         (vf_h,), (vf_c,) = ops.lstm_unroll(self.vf_lstm, x, state["vf_h"], state["vf_c"], start)
@@ -204,14 +199,14 @@ class ActorCritic(nn.Module):
         each step, and the values of each step's true next observation, all flattened to [N * T]
         (next values: the value LSTM one step further from the state after that step)."""
         N, T = t["reward"].shape
-        x = self.encode(t["obs"].flatten(0, 1)).reshape(N, T, -1).transpose(0, 1)  # time-major [T, N, D]
+        x = self.encoder(t["obs"].flatten(0, 1)).reshape(N, T, -1).transpose(0, 1)  # time-major [T, N, D]
         start = t["episode_start"].T
         pi_h, _ = ops.lstm_unroll(self.pi_lstm, x, t["pi_h"], t["pi_c"], start)
         vf_h, vf_c = ops.lstm_unroll(self.vf_lstm, x, t["vf_h"], t["vf_c"], start)
         flat_time = lambda y: y.transpose(0, 1).reshape(N * T, -1)  # [T, N, H] -> [N * T, H]
         dist = self.distribution_of(*self.head(flat_time(pi_h)))
         values = self.value(flat_time(vf_h)).squeeze(-1)
-        next_x = self.encode(t["next_obs"].flatten(0, 1))
+        next_x = self.encoder(t["next_obs"].flatten(0, 1))
         next_h, _ = self.vf_lstm(next_x, (flat_time(vf_h), flat_time(vf_c)))
         return dist, values, self.value(next_h).squeeze(-1)
 

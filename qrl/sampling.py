@@ -42,8 +42,8 @@ class SampleClient:
         self.socket.setsockopt(zmq.ROUTING_ID, f"sampler-{uuid.uuid4().hex}".encode())
         self.socket.connect(broker)
         self.requests = itertools.count(1)
-        self.outstanding: dict[int, float] = {}  # request id -> when it was sent
-        self.status_asked: dict[int, int] = {}  # sample_status req -> the last sample req sent before it
+        self.outstanding: set[int] = set()  # sample requests not yet answered
+        self.status_asked: set[int] = set()  # sample_status requests not yet answered
         self.last_status = time.monotonic()
         for _ in range(in_flight):
             self.request()
@@ -54,7 +54,7 @@ class SampleClient:
     def request(self) -> None:
         req = next(self.requests)
         transport.send(self.socket, "sample", {"batch_size": self.batch_size, "req": req, **self.options()})
-        self.outstanding[req] = time.monotonic()
+        self.outstanding.add(req)
 
     def receive(self, timeout_ms: int) -> wire.Message | None:
         """The next batch, refusal ("error") or sample_status (for resend_lost), or None within
@@ -67,7 +67,8 @@ class SampleClient:
         reply = wire.decode(raw)
         if reply.type == "ok":  # an update_priorities acknowledgement, not an answer
             return None
-        if reply.type != "sample_status" and self.outstanding.pop(reply.meta.get("req"), None) is not None:
+        if reply.type != "sample_status" and reply.meta.get("req") in self.outstanding:
+            self.outstanding.remove(reply.meta["req"])
             self.request()
         return reply
 
@@ -81,24 +82,24 @@ class SampleClient:
         if now - self.last_status >= STATUS_EVERY_S:
             req = next(self.requests)
             transport.send(self.socket, "sample_status", {"req": req})
-            self.status_asked[req] = req - 1  # every request numbered below it was sent before it
+            self.status_asked.add(req)  # every request numbered below it was sent before it
             self.last_status = now
 
     def resend_lost(self, status: dict[str, Any]) -> int:
         """Send again the requests sent before this sample_status that the broker neither
         answered (their answers came first) nor holds; how many. An answer that still arrives
         for one is used and not replaced."""
-        sent_before = self.status_asked.pop(status.get("req"), None)
-        if sent_before is None:
+        status_req = status.get("req")
+        if status_req not in self.status_asked:
             return 0  # not ours, or an old status answered late
-        self.status_asked = {r: b for r, b in self.status_asked.items() if r > status["req"]}
+        self.status_asked = {r for r in self.status_asked if r > status_req}
         held = set(status.get("held") or ())
-        lost = [r for r in self.outstanding if r <= sent_before and r not in held]
+        lost = [r for r in self.outstanding if r < status_req and r not in held]
         if not lost:
             return 0
         log.warning("learner: %d sample request(s) lost on the way to the broker (connection dropped); sent again",
                     len(lost))
         for r in lost:
-            del self.outstanding[r]
+            self.outstanding.remove(r)
             self.request()
         return len(lost)

@@ -52,9 +52,9 @@ def check_spec_allowed(env_id: str, wrappers: Sequence[Any], allow_envs: Sequenc
                               f"(allow it with --set actor.allow_wrappers=[{wrapper_name(w)}])")
 
 
-NAMESPACES = {  # id prefix -> (the module that registers its ids, how to install it)
-    "ALE/": ("ale_py", "pip install 'qrl[atari]'"),
-    "MinAtar/": ("minatar.gym", "pip install 'qrl[minatar]'"),
+NAMESPACES = {  # id prefix -> (the module with its ids, the function that registers them, how to install it)
+    "ALE/": ("ale_py", None, "pip install 'qrl[atari]'"),  # None: gymnasium.register_envs(module)
+    "MinAtar/": ("minatar.gym", "register_envs", "pip install 'qrl[minatar]'"),
 }
 """Well-known packages whose gymnasium ids qrl registers on first use (importing nothing else)."""
 
@@ -63,21 +63,21 @@ def is_atari(env_id: str) -> bool:
     return env_id.startswith("ALE/")
 
 
-def known_namespace(env_id: str) -> tuple[str, str] | None:
+def known_namespace(env_id: str) -> tuple[str, str | None, str] | None:
     return next((v for prefix, v in NAMESPACES.items() if env_id.startswith(prefix)), None)
 
 
 def _register_namespace(env_id: str) -> None:
     """Register the ids of env_id's well-known package (ale-py's, MinAtar's)."""
-    module_name, install = known_namespace(env_id)
+    module_name, register, install = known_namespace(env_id)
     try:
         module = importlib.import_module(module_name)
     except ImportError:
         raise UnknownEnvironment(f"'{env_id}' needs {module_name.partition('.')[0]}: {install}") from None
-    if module_name == "minatar.gym":
-        module.register_envs()
-    else:
+    if register is None:
         gym.register_envs(module)
+    else:
+        getattr(module, register)()
 
 
 def resolve(env_id: str) -> str:
@@ -138,15 +138,18 @@ def _wrapper(spec: str | dict[str, Any]):
     return lambda env: cls(env, **kwargs)
 
 
-ATARI_NOOP_MAX = 30
-"""Random no-op actions at the start of each Atari episode (both vector backends)."""
+# Atari preprocessing, the same in both vector backends (qrl/envs/ale_vector.py reads these too).
+ATARI_NOOP_MAX = 30  # random no-op actions at the start of each episode
+ATARI_FRAME_SKIP = 4  # with max-pooling over the last two frames
+ATARI_SCREEN = 84  # grayscale, 84x84
+ATARI_STACK = 4  # frames per observation
 VECTOR_BACKENDS = ("gymnasium", "ale")
 
 
 def _atari_preprocessing(env: gym.Env) -> gym.Env:
-    env = gym.wrappers.AtariPreprocessing(env, noop_max=ATARI_NOOP_MAX, frame_skip=4, screen_size=84,
-                                          grayscale_obs=True)
-    return gym.wrappers.FrameStackObservation(env, 4)
+    env = gym.wrappers.AtariPreprocessing(env, noop_max=ATARI_NOOP_MAX, frame_skip=ATARI_FRAME_SKIP,
+                                          screen_size=ATARI_SCREEN, grayscale_obs=True)
+    return gym.wrappers.FrameStackObservation(env, ATARI_STACK)
 
 
 def _make_args(env_id: str, env_kwargs: dict[str, Any] | None, wrappers: Sequence[Any]):

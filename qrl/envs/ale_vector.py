@@ -23,7 +23,7 @@ import numpy as np
 
 from qrl import envs
 
-STACK = 4
+STACK = envs.ATARI_STACK
 V5_DEFAULTS = {"repeat_action_probability": 0.25, "full_action_space": False, "max_num_frames_per_episode": 108_000}
 """gymnasium's ALE/...-v5 settings, which the ale backend takes from env_kwargs too."""
 
@@ -56,8 +56,9 @@ class ALEVectorEnv(gym.vector.VectorWrapper):
         from ale_py.vector_env import AtariVectorEnv
 
         super().__init__(AtariVectorEnv(
-            game_name(env_id), num_envs, num_threads=threads, autoreset_mode="SameStep", img_height=84,
-            img_width=84, grayscale=True, stack_num=STACK, frameskip=4, maxpool=True, noop_max=envs.ATARI_NOOP_MAX,
+            game_name(env_id), num_envs, num_threads=threads, autoreset_mode="SameStep",
+            img_height=envs.ATARI_SCREEN, img_width=envs.ATARI_SCREEN, grayscale=True, stack_num=STACK,
+            frameskip=envs.ATARI_FRAME_SKIP, maxpool=True, noop_max=envs.ATARI_NOOP_MAX,
             episodic_life=False, reward_clipping=False, use_fire_reset=False,
             **options(env_id, env_kwargs, wrappers)))
         self.steps = np.zeros(num_envs, dtype=np.int64)  # steps since each game's episode began
