@@ -43,7 +43,7 @@ import zmq
 from qrl.protocol import messages, transport, wire
 from qrl.brokers import snapshot
 from qrl.brokers.actors import SEQ_WINDOW, ActorRecord, Duplicate, OutOfWindow
-from qrl.brokers.tables import INITIAL_PRIORITY, ItemSchema, ReplayTable, SchemaError, TableConfig, make_table
+from qrl.brokers.tables import FRAMES, INITIAL_PRIORITY, ItemSchema, ReplayTable, SchemaError, TableConfig, make_table
 from qrl.protocol.transport import bind
 
 log = logging.getLogger("qrl.broker")
@@ -320,8 +320,9 @@ class Broker:
             return self._reject("ingest", "bad_meta", "episode_returns and episode_lengths differ in length")
         arrays = dict(msg.arrays)
         priorities = arrays.pop(INITIAL_PRIORITY, None)  # optional initial priorities computed by the actor
+        pool = arrays.pop(FRAMES, None)  # a table of frames: the frames the items' references point into
         try:
-            n_items = self.table.check(arrays, priorities, frames=meta["frames"])
+            n_items = self.table.check(arrays, priorities, frames=meta["frames"], pool=pool)
         except SchemaError as exc:
             return self._reject("ingest", exc.reason, str(exc))
         actor_id, incarnation, seq = meta["actor_id"], meta["incarnation"], meta["seq"]
@@ -338,10 +339,11 @@ class Broker:
             return self._reject("ingest", "seq_out_of_window", f"actor {actor_id}: {exc}")
         self.stats.gaps += a.record_seq(incarnation, seq)
         self.stats.actors.move_to_end(actor_id)
-        self._store_segment(arrays, n_items, priorities, meta, a, returns, lengths)
+        self._store_segment(arrays, n_items, priorities, meta, a, returns, lengths, pool)
 
     def _store_segment(self, arrays: dict[str, np.ndarray], n_items: int, priorities: np.ndarray | None,
-                       meta: dict[str, Any], a: ActorRecord, returns: list, lengths: list) -> None:
+                       meta: dict[str, Any], a: ActorRecord, returns: list, lengths: list,
+                       pool: np.ndarray | None) -> None:
         """Store an accepted segment, unless its weights are too old (flow control), and count it."""
         # Flow control for every table: a segment made by weights more than max_policy_lag
         # versions older than the newest is dropped (counted), so how far an actor runs ahead
@@ -357,7 +359,7 @@ class Broker:
             self.stats.dropped_stale_frames += meta["frames"]
             self._release_at_ingest(code, seq)
             return
-        self.table.store(arrays, n_items, priorities, version=version, source=(code, seq))
+        self.table.store(arrays, n_items, priorities, version=version, source=(code, seq), pool=pool)
         s = self.stats
         if s.first_segment_time is None:
             s.first_segment_time = time.time()
@@ -475,9 +477,9 @@ class Broker:
         try:
             table_cfg = TableConfig.from_meta(meta["table"])
             schema = ItemSchema.from_meta(meta["schema"])
-            item_bytes = schema.item_bytes()
-            if table_cfg.capacity * item_bytes > self.max_table_bytes:
-                raise ValueError(f"a table of {table_cfg.capacity} items of {item_bytes} bytes exceeds the broker's "
+            table_bytes = schema.table_bytes(table_cfg.capacity)
+            if table_bytes > self.max_table_bytes:
+                raise ValueError(f"a table of {table_cfg.capacity} items ({table_bytes} bytes) exceeds the broker's "
                                  f"limit of {self.max_table_bytes} bytes (broker.max_table_bytes)")
             if not _finite(msg.arrays):
                 raise ValueError("the initial weights hold NaN or infinite values")
@@ -538,7 +540,7 @@ class Broker:
 
     def _unservable(self, batch_size: int) -> str:
         """Why a batch of this size can never be served by the table ('' if it can)."""
-        cfg, nbytes = self.table.cfg, batch_size * self.table.item_schema.item_bytes()
+        cfg, nbytes = self.table.cfg, batch_size * self.table.item_schema.served_bytes()
         if nbytes > wire.DEFAULT_LIMITS.max_message_bytes:
             return f"{nbytes} bytes is more than a message may carry ({wire.DEFAULT_LIMITS.max_message_bytes})"
         if cfg.sampler == "fifo" and batch_size > cfg.capacity:

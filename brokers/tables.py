@@ -17,9 +17,9 @@ from qrl.brokers.sumtree import MinTree, SumTree
 SAMPLERS = ("uniform", "prioritized", "fifo")
 
 
-ITEM_ID, IMPORTANCE_WEIGHT, INITIAL_PRIORITY = "_id", "_weight", "_priority"
+ITEM_ID, IMPORTANCE_WEIGHT, INITIAL_PRIORITY, FRAMES = "_id", "_weight", "_priority", "_frames"
 """The wire names (docs/protocol.md) of what travels beside an item's fields: its id and importance
-weight in a batch, an actor's initial priority in a segment."""
+weight in a batch, an actor's initial priority and a table of frames' pool in a segment."""
 
 
 class SchemaError(ValueError):
@@ -34,6 +34,47 @@ MAX_ITEM_NDIM = 7
 
 
 @dataclass(frozen=True)
+class FrameSpec:
+    """A table that stores each frame once (qrl/frames.py, docs/frames.md): segments bring a pool
+    of frames of this dtype and shape, and the named item fields are integer references into it
+    (an item's stack or sequence of frames), gathered into pixels when a batch is served."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    fields: tuple[str, ...]
+    per_item: float
+    """Pool frames per item in a window without episode ends; the frame ring holds capacity x this."""
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any], item_fields: Mapping[str, tuple[str, tuple[int, ...]]]) -> "FrameSpec":
+        from qrl.protocol.wire import ALLOWED_DTYPES
+
+        dtype, shape, names, per_item = meta["dtype"], meta["shape"], meta["fields"], meta["per_item"]
+        if dtype not in ALLOWED_DTYPES:
+            raise ValueError(f"frames: dtype must be one of {sorted(ALLOWED_DTYPES)}")
+        if not (isinstance(shape, list) and 0 < len(shape) <= MAX_ITEM_NDIM
+                and all(isinstance(d, int) and not isinstance(d, bool) and 0 < d <= 1 << 16 for d in shape)):
+            raise ValueError(f"frames: shape must be 1..{MAX_ITEM_NDIM} integers in [1, 2^16]")
+        if not names or len(set(names)) != len(names) or any(item_fields.get(n, ("",))[0] != "<i4" for n in names):
+            raise ValueError("frames: fields must name distinct int32 item fields (the references)")
+        if not (isinstance(per_item, (int, float)) and 0 < per_item <= 1 << 16):
+            raise ValueError("frames: per_item must lie in (0, 2^16]")
+        return cls(dtype, tuple(shape), tuple(names), float(per_item))
+
+    def as_meta(self) -> dict[str, Any]:
+        return {"dtype": self.dtype, "shape": list(self.shape), "fields": list(self.fields), "per_item": self.per_item}
+
+    def frame_bytes(self) -> int:
+        return np.dtype(self.dtype).itemsize * int(np.prod(self.shape))
+
+    def ring_size(self, capacity: int) -> int:
+        """Frames the table keeps: enough for `capacity` items at per_item frames each, plus one
+        large segment; episode ends add a frame each, so items may go a little before the item
+        ring wraps (a table a little short of capacity, never a reference to a lost frame)."""
+        return math.ceil(capacity * self.per_item * 1.02) + 1024
+
+
+@dataclass(frozen=True)
 class ItemSchema:
     """What one item is: named fields with a dtype and a trailing shape, declared by the learner
     (derived from its algorithm's item builder) in `register`, and how many env frames one item
@@ -41,6 +82,8 @@ class ItemSchema:
 
     fields: tuple[tuple[str, str, tuple[int, ...]], ...]
     frames_per_item: int = 1
+    frames: FrameSpec | None = None
+    """Set: the table stores each frame once, and these fields are references (FrameSpec)."""
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any]) -> "ItemSchema":
@@ -64,20 +107,46 @@ class ItemSchema:
             if len(shape) > MAX_ITEM_NDIM or not sizes_ok:
                 raise ValueError(f"field {name}: shape must be at most {MAX_ITEM_NDIM} integers in [0, 2^24]")
             out.append((name, dtype, tuple(shape)))
-        return cls(tuple(out), int(meta["frames_per_item"]))
+        frames = meta.get("frames")
+        if frames is not None:
+            frames = FrameSpec.from_meta(frames, {name: (dtype, shape) for name, dtype, shape in out})
+        return cls(tuple(out), int(meta["frames_per_item"]), frames)
 
     @classmethod
-    def of(cls, arrays: Mapping[str, np.ndarray], frames_per_item: int = 1) -> "ItemSchema":
+    def of(cls, arrays: Mapping[str, np.ndarray], frames_per_item: int = 1,
+           frames: FrameSpec | None = None) -> "ItemSchema":
         """The schema of a batch of items (leading dimension = items)."""
         return cls(tuple((name, np.asarray(a).dtype.str, tuple(np.asarray(a).shape[1:])) for name, a in arrays.items()),
-                   frames_per_item)
+                   frames_per_item, frames)
 
     def as_meta(self) -> dict[str, Any]:
-        return {"fields": {name: [dtype, list(shape)] for name, dtype, shape in self.fields},
+        meta = {"fields": {name: [dtype, list(shape)] for name, dtype, shape in self.fields},
                 "frames_per_item": self.frames_per_item}
+        if self.frames is not None:
+            meta["frames"] = self.frames.as_meta()
+        return meta
 
-    def item_bytes(self) -> int:
-        return sum(np.dtype(dtype).itemsize * int(np.prod(shape)) for _, dtype, shape in self.fields)
+    def _references(self) -> tuple[str, ...]:
+        return self.frames.fields if self.frames is not None else ()
+
+    def _stored_bytes(self) -> int:
+        """Bytes of an item's own fields in the table (references as int64 global frame ids)."""
+        refs = self._references()
+        return sum((8 if name in refs else np.dtype(dtype).itemsize) * int(np.prod(shape))
+                   for name, dtype, shape in self.fields)
+
+    def table_bytes(self, capacity: int) -> int:
+        """Bytes a table of this many items allocates (with the frame ring, and each item's
+        first frame id)."""
+        if self.frames is None:
+            return capacity * self._stored_bytes()
+        return capacity * (self._stored_bytes() + 8) + self.frames.ring_size(capacity) * self.frames.frame_bytes()
+
+    def served_bytes(self) -> int:
+        """Bytes one item takes in a batch (references gathered into frames)."""
+        refs = self._references()
+        return sum((self.frames.frame_bytes() if name in refs else np.dtype(dtype).itemsize) * int(np.prod(shape))
+                   for name, dtype, shape in self.fields)
 
 
 @dataclass(frozen=True)
@@ -180,6 +249,13 @@ class ReplayTable:
         self.schema: dict[str, tuple[np.dtype, tuple[int, ...]]] = {}
         self.storage: dict[str, np.ndarray] = {}
         self.floats: list[str] = []
+        # Each frame once (FrameSpec): the ring of frames, the global id of the next frame written,
+        # each item slot's first frame id (the first frame of the pool its segment brought), and the
+        # first item id whose frames are all still held (older ones are gone with their frames).
+        self.frame_ring: np.ndarray | None = None
+        self.next_frame = 0
+        self.item_frame0 = np.zeros(0, dtype=np.int64)
+        self.valid_from = 0
         if schema is not None:
             self.set_schema(schema)
         self.ids = np.full(cfg.capacity, -1, dtype=np.int64)  # global insert index per slot
@@ -199,9 +275,20 @@ class ReplayTable:
         table made without one (tests, benchmarks) takes the first insert's."""
         self.item_schema = schema
         self.schema = {name: (np.dtype(dtype), shape) for name, dtype, shape in schema.fields}
-        self.storage = {name: np.zeros((self.cfg.capacity, *shape), dtype=dtype)
+        refs = self.references
+        self.storage = {name: np.zeros((self.cfg.capacity, *shape), dtype=np.int64 if name in refs else dtype)
                         for name, (dtype, shape) in self.schema.items()}
         self.floats = [name for name, (dtype, _) in self.schema.items() if dtype.kind == "f"]
+        if schema.frames is not None:
+            f = schema.frames
+            self.frame_ring = np.zeros((f.ring_size(self.cfg.capacity), *f.shape), dtype=f.dtype)
+            self.item_frame0 = np.zeros(self.cfg.capacity, dtype=np.int64)
+
+    @property
+    def references(self) -> tuple[str, ...]:
+        """The item fields that are frame references (none without a FrameSpec)."""
+        frames = self.item_schema.frames if self.item_schema is not None else None
+        return frames.fields if frames is not None else ()
 
     @property
     def frames_per_item(self) -> int:
@@ -209,11 +296,12 @@ class ReplayTable:
         return self.item_schema.frames_per_item if self.item_schema is not None else 1
 
     def check(self, arrays: Mapping[str, np.ndarray], priorities: np.ndarray | None = None,
-              frames: int | None = None) -> int:
+              frames: int | None = None, pool: np.ndarray | None = None) -> int:
         """Validate a batch of items against the schema; return how many items it holds.
         Checked: the field names, dtypes and trailing shapes, one leading (item) dimension of
-        1..capacity, finite floats, numeric finite non-negative priorities (one per item), and
-        with ``frames`` that it equals items x frames_per_item."""
+        1..capacity, finite floats, numeric finite non-negative priorities (one per item),
+        with ``frames`` that it equals items x frames_per_item, and for a table of frames the
+        pool (its dtype and frame shape, 1..ring size frames) and every reference (inside it)."""
         if self.item_schema is None:
             if not arrays or any(name.startswith("_") for name in arrays):
                 raise SchemaError("an item needs at least one field, and names starting with '_' are reserved")
@@ -239,24 +327,44 @@ class ReplayTable:
         if priorities is not None and (priorities.shape != (n,) or priorities.dtype.kind not in "fiu"
                                        or not np.isfinite(priorities).all() or (priorities < 0).any()):
             raise SchemaError(f"_priority must be {n} finite non-negative numbers", "bad_priorities")
+        self._check_pool(arrays, pool)
         return n
 
+    def _check_pool(self, arrays: Mapping[str, np.ndarray], pool: np.ndarray | None) -> None:
+        spec = self.item_schema.frames
+        if spec is None:
+            if pool is not None:
+                raise SchemaError("a frame pool for a table that stores no frames")
+            return
+        if pool is None or pool.dtype != np.dtype(spec.dtype) or pool.shape[1:] != spec.shape:
+            got = "none" if pool is None else f"{pool.dtype}{list(pool.shape[1:])}"
+            raise SchemaError(f"_frames: {got} != {spec.dtype}{list(spec.shape)}")
+        if not 0 < len(pool) <= len(self.frame_ring):
+            raise SchemaError(f"a pool of {len(pool)} frames; the table takes 1..{len(self.frame_ring)}",
+                              "bad_frame_count")
+        for name in spec.fields:
+            refs = arrays[name]
+            if refs.size and (refs.min() < 0 or refs.max() >= len(pool)):
+                raise SchemaError(f"{name}: a reference outside the segment's {len(pool)} frames", "bad_reference")
+
     def insert(self, arrays: Mapping[str, np.ndarray], priorities: np.ndarray | None = None,
-               version: int = 0) -> int:
+               version: int = 0, pool: np.ndarray | None = None) -> int:
         """Check and store a batch of items (``version``, the policy that made them, matters to
-        FIFO queues only); return how many were stored."""
-        n = self.check(arrays, priorities)
-        self.store(arrays, n, priorities, version)
+        FIFO queues only; ``pool``: the frames its references point into); return how many were
+        stored."""
+        n = self.check(arrays, priorities, pool=pool)
+        self.store(arrays, n, priorities, version, pool=pool)
         return n
 
     def store(self, arrays: Mapping[str, np.ndarray], n: int, priorities: np.ndarray | None = None,
-              version: int = 0, source: tuple[int, int] = (-1, -1)) -> None:
+              version: int = 0, source: tuple[int, int] = (-1, -1), pool: np.ndarray | None = None) -> None:
         """Store n items that check() has passed (the broker checks before its sequence
         accounting, then stores, so no segment is scanned twice). source: the segment's (code,
         seq); a replay table is done with it once stored (it can be sampled from then on)."""
         self._mark_released(*source)
         if priorities is not None:
             priorities = np.asarray(priorities, dtype=np.float64)
+        arrays = self._write_frames(arrays, pool)
         new_ids = self._write(arrays, n)
         if self.prioritized:
             if priorities is None:
@@ -265,8 +373,40 @@ class ReplayTable:
                 self.max_priority = max(self.max_priority, float(priorities.max(initial=0.0)))
             self._set_priorities(new_ids % self.cfg.capacity, priorities)
         self.next_id += n
-        self.size = min(self.size + n, self.cfg.capacity)
         self.limiter.inserted += n
+        self._drop_frameless()
+
+    def _write_frames(self, arrays: Mapping[str, np.ndarray], pool: np.ndarray | None) -> Mapping[str, np.ndarray]:
+        """Write a segment's pool into the frame ring; its items' references become global
+        frame ids, and its first frame id goes with each item (_write)."""
+        if pool is None:
+            return arrays
+        ring, first = self.frame_ring, self.next_frame
+        slots = np.arange(first, first + len(pool)) % len(ring)
+        ring[slots] = pool
+        self.next_frame += len(pool)
+        self._segment_frame0 = first
+        return {name: (a.astype(np.int64) + first if name in self.references else a) for name, a in arrays.items()}
+
+    def _drop_frameless(self) -> None:
+        """Items whose frames the ring has overwritten are no longer served. Segments are written
+        in order, frames then items, so those items are always the oldest ones: the live items
+        are ids [max(valid_from, next_id - capacity), next_id)."""
+        if self.frame_ring is not None:
+            oldest_frame = self.next_frame - len(self.frame_ring)
+            first = max(self.valid_from, self.next_id - self.cfg.capacity)
+            if first < self.next_id and self.item_frame0[first % self.cfg.capacity] < oldest_frame:
+                ids = np.arange(first, self.next_id)
+                gone = int(np.searchsorted(self.item_frame0[ids % self.cfg.capacity], oldest_frame))
+                self.valid_from = first + gone
+                if self.prioritized and gone:
+                    self._forget(ids[:gone] % self.cfg.capacity)
+        self.size = self.next_id - max(self.valid_from, self.next_id - self.cfg.capacity)
+
+    def _forget(self, slots: np.ndarray) -> None:
+        """Take items out of the priority trees (their frames are gone)."""
+        self.sum_tree.update(slots, np.zeros(len(slots)))
+        self.min_tree.update(slots, np.full(len(slots), np.inf))
 
     def _write(self, arrays: Mapping[str, np.ndarray], n: int) -> np.ndarray:
         """Write n items at the ring's next slots; return their ids."""
@@ -280,6 +420,8 @@ class ReplayTable:
         new_ids = np.arange(self.next_id, self.next_id + n, dtype=np.int64)
         self.ids[start:start + first] = new_ids[:first]
         self.ids[: n - first] = new_ids[first:]
+        if self.frame_ring is not None:
+            self.item_frame0[new_ids % cap] = self._segment_frame0
         return new_ids
 
     def _set_priorities(self, slots: np.ndarray, priorities: np.ndarray) -> None:
@@ -301,14 +443,22 @@ class ReplayTable:
             total = self.sum_tree.root
             # Stratified: one draw from each of batch_size equal slices of the priority mass.
             mass = (np.arange(batch_size) + self.rng.random(batch_size)) * (total / batch_size)
-            idx = np.minimum(self.sum_tree.find_prefix(mass), self.size - 1)
+            idx = np.minimum(self.sum_tree.find_prefix(mass), min(self.next_id, self.cfg.capacity) - 1)
+            forgotten = self.sum_tree[idx] <= 0  # rounding at a boundary next to a dropped item
+            idx[forgotten] = (self.next_id - 1) % self.cfg.capacity
             probs = self.sum_tree[idx] / total
             min_prob = self.min_tree.root / total
             weights = ((probs / min_prob) ** -beta).astype(np.float32)  # = (N P(i))^-b / (N P_min)^-b
         else:
-            idx = self.rng.integers(0, self.size, size=batch_size)
+            idx = self.rng.integers(self.next_id - self.size, self.next_id, size=batch_size) % self.cfg.capacity
         self.limiter.sampled += batch_size
-        return {name: store[idx] for name, store in self.storage.items()}, self.ids[idx], weights
+        return self.gather(idx), self.ids[idx], weights
+
+    def gather(self, slots: np.ndarray) -> dict[str, np.ndarray]:
+        """The items in these slots as a batch: references become their frames."""
+        refs, ring = self.references, self.frame_ring
+        return {name: ring[store[slots] % len(ring)] if name in refs else store[slots]
+                for name, store in self.storage.items()}
 
     def drop_stale(self, current_version: int) -> int:
         """Items too old for the newest weights, dropped before a sample: none in a replay table
@@ -337,7 +487,7 @@ class ReplayTable:
         if ids.shape != priorities.shape or ids.ndim != 1:
             raise ValueError("ids and priorities must be 1-D arrays of the same length")
         slots = ids % self.cfg.capacity
-        ok = (ids >= 0) & (self.ids[slots] == ids) & np.isfinite(priorities) & (priorities >= 0)
+        ok = (ids >= self.valid_from) & (self.ids[slots] == ids) & np.isfinite(priorities) & (priorities >= 0)
         if ok.any():
             self._set_priorities(slots[ok], priorities[ok])
             self.max_priority = max(self.max_priority, float(priorities[ok].max()))
@@ -350,8 +500,11 @@ class ReplayTable:
     def restore_priority_leaves(self, leaves: np.ndarray, max_priority: float) -> None:
         slots = np.arange(self.cfg.capacity)
         self.sum_tree.update(slots, leaves)
-        self.min_tree.update(slots, np.where(slots < self.size, leaves, np.inf))
+        self.min_tree.update(slots, np.where(slots < min(self.next_id, self.cfg.capacity), leaves, np.inf))
         self.max_priority = max_priority
+        dropped = np.arange(max(0, self.next_id - self.cfg.capacity), self.valid_from)
+        if len(dropped):
+            self._forget(dropped % self.cfg.capacity)
 
 
 class _QueueLimiter:
@@ -393,7 +546,8 @@ class QueueTable(ReplayTable):
         self.sources = np.full((cfg.capacity, 2), -1, dtype=np.int64)
 
     def store(self, arrays: Mapping[str, np.ndarray], n: int, priorities: np.ndarray | None = None,
-              version: int = 0, source: tuple[int, int] = (-1, -1)) -> None:
+              version: int = 0, source: tuple[int, int] = (-1, -1), pool: np.ndarray | None = None) -> None:
+        arrays = self._write_frames(arrays, pool)
         overflow = max(0, self.size + n - self.cfg.capacity)
         if overflow:  # only when flush reads past a full queue: the oldest make room, counted
             self._release(np.arange(self.head, self.head + overflow) % self.cfg.capacity)
@@ -406,6 +560,20 @@ class QueueTable(ReplayTable):
         self.size = self.next_id - self.head
         self.last_insert = n
         self.limiter.inserted += n
+        self._drop_frameless()
+
+    def _drop_frameless(self) -> None:
+        """Queued items whose frames the ring overwrote (a ring sized for the queue makes this
+        rare: segments with far more frames per item than declared) leave, counted as overflow."""
+        if self.frame_ring is None:
+            return
+        slots = self._queued_slots()
+        gone = int(np.searchsorted(self.item_frame0[slots], self.next_frame - len(self.frame_ring)))
+        if gone:
+            self._release(slots[:gone])
+            self.head += gone
+            self.dropped_overflow += gone
+            self.size = self.next_id - self.head
 
     def _release(self, slots: np.ndarray) -> None:
         for code, seq in self.sources[slots]:
@@ -434,12 +602,15 @@ class QueueTable(ReplayTable):
             keep = slots[fresh]
             kept = {name: store[keep] for name, store in self.storage.items()}
             versions, sources = self.versions[keep], self.sources[keep]
+            frame0 = self.item_frame0[keep] if self.frame_ring is not None else None
             self.head = self.next_id - len(keep)
             new_slots = np.arange(self.head, self.next_id) % self.cfg.capacity
             for name, a in kept.items():
                 self.storage[name][new_slots] = a
             self.versions[new_slots] = versions
             self.sources[new_slots] = sources
+            if frame0 is not None:
+                self.item_frame0[new_slots] = frame0
             self.ids[new_slots] = np.arange(self.head, self.next_id)
             self.size = len(keep)
             self.dropped_stale += stale
@@ -450,7 +621,7 @@ class QueueTable(ReplayTable):
         if self.size < batch_size:
             raise ValueError(f"only {self.size} items queued, asked for {batch_size}")
         idx = np.arange(self.head, self.head + batch_size) % self.cfg.capacity
-        batch = {name: store[idx] for name, store in self.storage.items()}
+        batch = self.gather(idx)
         ids = self.ids[idx]
         self.served_lags = (self.current_version - self.versions[idx]).tolist()
         self._release(idx)

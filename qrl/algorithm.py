@@ -421,11 +421,14 @@ def stack_steps(steps: list[dict[str, Any]], before: int, num_steps: int) -> Rol
                    before=before, num_steps=num_steps)
 
 
-def item_schema(agent: Agent, net, obs_space, action_space, args, num_envs: int, num_steps: int):
+def item_schema(agent: Agent, net, obs_space, action_space, args, num_envs: int, num_steps: int,
+                store_frames: bool = True):
     """The broker's item schema for this algorithm (sent with `register`), found by running its own
     actor path once on sampled observations: the actor core, act, make_items. Also how many env frames
-    one item covers, so the broker can check each segment's `frames`."""
-    from qrl.brokers.tables import ItemSchema
+    one item covers, so the broker can check each segment's `frames`, and for image observations
+    (unless store_frames is off) which fields travel as frame references (qrl/frames.py)."""
+    from qrl import frames
+    from qrl.brokers.tables import FrameSpec, ItemSchema
 
     core = agent.make_core(args, 0, 1, num_envs, 0)
     state = core.initial_state(num_envs)
@@ -443,4 +446,11 @@ def item_schema(agent: Agent, net, obs_space, action_space, args, num_envs: int,
     if (num_steps * num_envs) % n_items:
         raise ValueError(f"{agent.name}: make_items made {n_items} items from {num_steps * num_envs} frames: "
                          "an item must cover a whole number of env frames")
-    return ItemSchema.of(items, (num_steps * num_envs) // n_items)
+    plan = None
+    if store_frames and getattr(obs_space, "shape", None) is not None and obs_space.dtype is not None:
+        plan = frames.plan(agent.make_items, rollout, args, obs_space.shape, obs_space.dtype)
+    if plan is None:
+        return ItemSchema.of(items, (num_steps * num_envs) // n_items)
+    items, _ = frames.indexed_items(agent.make_items, rollout, args, plan.layout, plan.fields)
+    spec = FrameSpec(plan.layout.dtype, plan.layout.frame_shape, plan.fields, plan.per_item)
+    return ItemSchema.of(items, (num_steps * num_envs) // n_items, spec)

@@ -37,6 +37,9 @@ class RunConfig:
     """Environments per actor process, stepped as one synchronous vector env so inference is batched."""
     segment_length: int = 32
     """Steps per environment in one segment an actor pushes."""
+    store_frames: bool = True
+    """Image observations (uint8, 3 or more axes) travel and are stored one frame at a time, items
+    pointing at them (docs/frames.md); false: every item carries its observations' pixels."""
     eval_every_frames: int = 5_000
     """Env frames between deterministic evaluations on the learner (0: off). Counted in frames,
     not seconds, so that when a run is judged solved does not depend on the machine's speed."""

@@ -79,7 +79,8 @@ class LearnerProcess:
             self.normalizer = Normalizer(self.obs_space.shape, run_cfg.normalize_obs, run_cfg.normalize_reward)
         self.eval_net = self.agent.make_policy(self.obs_space, self.action_space, self.args)
         self.item_schema = algorithm.item_schema(self.agent, self.eval_net, self.obs_space, self.action_space,
-                                                 self.args, run_cfg.num_envs, run_cfg.segment_length)
+                                                 self.args, run_cfg.num_envs, run_cfg.segment_length,
+                                                 run_cfg.store_frames)
         self.target_return = run_cfg.target_return
         if self.target_return is None:
             self.target_return = envs.spec(opts.env).reward_threshold
@@ -127,7 +128,14 @@ class LearnerProcess:
                 "env_kwargs": c.env_kwargs, "wrappers": c.wrappers,
                 "args": dataclasses.asdict(self.args),
                 "run": {"num_envs": c.num_envs, "segment_length": c.segment_length, "seed": c.seed,
-                        "sync_actors": c.sync_actors, "sync_lead": c.sync_lead}}
+                        "sync_actors": c.sync_actors, "sync_lead": c.sync_lead,
+                        "frame_fields": list(self.frame_fields)}}
+
+    @property
+    def frame_fields(self) -> tuple[str, ...]:
+        """The item fields actors send as frame references (none unless the table stores frames)."""
+        frames = self.item_schema.frames
+        return frames.fields if frames is not None else ()
 
     def connect(self, ctx: zmq.Context) -> None:
         self.ctx = ctx

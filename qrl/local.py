@@ -23,7 +23,7 @@ import numpy as np
 
 from qrl import envs, normalize
 from qrl.acting.actor import Acting, actor_seed, load_arrays
-from qrl.brokers.tables import INITIAL_PRIORITY, ReplayTable, SchemaError, make_table
+from qrl.brokers.tables import FRAMES, INITIAL_PRIORITY, ReplayTable, SchemaError, make_table
 from qrl.config import RunConfig
 from qrl.learner import LearnerOptions, LearnerProcess, serve
 from qrl.acting.segments import SegmentWriter
@@ -67,7 +67,8 @@ class LocalRun(LearnerProcess):
         seed = actor_seed(run, actor_id)
         env = envs.make_vector_env(self.opts.env, c.num_envs, c.env_kwargs, c.wrappers)
         core = self.agent.make_core(self.args, actor_id, self.num_actors, c.num_envs, seed)
-        writer = SegmentWriter(self.agent, self.args, self.run_id, actor_id, "local", c.num_envs, c.segment_length)
+        writer = SegmentWriter(self.agent, self.args, self.run_id, actor_id, "local", c.num_envs, c.segment_length,
+                               self.frame_fields)
         return Acting(env, core, writer, self.policy, seed)
 
     def close(self) -> None:
@@ -104,11 +105,12 @@ class LocalRun(LearnerProcess):
         acting.writer.mark_sent()
         items = dict(items)
         priorities = items.pop(INITIAL_PRIORITY, None)
+        pool = items.pop(FRAMES, None)
         try:
-            n_items = self.table.check(items, priorities, frames=meta["frames"])
+            n_items = self.table.check(items, priorities, frames=meta["frames"], pool=pool)
         except SchemaError as exc:  # the broker would drop it; here it is the algorithm's own bug
             raise RuntimeError(f"{self.opts.algo}: a segment does not fit the table: {exc}") from None
-        self.table.store(items, n_items, priorities, version=self.weights_version)
+        self.table.store(items, n_items, priorities, version=self.weights_version, pool=pool)
         self.live.frames += meta["frames"]
         self.episode_returns.extend(meta["episode_returns"])
 

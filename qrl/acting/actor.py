@@ -244,7 +244,8 @@ class Worker:
                  version)
 
         self.sync = SyncActing(run, self.incarnation)
-        writer = self.writer = SegmentWriter(agent, args, spec["run_id"], self.actor_id, self.incarnation, num_envs, T)
+        writer = self.writer = SegmentWriter(agent, args, spec["run_id"], self.actor_id, self.incarnation, num_envs, T,
+                                             run.get("frame_fields") or ())
         acting = Acting(env, core, writer, net, seed)
         while not self.stopping:
             policy_version = writer.policy_version = version

@@ -17,8 +17,8 @@ from typing import Any, Callable
 import numpy as np
 import zmq
 
-from qrl import algorithm
-from qrl.brokers.tables import INITIAL_PRIORITY
+from qrl import algorithm, frames
+from qrl.brokers.tables import FRAMES, INITIAL_PRIORITY
 from qrl.protocol import transport, wire
 
 log = logging.getLogger("qrl.actor")
@@ -29,8 +29,9 @@ class SegmentWriter:
     episode statistics of one actor's vector env."""
 
     def __init__(self, agent: algorithm.Agent, args: Any, run_id: str, actor_id: int, incarnation: str,
-                 num_envs: int, segment_length: int):
+                 num_envs: int, segment_length: int, frame_fields: tuple[str, ...] = ()):
         self.agent, self.args = agent, args
+        self.frame_fields = tuple(frame_fields)  # the run's schema says: these fields travel as frame references
         self.run_id, self.actor_id, self.incarnation = run_id, actor_id, incarnation
         self.num_envs, self.T = num_envs, segment_length
         self.history = agent.history(args)
@@ -83,7 +84,12 @@ class SegmentWriter:
     def segment(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """The full window's segment: its metadata and its items."""
         rollout = algorithm.stack_steps(self.window, self.history.before, self.T)
-        items = self.agent.make_items(rollout, self.args)
+        if self.frame_fields:  # each frame once: the distinct frames, and items that point into them
+            lay = frames.layout(rollout.obs.shape[2:], rollout.obs.dtype)
+            items, pool = frames.indexed_items(self.agent.make_items, rollout, self.args, lay, self.frame_fields)
+            items[FRAMES] = pool
+        else:
+            items = self.agent.make_items(rollout, self.args)
         priorities = self.agent.initial_priorities(rollout, self.args)
         if priorities is not None:
             items = {**items, INITIAL_PRIORITY: priorities}

@@ -241,7 +241,9 @@ SPEC = Map({
         "seed": Field(Int(-MAX_INT, MAX_INT)),
         "sync_actors": Field(Bool(), required=False),
         "sync_lead": Field(Int(0, 64), required=False),
-    }), doc="num_envs, segment_length, seed, sync_actors, sync_lead"),
+        "frame_fields": Field(List(Str(128), max_len=64), required=False,
+                              doc="item fields an actor sends as frame references (the schema's frames.fields)"),
+    }), doc="num_envs, segment_length, seed, sync_actors, sync_lead, frame_fields"),
 })
 
 TABLE = Map({
@@ -254,9 +256,17 @@ TABLE = Map({
     "max_policy_lag": Field(Nullable(Int(0, MAX_INT)), required=False),
 })
 
+FRAMES = Map({
+    "dtype": Field(Str(8), doc="the frames' dtype (a wire dtype)"),
+    "shape": Field(List(Int(1, 1 << 16), max_len=7), doc="one frame's shape"),
+    "fields": Field(List(Str(128), max_len=64), doc="the item fields that are int32 references into a segment's pool"),
+    "per_item": Field(Float(0, 1 << 16), doc="pool frames per item; the table's frame ring holds capacity x this"),
+})
+
 ITEM_SCHEMA = Map({
     "fields": Field(Json(map_only=True), doc="field name -> [dtype, trailing shape]"),
     "frames_per_item": Field(Int(1, 1 << 20), doc="env frames each item covers"),
+    "frames": Field(FRAMES, required=False, doc="set: each frame stored once (docs/frames.md)"),
 })
 
 SCHEMAS: dict[str, Map] = {
@@ -359,7 +369,8 @@ def markdown(schemas: dict[str, Map] | None = None) -> str:
             lines.append(f"| `{msg_type}` | `{name}` | {f.kind.describe()} | {required} | {f.doc} |")
     if schemas is not None:
         return "\n".join(lines)
-    maps = (("spec", SPEC), ("table", TABLE), ("schema", ITEM_SCHEMA), ("spec.run", SPEC.fields["run"].kind))
+    maps = (("spec", SPEC), ("table", TABLE), ("schema", ITEM_SCHEMA), ("schema.frames", FRAMES),
+            ("spec.run", SPEC.fields["run"].kind))
     for title, sub in maps:
         lines += ["", f"`{title}`:", "", "| field | type | required | meaning |", "|---|---|---|---|"]
         for name, f in sub.fields.items():

@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 import msgpack
 import numpy as np
 
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 """2: typed metadata (qrl.protocol.messages), run binding, item schema and token in register, roles.
 3: frames and broker_id in batch replies. 4: sample_status (docs/protocol.md says what changed)."""
 

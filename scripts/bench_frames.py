@@ -1,0 +1,172 @@
+"""Each frame once (issue 28 part 1): Atari-shaped DQN replay, side by side in one run.
+
+- table bytes per transition: qrl's table of frames (the references and its share of the frame
+  ring, full) against the same table holding pixels (run.store_frames false) and against
+  stable-baselines3's ReplayBuffer(optimize_memory_usage=True) (its observation array per slot);
+- actor -> broker bytes per env frame: the wire size of the segments qrl's SegmentWriter encodes
+  (the real writer, DQN's make_items, 8 envs), in units of one 84x84 frame, both ways;
+- sample: batches of 32 stacked 84x84x4 observations (with actions, returns, next observations)
+  per second from a full table, qrl (gathering frames) against sb3's optimize_memory_usage buffer.
+
+Frames are random pixels in a frame-stack structure: each step brings one new frame, episodes of
+EPISODE steps end with a final frame and restart with a stack filled with its first frame. Nothing
+here depends on what the pixels show (no compression).
+
+    python scripts/bench_frames.py [--quick]
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import gymnasium as gym
+import numpy as np
+
+from _common import parser, print_table, save_results
+from qrl import algorithm
+from qrl.acting.segments import SegmentWriter
+from qrl.brokers.tables import FRAMES, TableConfig, make_table
+from qrl.config import build
+from qrl.protocol import wire
+
+OBS = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
+ACT = gym.spaces.Discrete(6)
+FRAME_BYTES = 84 * 84
+ENVS, EPISODE = 8, 500
+
+
+class FrameStacks:
+    """ENVS environments' stacked observations, one new random frame per step."""
+
+    def __init__(self, seed: int = 0):
+        self.rng = np.random.default_rng(seed)
+        self.t = 0
+        self.obs = np.repeat(self.new_frames()[:, None], 4, axis=1)
+
+    def new_frames(self) -> np.ndarray:
+        return self.rng.integers(0, 256, (ENVS, 84, 84), dtype=np.uint8)
+
+    def step(self):
+        self.t += 1
+        nxt = np.concatenate([self.obs[:, 1:], self.new_frames()[:, None]], axis=1)
+        done = np.full(ENVS, self.t % EPISODE == 0)
+        obs = np.where(done[:, None, None, None], np.repeat(self.new_frames()[:, None], 4, axis=1), nxt)
+        return nxt, done, obs
+
+
+def segments(store_frames: bool, T: int, count: int):
+    """(meta, arrays, wire bytes) of `count` segments the real writer encodes for DQN."""
+    dqn = algorithm.load("dqn")
+    args = build(dqn.Args, {}, "algo")
+    net = dqn.make_policy(OBS, ACT, args)
+    schema = algorithm.item_schema(dqn, net, OBS, ACT, args, ENVS, T, store_frames)
+    fields = schema.frames.fields if schema.frames else ()
+    writer = SegmentWriter(dqn, args, "r", 0, "x", ENVS, T, fields)
+    env, start = FrameStacks(), np.ones(ENVS, bool)
+    out = []
+    while len(out) < count:
+        obs = env.obs
+        nxt, done, new_obs = env.step()
+        writer.record(obs, np.zeros(ENVS, np.int64), np.ones(ENVS, np.float32), done, np.zeros(ENVS, bool), nxt,
+                      {}, start, {})
+        env.obs, start = new_obs, done
+        if writer.full:
+            frames = writer.encode()
+            writer.mark_sent()
+            decoded = wire.decode(frames)
+            out.append((decoded.meta, dict(decoded.arrays), sum(len(f) for f in frames)))
+    return schema, out
+
+
+def filled(schema, segs, capacity: int, sampler: str = "uniform"):
+    table = make_table(TableConfig(capacity=capacity, min_size=0, sampler=sampler), 0, schema)
+    i = 0
+    while table.next_id < capacity * 1.5:  # past full: both rings have wrapped
+        meta, arrays, _ = segs[i % len(segs)]
+        arrays = dict(arrays)
+        table.insert(arrays, pool=arrays.pop(FRAMES, None))
+        i += 1
+    return table
+
+
+def table_bytes(table) -> int:
+    ring = table.frame_ring.nbytes + table.item_frame0.nbytes if table.frame_ring is not None else 0
+    return sum(a.nbytes for a in table.storage.values()) + table.ids.nbytes + ring
+
+
+def sb3_filled(capacity: int):
+    from stable_baselines3.common.buffers import ReplayBuffer
+
+    buf = ReplayBuffer(capacity, OBS, ACT, device="cpu", n_envs=ENVS, optimize_memory_usage=True,
+                       handle_timeout_termination=False)
+    env = FrameStacks(1)
+    for _ in range(capacity // ENVS + 1):
+        obs = env.obs
+        nxt, done, env.obs = env.step()
+        buf.add(obs, nxt, np.zeros((ENVS, 1)), np.ones(ENVS, np.float32), done, [{} for _ in range(ENVS)])
+    per_transition = (buf.observations.nbytes + buf.actions.nbytes + buf.rewards.nbytes + buf.dones.nbytes) / capacity
+    return buf, per_transition
+
+
+def rate(fn, seconds: float) -> float:
+    n, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        fn()
+        n += 1
+    return n / elapsed
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--seconds", type=float, default=2.0)
+    p.add_argument("--capacity", type=int, default=100_000)
+    p.add_argument("--quick", action="store_true")
+    a = p.parse_args()
+    if a.quick:
+        a.rounds, a.seconds, a.capacity = 1, 0.3, 10_000
+    rows = []
+    results: dict = {}
+    schemas = {}
+    for T in (32, 128):
+        for store in (True, False):
+            schema, segs = segments(store, T, 12)
+            schemas[(T, store)] = (schema, segs)
+            wire_frames = statistics.mean(b for *_, b in segs) / (T * ENVS) / FRAME_BYTES
+            label = f"qrl, {'frames once' if store else 'pixels'}, segments of {T} steps"
+            results[f"wire {label}"] = wire_frames
+            rows.append(["actor -> broker per env frame", label, f"{wire_frames:.3f} frames", ""])
+    for T in (32, 128):
+        for store in (True, False):
+            schema, segs = schemas[(T, store)]
+            table = filled(schema, segs, a.capacity)
+            per = table_bytes(table) / table.size
+            label = f"qrl, {'frames once' if store else 'pixels'}, segments of {T} steps"
+            results[f"table {label}"] = per
+            rows.append(["table bytes per transition", label, f"{per:,.0f} B", f"held {table.size:,}"])
+            del table
+    buf, sb3_bytes = sb3_filled(a.capacity)
+    results["table sb3"] = sb3_bytes
+    rows.append(["table bytes per transition", "sb3 ReplayBuffer(optimize_memory_usage=True)", f"{sb3_bytes:,.0f} B",
+                 ""])
+    schema, segs = schemas[(128, True)]
+    table = filled(schema, segs, a.capacity)
+    impls = {"qrl table of frames: sample 32": lambda: table.sample(32),
+             "qrl table of frames: sample 32 + encode": lambda: wire.encode("batch", {}, table.sample_arrays(32)),
+             "sb3 optimize_memory_usage: sample 32": lambda: buf.sample(32)}
+    rates = {name: [] for name in impls}
+    for _ in range(a.rounds):  # interleaved rounds
+        for name, fn in impls.items():
+            rates[name].append(rate(fn, a.seconds))
+    ref = statistics.median(rates["sb3 optimize_memory_usage: sample 32"])
+    for name, vals in rates.items():
+        med = statistics.median(vals)
+        rows.append(["batches/s", name, f"{med:,.0f}", f"{med / ref:.2f}x sb3"])
+    out = print_table(["figure", "what", "median", "note"], rows)
+    save_results("frames", {"quick": a.quick, "rounds": a.rounds, "capacity": a.capacity, **out,
+                            "results": results, "sample_rates": rates})
+
+
+if __name__ == "__main__":
+    main()
