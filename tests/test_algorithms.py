@@ -68,9 +68,12 @@ PIXEL_SMOKE = [  # every algorithm that takes images, on images (its convolution
                             *PENDULUM_PIXELS]),
 ]
 """ql alone takes no images: its table has one row per discrete observation."""
-PROCESS_SMOKE = SMOKE + [case for case in PIXEL_SMOKE if case[1] == MINATAR and "algo.torso=impala" not in case[2]]
-"""Run as separate processes in both acting modes: every algorithm, and every one that takes images on
-MinAtar (the torso variants and the slow-rendering pixel Pendulum run in-process only, test_local.py)."""
+PIXEL_PROCESS = [case for case in PIXEL_SMOKE if case[1] == MINATAR and "algo.torso=impala" not in case[2]]
+PROCESS_SMOKE = ([(*case, mode) for case in SMOKE for mode in ("local", "central")]
+                 + [(*case, ("local", "central")[i % 2]) for i, case in enumerate(PIXEL_PROCESS)])
+"""Run as separate processes: every algorithm in both acting modes, and every one that takes images on
+MinAtar in one of them, alternating (the torso variants and the slow-rendering pixel Pendulum run
+in-process only, test_local.py, where every image algorithm also runs)."""
 
 
 def test_every_algorithm_has_a_smoke_run():
@@ -78,8 +81,7 @@ def test_every_algorithm_has_a_smoke_run():
     assert {algo for algo, _, _ in PIXEL_SMOKE} == set(algorithm.names()) - {"ql"}
 
 
-@pytest.mark.parametrize("mode", ["local", "central"])
-@pytest.mark.parametrize("algo, env, sets", PROCESS_SMOKE, ids=[f"{a}-{e}" for a, e, _ in PROCESS_SMOKE])
+@pytest.mark.parametrize("algo, env, sets, mode", PROCESS_SMOKE, ids=[f"{m}-{a}-{e}" for a, e, _, m in PROCESS_SMOKE])
 def test_smoke(algo, env, sets, mode, procs, tmp_path):
     """local: the actor runs the policy; central: `qrl inference` acts for an env-only actor."""
     _, address = procs.start_broker()
