@@ -321,8 +321,10 @@ class Broker:
         arrays = dict(msg.arrays)
         priorities = arrays.pop(INITIAL_PRIORITY, None)  # optional initial priorities computed by the actor
         pool = arrays.pop(FRAMES, None)  # a table of frames: the frames the items' references point into
+        stream = (meta["actor_id"], meta["incarnation"])  # whose previous segment its references may link to
         try:
-            n_items = self.table.check(arrays, priorities, frames=meta["frames"], pool=pool)
+            n_items = self.table.check(arrays, priorities, frames=meta["frames"], pool=pool, stream=stream,
+                                       seq=meta["seq"])
         except SchemaError as exc:
             return self._reject("ingest", exc.reason, str(exc))
         actor_id, incarnation, seq = meta["actor_id"], meta["incarnation"], meta["seq"]
@@ -353,13 +355,15 @@ class Broker:
         lag = self.weights_version - version
         bound = self.table.cfg.max_policy_lag
         code, seq = self._source_code(meta["incarnation"]), meta["seq"]
+        stream = (meta["actor_id"], meta["incarnation"])
         if bound is not None and lag > bound:
             self.stats.dropped_stale_segments += 1
             self.stats.dropped_stale_items += n_items
             self.stats.dropped_stale_frames += meta["frames"]
             self._release_at_ingest(code, seq)
+            self.table.keep_frames(arrays, pool, stream, seq)  # the stream's next segment may link to them
             return
-        self.table.store(arrays, n_items, priorities, version=version, source=(code, seq), pool=pool)
+        self.table.store(arrays, n_items, priorities, version, (code, seq), pool, stream, seq)
         s = self.stats
         if s.first_segment_time is None:
             s.first_segment_time = time.time()

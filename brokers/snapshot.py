@@ -2,7 +2,7 @@
 killed broker can be restarted without losing what it held.
 
 Format: one uncompressed .npz (numpy arrays only, loaded with allow_pickle=False) holding
-each table field, the item ids, a table of frames' ring and each item's first frame id, the cached weights (prefixed "w/") and a JSON document
+each table field, the item ids, a table of frames' ring, links and each item's oldest frame id, the cached weights (prefixed "w/") and a JSON document
 (as uint8 bytes) with the table config, counters, spec and weights version. It is written
 to a temporary file and renamed into place, and a SHA-256 of the file is written beside
 it the same way: a torn or corrupt snapshot fails the check and is reported, never loaded.
@@ -63,9 +63,10 @@ def save(directory: str | Path, table: ReplayTable, spec: dict[str, Any] | None,
            "inserted": table.limiter.inserted, "sampled": table.limiter.sampled,
            "spec": spec, "weights_version": weights_version, "accounting": accounting or {}}
     arrays = {} if queue else {f"f/{name}": store for name, store in table.storage.items()}
-    if table.frame_ring is not None and not queue:  # each frame once: the ring and where items start in it
-        doc.update(next_frame=table.next_frame, valid_from=table.valid_from)
-        arrays.update(frame_ring=table.frame_ring, item_frame0=table.item_frame0)
+    if table.ring is not None and not queue:  # each frame once: the ring, its links, each item's oldest frame
+        ring_doc, ring_arrays = table.ring.state()
+        doc.update(ring_doc, valid_from=table.valid_from)
+        arrays.update(ring_arrays, item_frame0=table.item_frame0)
     if table.prioritized:
         doc["max_priority"] = table.max_priority
         arrays["priority_leaves"] = table.priority_leaves()
@@ -104,10 +105,10 @@ def load(directory: str | Path, seed: int = 0) -> Restored | None:
         table.ids[:] = arrays["ids"]
         table.next_id, table.size = doc["next_id"], doc["size"]
         if "frame_ring" in arrays:
-            if table.frame_ring is None or arrays["frame_ring"].shape != table.frame_ring.shape:
-                raise ValueError("its frame ring does not match its schema")
-            table.frame_ring[:], table.item_frame0[:] = arrays["frame_ring"], arrays["item_frame0"]
-            table.next_frame, table.valid_from = int(doc["next_frame"]), int(doc["valid_from"])
+            if table.ring is None:
+                raise ValueError("it holds frames its schema does not declare")
+            table.ring.restore(doc, arrays)
+            table.item_frame0[:], table.valid_from = arrays["item_frame0"], int(doc["valid_from"])
         table.restored()
         table.limiter.inserted, table.limiter.sampled = doc["inserted"], doc["sampled"]
         if table.prioritized:

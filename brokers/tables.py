@@ -12,6 +12,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from qrl.brokers.frame_ring import FrameRing, RefError
 from qrl.brokers.sumtree import MinTree, SumTree
 
 SAMPLERS = ("uniform", "prioritized", "fifo")
@@ -31,6 +32,9 @@ class SchemaError(ValueError):
 
 
 MAX_ITEM_NDIM = 7
+MAX_REDRAWS = 8
+"""Draws a sample makes for items that lost a linked frame before the older items did (rare)."""
+MIN_RING_FRAMES = 4096
 
 
 @dataclass(frozen=True)
@@ -68,10 +72,11 @@ class FrameSpec:
         return np.dtype(self.dtype).itemsize * int(np.prod(self.shape))
 
     def ring_size(self, capacity: int) -> int:
-        """Frames the table keeps: enough for `capacity` items at per_item frames each, plus one
-        large segment; episode ends add a frame each, so items may go a little before the item
-        ring wraps (a table a little short of capacity, never a reference to a lost frame)."""
-        return math.ceil(capacity * self.per_item * 1.02) + 1024
+        """Frames the table keeps: enough for `capacity` items at per_item frames each (and at least
+        MIN_RING_FRAMES, so a small table still takes a large segment). Episode ends add a frame
+        each, so the oldest items may go a little before the item ring wraps: a table a little
+        short of capacity, never a reference to a lost frame."""
+        return max(math.ceil(capacity * self.per_item), MIN_RING_FRAMES)
 
 
 @dataclass(frozen=True)
@@ -130,9 +135,9 @@ class ItemSchema:
         return self.frames.fields if self.frames is not None else ()
 
     def _stored_bytes(self) -> int:
-        """Bytes of an item's own fields in the table (references as int64 global frame ids)."""
+        """Bytes of an item's own fields in the table (references as int32 slots of the frame ring)."""
         refs = self._references()
-        return sum((8 if name in refs else np.dtype(dtype).itemsize) * int(np.prod(shape))
+        return sum((4 if name in refs else np.dtype(dtype).itemsize) * int(np.prod(shape))
                    for name, dtype, shape in self.fields)
 
     def table_bytes(self, capacity: int) -> int:
@@ -249,11 +254,9 @@ class ReplayTable:
         self.schema: dict[str, tuple[np.dtype, tuple[int, ...]]] = {}
         self.storage: dict[str, np.ndarray] = {}
         self.floats: list[str] = []
-        # Each frame once (FrameSpec): the ring of frames, the global id of the next frame written,
-        # each item slot's first frame id (the first frame of the pool its segment brought), and the
-        # first item id whose frames are all still held (older ones are gone with their frames).
-        self.frame_ring: np.ndarray | None = None
-        self.next_frame = 0
+        # Each frame once (FrameSpec): the ring of frames, each item slot's oldest frame id (the item
+        # is served while the ring holds it), and the first item id not known to have lost a frame.
+        self.ring: FrameRing | None = None
         self.item_frame0 = np.zeros(0, dtype=np.int64)
         self.valid_from = 0
         if schema is not None:
@@ -276,12 +279,12 @@ class ReplayTable:
         self.item_schema = schema
         self.schema = {name: (np.dtype(dtype), shape) for name, dtype, shape in schema.fields}
         refs = self.references
-        self.storage = {name: np.zeros((self.cfg.capacity, *shape), dtype=np.int64 if name in refs else dtype)
+        self.storage = {name: np.zeros((self.cfg.capacity, *shape), dtype=np.int32 if name in refs else dtype)
                         for name, (dtype, shape) in self.schema.items()}
         self.floats = [name for name, (dtype, _) in self.schema.items() if dtype.kind == "f"]
-        if schema.frames is not None:
-            f = schema.frames
-            self.frame_ring = np.zeros((f.ring_size(self.cfg.capacity), *f.shape), dtype=f.dtype)
+        if schema.frames is not None:  # links between a stream's segments: replay tables (a queue's
+            f = schema.frames          # items must leave in order, docs/frames.md)
+            self.ring = FrameRing(f.ring_size(self.cfg.capacity), f.shape, f.dtype, self.cfg.sampler != "fifo")
             self.item_frame0 = np.zeros(self.cfg.capacity, dtype=np.int64)
 
     @property
@@ -296,12 +299,14 @@ class ReplayTable:
         return self.item_schema.frames_per_item if self.item_schema is not None else 1
 
     def check(self, arrays: Mapping[str, np.ndarray], priorities: np.ndarray | None = None,
-              frames: int | None = None, pool: np.ndarray | None = None) -> int:
+              frames: int | None = None, pool: np.ndarray | None = None, stream: Any = None,
+              seq: int | None = None) -> int:
         """Validate a batch of items against the schema; return how many items it holds.
         Checked: the field names, dtypes and trailing shapes, one leading (item) dimension of
         1..capacity, finite floats, numeric finite non-negative priorities (one per item),
         with ``frames`` that it equals items x frames_per_item, and for a table of frames the
-        pool (its dtype and frame shape, 1..ring size frames) and every reference (inside it)."""
+        pool (its dtype and frame shape, at most the ring's size) and every reference (inside it,
+        or linked to the previous segment, seq - 1, of the same ``stream``)."""
         if self.item_schema is None:
             if not arrays or any(name.startswith("_") for name in arrays):
                 raise SchemaError("an item needs at least one field, and names starting with '_' are reserved")
@@ -327,10 +332,11 @@ class ReplayTable:
         if priorities is not None and (priorities.shape != (n,) or priorities.dtype.kind not in "fiu"
                                        or not np.isfinite(priorities).all() or (priorities < 0).any()):
             raise SchemaError(f"_priority must be {n} finite non-negative numbers", "bad_priorities")
-        self._check_pool(arrays, pool)
+        self._check_pool(arrays, pool, stream, seq)
         return n
 
-    def _check_pool(self, arrays: Mapping[str, np.ndarray], pool: np.ndarray | None) -> None:
+    def _check_pool(self, arrays: Mapping[str, np.ndarray], pool: np.ndarray | None, stream: Any,
+                    seq: int | None) -> None:
         spec = self.item_schema.frames
         if spec is None:
             if pool is not None:
@@ -339,32 +345,30 @@ class ReplayTable:
         if pool is None or pool.dtype != np.dtype(spec.dtype) or pool.shape[1:] != spec.shape:
             got = "none" if pool is None else f"{pool.dtype}{list(pool.shape[1:])}"
             raise SchemaError(f"_frames: {got} != {spec.dtype}{list(spec.shape)}")
-        if not 0 < len(pool) <= len(self.frame_ring):
-            raise SchemaError(f"a pool of {len(pool)} frames; the table takes 1..{len(self.frame_ring)}",
-                              "bad_frame_count")
-        for name in spec.fields:
-            refs = arrays[name]
-            if refs.size and (refs.min() < 0 or refs.max() >= len(pool)):
-                raise SchemaError(f"{name}: a reference outside the segment's {len(pool)} frames", "bad_reference")
+        try:
+            self.ring.check([arrays[name] for name in spec.fields], pool, stream, seq)
+        except RefError as exc:
+            raise SchemaError(str(exc), exc.reason) from None
 
     def insert(self, arrays: Mapping[str, np.ndarray], priorities: np.ndarray | None = None,
-               version: int = 0, pool: np.ndarray | None = None) -> int:
+               version: int = 0, pool: np.ndarray | None = None, stream: Any = None, seq: int | None = None) -> int:
         """Check and store a batch of items (``version``, the policy that made them, matters to
-        FIFO queues only; ``pool``: the frames its references point into); return how many were
-        stored."""
-        n = self.check(arrays, priorities, pool=pool)
-        self.store(arrays, n, priorities, version, pool=pool)
+        FIFO queues only; ``pool``: the frames its references point into, ``stream`` and ``seq``:
+        whose segment it is, for links); return how many were stored."""
+        n = self.check(arrays, priorities, pool=pool, stream=stream, seq=seq)
+        self.store(arrays, n, priorities, version, pool=pool, stream=stream, seq=seq)
         return n
 
     def store(self, arrays: Mapping[str, np.ndarray], n: int, priorities: np.ndarray | None = None,
-              version: int = 0, source: tuple[int, int] = (-1, -1), pool: np.ndarray | None = None) -> None:
+              version: int = 0, source: tuple[int, int] = (-1, -1), pool: np.ndarray | None = None,
+              stream: Any = None, seq: int | None = None) -> None:
         """Store n items that check() has passed (the broker checks before its sequence
         accounting, then stores, so no segment is scanned twice). source: the segment's (code,
         seq); a replay table is done with it once stored (it can be sampled from then on)."""
         self._mark_released(*source)
         if priorities is not None:
             priorities = np.asarray(priorities, dtype=np.float64)
-        arrays = self._write_frames(arrays, pool)
+        arrays = self._write_frames(arrays, pool, stream, seq)
         new_ids = self._write(arrays, n)
         if self.prioritized:
             if priorities is None:
@@ -376,32 +380,45 @@ class ReplayTable:
         self.limiter.inserted += n
         self._drop_frameless()
 
-    def _write_frames(self, arrays: Mapping[str, np.ndarray], pool: np.ndarray | None) -> Mapping[str, np.ndarray]:
+    def _write_frames(self, arrays: Mapping[str, np.ndarray], pool: np.ndarray | None, stream: Any = None,
+                      seq: int | None = None) -> Mapping[str, np.ndarray]:
         """Write a segment's pool into the frame ring; its items' references become global
-        frame ids, and its first frame id goes with each item (_write)."""
+        frame ids, and each item's oldest frame id goes with it (_write)."""
         if pool is None:
             return arrays
-        ring, first = self.frame_ring, self.next_frame
-        slots = np.arange(first, first + len(pool)) % len(ring)
-        ring[slots] = pool
-        self.next_frame += len(pool)
-        self._segment_frame0 = first
-        return {name: (a.astype(np.int64) + first if name in self.references else a) for name, a in arrays.items()}
+        arrays, self._items_frame0 = self.ring.write(arrays, self.references, pool, stream, seq)
+        return arrays
+
+    def keep_frames(self, arrays: Mapping[str, np.ndarray], pool: np.ndarray | None, stream: Any,
+                    seq: int | None) -> None:
+        """A checked segment whose items are dropped (too stale): its frames are kept all the same,
+        since the stream's next segment may link to them."""
+        if pool is not None and self.ring is not None and self.ring.linkable:
+            self.ring.write(arrays, self.references, pool, stream, seq)
+            self._drop_frameless()
 
     def _drop_frameless(self) -> None:
         """Items whose frames the ring has overwritten are no longer served. Segments are written
-        in order, frames then items, so those items are always the oldest ones: the live items
-        are ids [max(valid_from, next_id - capacity), next_id)."""
-        if self.frame_ring is not None:
-            oldest_frame = self.next_frame - len(self.frame_ring)
-            first = max(self.valid_from, self.next_id - self.cfg.capacity)
-            if first < self.next_id and self.item_frame0[first % self.cfg.capacity] < oldest_frame:
-                ids = np.arange(first, self.next_id)
-                gone = int(np.searchsorted(self.item_frame0[ids % self.cfg.capacity], oldest_frame))
-                self.valid_from = first + gone
-                if self.prioritized and gone:
-                    self._forget(ids[:gone] % self.cfg.capacity)
+        in order, so those items are nearly always the oldest: valid_from moves past them, and
+        the live items are ids [max(valid_from, next_id - capacity), next_id). An item that
+        linked to a much older segment of its stream can lose its frames before older items do;
+        sampling skips it (_live)."""
+        if self.ring is not None:
+            oldest, cap = self.ring.oldest, self.cfg.capacity
+            first = max(self.valid_from, self.next_id - cap)
+            while first < self.next_id and self.item_frame0[first % cap] < oldest:
+                ids = np.arange(first, min(self.next_id, first + 4096))
+                lost = self.item_frame0[ids % cap] < oldest
+                gone = len(ids) if lost.all() else int(np.argmin(lost))  # up to the first item still whole
+                if self.prioritized:
+                    self._forget(ids[:gone] % cap)
+                first += gone
+            self.valid_from = first
         self.size = self.next_id - max(self.valid_from, self.next_id - self.cfg.capacity)
+
+    def _live(self, slots: np.ndarray) -> np.ndarray:
+        """Which of these slots' items still have all their frames."""
+        return self.item_frame0[slots] >= self.ring.oldest
 
     def _forget(self, slots: np.ndarray) -> None:
         """Take items out of the priority trees (their frames are gone)."""
@@ -420,8 +437,8 @@ class ReplayTable:
         new_ids = np.arange(self.next_id, self.next_id + n, dtype=np.int64)
         self.ids[start:start + first] = new_ids[:first]
         self.ids[: n - first] = new_ids[first:]
-        if self.frame_ring is not None:
-            self.item_frame0[new_ids % cap] = self._segment_frame0
+        if self.ring is not None:
+            self.item_frame0[new_ids % cap] = self._items_frame0
         return new_ids
 
     def _set_priorities(self, slots: np.ndarray, priorities: np.ndarray) -> None:
@@ -438,26 +455,40 @@ class ReplayTable:
     def sample(self, batch_size: int, beta: float = 1.0) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None]:
         """A batch (with replacement), the ids of its items, and for the prioritized sampler the
         importance weights (size * P(i)) ** -beta, divided by their largest possible value."""
+        idx = self._draw(batch_size)
+        for _ in range(MAX_REDRAWS if self.ring is not None else 0):  # items that lost a linked frame
+            lost = ~self._live(idx)
+            if not lost.any():
+                break
+            if self.prioritized:
+                self._forget(idx[lost])
+            idx[lost] = self._draw(int(lost.sum()))
+        else:
+            if self.ring is not None:  # still some: the newest item, which is always whole
+                idx[~self._live(idx)] = (self.next_id - 1) % self.cfg.capacity
         weights = None
         if self.prioritized:
             total = self.sum_tree.root
-            # Stratified: one draw from each of batch_size equal slices of the priority mass.
-            mass = (np.arange(batch_size) + self.rng.random(batch_size)) * (total / batch_size)
-            idx = np.minimum(self.sum_tree.find_prefix(mass), min(self.next_id, self.cfg.capacity) - 1)
-            forgotten = self.sum_tree[idx] <= 0  # rounding at a boundary next to a dropped item
-            idx[forgotten] = (self.next_id - 1) % self.cfg.capacity
             probs = self.sum_tree[idx] / total
             min_prob = self.min_tree.root / total
             weights = ((probs / min_prob) ** -beta).astype(np.float32)  # = (N P(i))^-b / (N P_min)^-b
-        else:
-            idx = self.rng.integers(self.next_id - self.size, self.next_id, size=batch_size) % self.cfg.capacity
         self.limiter.sampled += batch_size
         return self.gather(idx), self.ids[idx], weights
 
+    def _draw(self, batch_size: int) -> np.ndarray:
+        """Slots: stratified by priority mass (one draw from each of batch_size equal slices), or uniform."""
+        if not self.prioritized:
+            return self.rng.integers(self.next_id - self.size, self.next_id, size=batch_size) % self.cfg.capacity
+        total = self.sum_tree.root
+        mass = (np.arange(batch_size) + self.rng.random(batch_size)) * (total / batch_size)
+        idx = np.minimum(self.sum_tree.find_prefix(mass), min(self.next_id, self.cfg.capacity) - 1)
+        idx[self.sum_tree[idx] <= 0] = (self.next_id - 1) % self.cfg.capacity  # rounding next to a dropped item
+        return idx
+
     def gather(self, slots: np.ndarray) -> dict[str, np.ndarray]:
         """The items in these slots as a batch: references become their frames."""
-        refs, ring = self.references, self.frame_ring
-        return {name: ring[store[slots] % len(ring)] if name in refs else store[slots]
+        refs = self.references
+        return {name: self.ring.gather(store[slots]) if name in refs else store[slots]
                 for name, store in self.storage.items()}
 
     def drop_stale(self, current_version: int) -> int:
@@ -546,8 +577,9 @@ class QueueTable(ReplayTable):
         self.sources = np.full((cfg.capacity, 2), -1, dtype=np.int64)
 
     def store(self, arrays: Mapping[str, np.ndarray], n: int, priorities: np.ndarray | None = None,
-              version: int = 0, source: tuple[int, int] = (-1, -1), pool: np.ndarray | None = None) -> None:
-        arrays = self._write_frames(arrays, pool)
+              version: int = 0, source: tuple[int, int] = (-1, -1), pool: np.ndarray | None = None,
+              stream: Any = None, seq: int | None = None) -> None:
+        arrays = self._write_frames(arrays, pool)  # no links in a queue: stream and seq are not needed
         overflow = max(0, self.size + n - self.cfg.capacity)
         if overflow:  # only when flush reads past a full queue: the oldest make room, counted
             self._release(np.arange(self.head, self.head + overflow) % self.cfg.capacity)
@@ -565,10 +597,10 @@ class QueueTable(ReplayTable):
     def _drop_frameless(self) -> None:
         """Queued items whose frames the ring overwrote (a ring sized for the queue makes this
         rare: segments with far more frames per item than declared) leave, counted as overflow."""
-        if self.frame_ring is None:
+        if self.ring is None:
             return
-        slots = self._queued_slots()
-        gone = int(np.searchsorted(self.item_frame0[slots], self.next_frame - len(self.frame_ring)))
+        slots = self._queued_slots()  # no links in a queue: items' first frames are in order
+        gone = int(np.searchsorted(self.item_frame0[slots], self.ring.oldest))
         if gone:
             self._release(slots[:gone])
             self.head += gone
@@ -602,7 +634,7 @@ class QueueTable(ReplayTable):
             keep = slots[fresh]
             kept = {name: store[keep] for name, store in self.storage.items()}
             versions, sources = self.versions[keep], self.sources[keep]
-            frame0 = self.item_frame0[keep] if self.frame_ring is not None else None
+            frame0 = self.item_frame0[keep] if self.ring is not None else None
             self.head = self.next_id - len(keep)
             new_slots = np.arange(self.head, self.next_id) % self.cfg.capacity
             for name, a in kept.items():

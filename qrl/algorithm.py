@@ -422,11 +422,12 @@ def stack_steps(steps: list[dict[str, Any]], before: int, num_steps: int) -> Rol
 
 
 def item_schema(agent: Agent, net, obs_space, action_space, args, num_envs: int, num_steps: int,
-                store_frames: bool = True):
+                store_frames: bool = True, frame_links: bool = False):
     """The broker's item schema for this algorithm (sent with `register`), found by running its own
     actor path once on sampled observations: the actor core, act, make_items. Also how many env frames
     one item covers, so the broker can check each segment's `frames`, and for image observations
-    (unless store_frames is off) which fields travel as frame references (qrl/frames.py)."""
+    (unless store_frames is off) which fields travel as frame references (qrl/frames.py) and how
+    many frames an item brings (fewer where segments link to the previous one's frames)."""
     from qrl import frames
     from qrl.brokers.tables import FrameSpec, ItemSchema
 
@@ -452,5 +453,9 @@ def item_schema(agent: Agent, net, obs_space, action_space, args, num_envs: int,
     if plan is None:
         return ItemSchema.of(items, (num_steps * num_envs) // n_items)
     items, _ = frames.indexed_items(agent.make_items, rollout, args, plan.layout, plan.fields)
-    spec = FrameSpec(plan.layout.dtype, plan.layout.frame_shape, plan.fields, plan.per_item)
-    return ItemSchema.of(items, (num_steps * num_envs) // n_items, spec)
+    frames_per_item = (num_steps * num_envs) // n_items
+    per_item = plan.per_item
+    if frame_links:  # one new frame per env step; only the self-contained segments resend the overlap
+        per_item = frames_per_item + max(0.0, plan.per_item - frames_per_item) / frames.KEYFRAME_EVERY
+    spec = FrameSpec(plan.layout.dtype, plan.layout.frame_shape, plan.fields, per_item)
+    return ItemSchema.of(items, frames_per_item, spec)

@@ -152,3 +152,30 @@ def plan(make_items: Callable, rollout, args, obs_shape: tuple[int, ...], dtype:
     n_items = len(next(iter(expected.values())))
     used = np.unique(np.concatenate([got[f].ravel() for f in fields]))
     return Plan(lay, fields, len(used) / n_items)
+
+
+KEYFRAME_EVERY = 16
+"""A linking writer sends every this-many-th segment self-contained: a segment the broker never
+stored (lost with a broker restart) breaks the links of at most this many - 1 after it."""
+
+
+def link(items: dict[str, np.ndarray], pool: np.ndarray, fields: tuple[str, ...], previous: dict[bytes, int]
+         ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[bytes, int]]:
+    """Items whose frames were in the previous segment point there instead of resending them
+    (docs/protocol.md, "Frames"): a frame equal to the previous segment's logical frame j becomes
+    reference -(j + 1). Returns the items, the pool of new frames, and this segment's logical
+    frames (content -> position in its sorted distinct references) for the next one."""
+    keys = [f.tobytes() for f in pool]
+    wire = np.empty(len(pool), np.int64)
+    new: list[int] = []
+    for u, key in enumerate(keys):
+        j = previous.get(key)
+        if j is None:
+            wire[u] = len(new)
+            new.append(u)
+        else:
+            wire[u] = -(j + 1)
+    items = {name: (wire[a].astype(np.int32) if name in fields else a) for name, a in items.items()}
+    logical = np.unique(wire)  # the broker's list for the next segment: sorted distinct references
+    position = np.searchsorted(logical, wire)
+    return items, pool[np.asarray(new, dtype=np.int64)], {key: int(p) for key, p in zip(keys, position)}

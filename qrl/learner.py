@@ -78,9 +78,11 @@ class LearnerProcess:
         if run_cfg.normalize_obs or run_cfg.normalize_reward:
             self.normalizer = Normalizer(self.obs_space.shape, run_cfg.normalize_obs, run_cfg.normalize_reward)
         self.eval_net = self.agent.make_policy(self.obs_space, self.action_space, self.args)
+        # Links between a stream's segments: replay tables (a queue's items leave in order, brokers/frame_ring.py).
+        links = self.agent.table_config(self.args).sampler != "fifo"
         self.item_schema = algorithm.item_schema(self.agent, self.eval_net, self.obs_space, self.action_space,
                                                  self.args, run_cfg.num_envs, run_cfg.segment_length,
-                                                 run_cfg.store_frames)
+                                                 run_cfg.store_frames, links)
         self.target_return = run_cfg.target_return
         if self.target_return is None:
             self.target_return = envs.spec(opts.env).reward_threshold
@@ -129,13 +131,19 @@ class LearnerProcess:
                 "args": dataclasses.asdict(self.args),
                 "run": {"num_envs": c.num_envs, "segment_length": c.segment_length, "seed": c.seed,
                         "sync_actors": c.sync_actors, "sync_lead": c.sync_lead,
-                        "frame_fields": list(self.frame_fields)}}
+                        "frame_fields": list(self.frame_fields), "frame_links": self.frame_links}}
 
     @property
     def frame_fields(self) -> tuple[str, ...]:
         """The item fields actors send as frame references (none unless the table stores frames)."""
         frames = self.item_schema.frames
         return frames.fields if frames is not None else ()
+
+    @property
+    def frame_links(self) -> bool:
+        """Whether references may point into a stream's previous segment (replay tables: a queue's
+        items must leave in order, brokers/frame_ring.py)."""
+        return bool(self.frame_fields) and self.table_config().sampler != "fifo"
 
     def connect(self, ctx: zmq.Context) -> None:
         self.ctx = ctx

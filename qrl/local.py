@@ -68,7 +68,7 @@ class LocalRun(LearnerProcess):
         env = envs.make_vector_env(self.opts.env, c.num_envs, c.env_kwargs, c.wrappers)
         core = self.agent.make_core(self.args, actor_id, self.num_actors, c.num_envs, seed)
         writer = SegmentWriter(self.agent, self.args, self.run_id, actor_id, "local", c.num_envs, c.segment_length,
-                               self.frame_fields)
+                               self.frame_fields, self.frame_links)
         return Acting(env, core, writer, self.policy, seed)
 
     def close(self) -> None:
@@ -106,11 +106,14 @@ class LocalRun(LearnerProcess):
         items = dict(items)
         priorities = items.pop(INITIAL_PRIORITY, None)
         pool = items.pop(FRAMES, None)
+        stream = (meta["actor_id"], meta["incarnation"])
         try:
-            n_items = self.table.check(items, priorities, frames=meta["frames"], pool=pool)
+            n_items = self.table.check(items, priorities, frames=meta["frames"], pool=pool, stream=stream,
+                                       seq=meta["seq"])
         except SchemaError as exc:  # the broker would drop it; here it is the algorithm's own bug
             raise RuntimeError(f"{self.opts.algo}: a segment does not fit the table: {exc}") from None
-        self.table.store(items, n_items, priorities, version=self.weights_version, pool=pool)
+        self.table.store(items, n_items, priorities, version=self.weights_version, pool=pool, stream=stream,
+                         seq=meta["seq"])
         self.live.frames += meta["frames"]
         self.episode_returns.extend(meta["episode_returns"])
 

@@ -55,43 +55,53 @@ class FrameStacks:
         return nxt, done, obs
 
 
-def segments(store_frames: bool, T: int, count: int):
-    """(meta, arrays, wire bytes) of `count` segments the real writer encodes for DQN."""
+VARIANTS = {"pixels": (False, False), "frames once": (True, False), "frames once + links": (True, True)}
+"""Label -> (run.store_frames, links to the previous segment)."""
+
+
+def writer_segments(variant: str, T: int):
+    """The schema, and an endless stream of (meta, arrays, wire bytes) the real writer encodes for DQN."""
+    store, links = VARIANTS[variant]
     dqn = algorithm.load("dqn")
     args = build(dqn.Args, {}, "algo")
     net = dqn.make_policy(OBS, ACT, args)
-    schema = algorithm.item_schema(dqn, net, OBS, ACT, args, ENVS, T, store_frames)
+    schema = algorithm.item_schema(dqn, net, OBS, ACT, args, ENVS, T, store, links)
     fields = schema.frames.fields if schema.frames else ()
-    writer = SegmentWriter(dqn, args, "r", 0, "x", ENVS, T, fields)
-    env, start = FrameStacks(), np.ones(ENVS, bool)
-    out = []
-    while len(out) < count:
-        obs = env.obs
-        nxt, done, new_obs = env.step()
-        writer.record(obs, np.zeros(ENVS, np.int64), np.ones(ENVS, np.float32), done, np.zeros(ENVS, bool), nxt,
-                      {}, start, {})
-        env.obs, start = new_obs, done
-        if writer.full:
-            frames = writer.encode()
-            writer.mark_sent()
-            decoded = wire.decode(frames)
-            out.append((decoded.meta, dict(decoded.arrays), sum(len(f) for f in frames)))
-    return schema, out
+
+    def stream():
+        writer = SegmentWriter(dqn, args, "r", 0, "x", ENVS, T, fields, links)
+        env, start = FrameStacks(), np.ones(ENVS, bool)
+        while True:
+            obs = env.obs
+            nxt, done, new_obs = env.step()
+            writer.record(obs, np.zeros(ENVS, np.int64), np.ones(ENVS, np.float32), done, np.zeros(ENVS, bool), nxt,
+                          {}, start, {})
+            env.obs, start = new_obs, done
+            if writer.full:
+                frames = writer.encode()
+                writer.mark_sent()
+                decoded = wire.decode(frames)
+                yield decoded.meta, dict(decoded.arrays), sum(len(f) for f in frames)
+
+    return schema, stream()
 
 
-def filled(schema, segs, capacity: int, sampler: str = "uniform"):
+def filled(variant: str, T: int, capacity: int, sampler: str = "uniform"):
+    """A table filled past full by the writer's segments (both rings have wrapped), and the mean
+    wire bytes of a segment."""
+    schema, segments = writer_segments(variant, T)
     table = make_table(TableConfig(capacity=capacity, min_size=0, sampler=sampler), 0, schema)
-    i = 0
-    while table.next_id < capacity * 1.5:  # past full: both rings have wrapped
-        meta, arrays, _ = segs[i % len(segs)]
-        arrays = dict(arrays)
-        table.insert(arrays, pool=arrays.pop(FRAMES, None))
-        i += 1
-    return table
+    sizes = []
+    while table.next_id < capacity * 1.5:
+        meta, arrays, nbytes = next(segments)
+        sizes.append(nbytes)
+        table.insert(arrays, pool=arrays.pop(FRAMES, None), stream=(meta["actor_id"], meta["incarnation"]),
+                     seq=meta["seq"])
+    return table, statistics.mean(sizes)
 
 
 def table_bytes(table) -> int:
-    ring = table.frame_ring.nbytes + table.item_frame0.nbytes if table.frame_ring is not None else 0
+    ring = table.ring.frames.nbytes + table.item_frame0.nbytes if table.ring is not None else 0
     return sum(a.nbytes for a in table.storage.values()) + table.ids.nbytes + ring
 
 
@@ -126,32 +136,22 @@ def main() -> None:
     a = p.parse_args()
     if a.quick:
         a.rounds, a.seconds, a.capacity = 1, 0.3, 10_000
-    rows = []
-    results: dict = {}
-    schemas = {}
+    rows, results = [], {}
     for T in (32, 128):
-        for store in (True, False):
-            schema, segs = segments(store, T, 12)
-            schemas[(T, store)] = (schema, segs)
-            wire_frames = statistics.mean(b for *_, b in segs) / (T * ENVS) / FRAME_BYTES
-            label = f"qrl, {'frames once' if store else 'pixels'}, segments of {T} steps"
-            results[f"wire {label}"] = wire_frames
-            rows.append(["actor -> broker per env frame", label, f"{wire_frames:.3f} frames", ""])
-    for T in (32, 128):
-        for store in (True, False):
-            schema, segs = schemas[(T, store)]
-            table = filled(schema, segs, a.capacity)
+        for variant in VARIANTS:
+            table, segment_bytes = filled(variant, T, a.capacity)
+            label = f"qrl {variant}, segments of {T} steps"
+            wire_frames = segment_bytes / (T * ENVS) / FRAME_BYTES
             per = table_bytes(table) / table.size
-            label = f"qrl, {'frames once' if store else 'pixels'}, segments of {T} steps"
-            results[f"table {label}"] = per
+            results[f"wire {label}"], results[f"table {label}"] = wire_frames, per
+            rows.append(["actor -> broker per env frame", label, f"{wire_frames:.3f} frames", ""])
             rows.append(["table bytes per transition", label, f"{per:,.0f} B", f"held {table.size:,}"])
             del table
     buf, sb3_bytes = sb3_filled(a.capacity)
     results["table sb3"] = sb3_bytes
     rows.append(["table bytes per transition", "sb3 ReplayBuffer(optimize_memory_usage=True)", f"{sb3_bytes:,.0f} B",
                  ""])
-    schema, segs = schemas[(128, True)]
-    table = filled(schema, segs, a.capacity)
+    table, _ = filled("frames once + links", 128, a.capacity)
     impls = {"qrl table of frames: sample 32": lambda: table.sample(32),
              "qrl table of frames: sample 32 + encode": lambda: wire.encode("batch", {}, table.sample_arrays(32)),
              "sb3 optimize_memory_usage: sample 32": lambda: buf.sample(32)}

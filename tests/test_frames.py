@@ -131,7 +131,7 @@ def test_items_are_served_as_their_frames_and_the_ring_holds_each_frame_once():
     table = frame_table()
     items, pool = frame_segment(10, 4)
     assert table.insert(items, pool=pool) == 4
-    assert table.next_frame == 5  # 5 frames stored for 4 items of 2 frames each
+    assert table.ring.next == 5  # 5 frames stored for 4 items of 2 frames each
     batch, ids, _ = table.sample(16)
     assert batch["obs"].shape == (16, 2, H, H) and batch["obs"].dtype == np.uint8
     np.testing.assert_array_equal(batch["obs"][:, 0, 0, 0], batch["action"])
@@ -141,14 +141,14 @@ def test_items_are_served_as_their_frames_and_the_ring_holds_each_frame_once():
 @pytest.mark.parametrize("sampler", ["uniform", "prioritized", "fifo"])
 def test_both_rings_wrap_and_every_served_item_is_its_own_frames(sampler):
     table = frame_table(capacity=64, sampler=sampler, per_item=1.0)
-    ring, n = len(table.frame_ring), 50
-    for s in range(30):  # 30 segments of 50 items and 51 frames: the frame ring (1090) wraps
+    ring, n = len(table.ring.frames), 50
+    for s in range(100):  # 100 segments of 50 items and 51 frames: the frame ring (4096) wraps
         items, pool = frame_segment(s * 7, n)
         table.insert(items, pool=pool)
         if sampler == "fifo":
             batch, _, _ = table.sample(n)
             np.testing.assert_array_equal(batch["obs"][:, 0, 0, 0], batch["action"] % 256)
-    assert table.next_frame == 30 * (n + 1) > ring
+    assert table.ring.next == 100 * (n + 1) > ring
     if sampler != "fifo":
         batch, ids, _ = table.sample(64)
         np.testing.assert_array_equal(batch["obs"][:, 0, 0, 0], batch["action"] % 256)
@@ -157,21 +157,22 @@ def test_both_rings_wrap_and_every_served_item_is_its_own_frames(sampler):
 
 
 def test_a_small_ring_drops_the_oldest_items_with_their_frames():
-    table = frame_table(capacity=2000, per_item=0.01)  # a ring of 1044 frames for 2000 items
-    for s in range(15):
+    table = frame_table(capacity=10_000, per_item=0.01)  # a ring of 4096 frames for 10,000 items
+    for s in range(60):
         items, pool = frame_segment(s, 100)
         table.insert(items, pool=pool)
-    assert table.next_id == 1500 and table.size < 1500
-    oldest_frame = table.next_frame - len(table.frame_ring)
+    assert table.next_id == 6000 and table.size < 6000
+    oldest_frame = table.ring.next - len(table.ring.frames)
     live = np.arange(table.next_id - table.size, table.next_id) % table.cfg.capacity
-    assert (table.item_frame0[live] >= oldest_frame).all() and table.size >= len(table.frame_ring) // 101 * 100 - 100
+    assert (table.item_frame0[live] >= oldest_frame).all() and table.size >= len(table.ring.frames) // 101 * 100 - 100
     batch, _, _ = table.sample(256)
     np.testing.assert_array_equal(batch["obs"][:, 0, 0, 0], batch["action"] % 256)
 
 
 HOSTILE = {
     "a reference past the pool": lambda items, pool: ({**items, "obs": items["obs"] + 1}, pool, "bad_reference"),
-    "a negative reference": lambda items, pool: ({**items, "obs": items["obs"] - 1}, pool, "bad_reference"),
+    "a link with no previous segment": lambda items, pool: ({**items, "obs": items["obs"] - 1}, pool,
+                                                            "missing_frames"),
     "no pool": lambda items, pool: (items, None, "schema_mismatch"),
     "frames of another shape": lambda items, pool: (items, pool[:, :2], "schema_mismatch"),
     "frames of another dtype": lambda items, pool: (items, pool.astype(np.float32), "schema_mismatch"),
@@ -188,7 +189,7 @@ def test_references_outside_a_segment_s_frames_are_refused(case):
     with pytest.raises(SchemaError) as err:
         table.check(items, pool=pool)
     assert err.value.reason == reason
-    assert table.next_frame == 0 and table.size == 0
+    assert table.ring.next == 0 and table.size == 0
 
 
 def test_a_pool_for_a_table_without_frames_is_refused():
@@ -199,8 +200,8 @@ def test_a_pool_for_a_table_without_frames_is_refused():
 
 @pytest.mark.parametrize("sampler", ["uniform", "prioritized"])
 def test_a_snapshot_of_a_table_of_frames_restores_exactly(tmp_path, sampler):
-    table = frame_table(capacity=2000, sampler=sampler, per_item=0.01)  # frames run out first
-    for s in range(14):
+    table = frame_table(capacity=10_000, sampler=sampler, per_item=0.01)  # frames run out first
+    for s in range(50):
         items, pool = frame_segment(s * 3, 100)
         table.insert(items, pool=pool)
     if table.prioritized:
@@ -208,9 +209,9 @@ def test_a_snapshot_of_a_table_of_frames_restores_exactly(tmp_path, sampler):
     assert table.valid_from > 0  # the ring wrapped and took the oldest items with it
     snapshot.save(tmp_path, table, SPEC, {"w": np.ones(2, np.float32)}, 3)
     restored = snapshot.load(tmp_path, seed=0).table
-    np.testing.assert_array_equal(restored.frame_ring, table.frame_ring)
+    np.testing.assert_array_equal(restored.ring.frames, table.ring.frames)
     np.testing.assert_array_equal(restored.item_frame0, table.item_frame0)
-    assert (restored.next_frame, restored.valid_from, restored.size) == (table.next_frame, table.valid_from, table.size)
+    assert (restored.ring.next, restored.valid_from, restored.size) == (table.ring.next, table.valid_from, table.size)
     for name in table.storage:
         np.testing.assert_array_equal(restored.storage[name], table.storage[name])
     table.rng, restored.rng = np.random.default_rng(5), np.random.default_rng(5)
@@ -280,3 +281,120 @@ def test_a_dataclass_rollout_keeps_its_fields_when_indexed():
     frames.indexed_items(algorithm.load("dqn").make_items, rollout, build(algorithm.load("dqn").Args, {"n_step": 1},
                          "algo"), LAYOUT, ("obs", "next_obs"))
     assert rollout.obs is before.obs and rollout.obs.dtype == np.uint8
+
+
+# -- links to the previous segment ---------------------------------------------------------------
+
+def stacked_steps(steps, envs=2, episode=23, side=6, seed=0):
+    """(obs, next_obs, done) per step of `envs` frame-stacked environments of side x side frames."""
+    rng = np.random.default_rng(seed)
+    new = lambda: rng.integers(0, 256, (envs, side, side), dtype=np.uint8)
+    obs = np.repeat(new()[:, None], K, axis=1)
+    for t in range(1, steps + 1):
+        nxt = np.concatenate([obs[:, 1:], new()[:, None]], axis=1)
+        done = np.full(envs, t % episode == 0)
+        yield obs, nxt, done
+        obs = np.where(done[:, None, None, None], np.repeat(new()[:, None], K, axis=1), nxt)
+
+
+def written(segment_length=8, steps=400, links=True, fields=("obs", "next_obs")):
+    """The wire segments (meta, arrays) a DQN SegmentWriter makes of stacked_steps."""
+    from qrl.acting.segments import SegmentWriter
+
+    dqn = algorithm.load("dqn")
+    args = build(dqn.Args, {"n_step": 3}, "algo")
+    writer = SegmentWriter(dqn, args, "r1", 0, "x", 2, segment_length, fields, links)
+    start, out = np.ones(2, bool), []
+    for obs, nxt, done in stacked_steps(steps):
+        writer.record(obs, np.zeros(2, np.int64), np.ones(2, np.float32), done, np.zeros(2, bool), nxt, {}, start, {})
+        start = done
+        if writer.full:
+            meta, arrays = writer.segment()
+            writer.mark_sent()
+            out.append((meta, dict(arrays)))
+    return out
+
+
+def linked_table(capacity=1000, sampler="uniform"):
+    spec = FrameSpec("|u1", (6, 6), ("obs", "next_obs"), 1.0)
+    schema = ItemSchema((("obs", "<i4", (K,)), ("action", "<i8", ()), ("return", "<f4", ()),
+                         ("discount", "<f4", ()), ("next_obs", "<i4", (K,))), 1, spec)
+    return make_table(TableConfig(capacity=capacity, sampler=sampler, min_size=1), seed=0, schema=schema)
+
+
+def put(table, meta, arrays):
+    arrays = dict(arrays)
+    pool = arrays.pop(FRAMES)
+    return table.insert(arrays, pool=pool, stream=(meta["actor_id"], meta["incarnation"]), seq=meta["seq"])
+
+
+@pytest.mark.parametrize("sampler", ["uniform", "prioritized"])
+def test_linked_segments_store_each_frame_once_and_serve_the_pixels_exactly(sampler):
+    linked, pixels = written(links=True), written(links=False, fields=())
+    table = linked_table(sampler=sampler)
+    for meta, arrays in linked:
+        put(table, meta, arrays)
+    expected = {name: np.concatenate([a[name] for _, a in pixels]) for name in ("obs", "next_obs", "action")}
+    served = table.gather(np.arange(table.next_id) % table.cfg.capacity)
+    for name in ("obs", "next_obs"):
+        np.testing.assert_array_equal(served[name], expected[name])
+    sent = sum(len(a[FRAMES]) for _, a in linked)
+    steps = 8 * len(linked) * 2  # 2 envs
+    # one new frame per env step, the episodes' first and final frames, and the overlap of the
+    # self-contained segment every KEYFRAME_EVERY: about 1.1x here (tiny 8-step segments)
+    assert table.ring.next == sent and sent < 1.2 * steps
+    assert sum(len(a[FRAMES]) for _, a in written(links=False)) > 1.6 * steps  # without links: the overlaps
+
+
+def test_links_to_a_segment_the_table_does_not_hold_are_refused_until_a_self_contained_one():
+    segs = written(steps=8 * 40)
+    table = linked_table()
+    put(table, *segs[0])
+    with pytest.raises(SchemaError) as err:  # seq 2 links to seq 1, which never arrived
+        put(table, *segs[2])
+    assert err.value.reason == "missing_frames"
+    meta, arrays = segs[1]
+    with pytest.raises(SchemaError) as err:  # a link past the previous segment's logical frames
+        put(table, meta, {**arrays, "obs": np.full_like(arrays["obs"], -10_000)})
+    assert err.value.reason == "bad_reference"
+    put(table, *segs[1])
+    for meta, arrays in segs[3:16]:  # each links to one the table refused or never had
+        with pytest.raises(SchemaError):
+            put(table, meta, arrays)
+    assert all((a["obs"] >= 0).all() for _, a in segs[16:17])  # the writer's self-contained segment ...
+    for meta, arrays in segs[16:]:  # ... and every one after it gets in again
+        put(table, meta, arrays)
+
+
+def test_an_item_whose_linked_frames_are_overwritten_is_never_served():
+    a_segs = written(steps=8 * 3)  # stream a: 3 segments
+    table = linked_table(capacity=3000)
+    table.ring.frames = np.zeros((120,) + table.ring.frames.shape[1:], np.uint8)  # a small ring
+    put(table, *a_segs[0])
+    other = written(steps=8 * 40)
+    for meta, arrays in other[:3]:  # another stream moves the ring on
+        put(table, {**meta, "actor_id": 1}, arrays)
+    put(table, *a_segs[1])  # links to a's first segment, still held
+    first_of_a1 = table.next_id - len(a_segs[1][1]["action"])
+    for meta, arrays in other[3:6]:
+        put(table, {**meta, "actor_id": 1}, arrays)
+    oldest = table.ring.oldest
+    slots = np.arange(first_of_a1, first_of_a1 + 8) % table.cfg.capacity
+    assert (table.item_frame0[slots] < oldest).any(), "the test needs an item that lost a linked frame"
+    batch, ids, _ = table.sample(2000)
+    assert (table.item_frame0[ids % table.cfg.capacity] >= oldest).all()
+
+
+def test_a_snapshot_keeps_the_links_so_the_next_segment_still_gets_in(tmp_path):
+    segs = written(steps=8 * 5)
+    table = linked_table()
+    for meta, arrays in segs[:3]:
+        put(table, meta, arrays)
+    snapshot.save(tmp_path, table, SPEC, {}, 0)
+    restored = snapshot.load(tmp_path).table
+    assert (segs[3][1]["obs"] < 0).any()  # it links
+    put(restored, *segs[3])
+    put(table, *segs[3])
+    for name in ("obs", "next_obs"):
+        np.testing.assert_array_equal(restored.gather(np.arange(restored.next_id))[name],
+                                      table.gather(np.arange(table.next_id))[name])

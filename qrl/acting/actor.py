@@ -245,7 +245,7 @@ class Worker:
 
         self.sync = SyncActing(run, self.incarnation)
         writer = self.writer = SegmentWriter(agent, args, spec["run_id"], self.actor_id, self.incarnation, num_envs, T,
-                                             run.get("frame_fields") or ())
+                                             run.get("frame_fields") or (), bool(run.get("frame_links")))
         acting = Acting(env, core, writer, net, seed)
         while not self.stopping:
             policy_version = writer.policy_version = version

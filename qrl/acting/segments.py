@@ -29,9 +29,12 @@ class SegmentWriter:
     episode statistics of one actor's vector env."""
 
     def __init__(self, agent: algorithm.Agent, args: Any, run_id: str, actor_id: int, incarnation: str,
-                 num_envs: int, segment_length: int, frame_fields: tuple[str, ...] = ()):
+                 num_envs: int, segment_length: int, frame_fields: tuple[str, ...] = (), frame_links: bool = False):
         self.agent, self.args = agent, args
         self.frame_fields = tuple(frame_fields)  # the run's schema says: these fields travel as frame references
+        self.frame_links = frame_links  # ... and may point into the previous segment's frames
+        self.previous_frames: dict[bytes, int] = {}  # the last segment sent: frame content -> logical index
+        self.pending_frames: dict[bytes, int] = {}
         self.run_id, self.actor_id, self.incarnation = run_id, actor_id, incarnation
         self.num_envs, self.T = num_envs, segment_length
         self.history = agent.history(args)
@@ -87,6 +90,9 @@ class SegmentWriter:
         if self.frame_fields:  # each frame once: the distinct frames, and items that point into them
             lay = frames.layout(rollout.obs.shape[2:], rollout.obs.dtype)
             items, pool = frames.indexed_items(self.agent.make_items, rollout, self.args, lay, self.frame_fields)
+            if self.frame_links:
+                previous = self.previous_frames if self.sent % frames.KEYFRAME_EVERY else {}
+                items, pool, self.pending_frames = frames.link(items, pool, self.frame_fields, previous)
             items[FRAMES] = pool
         else:
             items = self.agent.make_items(rollout, self.args)
@@ -100,6 +106,7 @@ class SegmentWriter:
 
     def mark_sent(self) -> None:
         self.sent += 1
+        self.previous_frames, self.pending_frames = self.pending_frames, {}
         self.finished_returns, self.finished_lengths = [], []
         self.window = self.window[self.T:]  # keep the history: the next segment's items need those steps
 

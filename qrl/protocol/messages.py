@@ -243,7 +243,9 @@ SPEC = Map({
         "sync_lead": Field(Int(0, 64), required=False),
         "frame_fields": Field(List(Str(128), max_len=64), required=False,
                               doc="item fields an actor sends as frame references (the schema's frames.fields)"),
-    }), doc="num_envs, segment_length, seed, sync_actors, sync_lead, frame_fields"),
+        "frame_links": Field(Bool(), required=False,
+                             doc="references may link to the stream's previous segment (a replay table of frames)"),
+    }), doc="num_envs, segment_length, seed, sync_actors, sync_lead, frame_fields, frame_links"),
 })
 
 TABLE = Map({
