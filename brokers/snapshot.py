@@ -2,10 +2,11 @@
 killed broker can be restarted without losing what it held.
 
 Format: one uncompressed .npz (numpy arrays only, loaded with allow_pickle=False) holding
-each table field, the item ids, a table of frames' ring, links and each item's oldest frame id, the cached weights (prefixed "w/") and a JSON document
-(as uint8 bytes) with the table config, counters, spec and weights version. It is written
-to a temporary file and renamed into place, and a SHA-256 of the file is written beside
-it the same way: a torn or corrupt snapshot fails the check and is reported, never loaded.
+each table field, the item ids, a table of frames' ring, links and each item's oldest frame
+id, the cached weights (prefixed "w/") and a JSON document (as uint8 bytes) with the table
+config, counters, spec and weights version. It is written to a temporary file and renamed into
+place, and a SHA-256 of the file is written beside it the same way: a torn or corrupt snapshot
+fails the check and is reported, never loaded.
 """
 
 from __future__ import annotations
