@@ -73,6 +73,7 @@ class LearnerProcess:
         else:
             self.device = torch.device(opts.device)
         self.obs_space, self.action_space = envs.spaces(opts.env, run_cfg.env_kwargs, run_cfg.wrappers)
+        torch.manual_seed(run_cfg.seed)  # a run's initial weights follow from its seed (as in CleanRL and SB3)
         self.learner = self.agent.Learner(self.obs_space, self.action_space, self.args, self.device)
         self.normalizer = None
         if run_cfg.normalize_obs or run_cfg.normalize_reward:

@@ -96,3 +96,22 @@ def test_the_python_api_trains_in_process(tmp_path):
     assert result.checkpoint.exists() and result.run_dir == tmp_path / "run"
     evals = [m for m in result.metrics if m["kind"] == "eval"]
     assert len(evals) >= 3 and evals[-1].get("final")  # every 1000 frames, and the final one
+
+
+@pytest.mark.parametrize("algo, sets", [
+    ("dqn", ["algo.learning_starts=256", "algo.hidden=32"]),  # a replay table: frames, links
+    ("r2d2", ["algo.burn_in=4", "algo.sequence_length=8", "run.segment_length=8", "algo.learning_starts=16",
+              "algo.batch_size=8", "algo.lstm=16", "algo.hidden=32"]),  # sequences reaching back 2 segments
+    ("ppo", ["algo.hidden=32"]),  # a queue: frames, no links
+])
+def test_frames_once_trains_exactly_as_pixels_do(algo, sets, tmp_path):
+    """The same run with frames stored once and with pixels in every item: the learner sees the
+    same batches, so it ends with the same weights (the frame path changes bytes, not data)."""
+    weights = {}
+    for store in ("true", "false"):
+        run = local_run(algo, "MinAtar/Breakout-v1", [*sets, f"run.store_frames={store}"], tmp_path / store)
+        assert (run.item_schema.frames is not None) == (store == "true")
+        run.run()
+        weights[store] = run.learner.policy_state()
+    for name, value in weights["true"].items():
+        np.testing.assert_array_equal(value, weights["false"][name], err_msg=name)
