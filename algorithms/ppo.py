@@ -158,16 +158,20 @@ class ActorCritic(nn.Module):
         e = dist.entropy()
         return e.sum(-1) if self.continuous else e
 
-    def policy_terms(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Feed-forward: (log-probability of `actions`, entropy) per row of the policy at `obs`.
+    def policy_terms(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Feed-forward: (log-probability of `actions`, entropy, value) per row at `obs`, from one
+        pass of the encoder (an image torso runs forward and backward once per minibatch).
         Discrete actions take them from one log-softmax: a PPO minibatch of 64 rows costs mostly
         per-op overhead, and torch.distributions.Categorical adds a dozen ops and argument checks."""
-        latent, out = self.features(obs)
+        x = self.encoder(obs)
+        latent, out = self.head(x)
+        value = self.value(x).squeeze(-1)
         if self.continuous:
             dist = self.distribution_of(latent, out)
-            return self.log_prob(dist, actions), self.entropy(dist)
+            return self.log_prob(dist, actions), self.entropy(dist), value
         log_probs = torch.log_softmax(out, -1)
-        return log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1), -(log_probs.exp() * log_probs).sum(-1)
+        return (log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1), -(log_probs.exp() * log_probs).sum(-1),
+                value)
 
     def values(self, obs: torch.Tensor) -> torch.Tensor:
         return self.value(self.encoder(obs)).squeeze(-1)
@@ -368,7 +372,7 @@ class Learner(LearnerBase):
                     x = shuffled_obs[start:start + mb]
                     mb_actions, mb_old_logp, mb_adv, mb_returns, mb_old_values = (
                         f[start:start + mb] for f in shuffled)
-                    (logp, entropy), new_values = self.net.policy_terms(x, mb_actions), self.net.values(x)
+                    logp, entropy, new_values = self.net.policy_terms(x, mb_actions)
                 entropy = entropy.mean()
                 ratio = torch.exp(logp - mb_old_logp)
                 if a.normalize_advantages and len(mb_adv) > 1:

@@ -39,7 +39,7 @@ def test_continuous_actions_are_clipped_for_the_env_but_stored_raw():
     (gym.spaces.Box(-1.0, 1.0, (2,), np.float32), ppo.Args(log_std_init=-0.5)),
     (gym.spaces.Box(-1.0, 1.0, (2,), np.float32), ppo.Args(use_sde=True)),
 ], ids=["discrete", "gaussian", "gsde"])
-def test_policy_terms_equal_the_distributions_log_prob_and_entropy(space, args):
+def test_policy_terms_equal_the_distributions_log_prob_and_entropy_and_the_value(space, args):
     torch.manual_seed(0)
     net = ppo.make_policy(gym.spaces.Box(-1, 1, (3,)), space, args)
     with torch.no_grad():  # larger logits than at initialisation, so the rows differ
@@ -47,9 +47,10 @@ def test_policy_terms_equal_the_distributions_log_prob_and_entropy(space, args):
     obs = torch.randn(64, 3)
     dist = net.distribution(obs)
     actions = dist.sample()
-    logp, entropy = net.policy_terms(obs, actions)
+    logp, entropy, value = net.policy_terms(obs, actions)
     torch.testing.assert_close(logp, net.log_prob(dist, actions))
     torch.testing.assert_close(entropy, net.entropy(dist))
+    torch.testing.assert_close(value, net.values(obs))
     assert logp.shape == entropy.shape == (64,) and entropy.std() > 0
     logp.sum().backward()  # and the gradient reaches the policy
     assert net.policy[0].weight.grad.abs().sum() > 0
@@ -73,6 +74,23 @@ def test_an_update_raises_the_probability_of_advantaged_actions(max_grad_norm):
     with torch.no_grad():
         p1 = learner.net.distribution(torch.zeros(1, 2)).probs[0, 1].item()
     assert p1 > p0 + 0.01 and learner.updates == 1 and metrics["clip_fraction"] >= 0
+
+
+def test_an_image_update_runs_the_torso_once_per_minibatch():
+    """The shared torso is the costly part of a pixel update: one pass for the values of the batch,
+    then one per minibatch for the policy and the value together."""
+    obs_space, act_space = gym.spaces.Box(0, 255, (4, 36, 36), np.uint8), gym.spaces.Discrete(3)
+    args = ppo.Args(epochs=2, minibatches=4, hidden=16)
+    learner = ppo.Learner(obs_space, act_space, args, torch.device("cpu"))
+    calls = []
+    learner.net.encoder.register_forward_hook(lambda *_: calls.append(1))
+    N, T = 4, 8
+    obs = np.random.default_rng(0).integers(0, 256, (N, T, 4, 36, 36), dtype=np.uint8)
+    batch = {"obs": obs, "action": np.zeros((N, T), np.int64), "logp": np.full((N, T), -1.1, np.float32),
+             "reward": np.ones((N, T), np.float32), "terminated": np.zeros((N, T), bool),
+             "truncated": np.zeros((N, T), bool), "next_obs": obs}
+    learner.update(to_batch(batch))
+    assert len(calls) == 1 + args.epochs * args.minibatches
 
 
 @pytest.mark.parametrize("max_grad_norm", [40.0, 0.0])
