@@ -35,6 +35,15 @@ def save_results(name: str, data: dict) -> Path:
     return path
 
 
+def calls_per_s(fn, seconds: float) -> float:
+    """Calls per second of fn over about `seconds`."""
+    n, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        fn()
+        n += 1
+    return n / elapsed
+
+
 def rate(x: float) -> str:
     """A rate for a table: whole numbers from 10 up, else two decimals (PPO LunarLander's learner
     makes about one update a second)."""

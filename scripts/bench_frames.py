@@ -18,12 +18,11 @@ here depends on what the pixels show (no compression).
 from __future__ import annotations
 
 import statistics
-import time
 
 import gymnasium as gym
 import numpy as np
 
-from _common import parser, print_table, save_results
+from _common import calls_per_s, parser, print_table, save_results
 from qrl import algorithm
 from qrl.acting.segments import SegmentWriter
 from qrl.brokers.tables import FRAMES, TableConfig, make_table
@@ -119,14 +118,6 @@ def sb3_filled(capacity: int):
     return buf, per_transition
 
 
-def rate(fn, seconds: float) -> float:
-    n, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds:
-        fn()
-        n += 1
-    return n / elapsed
-
-
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--rounds", type=int, default=5)
@@ -158,7 +149,7 @@ def main() -> None:
     rates = {name: [] for name in impls}
     for _ in range(a.rounds):  # interleaved rounds
         for name, fn in impls.items():
-            rates[name].append(rate(fn, a.seconds))
+            rates[name].append(calls_per_s(fn, a.seconds))
     ref = statistics.median(rates["sb3 optimize_memory_usage: sample 32"])
     for name, vals in rates.items():
         med = statistics.median(vals)

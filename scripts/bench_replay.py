@@ -14,12 +14,11 @@ broker really does per batch.
 from __future__ import annotations
 
 import statistics
-import time
 
 import gymnasium as gym
 import numpy as np
 
-from _common import parser, print_table, save_results
+from _common import calls_per_s, parser, print_table, save_results
 from qrl.protocol import wire
 from qrl.brokers.tables import ReplayTable, TableConfig
 
@@ -36,19 +35,10 @@ def segment(rng: np.random.Generator) -> dict[str, np.ndarray]:
             "next_obs": rng.standard_normal((SEGMENT, 4), dtype=np.float32)}
 
 
-def rate(fn, seconds: float) -> float:
-    """Calls per second of fn over about `seconds`."""
-    n, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds:
-        fn()
-        n += 1
-    return n / elapsed
-
-
 def qrl_insert(capacity: int, seconds: float) -> float:
     table = ReplayTable(TableConfig(capacity=capacity, min_size=0))
     seg = segment(np.random.default_rng(0))
-    return rate(lambda: table.insert(seg), seconds) * SEGMENT
+    return calls_per_s(lambda: table.insert(seg), seconds) * SEGMENT
 
 
 def filled_table(capacity: int, sampler: str = "uniform") -> ReplayTable:
@@ -75,7 +65,7 @@ def sb3_add_args(n_envs: int):
 def sb3_insert(capacity: int, n_envs: int, seconds: float) -> float:
     buf = sb3_buffer(capacity, n_envs)
     args = sb3_add_args(n_envs)
-    return rate(lambda: buf.add(*args), seconds) * n_envs
+    return calls_per_s(lambda: buf.add(*args), seconds) * n_envs
 
 
 def sb3_filled(capacity: int):
@@ -113,11 +103,11 @@ def main() -> None:
                 "sb3 ReplayBuffer (256 envs/add)": lambda: sb3_insert(cap, 256, a.seconds),
             },
             "sample batches of 256/s": {
-                "qrl uniform": lambda: rate(lambda: table.sample(256), a.seconds),
-                "qrl uniform sample+encode": lambda: rate(sample_encode, a.seconds),
-                "qrl prioritized (sum tree)": lambda: rate(lambda: per.sample(256, beta=0.5), a.seconds),
-                "qrl prioritized sample+priority update": lambda: rate(per_step, a.seconds),
-                "sb3 ReplayBuffer": lambda: rate(lambda: buf.sample(256), a.seconds),
+                "qrl uniform": lambda: calls_per_s(lambda: table.sample(256), a.seconds),
+                "qrl uniform sample+encode": lambda: calls_per_s(sample_encode, a.seconds),
+                "qrl prioritized (sum tree)": lambda: calls_per_s(lambda: per.sample(256, beta=0.5), a.seconds),
+                "qrl prioritized sample+priority update": lambda: calls_per_s(per_step, a.seconds),
+                "sb3 ReplayBuffer": lambda: calls_per_s(lambda: buf.sample(256), a.seconds),
             },
         }
         for what, impls in cases.items():
