@@ -428,6 +428,10 @@ class Periodic:
             self.task()
 
 
+RATE_WINDOW_S = 20.0
+"""The live line's and the metrics' rates are averages over this long."""
+
+
 @dataclass
 class LiveCounters:
     """What the learner's loop counts while it runs (a checkpoint keeps only frames and time)."""
@@ -449,7 +453,8 @@ class LiveCounters:
     updates_per_s: float = 0.0
     frames_per_s: float = 0.0
     consumed_per_s: float = 0.0
-    rate_mark: tuple[float, int, int, int] = (0.0, 0, 0, 0)  # (time, updates, frames, frames consumed)
+    rate_marks: collections.deque = dataclasses.field(default_factory=collections.deque)
+    """(time, updates, frames, frames consumed) of the syncs of the last RATE_WINDOW_S seconds."""
 
     def count_broker_frames(self, broker_frames: int) -> None:
         """The broker's frame counter, as a batch, a sample_status or the stats reported it. The
@@ -461,15 +466,21 @@ class LiveCounters:
 
     def mark_rates(self, updates: int, consumed: int) -> None:
         """Where the next rates are measured from."""
-        self.rate_mark = (time.monotonic(), updates, self.frames, consumed)
+        self.rate_marks.clear()
+        self.rate_marks.append((time.monotonic(), updates, self.frames, consumed))
 
     def measure_rates(self, updates: int, consumed: int) -> None:
-        then, updates_then, frames_then, consumed_then = self.rate_mark
-        dt = max(time.monotonic() - then, 1e-9)
+        """Rates over the last RATE_WINDOW_S seconds: frames arrive a segment at a time (1024 at
+        once for 8 envs x 128 steps), so a one-second window shows 0 fps between segments."""
+        now = time.monotonic()
+        while len(self.rate_marks) > 1 and now - self.rate_marks[1][0] >= RATE_WINDOW_S:
+            self.rate_marks.popleft()
+        then, updates_then, frames_then, consumed_then = self.rate_marks[0]
+        dt = max(now - then, 1e-9)
         self.updates_per_s = (updates - updates_then) / dt
         self.frames_per_s = (self.frames - frames_then) / dt
         self.consumed_per_s = max(0, consumed - consumed_then) / dt
-        self.mark_rates(updates, consumed)
+        self.rate_marks.append((now, updates, self.frames, consumed))
 
     def train_record(self, updates: int, elapsed: float, version: int) -> dict[str, Any]:
         s = self.stats
