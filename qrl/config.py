@@ -74,6 +74,9 @@ class RunConfig:
     normalize_obs: bool = False
     """Normalize observations by running mean and std (kept by the learner, shipped with the weights)."""
     normalize_reward: bool = False
+    clip_rewards: bool = False
+    """Learn from the sign of each reward (DQN's Atari setting: -1, 0 or +1); episode returns and
+    evaluations stay the environment's own."""
     """Scale rewards (or n-step returns) by their running standard deviation on the learner."""
     wrappers: list[Any] = field(default_factory=list)
     """gymnasium.wrappers by name, applied in order: 'FlattenObservation' or

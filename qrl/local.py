@@ -67,8 +67,7 @@ class LocalRun(LearnerProcess):
         seed = actor_seed(run, actor_id)
         env = envs.make_vector_env(self.opts.env, c.num_envs, c.env_kwargs, c.wrappers)
         core = self.agent.make_core(self.args, actor_id, self.num_actors, c.num_envs, seed)
-        writer = SegmentWriter(self.agent, self.args, self.run_id, actor_id, "local", c.num_envs, c.segment_length,
-                               self.frame_fields, self.frame_links)
+        writer = SegmentWriter(self.agent, self.args, self.run_id, actor_id, "local", c.num_envs, run)
         return Acting(env, core, writer, self.policy, seed)
 
     def close(self) -> None:

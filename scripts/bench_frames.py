@@ -68,7 +68,8 @@ def writer_segments(variant: str, T: int):
     fields = schema.frames.fields if schema.frames else ()
 
     def stream():
-        writer = SegmentWriter(dqn, args, "r", 0, "x", ENVS, T, fields, links)
+        writer = SegmentWriter(dqn, args, "r", 0, "x", ENVS,
+                               {"segment_length": T, "frame_fields": fields, "frame_links": links})
         env, start = FrameStacks(), np.ones(ENVS, bool)
         while True:
             obs = env.obs

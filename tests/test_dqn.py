@@ -82,3 +82,22 @@ def test_the_td_loss_is_huber_with_the_given_threshold(huber, delta, expected):
     metrics = learner.update(to_batch({**batch(), "return": np.array([0.0], np.float32)})).metrics
     # target = 0 + discount 0.5 * max Q'(next) 10 = 5; TD error = 5 - Q(obs, action 0) 2 = 3
     assert metrics["loss"] == pytest.approx(expected)
+
+
+def test_clip_rewards_puts_each_reward_s_sign_in_the_items_and_reports_raw_returns():
+    from qrl import algorithm
+    from qrl.acting.segments import SegmentWriter
+    from qrl.config import build
+
+    dqn = algorithm.load("dqn")
+    args = build(dqn.Args, {"n_step": 1, "gamma": 0.5}, "algo")
+    writer = SegmentWriter(dqn, args, "r", 0, "x", 1, {"segment_length": 3, "clip_rewards": True})
+    obs, start = np.zeros((1, 2), np.float32), np.ones(1, bool)
+    for t, reward in enumerate([5.0, -3.0, 0.0, 2.0]):
+        done = np.array([t == 2])
+        writer.record(obs, np.zeros(1, np.int64), np.array([reward], np.float32), done, np.zeros(1, bool), obs,
+                      {}, start, {})
+        start = done
+    meta, items = writer.segment()
+    np.testing.assert_array_equal(items["return"], [1.0, -1.0, 0.0])  # n_step 1: the clipped rewards
+    assert meta["episode_returns"] == [2.0]  # 5 - 3 + 0: the environment's own return

@@ -303,7 +303,8 @@ def written(segment_length=8, steps=400, links=True, fields=("obs", "next_obs"))
 
     dqn = algorithm.load("dqn")
     args = build(dqn.Args, {"n_step": 3}, "algo")
-    writer = SegmentWriter(dqn, args, "r1", 0, "x", 2, segment_length, fields, links)
+    writer = SegmentWriter(dqn, args, "r1", 0, "x", 2,
+                           {"segment_length": segment_length, "frame_fields": fields, "frame_links": links})
     start, out = np.ones(2, bool), []
     for obs, nxt, done in stacked_steps(steps):
         writer.record(obs, np.zeros(2, np.int64), np.ones(2, np.float32), done, np.zeros(2, bool), nxt, {}, start, {})

@@ -226,7 +226,7 @@ class Worker:
         client.close()
         spec, ports, agent, args, net = joined.spec, joined.ports, joined.agent, joined.args, joined.net
         run = joined.run
-        num_envs, T = run["num_envs"], run["segment_length"]
+        num_envs = run["num_envs"]
         total = self.cfg.total or self.cfg.n
         seed = actor_seed(run, self.actor_id)
         # Claimed ids (--first-id auto) can exceed the total after restarts: wrap for exploration.
@@ -244,8 +244,8 @@ class Worker:
                  version)
 
         self.sync = SyncActing(run, self.incarnation)
-        writer = self.writer = SegmentWriter(agent, args, spec["run_id"], self.actor_id, self.incarnation, num_envs, T,
-                                             run.get("frame_fields") or (), bool(run.get("frame_links")))
+        writer = self.writer = SegmentWriter(agent, args, spec["run_id"], self.actor_id, self.incarnation, num_envs,
+                                             run)
         acting = Acting(env, core, writer, net, seed)
         while not self.stopping:
             policy_version = writer.policy_version = version

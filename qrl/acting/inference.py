@@ -324,9 +324,7 @@ class InferenceServer:
         seed = actor_seed(self.run, actor_id)  # as a policy-running actor's
         core = self.agent.make_core(self.args, actor_id % total, total, num_envs, seed)
         incarnation = f"{self.incarnation}.{self.greetings}.{meta['incarnation']}"
-        writer = SegmentWriter(self.agent, self.args, self.spec["run_id"], actor_id, incarnation, num_envs,
-                               self.run["segment_length"], self.run.get("frame_fields") or (),
-                               bool(self.run.get("frame_links")))
+        writer = SegmentWriter(self.agent, self.args, self.spec["run_id"], actor_id, incarnation, num_envs, self.run)
         if meta.get("resume"):
             writer.counted[:] = False  # episodes under way began before we saw them: returns unknown
         self.streams[actor_id] = Stream(

@@ -29,10 +29,14 @@ class SegmentWriter:
     episode statistics of one actor's vector env."""
 
     def __init__(self, agent: algorithm.Agent, args: Any, run_id: str, actor_id: int, incarnation: str,
-                 num_envs: int, segment_length: int, frame_fields: tuple[str, ...] = (), frame_links: bool = False):
+                 num_envs: int, run: dict[str, Any]):
+        """run: the run spec's `run` map (segment_length; frame_fields, frame_links, clip_rewards)."""
         self.agent, self.args = agent, args
-        self.frame_fields = tuple(frame_fields)  # the run's schema says: these fields travel as frame references
-        self.frame_links = frame_links  # ... and may point into the previous segment's frames
+        segment_length = run["segment_length"]
+        # The run's schema says: these fields travel as frame references, and may point into the
+        # previous segment's frames.
+        self.frame_fields, self.frame_links = tuple(run.get("frame_fields") or ()), bool(run.get("frame_links"))
+        self.clip_rewards = bool(run.get("clip_rewards"))  # learn from each reward's sign; report raw returns
         self.previous_frames: dict[bytes, int] = {}  # the last segment sent: frame content -> logical index
         self.pending_frames: dict[bytes, int] = {}
         self.run_id, self.actor_id, self.incarnation = run_id, actor_id, incarnation
@@ -87,6 +91,8 @@ class SegmentWriter:
     def segment(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """The full window's segment: its metadata and its items."""
         rollout = algorithm.stack_steps(self.window, self.history.before, self.T)
+        if self.clip_rewards:
+            rollout.rewards = np.sign(rollout.rewards)
         if self.frame_fields:  # each frame once: the distinct frames, and items that point into them
             lay = frames.layout(rollout.obs.shape[2:], rollout.obs.dtype)
             items, pool = frames.indexed_items(self.agent.make_items, rollout, self.args, lay, self.frame_fields)

@@ -245,7 +245,8 @@ SPEC = Map({
                               doc="item fields an actor sends as frame references (the schema's frames.fields)"),
         "frame_links": Field(Bool(), required=False,
                              doc="references may link to the stream's previous segment (a replay table of frames)"),
-    }), doc="num_envs, segment_length, seed, sync_actors, sync_lead, frame_fields, frame_links"),
+        "clip_rewards": Field(Bool(), required=False, doc="actors put each reward's sign in the items"),
+    }), doc="num_envs, segment_length, seed, sync_actors, sync_lead, frame_fields, frame_links, clip_rewards"),
 })
 
 TABLE = Map({
