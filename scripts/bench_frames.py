@@ -4,7 +4,8 @@
   ring, full) against the same table holding pixels (run.store_frames false) and against
   stable-baselines3's ReplayBuffer(optimize_memory_usage=True) (its observation array per slot);
 - actor -> broker bytes per env frame: the wire size of the segments qrl's SegmentWriter encodes
-  (the real writer, DQN's make_items, 8 envs), in units of one 84x84 frame, both ways;
+  (the real writer, DQN's make_items, 8 envs), in units of one 84x84 frame, each way; and R2D2's
+  (burn-in and sequences overlapping across segments), with the table bytes it allocates;
 - sample: batches of 32 stacked 84x84x4 observations (with actions, returns, next observations)
   per second from a full table, qrl (gathering frames) against sb3's optimize_memory_usage buffer.
 
@@ -86,6 +87,33 @@ def writer_segments(variant: str, T: int):
     return schema, stream()
 
 
+def r2d2_wire_and_table(variant: str, T: int, capacity: int, segments: int = 34) -> tuple[float, float]:
+    """R2D2 (burn-in 40, sequences of 80, 5-step targets; an item per env and segment of T steps):
+    frames per env frame on the wire (the real writer, after its first 2 segments) and table bytes
+    per env frame as allocated for `capacity` items."""
+    store, links = VARIANTS[variant]
+    r2d2 = algorithm.load("r2d2")
+    args = build(r2d2.Args, {}, "algo")
+    net = r2d2.make_policy(OBS, ACT, args)
+    schema = algorithm.item_schema(r2d2, net, OBS, ACT, args, ENVS, T, store, links)
+    fields = schema.frames.fields if schema.frames else ()
+    writer = SegmentWriter(r2d2, args, "r", 0, "x", ENVS,
+                           {"segment_length": T, "frame_fields": fields, "frame_links": links})
+    core = r2d2.make_core(args, 0, 1, ENVS, 0)
+    state, env, start, sizes = core.initial_state(ENVS), FrameStacks(), np.ones(ENVS, bool), []
+    while len(sizes) < segments:
+        obs = env.obs
+        nxt, done, new_obs = env.step()
+        writer.record(obs, np.zeros(ENVS, np.int64), np.ones(ENVS, np.float32), done, np.zeros(ENVS, bool), nxt,
+                      {}, start, state)
+        env.obs, start = new_obs, done
+        if writer.full:
+            sizes.append(sum(len(f) for f in writer.encode()))
+            writer.mark_sent()
+    wire_frames = statistics.mean(sizes[2:]) / (T * ENVS) / FRAME_BYTES
+    return wire_frames, schema.table_bytes(capacity) / (capacity * schema.frames_per_item)
+
+
 def filled(variant: str, T: int, capacity: int, sampler: str = "uniform"):
     """A table filled past full by the writer's segments (both rings have wrapped), and the mean
     wire bytes of a segment."""
@@ -139,6 +167,12 @@ def main() -> None:
             rows.append(["actor -> broker per env frame", label, f"{wire_frames:.3f} frames", ""])
             rows.append(["table bytes per transition", label, f"{per:,.0f} B", f"held {table.size:,}"])
             del table
+    for variant in VARIANTS:
+        wire_frames, per = r2d2_wire_and_table(variant, 40, a.capacity // 40, 6 if a.quick else 34)
+        label = f"qrl r2d2 {variant}, segments of 40 steps"
+        results[f"wire {label}"], results[f"table {label}"] = wire_frames, per
+        rows.append(["actor -> broker per env frame", label, f"{wire_frames:.3f} frames", ""])
+        rows.append(["table bytes per env frame", label, f"{per:,.0f} B", "allocated"])
     buf, sb3_bytes = sb3_filled(a.capacity)
     results["table sb3"] = sb3_bytes
     rows.append(["table bytes per transition", "sb3 ReplayBuffer(optimize_memory_usage=True)", f"{sb3_bytes:,.0f} B",
