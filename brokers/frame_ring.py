@@ -107,7 +107,7 @@ class FrameRing:
         wire references in ascending order, as global ids."""
         values = np.concatenate([wire[f].ravel() for f in fields]).astype(np.int64)
         ids = np.concatenate([resolved[f].ravel() for f in fields])
-        order, first_at = np.unique(values, return_index=True)
+        _, first_at = np.unique(values, return_index=True)
         self.links[stream] = (seq, ids[first_at])
         self.links.move_to_end(stream)
         while len(self.links) > MAX_STREAMS:

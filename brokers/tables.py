@@ -131,14 +131,20 @@ class ItemSchema:
             meta["frames"] = self.frames.as_meta()
         return meta
 
-    def _references(self) -> tuple[str, ...]:
+    @property
+    def references(self) -> tuple[str, ...]:
+        """The item fields that are frame references (none without a FrameSpec)."""
         return self.frames.fields if self.frames is not None else ()
+
+    def _bytes(self, per_reference: int) -> int:
+        """Bytes of an item's fields, a reference counting `per_reference` bytes."""
+        refs = self.references
+        return sum((per_reference if name in refs else np.dtype(dtype).itemsize) * int(np.prod(shape))
+                   for name, dtype, shape in self.fields)
 
     def _stored_bytes(self) -> int:
         """Bytes of an item's own fields in the table (references as int32 slots of the frame ring)."""
-        refs = self._references()
-        return sum((4 if name in refs else np.dtype(dtype).itemsize) * int(np.prod(shape))
-                   for name, dtype, shape in self.fields)
+        return self._bytes(4)
 
     def table_bytes(self, capacity: int) -> int:
         """Bytes a table of this many items allocates (with the frame ring, and each item's
@@ -149,9 +155,7 @@ class ItemSchema:
 
     def served_bytes(self) -> int:
         """Bytes one item takes in a batch (references gathered into frames)."""
-        refs = self._references()
-        return sum((self.frames.frame_bytes() if name in refs else np.dtype(dtype).itemsize) * int(np.prod(shape))
-                   for name, dtype, shape in self.fields)
+        return self._bytes(self.frames.frame_bytes() if self.frames is not None else 0)
 
 
 @dataclass(frozen=True)
@@ -290,8 +294,7 @@ class ReplayTable:
     @property
     def references(self) -> tuple[str, ...]:
         """The item fields that are frame references (none without a FrameSpec)."""
-        frames = self.item_schema.frames if self.item_schema is not None else None
-        return frames.fields if frames is not None else ()
+        return self.item_schema.references if self.item_schema is not None else ()
 
     @property
     def frames_per_item(self) -> int:
@@ -368,8 +371,8 @@ class ReplayTable:
         self._mark_released(*source)
         if priorities is not None:
             priorities = np.asarray(priorities, dtype=np.float64)
-        arrays = self._write_frames(arrays, pool, stream, seq)
-        new_ids = self._write(arrays, n)
+        arrays, frame0 = self._write_frames(arrays, pool, stream, seq)
+        new_ids = self._write(arrays, n, frame0)
         if self.prioritized:
             if priorities is None:
                 priorities = np.full(n, self.max_priority)
@@ -381,13 +384,12 @@ class ReplayTable:
         self._drop_frameless()
 
     def _write_frames(self, arrays: Mapping[str, np.ndarray], pool: np.ndarray | None, stream: Any = None,
-                      seq: int | None = None) -> Mapping[str, np.ndarray]:
-        """Write a segment's pool into the frame ring; its items' references become global
-        frame ids, and each item's oldest frame id goes with it (_write)."""
+                      seq: int | None = None) -> tuple[Mapping[str, np.ndarray], np.ndarray | None]:
+        """Write a segment's pool into the frame ring: its items with references as ring slots,
+        and each item's oldest frame id (None without a pool)."""
         if pool is None:
-            return arrays
-        arrays, self._items_frame0 = self.ring.write(arrays, self.references, pool, stream, seq)
-        return arrays
+            return arrays, None
+        return self.ring.write(arrays, self.references, pool, stream, seq)
 
     def keep_frames(self, arrays: Mapping[str, np.ndarray], pool: np.ndarray | None, stream: Any,
                     seq: int | None) -> None:
@@ -425,8 +427,9 @@ class ReplayTable:
         self.sum_tree.update(slots, np.zeros(len(slots)))
         self.min_tree.update(slots, np.full(len(slots), np.inf))
 
-    def _write(self, arrays: Mapping[str, np.ndarray], n: int) -> np.ndarray:
-        """Write n items at the ring's next slots; return their ids."""
+    def _write(self, arrays: Mapping[str, np.ndarray], n: int, frame0: np.ndarray | None = None) -> np.ndarray:
+        """Write n items (and, in a table of frames, each one's oldest frame id) at the ring's next
+        slots; return their ids."""
         cap = self.cfg.capacity
         start = self.next_id % cap
         first = min(n, cap - start)  # the write wraps around at most once
@@ -437,8 +440,8 @@ class ReplayTable:
         new_ids = np.arange(self.next_id, self.next_id + n, dtype=np.int64)
         self.ids[start:start + first] = new_ids[:first]
         self.ids[: n - first] = new_ids[first:]
-        if self.ring is not None:
-            self.item_frame0[new_ids % cap] = self._items_frame0
+        if frame0 is not None:
+            self.item_frame0[new_ids % cap] = frame0
         return new_ids
 
     def _set_priorities(self, slots: np.ndarray, priorities: np.ndarray) -> None:
@@ -456,16 +459,8 @@ class ReplayTable:
         """A batch (with replacement), the ids of its items, and for the prioritized sampler the
         importance weights (size * P(i)) ** -beta, divided by their largest possible value."""
         idx = self._draw(batch_size)
-        for _ in range(MAX_REDRAWS if self.ring is not None else 0):  # items that lost a linked frame
-            lost = ~self._live(idx)
-            if not lost.any():
-                break
-            if self.prioritized:
-                self._forget(idx[lost])
-            idx[lost] = self._draw(int(lost.sum()))
-        else:
-            if self.ring is not None:  # still some: the newest item, which is always whole
-                idx[~self._live(idx)] = (self.next_id - 1) % self.cfg.capacity
+        if self.ring is not None:
+            self._redraw_lost(idx)
         weights = None
         if self.prioritized:
             total = self.sum_tree.root
@@ -474,6 +469,18 @@ class ReplayTable:
             weights = ((probs / min_prob) ** -beta).astype(np.float32)  # = (N P(i))^-b / (N P_min)^-b
         self.limiter.sampled += batch_size
         return self.gather(idx), self.ids[idx], weights
+
+    def _redraw_lost(self, idx: np.ndarray) -> None:
+        """Draw again, in place, the slots of items that lost a linked frame before older items did
+        (forgetting their priorities); after MAX_REDRAWS, the newest item, which is always whole."""
+        for _ in range(MAX_REDRAWS):
+            lost = ~self._live(idx)
+            if not lost.any():
+                return
+            if self.prioritized:
+                self._forget(idx[lost])
+            idx[lost] = self._draw(int(lost.sum()))
+        idx[~self._live(idx)] = (self.next_id - 1) % self.cfg.capacity
 
     def _draw(self, batch_size: int) -> np.ndarray:
         """Slots: stratified by priority mass (one draw from each of batch_size equal slices), or uniform."""
@@ -579,13 +586,13 @@ class QueueTable(ReplayTable):
     def store(self, arrays: Mapping[str, np.ndarray], n: int, priorities: np.ndarray | None = None,
               version: int = 0, source: tuple[int, int] = (-1, -1), pool: np.ndarray | None = None,
               stream: Any = None, seq: int | None = None) -> None:
-        arrays = self._write_frames(arrays, pool)  # no links in a queue: stream and seq are not needed
+        arrays, frame0 = self._write_frames(arrays, pool)  # no links in a queue: stream and seq are not needed
         overflow = max(0, self.size + n - self.cfg.capacity)
         if overflow:  # only when flush reads past a full queue: the oldest make room, counted
             self._release(np.arange(self.head, self.head + overflow) % self.cfg.capacity)
             self.head += overflow
             self.dropped_overflow += overflow
-        new_ids = self._write(arrays, n)
+        new_ids = self._write(arrays, n, frame0)
         self.versions[new_ids % self.cfg.capacity] = version
         self.sources[new_ids % self.cfg.capacity] = source
         self.next_id += n

@@ -59,6 +59,7 @@ def encode(obs: np.ndarray, next_obs: np.ndarray, lay: Layout) -> tuple[np.ndarr
     obs_is_prev_next = np.zeros((L, B), bool)
     obs_is_prev_next[1:] = (o[1:] == n[:-1]).all(axis=(2, 3))
     repeats_o = (o[:, :, 1:] == o[:, :, :-1]).all(axis=3) if K > 1 else np.zeros((L, B, 0), bool)
+    next_is_obs = (n == o).all(axis=(2, 3)) if K == 1 else np.zeros((L, B), bool)  # a step that changed nothing
     oi = np.empty((L, B, K), np.int32)
     ni = np.empty((L, B, K), np.int32)
     sources: list[tuple[int, int, int, int]] = []  # (from next_obs?, t, b, k) of each pool frame
@@ -77,7 +78,7 @@ def encode(obs: np.ndarray, next_obs: np.ndarray, lay: Layout) -> tuple[np.ndarr
             if next_is_shifted[t, b]:
                 ni[t, b, :-1] = oi[t, b, 1:]
                 ni[t, b, -1] = new(1, t, b, K - 1)
-            elif K == 1 and np.array_equal(n[t, b, 0], o[t, b, 0]):
+            elif next_is_obs[t, b]:
                 ni[t, b] = oi[t, b]
             else:
                 for k in range(K):

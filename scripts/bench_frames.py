@@ -59,24 +59,26 @@ VARIANTS = {"pixels": (False, False), "frames once": (True, False), "frames once
 """Label -> (run.store_frames, links to the previous segment)."""
 
 
-def writer_segments(variant: str, T: int):
-    """The schema, and an endless stream of (meta, arrays, wire bytes) the real writer encodes for DQN."""
+def writer_segments(algo: str, variant: str, T: int):
+    """The schema, and an endless stream of (meta, arrays, wire bytes) the real writer encodes for
+    `algo` (its default arguments) on FrameStacks."""
     store, links = VARIANTS[variant]
-    dqn = algorithm.load("dqn")
-    args = build(dqn.Args, {}, "algo")
-    net = dqn.make_policy(OBS, ACT, args)
-    schema = algorithm.item_schema(dqn, net, OBS, ACT, args, ENVS, T, store, links)
+    agent = algorithm.load(algo)
+    args = build(agent.Args, {}, "algo")
+    net = agent.make_policy(OBS, ACT, args)
+    schema = algorithm.item_schema(agent, net, OBS, ACT, args, ENVS, T, store, links)
     fields = schema.frames.fields if schema.frames else ()
 
     def stream():
-        writer = SegmentWriter(dqn, args, "r", 0, "x", ENVS,
+        writer = SegmentWriter(agent, args, "r", 0, "x", ENVS,
                                {"segment_length": T, "frame_fields": fields, "frame_links": links})
+        state = agent.make_core(args, 0, 1, ENVS, 0).initial_state(ENVS)  # R2D2's items carry it
         env, start = FrameStacks(), np.ones(ENVS, bool)
         while True:
             obs = env.obs
             nxt, done, new_obs = env.step()
             writer.record(obs, np.zeros(ENVS, np.int64), np.ones(ENVS, np.float32), done, np.zeros(ENVS, bool), nxt,
-                          {}, start, {})
+                          {}, start, state)
             env.obs, start = new_obs, done
             if writer.full:
                 frames = writer.encode()
@@ -91,25 +93,8 @@ def r2d2_wire_and_table(variant: str, T: int, capacity: int, segments: int = 34)
     """R2D2 (burn-in 40, sequences of 80, 5-step targets; an item per env and segment of T steps):
     frames per env frame on the wire (the real writer, after its first 2 segments) and table bytes
     per env frame as allocated for `capacity` items."""
-    store, links = VARIANTS[variant]
-    r2d2 = algorithm.load("r2d2")
-    args = build(r2d2.Args, {}, "algo")
-    net = r2d2.make_policy(OBS, ACT, args)
-    schema = algorithm.item_schema(r2d2, net, OBS, ACT, args, ENVS, T, store, links)
-    fields = schema.frames.fields if schema.frames else ()
-    writer = SegmentWriter(r2d2, args, "r", 0, "x", ENVS,
-                           {"segment_length": T, "frame_fields": fields, "frame_links": links})
-    core = r2d2.make_core(args, 0, 1, ENVS, 0)
-    state, env, start, sizes = core.initial_state(ENVS), FrameStacks(), np.ones(ENVS, bool), []
-    while len(sizes) < segments:
-        obs = env.obs
-        nxt, done, new_obs = env.step()
-        writer.record(obs, np.zeros(ENVS, np.int64), np.ones(ENVS, np.float32), done, np.zeros(ENVS, bool), nxt,
-                      {}, start, state)
-        env.obs, start = new_obs, done
-        if writer.full:
-            sizes.append(sum(len(f) for f in writer.encode()))
-            writer.mark_sent()
+    schema, stream = writer_segments("r2d2", variant, T)
+    sizes = [nbytes for _, (_, _, nbytes) in zip(range(segments), stream)]
     wire_frames = statistics.mean(sizes[2:]) / (T * ENVS) / FRAME_BYTES
     return wire_frames, schema.table_bytes(capacity) / (capacity * schema.frames_per_item)
 
@@ -117,7 +102,7 @@ def r2d2_wire_and_table(variant: str, T: int, capacity: int, segments: int = 34)
 def filled(variant: str, T: int, capacity: int, sampler: str = "uniform"):
     """A table filled past full by the writer's segments (both rings have wrapped), and the mean
     wire bytes of a segment."""
-    schema, segments = writer_segments(variant, T)
+    schema, segments = writer_segments("dqn", variant, T)
     table = make_table(TableConfig(capacity=capacity, min_size=0, sampler=sampler), 0, schema)
     sizes = []
     while table.next_id < capacity * 1.5:
