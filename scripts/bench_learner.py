@@ -31,6 +31,7 @@ ATARI_OBS = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
 LUNAR_OBS = gym.spaces.Box(-np.inf, np.inf, (8,), np.float32)
 PENDULUM_OBS = gym.spaces.Box(-8.0, 8.0, (3,), np.float32)
 PENDULUM_ACT = gym.spaces.Box(-2.0, 2.0, (1,), np.float32)
+MINATAR_OBS = gym.spaces.Box(0, 1, (10, 10, 4), bool)  # MinAtar/Breakout: 10x10 grid, 4 channels
 
 # name: (what it is, algorithm, preset or None, algo overrides, observation space, action space)
 CASES = {
@@ -45,6 +46,8 @@ CASES = {
     "sac-mlp": ("sac Pendulum preset", "sac", "sac-Pendulum-v1", {}, PENDULUM_OBS, PENDULUM_ACT),
     "dqn-cnn": ("dqn Nature CNN (Atari 4x84x84), batch 256", "dqn", None, {"batch_size": 256, "dueling": False},
                 ATARI_OBS, gym.spaces.Discrete(6)),
+    "dqn-minatar": ("dqn MinAtar torso (10x10x4), batch 128", "dqn", None,
+                    {"batch_size": 128, "torso": "minatar", "hidden": 128}, MINATAR_OBS, gym.spaces.Discrete(6)),
     # The GPU check's cases (scripts/gpu_check.sh): both image torsos at the batch sizes of Atari DQN
     # (32) and of Ape-X / R2D2-scale learners (256).
     "dqn-cnn-32": ("dqn Nature CNN (Atari 4x84x84), batch 32", "dqn", None, {"batch_size": 32, "dueling": False},
@@ -64,6 +67,8 @@ def replay_batch(rng, obs_space, action_space, n: int) -> dict[str, np.ndarray]:
     def obs():
         if obs_space.dtype == np.uint8:
             return rng.integers(0, 256, (n, *obs_space.shape), dtype=np.uint8)
+        if obs_space.dtype == bool:
+            return rng.integers(0, 2, (n, *obs_space.shape)).astype(bool)
         return rng.standard_normal((n, *obs_space.shape), dtype=np.float32)
 
     if isinstance(action_space, gym.spaces.Discrete):
