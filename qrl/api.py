@@ -79,6 +79,9 @@ def resolve(config: str | None, algo: str | None, env: str | None, sets: tuple[s
         detail = (str(exc).strip().splitlines() or [""])[0][:200]
         raise ConfigError(f"cannot make environment {env!r} with run.env_kwargs={run_cfg.env_kwargs} and "
                           f"run.wrappers={run_cfg.wrappers}: {type(exc).__name__}: {detail}") from None
+    if run_cfg.episodic_life and not envs.reports_lives(env, run_cfg.env_kwargs, run_cfg.wrappers):
+        raise ConfigError(f"run.episodic_life needs an environment that reports info['lives'] (ALE games do); "
+                          f"{env} does not")
     return Resolved(algo, env, run_cfg, algo_values, file.actors)
 
 

@@ -74,10 +74,14 @@ class RunConfig:
     normalize_obs: bool = False
     """Normalize observations by running mean and std (kept by the learner, shipped with the weights)."""
     normalize_reward: bool = False
+    """Scale rewards (or n-step returns) by their running standard deviation on the learner."""
     clip_rewards: bool = False
     """Learn from the sign of each reward (DQN's Atari setting: -1, 0 or +1); episode returns and
     evaluations stay the environment's own."""
-    """Scale rewards (or n-step returns) by their running standard deviation on the learner."""
+    episodic_life: bool = False
+    """A lost life ends the episode for learning (no bootstrapping across it: DQN's Atari setting)
+    while the game goes on; episode returns and evaluations stay whole games. Needs an env that
+    reports info['lives'] (ALE games)."""
     wrappers: list[Any] = field(default_factory=list)
     """gymnasium.wrappers by name, applied in order: 'FlattenObservation' or
     {name: ClipReward, min_reward: -1, max_reward: 1}."""

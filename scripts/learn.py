@@ -58,7 +58,8 @@ TARGETS = {
     ("r2d2", "qrl/CartPoleNoVel-v1"): (475.0, 100_000),
     # MinAtar (Young & Tian 2019): read off the paper's published learning curves (means of 30 runs
     # of the training return over 100 episodes; the MinAtar repository's img/learning_curves.gif),
-    # the full action set (qrl's presets use the minimal one, v1). Its DQN reaches 10 on Breakout by 5M frames (9.2 at 1M).
+    # the full action set (qrl's presets use the minimal one, v1). Its DQN reaches 10 on Breakout by
+    # 5M frames (9.2 at 1M).
     ("dqn", "MinAtar/Breakout-v1"): (10.0, 1_000_000),
     # Its actor-critic (AC(lambda=0.8), online) reaches 17.5 on Breakout by 5M frames (10 at 1M).
     ("ppo", "MinAtar/Breakout-v1"): (17.5, 2_000_000),

@@ -101,3 +101,39 @@ def test_clip_rewards_puts_each_reward_s_sign_in_the_items_and_reports_raw_retur
     meta, items = writer.segment()
     np.testing.assert_array_equal(items["return"], [1.0, -1.0, 0.0])  # n_step 1: the clipped rewards
     assert meta["episode_returns"] == [2.0]  # 5 - 3 + 0: the environment's own return
+
+
+def test_episodic_life_ends_the_episode_for_learning_only_when_a_life_is_lost():
+    """Hand-computed, 1-step DQN items (discount = gamma unless terminated): lives 3, 3, 2, 2 then a
+    game over (the new game reports 3 again): the step that lost a life is terminal for learning,
+    the game goes on (no episode start after it) and its return is reported whole."""
+    from qrl import algorithm
+    from qrl.acting.segments import SegmentWriter
+    from qrl.config import build
+
+    dqn = algorithm.load("dqn")
+    args = build(dqn.Args, {"n_step": 1, "gamma": 0.5}, "algo")
+    writer = SegmentWriter(dqn, args, "r", 0, "x", 1, {"segment_length": 5, "episodic_life": True})
+    obs, start = np.zeros((1, 2), np.float32), np.ones(1, bool)
+    for t, lives in enumerate([3, 3, 2, 2, 3]):
+        done = np.array([t == 4])  # the last life lost: a real game over, the env reset to 3 lives
+        writer.record(obs, np.zeros(1, np.int64), np.ones(1, np.float32), done, np.zeros(1, bool), obs, {}, start,
+                      {}, np.array([lives]))
+        start = done
+    meta, items = writer.segment()
+    np.testing.assert_array_equal(items["discount"], [0.5, 0.5, 0.0, 0.5, 0.0])
+    assert meta["episode_returns"] == [5.0]  # one game of 5 rewards, not one episode per life
+    plain = SegmentWriter(dqn, args, "r", 0, "x", 1, {"segment_length": 1})
+    plain.record(obs, np.zeros(1, np.int64), np.ones(1, np.float32), np.zeros(1, bool), np.zeros(1, bool), obs,
+                 {}, start, {}, None)  # without the option, envs without lives are fine
+    with pytest.raises(ValueError, match="run.episodic_life needs an env that reports info"):
+        writer.record(obs, np.zeros(1, np.int64), np.ones(1, np.float32), np.zeros(1, bool), np.zeros(1, bool), obs,
+                      {}, start, {}, None)
+
+
+def test_episodic_life_is_refused_before_start_for_an_env_without_lives():
+    from qrl import api
+    from qrl.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"run.episodic_life needs an environment that reports info\['lives'\]"):
+        api.resolve(None, "dqn", "CartPole-v1", ("run.episodic_life=true",))

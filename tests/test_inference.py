@@ -193,6 +193,8 @@ def test_bad_messages_are_rejected_with_a_reason_and_serving_goes_on(procs, brok
                            truncated=np.zeros(2, bool))),
         ("bad_final_obs", dict(obs=obs, reward=np.ones(2, np.float32), terminated=np.array([True, False]),
                                truncated=np.zeros(2, bool))),  # an episode ended, no final observation
+        ("bad_lives", dict(obs=obs, reward=np.ones(2, np.float32), terminated=np.zeros(2, bool),
+                           truncated=np.zeros(2, bool), lives=np.ones(2, np.float32))),  # lives are integers
     ]:
         reply = bad.request("env_step", {"step": 1}, arrays)
         assert reply.type == "error" and reply.meta["reason"] == reason, reply.meta
@@ -206,8 +208,8 @@ def test_bad_messages_are_rejected_with_a_reason_and_serving_goes_on(procs, brok
     assert bad.send(obs, np.ones(2, np.float32), np.zeros(2, bool), np.zeros(2, bool)).type == "env_actions"
     stats = good.client.request("get_stats", wait_s=10).meta
     assert stats["actors"] == 3 and stats["rejected"]["bad_obs"] == 3 and stats["rejected"]["bad_header"] >= 1
-    for reason in ("bad_reward", "bad_flags", "bad_final_obs", "bad_step", "bad_meta", "unexpected_type",
-                   "unknown_actor"):
+    for reason in ("bad_reward", "bad_flags", "bad_final_obs", "bad_lives", "bad_step", "bad_meta",
+                   "unexpected_type", "unknown_actor"):
         assert stats["rejected"][reason] >= 1, (reason, stats["rejected"])
     # Actors that go silent are forgotten after the idle timeout: their state is freed.
     wait_for(lambda: good.client.request("get_stats", wait_s=10).meta["actors"] == 0, 30, "idle actors freed")

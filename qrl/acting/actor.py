@@ -162,7 +162,8 @@ class Acting:
             next_obs, reward, terminated, truncated, info = self.env.step(actions)
             done = terminated | truncated
             writer.record(self.obs, actions, reward, terminated, truncated,
-                          envs.next_observations(next_obs, done, info), extras, self.episode_start, self.state)
+                          envs.next_observations(next_obs, done, info), extras, self.episode_start, self.state,
+                          info.get("lives"))
             self.state, self.episode_start, self.obs = next_state, done, next_obs
 
 

@@ -134,6 +134,8 @@ class EnvWorker:
                     raise InferenceRefused(f"the inference server sent no action for each of the {num_envs} envs")
                 obs, reward, terminated, truncated, info = env.step(actions)
                 results = {"reward": np.asarray(reward, np.float32), "terminated": terminated, "truncated": truncated}
+                if "lives" in info:  # for run.episodic_life
+                    results["lives"] = np.asarray(info["lives"], np.int64)
                 done = terminated | truncated
                 if done.any():
                     index = np.flatnonzero(done)

@@ -407,9 +407,14 @@ class InferenceServer:
             final = self._observations(arrays.get("final_obs"), len(index), "final_obs")
             next_obs = obs.copy()
             next_obs[index] = final
+        lives = arrays.get("lives")
+        if lives is None and s.writer.episodic_life:
+            raise Refused("bad_lives", "run.episodic_life needs each env's lives (info['lives'] of ALE games)")
+        if lives is not None and (lives.shape != (n,) or lives.dtype.kind not in "iu"):
+            raise Refused("bad_lives", f"lives must be {n} integers")
         a = s.acted
         s.writer.record(a["obs"], a["actions"], reward, terminated, truncated, next_obs, a["extras"],
-                        a["episode_start"], a["state"])
+                        a["episode_start"], a["state"], lives)
         s.episode_start = done
         if s.writer.full:
             policy_version = s.writer.policy_version

@@ -30,13 +30,16 @@ class SegmentWriter:
 
     def __init__(self, agent: algorithm.Agent, args: Any, run_id: str, actor_id: int, incarnation: str,
                  num_envs: int, run: dict[str, Any]):
-        """run: the run spec's `run` map (segment_length; frame_fields, frame_links, clip_rewards)."""
+        """run: the run spec's `run` map (segment_length; frame_fields, frame_links, clip_rewards,
+        episodic_life)."""
         self.agent, self.args = agent, args
         segment_length = run["segment_length"]
         # The run's schema says: these fields travel as frame references, and may point into the
         # previous segment's frames.
         self.frame_fields, self.frame_links = tuple(run.get("frame_fields") or ()), bool(run.get("frame_links"))
         self.clip_rewards = bool(run.get("clip_rewards"))  # learn from each reward's sign; report raw returns
+        self.episodic_life = bool(run.get("episodic_life"))  # a lost life is terminal for learning only
+        self.lives: np.ndarray | None = None  # each env's lives after its last step
         self.previous_frames: dict[bytes, int] = {}  # the last segment sent: frame content -> logical index
         self.pending_frames: dict[bytes, int] = {}
         self.run_id, self.actor_id, self.incarnation = run_id, actor_id, incarnation
@@ -64,16 +67,19 @@ class SegmentWriter:
     def full(self) -> bool:
         return len(self.window) >= self.length
 
-    def record(self, obs, actions, rewards, terminated, truncated, next_obs, extras, episode_start, state) -> None:
+    def record(self, obs, actions, rewards, terminated, truncated, next_obs, extras, episode_start, state,
+               lives: np.ndarray | None = None) -> None:
         """One step of every env: obs -> actions -> rewards, terminated, truncated, next_obs (the
         true successor: the final observation where an episode ended), with the core's extras, the
-        state it acted from, and which obs began an episode."""
+        state it acted from, which obs began an episode, and (episodic_life) each env's lives after
+        the step (info['lives'])."""
         if not self.window and self.history.before and self.sent == 0:  # nothing before the first step yet
             self.window += [algorithm.padding_step(obs, actions, extras, state)] * self.history.before
-        self.window.append(dict(obs=obs, actions=actions, rewards=rewards.astype(np.float32, copy=False),
-                                terminated=terminated, truncated=truncated, next_obs=next_obs, extras=extras,
-                                episode_start=episode_start, state=state, valid=self._valid))
         done = terminated | truncated
+        learn_terminated = terminated | self._lost_life(lives, done) if self.episodic_life else terminated
+        self.window.append(dict(obs=obs, actions=actions, rewards=rewards.astype(np.float32, copy=False),
+                                terminated=learn_terminated, truncated=truncated, next_obs=next_obs, extras=extras,
+                                episode_start=episode_start, state=state, valid=self._valid))
         self.ep_return += rewards
         self.ep_length += 1
         if done.any():
@@ -83,6 +89,16 @@ class SegmentWriter:
             self.ep_return[done] = 0.0
             self.ep_length[done] = 0
             self.counted[done] = True
+
+    def _lost_life(self, lives: np.ndarray | None, done: np.ndarray) -> np.ndarray:
+        """Which envs lost a life in this step and play on (a game that ended is terminated anyway;
+        a new game starts with more lives)."""
+        if lives is None:
+            raise ValueError("run.episodic_life needs an env that reports info['lives'] (ALE games do)")
+        lives = np.asarray(lives, dtype=np.int64)
+        lost = np.zeros(self.num_envs, dtype=bool) if self.lives is None else (lives < self.lives) & ~done
+        self.lives = lives.copy()
+        return lost
 
     def encode(self) -> list:
         """The full window's segment as wire frames (call mark_sent once it is handed to ZeroMQ)."""

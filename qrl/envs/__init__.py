@@ -211,6 +211,15 @@ def next_observations(obs: np.ndarray, done: np.ndarray, info: dict) -> np.ndarr
     return nxt
 
 
+def reports_lives(env_id: str, env_kwargs: dict[str, Any] | None = None, wrappers: Sequence[Any] = ()) -> bool:
+    """Whether the env's reset info holds 'lives' (ALE games): what run.episodic_life needs."""
+    env = make_vector_env(env_id, 1, env_kwargs, wrappers)
+    try:
+        return "lives" in env.reset(seed=0)[1]
+    finally:
+        env.close()
+
+
 def spaces(env_id: str, env_kwargs: dict[str, Any] | None = None,
            wrappers: Sequence[Any] = ()) -> tuple[gym.Space, gym.Space]:
     env = make_vector_env(env_id, 1, env_kwargs, wrappers)

@@ -246,7 +246,10 @@ SPEC = Map({
         "frame_links": Field(Bool(), required=False,
                              doc="references may link to the stream's previous segment (a replay table of frames)"),
         "clip_rewards": Field(Bool(), required=False, doc="actors put each reward's sign in the items"),
-    }), doc="num_envs, segment_length, seed, sync_actors, sync_lead, frame_fields, frame_links, clip_rewards"),
+        "episodic_life": Field(Bool(), required=False,
+                               doc="actors mark a step that lost a life (info['lives'] fell) terminated in the items"),
+    }), doc="num_envs, segment_length, seed, sync_actors, sync_lead, frame_fields, frame_links, clip_rewards, "
+            "episodic_life"),
 })
 
 TABLE = Map({
