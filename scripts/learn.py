@@ -68,6 +68,9 @@ TARGETS = {
     # Its actor-critic reaches 185 there by 5M frames, out of reach of 2 cores in a check: the
     # return it had after the 1M frames of the budget (51) instead.
     ("ppo", "MinAtar/SpaceInvaders-v1"): (51.0, 1_000_000),
+    # The recurrent pixel check: R2D2 to the DQN target on Breakout (the grid shows the ball's last
+    # position, so memory is not needed to play; this checks the recurrent path learns from pixels).
+    ("r2d2", "MinAtar/Breakout-v1"): (10.0, 1_000_000),
 }
 
 
