@@ -95,9 +95,9 @@ class SegmentWriter:
         a new game starts with more lives)."""
         if lives is None:
             raise ValueError("run.episodic_life needs an env that reports info['lives'] (ALE games do)")
-        lives = np.asarray(lives, dtype=np.int64)
+        lives = np.array(lives, dtype=np.int64)  # a copy: the caller may reuse its array
         lost = np.zeros(self.num_envs, dtype=bool) if self.lives is None else (lives < self.lives) & ~done
-        self.lives = lives.copy()
+        self.lives = lives
         return lost
 
     def encode(self) -> list:

@@ -9,9 +9,10 @@ no-op starts, frame skip 4, grayscale, 84x84, 4 stacked frames.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -211,19 +212,24 @@ def next_observations(obs: np.ndarray, done: np.ndarray, info: dict) -> np.ndarr
     return nxt
 
 
-def reports_lives(env_id: str, env_kwargs: dict[str, Any] | None = None, wrappers: Sequence[Any] = ()) -> bool:
-    """Whether the env's reset info holds 'lives' (ALE games): what run.episodic_life needs."""
+@contextlib.contextmanager
+def single_env(env_id: str, env_kwargs: dict[str, Any] | None = None,
+               wrappers: Sequence[Any] = ()) -> Iterator[gym.vector.VectorEnv]:
+    """A vector env of one, closed on the way out: to look at what the env is like."""
     env = make_vector_env(env_id, 1, env_kwargs, wrappers)
     try:
-        return "lives" in env.reset(seed=0)[1]
+        yield env
     finally:
         env.close()
+
+
+def reports_lives(env_id: str, env_kwargs: dict[str, Any] | None = None, wrappers: Sequence[Any] = ()) -> bool:
+    """Whether the env's reset info holds 'lives' (ALE games): what run.episodic_life needs."""
+    with single_env(env_id, env_kwargs, wrappers) as env:
+        return "lives" in env.reset(seed=0)[1]
 
 
 def spaces(env_id: str, env_kwargs: dict[str, Any] | None = None,
            wrappers: Sequence[Any] = ()) -> tuple[gym.Space, gym.Space]:
-    env = make_vector_env(env_id, 1, env_kwargs, wrappers)
-    try:
+    with single_env(env_id, env_kwargs, wrappers) as env:
         return env.single_observation_space, env.single_action_space
-    finally:
-        env.close()
