@@ -112,6 +112,7 @@ class Broker:
 
         self.spec: dict[str, Any] | None = None
         self.token_hash: str | None = None  # SHA-256 of the registered learner's token
+        self.frame_limit: int | None = None  # stats.frames at which the run's frame budget is spent
         self.table: ReplayTable | None = None
         self._reset_sources()
         self.weights_frames: list | None = None
@@ -356,10 +357,15 @@ class Broker:
         bound = self.table.cfg.max_policy_lag
         code, seq = self._source_code(meta["incarnation"]), meta["seq"]
         stream = (meta["actor_id"], meta["incarnation"])
-        if bound is not None and lag > bound:
-            self.stats.dropped_stale_segments += 1
-            self.stats.dropped_stale_items += n_items
-            self.stats.dropped_stale_frames += meta["frames"]
+        over_budget = self.frame_limit is not None and self.stats.frames >= self.frame_limit
+        if over_budget or (bound is not None and lag > bound):
+            if over_budget:  # what actors send after the budget is spent, until they are stopped
+                self.stats.over_budget_segments += 1
+                self.stats.over_budget_frames += meta["frames"]
+            else:
+                self.stats.dropped_stale_segments += 1
+                self.stats.dropped_stale_items += n_items
+                self.stats.dropped_stale_frames += meta["frames"]
             self._release_at_ingest(code, seq)
             self.table.keep_frames(arrays, pool, stream, seq)  # the stream's next segment may link to them
             return
@@ -505,6 +511,8 @@ class Broker:
                 self.stats.new_run()
             log.info("broker: new table %s for run %s", table_cfg, spec["run_id"])
         self.spec, self.token_hash = spec, token_hash
+        left = meta.get("frames_left")  # counted from now: a restored broker's counter is its snapshot's
+        self.frame_limit = None if left is None else self.stats.frames + left
         self.weights_layout = _layout(msg.arrays)
         self.weights_version = -1
         self._cache_weights(wire.encode("weights", {"version": meta["weights_version"], "run_id": spec["run_id"]},
@@ -691,6 +699,7 @@ class Broker:
             "dropped_stale": s.dropped_stale_items + dropped_queue,  # items too old: dropped on purpose
             "dropped_stale_segments": s.dropped_stale_segments,  # ... of them at ingest, whole segments
             "dropped_stale_frames": s.dropped_stale_frames,
+            "over_budget_frames": s.over_budget_frames,  # sent after the run's frame budget was spent; not stored
             "dropped_overflow": getattr(t, "dropped_overflow", 0),
             # Frames collected (frames), trained on (in batches served: each once from a queue, as
             # often as sampled from replay) and dropped unused (stale or overflowing a queue).
@@ -730,7 +739,7 @@ class Broker:
 class _Stats:
     _COUNTERS = ("segments", "items", "frames", "episodes", "batches", "sampled_items", "sampled_frames", "gaps",
                  "duplicates", "priority_updates", "priority_updates_skipped", "dropped_stale_segments",
-                 "dropped_stale_items", "dropped_stale_frames")
+                 "dropped_stale_items", "dropped_stale_frames", "over_budget_segments", "over_budget_frames")
 
     def __init__(self):
         self.started = time.monotonic()

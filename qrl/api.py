@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from qrl.config import ConfigError, FileConfig, RunConfig, parse_overrides
+from qrl.config import ConfigError, FileConfig, RunConfig, parse_overrides, to_dict
 
 
 @dataclass
@@ -53,12 +53,15 @@ def names_and_run(file: FileConfig, algo: str | None, env: str | None, run_overr
 
 
 def resolve(config: str | None, algo: str | None, env: str | None, sets: tuple[str, ...],
-            **run_options) -> Resolved:
-    """Check config file, algorithm, env and overrides before anything starts."""
-    from qrl import algorithm, envs
+            resume_dir: str | Path | None = None, **run_options) -> Resolved:
+    """Check config file, algorithm, env and overrides before anything starts. resume_dir: the
+    settings are that run's own (qrl/resume.py), and the options may change only some of them."""
+    from qrl import algorithm, resume
     from qrl.config import build, load_file
 
     file = load_file(config)
+    if resume_dir is not None:
+        file, saved = resume.resumed_file(resume_dir, file, algo, env)
     agent = algorithm.load(algo or file.algorithm or "dqn")
     overrides = parse_overrides(sets, {"run": RunConfig, "algo": agent.Args})
     algo, env, run_cfg = names_and_run(file, algo, env, overrides["run"], agent.run_defaults, **run_options)
@@ -66,14 +69,36 @@ def resolve(config: str | None, algo: str | None, env: str | None, sets: tuple[s
         raise ConfigError("run.sync_actors needs run.publish_every=1 (actors wait for every update's weights)")
     algo_values = {**file.algo, **overrides["algo"]}
     args = build(agent.Args, algo_values, "algo")  # type- and range-check now, not in a child process
-    try:  # settings that only together make a table the broker can serve (e.g. the rate limiter's)
-        agent.table_config(args).validate(args.batch_size)
+    if resume_dir is not None:
+        resume.refuse_changes(saved, to_dict(run_cfg), to_dict(args))
+    _check_env(env, run_cfg)
+    _check_table(agent, args, run_cfg)
+    return Resolved(algo, env, run_cfg, algo_values, file.actors)
+
+
+def _check_table(agent: Any, args: Any, run_cfg: RunConfig) -> None:
+    """Settings that only together make a table the broker can serve, and a budget that reaches
+    the first update."""
+    table = agent.table_config(args)
+    try:  # e.g. the rate limiter's
+        table.validate(args.batch_size)
     except ValueError as exc:
         raise ConfigError(f"algo: {exc}") from None
+    if table.min_size >= run_cfg.total_steps:  # an item holds at least one frame
+        raise ConfigError(f"the run would end before its first update: the replay needs {table.min_size:,} items "
+                          f"(algo.learning_starts) and run.total_steps={run_cfg.total_steps:,} frames cannot fill "
+                          f"it; raise run.total_steps or lower algo.learning_starts")
+
+
+def _check_env(env: str, run_cfg: RunConfig) -> None:
+    """Make the environment once, as the run will: a bad id, env_kwargs or wrapper, a missing
+    dependency (Box2D, ALE) or episodic_life without lives is one line now."""
+    from qrl import envs
+
     envs.check_env_id(env)
     for w in run_cfg.wrappers:
         envs._wrapper(w)
-    try:  # make it once here: bad env_kwargs or wrapper arguments, a missing dependency (Box2D, ALE)
+    try:
         envs.spaces(env, run_cfg.env_kwargs, run_cfg.wrappers)
     except Exception as exc:
         detail = (str(exc).strip().splitlines() or [""])[0][:200]
@@ -82,7 +107,6 @@ def resolve(config: str | None, algo: str | None, env: str | None, sets: tuple[s
     if run_cfg.episodic_life and not envs.reports_lives(env, run_cfg.env_kwargs, run_cfg.wrappers):
         raise ConfigError(f"run.episodic_life needs an environment that reports info['lives'] (ALE games do); "
                           f"{env} does not")
-    return Resolved(algo, env, run_cfg, algo_values, file.actors)
 
 
 def inference_sets(sets: tuple[str, ...], env: str, wrappers: list) -> tuple[str, ...]:
@@ -127,26 +151,31 @@ def _overrides(config: Mapping[str, Any] | None) -> list[str]:
 def train(algo: str = "dqn", env: str = "CartPole-v1", actors: int = 4, steps: int | None = None,
           config: Mapping[str, Any] | None = None, run_dir: str | Path | None = None, seed: int | None = None,
           target_return: float | None = None, config_file: str | Path | None = None,
-          progress: bool = False, inference: bool = False, local: bool = False) -> TrainResult:
+          progress: bool = False, inference: bool = False, local: bool = False, resume: bool = False,
+          max_seconds: float | None = None) -> TrainResult:
     """Train with a local cluster of separate processes; return the run's summary, metrics and checkpoint.
 
     inference=True: central inference (`qrl run --inference`): one inference server acts for
     env-only actors. local=True: everything in this process, no sockets (`qrl run --local`; see
     qrl/local.py): the same agent, table and learner loop, with the actors taking turns with the
     learner. Raises ConfigError (bad key, algorithm or env) before anything starts, RuntimeError
-    if the learner fails."""
+    if the learner fails. resume=True continues the run in run_dir with its own settings (algo and
+    env are then taken from it); steps, max_seconds and the run.* keys of qrl/resume.py may extend it."""
     from qrl.cluster import learner_args, run_local
     from qrl.metrics import read
 
+    if resume and run_dir is None:
+        raise ConfigError("resume=True needs the run_dir of the run to continue")
     sets = tuple(_overrides(config))
-    resolved = resolve(str(config_file) if config_file else None, algo, env, learner_sets(sets), seed=seed,
-                            total_steps=steps, target_return=target_return)
+    options = dict(seed=seed, total_steps=steps, max_seconds=max_seconds, target_return=target_return)
+    resolved = resolve(str(config_file) if config_file else None, None if resume else algo, None if resume else env,
+                       learner_sets(sets), resume_dir=run_dir if resume else None, **options)
     run_dir = Path(run_dir or default_run_dir(resolved.algo, resolved.env))
     if local:
-        summary = train_in_process(resolved, actors, run_dir, progress=progress)
+        summary = train_in_process(resolved, actors, run_dir, resume=resume, progress=progress)
         return TrainResult(run_dir, summary, read(run_dir), Path(summary["checkpoint"]))
-    passed_on = learner_args(learner_sets(sets), config=config_file, seed=seed, total_steps=steps,
-                             target_return=target_return, no_progress=not progress)
+    passed_on = learner_args(learner_sets(sets), config=config_file, no_progress=not progress, resume=resume,
+                             **options)
     code = run_local(resolved.algo, resolved.env, actors, run_dir, passed_on,
                      actor_args=actor_sets(sets, resolved.env, resolved.run.wrappers), inference=inference,
                      inference_args=inference_sets(sets, resolved.env, resolved.run.wrappers))

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from qrl.api import actor_sets, default_run_dir, inference_sets, learner_sets, names_and_run, resolve
-from qrl.config import ConfigError, RunConfig, parse_overrides
+from qrl.config import ConfigError, RunConfig, parse_overrides, to_dict
 
 
 class UserError(click.ClickException):
@@ -220,7 +220,9 @@ def _learner_options(fn):
         click.option("--env", "env_id", help="Gymnasium id or package.module:Class (default: the config's, "
                                              "else CartPole-v1)."),
         click.option("--seed", type=int, help="Run seed (run.seed)."),
-        click.option("--total-steps", type=int, help="Environment frame budget (run.total_steps)."),
+        click.option("--total-steps", type=int, help="Environment frame budget (run.total_steps); with --resume, "
+                                                     "a larger one extends the run."),
+        click.option("--max-seconds", type=float, help="Wall-clock limit of the run (run.max_seconds)."),
         click.option("--target-return", type=float, help="Stop when evaluation reaches it (default: env threshold)."),
         click.option("--run-dir", type=click.Path(file_okay=False), help="Where metrics and checkpoints go."),
         click.option("--no-progress", is_flag=True, help="Log progress lines instead of a live bar."),
@@ -242,8 +244,8 @@ def _learner_options(fn):
 @click.option("--resume-if-possible", is_flag=True,
               help="Continue from --run-dir's checkpoint if there is one, else start (for restart policies).")
 @user_errors("learner")
-def learner(config, algo, env_id, seed, total_steps, target_return, run_dir, no_progress, tensorboard, keys, sets,
-            broker, broker_file, device, resume, resume_if_possible) -> None:
+def learner(config, algo, env_id, seed, total_steps, max_seconds, target_return, run_dir, no_progress, tensorboard,
+            keys, sets, broker, broker_file, device, resume, resume_if_possible) -> None:
     """Run the learner: register the run, train from the broker's batches, publish weights."""
     _setup_logging()
     from qrl.protocol.transport import check_address, read_address_file, use_keys
@@ -251,17 +253,18 @@ def learner(config, algo, env_id, seed, total_steps, target_return, run_dir, no_
     if not broker_file:
         check_address(broker)
     use_keys(keys, server=False, role="learner")
-    r = resolve(config, algo, env_id, sets, seed=seed, total_steps=total_steps, target_return=target_return)
-    if broker_file:  # read after the settings are checked and torch is imported
-        broker = read_address_file(broker_file)
-    from qrl.learner import LearnerOptions, run_learner
-
     if (resume or resume_if_possible) and not run_dir:
         raise UserError("learner: --resume needs --run-dir")
     if resume_if_possible:
         from qrl import checkpoint
 
         resume = (Path(run_dir) / checkpoint.FILENAME).exists()
+    r = resolve(config, algo, env_id, sets, resume_dir=run_dir if resume else None, seed=seed,
+                total_steps=total_steps, max_seconds=max_seconds, target_return=target_return)
+    if broker_file:  # read after the settings are checked and torch is imported
+        broker = read_address_file(broker_file)
+    from qrl.learner import LearnerOptions, run_learner
+
     opts = LearnerOptions(algo=r.algo, env=r.env, broker=broker, run_dir=run_dir or default_run_dir(r.algo, r.env),
                           device=device, resume=resume, progress=not no_progress, tensorboard=tensorboard)
     run_learner(opts, r.run, r.algo_values)
@@ -279,33 +282,39 @@ def learner(config, algo, env_id, seed, total_steps, target_return, run_dir, no_
 @click.option("--local", "in_process", is_flag=True,
               help="One process, no sockets: the actors take turns with the learner (to debug an algorithm).")
 @user_errors("run")
-def run(config, algo, env_id, seed, total_steps, target_return, run_dir, no_progress, tensorboard, keys, sets, actors,
-        resume, inference, in_process) -> None:
-    """Train with a local cluster: broker, actors and learner as separate processes on loopback."""
+def run(config, algo, env_id, seed, total_steps, max_seconds, target_return, run_dir, no_progress, tensorboard, keys,
+        sets, actors, resume, inference, in_process) -> None:
+    """Train with a local cluster: broker, actors and learner as separate processes on loopback.
+    With --resume, the run directory's own settings: flags and --set may extend it (--total-steps,
+    --max-seconds) but not change what it trains."""
     from qrl import algorithm
     from qrl.config import load_file
 
+    if resume and not run_dir:
+        raise UserError("run: --resume needs --run-dir")
+    run_options = dict(seed=seed, total_steps=total_steps, max_seconds=max_seconds, target_return=target_return)
     if in_process:
         if inference or keys:
             raise UserError("run: --local runs everything in one process: not with --inference or --keys")
-        _run_in_process(config, algo, env_id, sets, actors, run_dir, resume, no_progress, tensorboard,
-                        seed=seed, total_steps=total_steps, target_return=target_return)
+        _run_in_process(config, algo, env_id, sets, actors, run_dir, resume, no_progress, tensorboard, **run_options)
 
     # Checked here: what needs no torch. The learner, started at once with the broker and the
     # actors, checks the rest (algorithm settings, the environment) and ends the run with one line.
     file = load_file(config)
+    if resume:
+        from qrl import resume as resuming
+
+        file, saved = resuming.resumed_file(run_dir, file, algo, env_id)
     run_overrides = parse_overrides([s for s in sets if s.strip().startswith("run.")], {"run": RunConfig})["run"]
-    algo, env_id, run_cfg = names_and_run(file, algo, env_id, run_overrides, {}, seed=seed, total_steps=total_steps,
-                                           target_return=target_return)
+    algo, env_id, run_cfg = names_and_run(file, algo, env_id, run_overrides, {}, **run_options)
+    if resume:
+        resuming.refuse_changes(saved, to_dict(run_cfg))
     algorithm.check_name(algo)
-    if resume and not run_dir:
-        raise UserError("run: --resume needs --run-dir")
     from qrl.cluster import ClusterError, learner_args, run_local
 
     actors = actors or file.actors or 4
-    passed_on = learner_args(learner_sets(sets), config=config, seed=seed, total_steps=total_steps,
-                             target_return=target_return,
-                             no_progress=no_progress, resume=resume, tensorboard=tensorboard)
+    passed_on = learner_args(learner_sets(sets), config=config, no_progress=no_progress, resume=resume,
+                             tensorboard=tensorboard, **run_options)
     key_args = ("--keys", keys) if keys else ()
     if inference and keys:
         raise UserError("run: --inference does not support --keys yet (the inference socket has no CURVE)")
@@ -321,9 +330,7 @@ def run(config, algo, env_id, seed, total_steps, target_return, run_dir, no_prog
 def _run_in_process(config, algo, env_id, sets, actors, run_dir, resume, no_progress, tensorboard,
                     **run_options) -> None:
     _setup_logging()
-    r = resolve(config, algo, env_id, sets, **run_options)
-    if resume and not run_dir:
-        raise UserError("run: --resume needs --run-dir")
+    r = resolve(config, algo, env_id, sets, resume_dir=run_dir if resume else None, **run_options)
     from qrl.api import train_in_process
     from qrl.lifetime import exit_now
 

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from qrl.lifetime import DONE_ENV, child_env
+from qrl.lifetime import DONE, DONE_ENV, READY, child_env
 
 
 class ClusterError(RuntimeError):
@@ -87,12 +87,13 @@ def stop(procs: list[subprocess.Popen], grace_s: float = 10.0) -> None:
 
 
 def learner_args(sets: tuple[str, ...] = (), *, config: str | Path | None = None, seed: int | None = None,
-                 total_steps: int | None = None, target_return: float | None = None, no_progress: bool = False,
+                 total_steps: int | None = None, max_seconds: float | None = None,
+                 target_return: float | None = None, no_progress: bool = False,
                  resume: bool = False, tensorboard: bool = False) -> list[str]:
     """The `qrl learner` arguments that carry a run's options (what `qrl run` and `qrl.train` pass on)."""
     args = [f"--set={s}" for s in sets]
     for flag, value in (("--config", config), ("--seed", seed), ("--total-steps", total_steps),
-                        ("--target-return", target_return)):
+                        ("--max-seconds", max_seconds), ("--target-return", target_return)):
         if value is not None:
             args += [flag, str(value)]
     for flag, on in (("--no-progress", no_progress), ("--resume", resume), ("--tensorboard", tensorboard)):
@@ -183,9 +184,9 @@ def _watch(learner: subprocess.Popen, broker: subprocess.Popen, actor_proc: subp
     end the run when the broker or the actors die, and stop the experience side once the learner
     says it is done training."""
     address_file = run_dir / "broker.json"
-    announced = False
+    announced = ready = False
     while learner.poll() is None:
-        if not announced and address_file.exists():
+        if not announced and ready and address_file.exists():
             announced = True
             print(f"qrl run: broker at {json.loads(address_file.read_text())['address']}, {actors} actor "
                   f"processes, logs in {run_dir}", flush=True)
@@ -197,7 +198,11 @@ def _watch(learner: subprocess.Popen, broker: subprocess.Popen, actor_proc: subp
             if p.poll() is not None:  # its last log line is its one-line error
                 raise ClusterError(f"{name} exited with code {p.returncode}: "
                                    f"{_tail(run_dir / (name + '.log'), lines=1)}")
-        if select.select([done_read], [], [], 0.05 if not announced else 0.2)[0]:  # done (or exited)
+        if not select.select([done_read], [], [], 0.05 if not announced else 0.2)[0]:
+            continue
+        said = os.read(done_read, 64)
+        ready = ready or READY in said
+        if DONE in said or not said:  # done training, or exited
             # No more experience is needed: the actors stop (confirming their last segments
             # with the broker), then the broker, all while the learner checkpoints.
             stop([actor_proc, *([server.proc] if server else []), broker], grace_s=_grace_s())

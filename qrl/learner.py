@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import zmq
 
-from qrl import algorithm, checkpoint, eager, envs, lifetime
+from qrl import algorithm, checkpoint, eager, envs, lifetime, resume
 from qrl.protocol import transport
 from qrl.evaluation import run_episodes
 from qrl.brokers.tables import TableConfig
@@ -59,14 +59,12 @@ class LearnerProcess:
         envs.check_env_id(opts.env)
         self.agent = algorithm.load(opts.algo)
         saved = checkpoint.load(self.run_dir, require=("learner", "config", "counters")) if opts.resume else None
-        if saved is not None:  # a resumed run keeps the config it started with
-            config = json.loads(saved["config"])
-            run_cfg = build(RunConfig, config["run"], "run")
-            algo_values = config["args"]
         self.cfg = run_cfg
         torch.set_num_threads(run_cfg.learner_threads)
         eager.skip_compiler_import()  # before the algorithm builds its optimizers
         self.args = build(self.agent.Args, algo_values, "algo")
+        if saved is not None:  # a resumed run keeps its own settings but for how long it runs and is watched
+            resume.refuse_changes(json.loads(saved["config"]), to_dict(run_cfg), dataclasses.asdict(self.args))
         self.agent.table_config(self.args).validate(self.args.batch_size)
         if opts.device == "auto":
             self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -120,6 +118,8 @@ class LearnerProcess:
         self.token = c.get("token", self.token)
         self.frames_before, self.elapsed_before = c["frames"], c["elapsed_s"]
         self.best_eval = c["best_eval"]
+        resume.check_budget_left(self.run_dir, self.frames_before, self.elapsed_before, self.cfg.total_steps,
+                                 self.cfg.max_seconds)
         log.info("learner: resumed run %s at update %d, weights version %d", self.run_id,
                  self.learner.updates, self.weights_version)
 
@@ -169,7 +169,8 @@ class LearnerProcess:
         reply = self.client.request(
             "register",
             {"spec": self.spec(), "table": self.table_config().as_meta(), "schema": self.item_schema.as_meta(),
-             "weights_version": self.weights_version, "token": self.token},
+             "weights_version": self.weights_version, "token": self.token,
+             "frames_left": max(0, self.cfg.total_steps - self.frames_so_far())},
             self.weights(), wait_s=None, report=log.warning, should_stop=lambda: self.stopping,
         )
         if reply.type != "ok":
@@ -234,6 +235,7 @@ class LearnerProcess:
             self.open()
             self.metrics.write("phase", name="registered")  # start-up phases: scripts/bench_overhead.py
             self.live = LiveCounters(frames=self.frames_before, last_eval_frames=self.frames_before)
+            self.start_counting()
             self.live.mark_rates(self.learner.updates, consumed=0)
             self._loop()
             return self._finish()
@@ -244,6 +246,16 @@ class LearnerProcess:
     def open(self) -> None:
         """Reach the broker and register the run."""
         self.connect(zmq.Context())
+
+    def frames_so_far(self) -> int:
+        live = getattr(self, "live", None)  # none before the first register
+        return live.frames if live is not None else self.frames_before
+
+    def start_counting(self) -> None:
+        """Count frames from the broker's counter as it is now: a broker restored from a snapshot
+        starts from the snapshot's count, frames that this run's checkpoint already holds."""
+        stats = self.broker_stats()
+        self.live.broker_id, self.live.broker_frames = stats.get("broker_id"), stats.get("frames", 0)
 
     def close(self) -> None:
         self.ctx.destroy(linger=200)  # the last weights go out at once on loopback; a gone broker gets none
@@ -514,6 +526,7 @@ def serve(run: LearnerProcess) -> dict[str, Any]:
     if threading.current_thread() is threading.main_thread():  # (qrl.train may run in any thread)
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
+    lifetime.announce_ready()  # its settings are accepted: `qrl run` announces the run
     summary = run.run()
     print(f"learner: {summary['stop_reason']}; final evaluation {summary['final_eval_mean']:.2f} "
           f"+/- {summary['final_eval_std']:.2f} over {run.cfg.eval_episodes} episodes after "

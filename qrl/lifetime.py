@@ -49,8 +49,20 @@ def arm_from_env() -> None:
 
 
 DONE_ENV = "QRL_DONE_FD"
-"""A launcher (`qrl run`) may pass the write end of a pipe here; the learner writes to it the
-moment it stops training, so the launcher can stop the actors while the learner checkpoints."""
+"""A launcher (`qrl run`) may pass the write end of a pipe here. The learner writes READY to it
+once it has accepted the run's settings (the launcher announces the run only then, so a refused
+setting is the only line the user sees), and DONE the moment it stops training, so the launcher
+can stop the actors while the learner checkpoints."""
+READY, DONE = b"r", b"d"
+
+
+def announce_ready() -> None:
+    fd = os.environ.get(DONE_ENV)
+    if fd is not None:
+        try:
+            os.write(int(fd), READY)
+        except (OSError, ValueError):
+            pass  # the launcher is gone or passed no pipe: nothing to tell
 
 
 def announce_done() -> None:
@@ -58,7 +70,7 @@ def announce_done() -> None:
     if fd is None:
         return
     try:
-        os.write(int(fd), b"done")
+        os.write(int(fd), DONE)
         os.close(int(fd))
     except (OSError, ValueError):
         pass  # the launcher is gone or passed no pipe: nothing to tell

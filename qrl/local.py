@@ -70,6 +70,9 @@ class LocalRun(LearnerProcess):
         writer = SegmentWriter(self.agent, self.args, self.run_id, actor_id, "local", c.num_envs, run)
         return Acting(env, core, writer, self.policy, seed)
 
+    def start_counting(self) -> None:
+        pass  # this process's table counts from zero; frames are added as segments are stored
+
     def close(self) -> None:
         for acting in self.actors:
             acting.env.close()

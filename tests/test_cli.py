@@ -125,6 +125,8 @@ def test_files_that_are_not_checkpoints_are_one_line(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "checkpoint.pt").write_bytes(os.urandom(100))
+    one_line_error(qrl("learner", "--resume", "--run-dir", str(run_dir)), "no run to resume", "no config.json")
+    (run_dir / "config.json").write_text('{"algo": "dqn", "env": "CartPole-v1", "run": {}, "args": {}}')
     one_line_error(qrl("learner", "--resume", "--run-dir", str(run_dir)), "is not a readable checkpoint")
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import difflib
 import importlib
+import os
+import sys
 from typing import Any, Iterator, Sequence
 
 import gymnasium as gym
@@ -95,7 +97,7 @@ def resolve(env_id: str) -> str:
     if ":" in env_id:
         module_name, _, attr = env_id.partition(":")
         try:
-            cls = getattr(importlib.import_module(module_name), attr)
+            cls = getattr(import_user_module(module_name), attr)
         except (ImportError, AttributeError) as exc:
             raise UnknownEnvironment(f"cannot load environment entry point '{env_id}': {exc}") from None
         if not (isinstance(cls, type) and issubclass(cls, gym.Env)):
@@ -107,6 +109,17 @@ def resolve(env_id: str) -> str:
     close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise UnknownEnvironment(f"unknown environment '{env_id}'{hint}")
+
+
+def import_user_module(name: str) -> Any:
+    """A user's environment module, found as `python -m` finds modules: the current directory
+    first, then sys.path (PYTHONPATH, installed packages). The one rule for every command (run,
+    learner, actor, inference, evaluate) and the Python API: a `qrl` console script, unlike
+    `python -m qrl`, does not put the current directory on sys.path by itself."""
+    cwd = os.getcwd()
+    if "" not in sys.path and cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    return importlib.import_module(name)
 
 
 def check_env_id(env_id: str) -> None:

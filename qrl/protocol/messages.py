@@ -293,6 +293,9 @@ SCHEMAS: dict[str, Map] = {
         "schema": Field(ITEM_SCHEMA, doc="the item schema"),
         "weights_version": Field(Int(-1, MAX_INT), doc="version of the initial weights"),
         "token": Field(TOKEN, doc="the learner's secret for this run"),
+        "frames_left": Field(Int(0, MAX_INT), required=False,
+                             doc="env frames the run may still take: the broker stores no segment once it has "
+                                 "accepted this many more (the frame budget, overshot by one segment at most)"),
     }),
     "get_spec": Map({"req": REQ}),
     "get_weights": Map({"req": REQ}),
