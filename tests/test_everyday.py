@@ -38,7 +38,8 @@ def test_a_run_directory_is_enough_to_resume_and_a_larger_budget_extends_the_run
     assert "broker at" not in spent.stdout and evaluations(run_dir) == evals
     # What the run is cannot change on resume; each refusal names the settings.
     one_line_error(qrl("run", "--resume", "--run-dir", str(run_dir), "--total-steps", "8192", "--set",
-                       "run.num_envs=2", "--set", "run.segment_length=8"), "cannot change run.num_envs, run.segment_length")
+                       "run.num_envs=2", "--set", "run.segment_length=8"),
+                   "cannot change run.num_envs, run.segment_length")
     one_line_error(qrl("run", "--resume", "--run-dir", str(run_dir), "--total-steps", "8192", "--set", "algo.lr=0.5"),
                    "cannot change algo.lr", "it may change run.total_steps, run.max_seconds")
     one_line_error(qrl("run", "--resume", "--run-dir", str(run_dir), "--algo", "dqn"),
