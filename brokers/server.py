@@ -698,8 +698,7 @@ class Broker:
             "duplicates": s.duplicates,
             "dropped_stale": s.dropped_stale_items + dropped_queue,  # items too old: dropped on purpose
             "dropped_stale_segments": s.dropped_stale_segments,  # ... of them at ingest, whole segments
-            # over_budget_frames: sent after the run's frame budget was spent, not stored
-            "dropped_stale_frames": s.dropped_stale_frames, "over_budget_frames": s.over_budget_frames,
+            "dropped_stale_frames": s.dropped_stale_frames, "over_budget_frames": s.over_budget_frames,  # not stored
             "dropped_overflow": getattr(t, "dropped_overflow", 0),
             # Frames collected (frames), trained on (in batches served: each once from a queue, as
             # often as sampled from replay) and dropped unused (stale or overflowing a queue).
