@@ -51,10 +51,10 @@ cluster: install
 	$(QRL) actor --n $(ACTORS) --broker $$address --set actor.give_up_after=3 > $(RUN_DIR)/actor.log 2>&1 & echo $$! > $(RUN_DIR)/actor.pid; \
 	$(QRL) learner $(if $(CONFIG),--config $(CONFIG),--algo $(ALGO) --env $(ENV)) --broker $$address --run-dir $(RUN_DIR) --no-progress $(SET) > $(RUN_DIR)/learner.log 2>&1 & echo $$! > $(RUN_DIR)/learner.pid; \
 	echo "cluster: broker at $$address; logs in $(RUN_DIR)/*.log; Ctrl-C or 'make stop' stops it"; \
-	trap 'kill -TERM $$(cat $(RUN_DIR)/learner.pid) 2>/dev/null' INT TERM; \
+	trap 'kill -TERM $$(cat $(RUN_DIR)/learner.pid 2>/dev/null) 2>/dev/null' INT TERM; \
 	learner=$$(cat $(RUN_DIR)/learner.pid); \
 	while :; do wait $$learner; code=$$?; kill -0 $$learner 2>/dev/null || break; done; \
-	kill -TERM $$(cat $(RUN_DIR)/actor.pid) $$(cat $(RUN_DIR)/broker.pid) 2>/dev/null; wait; \
+	kill -TERM $$(cat $(RUN_DIR)/actor.pid $(RUN_DIR)/broker.pid 2>/dev/null) 2>/dev/null; wait; \
 	rm -f $(RUN_DIR)/*.pid; tail -1 $(RUN_DIR)/learner.log; exit $$code
 
 stop:

@@ -35,6 +35,7 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -849,7 +850,9 @@ def run_broker(cfg: BrokerConfig, address_file: str | None = None) -> None:
     signal.signal(signal.SIGTERM, lambda *_: broker.stop())
     signal.signal(signal.SIGINT, lambda *_: broker.stop())
     if address_file:
-        transport.write_address_file(address_file, broker.address(), ports=broker.ports)
+        # The keys directory too: `qrl status RUN_DIR` reads both.
+        transport.write_address_file(address_file, broker.address(), ports=broker.ports,
+                                     keys=str(Path(cfg.keys).resolve()) if cfg.keys else None)
     log.info("broker: serving on %s (ports %s)", broker.address(), broker.ports)
     try:
         broker.serve()

@@ -5,7 +5,9 @@ Loading uses weights_only=True: a checkpoint holds tensors and plain data only."
 from __future__ import annotations
 
 import os
+import textwrap
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +37,16 @@ def load(path: str | Path, require: tuple[str, ...] = ("learner", "config")) -> 
         path = path / FILENAME
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    if path.is_file() and not zipfile.is_zipfile(path):  # torch.save writes zip archives
+        raise CheckpointError(f"{path} is not a readable checkpoint (not a file torch.save writes)")
     try:
         with warnings.catch_warnings():  # a junk file can make torch warn before it fails: one line only
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many kinds (pickle, zip, unsupported global) with long texts
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise CheckpointError(f"{path} is not a readable checkpoint ({first_line})") from None
+        first_sentence = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]
+        raise CheckpointError(f"{path} is not a readable checkpoint ({textwrap.shorten(first_sentence, 120)})") \
+            from None
     missing = [k for k in require if not isinstance(state, dict) or k not in state]
     if missing:
         raise CheckpointError(f"{path} is not a qrl checkpoint (it lacks {', '.join(missing)})")

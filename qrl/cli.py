@@ -363,38 +363,54 @@ def evaluate(path, episodes, seed, render, gif, as_json) -> None:
 
 
 @main.command()
-@click.option("--broker", default="tcp://127.0.0.1:5555", show_default=True, help="The broker's service address.")
+@click.argument("target", required=False)
+@click.option("--broker", help="The broker's service address (instead of TARGET).")
 @click.option("--json", "as_json", is_flag=True, help="Print the broker's stats as JSON (for scripts).")
 @click.option("--timeout", default=5.0, show_default=True, type=float, help="Seconds to wait for the broker.")
 @keys_option
 @user_errors("status")
-def status(broker, as_json, timeout, keys) -> None:
-    """The broker's view of the cluster: counters, replay, policy lag, and every actor."""
+def status(target, broker, as_json, timeout, keys) -> None:
+    """The broker's view of the cluster: counters, replay, policy lag, and every actor.
+
+    TARGET is a run directory (its broker.json gives the address and keys) or a broker address;
+    without one, the live run under runs/, else tcp://127.0.0.1:5555."""
     import json
 
-    import zmq
-
     from qrl import status as status_view
-    from qrl.protocol.transport import BrokerUnavailable, Client, check_address, use_keys
 
-    use_keys(keys, server=False, role=("observer", "learner", "actor"))  # any role may read stats
-    check_address(broker)
-    ctx = zmq.Context()
     try:
-        client = Client(ctx, broker, "status", timeout_s=timeout)
-        try:
-            stats = client.request("get_stats", wait_s=timeout).meta
-        except BrokerUnavailable:
-            raise UserError(f"status: no broker answered at {broker} within {timeout:g} s") from None
-        finally:
-            client.close()
-    finally:
-        ctx.destroy(linger=0)
+        where = status_view.find_target(target, broker, keys)
+    except status_view.StatusError as exc:
+        raise UserError(f"status: {exc}") from None
+    stats = _broker_stats(where.address, where.keys, timeout)
     stats.pop("req", None)
     if as_json:
         click.echo(json.dumps(stats, indent=2))
     else:
         status_view.render(stats)
+
+
+def _broker_stats(address: str, keys: str | None, timeout: float) -> dict:
+    import zmq
+
+    from qrl.protocol.transport import BrokerUnavailable, Client, check_address, refuses_plain_clients, use_keys
+
+    use_keys(keys, server=False, role=("observer", "learner", "actor"))  # any role may read stats
+    check_address(address)
+    ctx = zmq.Context()
+    try:
+        client = Client(ctx, address, "status", timeout_s=timeout)
+        try:
+            return client.request("get_stats", wait_s=timeout).meta
+        except BrokerUnavailable:
+            if not keys and refuses_plain_clients(ctx, address):
+                raise UserError(f"status: the broker at {address} uses keys (CURVE): give --keys KEY_DIR, the "
+                                f"directory from `qrl keygen`") from None
+            raise UserError(f"status: no broker answered at {address} within {timeout:g} s") from None
+        finally:
+            client.close()
+    finally:
+        ctx.destroy(linger=0)
 
 
 @main.command()

@@ -7,6 +7,7 @@ policies carry their state from step to step, reset where an episode starts."""
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -87,9 +88,11 @@ def evaluate(path: str | Path, episodes: int = 10, seed: int = 0, render: str | 
 
     render="terminal" prints every step of every episode (text rendering); gif=PATH saves the
     first episode as an animated GIF. Without either, episodes run as one vector env."""
-    policy = load_policy(path)
     if render not in (None, "terminal"):
         raise ConfigError(f"unknown render mode '{render}'; use --render terminal or --gif PATH")
+    if gif is not None and Path(gif).suffix.lower() != ".gif":  # checked before any episode runs
+        raise ConfigError(f"--gif writes an animated GIF: give a file name that ends in .gif, not {gif}")
+    policy = load_policy(path)
     if render is None and gif is None:
         mean, std, returns = run_episodes(policy.agent, policy.args, policy.net, policy.env, episodes, seed,
                                           policy.run.env_kwargs, policy.run.wrappers, policy.normalize_obs)
@@ -98,7 +101,9 @@ def evaluate(path: str | Path, episodes: int = 10, seed: int = 0, render: str | 
 
     mode = "ansi" if render == "terminal" else "rgb_array"
     modes = envs.spec(policy.env).kwargs.get("render_modes") or []
-    env = envs.make_env(policy.env, policy.run.env_kwargs, policy.run.wrappers, render_mode=mode)
+    with warnings.catch_warnings():  # gymnasium warns of a mode the env lacks: the line below says it
+        warnings.simplefilter("ignore")
+        env = envs.make_env(policy.env, policy.run.env_kwargs, policy.run.wrappers, render_mode=mode)
     available = env.metadata.get("render_modes", modes)
     if mode not in available:
         env.close()

@@ -419,6 +419,7 @@ class LearnerProcess:
             "frames": live.frames, "updates": self.learner.updates, "elapsed_s": round(elapsed, 2),
             "final_eval_mean": final_mean, "final_eval_std": final_std, "best_eval": self.best_eval,
             "target_return": self.target_return, "wait_fraction": round(live.wait_s / max(elapsed, 1e-9), 4),
+            "stale_fraction": round(live.stale_fraction(), 4),
             "weights_version": self.weights_version, "checkpoint": str(path),
         }
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -504,12 +505,25 @@ class LiveCounters:
                     frames_dropped=s.get("frames_dropped"), weights_version=version,
                     wait_fraction=self.wait_s / max(elapsed, 1e-9), samples_resent=self.resent, **self.train_metrics)
 
+    def stale_fraction(self) -> float:
+        """Of the frames actors sent, the fraction dropped unused (too stale, or overflowing a queue)."""
+        s = self.stats
+        dropped = s.get("frames_dropped") or 0
+        return dropped / max(1, (s.get("frames") or 0) + (s.get("dropped_stale_frames") or 0))
+
+    def live_frames_per_s(self) -> float:
+        """The frame rate since the rate window began, up to now: frames also arrive with batches
+        between the once-a-second syncs, and a rate from the last sync alone read 0 while they rose."""
+        then, _, frames_then, _ = self.rate_marks[0]
+        return (self.frames - frames_then) / max(time.monotonic() - then, 1e-9)
+
     def status_line(self) -> str:
         s = self.stats
         r100, lag = s.get("mean_return_100"), s.get("policy_lag_100")  # lag: weight versions
         shown = lambda v: "-" if v is None else f"{v:.1f}"
-        return (f"{self.frames_per_s:,.0f} fps | trained on {self.consumed_per_s:,.0f} fps | "
-                f"{self.updates_per_s:,.0f} upd/s | return(100) {shown(r100)} | eval {shown(self.last_eval_value)} | "
+        return (f"{self.live_frames_per_s():,.0f} fps | trained on {self.consumed_per_s:,.0f} fps | "
+                f"stale {100 * self.stale_fraction():.0f}% | {self.updates_per_s:,.0f} upd/s | "
+                f"return(100) {shown(r100)} | eval {shown(self.last_eval_value)} | "
                 f"replay {s.get('replay_size', 0):,} | lag {shown(lag)} | actors {s.get('actors', 0)}")
 
 
@@ -530,6 +544,14 @@ def serve(run: LearnerProcess) -> dict[str, Any]:
     summary = run.run()
     print(f"learner: {summary['stop_reason']}; final evaluation {summary['final_eval_mean']:.2f} "
           f"+/- {summary['final_eval_std']:.2f} over {run.cfg.eval_episodes} episodes after "
-          f"{summary['frames']:,} frames and {summary['elapsed_s']:.1f} s; checkpoint {summary['checkpoint']}",
-          flush=True)
+          f"{summary['frames']:,} frames and {summary['elapsed_s']:.1f} s; checkpoint {summary['checkpoint']}"
+          + _stale_note(summary["stale_fraction"]), flush=True)
+
+
+def _stale_note(fraction: float) -> str:
+    """Said at the end when many frames were collected for nothing (the live line shows it too)."""
+    if fraction < 0.05:
+        return ""
+    return (f"; {100 * fraction:.0f}% of the frames sent were dropped as stale (fewer actors, or a larger "
+            f"run.max_policy_lag, waste less)")
     return summary

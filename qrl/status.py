@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -47,3 +51,63 @@ def render(stats: dict[str, Any], console: Console | None = None) -> None:
     if rest.get("actors"):
         console.print(f"... and {rest['actors']:,} actors seen less recently: {rest['segments']:,} segments, "
                       f"{rest['frames']:,} frames, {rest['gaps']:,} gaps")
+
+
+# -- which broker: a run directory, an address, or the live runs under runs/ ----------------------
+
+DEFAULT_BROKER = "tcp://127.0.0.1:5555"
+
+
+class StatusError(ValueError):
+    """No broker to ask; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class Target:
+    address: str
+    keys: str | None  # a CURVE key directory
+    run_dir: Path | None = None
+
+
+def find_target(target: str | None, broker: str | None, keys: str | None, runs: Path = Path("runs")) -> Target:
+    """The broker `qrl status [TARGET] [--broker ADDRESS]` asks. TARGET: a run directory (its
+    broker.json names the address and the keys) or an address. Neither: the one live run under
+    runs/ (its broker process is alive), else DEFAULT_BROKER (`make cluster`'s port)."""
+    if target and broker:
+        raise StatusError("give a run directory or address, or --broker, not both")
+    if target is None and broker is None:
+        live = live_runs(runs)
+        if len(live) > 1:
+            raise StatusError(f"{len(live)} live runs under {runs}/ ({', '.join(map(str, live))}): "
+                              f"give one, as in: qrl status {live[0]}")
+        return from_run_dir(live[0], keys) if live else Target(DEFAULT_BROKER, keys)
+    text = target or broker
+    if Path(text).is_dir():
+        return from_run_dir(Path(text), keys)
+    if "://" not in text:
+        raise StatusError(f"{text} is neither a run directory nor a broker address (tcp://HOST:PORT)")
+    return Target(text, keys)
+
+
+def from_run_dir(run_dir: Path, keys: str | None) -> Target:
+    path = run_dir / "broker.json"
+    if not path.exists():
+        raise StatusError(f"{run_dir} has no broker.json: no broker was started for it (or it is a learner's "
+                          f"run directory on another machine than its broker)")
+    try:
+        doc = json.loads(path.read_text())
+        return Target(str(doc["address"]), keys or doc.get("keys"), run_dir)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StatusError(f"{path} holds no broker address ({type(exc).__name__})") from None
+
+
+def live_runs(runs: Path) -> list[Path]:
+    """Run directories under runs/ whose broker process (the pid in broker.json) is alive."""
+    alive = []
+    for path in sorted(runs.glob("*/broker.json")):
+        try:
+            os.kill(int(json.loads(path.read_text())["pid"]), 0)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # gone, or not a broker's address file
+        alive.append(path.parent)
+    return alive

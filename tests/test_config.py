@@ -58,10 +58,10 @@ def test_every_preset_resolves_to_a_checked_config(preset):
 
 def test_precedence_defaults_file_flags_then_set(tmp_path):
     f = tmp_path / "c.yaml"
-    f.write_text("algorithm: dqn\nenv: CartPole-v1\nrun: {seed: 1, total_steps: 10}\nalgo: {lr: 0.5, hidden: 32}\n")
+    f.write_text("algorithm: dqn\nenv: CartPole-v1\nrun: {seed: 1, total_steps: 5000}\nalgo: {lr: 0.5, hidden: 32}\n")
     r = api.resolve(str(f), None, None, ("algo.lr=0.25", "run.env_kwargs={sutton_barto_reward: true}"),
                      seed=2, total_steps=None)
-    assert (r.run.seed, r.run.total_steps) == (2, 10)  # flag beats file; file beats default
+    assert (r.run.seed, r.run.total_steps) == (2, 5000)  # flag beats file; file beats default
     assert r.algo_values == {"lr": 0.25, "hidden": 32}  # --set beats file
     assert r.run.env_kwargs == {"sutton_barto_reward": True}
     f.write_text("algorithm: dqn\nenv: CartPole-v1\n")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import wait_for
 from qrl.metrics import read
 from tests.test_cli import one_line_error
 
@@ -114,3 +115,30 @@ def test_an_environment_module_in_the_working_directory_works_in_every_command(t
     # The learner imports it too: its error is about the settings, not a missing module.
     one_line_error(qrl("learner", "--env", "myenv:Corridor", "--set", "run.env_kwargs={width: 3}", cwd=tmp_path),
                    "cannot make environment 'myenv:Corridor'", "width")
+
+
+def _start_broker(procs, run_dir: Path, *extra: str) -> str:
+    run_dir.mkdir(parents=True)
+    procs.start(run_dir.name, "broker", "--port", "0", "--address-file", str(run_dir / "broker.json"), *extra)
+    wait_for(lambda: (run_dir / "broker.json").exists(), 30, "the broker's address file")
+    return json.loads((run_dir / "broker.json").read_text())["address"]
+
+
+def test_status_finds_a_run_by_its_directory_or_alone_under_runs_and_says_when_keys_are_needed(procs, tmp_path):
+    from qrl.protocol.transport import keygen
+
+    keygen(tmp_path / "keys")
+    runs = tmp_path / "runs"
+    address = _start_broker(procs, runs / "keyed", "--keys", str(tmp_path / "keys"))
+    (runs / "ended").mkdir()  # a run whose broker is gone
+    (runs / "ended" / "broker.json").write_text(json.dumps({"address": "tcp://127.0.0.1:9", "pid": 2**22 + 7}))
+
+    one_line_error(qrl("status", "--broker", address, "--timeout", "2"), "uses keys (CURVE)", "--keys")
+    for target in (("keyed",), ()):  # the run directory (address and keys from it), or the one live run
+        out = qrl("status", *target, "--json", cwd=runs.parent if not target else runs)
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["broker_id"]
+    _start_broker(procs, runs / "plain")
+    one_line_error(qrl("status", cwd=tmp_path), "2 live runs under runs/", "qrl status runs/keyed")
+    one_line_error(qrl("status", "nowhere", cwd=tmp_path), "neither a run directory nor a broker address")
+    one_line_error(qrl("status", "runs/ended", "--timeout", "1", cwd=tmp_path), "no broker answered")

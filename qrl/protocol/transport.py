@@ -282,6 +282,32 @@ def read_address_file(path: str | Path, timeout_s: float = 60.0) -> str:
         time.sleep(0.02)
 
 
+def refuses_plain_clients(ctx: zmq.Context, address: str, timeout_s: float = 2.0) -> bool:
+    """Whether a server at address turns away a client without keys (it uses CURVE): the
+    handshake fails on the mechanism, which a socket monitor sees (the request only times out)."""
+    from zmq.utils.monitor import recv_monitor_message
+
+    probe = ctx.socket(zmq.DEALER)
+    probe.setsockopt(zmq.LINGER, 0)
+    monitor = probe.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+    try:
+        probe.connect(address)
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            if not monitor.poll(int(left * 1000) + 1):
+                break
+            event = recv_monitor_message(monitor)["event"]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                return False
+            if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+                return True
+        return False
+    finally:
+        probe.disable_monitor()
+        monitor.close(linger=0)
+        probe.close(linger=0)
+
+
 def check_bind_host(host: str) -> None:
     """The broker can listen on ``host``: it resolves to an address of this machine (or is a wildcard)."""
     try:
