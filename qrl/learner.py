@@ -546,12 +546,12 @@ def serve(run: LearnerProcess) -> dict[str, Any]:
           f"+/- {summary['final_eval_std']:.2f} over {run.cfg.eval_episodes} episodes after "
           f"{summary['frames']:,} frames and {summary['elapsed_s']:.1f} s; checkpoint {summary['checkpoint']}"
           + _stale_note(summary["stale_fraction"]), flush=True)
+    return summary
 
 
 def _stale_note(fraction: float) -> str:
     """Said at the end when many frames were collected for nothing (the live line shows it too)."""
     if fraction < 0.05:
         return ""
-    return (f"; {100 * fraction:.0f}% of the frames sent were dropped as stale (fewer actors, or a larger "
-            f"run.max_policy_lag, waste less)")
-    return summary
+    return (f"; {100 * fraction:.0f}% of the frames sent were dropped unused as stale (fewer actors, or a larger "
+            f"max_policy_lag, waste less)")
