@@ -82,6 +82,21 @@ def _describe_values(policy: LoadedPolicy, core: algorithm.ActorCore, env, obs, 
     return "  ".join(f"{n} {v:+.3f}{'*' if i == best else ' '}" for i, (n, v) in enumerate(zip(names, values)))
 
 
+def _rendering_env(policy: Any, mode: str) -> Any:
+    """The policy's env rendering in mode ("ansi": text, "rgb_array": frames), or one line saying
+    that it has no such mode."""
+    modes = envs.spec(policy.env).kwargs.get("render_modes") or []
+    with warnings.catch_warnings():  # gymnasium warns of a mode the env lacks: the line below says it
+        warnings.simplefilter("ignore")
+        env = envs.make_env(policy.env, policy.run.env_kwargs, policy.run.wrappers, render_mode=mode)
+    available = env.metadata.get("render_modes", modes)
+    if mode not in available:
+        env.close()
+        what = "text rendering for --render terminal" if mode == "ansi" else "rgb_array frames for --gif"
+        raise ConfigError(f"{policy.env} has no {what} (its render modes: {', '.join(available) or 'none'})")
+    return env
+
+
 def evaluate(path: str | Path, episodes: int = 10, seed: int = 0, render: str | None = None,
              gif: str | Path | None = None, fps: int = 30, out: Callable[[str], Any] = print) -> dict[str, Any]:
     """Deterministic evaluation: mean, std and each episode's return.
@@ -99,16 +114,7 @@ def evaluate(path: str | Path, episodes: int = 10, seed: int = 0, render: str | 
         return {"env": policy.env, "algo": policy.algo_name, "episodes": episodes, "mean": mean, "std": std,
                 "returns": returns}
 
-    mode = "ansi" if render == "terminal" else "rgb_array"
-    modes = envs.spec(policy.env).kwargs.get("render_modes") or []
-    with warnings.catch_warnings():  # gymnasium warns of a mode the env lacks: the line below says it
-        warnings.simplefilter("ignore")
-        env = envs.make_env(policy.env, policy.run.env_kwargs, policy.run.wrappers, render_mode=mode)
-    available = env.metadata.get("render_modes", modes)
-    if mode not in available:
-        env.close()
-        what = "text rendering for --render terminal" if mode == "ansi" else "rgb_array frames for --gif"
-        raise ConfigError(f"{policy.env} has no {what} (its render modes: {', '.join(available) or 'none'})")
+    env = _rendering_env(policy, "ansi" if render == "terminal" else "rgb_array")
     frames, returns = [], []
     core = policy.agent.make_core(policy.args, 0, 1, 1, seed)
     try:
