@@ -81,6 +81,10 @@ class Policy(nn.Module):
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.center + self.scale * torch.tanh(self.net(self.encoder(obs)))
 
+    def deterministic(self, obs: torch.Tensor) -> torch.Tensor:
+        """The policy's action, the one it acts with before exploration noise (ONNX export)."""
+        return self(obs)
+
 
 class Critic(nn.Module):
     """Q(s, a): an MLP on the observation (on images: a torso's features) and the action."""

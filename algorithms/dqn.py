@@ -113,8 +113,8 @@ class QNetwork(nn.Module):
         """The dueling combination of the head's raw outputs (torch tensors or, xp=np, numpy arrays):
         [B, num_actions] Q values, or [B, num_actions, outputs]."""
         if self.outputs is not None:
-            adv = adv.reshape(len(adv), self.num_actions, self.outputs)
-            value = None if value is None else value.reshape(len(value), 1, self.outputs)
+            adv = adv.reshape(adv.shape[0], self.num_actions, self.outputs)
+            value = None if value is None else value.reshape(value.shape[0], 1, self.outputs)
         if value is None:
             return adv
         mean = adv.mean(axis=1, keepdims=True) if xp is np else adv.mean(dim=1, keepdim=True)
@@ -135,6 +135,11 @@ class QNetwork(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:  # [B, *obs_shape] -> [B, num_actions]
         return self.q_from(self.head(self.features(obs)))
+
+    def deterministic(self, obs: torch.Tensor) -> torch.Tensor:
+        """The greedy action in torch, noisy layers at their means (qrl.load's ONNX export)."""
+        with layers.mean_weights(self):
+            return self(obs).argmax(1)
 
     def q_values(self, obs: np.ndarray) -> np.ndarray:
         """forward() on a numpy batch: in numpy for an MLP (see qrl/numpy_mlp.py), else in torch."""

@@ -56,9 +56,9 @@ class QuantileFunction(dqn.QNetwork):
 
     def quantiles_at(self, h: torch.Tensor, taus: torch.Tensor) -> torch.Tensor:
         """The quantiles [B, num_actions, N] at fractions taus [B, N] from the torso's features h."""
-        B, N = taus.shape
+        N = taus.shape[1]
         mixed = self.mix((h.unsqueeze(1) * self.embedding(taus)).flatten(0, 1))  # [B * N, hidden]
-        return self.head(mixed).reshape(B, N, self.num_actions).transpose(1, 2)
+        return self.head(mixed).reshape(-1, N, self.num_actions).transpose(1, 2)
 
 
 class ImplicitQuantileNetwork(QuantileFunction):
@@ -69,7 +69,7 @@ class ImplicitQuantileNetwork(QuantileFunction):
         self.register_buffer("acting_taus", args.iqn_cvar * ops.midpoint_fractions(args.iqn_k), persistent=False)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.distribution(obs, self.acting_taus.expand(len(obs), -1)).mean(2)
+        return self.distribution(obs, self.acting_taus.expand(obs.shape[0], -1)).mean(2)
 
     def numpy_q(self, h: np.ndarray, advantage, value) -> np.ndarray:
         """The torso's features times the embedding of the acting fractions, through the last

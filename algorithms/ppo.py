@@ -139,6 +139,13 @@ class ActorCritic(nn.Module):
         """Feed-forward: (last hidden features, policy output)."""
         return self.head(self.encoder(obs))
 
+    def deterministic(self, obs: torch.Tensor) -> torch.Tensor:
+        """Feed-forward: the most likely action, in torch (ONNX export); as ActorCore.greedy acts."""
+        if self.recurrent:
+            raise ValueError("an LSTM policy's actions depend on its state: ONNX export takes feed-forward policies")
+        _, out = self.features(obs)
+        return torch.clamp(out, self.low, self.high) if self.continuous else out.argmax(1)
+
     def distribution_of(self, latent: torch.Tensor, out: torch.Tensor) -> torch.distributions.Distribution:
         if self.sde:  # the action noise latent @ W, W ~ N(0, std^2), has variance latent^2 @ std^2
             variance = (latent.detach() ** 2) @ (self.log_std.exp() ** 2)

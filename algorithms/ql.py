@@ -50,6 +50,10 @@ class QTable(nn.Module):
     def forward(self, obs: torch.Tensor) -> torch.Tensor:  # [B] state indices -> [B, num_actions]
         return self.q[obs.long()]
 
+    def deterministic(self, obs: torch.Tensor) -> torch.Tensor:
+        """The greedy action in torch (qrl.load's ONNX export)."""
+        return self(obs).argmax(1)
+
 
 def make_policy(obs_space: gym.Space, action_space: gym.Space, args: Args) -> QTable:
     if not isinstance(obs_space, gym.spaces.Discrete) or not isinstance(action_space, gym.spaces.Discrete):

@@ -105,6 +105,10 @@ class Policy(nn.Module):
         logp = torch.distributions.Normal(mean, std).log_prob(u) - torch.log(1 - a.pow(2) + 1e-6)
         return self.center + self.scale * a, logp.sum(1)
 
+    def deterministic(self, obs: torch.Tensor) -> torch.Tensor:
+        """The deterministic action (ONNX export): greedy()."""
+        return self.greedy(obs)
+
     def greedy(self, obs: torch.Tensor) -> torch.Tensor:
         out = self(obs)
         if not self.continuous:

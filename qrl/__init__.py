@@ -1,6 +1,7 @@
 """qrl: distributed reinforcement learning as a message queue over ZeroMQ.
 
-`qrl.train(...)` and `qrl.evaluate(...)` (qrl/api.py) run the same processes as the CLI."""
+`qrl.train(...)` and `qrl.evaluate(...)` (qrl/api.py) run the same processes as the CLI;
+`qrl.load(RUN_DIR)` (qrl/policy.py) is a trained policy in plain Python."""
 
 __version__ = "0.1.0"
 
@@ -17,5 +18,12 @@ def evaluate(*args, **kwargs):
     return _evaluate(*args, **kwargs)
 
 
+def load(path):
+    from qrl.policy import load as _load
+
+    return _load(path)
+
+
 train.__doc__ = "Train with a local cluster (broker, actors, learner); see qrl.api.train."
 evaluate.__doc__ = "Deterministic evaluation of a run directory or checkpoint; see qrl.api.evaluate."
+load.__doc__ = "A trained policy (run directory or checkpoint) with predict() and export_onnx(); see qrl.policy."

@@ -414,6 +414,25 @@ def _broker_stats(address: str, keys: str | None, timeout: float) -> dict:
 
 
 @main.command()
+@click.argument("path", type=click.Path(exists=True))
+@click.option("--onnx", "onnx_file", required=True, type=click.Path(dir_okay=False),
+              help="Write an ONNX model of the deterministic policy here (input obs [batch, ...], output action).")
+@user_errors("export")
+def export(path, onnx_file) -> None:
+    """Export the policy of a run directory or checkpoint (feed-forward policies; needs the export extra)."""
+    try:
+        import onnx  # noqa: F401  (torch.onnx.export writes through it)
+    except ImportError:
+        raise UserError("export: ONNX export needs onnx: pip install 'qrl[export]'") from None
+    from qrl.policy import load
+
+    try:
+        click.echo(f"wrote {load(path).export_onnx(onnx_file)}")
+    except ValueError as exc:
+        raise UserError(f"export: {exc}") from None
+
+
+@main.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("-o", "--output", default="learning_curves.png", show_default=True, type=click.Path(dir_okay=False))
 @user_errors("plot")

@@ -6,6 +6,7 @@ policies carry their state from step to step, reset where an episode starts."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ class LoadedPolicy:
     run: RunConfig
     net: torch.nn.Module
     normalize_obs: Callable[[np.ndarray], np.ndarray]
+    normalizer_state: dict = dataclasses.field(default_factory=dict)
 
 
 def load_policy(path: str | Path) -> LoadedPolicy:
@@ -69,7 +71,8 @@ def load_policy(path: str | Path) -> LoadedPolicy:
     learner.net.eval()
     normalizer = Normalizer(obs_space.shape, run.normalize_obs, run.normalize_reward)
     normalizer.load_state(saved.get("normalizer") or {})
-    return LoadedPolicy(config["algo"], agent, args, config["env"], run, learner.net, normalizer.normalize_obs)
+    return LoadedPolicy(config["algo"], agent, args, config["env"], run, learner.net, normalizer.normalize_obs,
+                        saved.get("normalizer") or {})
 
 
 def _describe_values(policy: LoadedPolicy, core: algorithm.ActorCore, env, obs, state, episode_start) -> str:

@@ -404,6 +404,8 @@ class LearnerProcess:
     def _finish(self) -> dict[str, Any]:
         """Last weights, final evaluation, checkpoint and summary."""
         c, live = self.cfg, self.live
+        if not self.stopping:  # the broker's last counters (a short run can end before the first sync)
+            self.sync_with_broker()
         lifetime.announce_done()  # `qrl run` stops the actors now, while we checkpoint
         self.publish()
         # Evaluation is deterministic (fixed seeds, greedy actions): when it just reached the target,

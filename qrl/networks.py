@@ -140,7 +140,7 @@ class Encoder(nn.Module):
         self.out_features = width if self.torso is not None else int(math.prod(obs_shape))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.torso(obs) if self.torso is not None else obs.reshape(len(obs), -1).float()
+        return self.torso(obs) if self.torso is not None else obs.reshape(obs.shape[0], -1).float()
 
 
 # -- acting on the network's device ------------------------------------------------------------

@@ -63,7 +63,8 @@ def test_every_algorithm_trains_in_process_and_its_checkpoint_loads(algo, env, s
 def test_a_resumed_local_run_continues_from_its_checkpoint(tmp_path):
     first = local_run("dqn", "CartPole-v1", ["algo.learning_starts=256"], tmp_path)
     first.run()
-    resumed = local_run("dqn", "CartPole-v1", ["algo.learning_starts=256"], tmp_path, resume=True)
+    # A larger budget: a resume of a run whose budget is spent is refused (tests/test_everyday.py).
+    resumed = local_run("dqn", "CartPole-v1", ["algo.learning_starts=256"], tmp_path, total_steps=2048, resume=True)
     for name, value in first.learner.policy_state().items():
         np.testing.assert_array_equal(resumed.learner.policy_state()[name], value)
     assert resumed.learner.updates == first.learner.updates and resumed.run_id == first.run_id
