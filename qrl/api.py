@@ -9,11 +9,14 @@
 from __future__ import annotations
 
 import json
+import queue
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
+from qrl.callbacks import Callback, Dispatcher, request_stop
 from qrl.config import ConfigError, FileConfig, RunConfig, parse_overrides, to_dict
 
 
@@ -152,7 +155,7 @@ def train(algo: str = "dqn", env: str = "CartPole-v1", actors: int = 4, steps: i
           config: Mapping[str, Any] | None = None, run_dir: str | Path | None = None, seed: int | None = None,
           target_return: float | None = None, config_file: str | Path | None = None,
           progress: bool = False, inference: bool = False, local: bool = False, resume: bool = False,
-          max_seconds: float | None = None) -> TrainResult:
+          max_seconds: float | None = None, callbacks: Sequence[Callback] = ()) -> TrainResult:
     """Train with a local cluster of separate processes; return the run's summary, metrics and checkpoint.
 
     inference=True: central inference (`qrl run --inference`): one inference server acts for
@@ -160,7 +163,8 @@ def train(algo: str = "dqn", env: str = "CartPole-v1", actors: int = 4, steps: i
     qrl/local.py): the same agent, table and learner loop, with the actors taking turns with the
     learner. Raises ConfigError (bad key, algorithm or env) before anything starts, RuntimeError
     if the learner fails. resume=True continues the run in run_dir with its own settings (algo and
-    env are then taken from it); steps, max_seconds and the run.* keys of qrl/resume.py may extend it."""
+    env are then taken from it); steps, max_seconds and the run.* keys of qrl/resume.py may extend it.
+    callbacks: qrl.Callback objects (qrl/callbacks.py), called in this process as the run goes."""
     from qrl.cluster import learner_args, run_local
     from qrl.metrics import read
 
@@ -171,29 +175,86 @@ def train(algo: str = "dqn", env: str = "CartPole-v1", actors: int = 4, steps: i
     resolved = resolve(str(config_file) if config_file else None, None if resume else algo, None if resume else env,
                        learner_sets(sets), resume_dir=run_dir if resume else None, **options)
     run_dir = Path(run_dir or default_run_dir(resolved.algo, resolved.env))
-    if local:
-        summary = train_in_process(resolved, actors, run_dir, resume=resume, progress=progress)
-        return TrainResult(run_dir, summary, read(run_dir), Path(summary["checkpoint"]))
-    passed_on = learner_args(learner_sets(sets), config=config_file, no_progress=not progress, resume=resume,
-                             **options)
-    code = run_local(resolved.algo, resolved.env, actors, run_dir, passed_on,
-                     actor_args=actor_sets(sets, resolved.env, resolved.run.wrappers), inference=inference,
-                     inference_args=inference_sets(sets, resolved.env, resolved.run.wrappers))
-    if code != 0:
-        raise RuntimeError(f"the learner exited with code {code}; see {run_dir}")
-    summary = json.loads((run_dir / "summary.json").read_text())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dispatcher = Dispatcher(run_dir, callbacks) if callbacks else None
+    on_tick = dispatcher.tick if dispatcher else None
+    summary = None
+    try:
+        if local:
+            summary = train_in_process(resolved, actors, run_dir, resume=resume, progress=progress, on_tick=on_tick)
+        else:
+            passed_on = learner_args(learner_sets(sets), config=config_file, no_progress=not progress, resume=resume,
+                                     **options)
+            code = run_local(resolved.algo, resolved.env, actors, run_dir, passed_on,
+                             actor_args=actor_sets(sets, resolved.env, resolved.run.wrappers), inference=inference,
+                             inference_args=inference_sets(sets, resolved.env, resolved.run.wrappers), on_tick=on_tick)
+            if code != 0:
+                raise RuntimeError(f"the learner exited with code {code}; see {run_dir}")
+            summary = json.loads((run_dir / "summary.json").read_text())
+    finally:
+        if dispatcher:
+            dispatcher.finish(summary)
     return TrainResult(run_dir, summary, read(run_dir), Path(summary["checkpoint"]))
 
 
+def training(*args: Any, **kwargs: Any) -> Iterator[dict[str, Any]]:
+    """train() as an iterator: yields the run's metrics records ("train" about once a second,
+    "eval", "checkpoint") while it trains, and returns its TrainResult (StopIteration.value).
+    Leaving the loop early (break) stops the run as a callback would, and waits for its end."""
+    records: queue.Queue = queue.Queue()
+    feed = _Feed(records)
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = train(*args, **{**kwargs, "callbacks": [*kwargs.get("callbacks", ()), feed]})
+        except BaseException as exc:  # handed to the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name="qrl.training", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive() or not records.empty():
+            try:
+                yield records.get(timeout=0.1)
+            except queue.Empty:
+                continue
+    finally:
+        if thread.is_alive() and feed.run_dir is not None:  # the caller left early: stop the run
+            request_stop(feed.run_dir, "the training iterator was closed")
+        thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+class _Feed(Callback):
+    """qrl.training's callback: every record into a queue."""
+
+    every_s = 1.0
+
+    def __init__(self, records: queue.Queue):
+        self.records, self.run_dir = records, None
+
+    def on_start(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+
+    def on_eval(self, record: dict[str, Any]) -> None:
+        self.records.put(record)
+
+    on_checkpoint = on_metrics = on_eval
+
+
 def train_in_process(resolved: Resolved, actors: int, run_dir: str | Path, resume: bool = False,
-                     progress: bool = False, tensorboard: bool = False) -> dict[str, Any]:
+                     progress: bool = False, tensorboard: bool = False,
+                     on_tick: Callable[[], None] | None = None) -> dict[str, Any]:
     """The run in this process, no sockets (qrl/local.py); its summary (summary.json)."""
     from qrl.learner import LearnerOptions
     from qrl.local import run_in_process
 
     opts = LearnerOptions(algo=resolved.algo, env=resolved.env, run_dir=str(run_dir), resume=resume, progress=progress,
                           tensorboard=tensorboard)
-    return run_in_process(opts, resolved.run, resolved.algo_values, actors)
+    return run_in_process(opts, resolved.run, resolved.algo_values, actors, on_tick)
 
 
 def evaluate(path: str | Path, episodes: int = 10, seed: int = 0, render: str | None = None,

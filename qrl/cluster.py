@@ -10,8 +10,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 from qrl.lifetime import DONE, DONE_ENV, READY, child_env
 
@@ -179,13 +181,15 @@ def _start_experience(run_dir: Path, address_file: Path, actors: int, procs: lis
 
 def _watch(learner: subprocess.Popen, broker: subprocess.Popen, actor_proc: subprocess.Popen,
            server: InferenceProcess | None, procs: list[subprocess.Popen], run_dir: Path, done_read: int,
-           actors: int) -> None:
+           actors: int, on_tick: Callable[[], None] | None = None) -> None:
     """Until the learner exits: announce the broker's address, restart a dead inference server,
     end the run when the broker or the actors die, and stop the experience side once the learner
     says it is done training."""
     address_file = run_dir / "broker.json"
     announced = ready = False
     while learner.poll() is None:
+        if on_tick is not None:
+            on_tick()
         if not announced and ready and address_file.exists():
             announced = True
             print(f"qrl run: broker at {json.loads(address_file.read_text())['address']}, {actors} actor "
@@ -211,8 +215,9 @@ def _watch(learner: subprocess.Popen, broker: subprocess.Popen, actor_proc: subp
 
 def run_local(algo: str, env: str, actors: int, run_dir: Path, learner_args: list[str],
               key_args: tuple[str, ...] = (), actor_args: tuple[str, ...] = (), inference: bool = False,
-              inference_args: tuple[str, ...] = ()) -> int:
-    """Run a whole training job; return the learner's exit code.
+              inference_args: tuple[str, ...] = (), on_tick: Callable[[], None] | None = None) -> int:
+    """Run a whole training job; return the learner's exit code. on_tick: called a few times a
+    second while the learner runs (the Python API's callbacks).
 
     Broker, actors and learner start at once: each imports what it needs (torch: about a second)
     at the same time, and the actors and the learner read the broker's address from its address
@@ -231,7 +236,8 @@ def run_local(algo: str, env: str, actors: int, run_dir: Path, learner_args: lis
     def _terminated(signum, frame):  # SIGTERM (a scheduler, `kill`): stop the cluster like Ctrl-C does
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, _terminated)
+    main_thread = threading.current_thread() is threading.main_thread()  # qrl.training runs us in a thread
+    previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     code = None
     try:
         broker, actor_proc, server = _start_experience(run_dir, address_file, actors, procs, key_args, actor_args,
@@ -243,7 +249,7 @@ def run_local(algo: str, env: str, actors: int, run_dir: Path, learner_args: lis
         os.close(done_write)
         procs.insert(0, learner)  # stopped first, then actors, then the broker
         try:
-            _watch(learner, broker, actor_proc, server, procs, run_dir, done_read, actors)
+            _watch(learner, broker, actor_proc, server, procs, run_dir, done_read, actors, on_tick)
         finally:
             os.close(done_read)
         code = learner.returncode
@@ -254,7 +260,8 @@ def run_local(algo: str, env: str, actors: int, run_dir: Path, learner_args: lis
         print("qrl run: interrupted, stopping the cluster", file=sys.stderr, flush=True)
         return 130
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
         stop(procs, grace_s=_grace_s())
         if code == 2 and created:  # the learner refused the settings: the run never began
             shutil.rmtree(run_dir, ignore_errors=True)

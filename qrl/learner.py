@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import zmq
 
-from qrl import algorithm, checkpoint, eager, envs, lifetime, resume
+from qrl import algorithm, callbacks, checkpoint, eager, envs, lifetime, resume
 from qrl.protocol import transport
 from qrl.evaluation import run_episodes
 from qrl.brokers.tables import TableConfig
@@ -104,6 +104,8 @@ class LearnerProcess:
         (self.run_dir / "config.yaml").write_text(to_yaml(opts.algo, opts.env, self.cfg, self.args))
         self.stopping = False
         self.stop_reason = ""
+        callbacks.take_stop_request(self.run_dir)  # one left from before this run started is not for it
+        self.on_tick: Callable[[], None] | None = None  # the Python API's callbacks, in-process runs
         # Synchronous actors: incarnation -> its last segment this learner is done with (trained
         # on, or dropped by the broker), most recent last; sent with the weights (RunConfig.sync_lead).
         self.consumed: collections.OrderedDict[str, int] = collections.OrderedDict()
@@ -221,6 +223,11 @@ class LearnerProcess:
         return mean, std
 
     def save(self, frames: int, elapsed: float) -> Path:
+        path = self._save(frames, elapsed)
+        self.metrics.write("checkpoint", frames=frames, updates=self.learner.updates, elapsed_s=elapsed, path=str(path))
+        return path
+
+    def _save(self, frames: int, elapsed: float) -> Path:
         return checkpoint.save(self.run_dir, {
             "learner": self.learner.state_dict(),
             "normalizer": self.normalizer.state() if self.normalizer else {},
@@ -268,7 +275,8 @@ class LearnerProcess:
         holds or a signal asks to stop."""
         c = self.cfg
         self.broker_sync = Periodic(1.0, self.sync_with_broker)
-        tasks = [self.broker_sync, Periodic(c.checkpoint_every_s, self.checkpoint)]
+        tasks = [self.broker_sync, Periodic(c.checkpoint_every_s, self.checkpoint),
+                 Periodic(0.5, self.check_stop_request), *([Periodic(0.2, self.on_tick)] if self.on_tick else [])]
         with ProgressView(c.total_steps, self.opts.progress) as view:
             while not self.stopping:
                 self.train_on_next_batch()
@@ -372,6 +380,12 @@ class LearnerProcess:
 
     def checkpoint(self) -> None:
         self.save(self.live.frames, self.elapsed())
+
+    def check_stop_request(self) -> None:
+        """RUN_DIR/stop (a callback's, or a user's): end the run as at its budget."""
+        reason = callbacks.take_stop_request(self.run_dir)
+        if reason is not None:
+            self.stop_reason = self.stop_reason or f"stopped: {reason}"
 
     def evaluation_due(self, now: float) -> bool:
         c, live = self.cfg, self.live

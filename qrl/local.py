@@ -17,7 +17,7 @@ nothing to do here: every segment is made with the newest weights.
 from __future__ import annotations
 
 import collections
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -130,6 +130,9 @@ class LocalRun(LearnerProcess):
 
 
 def run_in_process(opts: LearnerOptions, run_cfg: RunConfig, algo_values: dict[str, Any],
-                   actors: int) -> dict[str, Any]:
-    """Train in this process; the summary a learner process writes too (summary.json)."""
-    return serve(LocalRun(opts, run_cfg, algo_values, actors))
+                   actors: int, on_tick: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Train in this process; the summary a learner process writes too (summary.json). on_tick:
+    called a few times a second between batches (the Python API's callbacks)."""
+    run = LocalRun(opts, run_cfg, algo_values, actors)
+    run.on_tick = on_tick
+    return serve(run)

@@ -142,3 +142,65 @@ def test_status_finds_a_run_by_its_directory_or_alone_under_runs_and_says_when_k
     one_line_error(qrl("status", cwd=tmp_path), "2 live runs under runs/", "qrl status runs/keyed")
     one_line_error(qrl("status", "nowhere", cwd=tmp_path), "neither a run directory nor a broker address")
     one_line_error(qrl("status", "runs/ended", "--timeout", "1", cwd=tmp_path), "no broker answered")
+
+
+class Recorder:
+    """A callback that notes every event and stops the run at its second evaluation."""
+
+    every_s = 0.3
+
+    def __init__(self):
+        import qrl
+
+        self.__class__ = type("StopAtSecondEval", (Recorder, qrl.Callback), {})
+        self.events = []
+
+    def on_start(self, run_dir):
+        self.events.append(("start", str(run_dir)))
+
+    def on_eval(self, record):
+        self.events.append(("eval", record["frames"]))
+        return sum(1 for e in self.events if e[0] == "eval") < 2
+
+    def on_checkpoint(self, record):
+        self.events.append(("checkpoint", record["path"]))
+
+    def on_metrics(self, record):
+        self.events.append(("metrics", record["frames"]))
+
+    def on_end(self, summary):
+        self.events.append(("end", summary["stop_reason"]))
+
+
+@pytest.mark.parametrize("local", [False, True], ids=["cluster", "local"])
+def test_callbacks_see_evaluations_checkpoints_and_metrics_and_one_can_stop_the_run(tmp_path, local):
+    import qrl
+
+    recorder = Recorder()
+    result = qrl.train("ppo", "CartPole-v1", actors=2, steps=500_000, target_return=1e9, local=local,
+                       run_dir=tmp_path / "run", callbacks=[recorder],
+                       config={"run.eval_every_frames": 4096, "run.eval_episodes": 2, "run.checkpoint_every_s": 0.5})
+    kinds = [kind for kind, _ in recorder.events]
+    assert kinds[0] == "start" and kinds[-1] == "end"
+    assert result.summary["stop_reason"] == "stopped: StopAtSecondEval asked to stop"
+    assert result.summary["frames"] < 100_000  # stopped long before its budget
+    evals = [frames for kind, frames in recorder.events if kind == "eval"]
+    # Two, maybe one more while the request travels (a tick, then the learner's check), then the final one.
+    assert 3 <= len(evals) <= 4 and evals == sorted(evals)
+    assert "checkpoint" in kinds and "metrics" in kinds
+    assert recorder.events[-1] == ("end", result.summary["stop_reason"])
+    assert not (tmp_path / "run" / "stop").exists()
+
+
+def test_the_training_iterator_yields_metrics_as_the_run_goes_and_leaving_it_stops_the_run(tmp_path):
+    import qrl
+
+    seen = []
+    for record in qrl.training("ppo", "CartPole-v1", actors=2, steps=500_000, target_return=1e9,
+                               run_dir=tmp_path / "run", config={"run.eval_every_frames": 4096}):
+        seen.append(record["kind"])
+        if {"train", "eval"} <= set(seen):
+            break
+    assert seen[-1] in ("train", "eval")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["stop_reason"] == "stopped: the training iterator was closed" and summary["frames"] < 100_000
