@@ -74,7 +74,11 @@ def resolve(config: str | None, algo: str | None, env: str | None, sets: tuple[s
     args = build(agent.Args, algo_values, "algo")  # type- and range-check now, not in a child process
     if resume_dir is not None:
         resume.refuse_changes(saved, to_dict(run_cfg), to_dict(args))
-    _check_env(env, run_cfg)
+    obs_space, action_space = _check_env(env, run_cfg)
+    try:  # an algorithm that cannot act in these spaces (ql: Discrete observations; ddpg: Box actions)
+        agent.make_policy(obs_space, action_space, args)
+    except ValueError as exc:
+        raise ConfigError(f"{algo} on {env}: {exc}") from None
     _check_table(agent, args, run_cfg)
     return Resolved(algo, env, run_cfg, algo_values, file.actors)
 
@@ -93,16 +97,16 @@ def _check_table(agent: Any, args: Any, run_cfg: RunConfig) -> None:
                           f"it; raise run.total_steps or lower algo.learning_starts")
 
 
-def _check_env(env: str, run_cfg: RunConfig) -> None:
+def _check_env(env: str, run_cfg: RunConfig) -> tuple[Any, Any]:
     """Make the environment once, as the run will: a bad id, env_kwargs or wrapper, a missing
-    dependency (Box2D, ALE) or episodic_life without lives is one line now."""
+    dependency (Box2D, ALE) or episodic_life without lives is one line now. Its spaces."""
     from qrl import envs
 
     envs.check_env_id(env)
     for w in run_cfg.wrappers:
         envs._wrapper(w)
     try:
-        envs.spaces(env, run_cfg.env_kwargs, run_cfg.wrappers)
+        spaces = envs.spaces(env, run_cfg.env_kwargs, run_cfg.wrappers)
     except Exception as exc:
         detail = (str(exc).strip().splitlines() or [""])[0][:200]
         raise ConfigError(f"cannot make environment {env!r} with run.env_kwargs={run_cfg.env_kwargs} and "
@@ -110,6 +114,7 @@ def _check_env(env: str, run_cfg: RunConfig) -> None:
     if run_cfg.episodic_life and not envs.reports_lives(env, run_cfg.env_kwargs, run_cfg.wrappers):
         raise ConfigError(f"run.episodic_life needs an environment that reports info['lives'] (ALE games do); "
                           f"{env} does not")
+    return spaces
 
 
 def inference_sets(sets: tuple[str, ...], env: str, wrappers: list) -> tuple[str, ...]:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from qrl import envs
+from qrl.envs.wrappers import FlattenStructured
 from qrl.evaluation import LoadedPolicy, load_policy
 from qrl.normalize import Normalizer
 
@@ -49,7 +50,9 @@ class Policy:
     def predict(self, obs: Any, state: dict[str, np.ndarray] | None = None, episode_start: Any = None,
                 deterministic: bool = True) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """(actions, next state) for observations with or without a batch axis. state None: the
-        initial state (episodes start here); episode_start[b]: obs[b] begins an episode."""
+        initial state (episodes start here); episode_start[b]: obs[b] begins an episode. Dict and
+        Tuple observations come as the env gives them (one, or a list of them)."""
+        obs = self._flattened(obs)
         obs = np.asarray(obs, dtype=self.observation_space.dtype)
         single = obs.shape == self.observation_space.shape
         batch = obs[None] if single else obs
@@ -69,6 +72,19 @@ class Policy:
             actions, state, _ = core.act(self.loaded.net, inputs, state, starts)
         actions = np.asarray(actions)
         return (actions[0] if single else actions), state
+
+    def _flattened(self, obs: Any) -> Any:
+        """Dict or Tuple observations as the vector the policy acts on (qrl/envs/wrappers.py)."""
+        if not isinstance(obs, (dict, tuple, list)) or isinstance(obs, list) and not isinstance(obs[0], (dict, tuple)):
+            return obs
+        if not hasattr(self, "structured_space"):
+            env = envs.make_env(self.env_id, self.loaded.run.env_kwargs, self.loaded.run.wrappers)
+            self.structured_space = env.env.observation_space if isinstance(env, FlattenStructured) else None
+            env.close()
+        if self.structured_space is None:
+            raise ValueError(f"{self.env_id}'s observations are not a Dict or Tuple")
+        flat = lambda o: gym.spaces.flatten(self.structured_space, o).astype(np.float32)
+        return np.stack([flat(o) for o in obs]) if isinstance(obs, list) else flat(obs)
 
     def export_onnx(self, path: str | Path, opset: int = 17) -> Path:
         """An ONNX model of the deterministic policy: input "obs" [batch, *obs_shape], output

@@ -173,6 +173,11 @@ def _make_args(env_id: str, env_kwargs: dict[str, Any] | None, wrappers: Sequenc
     if is_atari(env_id):
         kwargs.setdefault("frameskip", 1)  # AtariPreprocessing does the skipping (with max-pooling)
         fns.insert(0, _atari_preprocessing)
+    # Last, after the user's wrappers (which see the env's own observations): Dict and Tuple
+    # observations become one vector, which every algorithm, the wire and the tables take.
+    from qrl.envs.wrappers import flatten_structured
+
+    fns.append(flatten_structured)
     return gym_id, kwargs, fns
 
 
@@ -180,7 +185,9 @@ def make_env(env_id: str, env_kwargs: dict[str, Any] | None = None, wrappers: Se
              render_mode: str | None = None) -> gym.Env:
     """One environment, built like the vector envs' members (for rendering and GIFs)."""
     gym_id, kwargs, fns = _make_args(env_id, env_kwargs, wrappers)
-    env = gym.make(gym_id, render_mode=render_mode, **kwargs)
+    if render_mode is not None:  # only then: a user's env need not take render_mode
+        kwargs["render_mode"] = render_mode
+    env = gym.make(gym_id, **kwargs)
     for fn in fns:
         env = fn(env)
     return env

@@ -45,4 +45,47 @@ def cartpole_no_velocity(**kwargs) -> gym.Env:
     return MaskVelocity(env)
 
 
+STRUCTURED = (gym.spaces.Dict, gym.spaces.Tuple)
+
+
+def _leaves(space: gym.Space, path: str = "") -> list[tuple[str, gym.Space]]:
+    """(name, space) of every part of a Dict or Tuple space, nested ones included."""
+    if isinstance(space, gym.spaces.Dict):
+        return [leaf for key, part in space.spaces.items() for leaf in _leaves(part, f"{path}{key}.")]
+    if isinstance(space, gym.spaces.Tuple):
+        return [leaf for i, part in enumerate(space.spaces) for leaf in _leaves(part, f"{path}{i}.")]
+    return [(path.rstrip("."), space)]
+
+
+class FlattenStructured(gym.ObservationWrapper):
+    """Dict and Tuple observations as one float32 vector: every part flattened (a Discrete part
+    one-hot), in the space's order, then concatenated. For vector parts this is what
+    stable-baselines3's MultiInputPolicy (CombinedExtractor) does before its MLP, and every
+    algorithm then takes the vector as it takes any other. Image parts are refused: flattened,
+    they would lose the layout a convolutional torso needs."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        space = env.observation_space
+        images = [name for name, part in _leaves(space) if isinstance(part, gym.spaces.Box)
+                  and part.dtype == np.uint8 and len(part.shape) >= 2]
+        if images:
+            raise ValueError(f"observation parts that are images ({', '.join(images)}) are not supported yet in Dict "
+                             f"or Tuple observations: keep the image alone (a wrapper), or its vector parts alone")
+        try:
+            flat = gym.spaces.flatten_space(space)
+        except NotImplementedError:
+            raise ValueError(f"cannot flatten the observation space {space} into one vector") from None
+        self.observation_space = gym.spaces.Box(flat.low.astype(np.float32), flat.high.astype(np.float32),
+                                                dtype=np.float32)
+
+    def observation(self, observation) -> np.ndarray:
+        return gym.spaces.flatten(self.env.observation_space, observation).astype(np.float32)
+
+
+def flatten_structured(env: gym.Env) -> gym.Env:
+    """The env as it is, or through FlattenStructured when its observations are a Dict or Tuple."""
+    return FlattenStructured(env) if isinstance(env.observation_space, STRUCTURED) else env
+
+
 WRAPPERS = {"MaskVelocity": MaskVelocity}

@@ -1,0 +1,50 @@
+"""Dict and Tuple observations, for every algorithm: flattened into one vector at the env
+(qrl/envs/wrappers.py FlattenStructured), as stable-baselines3's MultiInputPolicy does with
+vector parts; what cannot be done is one line."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import qrl
+from tests.test_algorithms import SMOKE
+from tests.test_cli import one_line_error
+from tests.test_local import local_run
+
+ENV = "tests.structured_envs:GoalCorridor"
+CONTINUOUS = ["run.env_kwargs={continuous: true}"]
+CASES = [(algo, sets + (CONTINUOUS if env == "Pendulum-v1" else []))
+         for algo, env, sets in SMOKE if algo != "ql" and "algo.munchausen=true" not in sets
+         and not (algo == "sac" and env == "CartPole-v1") and not (algo == "impala" and "algo.lstm=16" in sets)]
+IDS = [algo + ("-continuous" if CONTINUOUS[0] in sets else "") for algo, sets in CASES]
+
+
+@pytest.mark.parametrize("algo, sets", CASES, ids=IDS)
+def test_every_algorithm_trains_on_dict_observations_and_predicts_from_them(algo, sets, tmp_path):
+    run = local_run(algo, ENV, sets, tmp_path)
+    summary = run.run()
+    assert summary["updates"] > 0 and np.isfinite(summary["final_eval_mean"])
+    policy = qrl.load(tmp_path)
+    action, _ = policy.predict({"position": np.array([1.0], np.float32), "goal": 4})
+    assert policy.action_space.contains(np.asarray(action, policy.action_space.dtype))
+    actions, _ = policy.predict([{"position": np.array([p], np.float32), "goal": 0} for p in (0.0, 3.0)])
+    assert len(actions) == 2
+
+
+def test_tuple_observations_train_too(tmp_path):
+    run = local_run("ppo", ENV, ["run.env_kwargs={as_tuple: true}"], tmp_path)
+    assert run.run()["updates"] > 0
+    assert qrl.load(tmp_path).predict((np.array([1.0], np.float32), 4))[0] in (0, 1)
+
+
+def qrl_cli(*args):
+    return subprocess.run([sys.executable, "-m", "qrl", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_image_parts_and_tabular_algorithms_are_one_line(tmp_path):
+    one_line_error(qrl_cli("run", "--local", "--algo", "ppo", "--env", ENV, "--set", "run.env_kwargs={image: true}",
+                           "--run-dir", str(tmp_path / "a")), "images (view)", "not supported yet")
+    one_line_error(qrl_cli("run", "--local", "--algo", "ql", "--env", ENV, "--run-dir", str(tmp_path / "b")),
+                   "ql needs discrete observations")
