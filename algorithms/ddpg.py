@@ -101,7 +101,7 @@ class Critic(nn.Module):
 def make_policy(obs_space: gym.Space, action_space: gym.Space, args: Args) -> Policy:
     if not isinstance(action_space, gym.spaces.Box):
         raise ValueError(f"this algorithm needs continuous (Box) actions, got {action_space}")
-    return Policy(tuple(obs_space.shape), action_space, args)
+    return Policy(networks.obs_shape(obs_space), action_space, args)
 
 
 # -- actor side -------------------------------------------------------------------------------
@@ -150,7 +150,7 @@ class Learner(LearnerBase):
 
     def __init__(self, obs_space: gym.Space, action_space: gym.Space, args: Args, device: torch.device):
         super().__init__(args, device)
-        obs_shape, action_dim = tuple(obs_space.shape), int(np.prod(action_space.shape))
+        obs_shape, action_dim = networks.obs_shape(obs_space), int(np.prod(action_space.shape))
         self.net = make_policy(obs_space, action_space, args).to(device)
         self.target_policy = make_policy(obs_space, action_space, args).to(device)
         self.target_policy.load_state_dict(self.net.state_dict())

@@ -168,7 +168,7 @@ def discrete_policy(network: type[QNetwork], obs_space: gym.Space, action_space:
     """A value-based variant's network for these spaces (discrete actions only)."""
     if not isinstance(action_space, gym.spaces.Discrete):
         raise ValueError(f"{network.__module__.rsplit('.', 1)[-1]} needs a discrete action space, got {action_space}")
-    return network(tuple(obs_space.shape), int(action_space.n), args)
+    return network(networks.obs_shape(obs_space), int(action_space.n), args)
 
 
 def make_policy(obs_space: gym.Space, action_space: gym.Space, args: Args) -> QNetwork:

@@ -225,7 +225,7 @@ class ActorCritic(nn.Module):
 def make_policy(obs_space: gym.Space, action_space: gym.Space, args: Args) -> ActorCritic:
     if not isinstance(action_space, (gym.spaces.Discrete, gym.spaces.Box)):
         raise ValueError(f"ppo needs Discrete or Box actions, got {action_space}")
-    return ActorCritic(tuple(obs_space.shape), action_space, args)
+    return ActorCritic(networks.obs_shape(obs_space), action_space, args)
 
 
 # -- actor side -------------------------------------------------------------------------------

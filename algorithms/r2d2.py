@@ -121,7 +121,7 @@ class RecurrentQNetwork(nn.Module):
 def make_policy(obs_space: gym.Space, action_space: gym.Space, args: Args) -> RecurrentQNetwork:
     if not isinstance(action_space, gym.spaces.Discrete):
         raise ValueError(f"r2d2 needs a discrete action space, got {action_space}")
-    return RecurrentQNetwork(tuple(obs_space.shape), int(action_space.n), args)
+    return RecurrentQNetwork(networks.obs_shape(obs_space), int(action_space.n), args)
 
 
 # -- actor side -------------------------------------------------------------------------------

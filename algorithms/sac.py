@@ -139,7 +139,7 @@ class Critic(nn.Module):
 def make_policy(obs_space: gym.Space, action_space: gym.Space, args: Args) -> Policy:
     if not isinstance(action_space, (gym.spaces.Box, gym.spaces.Discrete)):
         raise ValueError(f"sac needs Box or Discrete actions, got {action_space}")
-    return Policy(tuple(obs_space.shape), action_space, args)
+    return Policy(networks.obs_shape(obs_space), action_space, args)
 
 
 # -- actor side -------------------------------------------------------------------------------
@@ -192,7 +192,7 @@ class Learner(LearnerBase):
 
     def __init__(self, obs_space: gym.Space, action_space: gym.Space, args: Args, device: torch.device):
         super().__init__(args, device)
-        obs_shape = tuple(obs_space.shape)
+        obs_shape = networks.obs_shape(obs_space)
         self.net = make_policy(obs_space, action_space, args).to(device)
         self.critics = nn.ModuleList(Critic(obs_shape, action_space, args) for _ in range(2)).to(device)
         self.target_critics = nn.ModuleList(Critic(obs_shape, action_space, args) for _ in range(2)).to(device)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -30,8 +30,28 @@ TORSOS = ("auto", "nature", "impala", "minatar")
 NATURE_MIN_PIXELS = 36  # the three convolutions (kernels 8, 4, 3; strides 4, 2, 1) need 36 x 36
 
 
+class PartsShape(tuple):
+    """The shape (N,) of a Dict or Tuple observation with image parts, flattened into one vector
+    (qrl/envs/wrappers.py FlattenStructured), with where each part lies in it: the networks give
+    it a torso like an image's (PartsTorso), so every algorithm takes it where it takes images."""
+
+    parts: tuple  # (name, shape, start, is_image) per part, in the vector's order
+
+    def __new__(cls, size: int, parts: tuple) -> "PartsShape":
+        shape = super().__new__(cls, (size,))
+        shape.parts = parts
+        return shape
+
+
+def obs_shape(obs_space: Any) -> tuple[int, ...]:
+    """What the networks are built from: the space's shape, or its PartsShape when it has parts."""
+    parts = getattr(obs_space, "parts", None)
+    return PartsShape(int(obs_space.shape[0]), parts) if parts else tuple(obs_space.shape)
+
+
 def is_image(obs_shape: tuple[int, ...]) -> bool:
-    return len(obs_shape) == 3
+    """Whether observations go through a torso (convolutions; a PartsTorso for images among parts)."""
+    return len(obs_shape) == 3 or isinstance(obs_shape, PartsShape)
 
 
 def channels_last(obs_shape: tuple[int, ...]) -> bool:
@@ -109,10 +129,36 @@ def torso_kind(obs_shape: tuple[int, ...], kind: str) -> str:
     return kind
 
 
+class PartsTorso(nn.Module):
+    """A flattened Dict or Tuple observation [B, N] -> features [B, width]: each image part
+    (uint8 pixels, scaled to [0, 1]) through an image torso of its own, the vector parts as they
+    are, all concatenated, then linear(total, width) and a ReLU: stable-baselines3's
+    CombinedExtractor (a CNN per image key, vectors flattened) with a layer that mixes them."""
+
+    def __init__(self, shape: PartsShape, width: int, kind: str = "auto",
+                 linear: Callable[[int, int], nn.Module] = nn.Linear):
+        super().__init__()
+        self.slices = [(start, start + math.prod(part_shape), tuple(part_shape), image)
+                       for _, part_shape, start, image in shape.parts]
+        self.images = nn.ModuleList(image_torso(s, width, kind) for _, _, s, image in self.slices if image)
+        total = sum(width if image else end - start for start, end, _, image in self.slices)
+        self.mix = nn.Sequential(linear(total, width), nn.ReLU())
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        obs, features, images = obs.float(), [], iter(self.images)
+        for start, end, shape, image in self.slices:
+            part = obs[:, start:end]
+            features.append(next(images)(part.reshape((-1,) + shape) / 255.0) if image else part)
+        return self.mix(torch.cat(features, dim=1))
+
+
 def image_torso(obs_shape: tuple[int, ...], width: int, kind: str = "auto",
-                linear: Callable[[int, int], nn.Module] = nn.Linear) -> nn.Sequential:
+                linear: Callable[[int, int], nn.Module] = nn.Linear) -> nn.Module:
     """Observations [B, *obs_shape] -> features [B, width]: input scaling, the convolutions of
-    `kind`, then linear(flattened, width) and a ReLU (`linear`: e.g. a noisy layer)."""
+    `kind`, then linear(flattened, width) and a ReLU (`linear`: e.g. a noisy layer). Dict or Tuple
+    observations with image parts: a PartsTorso."""
+    if isinstance(obs_shape, PartsShape):
+        return PartsTorso(obs_shape, width, kind, linear)
     channels, height, width_px = chw(obs_shape)
     convolutions = nn.Sequential(*CONVOLUTIONS[torso_kind(obs_shape, kind)](channels))
     with torch.no_grad():

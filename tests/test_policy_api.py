@@ -58,10 +58,12 @@ ONNX_CASES = [
     ("ppo", "Pendulum-v1", {"run.normalize_obs": True}),
     ("td3", "Pendulum-v1", {"algo.learning_starts": 256}),
     ("sac", "Pendulum-v1", {}),
+    # a Dict observation with an image part (a convolutional torso for it, the vector beside it)
+    ("ppo", "tests.structured_envs:GoalCorridor", {"run.env_kwargs": {"image": True}, "algo.torso": "minatar"}),
 ]
 
 
-@pytest.mark.parametrize("algo, env, config", ONNX_CASES, ids=[f"{a}-{e}" for a, e, _ in ONNX_CASES])
+@pytest.mark.parametrize("algo, env, config", ONNX_CASES, ids=[f"{a}-{e.rpartition(':')[2]}" for a, e, _ in ONNX_CASES])
 def test_onnx_runtime_gives_the_actions_qrl_gives(tmp_path, algo, env, config):
     import onnxruntime
 

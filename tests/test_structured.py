@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 import qrl
 from tests.test_algorithms import SMOKE
@@ -43,8 +44,24 @@ def qrl_cli(*args):
     return subprocess.run([sys.executable, "-m", "qrl", *args], capture_output=True, text=True, timeout=120)
 
 
-def test_image_parts_and_tabular_algorithms_are_one_line(tmp_path):
-    one_line_error(qrl_cli("run", "--local", "--algo", "ppo", "--env", ENV, "--set", "run.env_kwargs={image: true}",
-                           "--run-dir", str(tmp_path / "a")), "images (view)", "not supported yet")
+IMAGE_CASES = [(algo, sets) for algo, sets in CASES if algo in ("dqn", "ppo", "r2d2", "sac", "td3")]
+
+
+@pytest.mark.parametrize("algo, sets", IMAGE_CASES, ids=[algo for algo, _ in IMAGE_CASES])
+def test_images_and_vectors_mixed_get_a_convolutional_torso_for_the_image(algo, sets, tmp_path):
+    from qrl import networks
+
+    env_kwargs = "{image: true, continuous: true}" if CONTINUOUS[0] in sets else "{image: true}"
+    run = local_run(algo, ENV, [s for s in sets if not s.startswith("run.env_kwargs")]
+                    + [f"run.env_kwargs={env_kwargs}", "algo.torso=minatar"], tmp_path)
+    assert any(isinstance(m, networks.PartsTorso) for m in run.learner.net.modules())
+    assert any(isinstance(m, torch.nn.Conv2d) for m in run.learner.net.modules())
+    assert run.run()["updates"] > 0
+    view = np.zeros((8, 8, 3), np.uint8)
+    action, _ = qrl.load(tmp_path).predict({"position": np.array([1.0], np.float32), "goal": 4, "view": view})
+    assert qrl.load(tmp_path).action_space.contains(np.asarray(action, qrl.load(tmp_path).action_space.dtype))
+
+
+def test_an_algorithm_that_cannot_take_them_is_one_line(tmp_path):
     one_line_error(qrl_cli("run", "--local", "--algo", "ql", "--env", ENV, "--run-dir", str(tmp_path / "b")),
                    "ql needs discrete observations")

@@ -57,27 +57,44 @@ def _leaves(space: gym.Space, path: str = "") -> list[tuple[str, gym.Space]]:
     return [(path.rstrip("."), space)]
 
 
+def _is_image(space: gym.Space) -> bool:
+    return isinstance(space, gym.spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3
+
+
+class PartsBox(gym.spaces.Box):
+    """The flattened vector of a Dict or Tuple observation that has image parts, with where each
+    part lies in it (name, shape, start, is_image): the networks give the image parts a
+    convolutional torso each (qrl/networks.py PartsTorso)."""
+
+    def __init__(self, low: np.ndarray, high: np.ndarray, parts: tuple):
+        super().__init__(low, high, dtype=np.float32)
+        self.parts = parts
+
+
 class FlattenStructured(gym.ObservationWrapper):
     """Dict and Tuple observations as one float32 vector: every part flattened (a Discrete part
-    one-hot), in the space's order, then concatenated. For vector parts this is what
-    stable-baselines3's MultiInputPolicy (CombinedExtractor) does before its MLP, and every
-    algorithm then takes the vector as it takes any other. Image parts are refused: flattened,
-    they would lose the layout a convolutional torso needs."""
+    one-hot), in the space's order, then concatenated; one vector is what every algorithm, the
+    wire and the tables take. Vector parts then go into the MLP together, as stable-baselines3's
+    MultiInputPolicy (CombinedExtractor) does; image parts (uint8, 3 axes) keep their place in a
+    PartsBox, and the networks give each a convolutional torso. (Images inside a Dict travel as
+    float32, not as frames: docs/frames.md covers image observations on their own.)"""
 
     def __init__(self, env: gym.Env):
         super().__init__(env)
         space = env.observation_space
-        images = [name for name, part in _leaves(space) if isinstance(part, gym.spaces.Box)
-                  and part.dtype == np.uint8 and len(part.shape) >= 2]
-        if images:
-            raise ValueError(f"observation parts that are images ({', '.join(images)}) are not supported yet in Dict "
-                             f"or Tuple observations: keep the image alone (a wrapper), or its vector parts alone")
         try:
             flat = gym.spaces.flatten_space(space)
         except NotImplementedError:
             raise ValueError(f"cannot flatten the observation space {space} into one vector") from None
-        self.observation_space = gym.spaces.Box(flat.low.astype(np.float32), flat.high.astype(np.float32),
-                                                dtype=np.float32)
+        low, high = flat.low.astype(np.float32), flat.high.astype(np.float32)
+        parts, start = [], 0
+        for name, part in _leaves(space):
+            parts.append((name, tuple(part.shape or ()), start, _is_image(part)))
+            start += gym.spaces.flatdim(part)
+        if any(image for *_, image in parts):
+            self.observation_space = PartsBox(low, high, tuple(parts))
+        else:
+            self.observation_space = gym.spaces.Box(low, high, dtype=np.float32)
 
     def observation(self, observation) -> np.ndarray:
         return gym.spaces.flatten(self.env.observation_space, observation).astype(np.float32)
