@@ -404,8 +404,8 @@ def _broker_stats(address: str, keys: str | None, timeout: float) -> dict:
             return client.request("get_stats", wait_s=timeout).meta
         except BrokerUnavailable:
             if not keys and refuses_plain_clients(ctx, address):
-                raise UserError(f"status: the broker at {address} uses keys (CURVE): give --keys KEY_DIR, the "
-                                f"directory from `qrl keygen`") from None
+                raise UserError(f"status: the broker at {address} turned away a client without keys: it uses keys "
+                                f"(CURVE), give --keys KEY_DIR (the directory from `qrl keygen`)") from None
             raise UserError(f"status: no broker answered at {address} within {timeout:g} s") from None
         finally:
             client.close()

@@ -133,7 +133,7 @@ def test_status_finds_a_run_by_its_directory_or_alone_under_runs_and_says_when_k
     (runs / "ended").mkdir()  # a run whose broker is gone
     (runs / "ended" / "broker.json").write_text(json.dumps({"address": "tcp://127.0.0.1:9", "pid": 2**22 + 7}))
 
-    one_line_error(qrl("status", "--broker", address, "--timeout", "2"), "uses keys (CURVE)", "--keys")
+    one_line_error(qrl("status", "--broker", address, "--timeout", "2"), "without keys: it uses keys (CURVE)", "--keys")
     for target in (("keyed",), ()):  # the run directory (address and keys from it), or the one live run
         out = qrl("status", *target, "--json", cwd=runs.parent if not target else runs)
         assert out.returncode == 0, out.stderr

@@ -284,12 +284,14 @@ def read_address_file(path: str | Path, timeout_s: float = 60.0) -> str:
 
 def refuses_plain_clients(ctx: zmq.Context, address: str, timeout_s: float = 2.0) -> bool:
     """Whether a server at address turns away a client without keys (it uses CURVE): the
-    handshake fails on the mechanism, which a socket monitor sees (the request only times out)."""
+    handshake fails, which a socket monitor sees (the request only times out). It fails on the
+    mechanism when the client notices first, with no detail when the server hangs up first."""
     from zmq.utils.monitor import recv_monitor_message
 
     probe = ctx.socket(zmq.DEALER)
     probe.setsockopt(zmq.LINGER, 0)
-    monitor = probe.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+    failed = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    monitor = probe.get_monitor_socket(failed | zmq.EVENT_HANDSHAKE_SUCCEEDED)
     try:
         probe.connect(address)
         deadline = time.monotonic() + timeout_s
@@ -299,7 +301,7 @@ def refuses_plain_clients(ctx: zmq.Context, address: str, timeout_s: float = 2.0
             event = recv_monitor_message(monitor)["event"]
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 return False
-            if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+            if event & failed:
                 return True
         return False
     finally:
