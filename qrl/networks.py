@@ -35,7 +35,7 @@ class PartsShape(tuple):
     (qrl/envs/wrappers.py FlattenStructured), with where each part lies in it: the networks give
     it a torso like an image's (PartsTorso), so every algorithm takes it where it takes images."""
 
-    parts: tuple  # (name, shape, start, is_image) per part, in the vector's order
+    parts: tuple  # (name, shape, start, size, is_image) per part, in the vector's order
 
     def __new__(cls, size: int, parts: tuple) -> "PartsShape":
         shape = super().__new__(cls, (size,))
@@ -138,8 +138,8 @@ class PartsTorso(nn.Module):
     def __init__(self, shape: PartsShape, width: int, kind: str = "auto",
                  linear: Callable[[int, int], nn.Module] = nn.Linear):
         super().__init__()
-        self.slices = [(start, start + math.prod(part_shape), tuple(part_shape), image)
-                       for _, part_shape, start, image in shape.parts]
+        self.slices = [(start, start + size, tuple(part_shape), image)
+                       for _, part_shape, start, size, image in shape.parts]
         self.images = nn.ModuleList(image_torso(s, width, kind) for _, _, s, image in self.slices if image)
         total = sum(width if image else end - start for start, end, _, image in self.slices)
         self.mix = nn.Sequential(linear(total, width), nn.ReLU())

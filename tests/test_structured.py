@@ -54,8 +54,12 @@ def test_images_and_vectors_mixed_get_a_convolutional_torso_for_the_image(algo, 
     env_kwargs = "{image: true, continuous: true}" if CONTINUOUS[0] in sets else "{image: true}"
     run = local_run(algo, ENV, [s for s in sets if not s.startswith("run.env_kwargs")]
                     + [f"run.env_kwargs={env_kwargs}", "algo.torso=minatar"], tmp_path)
-    assert any(isinstance(m, networks.PartsTorso) for m in run.learner.net.modules())
+    torso = next(m for m in run.learner.net.modules() if isinstance(m, networks.PartsTorso))
     assert any(isinstance(m, torch.nn.Conv2d) for m in run.learner.net.modules())
+    # The parts' slices tile the whole vector: the goal's 5 one-hot entries included, not just its first.
+    bounds = [(start, end) for start, end, _, _ in torso.slices]
+    assert bounds[0][0] == 0 and bounds[-1][1] == run.obs_space.shape[0] == 1 + 5 + 8 * 8 * 3
+    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
     assert run.run()["updates"] > 0
     view = np.zeros((8, 8, 3), np.uint8)
     action, _ = qrl.load(tmp_path).predict({"position": np.array([1.0], np.float32), "goal": 4, "view": view})

@@ -63,8 +63,8 @@ def _is_image(space: gym.Space) -> bool:
 
 class PartsBox(gym.spaces.Box):
     """The flattened vector of a Dict or Tuple observation that has image parts, with where each
-    part lies in it (name, shape, start, is_image): the networks give the image parts a
-    convolutional torso each (qrl/networks.py PartsTorso)."""
+    part lies in it (name, shape, start, size in the vector, is_image): the networks give the
+    image parts a convolutional torso each (qrl/networks.py PartsTorso)."""
 
     def __init__(self, low: np.ndarray, high: np.ndarray, parts: tuple):
         super().__init__(low, high, dtype=np.float32)
@@ -89,8 +89,9 @@ class FlattenStructured(gym.ObservationWrapper):
         low, high = flat.low.astype(np.float32), flat.high.astype(np.float32)
         parts, start = [], 0
         for name, part in _leaves(space):
-            parts.append((name, tuple(part.shape or ()), start, _is_image(part)))
-            start += gym.spaces.flatdim(part)
+            size = gym.spaces.flatdim(part)  # a Discrete part: n (one-hot), not its shape's ()
+            parts.append((name, tuple(part.shape or ()), start, size, _is_image(part)))
+            start += size
         if any(image for *_, image in parts):
             self.observation_space = PartsBox(low, high, tuple(parts))
         else:
