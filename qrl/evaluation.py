@@ -6,7 +6,6 @@ policies carry their state from step to step, reset where an episode starts."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import warnings
 from dataclasses import dataclass
@@ -53,8 +52,10 @@ class LoadedPolicy:
     env: str
     run: RunConfig
     net: torch.nn.Module
-    normalize_obs: Callable[[np.ndarray], np.ndarray]
-    normalizer_state: dict = dataclasses.field(default_factory=dict)
+    normalizer: Normalizer  # the run's observation statistics (normalize_obs: its standardization)
+
+    def normalize_obs(self, obs: np.ndarray) -> np.ndarray:
+        return self.normalizer.normalize_obs(obs)
 
 
 def load_policy(path: str | Path) -> LoadedPolicy:
@@ -71,8 +72,7 @@ def load_policy(path: str | Path) -> LoadedPolicy:
     learner.net.eval()
     normalizer = Normalizer(obs_space.shape, run.normalize_obs, run.normalize_reward)
     normalizer.load_state(saved.get("normalizer") or {})
-    return LoadedPolicy(config["algo"], agent, args, config["env"], run, learner.net, normalizer.normalize_obs,
-                        saved.get("normalizer") or {})
+    return LoadedPolicy(config["algo"], agent, args, config["env"], run, learner.net, normalizer)
 
 
 def _describe_values(policy: LoadedPolicy, core: algorithm.ActorCore, env, obs, state, episode_start) -> str:

@@ -23,7 +23,6 @@ import torch
 from qrl import envs
 from qrl.envs.wrappers import FlattenStructured
 from qrl.evaluation import LoadedPolicy, load_policy
-from qrl.normalize import Normalizer
 
 
 class Policy:
@@ -89,7 +88,7 @@ class Policy:
     def export_onnx(self, path: str | Path, opset: int = 17) -> Path:
         """An ONNX model of the deterministic policy: input "obs" [batch, *obs_shape], output
         "action" [batch, ...]; observation normalization, when the run used it, is inside."""
-        module = _Deterministic(self.loaded, self.observation_space).eval()
+        module = _Deterministic(self.loaded).eval()
         example = torch.as_tensor(np.stack([self.observation_space.sample() for _ in range(2)]))
         path = Path(path)
         with torch.no_grad():
@@ -103,18 +102,16 @@ class _Deterministic(torch.nn.Module):
     """obs -> action in torch: the run's observation normalization, then the network's
     deterministic(); one that has none (a recurrent policy) is refused in one line."""
 
-    def __init__(self, loaded: LoadedPolicy, obs_space: gym.Space):
+    def __init__(self, loaded: LoadedPolicy):
         super().__init__()
         net = loaded.net
-        if not hasattr(net, "deterministic") or getattr(net, "recurrent", False) or getattr(net, "lstm", None):
+        if not hasattr(net, "deterministic") or getattr(net, "recurrent", False):  # r2d2 has none; rppo is ppo's
             raise ValueError(f"{loaded.algo_name}'s policy ({type(net).__name__}) cannot be exported to ONNX: "
                              f"only feed-forward policies can (a recurrent one needs its state as input)")
         self.net = net
-        normalizer = Normalizer(obs_space.shape, loaded.run.normalize_obs, False)
+        normalizer = loaded.normalizer
         self.normalize = loaded.run.normalize_obs
-        if self.normalize:
-            stats = loaded.normalizer_state
-            normalizer.load_state(stats)
+        if self.normalize:  # normalize.standardize, in torch
             std = np.sqrt(normalizer.obs.var + normalizer.eps)
             self.register_buffer("mean", torch.as_tensor(normalizer.obs.mean, dtype=torch.float32))
             self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
