@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from conftest import wait_for
+from qrl import Callback
+from qrl.api import train, training
 from qrl.metrics import read
 from tests.test_cli import one_line_error
 
@@ -144,15 +146,12 @@ def test_status_finds_a_run_by_its_directory_or_alone_under_runs_and_says_when_k
     one_line_error(qrl("status", "runs/ended", "--timeout", "1", cwd=tmp_path), "no broker answered")
 
 
-class Recorder:
+class StopAtSecondEval(Callback):
     """A callback that notes every event and stops the run at its second evaluation."""
 
     every_s = 0.3
 
     def __init__(self):
-        import qrl
-
-        self.__class__ = type("StopAtSecondEval", (Recorder, qrl.Callback), {})
         self.events = []
 
     def on_start(self, run_dir):
@@ -174,12 +173,10 @@ class Recorder:
 
 @pytest.mark.parametrize("local", [False, True], ids=["cluster", "local"])
 def test_callbacks_see_evaluations_checkpoints_and_metrics_and_one_can_stop_the_run(tmp_path, local):
-    import qrl
-
-    recorder = Recorder()
-    result = qrl.train("ppo", "CartPole-v1", actors=2, steps=500_000, target_return=1e9, local=local,
-                       run_dir=tmp_path / "run", callbacks=[recorder],
-                       config={"run.eval_every_frames": 4096, "run.eval_episodes": 2, "run.checkpoint_every_s": 0.5})
+    recorder = StopAtSecondEval()
+    result = train("ppo", "CartPole-v1", actors=2, steps=500_000, target_return=1e9, local=local,
+                   run_dir=tmp_path / "run", callbacks=[recorder],
+                   config={"run.eval_every_frames": 4096, "run.eval_episodes": 2, "run.checkpoint_every_s": 0.5})
     kinds = [kind for kind, _ in recorder.events]
     assert kinds[0] == "start" and kinds[-1] == "end"
     assert result.summary["stop_reason"] == "stopped: StopAtSecondEval asked to stop"
@@ -193,11 +190,9 @@ def test_callbacks_see_evaluations_checkpoints_and_metrics_and_one_can_stop_the_
 
 
 def test_the_training_iterator_yields_metrics_as_the_run_goes_and_leaving_it_stops_the_run(tmp_path):
-    import qrl
-
     seen = []
-    for record in qrl.training("ppo", "CartPole-v1", actors=2, steps=500_000, target_return=1e9,
-                               run_dir=tmp_path / "run", config={"run.eval_every_frames": 4096}):
+    for record in training("ppo", "CartPole-v1", actors=2, steps=500_000, target_return=1e9,
+                           run_dir=tmp_path / "run", config={"run.eval_every_frames": 4096}):
         seen.append(record["kind"])
         if {"train", "eval"} <= set(seen):
             break
