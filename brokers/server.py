@@ -28,6 +28,7 @@ import hmac
 import ipaddress
 import itertools
 import json
+import math
 import logging
 import os
 import signal
@@ -73,6 +74,9 @@ class BrokerConfig:
     """Seconds between snapshots: what arrives after the last one is lost if the broker is killed."""
     max_table_bytes: int = 0
     """The largest replay table a learner may register, in bytes (0: 3/4 of this machine's memory)."""
+    run_lease_s: float = 30.0
+    """A run's learner holds it while heard from (its token on register, sample requests and weights)
+    within this many seconds: meanwhile a register of another run is refused (run_held)."""
 
 
 FLUSH_TIMEOUT_S = 5.0
@@ -86,18 +90,27 @@ PER_ACTOR_SHOWN = 256
 """Actors detailed in a stats reply (the most recently seen); the rest are summed."""
 MAX_VERSION_STEP = 1 << 20
 """How far past the cached weights version a published version may jump."""
+MAX_CLAIMED_ID = 1 << 40
+"""claim_ids hands out ids below this (plenty for any cluster), whatever ids actors chose themselves."""
+REQUESTS_PER_S = 200.0
+"""Requests per second a peer (a connection) may send to service, in bursts of twice that; more are
+dropped unread and counted (rate_limited). The run's own sampling socket is exempt."""
+MAX_PEERS_TRACKED = 4096
 MAX_PENDING_SAMPLES = 1024
 """Sample requests held at once; more are refused."""
 RESEND_INTERVAL_S = 0.2
 """Cached weights are resent to (new) subscribers at most this often."""
 REQUEST_ROLES = {
     "register": ("learner",), "sample": ("learner",), "sample_status": ("learner",), "update_priorities": ("learner",),
+    "release": ("learner",),
     "get_spec": ("learner", "actor"), "get_weights": ("learner", "actor"),
     "claim_ids": ("actor",), "flush": ("actor",), "actor_error": ("actor",),
     "get_stats": ("learner", "actor", "observer"),
 }
 """With keys: the roles (transport.ROLES) that may send each request; "client" (a key of the
 layout before roles) may send all."""
+HOLDER_REQUESTS = frozenset({"sample", "sample_status", "update_priorities", "release"})
+"""Requests only the run's holder may send: without keys they carry its token."""
 
 
 class Broker:
@@ -113,6 +126,9 @@ class Broker:
 
         self.spec: dict[str, Any] | None = None
         self.token_hash: str | None = None  # SHA-256 of the registered learner's token
+        self.holder_seen = -math.inf  # when the run's learner (its token) was last heard from: its lease
+        self.holder_peers: set[bytes] = set()  # the routing ids the holder sampled from (not rate limited)
+        self.peer_buckets: dict[bytes, tuple[float, float]] = {}  # peer -> (tokens, when)
         self.frame_limit: int | None = None  # stats.frames at which the run's frame budget is spent
         self.table: ReplayTable | None = None
         self._reset_sources()
@@ -126,7 +142,7 @@ class Broker:
             "register": self._on_register, "get_spec": self._on_get_spec, "get_weights": self._on_get_weights,
             "sample": self._on_sample, "sample_status": self._on_sample_status, "get_stats": self._on_get_stats,
             "flush": self._on_flush, "update_priorities": self._on_update_priorities, "claim_ids": self._on_claim_ids,
-            "actor_error": self._on_actor_error,
+            "actor_error": self._on_actor_error, "release": self._on_release,
         }
         self.pending: collections.deque = collections.deque()  # sample requests held by the rate limiter
         self.stats = _Stats()
@@ -320,6 +336,9 @@ class Broker:
         returns, lengths = meta.get("episode_returns", []), meta.get("episode_lengths", [])
         if len(returns) != len(lengths):
             return self._reject("ingest", "bad_meta", "episode_returns and episode_lengths differ in length")
+        limit = self.table.item_schema.return_limit
+        if limit is not None and any(abs(r) > limit for r in returns):
+            return self._reject("ingest", "out_of_bounds", f"an episode return beyond +-{limit:g} (return_limit)")
         arrays = dict(msg.arrays)
         priorities = arrays.pop(INITIAL_PRIORITY, None)  # optional initial priorities computed by the actor
         pool = arrays.pop(FRAMES, None)  # a table of frames: the frames the items' references point into
@@ -395,32 +414,68 @@ class Broker:
 
     def _on_request(self, frames: list) -> None:
         identity, body = frames[0], frames[1:]
+        if not self._within_rate(identity.bytes):  # before decoding: a flood costs the broker next to nothing
+            self.stats.rejected["rate_limited"] += 1
+            self.stats.rejected_on["service"] += 1
+            return
         try:
             msg = wire.decode(body, self.limits)
-        except wire.WireError as exc:
-            return self._reject("service", exc.reason, exc.detail)  # no reply: maybe not a qrl client at all
+        except wire.WireError as exc:  # answered with the request id when one could be read
+            return self._refuse(identity, wire.peek_req(body), exc.reason, exc.detail)
         try:
             meta = messages.validate(msg.type, msg.meta)
         except messages.MessageError as exc:
-            self._reject("service", exc.reason, exc.detail)
             req = msg.meta.get("req")
-            return self._reply(identity, "error", {"req": req if isinstance(req, int) and abs(req) <= messages.MAX_INT
-                                                   else None, "reason": exc.detail[:512]})
+            return self._refuse(identity, req if isinstance(req, int) and abs(req) <= messages.MAX_INT else None,
+                                exc.reason, exc.detail)
         req = meta.get("req")
         handler = self._handlers.get(msg.type)
         if handler is None:
-            self._reject("service", "unexpected_type", msg.type)
-            return self._reply(identity, "error", {"req": req, "reason": f"{msg.type} is not a request"})
-        if self.auth is not None:
-            role = body[0].get("User-Id")
-            if role not in REQUEST_ROLES[msg.type] and role != "client":
-                self._reject("service", "role_refused", f"{role} may not {msg.type}")
-                return self._reply(identity, "error", {"req": req, "reason": f"role {role} may not {msg.type}"})
+            return self._refuse(identity, req, "unexpected_type", f"{msg.type} is not a request")
+        role = body[0].get("User-Id") if self.auth is not None else None
+        if role is not None and role not in REQUEST_ROLES[msg.type] and role != "client":
+            return self._refuse(identity, req, "role_refused", f"role {role} may not {msg.type}")
+        if msg.type in HOLDER_REQUESTS and not self._from_holder(identity.bytes, meta, role):
+            return self._refuse(identity, req, "not_holder", f"{msg.type}: only the learner that holds the run may "
+                                                              "ask (the run's token, or with keys the learner role)")
+        if msg.type == "register":
+            return self._on_register(identity, msg, meta, req, role)
         handler(identity, msg, meta, req)
 
+    def _within_rate(self, peer: bytes) -> bool:
+        """A token bucket per peer (routing id): REQUESTS_PER_S, bursts of twice that; the holder's
+        sampling socket is never limited."""
+        if peer in self.holder_peers:
+            return True
+        now = time.monotonic()
+        tokens, then = self.peer_buckets.pop(peer, (2 * REQUESTS_PER_S, now))
+        tokens = min(2 * REQUESTS_PER_S, tokens + (now - then) * REQUESTS_PER_S)
+        self.peer_buckets[peer] = (tokens - 1, now)  # most recent last
+        while len(self.peer_buckets) > MAX_PEERS_TRACKED:
+            del self.peer_buckets[next(iter(self.peer_buckets))]
+        return tokens >= 1
+
+    def _from_holder(self, peer: bytes, meta: dict, role: str | None) -> bool:
+        """Whether a learner's request comes from the run's holder: with keys its role says so
+        (checked already), without keys its token; a holder's request renews its lease."""
+        if self.token_hash is None:
+            return True  # no run yet: the request's own handler answers
+        if role is None and not hmac.compare_digest(_token_hash(meta.get("token") or ""), self.token_hash):
+            return False
+        self.holder_seen = time.monotonic()
+        if len(self.holder_peers) < 64:  # (its sampling sockets: one per register)
+            self.holder_peers.add(peer)
+        return True
+
+    def _holder_alive(self) -> float | None:
+        """Seconds since the run's holder was last heard from, while its lease runs; None once it has lapsed."""
+        silent = time.monotonic() - self.holder_seen
+        return silent if self.spec is not None and silent < self.cfg.run_lease_s else None
+
     def _refuse(self, identity, req, reason: str, detail: str) -> None:
+        """Count a refused request and answer it: `error` with the reason code and a one-line detail."""
         self._reject("service", reason, detail)
-        self._reply(identity, "error", {"req": req, "reason": detail})
+        self._reply(identity, "error", {"req": req, "reason": reason, "detail": detail[:512]})
 
     def _on_get_stats(self, identity, msg: wire.Message, meta: dict, req) -> None:
         extra: dict[str, Any] = {}
@@ -454,8 +509,10 @@ class Broker:
         """Hand out a block of actor ids no one has used (replicas of one container image
         cannot pick distinct --first-id values themselves)."""
         n = meta["n"]
-        first = max([self.stats.next_actor_id, *(k + 1 for k in self.stats.actors)])
-        if first + n > messages.MAX_INT:
+        # Ids at or above MAX_CLAIMED_ID are never handed out, so one actor that names itself 2^53-1
+        # cannot use up the range: the claims stay below every such id.
+        first = max([self.stats.next_actor_id, *(k + 1 for k in self.stats.actors if k < MAX_CLAIMED_ID)])
+        if first + n > MAX_CLAIMED_ID:
             return self._refuse(identity, req, "bad_claim_ids", "claim_ids: no ids left")
         self.stats.next_actor_id = first + n
         log.info("broker: actor ids %d..%d claimed", first, first + n - 1)
@@ -483,7 +540,13 @@ class Broker:
             if self._flushed(key) >= last_seq or now > deadline:
                 del self.flushing[key]
 
-    def _on_register(self, identity, msg: wire.Message, meta: dict, req) -> None:
+    def _on_release(self, identity, msg: wire.Message, meta: dict, req) -> None:
+        """The holder is done with its run: another run may register at once (what it stored stays)."""
+        self.holder_seen = -math.inf
+        log.info("broker: run %s released by its learner", (self.spec or {}).get("run_id"))
+        self._reply(identity, "ok", {"req": req})
+
+    def _on_register(self, identity, msg: wire.Message, meta: dict, req, role: str | None = None) -> None:
         spec = meta["spec"]
         try:
             table_cfg = TableConfig.from_meta(meta["table"])
@@ -498,10 +561,20 @@ class Broker:
             return self._refuse(identity, req, "bad_register", f"bad register: {exc}")
         token_hash = _token_hash(meta["token"])
         same_run = self.spec is not None and self.spec["run_id"] == spec["run_id"]
-        if same_run and self.token_hash is not None and not hmac.compare_digest(token_hash, self.token_hash):
+        holder = self.token_hash is not None and hmac.compare_digest(token_hash, self.token_hash)
+        if same_run and self.token_hash is not None and not holder:
             # Only the learner that holds a run (it keeps the token in its checkpoint) may register
             # it again: anyone else reusing the run id would replace its table and settings.
             return self._refuse(identity, req, "run_held", f"run {spec['run_id']} is held by another learner")
+        silent = self._holder_alive()
+        taking_over = meta.get("takeover_token") is not None and self.token_hash is not None and \
+            hmac.compare_digest(_token_hash(meta["takeover_token"]), self.token_hash)
+        if not same_run and silent is not None and role is None and not holder and not taking_over:
+            # A run whose learner is alive is never switched under it (docs/protocol.md, "Run ownership").
+            return self._refuse(identity, req, "run_held", f"run {self.spec['run_id']} is held by its learner (heard "
+                                f"from {silent:.0f} s ago); another run may register once it has been silent "
+                                f"{self.cfg.run_lease_s:g} s or released it, or with its token (takeover_token)")
+        self.holder_seen = time.monotonic()
         if not same_run or self.table.cfg != table_cfg or self.table.item_schema != schema:
             # A learner that restarts with the same run, table and schema keeps the experience.
             self.table = make_table(table_cfg, seed=self.cfg.seed, schema=schema)
@@ -510,6 +583,7 @@ class Broker:
             self._reset_sources()
             if not same_run:
                 self.stats.new_run()
+                self.holder_peers.clear()
             log.info("broker: new table %s for run %s", table_cfg, spec["run_id"])
         self.spec, self.token_hash = spec, token_hash
         left = meta.get("frames_left")  # counted from now: a restored broker's counter is its snapshot's
@@ -534,7 +608,7 @@ class Broker:
 
     def _on_sample(self, identity, msg, meta, req) -> None:
         if self.table is None:
-            return self._reply(identity, "error", {"req": req, "reason": "no table: register first"})
+            return self._refuse(identity, req, "no_table", "sample: no table, register first")
         batch_size, why = meta["batch_size"], self._unservable(meta["batch_size"])
         if why:  # it could never be served, and would hold every request behind it
             return self._refuse(identity, req, "bad_sample", f"batch_size {batch_size}: {why}")
@@ -574,7 +648,7 @@ class Broker:
             self.stats.sample_wait_s += time.monotonic() - t0
             # The run's frame count travels with every batch: the learner's frame budget is checked
             # on each update, not on its once-a-second stats.
-            meta = {"req": req, "frames": self.stats.frames, "broker_id": self.broker_id}
+            meta = {"req": req, "frames": self.stats.frames, "broker_id": self.broker_id, "run_id": self.spec["run_id"]}
             self.stats.served_lag.extend(table.served_lags)  # a queue's; a replay table serves by sampling
             meta["consumed"] = self._consumed(table)
             self.stats.sampled_frames += batch_size * table.frames_per_item
@@ -632,6 +706,7 @@ class Broker:
         # Without keys the per-run token is what tells the learner's weights from anyone else's.
         if not hmac.compare_digest(_token_hash(meta.get("token", "")), self.token_hash or ""):
             return self._reject("weights_in", "bad_token", "weights not from the run's learner")
+        self.holder_seen = time.monotonic()  # its learner is alive: the lease runs on
         version = meta["version"]
         if version <= self.weights_version:
             return  # a stale publish, e.g. from a learner that restarted from an older checkpoint

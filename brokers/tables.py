@@ -35,6 +35,24 @@ MAX_ITEM_NDIM = 7
 MAX_REDRAWS = 8
 """Draws a sample makes for items that lost a linked frame before the older items did (rare)."""
 MIN_RING_FRAMES = 4096
+SLOT_BYTES = 96
+"""Bookkeeping a table slot costs besides its item's fields, counted against broker.max_table_bytes:
+the item id (8 bytes), a prioritized table's sum and min trees (up to 64), a queue's version and
+source (24)."""
+
+
+def _limits_from_meta(meta: Any, names: set[str]) -> tuple[tuple[str, float, float], ...]:
+    """The schema's value limits: field -> [lo, hi], finite numbers with lo <= hi, of declared fields."""
+    out = []
+    for name, bounds in meta.items():
+        if name not in names:
+            raise ValueError(f"limits: {name[:32]!r} is not an item field")
+        if not (isinstance(bounds, list) and len(bounds) == 2
+                and all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in bounds)
+                and bounds[0] <= bounds[1]):
+            raise ValueError(f"limits: {name[:32]}: expected [lo, hi], finite numbers with lo <= hi")
+        out.append((name, float(bounds[0]), float(bounds[1])))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -69,7 +87,7 @@ class FrameSpec:
         return {"dtype": self.dtype, "shape": list(self.shape), "fields": list(self.fields), "per_item": self.per_item}
 
     def frame_bytes(self) -> int:
-        return np.dtype(self.dtype).itemsize * int(np.prod(self.shape))
+        return np.dtype(self.dtype).itemsize * math.prod(self.shape)
 
     def ring_size(self, capacity: int) -> int:
         """Frames the table keeps: enough for `capacity` items at per_item frames each (and at least
@@ -89,6 +107,11 @@ class ItemSchema:
     frames_per_item: int = 1
     frames: FrameSpec | None = None
     """Set: the table stores each frame once, and these fields are references (FrameSpec)."""
+    limits: tuple[tuple[str, float, float], ...] = ()
+    """(field, lo, hi): every value of the field lies in [lo, hi]; a segment with one outside is
+    refused (an absurd but finite value poisons a learner as surely as a NaN)."""
+    return_limit: float | None = None
+    """Episode returns a segment reports lie in [-return_limit, return_limit] (None: any finite)."""
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any]) -> "ItemSchema":
@@ -115,7 +138,8 @@ class ItemSchema:
         frames = meta.get("frames")
         if frames is not None:
             frames = FrameSpec.from_meta(frames, {name: (dtype, shape) for name, dtype, shape in out})
-        return cls(tuple(out), int(meta["frames_per_item"]), frames)
+        limits = _limits_from_meta(meta.get("limits") or {}, {name for name, _, _ in out})
+        return cls(tuple(out), int(meta["frames_per_item"]), frames, limits, meta.get("return_limit"))
 
     @classmethod
     def of(cls, arrays: Mapping[str, np.ndarray], frames_per_item: int = 1,
@@ -129,6 +153,10 @@ class ItemSchema:
                 "frames_per_item": self.frames_per_item}
         if self.frames is not None:
             meta["frames"] = self.frames.as_meta()
+        if self.limits:
+            meta["limits"] = {name: [lo, hi] for name, lo, hi in self.limits}
+        if self.return_limit is not None:
+            meta["return_limit"] = self.return_limit
         return meta
 
     @property
@@ -138,8 +166,8 @@ class ItemSchema:
 
     def _bytes(self, per_reference: int) -> int:
         """Bytes of an item's fields, a reference counting `per_reference` bytes."""
-        refs = self.references
-        return sum((per_reference if name in refs else np.dtype(dtype).itemsize) * int(np.prod(shape))
+        refs = self.references  # math.prod: Python integers, a declared shape cannot overflow int64
+        return sum((per_reference if name in refs else np.dtype(dtype).itemsize) * math.prod(shape)
                    for name, dtype, shape in self.fields)
 
     def _stored_bytes(self) -> int:
@@ -147,11 +175,13 @@ class ItemSchema:
         return self._bytes(4)
 
     def table_bytes(self, capacity: int) -> int:
-        """Bytes a table of this many items allocates (with the frame ring, and each item's
-        first frame id)."""
+        """Bytes a table of this many items allocates: its fields, SLOT_BYTES of bookkeeping per
+        slot whatever the fields (so items of zero bytes still cost memory), and with frames the
+        ring and each item's first frame id."""
+        per_slot = self._stored_bytes() + SLOT_BYTES
         if self.frames is None:
-            return capacity * self._stored_bytes()
-        return capacity * (self._stored_bytes() + 8) + self.frames.ring_size(capacity) * self.frames.frame_bytes()
+            return capacity * per_slot
+        return capacity * (per_slot + 8) + self.frames.ring_size(capacity) * self.frames.frame_bytes()
 
     def served_bytes(self) -> int:
         """Bytes one item takes in a batch (references gathered into frames)."""
@@ -175,6 +205,17 @@ class TableConfig:
     max_policy_lag: int | None = None
     """FIFO queue: items made by weights more than this many versions older than the newest are
     dropped (and counted) instead of served. None: never."""
+    max_segment_items: int | None = None
+    """The most items one segment may bring (None: segment_items_default), so that no single
+    message can replace a large part of the replay. The learner states its own: a few times its
+    actors' segments."""
+
+    @property
+    def segment_items(self) -> int:
+        """The most items one segment may bring."""
+        if self.max_segment_items is not None:
+            return min(self.max_segment_items, self.capacity)
+        return segment_items_default(self.capacity, self.sampler)
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any]) -> "TableConfig":
@@ -204,6 +245,9 @@ class TableConfig:
             raise ValueError("a fifo queue serves each item once: samples_per_insert must be 0")
         if self.max_policy_lag is not None and (not isinstance(self.max_policy_lag, int) or self.max_policy_lag < 0):
             raise ValueError("max_policy_lag must be a non-negative integer or None")
+        if self.max_segment_items is not None and not (isinstance(self.max_segment_items, int)
+                                                       and self.max_segment_items > 0):
+            raise ValueError("max_segment_items must be a positive integer or None")
         if batch_size is not None and self.samples_per_insert > 0 and self.tolerance < batch_size:
             # With inserts blocked the ratio error exceeds the tolerance; a batch is
             # served while error - batch >= -tolerance. tolerance >= batch keeps
@@ -214,6 +258,17 @@ class TableConfig:
 
     def as_meta(self) -> dict[str, Any]:
         return asdict(self)
+
+
+MIN_SEGMENT_ITEMS = 1024
+"""A replay table takes segments of at least this many items (or its capacity) whatever its size."""
+
+
+def segment_items_default(capacity: int, sampler: str) -> int:
+    """A segment's items at most, for a table that does not say: 1/16 of a replay table (any more
+    and one message replaces a large part of it) but at least MIN_SEGMENT_ITEMS, a queue's whole
+    capacity (its items leave once)."""
+    return capacity if sampler == "fifo" else min(capacity, max(MIN_SEGMENT_ITEMS, capacity // 16))
 
 
 class RateLimiter:
@@ -258,6 +313,7 @@ class ReplayTable:
         self.schema: dict[str, tuple[np.dtype, tuple[int, ...]]] = {}
         self.storage: dict[str, np.ndarray] = {}
         self.floats: list[str] = []
+        self.limits: tuple[tuple[str, float, float], ...] = ()
         # Each frame once (FrameSpec): the ring of frames, each item slot's oldest frame id (the item
         # is served while the ring holds it), and the first item id not known to have lost a frame.
         self.ring: FrameRing | None = None
@@ -285,7 +341,10 @@ class ReplayTable:
         refs = self.references
         self.storage = {name: np.zeros((self.cfg.capacity, *shape), dtype=np.int32 if name in refs else dtype)
                         for name, (dtype, shape) in self.schema.items()}
-        self.floats = [name for name, (dtype, _) in self.schema.items() if dtype.kind == "f"]
+        # Fields with limits are checked against them (which refuses non-finite values too).
+        self.limits = schema.limits
+        limited = {name for name, _, _ in self.limits}
+        self.floats = [name for name, (dtype, _) in self.schema.items() if dtype.kind == "f" and name not in limited]
         if schema.frames is not None:  # links between a stream's segments: replay tables (a queue's
             f = schema.frames          # items must leave in order, docs/frames.md)
             self.ring = FrameRing(f.ring_size(self.cfg.capacity), f.shape, f.dtype, self.cfg.sampler != "fifo")
@@ -324,14 +383,19 @@ class ReplayTable:
             if a.dtype != dtype or a.shape[1:] != shape:
                 raise SchemaError(f"{name}: {a.dtype}{list(a.shape[1:])} != {dtype}{list(shape)}")
         n = lengths.pop()
-        if not 0 < n <= self.cfg.capacity:
-            raise SchemaError(f"a segment of {n} items; the table takes 1..{self.cfg.capacity}", "bad_item_count")
+        if not 0 < n <= self.cfg.segment_items:
+            raise SchemaError(f"a segment of {n} items; the table takes 1..{self.cfg.segment_items} per segment "
+                              "(table.max_segment_items)", "bad_item_count")
         if frames is not None and frames != n * self.item_schema.frames_per_item:
             raise SchemaError(f"frames {frames} != {n} items x {self.item_schema.frames_per_item} frames per item",
                               "bad_frames")
         for name in self.floats:
             if not np.isfinite(arrays[name]).all():
                 raise SchemaError(f"{name} holds NaN or infinite values", "non_finite")
+        for name, lo, hi in self.limits:  # NaN fails both comparisons: refused here too
+            a = arrays[name]
+            if not (lo <= a.min() and a.max() <= hi):
+                raise SchemaError(f"{name} holds values outside its limits [{lo:g}, {hi:g}]", "out_of_bounds")
         if priorities is not None and (priorities.shape != (n,) or priorities.dtype.kind not in "fiu"
                                        or not np.isfinite(priorities).all() or (priorities < 0).any()):
             raise SchemaError(f"_priority must be {n} finite non-negative numbers", "bad_priorities")

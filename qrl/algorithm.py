@@ -44,6 +44,7 @@ algorithms are registered there in pyproject.toml like anyone else's.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.metadata
 from dataclasses import dataclass, field
@@ -421,8 +422,67 @@ def stack_steps(steps: list[dict[str, Any]], before: int, num_steps: int) -> Rol
                    before=before, num_steps=num_steps)
 
 
+DEFAULT_VALUE_LIMIT = 1e6
+"""RunConfig.value_limit's default: the largest magnitude of an item value the broker takes where
+the spaces give no bound (rewards, returns, unbounded observations)."""
+RETURN_LIMIT_FACTOR = 1000.0
+"""Episode returns sum many steps: they may reach value_limit times this."""
+
+
+def field_limits(schema, obs_space, action_space, value_limit: float) -> tuple[tuple[str, float, float], ...]:
+    """The value limits of an item schema's fields (ItemSchema.limits). "obs" and "next_obs" get the
+    observation space's bounds (a float Box's widened by its width on each side: environments
+    overshoot their declared bounds a little) and "action" a discrete action space's (an index out of
+    range would stop the learner); every other float field, and those that are unbounded,
+    +-value_limit (continuous actions too: a Gaussian policy's raw samples leave the Box). Integer
+    fields other than those, bools and frame references get none."""
+    continuous = np.issubdtype(getattr(action_space, "dtype", None) or np.int64, np.floating)
+    spaces = {"obs": obs_space, "next_obs": obs_space, **({} if continuous else {"action": action_space})}
+    refs = schema.references
+    out = []
+    for name, dtype, shape in schema.fields:
+        kind = np.dtype(dtype).kind
+        if name in refs or kind == "b":
+            continue
+        space = spaces.get(name)
+        bounds = _space_bounds(space, shape) if space is not None else None
+        if bounds is None and kind == "f":
+            bounds = (-value_limit, value_limit)
+        if bounds is not None:
+            lo, hi = bounds
+            if kind == "f":
+                lo, hi = max(lo, -value_limit), min(hi, value_limit)
+            out.append((name, float(lo), float(hi)))
+    return tuple(out)
+
+
+def _space_bounds(space, shape: tuple[int, ...]) -> tuple[float, float] | None:
+    """[lo, hi] of every value of a space, when the field holds the space's values (alone, or as a
+    sequence: its shape ends with the space's) and they are bounded."""
+    import gymnasium as gym
+
+    space_shape = tuple(space.shape or ())
+    if shape[len(shape) - len(space_shape):] != space_shape:
+        return None
+    if isinstance(space, gym.spaces.Discrete):
+        return int(space.start), int(space.start + space.n - 1)
+    if isinstance(space, gym.spaces.MultiDiscrete):
+        return int(space.start.min()), int((space.start + space.nvec - 1).max())
+    if isinstance(space, gym.spaces.MultiBinary):
+        return 0, 1
+    if isinstance(space, gym.spaces.Box) and space.low.size:
+        lo, hi = float(np.min(space.low)), float(np.max(space.high))
+        if np.issubdtype(space.dtype, np.integer):
+            info = np.iinfo(space.dtype)
+            return None if lo <= info.min and hi >= info.max else (lo, hi)  # (pixels: the dtype bounds them)
+        if np.isfinite(lo) and np.isfinite(hi):
+            return lo - (hi - lo), hi + (hi - lo)
+    return None
+
+
 def item_schema(agent: Agent, net, obs_space, action_space, args, num_envs: int, num_steps: int,
-                store_frames: bool = True, frame_links: bool = False):
+                store_frames: bool = True, frame_links: bool = False,
+                value_limit: float | None = DEFAULT_VALUE_LIMIT):
     """The broker's item schema for this algorithm (sent with `register`), found by running its own
     actor path once on sampled observations: the actor core, act, make_items. Also how many env frames
     one item covers, so the broker can check each segment's `frames`, and for image observations
@@ -451,11 +511,16 @@ def item_schema(agent: Agent, net, obs_space, action_space, args, num_envs: int,
     if store_frames and getattr(obs_space, "shape", None) is not None and obs_space.dtype is not None:
         plan = frames.plan(agent.make_items, rollout, args, obs_space.shape, obs_space.dtype)
     if plan is None:
-        return ItemSchema.of(items, (num_steps * num_envs) // n_items)
-    items, _ = frames.indexed_items(agent.make_items, rollout, args, plan.layout, plan.fields)
-    frames_per_item = (num_steps * num_envs) // n_items
-    per_item = plan.per_item
-    if frame_links:  # one new frame per env step; only the self-contained segments resend the overlap
-        per_item = frames_per_item + max(0.0, plan.per_item - frames_per_item) / frames.KEYFRAME_EVERY
-    spec = FrameSpec(plan.layout.dtype, plan.layout.frame_shape, plan.fields, per_item)
-    return ItemSchema.of(items, frames_per_item, spec)
+        schema = ItemSchema.of(items, (num_steps * num_envs) // n_items)
+    else:
+        items, _ = frames.indexed_items(agent.make_items, rollout, args, plan.layout, plan.fields)
+        frames_per_item = (num_steps * num_envs) // n_items
+        per_item = plan.per_item
+        if frame_links:  # one new frame per env step; only the self-contained segments resend the overlap
+            per_item = frames_per_item + max(0.0, plan.per_item - frames_per_item) / frames.KEYFRAME_EVERY
+        spec = FrameSpec(plan.layout.dtype, plan.layout.frame_shape, plan.fields, per_item)
+        schema = ItemSchema.of(items, frames_per_item, spec)
+    if value_limit is None:
+        return schema
+    return dataclasses.replace(schema, limits=field_limits(schema, obs_space, action_space, value_limit),
+                               return_limit=value_limit * RETURN_LIMIT_FACTOR)

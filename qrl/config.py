@@ -71,6 +71,11 @@ class RunConfig:
     1: acting overlaps learning, each unroll is about one round of updates old (corrected by the
     behaviour log-probabilities PPO carries, or by V-trace); 0: strictly on-policy, the actor waits
     for newer weights after every segment and idles while the learner trains."""
+    value_limit: float = 1e6
+    """The largest magnitude of an item value (observations, rewards, returns) the broker stores where
+    the observation or action space gives no tighter bound; episode returns may reach 1000 times it.
+    A segment with a value outside is refused and counted (out_of_bounds): a finite but absurd value
+    poisons a learner as surely as a NaN."""
     normalize_obs: bool = False
     """Normalize observations by running mean and std (kept by the learner, shipped with the weights)."""
     normalize_reward: bool = False
@@ -170,7 +175,7 @@ RANGES: dict[str, Range] = {
     "segment_length": Range(1, 1 << 20), "eval_every_frames": NON_NEGATIVE, "eval_every_s": POSITIVE,
     "eval_episodes": Range(1, 100_000), "publish_every": COUNT, "checkpoint_every_s": POSITIVE,
     "samples_in_flight": Range(1, 64), "sync_lead": Range(0, 64), "learner_threads": Range(1, 1024),
-    "max_seconds": POSITIVE,
+    "max_seconds": POSITIVE, "value_limit": POSITIVE,
     # algorithms
     "hidden": COUNT, "n_step": Range(1, 1000), "gamma": FRACTION, "lr": POSITIVE, "batch_size": COUNT,
     "buffer_size": COUNT, "learning_starts": NON_NEGATIVE, "samples_per_insert": NON_NEGATIVE,
@@ -194,7 +199,8 @@ RANGES: dict[str, Range] = {
     "entropy_tau": POSITIVE, "log_policy_clip": Range(-1e6, 0),
     # broker and actors
     "port": Range(0, 65535), "max_message_bytes": Range(1024), "ingest_hwm": COUNT, "ingest_buffer": NON_NEGATIVE,
-    "stats_interval_s": POSITIVE, "snapshot_every_s": POSITIVE, "max_table_bytes": NON_NEGATIVE, "n": Range(1, 1024),
+    "stats_interval_s": POSITIVE, "snapshot_every_s": POSITIVE, "max_table_bytes": NON_NEGATIVE,
+    "run_lease_s": POSITIVE, "n": Range(1, 1024),
     "vector_threads": Range(1, 256),
     "first_id": NON_NEGATIVE,
     "total": COUNT, "send_hwm": COUNT, "send_buffer": NON_NEGATIVE, "give_up_after": NON_NEGATIVE,

@@ -27,9 +27,10 @@ import torch
 import zmq
 
 from qrl import algorithm, callbacks, checkpoint, eager, envs, lifetime, resume
-from qrl.protocol import transport
+from qrl.protocol import transport, wire
 from qrl.evaluation import run_episodes
-from qrl.brokers.tables import TableConfig
+from qrl.guard import NonFinite, UpdateGuard, finite_arrays
+from qrl.brokers.tables import IMPORTANCE_WEIGHT, ITEM_ID, TableConfig, segment_items_default
 from qrl.config import RunConfig, build, to_dict, to_yaml
 from qrl.protocol.messages import MAX_ACTORS_CONSUMED
 from qrl.metrics import MetricsWriter, ProgressView
@@ -73,6 +74,7 @@ class LearnerProcess:
         self.obs_space, self.action_space = envs.spaces(opts.env, run_cfg.env_kwargs, run_cfg.wrappers)
         torch.manual_seed(run_cfg.seed)  # a run's initial weights follow from its seed (as in CleanRL and SB3)
         self.learner = self.agent.Learner(self.obs_space, self.action_space, self.args, self.device)
+        self.guard = UpdateGuard(self.learner)  # a non-finite gradient skips its step (qrl/guard.py)
         self.normalizer = None
         if run_cfg.normalize_obs or run_cfg.normalize_reward:
             self.normalizer = Normalizer(self.obs_space.shape, run_cfg.normalize_obs, run_cfg.normalize_reward)
@@ -81,7 +83,7 @@ class LearnerProcess:
         links = self.agent.table_config(self.args).sampler != "fifo"
         self.item_schema = algorithm.item_schema(self.agent, self.eval_net, self.obs_space, self.action_space,
                                                  self.args, run_cfg.num_envs, run_cfg.segment_length,
-                                                 run_cfg.store_frames, links)
+                                                 run_cfg.store_frames, links, run_cfg.value_limit)
         self.target_return = run_cfg.target_return
         if self.target_return is None:
             self.target_return = envs.spec(opts.env).reward_threshold
@@ -163,20 +165,18 @@ class LearnerProcess:
         table = self.agent.table_config(self.args)
         if table.max_policy_lag is None:
             table = dataclasses.replace(table, max_policy_lag=self.cfg.max_policy_lag)
+        if table.max_segment_items is None:  # a few of its actors' segments, or 1/16 of a replay table
+            segment = self.cfg.num_envs * self.cfg.segment_length // self.item_schema.frames_per_item
+            table = dataclasses.replace(table, max_segment_items=min(
+                table.capacity, max(SEGMENTS_AT_ONCE * segment, segment_items_default(table.capacity, table.sampler))))
         return table
 
     def register(self) -> None:
         """Register the run (spec, table, current weights) and open fresh publish and sample sockets.
         Called again when the broker no longer knows the run (it restarted)."""
-        reply = self.client.request(
-            "register",
-            {"spec": self.spec(), "table": self.table_config().as_meta(), "schema": self.item_schema.as_meta(),
-             "weights_version": self.weights_version, "token": self.token,
-             "frames_left": max(0, self.cfg.total_steps - self.frames_so_far())},
-            self.weights(), wait_s=None, report=log.warning, should_stop=lambda: self.stopping,
-        )
+        reply = self.request_run()
         if reply.type != "ok":
-            raise RuntimeError(f"broker refused the run: {reply.meta.get('reason')}")
+            raise RuntimeError(f"broker refused the run: {reply.meta.get('reason')}: {reply.meta.get('detail')}")
         host, _ = transport.split_address(self.opts.broker)
         if self.sampler is not None:
             self.sampler.close()
@@ -186,19 +186,43 @@ class LearnerProcess:
         self.pub.connect(f"tcp://{host}:{reply.meta['ports']['weights_in']}")
         # Requests in flight to a broker that restarted are gone: a new socket starts a new window.
         self.sampler = SampleClient(self.ctx, self.opts.broker, self.args.batch_size, self.cfg.samples_in_flight,
-                                    lambda: self.agent.sample_options(self.args, self.learner.updates))
+                                    lambda: self.agent.sample_options(self.args, self.learner.updates), self.token)
+
+    def request_run(self) -> wire.Message:
+        """The broker's answer to `register`; while another run's learner holds the broker (run_held),
+        asked again every second, saying so every RUN_HELD_REPORT_S."""
+        started = last_report = time.monotonic()
+        while True:
+            reply = self.client.request(
+                "register",
+                {"spec": self.spec(), "table": self.table_config().as_meta(), "schema": self.item_schema.as_meta(),
+                 "weights_version": self.weights_version, "token": self.token,
+                 "frames_left": max(0, self.cfg.total_steps - self.frames_so_far())},
+                self.weights(), wait_s=None, report=log.warning, should_stop=lambda: self.stopping,
+            )
+            if reply.type != "error" or reply.meta.get("reason") != "run_held" or self.stopping:
+                return reply
+            now = time.monotonic()
+            if now - last_report >= RUN_HELD_REPORT_S or last_report == started:
+                log.warning("learner: waiting %.0f s so far: %s", now - started, reply.meta.get("detail"))
+                last_report = now
+            time.sleep(1.0)
 
     def weights(self) -> dict[str, np.ndarray]:
         """What actors load: the policy's arrays, plus the observation statistics when normalizing."""
         return {**self.learner.policy_state(), **(self.normalizer.arrays() if self.normalizer else {})}
 
     def publish(self) -> None:
+        weights = self.weights()
+        if not finite_arrays(weights):  # never sent: the broker would refuse them, the actors would act on NaN
+            raise NonFinite(f"learner: the weights hold NaN or infinite values after update {self.learner.updates}; "
+                            "not publishing them")
         self.weights_version += 1
         self.last_publish = time.monotonic()
         meta = {"version": self.weights_version, "run_id": self.run_id, "token": self.token}
         if self.cfg.sync_actors and self.cfg.sync_lead > 0:
             meta["consumed"] = dict(self.consumed)
-        transport.send(self.pub, "weights", meta, self.weights())
+        transport.send(self.pub, "weights", meta, weights)
 
     def trained_on(self, consumed: dict[str, int]) -> None:
         """Note the segments of the batch just trained on (and those the broker dropped)."""
@@ -206,6 +230,13 @@ class LearnerProcess:
             self.consumed[incarnation] = max(seq, self.consumed.pop(incarnation, -1))
         while len(self.consumed) > MAX_ACTORS_CONSUMED:
             self.consumed.popitem(last=False)
+
+    def release(self) -> None:
+        """Done with the run: another run may register at the broker at once (else after its lease)."""
+        try:
+            self.client.request("release", {"token": self.token}, wait_s=2.0)
+        except transport.BrokerUnavailable:
+            log.info("learner: the broker did not answer release; the run's lease lapses on its own")
 
     def broker_stats(self) -> dict[str, Any]:
         reply = self.client.request("get_stats", {}, wait_s=None, report=log.warning,
@@ -302,10 +333,16 @@ class LearnerProcess:
             return
         if reply.type == "error":  # e.g. a restarted broker without our table
             self.live.refusals += 1
+            why = f"{reply.meta.get('reason')}: {reply.meta.get('detail')}"
             if self.live.refusals > 10:
-                raise RuntimeError(f"broker refused sample requests: {reply.meta.get('reason')}")
-            log.warning("learner: broker refused a sample request: %s", reply.meta.get("reason"))
+                raise RuntimeError(f"broker refused sample requests: {why}")
+            log.warning("learner: broker refused a sample request: %s", why)
             self.broker_sync.due_now()  # check at once whether the broker still knows the run
+            return
+        if reply.type == "batch" and (foreign := self.foreign_batch(reply)):
+            self.live.foreign_batches += 1  # defense in depth: never train on another run's items
+            log.warning("learner: dropped %s (%d so far); checking the broker", foreign, self.live.foreign_batches)
+            self.broker_sync.due_now()
             return
         if reply.type == "batch":
             self.live.refusals = 0
@@ -315,6 +352,18 @@ class LearnerProcess:
             self.count_frames(reply.meta.get("broker_id"), reply.meta.get("frames"))
             self.recover_lost_messages(reply.meta)
 
+    def foreign_batch(self, reply: wire.Message) -> str:
+        """What is wrong with a batch that is not of this run and item schema ('' when it is)."""
+        if reply.meta.get("run_id") != self.run_id:
+            return f"a batch of run {str(reply.meta.get('run_id'))[:64]}"
+        arrays, refs = reply.arrays, self.item_schema.references
+        if set(arrays) - {ITEM_ID, IMPORTANCE_WEIGHT} != {name for name, _, _ in self.item_schema.fields}:
+            return "a batch with other fields than the run's items"
+        for name, dtype, shape in self.item_schema.fields:  # (references arrive gathered into frames)
+            if name not in refs and (arrays[name].dtype.str != dtype or arrays[name].shape[1:] != shape):
+                return f"a batch whose {name} is not {dtype}{list(shape)}"
+        return ""
+
     def train_on(self, arrays: dict[str, np.ndarray], consumed: dict[str, int]) -> None:
         """One update on a batch's arrays; its priorities back to the table, weights out when due."""
         if self.normalizer:
@@ -323,6 +372,9 @@ class LearnerProcess:
         update = self.learner.update(batch)
         self.live.train_metrics = update.metrics
         self.trained_on(consumed)
+        if self.guard.after_update(update.metrics, self.learner.updates):
+            self.live.skipped_updates += 1
+            return  # nothing learned: no priorities from it, no weights for it
         if self.learner.updates == 1:
             self.metrics.write("phase", name="first_update")
         if update.priorities is not None:
@@ -422,6 +474,7 @@ class LearnerProcess:
             self.sync_with_broker()
         lifetime.announce_done()  # `qrl run` stops the actors now, while we checkpoint
         self.publish()
+        self.release()
         # Evaluation is deterministic (fixed seeds, greedy actions): when it just reached the target,
         # evaluating the same weights again would give the same numbers one evaluation later.
         final_mean, final_std = live.reached if live.reached is not None else self.evaluate()
@@ -458,6 +511,11 @@ class Periodic:
             self.task()
 
 
+RUN_HELD_REPORT_S = 10.0
+"""How often a learner waiting for another run's learner to let go of the broker says so."""
+SEGMENTS_AT_ONCE = 4
+"""A segment may bring this many times the items of the run's own segments (an env-only actor may
+step more environments than the run's num_envs)."""
 RATE_WINDOW_S = 20.0
 """The live line's and the metrics' rates are averages over this long."""
 
@@ -472,6 +530,8 @@ class LiveCounters:
     wait_s: float = 0.0  # waiting for batches
     refusals: int = 0  # sample requests refused in a row
     resent: int = 0  # sample requests lost with a dropped connection and sent again
+    skipped_updates: int = 0  # updates whose gradient was not finite: skipped (qrl/guard.py)
+    foreign_batches: int = 0  # batches not of this run or item schema: dropped
     broker_id: str | None = None
     broker_frames: int = 0  # the highest frame counter the broker reported; it restarts with the broker
     first_segment: float | None = None
@@ -519,7 +579,8 @@ class LiveCounters:
                     replay_size=s.get("replay_size"), policy_lag=s.get("policy_lag_100"), actors=s.get("actors"),
                     frames_consumed=s.get("frames_consumed"), consumed_per_s=self.consumed_per_s,
                     frames_dropped=s.get("frames_dropped"), weights_version=version,
-                    wait_fraction=self.wait_s / max(elapsed, 1e-9), samples_resent=self.resent, **self.train_metrics)
+                    wait_fraction=self.wait_s / max(elapsed, 1e-9), samples_resent=self.resent,
+                    foreign_batches=self.foreign_batches, skipped_updates=self.skipped_updates, **self.train_metrics)
 
     def stale_fraction(self) -> float:
         """Of the frames actors sent, the fraction dropped unused (too stale, or overflowing a queue)."""
@@ -540,7 +601,8 @@ class LiveCounters:
         return (f"{self.live_frames_per_s():,.0f} fps | trained on {self.consumed_per_s:,.0f} fps | "
                 f"stale {100 * self.stale_fraction():.0f}% | {self.updates_per_s:,.0f} upd/s | "
                 f"return(100) {shown(r100)} | eval {shown(self.last_eval_value)} | "
-                f"replay {s.get('replay_size', 0):,} | lag {shown(lag)} | actors {s.get('actors', 0)}")
+                f"replay {s.get('replay_size', 0):,} | lag {shown(lag)} | actors {s.get('actors', 0)}"
+                + (f" | skipped {self.skipped_updates:,} non-finite updates" if self.skipped_updates else ""))
 
 
 def run_learner(opts: LearnerOptions, run_cfg: RunConfig, algo_values: dict[str, Any]) -> dict[str, Any]:

@@ -33,8 +33,9 @@ class SampleClient:
     moment (prioritized replay's annealed beta)."""
 
     def __init__(self, ctx: zmq.Context, broker: str, batch_size: int, in_flight: int,
-                 options: Callable[[], dict[str, Any]]):
+                 options: Callable[[], dict[str, Any]], token: str):
         self.batch_size, self.options = batch_size, options
+        self.token = token  # the run's: only its holder may sample (docs/protocol.md, "Run ownership")
         # A fixed routing id: when a heartbeat timeout (broker paused) or a cut makes libzmq
         # reconnect this socket, the broker (ROUTER_HANDOVER) sends the batches for the requests
         # it holds to the new connection instead of dropping them.
@@ -53,7 +54,8 @@ class SampleClient:
 
     def request(self) -> None:
         req = next(self.requests)
-        transport.send(self.socket, "sample", {"batch_size": self.batch_size, "req": req, **self.options()})
+        transport.send(self.socket, "sample", {"batch_size": self.batch_size, "req": req, "token": self.token,
+                                                **self.options()})
         self.outstanding.add(req)
 
     def receive(self, timeout_ms: int) -> wire.Message | None:
@@ -74,14 +76,14 @@ class SampleClient:
 
     def send_priorities(self, ids: np.ndarray, priorities: np.ndarray) -> None:
         """Prioritized replay: the new priorities of the items with these ids."""
-        transport.send(self.socket, "update_priorities", {},
+        transport.send(self.socket, "update_priorities", {"token": self.token},
                        {"ids": np.ascontiguousarray(ids), "priorities": np.asarray(priorities, dtype=np.float64)})
 
     def ask_status_when_due(self) -> None:
         now = time.monotonic()
         if now - self.last_status >= STATUS_EVERY_S:
             req = next(self.requests)
-            transport.send(self.socket, "sample_status", {"req": req})
+            transport.send(self.socket, "sample_status", {"req": req, "token": self.token})
             self.status_asked.add(req)  # every request numbered below it was sent before it
             self.last_status = now
 

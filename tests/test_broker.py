@@ -54,7 +54,7 @@ def test_insert_then_sample(client, push):
     for seq in range(3):
         push.send_multipart(segment(seq, returns=[5.0 + seq]))
     wait_for(lambda: stats(client)["items"] == 24, 10, "24 items at the broker")
-    batch = client.request("sample", {"batch_size": 16}, wait_s=10)
+    batch = client.request("sample", {"token": TOKEN, "batch_size": 16}, wait_s=10)
     assert batch.type == "batch"
     assert batch.arrays["obs"].shape == (16, 4) and batch.arrays["_id"].shape == (16,)
     # every sampled row is one that was inserted: obs rows hold their segment's seq
@@ -74,7 +74,7 @@ def test_insert_and_sample_rates(client, push):
     while time.monotonic() - start < 1.5:
         push.send_multipart(segment(sent))
         sent += 1
-        client.request("sample", {"batch_size": 4}, wait_s=10)
+        client.request("sample", {"token": TOKEN, "batch_size": 4}, wait_s=10)
         time.sleep(0.01)
     s = stats(client)
     assert 0 < s["insert_rate"] <= 8 * sent / 1.0 and 0 < s["sample_rate"] <= 4 * sent / 1.0
@@ -82,7 +82,7 @@ def test_insert_and_sample_rates(client, push):
 
 def test_sample_waits_for_min_size(client, push):
     register(client)
-    send(client.sock, "sample", {"batch_size": 2, "req": 99})
+    send(client.sock, "sample", {"token": TOKEN, "batch_size": 2, "req": 99})
     assert client.sock.poll(300) == 0, "a batch was served below min_size"
     push.send_multipart(segment(0, n=4))
     assert client.sock.poll(5000), "no batch after min_size was reached"
@@ -129,11 +129,11 @@ def test_sequence_gaps_duplicates_and_restarts_are_counted(client, push):
 
 
 def test_bad_requests_get_an_error_reply(client):
-    assert client.request("sample", {"batch_size": 4}, wait_s=10).type == "error"  # no table yet
+    assert client.request("sample", {"token": TOKEN, "batch_size": 4}, wait_s=10).type == "error"  # no table yet
     register(client)
-    assert client.request("sample", {"batch_size": "lots"}, wait_s=10).type == "error"
+    assert client.request("sample", {"token": TOKEN, "batch_size": "lots"}, wait_s=10).type == "error"
     reply = client.request("register", register_meta(table={"colour": 1}), wait_s=10)
-    assert reply.type == "error" and "colour" in reply.meta["reason"]
+    assert reply.type == "error" and "colour" in reply.meta["detail"]
 
 
 def test_published_weights_reach_a_late_subscriber(ctx, client, broker):
@@ -169,7 +169,7 @@ def test_rate_limiter_holds_samples_until_enough_inserts(client, push):
     wait_for(lambda: stats(client)["items"] == 16, 10, "first segment")
     served = 0
     for _ in range(4):
-        send(client.sock, "sample", {"batch_size": 8, "req": 1000 + _})
+        send(client.sock, "sample", {"token": TOKEN, "batch_size": 8, "req": 1000 + _})
     while client.sock.poll(500):
         client.sock.recv_multipart()
         served += 1
@@ -191,7 +191,7 @@ def test_claimed_actor_id_blocks_never_overlap_known_or_earlier_ones(client, pus
     second = client.request("claim_ids", {"n": 2}, wait_s=10)
     assert (first.type, first.meta["first_id"], second.meta["first_id"]) == ("ok", 6, 10)
     bad = client.request("claim_ids", {"n": 0}, wait_s=10)
-    assert bad.type == "error" and "claim_ids.n: must be an integer in [1, 4096]" in bad.meta["reason"]
+    assert bad.type == "error" and "claim_ids.n: must be an integer in [1, 4096]" in bad.meta["detail"]
 
 
 def test_prioritized_tables_return_weights_take_priorities_and_initial_priorities(client, push):
@@ -202,20 +202,20 @@ def test_prioritized_tables_return_weights_take_priorities_and_initial_prioritie
     priorities = np.arange(1, 9, dtype=np.float64)
     push.send_multipart(wire.encode("segment", msg.meta, {**msg.arrays, "_priority": priorities}))
     wait_for(lambda: stats(client)["items"] == 8, 10, "8 items")
-    batch = client.request("sample", {"batch_size": 256, "beta": 1.0}, wait_s=10)
+    batch = client.request("sample", {"token": TOKEN, "batch_size": 256, "beta": 1.0}, wait_s=10)
     ids, w = batch.arrays["_id"], batch.arrays["_weight"]
     assert "_priority" not in batch.arrays and set(ids) <= set(range(8))
     np.testing.assert_allclose(w, 1.0 / (ids + 1), rtol=1e-6)  # P ~ id + 1; w = (P / P_min)^-1
-    reply = client.request("update_priorities", {},
+    reply = client.request("update_priorities", {"token": TOKEN},
                            {"ids": np.array([0, 1, 50]), "priorities": np.array([100.0, 1, 1])}, wait_s=10)
     assert reply.type == "ok" and reply.meta["updated"] == 2  # id 50 does not exist
     s = stats(client)
     assert (s["priority_updates"], s["priority_updates_skipped"]) == (2, 1)
-    ids = client.request("sample", {"batch_size": 1000}, wait_s=10).arrays["_id"]
+    ids = client.request("sample", {"token": TOKEN, "batch_size": 1000}, wait_s=10).arrays["_id"]
     assert np.mean(ids == 0) > 0.6  # 100 / (100 + 1 + 3 + ... + 8) = 0.72
-    bad = client.request("sample", {"batch_size": 8, "beta": 2}, wait_s=10)
-    assert bad.type == "error" and "beta" in bad.meta["reason"]
-    bad = client.request("update_priorities", {}, {"ids": np.array([0, 1])}, wait_s=10)
+    bad = client.request("sample", {"token": TOKEN, "batch_size": 8, "beta": 2}, wait_s=10)
+    assert bad.type == "error" and "beta" in bad.meta["detail"]
+    bad = client.request("update_priorities", {"token": TOKEN}, {"ids": np.array([0, 1])}, wait_s=10)
     assert bad.type == "error"
 
 
@@ -228,9 +228,9 @@ def test_batches_name_the_segments_the_broker_is_done_with(ctx, client, push, br
     for seq in range(3):
         push.send_multipart(segment(seq, n=8))
     wait_for(lambda: stats(client)["items"] == 24, 10, "three segments queued")
-    reply = client.request("sample", {"batch_size": 8}, wait_s=5)
+    reply = client.request("sample", {"token": TOKEN, "batch_size": 8}, wait_s=5)
     assert reply.type == "batch" and reply.meta["consumed"] == {"x": 0}
-    reply = client.request("sample", {"batch_size": 16}, wait_s=5)
+    reply = client.request("sample", {"token": TOKEN, "batch_size": 16}, wait_s=5)
     assert reply.meta["consumed"] == {"x": 2}
 
     pub = ctx.socket(zmq.PUB)
@@ -263,7 +263,7 @@ def test_batches_name_the_segments_the_broker_is_done_with(ctx, client, push, br
     wait_for(lambda: stats(client)["items"] == 32, 10, "the fresh segment queued")
     s = stats(client)
     assert s["dropped_stale_frames"] == 8 and s["frames_dropped"] == 8 and s["frames_consumed"] == 24
-    reply = client.request("sample", {"batch_size": 8}, wait_s=5)
+    reply = client.request("sample", {"token": TOKEN, "batch_size": 8}, wait_s=5)
     assert reply.meta["consumed"] == {"x": 4} and reply.arrays["obs"].max() == 0
     pub.close()
     sub.close()

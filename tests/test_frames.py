@@ -268,7 +268,7 @@ def test_a_broker_serves_frames_and_refuses_references_outside_them(client, push
     wait_for(lambda: stats(client)["segments"] == 1, 10, "the good segment")
     s = stats(client)
     assert s["rejected"] == {"bad_reference": 1, "schema_mismatch": 1} and s["replay_size"] == 8
-    reply = client.request("sample", {"batch_size": 6}, wait_s=10)
+    reply = client.request("sample", {"token": TOKEN, "batch_size": 6}, wait_s=10)
     assert reply.type == "batch" and reply.arrays["obs"].shape == (6, 2, H, H)
     np.testing.assert_array_equal(reply.arrays["obs"][:, 1, 0, 0], reply.arrays["action"] + 1)
 

@@ -114,7 +114,7 @@ REQUEST_KILLERS = {
     "register with capacity true": (lambda: wire.encode("register", reg(
         spec={**SPEC, "run_id": "big"}, table={**TABLE, "capacity": True}), {"w": np.zeros(3, np.float32)}),
         "bad_meta", True),
-    "update_priorities with scalar ids": (lambda: wire.encode("update_priorities", {"req": 7}, {
+    "update_priorities with scalar ids": (lambda: wire.encode("update_priorities", {"req": 7, "token": TOKEN}, {
         "ids": np.int64(3), "priorities": np.float64(1.0)}), "bad_priorities", True),
     "a bytes value in the spec": (lambda: wire.encode("register", reg(
         spec={**SPEC, "run_id": "bytes", "env_kwargs": {"x": b"\x00"}})), "bad_meta", True),
@@ -175,6 +175,9 @@ def test_counters_are_per_run_so_a_second_learner_gets_its_own_budget(client, pu
     for seq in range(3):
         push.send_multipart(segment(seq))
     wait_for(lambda: stats(client)["frames"] == 24, 10, "24 frames of the first run")
+    refused = register(client, spec={**SPEC, "run_id": "r2"}, token="another-learner's-token")
+    assert refused.type == "error" and refused.meta["reason"] == "run_held"  # r1's learner is alive
+    assert client.request("release", {"token": TOKEN}, wait_s=10).type == "ok"  # ... and done with it
     register(client, spec={**SPEC, "run_id": "r2"}, token="another-learner's-token")
     s = stats(client)
     assert (s["run_id"], s["frames"], s["segments"], s["replay_size"]) == ("r2", 0, 0, 0)
@@ -263,9 +266,9 @@ def test_only_the_learner_holding_a_run_may_register_it_again(client, push):
     push.send_multipart(segment(0))
     wait_for(lambda: stats(client)["replay_size"] == 8, 10, "8 items")
     stolen = register(client, token="not-the-learner's-token", table={**TABLE, "samples_per_insert": 2.0})
-    assert stolen.type == "error" and "held by another learner" in stolen.meta["reason"]
+    assert stolen.type == "error" and "held by another learner" in stolen.meta["detail"]
     nan = register(client, table={**TABLE, "samples_per_insert": math.nan})
-    assert nan.type == "error" and "samples_per_insert" in nan.meta["reason"]
+    assert nan.type == "error" and "samples_per_insert" in nan.meta["detail"]
     assert register(client).type == "ok"  # the learner itself, restarting: keeps its table
     s = stats(client)
     assert s["replay_size"] == 8 and s["rejected"] == {"run_held": 1, "bad_meta": 1}
@@ -273,20 +276,20 @@ def test_only_the_learner_holding_a_run_may_register_it_again(client, push):
 
 def test_requests_that_cannot_be_served_are_refused_not_queued(client, push):
     register(client)
-    too_big = client.request("sample", {"batch_size": 2**24}, wait_s=10)
-    assert too_big.type == "error" and "more than a message may carry" in too_big.meta["reason"]
+    too_big = client.request("sample", {"token": TOKEN, "batch_size": 2**24}, wait_s=10)
+    assert too_big.type == "error" and "more than a message may carry" in too_big.meta["detail"]
     limited = {**TABLE, "samples_per_insert": 1.0, "tolerance": 64.0}
     register(client, spec={**SPEC, "run_id": "limited"}, table=limited)
-    held_forever = client.request("sample", {"batch_size": 2**20}, wait_s=10)
-    assert held_forever.type == "error" and "tolerance" in held_forever.meta["reason"]
+    held_forever = client.request("sample", {"token": TOKEN, "batch_size": 2**20}, wait_s=10)
+    assert held_forever.type == "error" and "tolerance" in held_forever.meta["detail"]
     fifo = {**TABLE, "sampler": "fifo", "min_size": 0}
     register(client, spec={**SPEC, "run_id": "q"}, table=fifo)
-    assert client.request("sample", {"batch_size": 101}, wait_s=10).type == "error"
+    assert client.request("sample", {"token": TOKEN, "batch_size": 101}, wait_s=10).type == "error"
     assert stats(client)["pending_samples"] == 0
     for key in range(50):  # flush requests with made-up keys used to switch the rate limiter off
         reply = client.request("flush", {"actor_id": key, "incarnation": f"made-up-{key}", "last_seq": 10**6},
                                wait_s=10)
-        assert reply.type == "error" and "unknown actor incarnation" in reply.meta["reason"]
+        assert reply.type == "error" and "unknown actor incarnation" in reply.meta["detail"]
     assert stats(client)["rejected"]["bad_flush"] == 50
 
 
@@ -423,7 +426,7 @@ def test_the_broker_bounds_policy_lag_for_a_client_with_zeromq_default_options(c
     try:
         version, deadline = 0, time.monotonic() + 8
         while time.monotonic() < deadline:  # the learner: a batch, then new weights
-            if client.request("sample", {"batch_size": 8}, wait_s=10).type == "batch":
+            if client.request("sample", {"token": TOKEN, "batch_size": 8}, wait_s=10).type == "batch":
                 version += 1
                 send(pub, "weights", {"version": version, "run_id": SPEC["run_id"], "token": TOKEN},
                      {"w": np.full(3, version, np.float32)})

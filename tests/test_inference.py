@@ -127,7 +127,7 @@ def test_the_server_acts_as_each_actors_own_core_would(procs, broker, client, ct
         return actions, states
 
     starts = {a: np.r_[np.ones((1, n), bool), terminated[a][:-1]] for a in actors}  # obs[t] begins an episode
-    batch = client.request("sample", {"batch_size": 2 * segments * n}, wait_s=10)
+    batch = client.request("sample", {"token": "t" * 32, "batch_size": 2 * segments * n}, wait_s=10)
     assert batch.type == "batch", batch.meta
     items = batch.arrays
     for a in actors:

@@ -9,7 +9,7 @@ from qrl.protocol import transport, wire
 from qrl.learner import LiveCounters
 from qrl.sampling import SampleClient
 from conftest import wait_for
-from test_broker import register, segment, stats
+from test_broker import TOKEN, register, segment, stats
 
 
 def _next(router, expected_type):
@@ -37,7 +37,7 @@ def test_a_request_neither_answered_nor_held_is_sent_again_once_and_a_late_answe
     router = ctx.socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
     port = router.bind_to_random_port("tcp://127.0.0.1")
-    sampler = SampleClient(ctx, f"tcp://127.0.0.1:{port}", batch_size=2, in_flight=2, options=dict)
+    sampler = SampleClient(ctx, f"tcp://127.0.0.1:{port}", batch_size=2, in_flight=2, options=dict, token=TOKEN)
     try:
         identity, first = _next(router, "sample")
         _, second = _next(router, "sample")  # "lost": never answered, never held
@@ -64,8 +64,8 @@ def test_a_request_neither_answered_nor_held_is_sent_again_once_and_a_late_answe
 
 def test_the_broker_says_which_requests_of_this_socket_it_holds(ctx, client, broker, push):
     register(client)  # min_size 4: requests wait until 4 items are in
-    sampler = SampleClient(ctx, broker.address(), batch_size=2, in_flight=3, options=dict)
-    other = SampleClient(ctx, broker.address(), batch_size=2, in_flight=2, options=dict)
+    sampler = SampleClient(ctx, broker.address(), batch_size=2, in_flight=3, options=dict, token=TOKEN)
+    other = SampleClient(ctx, broker.address(), batch_size=2, in_flight=2, options=dict, token=TOKEN)
     try:
         wait_for(lambda: stats(client)["pending_samples"] == 5, 10, "both sockets' requests held")
         sampler.last_status = -1e9

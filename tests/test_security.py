@@ -109,7 +109,7 @@ def test_each_key_may_do_only_what_its_role_allows(procs, keys):
         assert actor.request("get_spec", wait_s=15).type == "spec"
         refused = actor.request("register", register_meta(spec={**SPEC, "run_id": "stolen"}, token="x" * 16),
                                 {"w": np.zeros(3, np.float32)}, wait_s=15)
-        assert refused.type == "error" and "may not register" in refused.meta["reason"]
+        assert refused.type == "error" and "may not register" in refused.meta["detail"]
         assert actor.request("sample", {"batch_size": 1}, wait_s=15).type == "error"
         actor_pub = transport.socket(ctx, zmq.PUB)  # an actor key cannot even connect to weights_in
         actor_pub.connect(f"tcp://127.0.0.1:{ports['weights_in']}")

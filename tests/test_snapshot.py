@@ -10,7 +10,7 @@ from qrl.brokers import snapshot
 from qrl.brokers.server import Broker, BrokerConfig
 from qrl.protocol.transport import Client
 from conftest import wait_for
-from test_broker import SPEC, register_meta, segment
+from test_broker import SPEC, TOKEN, register_meta, segment
 
 
 def test_a_restarted_broker_restores_table_spec_and_weights(procs, tmp_path):
@@ -40,7 +40,7 @@ def test_a_restarted_broker_restores_table_spec_and_weights(procs, tmp_path):
         weights = client.request("get_weights", wait_s=15)
         assert weights.meta["version"] == 3
         np.testing.assert_array_equal(weights.arrays["w"], [0, 1, 2])
-        batch = client.request("sample", {"batch_size": 8}, wait_s=15)
+        batch = client.request("sample", {"token": TOKEN, "batch_size": 8}, wait_s=15)
         np.testing.assert_array_equal(batch.arrays["obs"][:, 0], batch.arrays["_id"] // 8)  # rows intact
         client.close()
     finally:

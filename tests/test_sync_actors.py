@@ -43,7 +43,7 @@ class FakeLearner:
         return self.client.request("get_stats", wait_s=5).meta["segments"]
 
     def sample(self, items: int) -> dict:
-        reply = self.client.request("sample", {"batch_size": items}, wait_s=5)
+        reply = self.client.request("sample", {"token": TOKEN, "batch_size": items}, wait_s=5)
         assert reply.type == "batch"
         return reply.meta["consumed"]
 

@@ -146,7 +146,8 @@ class Supervisor:
                                    should_stop=lambda: self.stopping)
             client.close()
             if reply.type != "ok":
-                raise RuntimeError(f"the broker refused to hand out actor ids: {reply.meta.get('reason')}")
+                raise RuntimeError("the broker refused to hand out actor ids: "
+                                   f"{reply.meta.get('reason')}: {reply.meta.get('detail')}")
             return int(reply.meta["first_id"])
         finally:
             ctx.destroy(linger=0)

@@ -227,6 +227,7 @@ RUN_ID = Str(64)
 MAX_ACTORS_CONSUMED = 1024
 """Incarnations a weights message reports on (the learner keeps the most recently consumed)."""
 TOKEN = Str(128)
+HOLDER_TOKEN = Field(TOKEN, required=False, doc="the run's token (without keys only the run's learner may ask)")
 
 SPEC = Map({
     "run_id": Field(RUN_ID, doc="the run's id"),
@@ -260,6 +261,9 @@ TABLE = Map({
     "tolerance": Field(Float(0, 1e15), required=False),
     "priority_exponent": Field(Float(0, 10), required=False),
     "max_policy_lag": Field(Nullable(Int(0, MAX_INT)), required=False),
+    "max_segment_items": Field(Nullable(Int(1, 1 << 40)), required=False,
+                               doc="items one segment may bring at most (nil: 1/16 of a replay table but at least "
+                                   "1024, a queue's capacity)"),
 })
 
 FRAMES = Map({
@@ -273,6 +277,10 @@ ITEM_SCHEMA = Map({
     "fields": Field(Json(map_only=True), doc="field name -> [dtype, trailing shape]"),
     "frames_per_item": Field(Int(1, 1 << 20), doc="env frames each item covers"),
     "frames": Field(FRAMES, required=False, doc="set: each frame stored once (docs/frames.md)"),
+    "limits": Field(Json(map_only=True), required=False,
+                    doc="field -> [lo, hi]: a segment with a value of that field outside is refused (out_of_bounds)"),
+    "return_limit": Field(Float(0), required=False,
+                          doc="a segment's episode_returns lie within +-this (refused: out_of_bounds)"),
 })
 
 SCHEMAS: dict[str, Map] = {
@@ -293,6 +301,9 @@ SCHEMAS: dict[str, Map] = {
         "schema": Field(ITEM_SCHEMA, doc="the item schema"),
         "weights_version": Field(Int(-1, MAX_INT), doc="version of the initial weights"),
         "token": Field(TOKEN, doc="the learner's secret for this run"),
+        "takeover_token": Field(TOKEN, required=False,
+                                doc="the token of the run the broker holds: registers another run while its "
+                                    "learner is alive (docs/protocol.md, \"Run ownership\")"),
         "frames_left": Field(Int(0, MAX_INT), required=False,
                              doc="env frames the run may still take: the broker stores no segment once it has "
                                  "accepted this many more (the frame budget, overshot by one segment at most)"),
@@ -301,11 +312,13 @@ SCHEMAS: dict[str, Map] = {
     "get_weights": Map({"req": REQ}),
     "sample": Map({
         "req": REQ,
+        "token": HOLDER_TOKEN,
         "batch_size": Field(Int(1, 1 << 24), doc="items wanted (at most the table's capacity)"),
         "beta": Field(Float(0, 1), required=False, doc="importance-sampling exponent, default 1"),
     }),
-    "update_priorities": Map({"req": REQ}),
-    "sample_status": Map({"req": REQ}),
+    "update_priorities": Map({"req": REQ, "token": HOLDER_TOKEN}),
+    "sample_status": Map({"req": REQ, "token": HOLDER_TOKEN}),
+    "release": Map({"req": REQ, "token": HOLDER_TOKEN}),
     "get_stats": Map({
         "req": REQ,
         "actor": Field(Int(), required=False, doc="with incarnation: that incarnation's last seq"),

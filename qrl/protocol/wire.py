@@ -22,9 +22,11 @@ from typing import Any, Mapping, Sequence
 import msgpack
 import numpy as np
 
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 """2: typed metadata (qrl.protocol.messages), run binding, item schema and token in register, roles.
-3: frames and broker_id in batch replies. 4: sample_status (docs/protocol.md says what changed)."""
+3: frames and broker_id in batch replies. 4: sample_status. 6: run ownership (the token on the
+learner's requests, release, takeover_token), value limits in the item schema, error replies with a
+reason code and a detail (docs/protocol.md says what changed)."""
 
 # Every message type on every socket (docs/protocol.md describes each).
 MESSAGE_TYPES = frozenset(
@@ -43,10 +45,11 @@ MESSAGE_TYPES = frozenset(
         "claim_ids",  # an actor supervisor -> broker: a block of unused actor ids (--first-id auto)
         "flush",  # a stopping actor -> broker: read my last segments even while holding actors back
         "actor_error",  # an actor -> broker: why it cannot act on the run (counted in stats)
+        "release",  # the run's learner -> broker: done with the run, another may register at once
         "stats",  # broker reply
         "ok",  # generic success reply
         "not_ready",  # the broker has no run spec / weights yet
-        "error",  # the request was understood but refused; meta["reason"]
+        "error",  # the request was refused; meta["reason"] (a code) and meta["detail"] (a line)
         "env_hello",  # env-only actor -> inference server: who I am; reply env_config
         "env_config",  # inference server reply: the run's environment settings for this actor
         "env_step",  # env-only actor -> inference server: observations (and the last step's outcome)
@@ -112,6 +115,21 @@ def encode(
         {"v": PROTOCOL_VERSION, "t": msg_type, "m": dict(meta or {}), "a": descs}, use_bin_type=True
     )
     return [header, *buffers]
+
+
+def peek_req(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> int | None:
+    """The request id of a message that failed to decode, when its header can still be read (so the
+    error reply reaches the request that caused it); None otherwise."""
+    if not frames or len(_frame_bytes(frames[0])) > limits.max_header_bytes:
+        return None
+    try:
+        header = msgpack.unpackb(_frame_bytes(frames[0]), raw=False, max_bin_len=0, max_ext_len=0,
+                                 max_str_len=limits.max_header_bytes)
+        req = header.get("m", {}).get("req") if isinstance(header, dict) else None
+    except Exception:  # noqa: BLE001 - whatever the bytes are, there is simply no id to echo
+        return None
+    ok = isinstance(req, int) and not isinstance(req, bool) and abs(req) <= 2**53 - 1
+    return req if ok else None
 
 
 def _frame_bytes(frame: Any) -> memoryview:
