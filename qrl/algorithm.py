@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import importlib.metadata
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Protocol
@@ -454,6 +455,15 @@ def field_limits(schema, obs_space, action_space, value_limit: float) -> tuple[t
                 lo, hi = max(lo, -value_limit), min(hi, value_limit)
             out.append((name, float(lo), float(hi)))
     return tuple(out)
+
+
+def observation_limits(obs_space, value_limit: float) -> tuple[float, float]:
+    """[lo, hi] of the observations an actor may report, as field_limits gives them for "obs"."""
+    bounds = _space_bounds(obs_space, tuple(obs_space.shape or ()))
+    floating = np.issubdtype(obs_space.dtype, np.floating)
+    if bounds is None:
+        return (-value_limit, value_limit) if floating else (-math.inf, math.inf)
+    return (max(bounds[0], -value_limit), min(bounds[1], value_limit)) if floating else bounds
 
 
 def _space_bounds(space, shape: tuple[int, ...]) -> tuple[float, float] | None:

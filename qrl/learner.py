@@ -137,7 +137,8 @@ class LearnerProcess:
                 "run": {"num_envs": c.num_envs, "segment_length": c.segment_length, "seed": c.seed,
                         "sync_actors": c.sync_actors, "sync_lead": c.sync_lead,
                         "frame_fields": list(self.frame_fields), "frame_links": self.frame_links,
-                        "clip_rewards": c.clip_rewards, "episodic_life": c.episodic_life}}
+                        "clip_rewards": c.clip_rewards, "episodic_life": c.episodic_life,
+                        "value_limit": c.value_limit}}
 
     @property
     def frame_fields(self) -> tuple[str, ...]:

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import msgpack
 import numpy as np
 import pytest
 import zmq
@@ -174,13 +175,20 @@ def test_bad_messages_are_rejected_with_a_reason_and_serving_goes_on(procs, brok
     raw = ctx.socket(zmq.DEALER)
     raw.setsockopt(zmq.LINGER, 0)
     raw.connect(address)
-    raw.send_multipart([b"\x93not msgpack"])  # malformed: no reply can be matched; counted
+    raw.send_multipart([b"\x93not msgpack"])  # malformed: answered without a req, counted
+    assert raw.poll(10_000) and wire.decode(raw.recv_multipart()).meta == {
+        "req": None, "reason": "bad_header", "detail": "ExtraData"}
+    raw.send_multipart([msgpack.packb({"v": 1, "t": "env_step", "m": {"req": 3}, "a": []})])
+    assert raw.poll(10_000) and wire.decode(raw.recv_multipart()).meta["req"] == 3  # bad_version, with its req
     bad = EnvActor(ctx, address, 2)
     bad.hello()
     cases = [
         ("bad_obs", {"obs": np.zeros((2, 5), np.float32)}),  # not the observation shape
         ("bad_obs", {"obs": np.zeros((3, 4), np.float32)}),  # wrong number of envs
         ("bad_obs", {"obs": np.full((2, 4), np.nan, np.float32)}),
+        ("bad_obs", {"obs": np.full((2, 4), 1e300, np.float64)}),  # finite, but float32 inf once cast
+        ("bad_obs", {"obs": np.full((2, 4), 3e38, np.float32)}),  # finite float32, far past value_limit
+        ("bad_obs", {"obs": np.zeros((2, 4), np.int64)}),  # integers for a float space
     ]
     for reason, arrays in cases:
         reply = bad.request("env_step", {"step": 0}, arrays)
@@ -193,6 +201,11 @@ def test_bad_messages_are_rejected_with_a_reason_and_serving_goes_on(procs, brok
                            truncated=np.zeros(2, bool))),
         ("bad_final_obs", dict(obs=obs, reward=np.ones(2, np.float32), terminated=np.array([True, False]),
                                truncated=np.zeros(2, bool))),  # an episode ended, no final observation
+        ("bad_final_obs", dict(obs=obs, reward=np.ones(2, np.float32), terminated=np.array([True, False]),
+                               truncated=np.zeros(2, bool), final_index=np.array([0]),
+                               final_obs=np.full((1, 4), np.nan, np.float32))),  # not bad_obs: the final one
+        ("bad_reward", dict(obs=obs, reward=np.array([1.0, 1e300]), terminated=np.zeros(2, bool),
+                            truncated=np.zeros(2, bool))),  # float64: inf as float32
         ("bad_lives", dict(obs=obs, reward=np.ones(2, np.float32), terminated=np.zeros(2, bool),
                            truncated=np.zeros(2, bool), lives=np.ones(2, np.float32))),  # lives are integers
     ]:
@@ -207,7 +220,7 @@ def test_bad_messages_are_rejected_with_a_reason_and_serving_goes_on(procs, brok
     assert good.send(obs, np.ones(2, np.float32), np.zeros(2, bool), np.zeros(2, bool)).type == "env_actions"
     assert bad.send(obs, np.ones(2, np.float32), np.zeros(2, bool), np.zeros(2, bool)).type == "env_actions"
     stats = good.client.request("get_stats", wait_s=10).meta
-    assert stats["actors"] == 3 and stats["rejected"]["bad_obs"] == 3 and stats["rejected"]["bad_header"] >= 1
+    assert stats["actors"] == 3 and stats["rejected"]["bad_obs"] == 6 and stats["rejected"]["bad_header"] >= 1
     for reason in ("bad_reward", "bad_flags", "bad_final_obs", "bad_lives", "bad_step", "bad_meta",
                    "unexpected_type", "unknown_actor"):
         assert stats["rejected"][reason] >= 1, (reason, stats["rejected"])

@@ -178,6 +178,9 @@ class InferenceServer:
         client.close()
         self.spec, ports, self.agent, self.args = joined.spec, joined.ports, joined.agent, joined.args
         self.run, self.net, self.normalizer = joined.run, joined.net, joined.normalizer
+        # What the broker will accept of the segments made here (the schema's limits for "obs", and rewards).
+        self.value_limit = self.spec["run"].get("value_limit", algorithm.DEFAULT_VALUE_LIMIT)
+        self.obs_limits = algorithm.observation_limits(self.obs_space, self.value_limit)
         self.weights_version = joined.weights_version
 
         host, _ = transport.split_address(self.cfg.broker)
@@ -294,10 +297,9 @@ class InferenceServer:
             self.rejected["malformed"] += 1
             return
         identity = frames[0].bytes
-        req = None
+        req = wire.peek_req(frames[1:])  # envelope errors are answered with the request's id too
         try:
             msg = wire.decode(frames[1:])
-            req = msg.meta.get("req") if isinstance(msg.meta.get("req"), int) else None
             meta = messages.validate(msg.type, msg.meta, messages.INFERENCE_SCHEMAS, "the inference server")
             handler = getattr(self, f"_on_{msg.type}")
             handler(identity, meta, msg.arrays)
@@ -379,21 +381,27 @@ class InferenceServer:
         s.next_step += 1
         self.stats["steps"] += 1
 
-    def _observations(self, obs: Any, n: int, name: str) -> np.ndarray:
+    def _observations(self, obs: Any, n: int, name: str, reason: str = "bad_obs") -> np.ndarray:
+        """The observations an env actor sent, cast to the space's dtype (_castable), then checked
+        against the run's limits: a float64 1e300 is checked as the float32 inf it becomes."""
         shape, dtype = tuple(self.obs_space.shape), self.obs_space.dtype
-        if obs is None or obs.shape != (n, *shape) or not np.can_cast(obs.dtype, dtype, "same_kind"):
+        if obs is None or obs.shape != (n, *shape) or not _castable(obs.dtype, dtype):
             got = "none" if obs is None else f"{obs.dtype}{list(obs.shape)}"
-            raise Refused("bad_obs", f"{name} must be {dtype}{[n, *shape]}, got {got}")
-        if obs.dtype.kind == "f" and not np.isfinite(obs).all():
-            raise Refused("bad_obs", f"{name} holds NaN or infinite values")
-        return obs.astype(dtype, copy=False)
+            raise Refused(reason, f"{name} must be {dtype}{[n, *shape]}, got {got}")
+        obs = obs.astype(dtype, copy=False)
+        lo, hi = self.obs_limits
+        if obs.size and obs.dtype.kind in "fiu" and not (lo <= obs.min() and obs.max() <= hi):
+            raise Refused(reason, f"{name} holds values outside [{lo:g}, {hi:g}] (NaN, infinite or beyond the limits)")
+        return obs
 
     def _record(self, s: Stream, obs: np.ndarray, arrays: dict) -> None:
         """The previous step's outcome: complete its transition and push the segment once full."""
         n = s.num_envs
         reward, terminated, truncated = arrays.get("reward"), arrays.get("terminated"), arrays.get("truncated")
-        if reward is None or reward.shape != (n,) or reward.dtype.kind != "f" or not np.isfinite(reward).all():
-            raise Refused("bad_reward", f"reward must be {n} finite floats")
+        limit = self.value_limit
+        if reward is None or reward.shape != (n,) or reward.dtype.kind != "f" \
+                or not (np.abs(reward.astype(np.float32)) <= limit).all():
+            raise Refused("bad_reward", f"reward must be {n} floats within +-{limit:g} (as float32)")
         for name, flags in (("terminated", terminated), ("truncated", truncated)):
             if flags is None or flags.shape != (n,) or flags.dtype != np.bool_:
                 raise Refused("bad_flags", f"{name} must be {n} bools")
@@ -404,7 +412,7 @@ class InferenceServer:
             if index is None or index.dtype.kind not in "iu" or index.ndim != 1 \
                     or not np.array_equal(np.sort(index), np.flatnonzero(done)):
                 raise Refused("bad_final_obs", "final_index must list exactly the envs whose episode ended")
-            final = self._observations(arrays.get("final_obs"), len(index), "final_obs")
+            final = self._observations(arrays.get("final_obs"), len(index), "final_obs", "bad_final_obs")
             next_obs = obs.copy()
             next_obs[index] = final
         lives = arrays.get("lives")
@@ -474,3 +482,13 @@ def run_inference(cfg: InferenceConfig, address_file: str | None = None) -> None
             raise
     finally:
         ctx.destroy(linger=0)
+
+
+def _castable(sent: np.dtype, space: np.dtype) -> bool:
+    """Whether observations of dtype `sent` may stand for the space's: floats of any width for a float
+    space (checked after the cast), integers that convert exactly for an integer one, bools for bools."""
+    if space.kind == "f":
+        return sent.kind == "f"
+    if space.kind in "iu":
+        return sent.kind in "iu" and np.can_cast(sent, space, "safe")
+    return sent == space

@@ -249,8 +249,11 @@ SPEC = Map({
         "clip_rewards": Field(Bool(), required=False, doc="actors put each reward's sign in the items"),
         "episodic_life": Field(Bool(), required=False,
                                doc="actors mark a step that lost a life (info['lives'] fell) terminated in the items"),
+        "value_limit": Field(Float(0), required=False,
+                             doc="the largest magnitude of a value the broker stores where the spaces give no "
+                                 "tighter bound (the schema's limits come from it)"),
     }), doc="num_envs, segment_length, seed, sync_actors, sync_lead, frame_fields, frame_links, clip_rewards, "
-            "episodic_life"),
+            "episodic_life, value_limit"),
 })
 
 TABLE = Map({
