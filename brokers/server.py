@@ -25,14 +25,12 @@ from __future__ import annotations
 import collections
 import hashlib
 import hmac
-import ipaddress
 import itertools
 import json
 import math
 import logging
 import os
 import signal
-import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -919,7 +917,7 @@ def _token_hash(token: str) -> str:
 def run_broker(cfg: BrokerConfig, address_file: str | None = None) -> None:
     """Process entry point: serve until SIGINT/SIGTERM."""
     broker = Broker(cfg)
-    if not cfg.keys and not ipaddress.ip_address(socket.gethostbyname(cfg.host)).is_loopback:
+    if not cfg.keys and not transport.is_loopback(cfg.host):
         log.warning("broker: WARNING: listening on %s without encryption or authentication; anyone who can "
                     "reach these ports can read weights and inject experience", cfg.host)
     signal.signal(signal.SIGTERM, lambda *_: broker.stop())

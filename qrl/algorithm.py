@@ -423,6 +423,9 @@ def stack_steps(steps: list[dict[str, Any]], before: int, num_steps: int) -> Rol
                    before=before, num_steps=num_steps)
 
 
+SEGMENTS_AT_ONCE = 4
+"""A segment may bring this many times the items of the run's own segments (table.max_segment_items):
+an env-only actor may step up to this many times the run's num_envs."""
 DEFAULT_VALUE_LIMIT = 1e6
 """RunConfig.value_limit's default: the largest magnitude of an item value the broker takes where
 the spaces give no bound (rewards, returns, unbounded observations)."""

@@ -144,8 +144,10 @@ def actor(n: int, broker: str, first_id: int, total: int | None, broker_file: st
     from qrl.protocol.transport import check_address, read_address_file, use_keys
 
     if inference or inference_file:
-        if keys:
-            raise UserError("actor: --inference does not support --keys yet (the inference socket has no CURVE)")
+        if keys:  # CURVE towards the inference server, with the actor role's key pair
+            from qrl.protocol.transport import use_inference_keys
+
+            use_inference_keys(keys)
         inference = read_address_file(inference_file) if inference_file else inference
         check_address(inference, "inference address")
         from qrl.acting.env_actor import run_env_actors  # no torch
@@ -185,11 +187,14 @@ def _int_option(flag: str, value: str) -> int:
 @click.option("--write-address", "address_out", type=click.Path(dir_okay=False),
               help="Write the bound address here (JSON), for `qrl actor --inference-file`.")
 @click.option("--device", default="cpu", show_default=True, help="Where the policy runs.")
+@click.option("--keys", type=click.Path(file_okay=False), default=None,
+              help="Directory from `qrl keygen` (the actor role's keys): CURVE towards the broker, and on the "
+                   "env actors' socket, which only actor keys may use.")
 @click.option("--set", "sets", multiple=True, metavar="inference.KEY=VALUE",
               help="Override a setting, e.g. --set inference.batch_envs=64 (see InferenceConfig).")
 @user_errors("inference")
 def inference(broker: str, broker_file: str | None, bind: str, address_out: str | None, device: str,
-              sets: tuple[str, ...]) -> None:
+              keys: str | None, sets: tuple[str, ...]) -> None:
     """Central inference for env-only actors: batches their observations through the policy, keeps
     their exploration and recurrent state, and pushes their segments to the broker."""
     # One BLAS thread, set before numpy loads OpenBLAS: on batches of tens of observations its
@@ -199,14 +204,15 @@ def inference(broker: str, broker_file: str | None, bind: str, address_out: str 
         os.environ.setdefault(var, "1")
     _setup_logging()
     from qrl.acting.inference import InferenceConfig, run_inference
-    from qrl.protocol.transport import check_address, read_address_file
+    from qrl.protocol.transport import check_address, read_address_file, use_keys
 
+    use_keys(keys, server=False, role="actor")  # towards the broker, as an actor
     if broker_file:
         broker = read_address_file(broker_file)
     check_address(broker)
     check_address(bind, "--bind", lowest_port=0)
     run_inference(_component_config(InferenceConfig, "inference", sets, broker=broker, bind=bind, device=device),
-                  address_out)
+                  address_out, keys)
     from qrl.lifetime import exit_now
 
     exit_now(0)
@@ -316,8 +322,6 @@ def run(config, algo, env_id, seed, total_steps, max_seconds, target_return, run
     passed_on = learner_args(learner_sets(sets), config=config, no_progress=no_progress, resume=resume,
                              tensorboard=tensorboard, **run_options)
     key_args = ("--keys", keys) if keys else ()
-    if inference and keys:
-        raise UserError("run: --inference does not support --keys yet (the inference socket has no CURVE)")
     try:
         code = run_local(algo, env_id, actors, Path(run_dir or default_run_dir(algo, env_id)),
                          [*passed_on, *key_args], key_args, actor_sets(sets, env_id, run_cfg.wrappers),

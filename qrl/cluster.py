@@ -166,9 +166,10 @@ def _start_experience(run_dir: Path, address_file: Path, actors: int, procs: lis
     server = None
     if inference:  # central inference: env-only actors get their actions from one server
         # The server spreads exploration (Ape-X epsilons) over this many actors, as local actors do.
-        server = InferenceProcess(run_dir, address_file, ("--set", f"inference.total={actors}", *inference_args))
+        server = InferenceProcess(run_dir, address_file, ("--set", f"inference.total={actors}", *key_args,
+                                                          *inference_args))
         procs.insert(0, server.proc)  # stopped after the actors, before the broker
-        where = ("--inference-file", str(server.address_file))
+        where = ("--inference-file", str(server.address_file), *key_args)
     else:
         where = ("--address-file", str(address_file), *key_args)
     # Actors that fail at start again and again (a broken env, a bad setting) end the run

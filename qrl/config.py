@@ -206,6 +206,7 @@ RANGES: dict[str, Range] = {
     "total": COUNT, "send_hwm": COUNT, "send_buffer": NON_NEGATIVE, "give_up_after": NON_NEGATIVE,
     # central inference
     "inference_timeout_s": POSITIVE, "batch_envs": COUNT, "deadline_ms": NON_NEGATIVE, "idle_timeout_s": POSITIVE,
+    "max_streams": Range(1, 1 << 20),
 }
 
 

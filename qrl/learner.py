@@ -168,8 +168,8 @@ class LearnerProcess:
             table = dataclasses.replace(table, max_policy_lag=self.cfg.max_policy_lag)
         if table.max_segment_items is None:  # a few of its actors' segments, or 1/16 of a replay table
             segment = self.cfg.num_envs * self.cfg.segment_length // self.item_schema.frames_per_item
-            table = dataclasses.replace(table, max_segment_items=min(
-                table.capacity, max(SEGMENTS_AT_ONCE * segment, segment_items_default(table.capacity, table.sampler))))
+            most = max(algorithm.SEGMENTS_AT_ONCE * segment, segment_items_default(table.capacity, table.sampler))
+            table = dataclasses.replace(table, max_segment_items=min(table.capacity, most))
         return table
 
     def register(self) -> None:
@@ -514,9 +514,6 @@ class Periodic:
 
 RUN_HELD_REPORT_S = 10.0
 """How often a learner waiting for another run's learner to let go of the broker says so."""
-SEGMENTS_AT_ONCE = 4
-"""A segment may bring this many times the items of the run's own segments (an env-only actor may
-step more environments than the run's num_envs)."""
 RATE_WINDOW_S = 20.0
 """The live line's and the metrics' rates are averages over this long."""
 

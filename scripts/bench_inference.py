@@ -51,6 +51,7 @@ def round_trips(ctx: zmq.Context, address: str, env_id: str, num_envs: int, step
     client = Client(ctx, address, "probe", timeout_s=10)
     ident = {"actor_id": 10_000, "incarnation": "probe"}
     config = client.request("env_hello", ident, wait_s=30).meta
+    ident["token"] = config["token"]  # the stream's secret: every step carries it
     env = envs.make_vector_env(env_id, config["num_envs"])
     obs, _ = env.reset(seed=0)
     times, results = [], {}

@@ -70,6 +70,7 @@ class EnvActor:
         for _ in range(200):
             reply = self.request("env_hello")
             if reply.type == "env_config":
+                self.ident["token"] = reply.meta["token"]  # the stream's: its steps carry it
                 return reply.meta
             time.sleep(0.05)
         raise AssertionError(f"no env_config: {reply.type} {reply.meta}")
@@ -164,7 +165,7 @@ def test_bad_messages_are_rejected_with_a_reason_and_serving_goes_on(procs, brok
     register_run(client, "dqn", "CartPole-v1", {})
     port = free_port_block(1)
     start_inference(procs, broker.address(), port, "--set", "inference.deadline_ms=50",
-                    "--set", "inference.idle_timeout_s=8")
+                    "--set", "inference.idle_timeout_s=8", "--set", "inference.max_streams=3")
     address = f"tcp://127.0.0.1:{port}"
     good, silent = EnvActor(ctx, address, 0), EnvActor(ctx, address, 1)
     good.hello()
@@ -215,14 +216,22 @@ def test_bad_messages_are_rejected_with_a_reason_and_serving_goes_on(procs, brok
     assert bad.request("env_step", {"step": 1, "extra": 1}, {"obs": obs}).meta["reason"] == "bad_meta"
     assert bad.request("get_weights", {}).meta["reason"] == "unexpected_type"  # a broker message
     stranger = EnvActor(ctx, address, 5)
-    assert stranger.request("env_step", {"step": 0}, {"obs": obs}).meta["reason"] == "unknown_actor"
+    assert stranger.request("env_step", {"step": 0, "token": "t" * 32}, {"obs": obs}).meta["reason"] == "unknown_actor"
+    # A stream keeps the token of its hello: a stranger can neither greet over a live actor's id (the
+    # old code freed the actor's state: 98% of its steps lost to a flood) nor step it.
+    thief = EnvActor(ctx, address, 0)
+    assert thief.request("env_hello").meta["reason"] == "stream_held"
+    assert thief.request("env_step", {"step": good.step, "token": "t" * 32}, {"obs": obs}).meta["reason"] == "bad_token"
+    assert EnvActor(ctx, address, 7).request("env_hello", {"num_envs": 4096}).meta["reason"] == "too_many_envs"
+    assert EnvActor(ctx, address, 8).request("env_hello").meta["reason"] == "too_many_streams"  # 3 already
     # the good actor is still served, and the bad one too once it behaves
     assert good.send(obs, np.ones(2, np.float32), np.zeros(2, bool), np.zeros(2, bool)).type == "env_actions"
     assert bad.send(obs, np.ones(2, np.float32), np.zeros(2, bool), np.zeros(2, bool)).type == "env_actions"
     stats = good.client.request("get_stats", wait_s=10).meta
     assert stats["actors"] == 3 and stats["rejected"]["bad_obs"] == 6 and stats["rejected"]["bad_header"] >= 1
+    assert "actor_ids" not in stats  # nobody who asks learns the ids to impersonate
     for reason in ("bad_reward", "bad_flags", "bad_final_obs", "bad_lives", "bad_step", "bad_meta",
-                   "unexpected_type", "unknown_actor"):
+                   "unexpected_type", "unknown_actor", "stream_held", "bad_token", "too_many_envs", "too_many_streams"):
         assert stats["rejected"][reason] >= 1, (reason, stats["rejected"])
     # Actors that go silent are forgotten after the idle timeout: their state is freed.
     wait_for(lambda: good.client.request("get_stats", wait_s=10).meta["actors"] == 0, 30, "idle actors freed")

@@ -134,3 +134,35 @@ def test_each_key_may_do_only_what_its_role_allows(procs, keys):
             c.close()
     finally:
         ctx.destroy(linger=0)
+
+
+def test_central_inference_with_keys_serves_actor_keys_only(keys, tmp_path):
+    """`qrl run --inference --keys`: the env actors' socket is CURVE too (the actor role's key pair); a
+    client without keys is turned away, one with the actor key is served."""
+    import signal
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "run"
+    run = subprocess.Popen([sys.executable, "-m", "qrl", "run", "--inference", "--keys", str(keys), "--actors", "2",
+                            "--total-steps", "10000000", "--max-seconds", "90", "--target-return", "1e9",
+                            "--run-dir", str(run_dir), "--no-progress"], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, start_new_session=True)
+    ctx = zmq.Context()
+    try:
+        address = wait_for(lambda: (run_dir / "inference.json").exists() and transport.read_address_file(
+            run_dir / "inference.json"), 60, "the inference server's address")
+        assert transport.refuses_plain_clients(ctx, address)
+        transport.use_inference_keys(keys)
+        probe = Client(ctx, address, "probe", timeout_s=5.0)
+        wait_for(lambda: probe.request("get_stats", wait_s=30).meta.get("steps", 0) > 0, 60,
+                 "env actors stepping through the encrypted socket")
+        probe.close()
+    finally:
+        run.send_signal(signal.SIGINT)
+        try:
+            run.wait(30)
+        except subprocess.TimeoutExpired:
+            run.kill()
+            run.wait()
+        ctx.destroy(linger=0)

@@ -46,6 +46,7 @@ class EnvWorker:
         self.resumes = 0  # greetings after the first (a restarted inference server)
         self.req = 0  # the last request's id
         self.retries = 0  # requests sent again after inference_timeout_s without an answer
+        self.stream_token: str | None = None  # from the server's env_config
 
     def should_stop(self) -> bool:
         return self.stopping
@@ -62,7 +63,8 @@ class EnvWorker:
             self.ctx.destroy(linger=0)
 
     def _ident(self) -> dict[str, Any]:
-        return {"actor_id": self.actor_id, "incarnation": self.incarnation}
+        ident = {"actor_id": self.actor_id, "incarnation": self.incarnation}
+        return ident if self.stream_token is None else {**ident, "token": self.stream_token}
 
     def _request(self, msg_type: str, meta: dict[str, Any], arrays: dict[str, np.ndarray] | None = None,
                  give_up_s: float | None = None) -> wire.Message:
@@ -92,13 +94,17 @@ class EnvWorker:
         while True:
             reply = self._request("env_hello", {"resume": resume})
             if reply.type == "env_config":
+                self.stream_token = reply.meta["token"]  # every step of the stream carries it
                 return reply.meta
-            if reply.type != "not_ready":
-                raise InferenceRefused(f"the inference server refused the greeting: {reply.meta.get('detail')}")
+            held = reply.type == "error" and reply.meta.get("reason") == "stream_held"  # our previous process's
+            if reply.type != "not_ready" and not held:
+                raise InferenceRefused(f"the inference server refused the greeting: {reply.meta.get('reason')}: "
+                                       f"{reply.meta.get('detail')}")
             if time.monotonic() - last > 5:
                 last = time.monotonic()
-                log.warning("%s: waiting for the inference server to get a run (%.0f s)", self.role, last - start)
-            time.sleep(0.05)
+                why = reply.meta.get("detail") if held else "the inference server to get a run"
+                log.warning("%s: waiting for %s (%.0f s)", self.role, why, last - start)
+            time.sleep(0.5 if held else 0.05)
 
     def _run(self) -> None:
         self.sock = transport.socket(self.ctx, zmq.DEALER)

@@ -26,7 +26,9 @@ logged at most every few seconds; nothing of them reaches a table.
 from __future__ import annotations
 
 import collections
+import hmac
 import logging
+import secrets
 import signal
 import time
 import uuid
@@ -44,6 +46,10 @@ from qrl.acting.actor import (RunChanged, actor_seed, ingest_socket, join_run, l
 from qrl.acting.segments import SegmentWriter, SyncActing, confirm_delivery
 
 log = logging.getLogger("qrl.inference")
+
+STREAM_TAKEOVER_S = 5.0
+"""A greeting without a live stream's token takes its actor id only after this long without a word
+from it (a restarted env actor); a stranger cannot take over an env actor that is stepping."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,8 @@ class InferenceConfig:
     allow_envs: list[str] = field(default_factory=list)
     """Environment entry points a run spec may make this server import (to learn the spaces), as ActorConfig's."""
     allow_wrappers: list[str] = field(default_factory=list)
+    max_streams: int = 1024
+    """Env actors served at once; more are refused (too_many_streams)."""
     total: int | None = None
     """Actors in the whole run, for per-actor exploration (Ape-X epsilons); None: the highest actor id seen + 1,
     at least 8."""
@@ -86,6 +94,7 @@ class Stream:
     req: Any
     actor_id: int
     incarnation: str  # the env actor's
+    token: str  # the stream's secret: only the env actor that greeted may step it
     num_envs: int
     core: algorithm.ActorCore
     state: algorithm.RecurrentState
@@ -124,10 +133,16 @@ class InferenceServer:
 
     # -- set-up -----------------------------------------------------------------------------
 
-    def bind(self, ctx: zmq.Context) -> None:
+    def bind(self, ctx: zmq.Context, keys: str | None = None) -> None:
+        """Bind the env actors' ROUTER: with keys, CURVE with the actor role's key pair (only actor
+        keys get in); without, a warning when it listens beyond loopback."""
         self.router = transport.socket(ctx, zmq.ROUTER)
         self.router.setsockopt(zmq.MAXMSGSIZE, wire.DEFAULT_LIMITS.max_message_bytes)
+        self.auth = transport.serve_inference_securely(ctx, self.router, keys) if keys else None
         host, port = transport.split_address(self.cfg.bind, "--bind", lowest_port=0)
+        if not keys and not transport.is_loopback(host):
+            log.warning("inference: WARNING: listening on %s without encryption or authentication; anyone who can "
+                        "reach it can step streams and feed the run (start it with --keys DIR)", host)
         if port == 0:
             port = self.router.bind_to_random_port(f"tcp://{host}")
         else:
@@ -143,10 +158,16 @@ class InferenceServer:
                 log.warning("inference: %s; serving it", exc)
 
     def _fetch(self, client: transport.Client, msg_type: str) -> wire.Message:
+        """Ask until the broker has it, saying what it waits for every few seconds."""
+        start = last = time.monotonic()
         while True:
-            reply = client.request(msg_type, wait_s=None, should_stop=lambda: self.stopping)
+            reply = client.request(msg_type, wait_s=None, report=log.warning, should_stop=lambda: self.stopping)
             if reply.type != "not_ready":
                 return reply
+            if time.monotonic() - last > transport.REPORT_EVERY_S:
+                last = time.monotonic()
+                log.warning("inference: waiting for a learner to register a run at %s (%.0f s)", self.cfg.broker,
+                            last - start)
             self._answer_waiting()
             time.sleep(0.05)
 
@@ -312,12 +333,13 @@ class InferenceServer:
             self._reject(identity, req, "internal_error", f"{type(exc).__name__}: {exc}")
 
     def _on_get_stats(self, identity: bytes, meta: dict, arrays: dict) -> None:
-        self._reply(identity, "stats", {"req": meta.get("req"), "actors": len(self.streams),
-                                        "actor_ids": sorted(self.streams), "version": self.weights_version,
+        self._reply(identity, "stats", {"req": meta.get("req"), "actors": len(self.streams),  # (never their ids)
+                                        "version": self.weights_version,
                                         "rejected": dict(self.rejected), **dict(self.stats)})
 
     def _on_env_hello(self, identity: bytes, meta: dict, arrays: dict) -> None:
         actor_id, num_envs = meta["actor_id"], meta.get("num_envs", self.run["num_envs"])
+        self._check_hello(actor_id, num_envs, meta.get("token"))
         old = self.streams.pop(actor_id, None)
         if old is not None:  # a restarted env actor (or one resuming after we forgot it): free the old state
             self._close(old)
@@ -331,6 +353,7 @@ class InferenceServer:
             writer.counted[:] = False  # episodes under way began before we saw them: returns unknown
         self.streams[actor_id] = Stream(
             identity=identity, req=meta.get("req"), actor_id=actor_id, incarnation=meta["incarnation"],
+            token=secrets.token_hex(16),
             num_envs=num_envs, core=core, state=core.initial_state(num_envs), writer=writer,
             sync=SyncActing(self.run, incarnation), episode_start=np.ones(num_envs, dtype=bool),
             last_seen=time.monotonic())
@@ -338,12 +361,31 @@ class InferenceServer:
         self._reply(identity, "env_config", {
             "req": meta.get("req"), "run_id": self.spec["run_id"], "env": self.spec["env"],
             "env_kwargs": self.spec.get("env_kwargs"), "wrappers": self.spec.get("wrappers"),
-            "num_envs": num_envs, "seed": seed})
+            "num_envs": num_envs, "seed": seed, "token": self.streams[actor_id].token})
+
+    def _check_hello(self, actor_id: int, num_envs: int, token: str | None) -> None:
+        """A greeting takes a live stream's id only with its token, or once it has been silent
+        STREAM_TAKEOVER_S (a restarted env actor); streams and their envs are capped."""
+        live = self.streams.get(actor_id)
+        if live is not None and not (token is not None and hmac.compare_digest(token, live.token)):
+            silent = time.monotonic() - live.last_seen
+            if silent < STREAM_TAKEOVER_S:
+                raise Refused("stream_held", f"actor {actor_id} has a live stream here (heard from {silent:.1f} s "
+                                             f"ago); greet again once it has been silent {STREAM_TAKEOVER_S:g} s")
+        most = algorithm.SEGMENTS_AT_ONCE * self.run["num_envs"]
+        if num_envs > most:
+            raise Refused("too_many_envs", f"num_envs {num_envs}: at most {most} per env actor "
+                                           f"({algorithm.SEGMENTS_AT_ONCE} x the run's num_envs)")
+        if live is None and len(self.streams) >= self.cfg.max_streams:
+            raise Refused("too_many_streams", f"{len(self.streams)} env actors are connected "
+                                              "(inference.max_streams)")
 
     def _stream(self, meta: dict) -> Stream:
         s = self.streams.get(meta["actor_id"])
         if s is None or s.incarnation != meta["incarnation"]:
             raise Refused("unknown_actor", f"actor {meta['actor_id']} has not said hello to this server")
+        if not hmac.compare_digest(meta["token"], s.token):
+            raise Refused("bad_token", f"actor {meta['actor_id']}: not the token of its stream")
         return s
 
     def _on_env_bye(self, identity: bytes, meta: dict, arrays: dict) -> None:
@@ -462,7 +504,7 @@ class InferenceServer:
         self.weights_version = load_weights(self.net, self.normalizer, msg, self.spec["run_id"])
 
 
-def run_inference(cfg: InferenceConfig, address_file: str | None = None) -> None:
+def run_inference(cfg: InferenceConfig, address_file: str | None = None, keys: str | None = None) -> None:
     torch.set_num_threads(1)
     server = InferenceServer(cfg)
 
@@ -473,7 +515,7 @@ def run_inference(cfg: InferenceConfig, address_file: str | None = None) -> None
     signal.signal(signal.SIGINT, _stop)
     ctx = zmq.Context()
     try:
-        server.bind(ctx)
+        server.bind(ctx, keys)
         if address_file:
             transport.write_address_file(address_file, server.address)
         server.serve(ctx)
@@ -481,6 +523,8 @@ def run_inference(cfg: InferenceConfig, address_file: str | None = None) -> None
         if not server.stopping:
             raise
     finally:
+        if getattr(server, "auth", None) is not None:
+            server.auth.stop()
         ctx.destroy(linger=0)
 
 

@@ -358,6 +358,7 @@ ENV_ACTOR = {
     "actor_id": Field(Int(), doc="the env actor's id"),
     "incarnation": Field(Str(32), doc="random per env actor process start"),
 }
+STREAM_TOKEN = Field(TOKEN, doc="the secret the server gave this stream in env_config")
 
 INFERENCE_SCHEMAS: dict[str, Map] = {
     "env_hello": Map({
@@ -365,12 +366,15 @@ INFERENCE_SCHEMAS: dict[str, Map] = {
         "num_envs": Field(Int(1, 4096), required=False, doc="environments this actor steps (default: the run's)"),
         "resume": Field(Bool(), required=False,
                         doc="true when this actor's episodes are under way (after a timeout: a new server)"),
+        "token": Field(TOKEN, required=False,
+                       doc="the stream's token, when greeting again a server that still has it (it is replaced)"),
     }),
     "env_step": Map({
         **ENV_ACTOR,
+        "token": STREAM_TOKEN,
         "step": Field(Int(), doc="0 after each hello, then +1 per request; a resent request repeats it"),
     }),
-    "env_bye": Map(ENV_ACTOR),
+    "env_bye": Map({**ENV_ACTOR, "token": STREAM_TOKEN}),
     "get_stats": Map({"req": REQ}),
 }
 """What the inference server's ROUTER accepts from env-only actors (docs/protocol.md)."""

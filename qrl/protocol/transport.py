@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import logging
 import shutil
 import socket as socket_module
 import time
@@ -21,6 +22,8 @@ import zmq.auth
 from zmq.utils import z85
 
 from qrl.protocol import wire
+
+log = logging.getLogger("qrl.transport")
 
 
 class PortInUse(RuntimeError):
@@ -86,6 +89,40 @@ def use_keys(key_dir: str | Path | None, server: bool, role: str | tuple[str, ..
     else:
         server_public, _ = zmq.auth.load_certificate(key_dir / "server.key")
         _keys = CurveKeys(*zmq.auth.load_certificate(key_dir / own), server_public)
+
+
+def _actor_pair(key_dir: str | Path) -> tuple[bytes, bytes]:
+    """The actor role's key pair (public, secret; z85): the inference server's CURVE identity."""
+    path = Path(key_dir) / "actor.key_secret"
+    if not path.exists():
+        raise FileNotFoundError(f"no actor.key_secret in {key_dir} (create keys with: qrl keygen {key_dir})")
+    return zmq.auth.load_certificate(path)
+
+
+def use_inference_keys(key_dir: str | Path) -> None:
+    """Env-only actors: CURVE towards the inference server, which serves with the actor role's own
+    key pair (so an actor machine needs nothing beyond the actor key it already has)."""
+    global _keys
+    public, secret = _actor_pair(key_dir)
+    _keys = CurveKeys(public, secret, public)
+
+
+def serve_inference_securely(ctx: zmq.Context, sock: zmq.Socket, key_dir: str | Path):
+    """The inference server's ROUTER as a CURVE server with the actor role's key pair; a client gets in
+    only with the actor key (or one authorized for the actor role). Call before binding; returns the
+    authenticator (``refused`` counts refused connections)."""
+    from zmq.auth.thread import ThreadAuthenticator
+
+    public, secret = _actor_pair(key_dir)
+    sock.curve_publickey, sock.curve_secretkey = public, secret
+    sock.curve_server = True
+    sock.zap_domain = b"inference"
+    allowed = {public: "actor", **{k: r for k, r in authorized_roles(key_dir).items() if r == "actor"}}
+    auth = ThreadAuthenticator(ctx)
+    auth.refused = collections.Counter()
+    auth.start()
+    auth.configure_curve_callback("inference", _RoleCheck(allowed, ("actor",), auth.refused))
+    return auth
 
 
 def keygen(key_dir: str | Path) -> list[Path]:
@@ -227,6 +264,16 @@ class AddressError(ValueError):
     """A broker address or listening host that cannot work; the message is one line for the user."""
 
 
+def is_loopback(host: str) -> bool:
+    """Whether host names this machine's loopback (a name that does not resolve counts as not)."""
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(socket_module.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        return False
+
+
 def split_address(address: str, what: str = "broker address", lowest_port: int = 1) -> tuple[str, int]:
     """'tcp://host:port' -> (host, port), checking the form and the port's range. The host stays
     as written (an IPv6 one in brackets), so f"tcp://{host}:{other_port}" is an address again.
@@ -262,13 +309,17 @@ def write_address_file(path: str | Path, address: str, **more: Any) -> None:
     os.replace(tmp, path)
 
 
+REPORT_EVERY_S = 5.0
+"""Every wait says what it waits for after this long, and again as often."""
+
+
 def read_address_file(path: str | Path, timeout_s: float = 60.0) -> str:
     """The broker's service address from the file `qrl broker --address-file` writes, waiting for
     the file to appear: roles started together with their broker (`qrl run`, `make cluster`) import
     torch while it binds, instead of after. The broker writes it atomically (write, then rename)."""
     import json
 
-    deadline = time.monotonic() + timeout_s
+    start = last_report = time.monotonic()
     path = Path(path)
     while True:
         try:
@@ -276,9 +327,14 @@ def read_address_file(path: str | Path, timeout_s: float = 60.0) -> str:
         except FileNotFoundError:
             pass
         except (ValueError, KeyError, TypeError) as exc:
-            raise AddressError(f"{path} holds no broker address ({type(exc).__name__})") from None
-        if time.monotonic() > deadline:
-            raise AddressError(f"no broker wrote its address to {path} within {timeout_s:g} s")
+            raise AddressError(f"{path} holds no address ({type(exc).__name__})") from None
+        now = time.monotonic()
+        if now - start > timeout_s:
+            raise AddressError(f"no server wrote its address to {path} within {timeout_s:g} s")
+        if now - last_report >= REPORT_EVERY_S:  # never a silent wait
+            log.warning("waiting for a server to write its address to %s (%.0f s of %g)", path, now - start,
+                        timeout_s)
+            last_report = now
         time.sleep(0.02)
 
 
@@ -348,6 +404,12 @@ class Client:
         self.sock.close(linger=0)
         self.sock = self._connect()
 
+    def _why_no_answer(self) -> str:
+        """A hint for the waiting line: a server that uses keys never answers a client without them."""
+        if _keys is None and refuses_plain_clients(self.ctx, self.address, timeout_s=1.0):
+            return "; it turns away clients without keys: start this one with --keys DIR"
+        return ""
+
     def request(self, msg_type: str, meta: Mapping[str, Any] | None = None,
                 arrays: Mapping[str, np.ndarray] | None = None, *,
                 wait_s: float | None = None, report: Callable[[str], None] | None = None,
@@ -371,8 +433,9 @@ class Client:
             now = time.monotonic()
             if wait_s is not None and now - start > wait_s:
                 raise BrokerUnavailable(f"{self.role}: no broker answered at {self.address} for {wait_s:.0f} s")
-            if report is not None and now - last_report >= 5.0:
-                report(f"{self.role}: waiting for the broker at {self.address} ({now - start:.0f} s)")
+            if report is not None and now - last_report >= REPORT_EVERY_S:
+                report(f"{self.role}: waiting for the broker at {self.address} ({now - start:.0f} s)"
+                       + self._why_no_answer())
                 last_report = now
             self.reconnect()
 
