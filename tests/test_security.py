@@ -166,3 +166,16 @@ def test_central_inference_with_keys_serves_actor_keys_only(keys, tmp_path):
             run.kill()
             run.wait()
         ctx.destroy(linger=0)
+
+
+def test_every_wait_says_what_it_waits_for(procs, keys, tmp_path):
+    """An actor waiting for an address file that is not there, and an inference server pointed at a
+    broker that wants keys it does not have, both say so within seconds (they used to wait in silence)."""
+    actor = procs.start("actor", "actor", "--inference-file", str(tmp_path / "missing.json"))
+    procs.start("broker", "broker", "--keys", str(keys), "--port", "0", "--address-file", str(tmp_path / "b.json"))
+    address = transport.read_address_file(tmp_path / "b.json")
+    inference = procs.start("inference", "inference", "--broker", address, "--bind", "tcp://127.0.0.1:0")
+    wait_for(lambda: "waiting for a server to write its address to" in actor.log_path.read_text(), 8,
+             "the actor saying which file it waits for")
+    wait_for(lambda: "turns away clients without keys" in inference.log_path.read_text(), 10,
+             "the inference server saying the broker wants keys")

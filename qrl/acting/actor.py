@@ -205,7 +205,7 @@ class Worker:
                 return reply
             if self.stopping:
                 raise Stop
-            if time.monotonic() - last > 5:
+            if time.monotonic() - last > transport.REPORT_EVERY_S:
                 last = time.monotonic()
                 log.warning("%s: waiting for a learner to register a run (%.0f s)", self.role, last - start)
             time.sleep(0.05)  # a learner starting with us registers within a second or two

@@ -71,8 +71,12 @@ class EnvWorker:
         """Send a request and return its reply, sending it again every inference_timeout_s (a new
         request id each time: a late reply to an earlier try is dropped) and looking at the stop flag
         every 50 ms. One socket throughout: ZeroMQ reconnects it to a restarted server by itself."""
-        start = time.monotonic()
+        start = last_report = time.monotonic()
         while True:
+            if time.monotonic() - last_report >= transport.REPORT_EVERY_S:  # never a silent wait
+                last_report = time.monotonic()
+                log.warning("%s: waiting for the inference server at %s to answer (%.0f s)", self.role,
+                            self.cfg.inference, last_report - start)
             self.req += 1
             transport.send(self.sock, msg_type, {**self._ident(), **meta, "req": self.req}, arrays)
             deadline = time.monotonic() + self.cfg.inference_timeout_s
@@ -100,7 +104,7 @@ class EnvWorker:
             if reply.type != "not_ready" and not held:
                 raise InferenceRefused(f"the inference server refused the greeting: {reply.meta.get('reason')}: "
                                        f"{reply.meta.get('detail')}")
-            if time.monotonic() - last > 5:
+            if time.monotonic() - last > transport.REPORT_EVERY_S:
                 last = time.monotonic()
                 why = reply.meta.get("detail") if held else "the inference server to get a run"
                 log.warning("%s: waiting for %s (%.0f s)", self.role, why, last - start)

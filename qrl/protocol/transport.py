@@ -309,7 +309,7 @@ def write_address_file(path: str | Path, address: str, **more: Any) -> None:
     os.replace(tmp, path)
 
 
-REPORT_EVERY_S = 5.0
+REPORT_EVERY_S = 4.0
 """Every wait says what it waits for after this long, and again as often."""
 
 
