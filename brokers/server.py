@@ -596,7 +596,12 @@ class Broker:
         if self.spec is None:
             return self._reply(identity, "not_ready", {"req": req})
         self._reply(identity, "spec", {"req": req, "spec": self.spec, "ports": self.ports,
-                                       "weights_version": self.weights_version})
+                                       "weights_version": self.weights_version,
+                                       "schema": self._schema_meta()})  # what a segment must hold
+
+    def _schema_meta(self) -> dict | None:
+        schema = self.table.item_schema if self.table is not None else None
+        return schema.as_meta() if schema is not None else None
 
     def _on_get_weights(self, identity, msg, meta, req) -> None:
         if self.weights_frames is None:
@@ -685,10 +690,10 @@ class Broker:
         ids, priorities = msg.arrays.get("ids"), msg.arrays.get("priorities")
         if self.table is None:
             return self._refuse(identity, req, "bad_priorities", "update_priorities: no table, register first")
-        if ids is None or priorities is None or ids.ndim != 1 or priorities.shape != ids.shape \
+        if set(msg.arrays) != {"ids", "priorities"} or ids.ndim != 1 or priorities.shape != ids.shape \
                 or ids.dtype.kind not in "iu" or priorities.dtype.kind not in "fiu":
             return self._refuse(identity, req, "bad_priorities",
-                                "update_priorities: ids (int [K]) and priorities (float [K]) are needed")
+                                "update_priorities: ids (int [K]) and priorities (float [K]), nothing else")
         updated = self.table.update_priorities(ids, priorities)
         self.stats.priority_updates += updated
         self.stats.priority_updates_skipped += len(ids) - updated

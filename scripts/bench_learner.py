@@ -8,6 +8,10 @@ the values); the networks and hyperparameters are the presets'. `--device cuda` 
 (the DQN Nature CNN at batch 256 is the case that needs one).
 
     python scripts/bench_learner.py [--quick] [--device cpu|cuda]
+    python scripts/bench_learner.py --guard    # the cost of the guard against non-finite steps
+
+`--guard` compares the learner as the learner process runs it (every optimizer step checked by
+qrl/guard.py) with the same learner unguarded, alternated in each round.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import numpy as np
 import torch
 
 from _common import parser, print_table, rate, save_results
-from qrl import algorithm, config, ops
+from qrl import algorithm, config, guard, ops
 from qrl.eager import skip_compiler_import
 from qrl.algorithm import to_batch
 
@@ -114,6 +118,8 @@ def make_case(case: str, variant: str, device: torch.device, seed: int):
     learner = agent.Learner(obs_space, action_space, args, device)
     if variant == "torch defaults":
         with_torch_defaults(learner)
+    if variant == "guarded":
+        guard.UpdateGuard(learner)
     rng = np.random.default_rng(seed)
     if algo == "ppo":
         steps = file.run.get("segment_length", 32)  # an unroll is one env's segment
@@ -147,6 +153,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--cases", default=",".join(DEFAULT_CASES), help=f"comma-separated, of {', '.join(CASES)}")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--guard", action="store_true", help="guarded against unguarded learner (qrl/guard.py)")
     a = p.parse_args()
     skip_compiler_import()  # as the learner process does
     torch.set_num_threads(1)  # the learner's default (run.learner_threads)
@@ -155,7 +162,8 @@ def main() -> None:
     if a.quick:
         a.rounds, a.seconds = 1, 0.2
         cases = [c for c in cases if c != "dqn-cnn"]
-    variants = ["qrl", "torch defaults"]
+    p_guard = a.guard
+    variants = ["guarded", "unguarded"] if p_guard else ["qrl", "torch defaults"]
     rows, runs = [], {}
     for case in cases:
         made = {v: make_case(case, v, device, seed=0) for v in variants}
@@ -165,12 +173,12 @@ def main() -> None:
         for _ in range(a.rounds):
             for v, (learner, batch) in made.items():
                 results[v].append(updates_per_s(learner, batch, a.seconds, v))
-        ours, ref = statistics.median(results["qrl"]), statistics.median(results["torch defaults"])
+        ours, ref = (statistics.median(results[v]) for v in variants)
         rows.append([CASES[case][0], a.device, rate(ours), rate(ref), f"{ours / ref:.2f}"])
         runs[case] = results
-    table = print_table(["learner", "device", "qrl upd/s", "torch defaults upd/s", "ratio"], rows)
-    save_results("learner" if a.device == "cpu" else f"learner-{a.device}",
-                 {"quick": a.quick, "rounds": a.rounds, **table, "runs": runs})
+    table = print_table(["learner", "device", f"{variants[0]} upd/s", f"{variants[1]} upd/s", "ratio"], rows)
+    name = "learner" if a.device == "cpu" else f"learner-{a.device}"
+    save_results(f"{name}-guard" if p_guard else name, {"quick": a.quick, "rounds": a.rounds, **table, "runs": runs})
 
 
 if __name__ == "__main__":

@@ -189,3 +189,12 @@ def test_envelope_errors_are_answered_with_their_req_and_every_error_has_a_code_
     reply = wire.decode(dealer.recv_multipart())
     assert reply.meta["req"] is None and reply.meta["reason"] == "bad_header"
     dealer.close()
+
+
+def test_the_spec_reply_holds_the_schema_and_update_priorities_takes_nothing_else(client):
+    assert register(client, schema=LIMITED).type == "ok"
+    spec = client.request("get_spec", wait_s=10)
+    assert spec.meta["schema"]["limits"] == LIMITED["limits"]  # what a client from another language must send
+    arrays = {"ids": np.array([0]), "priorities": np.array([1.0]), "extra": np.zeros(3)}
+    reply = client.request("update_priorities", {"token": TOKEN}, arrays, wait_s=10)  # replied ok on the old code
+    assert reply.type == "error" and reply.meta["reason"] == "bad_priorities"

@@ -409,7 +409,8 @@ class InferenceServer:
         s = self._stream(meta)
         s.identity, s.req, s.last_seen = identity, meta.get("req"), time.monotonic()
         step = meta["step"]
-        if step == s.next_step - 1:  # a repeat (the actor timed out): answer once
+        if step == s.next_step - 1:  # a repeat (the actor timed out): checked like the first, answered alike
+            self._observations(arrays.get("obs"), s.num_envs, "obs")
             if s.pending is None and s.last_reply is not None and s.last_reply[0] == step:
                 self._reply(identity, "env_actions", {"req": s.req, "step": step}, {"actions": s.last_reply[1]})
             self.stats["repeats"] += 1

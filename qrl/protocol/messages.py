@@ -58,8 +58,8 @@ class Float:
             raise MessageError(where, f"must be a finite number in [{self.lo}, {self.hi}]")
         return float(value)
 
-    def describe(self) -> str:
-        return "finite float" + ("" if math.isinf(self.lo) and math.isinf(self.hi) else f" in [{self.lo}, {self.hi}]")
+    def describe(self) -> str:  # (an integer is a number too: msgpack writers send 500 for 500.0)
+        return "finite number" + ("" if math.isinf(self.lo) and math.isinf(self.hi) else f" in [{self.lo}, {self.hi}]")
 
 
 @dataclass(frozen=True)
@@ -293,7 +293,7 @@ SCHEMAS: dict[str, Map] = {
         "incarnation": Field(Str(64), doc="random per worker process start"),
         "seq": Field(Int(), doc="per-incarnation sequence number, from 0"),
         "policy_version": Field(Int(-1, MAX_INT), doc="version of the weights that acted"),
-        "frames": Field(Int(), doc="env steps the segment covers: items x frames_per_item"),
+        "frames": Field(Int(), doc="env steps the segment's items cover: exactly items x the schema's frames_per_item"),
         "episode_returns": Field(List(Float()), required=False, doc="returns of episodes finished in it"),
         "episode_lengths": Field(List(Int()), required=False, doc="their lengths (as many)"),
     }),
