@@ -3,6 +3,7 @@ run is never switched under it, only its holder samples), value limits, bounded 
 replies that carry a reason code and a detail, envelope errors included."""
 
 import threading
+from pathlib import Path
 
 import msgpack
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 import zmq
 
 from qrl.brokers.server import MAX_CLAIMED_ID, REQUESTS_PER_S, Broker, BrokerConfig
-from qrl.protocol import wire
+from qrl.protocol import transport, wire
 from qrl.protocol.transport import Client
 from conftest import wait_for
 from test_broker import SCHEMA, SPEC, TABLE, TOKEN, register_meta, segment, stats
@@ -198,3 +199,64 @@ def test_the_spec_reply_holds_the_schema_and_update_priorities_takes_nothing_els
     arrays = {"ids": np.array([0]), "priorities": np.array([1.0]), "extra": np.zeros(3)}
     reply = client.request("update_priorities", {"token": TOKEN}, arrays, wait_s=10)  # replied ok on the old code
     assert reply.type == "error" and reply.meta["reason"] == "bad_priorities"
+
+
+def test_a_learner_drops_a_batch_of_another_run_or_schema():
+    """Defense in depth behind run ownership: what the learner checks of each batch before training."""
+    from types import SimpleNamespace
+
+    from qrl.brokers.tables import ItemSchema
+    from qrl.learner import LearnerProcess
+
+    learner = SimpleNamespace(run_id="r1", item_schema=ItemSchema.from_meta(SCHEMA))
+    good = {"obs": np.zeros((4, 4), np.float32), "action": np.zeros(4, np.int64), "_id": np.arange(4)}
+    check = lambda meta, arrays: LearnerProcess.foreign_batch(learner, wire.Message("batch", meta, arrays))
+    assert check({"run_id": "r1"}, good) == ""
+    assert "run evil" in check({"run_id": "evil"}, good)
+    assert "other fields" in check({"run_id": "r1"}, {"next_obs": good["obs"], "_id": good["_id"]})
+    assert "obs is not" in check({"run_id": "r1"}, {**good, "obs": np.zeros((4, 5), np.float32)})
+
+
+@pytest.mark.slow
+def test_a_live_run_survives_a_strangers_register_and_absurd_segments(tmp_path, ctx):
+    """The attacks of issue 30 against a real cluster (`qrl run`, PPO CartPole): a stranger's register
+    of its own run, segments of finite but absurd values and a stranger sampling. On the old code the
+    learner died (KeyError) or its loss went to 1e36; here each is refused and the run reaches 500."""
+    import json
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "run"
+    run = subprocess.Popen([sys.executable, "-m", "qrl", "run", "--config", "configs/ppo-CartPole-v1.yaml",
+                            "--actors", "2", "--run-dir", str(run_dir), "--no-progress"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=Path(__file__).parents[1])
+    try:
+        address = wait_for(lambda: (run_dir / "broker.json").exists() and
+                           transport.read_address_file(run_dir / "broker.json"), 60, "the broker's address")
+        client = Client(ctx, address, "stranger", timeout_s=2.0)
+        spec = wait_for(lambda: (r := client.request("get_spec", wait_s=30)).type == "spec" and r.meta, 60, "a run")
+        stolen = register(client, spec={**SPEC, "run_id": "evil"}, token="stranger",
+                          schema={"fields": {"x": ["<f4", []]}, "frames_per_item": 1})
+        assert stolen.meta["reason"] == "run_held"
+        assert client.request("sample", {"batch_size": 64}, wait_s=10).meta["reason"] == "not_holder"
+        push = ctx.socket(zmq.PUSH)
+        push.setsockopt(zmq.LINGER, 0)
+        push.connect(f"tcp://127.0.0.1:{spec['ports']['ingest']}")
+        fields = spec["schema"]["fields"]
+        for seq in range(20):  # 8 items each, every float 1e37 and every integer 1e9
+            arrays = {k: np.full((8, *shape), 1e37 if dtype[1] == "f" else 10**9, dtype)
+                      for k, (dtype, shape) in fields.items()}
+            meta = {"run_id": spec["spec"]["run_id"], "actor_id": 999, "incarnation": "stranger", "seq": seq,
+                    "policy_version": spec["weights_version"], "frames": 8 * spec["schema"]["frames_per_item"]}
+            push.send_multipart(wire.encode("segment", meta, arrays))
+        wait_for(lambda: client.request("get_stats", wait_s=10).meta["rejected"].get("out_of_bounds", 0) == 20,
+                 30, "the 20 absurd segments refused")
+        push.close()
+        client.close()
+        assert run.wait(120) == 0
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["run_id"] == spec["spec"]["run_id"] and summary["final_eval_mean"] >= 475
