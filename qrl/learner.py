@@ -209,15 +209,21 @@ class LearnerProcess:
                 last_report = now
             time.sleep(1.0)
 
+    def finite_weights(self) -> dict[str, np.ndarray]:
+        """The weights to publish; NonFinite if any is NaN or infinite (never sent: the broker would
+        refuse them, and actors would act on them)."""
+        weights = self.weights()
+        if not finite_arrays(weights):
+            raise NonFinite(f"learner: the weights hold NaN or infinite values after update {self.learner.updates}; "
+                            "not publishing them")
+        return weights
+
     def weights(self) -> dict[str, np.ndarray]:
         """What actors load: the policy's arrays, plus the observation statistics when normalizing."""
         return {**self.learner.policy_state(), **(self.normalizer.arrays() if self.normalizer else {})}
 
     def publish(self) -> None:
-        weights = self.weights()
-        if not finite_arrays(weights):  # never sent: the broker would refuse them, the actors would act on NaN
-            raise NonFinite(f"learner: the weights hold NaN or infinite values after update {self.learner.updates}; "
-                            "not publishing them")
+        weights = self.finite_weights()
         self.weights_version += 1
         self.last_publish = time.monotonic()
         meta = {"version": self.weights_version, "run_id": self.run_id, "token": self.token}

@@ -78,11 +78,15 @@ class LocalRun(LearnerProcess):
             acting.env.close()
 
     def publish(self) -> None:
+        weights = self.finite_weights()
         self.weights_version += 1
-        self.publish_locally()
+        self.publish_locally(weights)
 
-    def publish_locally(self) -> None:
-        load_arrays(self.policy, self.actor_normalizer, self.weights())
+    def publish_locally(self, weights: dict[str, np.ndarray] | None = None) -> None:
+        load_arrays(self.policy, self.actor_normalizer, self.weights() if weights is None else weights)
+
+    def release(self) -> None:
+        pass  # no broker: nothing holds the run
 
     def train_on_next_batch(self) -> None:
         """Act until the table serves a batch, then train on one (the rate limiter takes turns)."""
@@ -112,8 +116,9 @@ class LocalRun(LearnerProcess):
         try:
             n_items = self.table.check(items, priorities, frames=meta["frames"], pool=pool, stream=stream,
                                        seq=meta["seq"])
-        except SchemaError as exc:  # the broker would drop it; here it is the algorithm's own bug
-            raise RuntimeError(f"{self.opts.algo}: a segment does not fit the table: {exc}") from None
+        except SchemaError as exc:  # the broker would drop it; here it is the env's values or the algorithm's bug
+            hint = " (raise run.value_limit if these values are real)" if exc.reason == "out_of_bounds" else ""
+            raise RuntimeError(f"{self.opts.algo}: a segment does not fit the table: {exc}{hint}") from None
         self.table.store(items, n_items, priorities, version=self.weights_version, pool=pool, stream=stream,
                          seq=meta["seq"])
         self.live.frames += meta["frames"]

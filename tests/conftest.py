@@ -85,13 +85,21 @@ class Procs:
         return p, json.loads(address_file.read_text())["address"]
 
     def cleanup(self) -> None:
-        for p in self.procs:
+        """Stop everything: the brokers last, so that stopping actors can still confirm their last
+        segments (against a broker stopped with them each waited out its confirmation timeout)."""
+        brokers = [p for p in self.procs if p.log_path.name.startswith("broker")]
+        self._stop([p for p in self.procs if p not in brokers])
+        self._stop(brokers)
+
+    @staticmethod
+    def _stop(procs: list[subprocess.Popen]) -> None:
+        for p in procs:
             if p.poll() is None:
                 try:
                     os.killpg(p.pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
-        for p in self.procs:
+        for p in procs:
             try:
                 p.wait(10)
             except subprocess.TimeoutExpired:

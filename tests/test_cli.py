@@ -164,4 +164,4 @@ def test_qrl_run_starts_the_roles_at_once_and_a_refused_setting_removes_only_wha
 def test_an_address_file_without_an_address_is_one_line(tmp_path, command):
     bad = tmp_path / "broker.json"
     bad.write_text("[1, 2]")
-    one_line_error(qrl(command, "--address-file", str(bad)), "holds no broker address")
+    one_line_error(qrl(command, "--address-file", str(bad)), "holds no address")

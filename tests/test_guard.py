@@ -64,3 +64,18 @@ def test_too_many_skipped_updates_in_a_row_stop_the_learner_naming_the_metric():
             update = learner.update(to_batch(dqn_batch(np.inf)))
             g.after_update(update.metrics, learner.updates)
     assert g.skipped_updates == guard.MAX_SKIPPED_IN_A_ROW
+
+
+def test_the_learner_never_publishes_non_finite_weights():
+    """Weights that went non-finite some other way than an optimizer step (the broker would refuse
+    them and the learner would log "the broker missed weights" forever) stop the learner instead."""
+    from types import SimpleNamespace
+
+    from qrl.learner import LearnerProcess
+
+    process = SimpleNamespace(weights=lambda: {"w": np.array([1.0, np.nan], np.float32)},
+                              learner=SimpleNamespace(updates=7), weights_version=3)
+    process.finite_weights = lambda: LearnerProcess.finite_weights(process)
+    with pytest.raises(guard.NonFinite, match="NaN or infinite values after update 7"):
+        LearnerProcess.publish(process)
+    assert process.weights_version == 3  # (it has no socket: a send would have raised AttributeError)
