@@ -125,7 +125,7 @@ class Broker:
         self.spec: dict[str, Any] | None = None
         self.token_hash: str | None = None  # SHA-256 of the registered learner's token
         self.holder_seen = -math.inf  # when the run's learner (its token) was last heard from: its lease
-        self.holder_peers: set[bytes] = set()  # the routing ids the holder sampled from (not rate limited)
+        self.holder_peers: dict[bytes, None] = {}  # the routing ids the holder sampled from (not rate limited)
         self.peer_buckets: dict[bytes, tuple[float, float]] = {}  # peer -> (tokens, when)
         self.frame_limit: int | None = None  # stats.frames at which the run's frame budget is spent
         self.table: ReplayTable | None = None
@@ -461,8 +461,10 @@ class Broker:
         if role is None and not hmac.compare_digest(_token_hash(meta.get("token") or ""), self.token_hash):
             return False
         self.holder_seen = time.monotonic()
-        if len(self.holder_peers) < 64:  # (its sampling sockets: one per register)
-            self.holder_peers.add(peer)
+        if peer not in self.holder_peers:  # its sampling sockets, one per register: the newest 64
+            self.holder_peers[peer] = None
+            while len(self.holder_peers) > 64:
+                del self.holder_peers[next(iter(self.holder_peers))]
         return True
 
     def _holder_alive(self) -> float | None:
