@@ -199,6 +199,8 @@ class Broker:
             return
         self.table, self.spec = restored.table, restored.spec
         self.token_hash = restored.accounting.get("run_token_sha256")
+        if self.spec is not None:  # its learner gets a whole lease to come back before anyone may take over
+            self.holder_seen = time.monotonic()
         self.weights_layout = _layout(restored.weights)
         if self.spec is not None and restored.weights:
             self._cache_weights(wire.encode("weights", {"version": restored.weights_version,

@@ -260,3 +260,17 @@ def test_a_live_run_survives_a_strangers_register_and_absurd_segments(tmp_path, 
             run.wait()
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["run_id"] == spec["spec"]["run_id"] and summary["final_eval_mean"] >= 475
+
+
+def test_a_restarted_broker_keeps_the_run_for_its_learner_to_come_back(make_broker, ctx, tmp_path):
+    first = make_broker(snapshot_dir=str(tmp_path / "snap"))
+    client = Client(ctx, first.address(), "test", timeout_s=2.0)
+    assert register(client).type == "ok"
+    client.close()
+    first.snapshot()  # what a stopped (or periodically snapshotting) broker leaves
+    second = make_broker(snapshot_dir=str(tmp_path / "snap"))
+    client = Client(ctx, second.address(), "test", timeout_s=2.0)
+    stranger = register(client, spec={**SPEC, "run_id": "r2"}, token="stranger")  # before r1's learner is back
+    assert stranger.type == "error" and stranger.meta["reason"] == "run_held"
+    assert register(client).type == "ok"  # r1's learner, with its token
+    client.close()
