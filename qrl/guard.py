@@ -60,7 +60,7 @@ class UpdateGuard:
         if self.in_a_row >= MAX_SKIPPED_IN_A_ROW:
             bad = [f"{k}={v}" for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
             what = ", ".join(bad[:3]) if bad else "the gradient"
-            raise NonFinite(f"learner: {self.in_a_row} updates in a row skipped at update {updates}: {what} is not "
+            raise NonFinite(f"{self.in_a_row} updates in a row skipped at update {updates}: {what} is not "
                             "finite (check the data, the reward scale and the learning rate)")
         return True
 

@@ -214,7 +214,7 @@ class LearnerProcess:
         refuse them, and actors would act on them)."""
         weights = self.weights()
         if not finite_arrays(weights):
-            raise NonFinite(f"learner: the weights hold NaN or infinite values after update {self.learner.updates}; "
+            raise NonFinite(f"the weights hold NaN or infinite values after update {self.learner.updates}; "
                             "not publishing them")
         return weights
 
