@@ -175,7 +175,8 @@ def test_every_wait_says_what_it_waits_for(procs, keys, tmp_path):
     procs.start("broker", "broker", "--keys", str(keys), "--port", "0", "--address-file", str(tmp_path / "b.json"))
     address = transport.read_address_file(tmp_path / "b.json")
     inference = procs.start("inference", "inference", "--broker", address, "--bind", "tcp://127.0.0.1:0")
-    wait_for(lambda: "waiting for a server to write its address to" in actor.log_path.read_text(), 8,
+    # (each says so 4 s into its wait; the margin is for starting the processes on a loaded machine)
+    wait_for(lambda: "waiting for a server to write its address to" in actor.log_path.read_text(), 30,
              "the actor saying which file it waits for")
-    wait_for(lambda: "turns away clients without keys" in inference.log_path.read_text(), 10,
+    wait_for(lambda: "turns away clients without keys" in inference.log_path.read_text(), 30,
              "the inference server saying the broker wants keys")
