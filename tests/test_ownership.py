@@ -221,14 +221,18 @@ def test_a_learner_drops_a_batch_of_another_run_or_schema():
 def test_a_live_run_survives_a_strangers_register_and_absurd_segments(tmp_path, ctx):
     """The attacks of issue 30 against a real cluster (`qrl run`, PPO CartPole): a stranger's register
     of its own run, segments of finite but absurd values and a stranger sampling. On the old code the
-    learner died (KeyError) or its loss went to 1e36; here each is refused and the run reaches 500."""
+    learner died (KeyError) or its loss went to 1e36; here each is refused and the run still learns
+    (an evaluation of at least 475)."""
     import json
     import subprocess
     import sys
 
     run_dir = tmp_path / "run"
+    # A budget past where the preset reaches 500 (10-31k frames) and no early stop: the run is still
+    # going when the attacks are checked, on a loaded machine too.
     run = subprocess.Popen([sys.executable, "-m", "qrl", "run", "--config", "configs/ppo-CartPole-v1.yaml",
-                            "--actors", "2", "--run-dir", str(run_dir), "--no-progress"],
+                            "--actors", "2", "--run-dir", str(run_dir), "--no-progress", "--target-return", "1e9",
+                            "--total-steps", "60000"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=Path(__file__).parents[1])
     try:
         address = wait_for(lambda: (run_dir / "broker.json").exists() and
@@ -259,7 +263,7 @@ def test_a_live_run_survives_a_strangers_register_and_absurd_segments(tmp_path, 
             run.kill()
             run.wait()
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["run_id"] == spec["spec"]["run_id"] and summary["final_eval_mean"] >= 475
+    assert summary["run_id"] == spec["spec"]["run_id"] and summary["best_eval"] >= 475
 
 
 def test_a_restarted_broker_keeps_the_run_for_its_learner_to_come_back(make_broker, ctx, tmp_path):
