@@ -19,10 +19,13 @@ SMOKE = [  # (algorithm, environment, extra overrides); continuous-action algori
     ("apex", "CartPole-v1", ["algo.learning_starts=256"]),
     ("c51", "CartPole-v1", ["algo.learning_starts=256", "algo.v_min=0", "algo.v_max=100"]),
     ("qrdqn", "CartPole-v1", ["algo.learning_starts=256"]),
-    ("iqn", "CartPole-v1", ["algo.learning_starts=256", "algo.iqn_n=8", "algo.iqn_n_target=8"]),
+    # (the quantile learners and SAC update less often, or on smaller batches, than their presets: the
+    # slowest smoke runs, 15-60 s each, did the same work several times over)
+    ("iqn", "CartPole-v1", ["algo.learning_starts=256", "algo.iqn_n=8", "algo.iqn_n_target=8",
+                            "algo.samples_per_insert=6"]),
     ("iqn", "CartPole-v1", ["algo.learning_starts=256", "algo.iqn_n=8", "algo.munchausen=true",  # M-IQN
-                            "algo.double=false"]),
-    ("fqf", "CartPole-v1", ["algo.learning_starts=256", "algo.iqn_n=8"]),
+                            "algo.double=false", "algo.samples_per_insert=6"]),
+    ("fqf", "CartPole-v1", ["algo.learning_starts=256", "algo.iqn_n=8", "algo.samples_per_insert=6"]),
     ("mdqn", "CartPole-v1", ["algo.learning_starts=256"]),
     ("rainbow", "CartPole-v1", ["algo.learning_starts=256", "algo.v_min=0", "algo.v_max=100"]),
     ("ql", "qrl/Grid-v0", []),
@@ -31,8 +34,9 @@ SMOKE = [  # (algorithm, environment, extra overrides); continuous-action algori
     ("impala", "CartPole-v1", []),
     ("ddpg", "Pendulum-v1", ["algo.learning_starts=256", "algo.random_frames=256", "algo.hidden=[64, 64]"]),
     ("td3", "Pendulum-v1", ["algo.learning_starts=256", "algo.random_frames=256", "algo.hidden=[64, 64]"]),
-    ("sac", "Pendulum-v1", ["algo.learning_starts=256", "algo.hidden=[64, 64]"]),
-    ("sac", "CartPole-v1", ["algo.learning_starts=256", "algo.hidden=[64, 64]"]),  # the discrete-action variant
+    ("sac", "Pendulum-v1", ["algo.learning_starts=256", "algo.hidden=[64, 64]", "algo.batch_size=64"]),
+    ("sac", "CartPole-v1", ["algo.learning_starts=256", "algo.hidden=[64, 64]",  # the discrete-action variant
+                            "algo.batch_size=64"]),
     ("r2d2", "qrl/CartPoleNoVel-v1", ["algo.burn_in=4", "algo.sequence_length=8", "run.segment_length=8",
                                       "algo.learning_starts=16", "algo.batch_size=8", "algo.lstm=16"]),
     ("rppo", "qrl/CartPoleNoVel-v1", ["algo.lstm=16", "run.segment_length=16"]),  # recurrent PPO
@@ -50,8 +54,9 @@ PIXEL_SMOKE = [  # every algorithm that takes images, on images (its convolution
     ("apex", MINATAR, ["algo.learning_starts=256", "algo.hidden=32"]),
     ("c51", MINATAR, ["algo.learning_starts=256", "algo.hidden=32"]),
     ("qrdqn", MINATAR, ["algo.learning_starts=256", "algo.hidden=32"]),
-    ("iqn", MINATAR, ["algo.learning_starts=256", "algo.hidden=32", "algo.iqn_n=8", "algo.iqn_n_target=8"]),
-    ("fqf", MINATAR, ["algo.learning_starts=256", "algo.hidden=32", "algo.iqn_n=8"]),
+    ("iqn", MINATAR, ["algo.learning_starts=256", "algo.hidden=32", "algo.iqn_n=8", "algo.iqn_n_target=8",
+                      "algo.samples_per_insert=6"]),
+    ("fqf", MINATAR, ["algo.learning_starts=256", "algo.hidden=32", "algo.iqn_n=8", "algo.samples_per_insert=6"]),
     ("mdqn", MINATAR, ["algo.learning_starts=256", "algo.hidden=32"]),
     ("rainbow", MINATAR, ["algo.learning_starts=256", "algo.hidden=32"]),
     ("ppo", MINATAR, ["algo.hidden=32"]),
@@ -60,7 +65,8 @@ PIXEL_SMOKE = [  # every algorithm that takes images, on images (its convolution
     ("rppo", MINATAR, ["algo.hidden=32", "algo.lstm=16", "run.segment_length=16"]),
     ("r2d2", MINATAR, ["algo.burn_in=4", "algo.sequence_length=8", "run.segment_length=8", "algo.learning_starts=16",
                        "algo.batch_size=8", "algo.lstm=16", "algo.hidden=32"]),
-    ("sac", MINATAR, ["algo.learning_starts=256", "algo.hidden=[32, 32]"]),  # discrete SAC
+    ("sac", MINATAR, ["algo.learning_starts=256", "algo.hidden=[32, 32]", "algo.batch_size=32",  # discrete SAC
+                      "algo.updates_per_step=0.25"]),
     ("sac", "Pendulum-v1", ["algo.learning_starts=256", "algo.hidden=[32, 32]", *PENDULUM_PIXELS]),
     ("ddpg", "Pendulum-v1", ["algo.learning_starts=256", "algo.random_frames=256", "algo.hidden=[32, 32]",
                              *PENDULUM_PIXELS]),
