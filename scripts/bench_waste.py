@@ -60,7 +60,7 @@ def main() -> None:
                 rows.append([preset, mode, f"{result.get('frames', 0):,}", shown])
                 print(f"{preset} {mode}: {shown}", flush=True)
     table = print_table(["preset", "acting", "frames", "wasted (dropped unused)"], rows)
-    save_results("waste-quick" if a.quick else "waste", {"quick": a.quick, "frames": frames, **table, "runs": runs})
+    save_results("waste", {"quick": a.quick, "frames": frames, **table, "runs": runs})
 
 
 if __name__ == "__main__":
