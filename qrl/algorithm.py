@@ -448,25 +448,27 @@ def field_limits(schema, obs_space, action_space, value_limit: float) -> tuple[t
         kind = np.dtype(dtype).kind
         if name in refs or kind == "b":
             continue
-        space = spaces.get(name)
-        bounds = _space_bounds(space, shape) if space is not None else None
-        if bounds is None and kind == "f":
-            bounds = (-value_limit, value_limit)
+        bounds = _bounds(spaces.get(name), shape, kind == "f", value_limit)
         if bounds is not None:
-            lo, hi = bounds
-            if kind == "f":
-                lo, hi = max(lo, -value_limit), min(hi, value_limit)
-            out.append((name, float(lo), float(hi)))
+            out.append((name, float(bounds[0]), float(bounds[1])))
     return tuple(out)
+
+
+def _bounds(space, shape: tuple[int, ...], floating: bool, value_limit: float) -> tuple[float, float] | None:
+    """A field's limits: its space's bounds where they apply, a float's cut to +-value_limit (None: no limit)."""
+    bounds = _space_bounds(space, shape) if space is not None else None
+    if not floating:
+        return bounds
+    if bounds is None:
+        return -value_limit, value_limit
+    return max(bounds[0], -value_limit), min(bounds[1], value_limit)
 
 
 def observation_limits(obs_space, value_limit: float) -> tuple[float, float]:
     """[lo, hi] of the observations an actor may report, as field_limits gives them for "obs"."""
-    bounds = _space_bounds(obs_space, tuple(obs_space.shape or ()))
-    floating = np.issubdtype(obs_space.dtype, np.floating)
-    if bounds is None:
-        return (-value_limit, value_limit) if floating else (-math.inf, math.inf)
-    return (max(bounds[0], -value_limit), min(bounds[1], value_limit)) if floating else bounds
+    bounds = _bounds(obs_space, tuple(obs_space.shape or ()), np.issubdtype(obs_space.dtype, np.floating),
+                     value_limit)
+    return bounds if bounds is not None else (-math.inf, math.inf)
 
 
 def _space_bounds(space, shape: tuple[int, ...]) -> tuple[float, float] | None:
