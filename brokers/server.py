@@ -43,6 +43,7 @@ import zmq
 from qrl.protocol import messages, transport, wire
 from qrl.brokers import snapshot
 from qrl.brokers.actors import SEQ_WINDOW, ActorRecord, Duplicate, OutOfWindow
+from qrl.brokers.credits import Credits
 from qrl.brokers.tables import FRAMES, INITIAL_PRIORITY, ItemSchema, ReplayTable, SchemaError, TableConfig, make_table
 from qrl.protocol.transport import bind
 
@@ -102,7 +103,7 @@ REQUEST_ROLES = {
     "register": ("learner",), "sample": ("learner",), "sample_status": ("learner",), "update_priorities": ("learner",),
     "release": ("learner",),
     "get_spec": ("learner", "actor"), "get_weights": ("learner", "actor"),
-    "claim_ids": ("actor",), "flush": ("actor",), "actor_error": ("actor",),
+    "claim_ids": ("actor",), "flush": ("actor",), "actor_error": ("actor",), "credit": ("actor",),
     "get_stats": ("learner", "actor", "observer"),
 }
 """With keys: the roles (transport.ROLES) that may send each request; "client" (a key of the
@@ -140,8 +141,9 @@ class Broker:
             "register": self._on_register, "get_spec": self._on_get_spec, "get_weights": self._on_get_weights,
             "sample": self._on_sample, "sample_status": self._on_sample_status, "get_stats": self._on_get_stats,
             "flush": self._on_flush, "update_priorities": self._on_update_priorities, "claim_ids": self._on_claim_ids,
-            "actor_error": self._on_actor_error, "release": self._on_release,
+            "actor_error": self._on_actor_error, "release": self._on_release, "credit": self._on_credit,
         }
+        self.credits = Credits()
         self.pending: collections.deque = collections.deque()  # sample requests held by the rate limiter
         self.stats = _Stats()
         self.broker_id = uuid.uuid4().hex[:12]
@@ -261,6 +263,7 @@ class Broker:
             if self.resend_due is not None and time.monotonic() >= self.resend_due:
                 self._resend()
             self._serve_pending()
+            self._answer_credits()
             self.stats.update_rates()
             if self.cfg.snapshot_dir and time.monotonic() >= next_snapshot:
                 self.snapshot()
@@ -333,6 +336,11 @@ class Broker:
             return self._reject("ingest", "no_table", "no learner has registered yet")
         if meta["run_id"] != self.spec["run_id"]:
             return self._reject("ingest", "wrong_run", f"segment of run {meta['run_id']}")
+        stream = (meta["actor_id"], meta["incarnation"])  # whose previous segment its references may link to
+        if not self.credits.covers(stream, meta["seq"]):
+            return self._reject("ingest", "no_credit", f"actor {meta['actor_id']} seq {meta['seq']}: no credit asked "
+                                                       "for it (docs/protocol.md, \"Flow control\")")
+        self.credits.arrived(stream, meta["seq"], time.monotonic())
         returns, lengths = meta.get("episode_returns", []), meta.get("episode_lengths", [])
         if len(returns) != len(lengths):
             return self._reject("ingest", "bad_meta", "episode_returns and episode_lengths differ in length")
@@ -342,7 +350,6 @@ class Broker:
         arrays = dict(msg.arrays)
         priorities = arrays.pop(INITIAL_PRIORITY, None)  # optional initial priorities computed by the actor
         pool = arrays.pop(FRAMES, None)  # a table of frames: the frames the items' references point into
-        stream = (meta["actor_id"], meta["incarnation"])  # whose previous segment its references may link to
         try:
             n_items = self.table.check(arrays, priorities, frames=meta["frames"], pool=pool, stream=stream,
                                        seq=meta["seq"])
@@ -507,6 +514,39 @@ class Broker:
                                                                       time.monotonic() + FLUSH_TIMEOUT_S)
         self._reply(identity, "ok", {"req": req})
 
+    def _on_credit(self, identity, msg: wire.Message, meta: dict, req) -> None:
+        """An actor asks to collect segment seq: answered at once when granted already, else held
+        until the table has room for it or credits.HOLD_S has passed (brokers/credits.py)."""
+        if self.table is None or self.spec is None:
+            return self._refuse(identity, req, "no_table", "credit: no learner has registered yet")
+        if meta["run_id"] != self.spec["run_id"]:
+            return self._refuse(identity, req, "wrong_run", f"credit: the broker serves run {self.spec['run_id']}")
+        try:
+            until = self.credits.ask((meta["actor_id"], meta["incarnation"]), meta["seq"], identity, req,
+                                     time.monotonic())
+        except OverflowError as exc:
+            return self._refuse(identity, req, "busy", f"credit: {exc}")
+        if until is not None:
+            self._reply(identity, "credit", {"req": req, "until": until})
+        else:
+            self._answer_credits()
+
+    def _answer_credits(self) -> None:
+        if self.table is None or not (self.credits.waiting or self.credits.on_the_way):
+            return
+        limiter = self.table.limiter
+        can_grant = limiter.can_grant if not self.flushing else (lambda *_: False)
+        for identity, req, until in self.credits.answers(can_grant, self._segment_items(), time.monotonic()):
+            self._reply(identity, "credit", {"req": req, "until": until})
+
+    def _segment_items(self) -> int:
+        """Items a segment brings, for the credit accounting: the run's mean so far, else its run settings'."""
+        s = self.stats
+        if s.segments:
+            return max(1, round(s.items / s.segments))
+        run = self.spec["run"]
+        return max(1, int(run.get("num_envs", 1)) * int(run.get("segment_length", 1)))
+
     def _on_claim_ids(self, identity, msg: wire.Message, meta: dict, req) -> None:
         """Hand out a block of actor ids no one has used (replicas of one container image
         cannot pick distinct --first-id values themselves)."""
@@ -582,6 +622,7 @@ class Broker:
             self.table = make_table(table_cfg, seed=self.cfg.seed, schema=schema)
             self.pending.clear()
             self.flushing.clear()
+            self.credits = Credits()
             self._reset_sources()
             if not same_run:
                 self.stats.new_run()
@@ -797,6 +838,11 @@ class Broker:
             "insert_rate": s.insert_rate,  # items/s over the last second
             "sample_rate": s.sample_rate,  # sampled items/s over the last second
             "pending_samples": len(self.pending),
+            # Flow control (brokers/credits.py): segments granted, requests waiting for room, the mean wait.
+            "credits": {"granted": self.credits.granted, "waiting": len(self.credits.waiting),
+                        "on_the_way": len(self.credits.on_the_way),
+                        "mean_wait_s": round(self.credits.wait_s / max(1, self.credits.granted), 4),
+                        "trip_s": round(self.credits.trip_s, 4)},  # from grant to arrival, a moving mean
             "weights_version": self.weights_version,
             "subscriptions": s.subscriptions,
             "weights_resends": s.weights_resends,

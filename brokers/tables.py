@@ -282,11 +282,17 @@ class RateLimiter:
         self.inserted = 0
         self.sampled = 0
 
-    def _error(self) -> float:
-        return max(0, self.inserted - self.cfg.min_size) * self.cfg.samples_per_insert - self.sampled
+    def _error(self, on_the_way: int = 0) -> float:
+        return max(0, self.inserted + on_the_way - self.cfg.min_size) * self.cfg.samples_per_insert - self.sampled
 
     def can_insert(self) -> bool:
         return self.cfg.samples_per_insert == 0 or self._error() <= self.cfg.tolerance
+
+    def can_grant(self, on_the_way: int, lead: int) -> bool:
+        """Whether an actor may collect another segment (brokers/credits.py): the table could take
+        it once the on_the_way items (granted, not yet arrived) are in, less a lead of items that
+        may wait in ingest so that collecting overlaps training."""
+        return self.cfg.samples_per_insert == 0 or self._error(on_the_way - lead) <= self.cfg.tolerance
 
     def can_sample(self, size: int, batch_size: int) -> bool:
         if size < max(self.cfg.min_size, 1):
@@ -621,6 +627,11 @@ class _QueueLimiter:
     def can_insert(self) -> bool:
         q = self.queue
         return q.size + q.last_insert <= q.cfg.capacity
+
+    def can_grant(self, on_the_way: int, lead: int) -> bool:
+        """As RateLimiter.can_grant: the queue has room for one more segment after those on the way."""
+        q = self.queue
+        return q.size + max(0, on_the_way - lead) + q.last_insert <= q.cfg.capacity
 
     def can_sample(self, size: int, batch_size: int) -> bool:
         return size >= max(batch_size, 1)  # the broker drops stale items first (QueueTable.drop_stale)

@@ -24,6 +24,7 @@ import zmq
 from qrl import algorithm, envs, normalize
 from qrl.protocol import transport, wire
 from qrl.config import build
+from qrl.acting.credit import WrongRun, wait_for_credit
 from qrl.acting.segments import SegmentWriter, SyncActing, confirm_delivery
 from qrl.acting.supervisor import ActorConfig, RunChanged, Stop, Supervisor, run_supervised, run_worker
 
@@ -224,7 +225,7 @@ class Worker:
         joined = join_run(lambda msg_type: self._fetch(client, msg_type),
                           lambda reason, detail: self._report(client, reason, detail),
                           self.cfg.allow_envs, self.cfg.allow_wrappers, spaces)
-        client.close()
+        self.client = client  # kept: it asks for a credit before every segment
         spec, ports, agent, args, net = joined.spec, joined.ports, joined.agent, joined.args, joined.net
         run = joined.run
         num_envs = run["num_envs"]
@@ -249,6 +250,11 @@ class Worker:
                                              run)
         acting = Acting(env, core, writer, net, seed)
         while not self.stopping:
+            try:
+                self._wait_for_credit(spec["run_id"], writer.sent)
+            except Stop:
+                break
+            version = self._poll_weights(weights_sub, net, version, spec["run_id"])  # the newest, after the wait
             policy_version = writer.policy_version = version
             acting.fill_segment(self.normalizer)
             try:
@@ -265,7 +271,17 @@ class Worker:
             except Stop:
                 break
         env.close()
+        client.close()
         self._confirm_delivery()
+
+    def _wait_for_credit(self, run_id: str, seq: int) -> None:
+        """Collect a segment only once the broker will take it (docs/protocol.md, "Flow control")."""
+        try:
+            wait_for_credit(self.client, run_id, self.actor_id, self.incarnation, seq, self.should_stop, self.role)
+        except WrongRun as exc:
+            raise RunChanged(str(exc)) from None
+        except transport.BrokerUnavailable:
+            raise Stop from None
 
     def _report(self, client: transport.Client, reason: str, detail: str) -> None:
         report_actor_error(client, self.actor_id, reason, detail)

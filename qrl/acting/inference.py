@@ -43,6 +43,7 @@ from qrl import algorithm, envs
 from qrl.protocol import messages, transport, wire
 from qrl.acting.actor import (RunChanged, actor_seed, ingest_socket, join_run, load_weights, newest_weights,
                        report_actor_error)
+from qrl.acting.credit import CreditLine, WrongRun
 from qrl.acting.segments import SegmentWriter, SyncActing, confirm_delivery
 
 log = logging.getLogger("qrl.inference")
@@ -110,11 +111,22 @@ class Stream:
     held_since: float = 0.0
     unsent: int = 0  # segments of ours still in the outbox
     last_seen: float = 0.0
+    credit_until: int = -1  # the last seq the broker granted this stream (docs/protocol.md, "Flow control")
+
+    @property
+    def key(self) -> tuple[int, str]:
+        """The stream as the broker knows it (its segments' actor id and incarnation)."""
+        return self.actor_id, self.writer.incarnation
+
+    @property
+    def granted(self) -> bool:
+        """Its current segment is granted: under way, or its next seq is covered by a credit."""
+        return not self.writer.starting or self.writer.sent <= self.credit_until
 
     @property
     def free(self) -> bool:
-        """Not held back: no sync_actors wait, no segment of its waiting to be pushed."""
-        return self.hold is None and not self.unsent
+        """Not held back: no sync_actors wait, no segment of its waiting to be pushed, credit for its segment."""
+        return self.hold is None and not self.unsent and self.granted
 
 
 class InferenceServer:
@@ -210,6 +222,7 @@ class InferenceServer:
         self.weights_sub.connect(f"tcp://{host}:{ports['weights_out']}")
         self.push = ingest_socket(ctx, self.cfg.send_hwm)
         self.push.connect(f"tcp://{host}:{ports['ingest']}")
+        self.credit = CreditLine(ctx, self.cfg.broker, self.spec["run_id"])
         self.streams: dict[int, Stream] = {}
         self.outbox: collections.deque = collections.deque()
         self.done_streams: list[tuple[int, str, int]] = []  # (actor, incarnation, last seq) of streams closed
@@ -227,6 +240,7 @@ class InferenceServer:
             if streams and self.stopping:
                 confirm_delivery(ctx, self.cfg.broker, "inference", streams)
             self.weights_sub.close(linger=0)
+            self.credit.close()
             self.push.close()
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -235,6 +249,7 @@ class InferenceServer:
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.weights_sub, zmq.POLLIN)
+        poller.register(self.credit.sock, zmq.POLLIN)
         last_log = last_sweep = time.monotonic()
         while not self.stopping:
             timeout_ms = 50.0
@@ -249,6 +264,8 @@ class InferenceServer:
                 poller.unregister(self.push)
             if self.weights_sub in events:
                 self._poll_weights()
+            if self.credit.sock in events:
+                self._on_credits()
             if self.router in events:
                 for _ in range(1000):  # everything that is there, within reason
                     try:
@@ -262,6 +279,7 @@ class InferenceServer:
             if now - last_sweep > 1.0:
                 last_sweep = now
                 self._forget_idle(now)
+                self.credit.resend_lost()
             if now - last_log > 10.0:
                 last_log = now
                 log.info("inference: %d env actors, %d steps in %d batches (%.1f envs per batch), "
@@ -269,11 +287,23 @@ class InferenceServer:
                          self.stats["batches"], self.stats["batched_envs"] / max(1, self.stats["batches"]),
                          self.stats["segments"], dict(self.rejected) or "none")
 
+    def _on_credits(self) -> None:
+        try:
+            granted = self.credit.granted()
+        except WrongRun as exc:
+            raise RunChanged(str(exc)) from None
+        for (actor_id, incarnation), until in granted:
+            s = self.streams.get(actor_id)
+            if s is not None and s.writer.incarnation == incarnation:
+                s.credit_until = max(s.credit_until, until)
+
     def _act_if_due(self) -> None:
         now = time.monotonic()
         for s in self.streams.values():
             if s.hold is not None and s.hold(self.weights_version, now - s.held_since):
                 s.hold = None
+            if s.pending is not None and not s.granted:  # its env actor waits for the reply meanwhile
+                self.credit.ask(s.key, s.actor_id, s.writer.incarnation, s.writer.sent)
         ready = [s for s in self.streams.values() if s.pending is not None and s.free]
         if not ready:
             return
@@ -394,6 +424,7 @@ class InferenceServer:
 
     def _close(self, s: Stream) -> None:
         """Forget an env actor: its unfinished segment is dropped (its accounting stays with the broker)."""
+        self.credit.forget(s.key)
         if s.writer.sent > s.unsent:  # (a segment of its still in the outbox goes out later, unconfirmed)
             self.done_streams.append((s.actor_id, s.writer.incarnation, s.writer.sent - 1 - s.unsent))
             del self.done_streams[:-1024]

@@ -336,6 +336,14 @@ SCHEMAS: dict[str, Map] = {
         "last_seq": Field(Int()),
     }),
     "claim_ids": Map({"req": REQ, "n": Field(Int(1, 4096), doc="how many ids")}),
+    "credit": Map({
+        "req": REQ,
+        "run_id": Field(RUN_ID, doc="the run the segment is for; another run's is refused (wrong_run)"),
+        "actor_id": Field(Int(), doc="the actor's id, as its segments carry it"),
+        "incarnation": Field(Str(64), doc="as its segments carry it"),
+        "seq": Field(Int(), doc="the seq of the segment the actor is about to collect: granted when the reply's "
+                                "until is at least this (docs/protocol.md, \"Flow control\")"),
+    }),
     "actor_error": Map({
         "req": REQ,
         "actor_id": Field(Int(-1, MAX_INT), doc="the actor's id; -1: a central inference server"),

@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 import msgpack
 import numpy as np
 
-PROTOCOL_VERSION = 6
+PROTOCOL_VERSION = 7
 """2: typed metadata (qrl.protocol.messages), run binding, item schema and token in register, roles.
 3: frames and broker_id in batch replies. 4: sample_status. 6: run ownership (the token on the
 learner's requests, release, takeover_token), value limits in the item schema, error replies with a
@@ -46,6 +46,7 @@ MESSAGE_TYPES = frozenset(
         "flush",  # a stopping actor -> broker: read my last segments even while holding actors back
         "actor_error",  # an actor -> broker: why it cannot act on the run (counted in stats)
         "release",  # the run's learner -> broker: done with the run, another may register at once
+        "credit",  # an actor -> broker: may I collect segment seq? and the reply: granted up to `until`
         "stats",  # broker reply
         "ok",  # generic success reply
         "not_ready",  # the broker has no run spec / weights yet
