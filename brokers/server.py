@@ -93,7 +93,11 @@ MAX_CLAIMED_ID = 1 << 40
 """claim_ids hands out ids below this (plenty for any cluster), whatever ids actors chose themselves."""
 REQUESTS_PER_S = 200.0
 """Requests per second a peer (a connection) may send to service, in bursts of twice that; more are
-dropped unread and counted (rate_limited). The run's own sampling socket is exempt."""
+dropped unread and counted (rate_limited). The run's own sampling socket is exempt, and so is a
+peer the broker has granted a credit (an actor asks once per segment, and a central inference
+server for all its env actors on one connection)."""
+MAX_CREDIT_PEERS = 4096
+"""Peers granted a credit that the rate limit exempts: the most recent this many."""
 MAX_PEERS_TRACKED = 4096
 MAX_PENDING_SAMPLES = 1024
 """Sample requests held at once; more are refused."""
@@ -127,6 +131,7 @@ class Broker:
         self.token_hash: str | None = None  # SHA-256 of the registered learner's token
         self.holder_seen = -math.inf  # when the run's learner (its token) was last heard from: its lease
         self.holder_peers: dict[bytes, None] = {}  # the routing ids the holder sampled from (not rate limited)
+        self.credit_peers: collections.OrderedDict[bytes, None] = collections.OrderedDict()  # (nor these)
         self.peer_buckets: dict[bytes, tuple[float, float]] = {}  # peer -> (tokens, when)
         self.frame_limit: int | None = None  # stats.frames at which the run's frame budget is spent
         self.table: ReplayTable | None = None
@@ -452,7 +457,7 @@ class Broker:
     def _within_rate(self, peer: bytes) -> bool:
         """A token bucket per peer (routing id): REQUESTS_PER_S, bursts of twice that; the holder's
         sampling socket is never limited."""
-        if peer in self.holder_peers:
+        if peer in self.holder_peers or peer in self.credit_peers:
             return True
         now = time.monotonic()
         tokens, then = self.peer_buckets.pop(peer, (2 * REQUESTS_PER_S, now))
@@ -528,6 +533,7 @@ class Broker:
             return self._refuse(identity, req, "busy", f"credit: {exc}")
         if until is not None:
             self._reply(identity, "credit", {"req": req, "until": until})
+            self._exempt(identity.bytes)
         else:
             self._answer_credits()
 
@@ -538,6 +544,14 @@ class Broker:
         can_grant = limiter.can_grant if not self.flushing else (lambda *_: False)
         for identity, req, until in self.credits.answers(can_grant, self._segment_items(), time.monotonic()):
             self._reply(identity, "credit", {"req": req, "until": until})
+            self._exempt(identity.bytes)
+
+    def _exempt(self, peer: bytes) -> None:
+        """A peer granted a credit (or asking again) is an actor at work: the rate limit spares it."""
+        self.credit_peers[peer] = None
+        self.credit_peers.move_to_end(peer)
+        while len(self.credit_peers) > MAX_CREDIT_PEERS:
+            self.credit_peers.popitem(last=False)
 
     def _segment_items(self) -> int:
         """Items a segment brings, for the credit accounting: the run's mean so far, else its run settings'."""
@@ -627,6 +641,7 @@ class Broker:
             if not same_run:
                 self.stats.new_run()
                 self.holder_peers.clear()
+                self.credit_peers.clear()
             log.info("broker: new table %s for run %s", table_cfg, spec["run_id"])
         self.spec, self.token_hash = spec, token_hash
         left = meta.get("frames_left")  # counted from now: a restored broker's counter is its snapshot's

@@ -16,6 +16,7 @@ import pytest
 import zmq
 
 from qrl.brokers.server import Broker, BrokerConfig
+from qrl.protocol import messages, wire
 from qrl.protocol.transport import Client
 
 
@@ -47,14 +48,58 @@ def client(ctx, broker):
     c.close()
 
 
+CREDIT_FIELDS = ("run_id", "actor_id", "incarnation", "seq")
+
+
+class CreditedPush:
+    """A PUSH socket that asks the broker for a credit before each segment it sends, as every
+    actor must (docs/protocol.md, "Flow control"); anything else (a malformed message, a segment
+    whose credit request is refused) goes out as it is, for the broker to judge."""
+
+    def __init__(self, sock: zmq.Socket, address: str):
+        self.sock = sock
+        self.client = Client(sock.context, address, "test-credit", timeout_s=2.0)
+
+    def send_multipart(self, frames, *args, **kwargs):
+        try:
+            msg = wire.decode(frames)
+            if msg.type == "segment":
+                messages.validate("credit", {k: msg.meta.get(k) for k in CREDIT_FIELDS})
+                ask_credit(self.client, msg.meta)
+        except (wire.WireError, messages.MessageError):
+            pass  # the broker rejects it for what it is
+        return self.sock.send_multipart(frames, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.sock, name)
+
+    def close(self, *args, **kwargs):
+        self.client.close()
+        self.sock.close(*args, **kwargs)
+
+
+def ask_credit(client: Client, meta: dict, timeout_s: float = 10.0) -> bool:
+    """Ask for a credit for the segment with this metadata until it is granted (True) or refused (False)."""
+    ask = {k: meta[k] for k in CREDIT_FIELDS}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        reply = client.request("credit", ask, wait_s=timeout_s)
+        if reply.type != "credit":
+            return False
+        if reply.meta["until"] >= meta["seq"]:
+            return True
+    pytest.fail(f"no credit for segment {ask} within {timeout_s} s")
+
+
 @pytest.fixture
 def push(ctx, broker):
-    """A PUSH socket connected to the broker fixture's ingest."""
+    """A PUSH socket connected to the broker fixture's ingest, asking for credits."""
     s = ctx.socket(zmq.PUSH)
     s.setsockopt(zmq.LINGER, 0)
     s.connect(f"tcp://127.0.0.1:{broker.ports['ingest']}")
-    yield s
-    s.close()
+    credited = CreditedPush(s, broker.address())
+    yield credited
+    credited.close()
 
 
 class Procs:

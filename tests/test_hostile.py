@@ -16,7 +16,7 @@ import zmq
 from qrl.protocol import messages, wire
 from qrl.brokers import server
 from qrl.protocol.transport import Client, send
-from conftest import wait_for
+from conftest import CreditedPush, wait_for
 from test_broker import SPEC, TABLE, TOKEN, register_meta, segment, stats
 
 NEST = 1000  # a list nested this deep once raised RecursionError inside the broker
@@ -160,11 +160,11 @@ def test_a_snapshot_never_meets_a_value_json_cannot_hold(tmp_path, ctx):
 # -- single messages that stopped or poisoned training -------------------------------------------
 
 def test_segments_of_another_run_or_of_no_run_are_not_stored(client, push):
-    register(client)
-    push.send_multipart(wire.encode("segment", good_segment_meta(run_id="old-run"), arrays_of()))
+    register(client)  # (sent without asking for credit: the run is checked first)
+    push.sock.send_multipart(wire.encode("segment", good_segment_meta(run_id="old-run"), arrays_of()))
     meta = good_segment_meta()
     del meta["run_id"]
-    push.send_multipart(wire.encode("segment", meta, arrays_of()))
+    push.sock.send_multipart(wire.encode("segment", meta, arrays_of()))
     wait_for(lambda: sum(stats(client)["rejected"].values()) == 2, 10, "both rejected")
     s = stats(client)
     assert s["rejected"] == {"wrong_run": 1, "bad_meta": 1} and s["replay_size"] == 0 and s["segments"] == 0
@@ -389,10 +389,11 @@ def test_actors_import_no_code_a_spec_names_unless_their_own_config_allows_it(cl
 
 
 @pytest.mark.timeout(120)
-def test_the_broker_bounds_policy_lag_for_a_client_with_zeromq_default_options(ctx, broker, client):
+def test_a_client_with_zeromq_default_options_that_asks_for_credit_wastes_nothing(ctx, broker, client):
     """A client written from the protocol doc with ZeroMQ's defaults (send HWM 1,000, auto-tuned
-    kernel buffers) runs hundreds of segments ahead of a rate-limited broker. What trains the
-    learner must still be within the table's max_policy_lag."""
+    kernel buffers) could run hundreds of segments ahead of a rate-limited broker. Asking for a
+    credit before each segment (docs/protocol.md, "Flow control") keeps it within a segment or
+    two of what is trained on: what it sends is stored, not dropped as stale."""
     import threading
 
     bound = 4
@@ -402,19 +403,21 @@ def test_the_broker_bounds_policy_lag_for_a_client_with_zeromq_default_options(c
 
     def actor():
         push, sub = ctx.socket(zmq.PUSH), ctx.socket(zmq.SUB)  # default options, as a foreign client's
+        asker = Client(ctx, broker.address(), "actor")
         sub.setsockopt(zmq.SUBSCRIBE, b"")
         push.connect(f"tcp://127.0.0.1:{broker.ports['ingest']}")
         sub.connect(f"tcp://127.0.0.1:{broker.ports['weights_out']}")
         version, seq = 0, 0
         while not stop.is_set():
-            while sub.poll(0):
+            meta = good_segment_meta(seq=seq)
+            ask = {k: meta[k] for k in ("run_id", "actor_id", "incarnation", "seq")}
+            if asker.request("credit", ask, wait_s=10).meta.get("until", -1) < seq:
+                continue  # held past the broker's hold time: ask again
+            while sub.poll(0):  # collect with the newest weights
                 version = wire.decode(sub.recv_multipart()).meta["version"]
-            try:
-                push.send_multipart(wire.encode("segment", good_segment_meta(seq=seq, policy_version=version),
-                                                arrays_of(seq)), zmq.NOBLOCK)
-                seq += 1
-            except zmq.Again:
-                time.sleep(0.001)
+            push.send_multipart(wire.encode("segment", {**meta, "policy_version": version}, arrays_of(seq)))
+            seq += 1
+        asker.close()
         push.close(linger=0)
         sub.close(linger=0)
 
@@ -424,7 +427,7 @@ def test_the_broker_bounds_policy_lag_for_a_client_with_zeromq_default_options(c
     thread = threading.Thread(target=actor, daemon=True)
     thread.start()
     try:
-        version, deadline = 0, time.monotonic() + 8
+        version, deadline = 0, time.monotonic() + 6
         while time.monotonic() < deadline:  # the learner: a batch, then new weights
             if client.request("sample", {"token": TOKEN, "batch_size": 8}, wait_s=10).type == "batch":
                 version += 1
@@ -432,14 +435,26 @@ def test_the_broker_bounds_policy_lag_for_a_client_with_zeromq_default_options(c
                      {"w": np.full(3, version, np.float32)})
     finally:
         stop.set()
-        thread.join(10)
+        thread.join(15)
         pub.close()
     s = stats(client)
+    wasted = s["frames_dropped"] / max(1, s["frames"] + s["dropped_stale_frames"])
     print(f"\nflow control: {version} versions, {s['segments']} segments accepted, policy lag "
-          f"{s['policy_lag_100']:.1f} (bound {bound}), {s['dropped_stale_segments']} stale segments dropped")
+          f"{s['policy_lag_100']:.1f} (bound {bound}), {100 * wasted:.1f}% of the frames dropped")
     assert version > 50 and s["segments"] > 50
-    assert s["policy_lag_100"] <= bound
-    assert s["dropped_stale_segments"] > 0  # the client did run ahead: its queued segments aged
+    assert s["policy_lag_100"] <= 2 and wasted <= 0.05 and s["rejected"] == {}
+
+
+def test_a_segment_sent_without_credit_is_refused_and_stores_nothing(client, push):
+    register(client)
+    push.sock.send_multipart(wire.encode("segment", good_segment_meta(seq=0), arrays_of(0)))  # no credit asked
+    wait_for(lambda: stats(client)["rejected"].get("no_credit") == 1, 10, "the segment refused (no_credit)")
+    assert stats(client)["segments"] == 0
+    push.send_multipart(wire.encode("segment", good_segment_meta(seq=1), arrays_of(1)))  # asked: stored
+    wait_for(lambda: stats(client)["segments"] == 1, 10, "the credited segment stored")
+    # A credit covers the seq it was asked for and those before it, never a later one.
+    push.sock.send_multipart(wire.encode("segment", good_segment_meta(seq=2), arrays_of(2)))
+    wait_for(lambda: stats(client)["rejected"].get("no_credit") == 2, 10, "seq 2 refused: its credit was never asked")
 
 
 def test_validation_raises_only_message_errors_whatever_the_metadata():
@@ -486,6 +501,7 @@ def test_a_broker_restored_with_thousands_of_actors_still_answers_stats(tmp_path
         register(client)
         push = ctx.socket(zmq.PUSH)
         push.connect(f"tcp://127.0.0.1:{b.ports['ingest']}")
+        push = CreditedPush(push, b.address())
         for actor_id in range(4200):
             push.send_multipart(segment(0, n=1, actor_id=actor_id))
         wait_for(lambda: stats(client)["segments"] == 4200, 60, "4,200 actors' segments")

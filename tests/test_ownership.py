@@ -13,7 +13,7 @@ import zmq
 from qrl.brokers.server import MAX_CLAIMED_ID, REQUESTS_PER_S, Broker, BrokerConfig
 from qrl.protocol import transport, wire
 from qrl.protocol.transport import Client
-from conftest import wait_for
+from conftest import CreditedPush, wait_for
 from test_broker import SCHEMA, SPEC, TABLE, TOKEN, register_meta, segment, stats
 
 LIMITED = {**SCHEMA, "limits": {"obs": [-10.0, 10.0], "action": [0, 1]}, "return_limit": 1000.0}
@@ -246,6 +246,7 @@ def test_a_live_run_survives_a_strangers_register_and_absurd_segments(tmp_path, 
         push = ctx.socket(zmq.PUSH)
         push.setsockopt(zmq.LINGER, 0)
         push.connect(f"tcp://127.0.0.1:{spec['ports']['ingest']}")
+        push = CreditedPush(push, address)  # a stranger can ask for credit like any actor
         fields = spec["schema"]["fields"]
         for seq in range(20):  # 8 items each, every float 1e37 and every integer 1e9
             arrays = {k: np.full((8, *shape), 1e37 if dtype[1] == "f" else 10**9, dtype)

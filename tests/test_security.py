@@ -9,7 +9,7 @@ import zmq.auth
 
 from qrl.protocol import transport
 from qrl.protocol.transport import BrokerUnavailable, Client
-from conftest import wait_for
+from conftest import CreditedPush, wait_for
 from test_broker import SPEC, register_meta, segment
 
 
@@ -58,6 +58,7 @@ def test_only_authorized_clients_get_in_or_out(procs, keys, tmp_path):
         transport.use_keys(keys, server=False, role="actor")  # an authorized actor's segment does get in
         friend_push = transport.socket(ctx, zmq.PUSH)
         friend_push.connect(f"tcp://127.0.0.1:{ingest_port}")
+        friend_push = CreditedPush(friend_push, address)
         friend_push.send_multipart(segment(0))
         wait_for(lambda: stats()["segments"] == 1, 15, f"the authorized segment; stats {stats()}")
         s = stats()

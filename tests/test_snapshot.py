@@ -9,7 +9,7 @@ import zmq
 from qrl.brokers import snapshot
 from qrl.brokers.server import Broker, BrokerConfig
 from qrl.protocol.transport import Client
-from conftest import wait_for
+from conftest import CreditedPush, wait_for
 from test_broker import SPEC, TOKEN, register_meta, segment
 
 
@@ -23,6 +23,7 @@ def test_a_restarted_broker_restores_table_spec_and_weights(procs, tmp_path):
                                {"w": np.arange(3, dtype=np.float32)}, wait_s=15)
         push = ctx.socket(zmq.PUSH)
         push.connect(f"tcp://127.0.0.1:{reply.meta['ports']['ingest']}")
+        push = CreditedPush(push, address)
         for seq in range(3):
             push.send_multipart(segment(seq))
         wait_for(lambda: client.request("get_stats", wait_s=15).meta["items"] == 24, 15, "24 items")
