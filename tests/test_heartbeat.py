@@ -56,8 +56,13 @@ transport.HEARTBEAT_IVL_MS, transport.HEARTBEAT_TIMEOUT_MS = 50, 200  # were the
 cfg = ActorConfig()
 s = ingest_socket(zmq.Context(), cfg.send_hwm, cfg.send_buffer)  # exactly an actor's PUSH
 s.connect(sys.argv[1])
-print("pushing", flush=True)
 incarnation, seq = uuid.uuid4().hex[:8], 0
+# A credit for the first segment only: the rest pile up in the held-back ingest all the same
+# (refused as no_credit once read), which is what this test needs.
+asker = transport.Client(zmq.Context.instance(), sys.argv[2], "pusher")
+assert asker.request("credit", {"run_id": "r1", "actor_id": 0, "incarnation": incarnation, "seq": 0},
+                     wait_s=10).meta["until"] >= 0
+print("pushing", flush=True)
 while True:
     meta = {"run_id": "r1", "actor_id": 0, "incarnation": incarnation, "seq": seq, "policy_version": 0, "frames": 64}
     s.send_multipart(wire.encode("segment", meta, {"obs": np.zeros((64, 4), np.float32),
@@ -87,7 +92,8 @@ def test_a_held_back_broker_survives_actors_killed_mid_push(procs):
                               {"w": np.zeros(1, np.float32)}, wait_s=15).type == "ok"
         ingest = f"tcp://127.0.0.1:{client.request('get_spec', wait_s=15).meta['ports']['ingest']}"
         for _ in range(5):
-            pusher = subprocess.Popen([sys.executable, "-c", PUSHER, ingest], stdout=subprocess.PIPE, text=True)
+            pusher = subprocess.Popen([sys.executable, "-c", PUSHER, ingest, address], stdout=subprocess.PIPE,
+                                      text=True)
             assert pusher.stdout.readline().strip() == "pushing"
             time.sleep(0.8)  # held back for longer than 4 heartbeat timeouts
             pusher.send_signal(signal.SIGKILL)
