@@ -63,6 +63,12 @@ class Credits:
         self.next_sweep = 0.0
         self.items_on_the_way = 0
 
+    def summary(self) -> dict[str, Any]:
+        """For the stats: grants so far, requests waiting, grants on their way, the mean wait from
+        first asking to the grant, and the moving mean from grant to arrival."""
+        return {"granted": self.granted, "waiting": len(self.waiting), "on_the_way": len(self.on_the_way),
+                "mean_wait_s": round(self.wait_s / max(1, self.granted), 4), "trip_s": round(self.trip_s, 4)}
+
     def covers(self, stream: Stream, seq: int) -> bool:
         """Whether a segment with this seq was granted (only such segments are stored)."""
         return seq <= self.until.get(stream, -1)

@@ -820,10 +820,7 @@ class Broker:
         out = {
             "broker_id": self.broker_id,  # new with every broker process: tells a restart apart
             "run_id": (self.spec or {}).get("run_id"),
-            "segments": s.segments,
-            "items": s.items,
-            "frames": s.frames,
-            "episodes": s.episodes,
+            "segments": s.segments, "items": s.items, "frames": s.frames, "episodes": s.episodes,
             "mean_return_100": float(np.mean(s.returns)) if s.returns else None,
             "mean_length_100": float(np.mean(s.lengths)) if s.lengths else None,
             "policy_lag_100": float(np.mean(s.policy_lag)) if s.policy_lag else None,
@@ -853,11 +850,7 @@ class Broker:
             "insert_rate": s.insert_rate,  # items/s over the last second
             "sample_rate": s.sample_rate,  # sampled items/s over the last second
             "pending_samples": len(self.pending),
-            # Flow control (brokers/credits.py): segments granted, requests waiting for room, the mean wait.
-            "credits": {"granted": self.credits.granted, "waiting": len(self.credits.waiting),
-                        "on_the_way": len(self.credits.on_the_way),
-                        "mean_wait_s": round(self.credits.wait_s / max(1, self.credits.granted), 4),
-                        "trip_s": round(self.credits.trip_s, 4)},  # from grant to arrival, a moving mean
+            "credits": self.credits.summary(),  # flow control (brokers/credits.py)
             "weights_version": self.weights_version,
             "subscriptions": s.subscriptions,
             "weights_resends": s.weights_resends,

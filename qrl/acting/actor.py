@@ -252,21 +252,13 @@ class Worker:
         while not self.stopping:
             try:
                 self._wait_for_credit(spec["run_id"], writer.sent)
-            except Stop:
-                break
-            version = self._poll_weights(weights_sub, net, version, spec["run_id"])  # the newest, after the wait
-            policy_version = writer.policy_version = version
-            acting.fill_segment(self.normalizer)
-            try:
-                self._push(push, writer.encode())
-            except Stop:  # stopped while held back: this segment was never sent; confirm the rest
-                break
-            writer.mark_sent()
-            try:
+                version = self._poll_weights(weights_sub, net, version, spec["run_id"])  # the newest, after the wait
+                policy_version = writer.policy_version = version
+                acting.fill_segment(self.normalizer)
+                self._push(push, writer.encode())  # stopped while held back: never sent; confirm the rest
+                writer.mark_sent()
                 ready = self.sync.after_push(writer.sent - 1, policy_version)
-                if ready is None:
-                    version = self._poll_weights(weights_sub, net, version, spec["run_id"])
-                else:
+                if ready is not None:
                     version = self._wait_for_weights(weights_sub, net, ready, spec["run_id"])
             except Stop:
                 break
