@@ -31,6 +31,8 @@ MIN_EXPIRE_S = 10.0
 its actor died with it (a restarted one, under the same id, ends its grants at once)."""
 SWEEP_S = 0.1
 """How often held requests are checked against HOLD_S, and grants against their expiry."""
+RESTORE_GRACE_S = 10.0
+"""A broker restored from a snapshot accepts this long the segments its predecessor granted."""
 MAX_WAITING = 4096
 """Streams waiting for credit at once; more requests are refused (busy)."""
 MAX_STREAMS = 65536
@@ -62,6 +64,7 @@ class Credits:
         self.wait_s = 0.0  # summed over grants: how long requests waited
         self.next_sweep = 0.0
         self.items_on_the_way = 0
+        self.grace_until = -1.0  # a broker restored from a snapshot: see covers
 
     def summary(self) -> dict[str, Any]:
         """For the stats: grants so far, requests waiting, grants on their way, the mean wait from
@@ -69,9 +72,12 @@ class Credits:
         return {"granted": self.granted, "waiting": len(self.waiting), "on_the_way": len(self.on_the_way),
                 "mean_wait_s": round(self.wait_s / max(1, self.granted), 4), "trip_s": round(self.trip_s, 4)}
 
-    def covers(self, stream: Stream, seq: int) -> bool:
-        """Whether a segment with this seq was granted (only such segments are stored)."""
-        return seq <= self.until.get(stream, -1)
+    def covers(self, stream: Stream, seq: int, now: float) -> bool:
+        """Whether a segment with this seq was granted (only such segments are stored), or comes,
+        within RESTORE_GRACE_S of a restore, from a stream this broker has granted nothing (the
+        broker before the restart did)."""
+        until = self.until.get(stream)
+        return seq <= until if until is not None else now < self.grace_until
 
     def ask(self, stream: Stream, seq: int, identity: Any, req: Any, now: float) -> int | None:
         """A credit request: the stream's until when it covers seq already (a repeat), else None

@@ -43,7 +43,7 @@ import zmq
 from qrl.protocol import messages, transport, wire
 from qrl.brokers import snapshot
 from qrl.brokers.actors import SEQ_WINDOW, ActorRecord, Duplicate, OutOfWindow
-from qrl.brokers.credits import Credits
+from qrl.brokers.credits import RESTORE_GRACE_S, Credits
 from qrl.brokers.tables import FRAMES, INITIAL_PRIORITY, ItemSchema, ReplayTable, SchemaError, TableConfig, make_table
 from qrl.protocol.transport import bind
 
@@ -214,6 +214,7 @@ class Broker:
                                                         "run_id": self.spec.get("run_id")}, restored.weights),
                                 restored.weights_version)
         self.stats.restore_accounting(restored.accounting)
+        self.credits.grace_until = time.monotonic() + RESTORE_GRACE_S  # what actors collected on earlier grants
         self.stats.restored = {"items": self.table.size, "segments": self.stats.segments, "batches": self.stats.batches,
                                "seq": {str(k): a.seq for k, a in self.stats.actors.items()}}
         log.info("broker: restored %d items, %d segments received, and run %s from %s", self.table.size,
@@ -342,7 +343,7 @@ class Broker:
         if meta["run_id"] != self.spec["run_id"]:
             return self._reject("ingest", "wrong_run", f"segment of run {meta['run_id']}")
         stream = (meta["actor_id"], meta["incarnation"])  # whose previous segment its references may link to
-        if not self.credits.covers(stream, meta["seq"]):
+        if not self.credits.covers(stream, meta["seq"], time.monotonic()):
             return self._reject("ingest", "no_credit", f"actor {meta['actor_id']} seq {meta['seq']}: no credit asked "
                                                        "for it (docs/protocol.md, \"Flow control\")")
         self.credits.arrived(stream, meta["seq"], time.monotonic())

@@ -59,8 +59,9 @@ class RunConfig:
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments for gymnasium.make, e.g. {continuous: true} (--set run.env_kwargs='{...}')."""
     max_policy_lag: int = 32
-    """Off-policy flow control: the broker drops (and counts) segments made by weights more than
-    this many versions older than the newest, however far an actor's queues let it run ahead.
+    """Off-policy staleness bound: the broker drops (and counts) segments made by weights more than
+    this many versions older than the newest. Credits (docs/protocol.md, "Flow control") keep an
+    actor from collecting before the table has room, so a run that follows them drops none.
     On-policy algorithms state their own bound (algo.max_policy_lag)."""
     sync_actors: bool = False
     """On-policy flow control: an actor acts on with the same weights for at most sync_lead more

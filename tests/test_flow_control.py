@@ -16,6 +16,7 @@ import pytest
 
 from qrl.brokers import credits
 from qrl.brokers.credits import Credits
+from conftest import wait_for
 from test_broker import TOKEN, register, segment, stats
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,9 +71,47 @@ def test_credit_requests_of_another_run_or_before_any_run_are_refused(client):
     assert reply.type == "error" and reply.meta["reason"] == "wrong_run"
 
 
-class Clock:
-    def __init__(self):
-        self.now = 0.0
+def test_a_restored_broker_takes_the_segments_its_predecessor_granted(tmp_path, ctx):
+    """Segments collected on a grant of the broker before a restart still count: a restored broker
+    takes segments of streams it has granted nothing for RESTORE_GRACE_S (then credits again)."""
+    import threading
+
+    import zmq
+
+    from qrl.brokers.server import Broker, BrokerConfig
+    from qrl.protocol.transport import Client
+
+    def start():
+        b = Broker(BrokerConfig(port=0, snapshot_dir=str(tmp_path)), ctx=zmq.Context())
+        thread = threading.Thread(target=b.serve, daemon=True)
+        thread.start()
+        return b, thread
+
+    first, thread = start()
+    client = Client(ctx, first.address(), "test")
+    register(client)
+    client.close()
+    first.stop()
+    thread.join(10)
+    first.snapshot()
+    first.close()
+    second, thread = start()
+    try:
+        client = Client(ctx, second.address(), "test")
+        push = ctx.socket(zmq.PUSH)
+        push.setsockopt(zmq.LINGER, 0)
+        push.connect(f"tcp://127.0.0.1:{second.ports['ingest']}")
+        push.send_multipart(segment(5))  # granted by the first broker: no credit asked here
+        wait_for(lambda: stats(client)["segments"] == 1, 10, f"the segment stored: {stats(client)['rejected']}")
+        second.credits.grace_until = 0.0  # the grace is over: credits again
+        push.send_multipart(segment(6))
+        wait_for(lambda: stats(client)["rejected"].get("no_credit") == 1, 10, "seq 6 refused")
+        push.close()
+        client.close()
+    finally:
+        second.stop()
+        thread.join(10)
+        second.close()
 
 
 def test_a_waiting_request_keeps_its_place_and_a_dead_one_is_forgotten():

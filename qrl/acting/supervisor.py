@@ -34,9 +34,9 @@ class ActorConfig:
     send_hwm: int = 1
     """Segments queued in ZeroMQ per worker before its PUSH blocks (backpressure from the broker)."""
     send_buffer: int = 4 << 10
-    """Kernel send buffer (SO_SNDBUF) of the PUSH socket. Every queued segment was made by an
-    older policy: loopback's auto-tuned buffers (megabytes) let a fast actor run tens of
-    segments ahead of what the broker has taken, so the learner trained on stale data."""
+    """Kernel send buffer (SO_SNDBUF) of the PUSH socket. Credits bound how far an actor runs
+    ahead (it asks before each segment), whatever its buffers; a small one still frees memory
+    (loopback's auto-tuned buffers are megabytes per connection)."""
     allow_envs: list[str] = field(default_factory=list)
     """Environment entry points (module:Class, or a whole module) a run spec may make this actor
     import. Registered gymnasium ids need no permission; anything else is refused (reported to the broker)."""
