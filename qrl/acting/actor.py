@@ -24,7 +24,7 @@ import zmq
 from qrl import algorithm, envs, normalize
 from qrl.protocol import transport, wire
 from qrl.config import build
-from qrl.acting.credit import WrongRun, wait_for_credit
+from qrl.acting.credit import CreditAhead, WrongRun
 from qrl.acting.segments import SegmentWriter, SyncActing, confirm_delivery
 from qrl.acting.supervisor import ActorConfig, RunChanged, Stop, Supervisor, run_supervised, run_worker
 
@@ -225,7 +225,7 @@ class Worker:
         joined = join_run(lambda msg_type: self._fetch(client, msg_type),
                           lambda reason, detail: self._report(client, reason, detail),
                           self.cfg.allow_envs, self.cfg.allow_wrappers, spaces)
-        self.client = client  # kept: it asks for a credit before every segment
+        self.credits = CreditAhead(client, joined.spec["run_id"], self.actor_id, self.incarnation, self.role)
         spec, ports, agent, args, net = joined.spec, joined.ports, joined.agent, joined.args, joined.net
         run = joined.run
         num_envs = run["num_envs"]
@@ -251,7 +251,7 @@ class Worker:
         acting = Acting(env, core, writer, net, seed)
         while not self.stopping:
             try:
-                self._wait_for_credit(spec["run_id"], writer.sent)
+                self._wait_for_credit(writer.sent)
                 version = self._poll_weights(weights_sub, net, version, spec["run_id"])  # the newest, after the wait
                 policy_version = writer.policy_version = version
                 acting.fill_segment(self.normalizer)
@@ -266,10 +266,10 @@ class Worker:
         client.close()
         self._confirm_delivery()
 
-    def _wait_for_credit(self, run_id: str, seq: int) -> None:
+    def _wait_for_credit(self, seq: int) -> None:
         """Collect a segment only once the broker will take it (docs/protocol.md, "Flow control")."""
         try:
-            wait_for_credit(self.client, run_id, self.actor_id, self.incarnation, seq, self.should_stop, self.role)
+            self.credits.wait(seq, self.should_stop)
         except WrongRun as exc:
             raise RunChanged(str(exc)) from None
         except transport.BrokerUnavailable:

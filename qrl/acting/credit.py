@@ -1,7 +1,7 @@
 """An acting process's side of credit-based flow control (docs/protocol.md, "Flow control"): before
 it collects a segment, it asks the broker for a credit for that segment's seq and waits for it.
 
-An actor process asks and waits (wait_for_credit); the central inference server asks for all its
+An actor process asks one segment ahead and waits (CreditAhead); the central inference server asks for all its
 streams at once without blocking (CreditLine) and acts for a stream only once its next segment is
 granted, holding that env actor's step reply meanwhile.
 """
@@ -33,28 +33,64 @@ def credit_meta(run_id: str, actor_id: int, incarnation: str, seq: int) -> dict[
     return {"run_id": run_id, "actor_id": actor_id, "incarnation": incarnation, "seq": seq}
 
 
-def wait_for_credit(client: transport.Client, run_id: str, actor_id: int, incarnation: str, seq: int,
-                    should_stop: Callable[[], bool], role: str) -> None:
-    """Block until the broker grants segment seq. Raises WrongRun when the broker serves another
-    run, transport.BrokerUnavailable when stopped while waiting."""
-    start, next_report = time.monotonic(), time.monotonic() + REPORT_AFTER_S
-    while True:
-        reply = client.request("credit", credit_meta(run_id, actor_id, incarnation, seq), wait_s=None,
-                               report=log.warning, should_stop=should_stop)
-        if reply.type == "credit" and reply.meta.get("until", -1) >= seq:
+class CreditAhead:
+    """An actor's credits, asked one segment ahead: as soon as segment seq is granted, the request
+    for seq + 1 goes out, and its answer comes while the actor collects seq, so no round trip sits
+    between two segments. An actor is thus at most two segments ahead of its grants' table room:
+    the one it collects and the next one granted. Requests go on the client's DEALER with the
+    client's lazy-pirate timeout (a fresh socket after client.timeout_s without an answer)."""
+
+    def __init__(self, client: transport.Client, run_id: str, actor_id: int, incarnation: str, role: str):
+        self.client, self.run_id, self.actor_id, self.incarnation, self.role = (
+            client, run_id, actor_id, incarnation, role)
+        self.until = -1
+        self.asked: tuple[int, int, float] | None = None  # (req, seq, when) of the request on its way
+        self.next_req = 1
+
+    def wait(self, seq: int, should_stop: Callable[[], bool]) -> None:
+        """Block until segment seq is granted, then ask for seq + 1. Raises WrongRun when the broker
+        serves another run, transport.BrokerUnavailable when stopped while waiting."""
+        start, next_report = time.monotonic(), time.monotonic() + REPORT_AFTER_S
+        while self.until < seq:
+            if self.asked is None or self.asked[1] < seq:
+                self._ask(seq)
+            self._receive(timeout_s=0.2)
+            if should_stop():
+                raise transport.BrokerUnavailable(f"{self.role}: stopped while waiting for credit")
+            now = time.monotonic()
+            if self.asked is not None and now - self.asked[2] > self.client.timeout_s + 1.0:
+                self.client.reconnect()  # no answer, not even the broker's after its 1 s hold: ask afresh
+                self._ask(self.asked[1])
+            if now >= next_report:
+                next_report = now + REPORT_EVERY_S
+                log.info("%s: waiting %.0f s for credit to collect segment %d: the learner is still training "
+                         "on what came before (a learner-bound run: fewer actors would collect as much)",
+                         self.role, now - start, seq)
+        if self.asked is None:
+            self._ask(seq + 1)
+
+    def _ask(self, seq: int) -> None:
+        req, self.next_req = self.next_req, self.next_req + 1
+        self.asked = (req, seq, time.monotonic())
+        transport.send(self.client.sock, "credit", {"req": req, **credit_meta(self.run_id, self.actor_id,
+                                                                                self.incarnation, seq)})
+
+    def _receive(self, timeout_s: float) -> None:
+        frames = transport.recv_frames(self.client.sock, int(timeout_s * 1000))
+        if frames is None:
             return
-        if reply.type == "error":
-            if reply.meta.get("reason") == "wrong_run":
-                raise WrongRun(reply.meta.get("detail", "the broker serves another run"))
-            log.warning("%s: credit refused: %s %s", role, reply.meta.get("reason"), reply.meta.get("detail"))
+        reply = wire.decode(frames, self.client.limits)
+        if self.asked is None or reply.meta.get("req") != self.asked[0]:
+            return  # the answer to a request asked again since
+        self.asked = None
+        if reply.type == "credit":
+            self.until = max(self.until, reply.meta.get("until", -1))
+        elif reply.meta.get("reason") == "wrong_run":
+            raise WrongRun(reply.meta.get("detail", "the broker serves another run"))
+        else:
+            log.warning("%s: credit refused: %s %s", self.role, reply.meta.get("reason"), reply.meta.get("detail"))
             time.sleep(RETRY_S)
-        if should_stop():
-            raise transport.BrokerUnavailable(f"{role}: stopped while waiting for credit")
-        if time.monotonic() >= next_report:
-            next_report = time.monotonic() + REPORT_EVERY_S
-            log.info("%s: waiting %.0f s for credit to collect segment %d: the learner is still training on "
-                     "what came before (a learner-bound run: fewer actors would collect as much)", role,
-                     time.monotonic() - start, seq)
+        # until < asked_seq: held past the broker's hold time (or refused): wait asks again
 
 
 class CreditLine:
