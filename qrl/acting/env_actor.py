@@ -75,8 +75,9 @@ class EnvWorker:
         while True:
             if time.monotonic() - last_report >= transport.REPORT_EVERY_S:  # never a silent wait
                 last_report = time.monotonic()
-                log.warning("%s: waiting for the inference server at %s to answer (%.0f s)", self.role,
-                            self.cfg.inference, last_report - start)
+                log.warning("%s: waiting for the inference server at %s to answer (%.0f s): it is away, or it "
+                            "holds this actor back (no credit from the broker yet, or sync_actors waiting for "
+                            "weights)", self.role, self.cfg.inference, last_report - start)
             self.req += 1
             transport.send(self.sock, msg_type, {**self._ident(), **meta, "req": self.req}, arrays)
             deadline = time.monotonic() + self.cfg.inference_timeout_s
