@@ -651,7 +651,8 @@ class Broker:
         self.weights_version = -1
         self._cache_weights(wire.encode("weights", {"version": meta["weights_version"], "run_id": spec["run_id"]},
                                         msg.arrays), meta["weights_version"])
-        self._reply(identity, "ok", {"req": req, "ports": self.ports})
+        # frames: the count frames_left is counted from (actors of a restored run may push before this register)
+        self._reply(identity, "ok", {"req": req, "ports": self.ports, "frames": self.stats.frames})
 
     def _on_get_spec(self, identity, msg, meta, req) -> None:
         if self.spec is None:

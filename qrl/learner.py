@@ -178,6 +178,7 @@ class LearnerProcess:
         reply = self.request_run()
         if reply.type != "ok":
             raise RuntimeError(f"broker refused the run: {reply.meta.get('reason')}: {reply.meta.get('detail')}")
+        self.registered_frames = reply.meta.get("frames")  # the broker's count its frame limit starts from
         host, _ = transport.split_address(self.opts.broker)
         if self.sampler is not None:
             self.sampler.close()
@@ -300,7 +301,11 @@ class LearnerProcess:
         """Count frames from the broker's counter as it is now: a broker restored from a snapshot
         starts from the snapshot's count, frames that this run's checkpoint already holds."""
         stats = self.broker_stats()
-        self.live.broker_id, self.live.broker_frames = stats.get("broker_id"), stats.get("frames", 0)
+        # From the count at the register, not now: frames accepted in between (actors already running on a
+        # restored broker) count toward the budget, or the broker's frame limit is reached before the learner's.
+        frames = getattr(self, "registered_frames", None)
+        self.live.broker_id = stats.get("broker_id")
+        self.live.broker_frames = frames if isinstance(frames, int) else stats.get("frames", 0)
 
     def close(self) -> None:
         self.ctx.destroy(linger=200)  # the last weights go out at once on loopback; a gone broker gets none
