@@ -101,7 +101,7 @@ class CreditLine:
     TIMEOUT_S = 2.5
 
     def __init__(self, ctx: zmq.Context, address: str, run_id: str):
-        self.ctx, self.address, self.run_id = ctx, address, run_id
+        self.run_id = run_id
         self.sock = transport.socket(ctx, zmq.DEALER)
         self.sock.connect(address)
         self.asked: dict[Any, tuple[int, int, str, int, float]] = {}  # stream -> (req, actor, incarnation, seq, at)
