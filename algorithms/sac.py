@@ -201,10 +201,19 @@ class Learner(LearnerBase):
         if self.net.continuous:
             self.target_entropy = -float(np.prod(action_space.shape))
         else:
-            self.target_entropy = args.target_entropy_scale * float(np.log(action_space.n))
+            self.target_entropy = args.target_entropy_scale * self.uniform_entropy(int(action_space.n))
         self.policy_optimizer = ops.adam(self.net.parameters(), lr=args.lr)
         self.critic_optimizer = ops.adam(self.critics.parameters(), lr=args.lr)
         self.alpha_optimizer = ops.adam([self.log_alpha], lr=args.lr)
+
+    def log_pi(self, logp: torch.Tensor) -> torch.Tensor:
+        """The regularizer's log term of log-probabilities: the entropy is E[-log_pi(log pi)]. SAC's
+        Shannon entropy: log pi itself (TAC: its q-logarithm)."""
+        return logp
+
+    def uniform_entropy(self, n: int) -> float:
+        """The regularizer's entropy of the uniform policy over n discrete actions."""
+        return float(np.log(n))
 
     def update(self, batch: Batch) -> Update:
         a = self.args
@@ -214,11 +223,11 @@ class Learner(LearnerBase):
             if self.net.continuous:
                 next_action, next_logp = self.net.sample(next_obs)
                 q_next = torch.min(*(c(next_obs, next_action) for c in self.target_critics))
-                v_next = q_next - alpha * next_logp
+                v_next = q_next - alpha * self.log_pi(next_logp)
             else:  # exact expectation over the next actions
                 _, next_logp_all = self.net.sample(next_obs)
                 q_next = torch.min(*(c(next_obs) for c in self.target_critics))
-                v_next = (next_logp_all.exp() * (q_next - alpha * next_logp_all)).sum(1)
+                v_next = (next_logp_all.exp() * (q_next - alpha * self.log_pi(next_logp_all))).sum(1)
             target = batch["return"] + batch["discount"] * v_next
         if self.net.continuous:
             q = [c(obs, batch["action"]) for c in self.critics]
@@ -232,15 +241,16 @@ class Learner(LearnerBase):
         if self.net.continuous:
             action, logp = self.net.sample(obs)
             q_pi = torch.min(*(c(obs, action) for c in self.critics))
-            policy_loss = (alpha * logp - q_pi).mean()
-            entropy = -logp.detach()
+            log_term = self.log_pi(logp)
+            policy_loss = (alpha * log_term - q_pi).mean()
+            entropy = -log_term.detach()
         else:
             _, logp_all = self.net.sample(obs)
             with torch.no_grad():
                 q_all = torch.min(*(c(obs) for c in self.critics))
-            probs = logp_all.exp()
-            policy_loss = (probs * (alpha * logp_all - q_all)).sum(1).mean()
-            entropy = -(probs * logp_all).sum(1).detach()
+            probs, log_term = logp_all.exp(), self.log_pi(logp_all)
+            policy_loss = (probs * (alpha * log_term - q_all)).sum(1).mean()
+            entropy = -(probs * log_term).sum(1).detach()
         self.policy_optimizer.zero_grad(set_to_none=True)
         policy_loss.backward()
         self.policy_optimizer.step()
@@ -253,7 +263,6 @@ class Learner(LearnerBase):
         self.updates += 1
         return Update({"critic_loss": critic_loss.item(), "policy_loss": policy_loss.item(), "alpha": alpha.item(),
                 "entropy": entropy.mean().item()})
-
 
 
 AGENT = Agent(name="sac", Args=Args, make_policy=make_policy, make_core=PolicySampling, make_items=make_items,

@@ -190,7 +190,7 @@ RANGES: dict[str, Range] = {
     "anneal_updates": NON_NEGATIVE, "lr_final": NON_NEGATIVE, "gae_lambda": FRACTION, "clip_range": POSITIVE,
     "clip_value": NON_NEGATIVE,
     "epochs": COUNT, "minibatches": COUNT, "log_std_init": Range(-20, 20), "sde_sample_freq": COUNT,
-    "init_alpha": POSITIVE, "target_entropy_scale": ANY, "lstm": Range(0, 1 << 16), "burn_in": Range(0, 1 << 16),
+    "init_alpha": POSITIVE, "target_entropy_scale": ANY, "entropic_index": POSITIVE, "lstm": Range(0, 1 << 16), "burn_in": Range(0, 1 << 16),
     "sequence_length": Range(1, 1 << 16), "adam_eps": POSITIVE, "rescale_eps": POSITIVE, "priority_eta": FRACTION,
     "atoms": Range(2, 4096), "v_min": ANY, "v_max": ANY, "quantiles": Range(1, 4096), "kappa": POSITIVE,
     "huber_delta": POSITIVE,

@@ -1,4 +1,4 @@
-"""DDPG, TD3 and SAC: the critic targets and the policy/temperature updates, by hand with stub
+"""DDPG, TD3, SAC and TAC: the critic targets and the policy/temperature updates, by hand with stub
 networks whose outputs are known."""
 
 import gymnasium as gym
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from qrl.algorithms import ddpg, sac, td3
+from qrl.algorithms import ddpg, sac, tac, td3
 from qrl.algorithm import to_batch
 
 OBS = gym.spaces.Box(-1, 1, (2,), np.float32)
@@ -100,3 +100,55 @@ def test_sac_temperature_falls_when_entropy_is_above_target():
     assert metrics["alpha"] < 1.0
     action, logp = learner.net.sample(torch.zeros(1000, 2))
     assert torch.all(action.abs() <= 2.0) and logp.shape == (1000,)
+
+
+# -- TAC --------------------------------------------------------------------------------------------
+
+def test_tsallis_q_logarithm_and_entropy_by_hand():
+    p = torch.tensor([0.25, 0.75])
+    assert tac.log_q(p.log(), 2.0).tolist() == pytest.approx([-0.75, -0.25])  # (p - 1) / 1
+    assert tac.log_q(p.log(), 0.5).tolist() == pytest.approx([-2.0, (0.75 ** -0.5 - 1) / -0.5])
+    assert tac.log_q(p.log(), 1.0).tolist() == pytest.approx(p.log().tolist())
+    # S_q = -sum p ln_q p = (1 - sum p^q) / (q - 1): at q = 2, 1 - (1/16 + 9/16)
+    assert -(p * tac.log_q(p.log(), 2.0)).sum().item() == pytest.approx(0.375)
+    assert tac.tsallis_entropy_of_uniform(4, 2.0) == pytest.approx(0.75)
+    assert tac.tsallis_entropy_of_uniform(4, 1.0) == pytest.approx(np.log(4))
+
+
+def test_discrete_tac_target_uses_the_tsallis_entropy():
+    args = tac.Args(hidden=[8], init_alpha=0.5, entropic_index=2.0)
+    learner = tac.Learner(OBS, gym.spaces.Discrete(2), args, torch.device("cpu"))
+    with torch.no_grad():  # a policy of probabilities (0.25, 0.75) everywhere
+        last = learner.net.net[-1]
+        last.weight.zero_()
+        last.bias.copy_(torch.log(torch.tensor([0.25, 0.75])))
+    learner.target_critics = nn.ModuleList([Const(0, per_action=[1.0, 3.0]), Const(0, per_action=[2.0, 2.0])])
+    learner.critics = nn.ModuleList([Const(0, per_action=[0.0, 0.0]), Const(0, per_action=[0.0, 0.0])])
+    learner.critic_optimizer = torch.optim.Adam(learner.critics.parameters())
+    b = batch()
+    b["action"] = np.zeros(4, np.int64)
+    # min Q' = (1, 2); V = sum pi (min Q' - alpha ln_2 pi), ln_2 p = p - 1
+    v = 0.25 * (1 - 0.5 * -0.75) + 0.75 * (2 - 0.5 * -0.25)
+    metrics = learner.update(to_batch(b)).metrics
+    assert metrics["critic_loss"] == pytest.approx(2 * (1 + 0.5 * v) ** 2, rel=1e-5)
+    assert metrics["entropy"] == pytest.approx(0.375, rel=1e-4)  # the policy's S_2, before its own step
+    assert learner.target_entropy == pytest.approx(args.target_entropy_scale * 0.5)  # 0.6 * S_2(uniform over 2)
+
+
+@pytest.mark.parametrize("action_space", [ACT, gym.spaces.Discrete(3)])
+def test_tac_at_entropic_index_one_is_sac(action_space):
+    learners = []
+    for algo, args in ((sac, sac.Args(hidden=[8])), (tac, tac.Args(hidden=[8], entropic_index=1.0))):
+        torch.manual_seed(0)
+        learners.append(algo.AGENT.Learner(OBS, action_space, args, torch.device("cpu")))
+    b = batch()
+    if not isinstance(action_space, gym.spaces.Box):
+        b["action"] = np.array([0, 1, 2, 1], np.int64)
+    b["obs"] = np.random.default_rng(0).uniform(-1, 1, (4, 2)).astype(np.float32)
+    results = []
+    for learner in learners:
+        torch.manual_seed(1)  # the same policy samples
+        results.append([learner.update(to_batch(b)).metrics for _ in range(3)])
+    assert results[0] == results[1]
+    for p_sac, p_tac in zip(learners[0].net.parameters(), learners[1].net.parameters()):
+        assert torch.equal(p_sac, p_tac)
