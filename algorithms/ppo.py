@@ -99,10 +99,12 @@ def mlp(inputs: int, hidden: int, outputs: int, out_gain: float, ortho: bool = T
 
 class ActorCritic(nn.Module):
     """Separate policy and value networks: MLPs, or (lstm > 0) each an LSTM cell with an MLP head.
+    The value network has `value_heads` outputs (RND: extrinsic and intrinsic); values are [B] for
+    one, else [B, value_heads].
     Image observations first go through a convolutional torso both share (CleanRL's ppo_atari,
     SB3's CnnPolicy); the heads after it have no hidden layer of their own."""
 
-    def __init__(self, obs_shape: tuple[int, ...], action_space: gym.Space, args: Args):
+    def __init__(self, obs_shape: tuple[int, ...], action_space: gym.Space, args: Args, value_heads: int = 1):
         super().__init__()
         hidden = args.hidden
         self.continuous = isinstance(action_space, gym.spaces.Box)
@@ -120,10 +122,10 @@ class ActorCritic(nn.Module):
         if self.recurrent:  # sb3-contrib's MlpLstmPolicy: LSTM, then one hidden layer per head
             self.pi_lstm, self.vf_lstm = nn.LSTMCell(obs_dim, args.lstm), nn.LSTMCell(obs_dim, args.lstm)
             self.policy = mlp(args.lstm, hidden, n_out, 0.01, args.ortho_init, head_layers, nn.ReLU)
-            self.value = mlp(args.lstm, hidden, 1, 1.0, args.ortho_init, head_layers, nn.ReLU)
+            self.value = mlp(args.lstm, hidden, value_heads, 1.0, args.ortho_init, head_layers, nn.ReLU)
         else:
             self.policy = mlp(obs_dim, hidden, n_out, 0.01, args.ortho_init, 2 * head_layers)
-            self.value = mlp(obs_dim, hidden, 1, 1.0, args.ortho_init, 2 * head_layers)
+            self.value = mlp(obs_dim, hidden, value_heads, 1.0, args.ortho_init, 2 * head_layers)
         if self.continuous:
             # gSDE: one log std per (hidden feature, action dimension); else one per action dimension.
             self.log_std = nn.Parameter(torch.full((hidden, n_out) if self.sde else (n_out,), args.log_std_init))
@@ -222,10 +224,14 @@ class ActorCritic(nn.Module):
         return dist, values, self.value(next_h).squeeze(-1)
 
 
-def make_policy(obs_space: gym.Space, action_space: gym.Space, args: Args) -> ActorCritic:
+def make_policy(obs_space: gym.Space, action_space: gym.Space, args: Args, value_heads: int = 1) -> ActorCritic:
+    check_action_space(action_space)
+    return ActorCritic(networks.obs_shape(obs_space), action_space, args, value_heads)
+
+
+def check_action_space(action_space: gym.Space) -> None:
     if not isinstance(action_space, (gym.spaces.Discrete, gym.spaces.Box)):
         raise ValueError(f"ppo needs Discrete or Box actions, got {action_space}")
-    return ActorCritic(networks.obs_shape(obs_space), action_space, args)
 
 
 # -- actor side -------------------------------------------------------------------------------
@@ -322,10 +328,17 @@ def make_items(rollout: Rollout, args: Args) -> dict[str, np.ndarray]:
 # -- learner side -----------------------------------------------------------------------------
 
 class Learner(LearnerBase):
+    make_net = staticmethod(make_policy)
+    """(obs_space, action_space, args) -> the network actors run; variants bring their own."""
+
     def __init__(self, obs_space: gym.Space, action_space: gym.Space, args: Args, device: torch.device):
         super().__init__(args, device)
-        self.net = make_policy(obs_space, action_space, args).to(device)
-        self.optimizer = ops.adam(self.net.parameters(), lr=args.lr, eps=1e-5)
+        self.net = self.make_net(obs_space, action_space, args).to(device)
+        self.optimizer = ops.adam(self.trained_parameters(), lr=args.lr, eps=1e-5)
+
+    def trained_parameters(self) -> list[torch.Tensor]:
+        """What the one optimizer trains: the network's parameters (variants add their own modules)."""
+        return list(self.net.parameters())
 
     def evaluate(self, t, rows: torch.Tensor | None = None):
         """(distribution, values, next values) over the batch's steps, flattened [N * T]; `rows`
@@ -338,62 +351,121 @@ class Learner(LearnerBase):
             flat(t["next_obs"]))
 
     def update(self, batch: Batch) -> Update:
+        """One PPO iteration: targets under the current networks, then `epochs` passes of minibatch
+        steps. Subclasses change what it optimizes through step_targets and loss."""
         a = self.args
         t = batch.fields
-        N, T = t["reward"].shape
-        flat = lambda x: x.reshape((N * T,) + x.shape[2:])
-        obs = flat(t["obs"])
-        with torch.no_grad():  # GAE under the current value function, time-major [T, N]
-            if self.net.recurrent:
-                _, values, next_values = self.evaluate(t)
-            else:  # the values only: the policy's outputs for the whole batch are not needed here
-                values, next_values = self.net.values(torch.cat([obs, flat(t["next_obs"])])).chunk(2)
-            values, next_values = values.reshape(N, T), next_values.reshape(N, T)
-            ends = t["terminated"] | t["truncated"]
-            adv, returns = ops.gae(t["reward"].T, values.T, next_values.T, t["terminated"].T.float(),
-                                   ends.T.float(), a.gamma, a.gae_lambda)
-        actions, old_logp = flat(t["action"]), flat(t["logp"])
-        adv, returns, old_values = adv.T.reshape(-1), returns.T.reshape(-1), values.reshape(-1)
-
+        steps = self.step_targets(t)
         frac = max(0.0, 1.0 - self.updates / a.anneal_updates) if a.anneal_updates else 1.0
         for group in self.optimizer.param_groups:
             group["lr"] = a.lr * frac
         clip = a.clip_range * frac
-        # Minibatches of steps; of whole unrolls when an LSTM must replay them from their start.
-        size = N if self.net.recurrent else N * T
-        per_step = (actions, old_logp, adv, returns, old_values)
-        mb = max(1, size // a.minibatches)
-        stats = []
+        terms = []
         for _ in range(a.epochs):
-            order = torch.randperm(size, device=self.device)
-            if not self.net.recurrent:  # one gather per tensor and epoch; each minibatch is then a view
-                shuffled_obs, shuffled = obs[order], [f[order] for f in per_step]
-            for start in range(0, size - mb + 1, mb):
-                if self.net.recurrent:
-                    rows = order[start:start + mb]
-                    dist, new_values, _ = self.evaluate(t, rows)
-                    i = (rows[:, None] * T + torch.arange(T, device=self.device)).reshape(-1)
-                    mb_actions, mb_old_logp, mb_adv, mb_returns, mb_old_values = (f[i] for f in per_step)
-                    logp, entropy = self.net.log_prob(dist, mb_actions), self.net.entropy(dist)
-                else:
-                    x = shuffled_obs[start:start + mb]
-                    mb_actions, mb_old_logp, mb_adv, mb_returns, mb_old_values = (
-                        f[start:start + mb] for f in shuffled)
-                    logp, entropy, new_values = self.net.policy_terms(x, mb_actions)
-                entropy = entropy.mean()
-                ratio = torch.exp(logp - mb_old_logp)
-                if a.normalize_advantages and len(mb_adv) > 1:
-                    mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
-                policy_loss = ops.clipped_surrogate(ratio, mb_adv, clip)
-                value_loss = ops.value_loss(new_values, mb_old_values, mb_returns, a.clip_value)
-                loss = policy_loss + a.vf_coef * value_loss - a.ent_coef * entropy
+            for rows, mb in self.minibatches(t, steps):
+                loss, mb_terms = self.loss(t, rows, mb, clip)
                 self.optimizer_step(loss, a.max_grad_norm)
-                with torch.no_grad():  # read once after the epochs, not four times per minibatch
-                    stats.append(torch.stack([policy_loss, value_loss, entropy,
-                                              ((ratio - 1).abs() > clip).float().mean()]))
+                terms.append(mb_terms)
         self.updates += 1
-        p, v, e, c = torch.stack(stats).mean(0).tolist()
-        return Update({"policy_loss": p, "value_loss": v, "entropy": e, "clip_fraction": c})
+        return Update(mean_terms(terms))
+
+    def step_targets(self, t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per-step tensors, flattened [N * T, ...], that minibatches are cut from: the actions, their
+        behaviour log-probabilities, GAE advantages and returns under the current value function, the
+        values; feed-forward also the observations."""
+        a = self.args
+        N, T = t["reward"].shape
+        flat = lambda x: x.reshape((N * T,) + x.shape[2:])
+        with torch.no_grad():
+            if self.net.recurrent:
+                _, values, next_values = self.evaluate(t)
+            else:  # the values only: the policy's outputs for the whole batch are not needed here
+                values, next_values = self.net.values(torch.cat([flat(t["obs"]), flat(t["next_obs"])])).chunk(2)
+            heads = values.shape[1:]  # () or (value_heads,)
+            values, next_values = values.reshape((N, T) + heads), next_values.reshape((N, T) + heads)
+            adv, returns = self.advantages(t, values, next_values)
+        steps = {"action": flat(t["action"]), "logp": flat(t["logp"]), "advantage": adv, "return": returns,
+                 "value": flat(values)}
+        if not self.net.recurrent:
+            steps["obs"] = flat(t["obs"])
+        return steps
+
+    def advantages(self, t: dict[str, torch.Tensor], values: torch.Tensor, next_values: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The advantages [N * T] the policy follows and the returns the values learn ([N * T, ...] as
+        values), given the values of each step's observation and true next observation [N, T, ...]."""
+        return step_advantages(t, t["reward"], values, next_values, self.args.gamma, self.args.gae_lambda)
+
+    def minibatches(self, t: dict[str, torch.Tensor], steps: dict[str, torch.Tensor]):
+        """One epoch's minibatches in a random order: (rows, {name: the minibatch's steps}), where rows
+        are the unrolls the steps belong to when an LSTM must replay them from their start (None:
+        minibatches of steps)."""
+        N, T = t["reward"].shape
+        size = N if self.net.recurrent else N * T
+        mb = max(1, size // self.args.minibatches)
+        order = torch.randperm(size, device=self.device)
+        if self.net.recurrent:
+            for start in range(0, size - mb + 1, mb):
+                rows = order[start:start + mb]
+                i = (rows[:, None] * T + torch.arange(T, device=self.device)).reshape(-1)
+                yield rows, {k: v[i] for k, v in steps.items()}
+            return
+        shuffled = {k: v[order] for k, v in steps.items()}  # one gather per tensor and epoch; then views
+        for start in range(0, size - mb + 1, mb):
+            yield None, {k: v[start:start + mb] for k, v in shuffled.items()}
+
+    def loss(self, t: dict[str, torch.Tensor], rows: torch.Tensor | None, mb: dict[str, torch.Tensor],
+             clip: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """A minibatch's loss (clipped surrogate, value loss, entropy bonus) and its terms to log."""
+        a = self.args
+        if rows is not None:
+            dist, values, _ = self.evaluate(t, rows)
+            logp, entropy = self.net.log_prob(dist, mb["action"]), self.net.entropy(dist)
+        else:
+            logp, entropy, values = self.net.policy_terms(mb["obs"], mb["action"])
+        entropy = entropy.mean()
+        ratio = torch.exp(logp - mb["logp"])
+        policy_loss = ops.clipped_surrogate(ratio, self.normalized(mb["advantage"]), clip)
+        value_loss = ops.value_loss(values, mb["value"], mb["return"], a.clip_value)
+        loss = policy_loss + a.vf_coef * value_loss - a.ent_coef * entropy
+        return loss, {"policy_loss": policy_loss.detach(), "value_loss": value_loss.detach(),
+                      "entropy": entropy.detach(), "clip_fraction": ((ratio.detach() - 1).abs() > clip).float().mean()}
+
+    def normalized(self, adv: torch.Tensor) -> torch.Tensor:
+        if self.args.normalize_advantages and len(adv) > 1:
+            return (adv - adv.mean()) / (adv.std() + 1e-8)
+        return adv
+
+
+def step_advantages(t: dict[str, torch.Tensor], rewards: torch.Tensor, values: torch.Tensor,
+                    next_values: torch.Tensor, gamma: float, lam: float, episodic: bool = True
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """GAE advantages and returns of unrolls [N, T], flattened to [N * T]. Episodic: no bootstrap past
+    a termination and no trace across an episode's end. Not episodic (RND's intrinsic rewards): the
+    return flows on into the next episode, as if episodes never ended."""
+    ends = t["terminated"] | t["truncated"]
+    if not episodic:
+        ends = torch.zeros_like(ends)
+    terminated = t["terminated"] if episodic else ends
+    adv, returns = ops.gae(rewards.T, values.T, next_values.T, terminated.T.float(), ends.T.float(), gamma, lam)
+    return adv.T.reshape(-1), returns.T.reshape(-1)
+
+
+def shuffled_minibatches(size: int, count: int, device: torch.device):
+    """Index tensors of `count` minibatches over `size` rows in a random order (a remainder is left out)."""
+    order = torch.randperm(size, device=device)
+    mb = max(1, size // count)
+    for start in range(0, size - mb + 1, mb):
+        yield order[start:start + mb]
+
+
+def mean_terms(terms: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    """The mean of each logged term over an update's minibatches, read from the device once."""
+    if not terms:
+        return {}
+    names = list(terms[0])
+    means = torch.stack([torch.stack([m[k] for k in names]) for m in terms]).mean(0).tolist()
+    return dict(zip(names, means))
 
 
 @dataclass(frozen=True)

@@ -271,6 +271,8 @@ class LearnerBase:
     named in `checkpointed` (attributes saved under those names)."""
 
     checkpointed: ClassVar[tuple[str, ...]] = ("net", "optimizer")
+    clipped: ClassVar[tuple[str, ...]] = ("net",)
+    """The modules whose gradients optimizer_step clips together to max_grad_norm."""
 
     def __init__(self, args: Any, device: torch.device):
         self.args, self.device = args, device
@@ -281,14 +283,23 @@ class LearnerBase:
         self.optimizer_step(loss, max_grad_norm)
         self.updates += 1
 
-    def optimizer_step(self, loss: torch.Tensor, max_grad_norm: float = 0.0) -> None:
-        """One step of self.optimizer down `loss`, the gradient's global norm over self.net clipped to
-        max_grad_norm when > 0 (0: no clipping); an update may take several (PPO's minibatches)."""
-        self.optimizer.zero_grad(set_to_none=True)
+    def optimizer_step(self, loss: torch.Tensor, max_grad_norm: float = 0.0, optimizer=None,
+                       parameters: list[torch.Tensor] | None = None) -> None:
+        """One step of an optimizer (self.optimizer unless given) down `loss`, the gradient's global norm
+        over `parameters` (the `clipped` modules' unless given) clipped to max_grad_norm when > 0 (0: no
+        clipping); an update may take several (PPO's minibatches, DAAC's value phase)."""
+        optimizer = optimizer or self.optimizer
+        optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if max_grad_norm > 0:
-            ops.clip_grad_norm(self.parameters_of(self.net), max_grad_norm)
-        self.optimizer.step()
+            ops.clip_grad_norm(self.clipped_parameters() if parameters is None else parameters, max_grad_norm)
+        optimizer.step()
+
+    def clipped_parameters(self) -> list[torch.Tensor]:
+        cache = self.__dict__.setdefault("_clipped_parameters", [])
+        if not cache:
+            cache.extend(p for name in self.clipped for p in self.parameters_of(getattr(self, name)))
+        return cache
 
     def parameters_of(self, module: torch.nn.Module) -> list[torch.Tensor]:
         """module.parameters() as a list kept between updates: walking the module tree on every

@@ -151,6 +151,30 @@ def vtrace(log_rhos, rewards, values, next_values, terminated, ends, gamma: floa
     return vs.detach(), pg_adv.detach()
 
 
+def retrace(q_taken, next_values, rewards, log_rhos, terminated, ends, gamma: float, lam: float = 1.0):
+    """Retrace(lambda) targets for Q(x_t, a_t) over a [T, B] unroll (torch tensors):
+
+      Q^ret_t = r_t + gamma [E_pi Q(x'_t, .) + c_{t+1} (Q^ret_{t+1} - Q(x_{t+1}, a_{t+1}))]
+      c_t = lambda min(1, pi(a_t|x_t) / mu(a_t|x_t)),  log_rhos = log pi - log mu of the actions taken
+
+    q_taken[t] = Q(x_t, a_t); next_values[t] = E_pi Q(x'_t, .) at the true next observation. With
+    gae()'s episode conventions: ``terminated`` zeroes the discount, ``ends`` cuts the trace (x'_t
+    then bootstraps alone), so a truncated step still bootstraps. The correction is safe for any
+    behaviour policy mu and, on-policy with lambda = 1, gives the n-step return bootstrapped at the
+    unroll's end. Munos et al. 2016, eq. (3) and (4)."""
+    import torch
+
+    cs = lam * torch.clamp(torch.exp(log_rhos), max=1.0)
+    discounts = gamma * (1.0 - terminated.float())
+    not_end = 1.0 - ends.float()
+    targets = torch.zeros_like(q_taken)
+    correction = torch.zeros_like(q_taken[0])  # c_{t+1} (Q^ret_{t+1} - Q_{t+1}), zero past the unroll's end
+    for t in range(len(rewards) - 1, -1, -1):
+        targets[t] = rewards[t] + discounts[t] * (next_values[t] + not_end[t] * correction)
+        correction = cs[t] * (targets[t] - q_taken[t])
+    return targets.detach()
+
+
 def clipped_surrogate(ratio, advantages, clip: float):
     """PPO's policy loss: -mean(min(r A, clip(r, 1 - clip, 1 + clip) A)) (torch tensors)."""
     import torch

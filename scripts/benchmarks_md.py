@@ -299,10 +299,10 @@ def learn_section(results: dict) -> list[str]:
             (f"{r['frames']:,} frames, {r['wall_s']:.0f} s" if r["ok"] else
              f"missed: reached at {r['frames']:,} frames" if r.get("frames") else f"missed (best {r.get('best')})")
             for r in d["results"])
-        if "contrast" in d:  # a memory task: the feed-forward preset on it, same seeds and budget
+        if "contrast" in d:  # the preset without what the task needs (memory, exploration), same seeds and budget
             c = d["contrast"]
             best = ", ".join(f"{r.get('best')}" for r in c["results"])
-            per_seed += (f". Feed-forward `{c['preset']}` on it: {c['reached']} of {len(c['results'])} "
+            per_seed += (f". Contrast `{c['preset']}` on it: {c['reached']} of {len(c['results'])} "
                          f"reached (best evaluations {best})")
         rows.append([f"`{d['preset']}`", f">= {d['target']:g} within {d['budget']:,}",
                      f"{d['reached']} of {d['seeds']}", per_seed, d["machine"]["date"]])

@@ -3,7 +3,8 @@ check each reaches rl-baselines3-zoo's published return within the zoo's step bu
 
 Tasks that need memory (qrl/CartPoleNoVel-v1) also train the feed-forward preset of the same
 family on them, same seeds and budget (CONTRASTS): it must stay below the target, or the task
-would not show that memory is what makes the difference.
+would not show that memory is what makes the difference. The same for exploration: a sparse-reward
+task (MountainCar-v0) trains plain PPO beside PPO with RND.
 
     make learn ALGO=apex ENV=CartPole-v1 [SEEDS=3]
     python scripts/learn.py --algo apex --env CartPole-v1 --seeds 3
@@ -58,6 +59,9 @@ TARGETS = {
     # CartPole without velocities needs memory: sb3-contrib's RecurrentPPO solves it in about 100k steps.
     ("rppo", "qrl/CartPoleNoVel-v1"): (475.0, 100_000),
     ("r2d2", "qrl/CartPoleNoVel-v1"): (475.0, 100_000),
+    # MountainCar-v0 pays -1 per step until the flag; -110 is its registered reward threshold ("solved").
+    # PPO with RND must reach it within 1M steps, and plain PPO (its contrast) must not.
+    ("rnd", "MountainCar-v0"): (-110.0, 1_000_000),
     # MinAtar (Young & Tian 2019): read off the paper's published learning curves (means of 30 runs
     # of the training return over 100 episodes; the MinAtar repository's img/learning_curves.gif),
     # the full action set (qrl's presets use the minimal one, v1). Its DQN reaches 10 on Breakout by
@@ -76,10 +80,11 @@ TARGETS = {
 }
 
 
-# memory task -> the feed-forward preset (algo, env) trained on it for contrast
+# a check -> (the preset (algo, env) trained on the same task for contrast, what it lacks)
 CONTRASTS = {
-    ("rppo", "qrl/CartPoleNoVel-v1"): ("ppo", "CartPole-v1"),
-    ("r2d2", "qrl/CartPoleNoVel-v1"): ("dqn", "CartPole-v1"),
+    ("rppo", "qrl/CartPoleNoVel-v1"): (("ppo", "CartPole-v1"), "memory"),
+    ("r2d2", "qrl/CartPoleNoVel-v1"): (("dqn", "CartPole-v1"), "memory"),
+    ("rnd", "MountainCar-v0"): (("ppo", "MountainCar-v0"), "an exploration bonus"),
 }
 
 
@@ -115,28 +120,28 @@ def main() -> int:
         return 2
     target, budget = TARGETS[(a.algo, a.env)]
     results, contrast = [], []
-    feed_forward = CONTRASTS.get((a.algo, a.env))
+    contrast_preset, lacks = CONTRASTS.get((a.algo, a.env), (None, None))
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(a.seeds):
             r = run_seed(preset(a.algo, a.env), a.env, seed, target, budget, Path(tmp) / f"seed{seed}")
             results.append(r)
             print(f"{a.algo} {a.env} seed {seed}: " + ("reached" if r["ok"] else "MISSED")
                   + f" {target} " + json.dumps({k: v for k, v in r.items() if k not in ("seed", "ok")}), flush=True)
-        for seed in range(a.seeds if feed_forward else 0):
-            r = run_seed(preset(*feed_forward), a.env, seed, target, budget, Path(tmp) / f"contrast{seed}")
+        for seed in range(a.seeds if contrast_preset else 0):
+            r = run_seed(preset(*contrast_preset), a.env, seed, target, budget, Path(tmp) / f"contrast{seed}")
             contrast.append(r)
-            print(f"contrast: feed-forward {preset(*feed_forward).name} on {a.env} seed {seed}: "
-                  + ("reached (the task did not need memory)" if r["ok"] else "stayed below")
+            print(f"contrast: {preset(*contrast_preset).name} (without {lacks}) on {a.env} seed {seed}: "
+                  + (f"reached (the task did not need {lacks})" if r["ok"] else "stayed below")
                   + f" {target} " + json.dumps({k: v for k, v in r.items() if k not in ("seed", "ok")}), flush=True)
     ok = sum(r["ok"] for r in results)
     print(f"{a.algo} {a.env}: {ok} of {len(results)} seeds reached {target} within {budget:,} env steps")
     record = {"algo": a.algo, "env": a.env, "preset": str(preset(a.algo, a.env).relative_to(ROOT)), "target": target,
               "budget": budget, "seeds": len(results), "reached": ok, "results": results, "quick": len(results) < 3}
-    if feed_forward:
+    if contrast_preset:
         best = [r.get("best") for r in contrast]
-        print(f"contrast: feed-forward {preset(*feed_forward).name} on {a.env}: best evaluations {best} "
+        print(f"contrast: {preset(*contrast_preset).name} (without {lacks}) on {a.env}: best evaluations {best} "
               f"within {budget:,} env steps")
-        record["contrast"] = {"preset": str(preset(*feed_forward).relative_to(ROOT)), "results": contrast,
+        record["contrast"] = {"preset": str(preset(*contrast_preset).relative_to(ROOT)), "results": contrast,
                               "reached": sum(r["ok"] for r in contrast)}
     save_results(f"learn-{a.algo}-{a.env.replace('/', '-')}", record)
     return 0 if ok == len(results) and not any(r["ok"] for r in contrast) else 1

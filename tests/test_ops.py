@@ -155,3 +155,35 @@ def test_clipped_value_loss_by_hand():
     assert ops.value_loss(v, old, ret).item() == pytest.approx((1 + 0) / 2)
     # clip 0.5: item 0 moves to 1.5 -> error .25, unclipped 1 -> max 1; item 1 moves to 0.5 -> .25 vs 0 -> .25
     assert ops.value_loss(v, old, ret, clip=0.5).item() == pytest.approx((1 + 0.25) / 2)
+
+
+def test_retrace_follows_a_hand_computed_trace():
+    """Three steps of one env, gamma 0.5, lambda 0.8; pi/mu of the actions 2, 0.5, 1 (so c = 0.8,
+    0.4, 0.8); the episode continues past the unroll. By hand, from the back:
+      G2 = r2 + g V2                                  = 1 + .5 * 4              = 3
+      G1 = r1 + g (V1 + c2 (G2 - Q2))                 = 0 + .5 (2 + .8 (3 - 1))  = 1.8
+      G0 = r0 + g (V0 + c1 (G1 - Q1))                 = 1 + .5 (1 + .4 (1.8 - 3)) = 1.26"""
+    col = lambda *x: torch.tensor(x, dtype=torch.float64)[:, None]
+    q_taken, next_values, rewards = col(5.0, 3.0, 1.0), col(1.0, 2.0, 4.0), col(1.0, 0.0, 1.0)
+    log_rhos = torch.log(col(2.0, 0.5, 1.0))
+    no = torch.zeros(3, 1, dtype=torch.bool)
+    targets = ops.retrace(q_taken, next_values, rewards, log_rhos, no, no, gamma=0.5, lam=0.8)
+    assert targets[:, 0].tolist() == pytest.approx([1.26, 1.8, 3.0])
+    # An episode end at step 1 cuts the trace there (G1 bootstraps from V1 alone); a termination
+    # there drops the bootstrap too.
+    ends = torch.tensor([[False], [True], [False]])
+    cut = ops.retrace(q_taken, next_values, rewards, log_rhos, no, ends, gamma=0.5, lam=0.8)
+    assert cut[:, 0].tolist() == pytest.approx([1 + .5 * (1 + .4 * (1.0 - 3)), 1.0, 3.0])
+    dead = ops.retrace(q_taken, next_values, rewards, log_rhos, ends, ends, gamma=0.5, lam=0.8)
+    assert dead[1, 0].item() == pytest.approx(0.0)
+
+
+def test_retrace_on_policy_with_lambda_one_is_the_discounted_return_bootstrapped_at_the_end():
+    T, g = 4, 0.9
+    rewards = torch.arange(1.0, T + 1, dtype=torch.float64)[:, None]
+    q_taken = torch.full((T, 1), 7.0, dtype=torch.float64)  # any values: on-policy they cancel
+    next_values = torch.full((T, 1), 7.0, dtype=torch.float64)
+    no = torch.zeros(T, 1, dtype=torch.bool)
+    targets = ops.retrace(q_taken, next_values, rewards, torch.zeros(T, 1, dtype=torch.float64), no, no, g, 1.0)
+    expected = sum(g ** k * (k + 1) for k in range(T)) + g ** T * 7.0
+    assert targets[0, 0].item() == pytest.approx(expected)
