@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from qrl import networks
-from qrl.algorithm import Agent, Update
+from qrl.algorithm import Update
 from qrl.algorithms import ppo
 
 

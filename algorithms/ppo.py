@@ -373,7 +373,6 @@ class Learner(LearnerBase):
         """Per-step tensors, flattened [N * T, ...], that minibatches are cut from: the actions, their
         behaviour log-probabilities, GAE advantages and returns under the current value function, the
         values; feed-forward also the observations."""
-        a = self.args
         N, T = t["reward"].shape
         flat = lambda x: x.reshape((N * T,) + x.shape[2:])
         with torch.no_grad():

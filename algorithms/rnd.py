@@ -5,7 +5,7 @@ to match the embedding on the observations the agent visits. Its squared error o
 observation is that step's intrinsic reward: large where the agent has rarely been, shrinking as
 the predictor learns. Both networks see observations normalized by running statistics and
 clipped to [-5, 5]; the intrinsic rewards are divided by a running standard deviation of their
-discounted sums, so their scale stays put while the novelty fades.
+discounted sums, so their scale does not depend on the observations' or the embedding's.
 
 The value network has two heads: the extrinsic return (episodic, discount `gamma`) and the
 intrinsic return (discount `int_gamma`), which is not episodic: an episode's end does not end the
@@ -14,6 +14,11 @@ a termination (a game over is no escape from exploring). The policy follows
 ext_coef * extrinsic advantage + int_coef * intrinsic advantage, with PPO's clipped objective; the
 predictor trains on a random `rnd_update_proportion` of each minibatch's steps, so it does not
 learn faster than the policy explores as the number of actors grows.
+
+Only the advantages' relative scale matters to the policy (they are normalized together), so the
+extrinsic rewards should be on a scale like the intrinsic ones: a task that pays -1 per step gives
+extrinsic advantages hundreds of times the intrinsic ones unless its rewards are scaled
+(run.normalize_reward, as the MountainCar preset does; the metrics log both advantages' spread).
 
 Choices where qrl's setting differs from the paper's: the learner, not the actors, computes the
 intrinsic rewards (actors stay stateless, and the predictor need not travel with the weights);
@@ -33,7 +38,6 @@ import torch
 from torch import nn
 
 from qrl import networks
-from qrl.algorithm import Agent
 from qrl.algorithms import ppo
 
 
@@ -151,6 +155,7 @@ class Learner(ppo.Learner):
                                                a.gae_lambda)
         int_adv, int_ret = ppo.step_advantages(t, int_rewards, values[..., 1], next_values[..., 1], a.int_gamma,
                                                a.gae_lambda, episodic=False)
+        self.last_advantage_std = torch.stack([ext_adv.std(), int_adv.std()])
         return a.ext_coef * ext_adv + a.int_coef * int_adv, torch.stack([ext_ret, int_ret], -1)
 
     def step_targets(self, t):
@@ -164,7 +169,8 @@ class Learner(ppo.Learner):
         novelty = self.distillation.novelty(mb["rnd_obs"])
         keep = (torch.rand(len(novelty), device=novelty.device) < self.args.rnd_update_proportion).float()
         predictor_loss = (novelty * keep).sum() / keep.sum().clamp(min=1.0)
-        terms.update(predictor_loss=predictor_loss.detach(), intrinsic_reward=self.last_intrinsic)
+        terms.update(predictor_loss=predictor_loss.detach(), intrinsic_reward=self.last_intrinsic,
+                     extrinsic_advantage_std=self.last_advantage_std[0], intrinsic_advantage_std=self.last_advantage_std[1])
         return loss + predictor_loss, terms
 
 

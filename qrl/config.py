@@ -80,7 +80,8 @@ class RunConfig:
     normalize_obs: bool = False
     """Normalize observations by running mean and std (kept by the learner, shipped with the weights)."""
     normalize_reward: bool = False
-    """Scale rewards (or n-step returns) by their running standard deviation on the learner."""
+    """Scale rewards (or n-step returns) on the learner by the running root mean square of discounted
+    returns (qrl/normalize.py)."""
     clip_rewards: bool = False
     """Learn from the sign of each reward (DQN's Atari setting: -1, 0 or +1); episode returns and
     evaluations stay the environment's own."""
@@ -194,7 +195,8 @@ RANGES: dict[str, Range] = {
     "int_gamma": FRACTION, "ext_coef": NON_NEGATIVE, "int_coef": NON_NEGATIVE, "rnd_embedding": Range(1, 1 << 16),
     "rnd_update_proportion": Range(0, 1, low_open=True), "rnd_obs_clip": POSITIVE,
     "policy_iterations": COUNT, "aux_epochs": Range(0, 1000), "aux_minibatches": COUNT, "clone_coef": NON_NEGATIVE,
-    "value_epochs": Range(0, 1000), "value_every": COUNT, "adv_coef": NON_NEGATIVE, "lstm": Range(0, 1 << 16), "burn_in": Range(0, 1 << 16),
+    "value_epochs": Range(0, 1000), "value_every": COUNT, "adv_coef": NON_NEGATIVE,
+    "lstm": Range(0, 1 << 16), "burn_in": Range(0, 1 << 16),
     "sequence_length": Range(1, 1 << 16), "adam_eps": POSITIVE, "rescale_eps": POSITIVE, "priority_eta": FRACTION,
     "atoms": Range(2, 4096), "v_min": ANY, "v_max": ANY, "quantiles": Range(1, 4096), "kappa": POSITIVE,
     "huber_delta": POSITIVE,

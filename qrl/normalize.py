@@ -4,9 +4,12 @@ The learner keeps the running statistics (updated from every batch it trains on)
 them to actors with the weights, as extra arrays named "_norm/..." in the weights message, and
 saves them in checkpoints. Actors normalize observations before acting (items keep the raw
 observations); the learner normalizes a batch's "obs" and "next_obs" fields before the
-algorithm sees them, and scales its "reward" or "return" field by the running standard
-deviation of that field (reward scaling; Engstrom et al. 2020 scale by the std of returns),
-so algorithms need not know about either.
+algorithm sees them, and divides its "reward" or "return" field by the running root mean
+square of discounted returns (an unroll's discounted sums so far; a replay item's reward or
+n-step return as it is), so algorithms need not know about either. Reward scaling after
+Engstrom et al. 2020 and stable-baselines3's VecNormalize, which divide by the standard deviation
+of returns; the root mean square also counts their mean, so that a constant reward (-1 or +1 per
+step, whose one-step deviation is 0) is not divided by almost nothing.
 """
 
 from __future__ import annotations
@@ -41,6 +44,23 @@ class RunningMeanStd:
         self.count = total
 
 
+RETURN_GAMMA = 0.99
+"""The discount of the returns whose scale rewards are divided by (stable-baselines3's VecNormalize's)."""
+
+
+def discounted_sums(rewards: np.ndarray, gamma: float = RETURN_GAMMA) -> np.ndarray:
+    """Unrolls' rewards [N, T] -> each step's discounted sum of the unroll's rewards so far; a replay
+    batch's rewards or n-step returns [B] as they are (each item is already one return)."""
+    rewards = np.asarray(rewards, np.float64)
+    if rewards.ndim < 2:
+        return rewards
+    sums, running = np.empty_like(rewards), np.zeros(rewards.shape[0])
+    for t in range(rewards.shape[1]):
+        running = running * gamma + rewards[:, t]
+        sums[:, t] = running
+    return sums
+
+
 class Normalizer:
     def __init__(self, obs_shape: tuple[int, ...], obs: bool, reward: bool, clip: float = 10.0, eps: float = 1e-8):
         self.obs = RunningMeanStd(obs_shape) if obs else None
@@ -63,8 +83,9 @@ class Normalizer:
         if self.reward is not None:
             key = "reward" if "reward" in batch else "return" if "return" in batch else None
             if key is not None:
-                self.reward.update(batch[key])
-                out[key] = (batch[key] / np.sqrt(self.reward.var + self.eps)).astype(np.float32)
+                self.reward.update(discounted_sums(batch[key]))
+                scale = np.sqrt(self.reward.var + self.reward.mean ** 2 + self.eps)
+                out[key] = (batch[key] / scale).astype(np.float32)
         return out
 
     def arrays(self) -> dict[str, np.ndarray]:

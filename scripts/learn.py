@@ -4,7 +4,7 @@ check each reaches rl-baselines3-zoo's published return within the zoo's step bu
 Tasks that need memory (qrl/CartPoleNoVel-v1) also train the feed-forward preset of the same
 family on them, same seeds and budget (CONTRASTS): it must stay below the target, or the task
 would not show that memory is what makes the difference. The same for exploration: a sparse-reward
-task (MountainCar-v0) trains plain PPO beside PPO with RND.
+task (qrl/DeepSea-v0) trains plain PPO beside PPO with RND.
 
     make learn ALGO=apex ENV=CartPole-v1 [SEEDS=3]
     python scripts/learn.py --algo apex --env CartPole-v1 --seeds 3
@@ -59,9 +59,13 @@ TARGETS = {
     # CartPole without velocities needs memory: sb3-contrib's RecurrentPPO solves it in about 100k steps.
     ("rppo", "qrl/CartPoleNoVel-v1"): (475.0, 100_000),
     ("r2d2", "qrl/CartPoleNoVel-v1"): (475.0, 100_000),
-    # MountainCar-v0 pays -1 per step until the flag; -110 is its registered reward threshold ("solved").
-    # PPO with RND must reach it within 1M steps, and plain PPO (its contrast) must not.
+    # MountainCar-v0 pays -1 per step until the flag; -110 is its registered reward threshold ("solved"),
+    # about what the zoo's PPO reaches within its 1M steps.
+    ("ppo", "MountainCar-v0"): (-110.0, 1_000_000),
     ("rnd", "MountainCar-v0"): (-110.0, 1_000_000),
+    # Deep Sea of size 20 (bsuite): 0.9 means the treasure (the best return is 0.99). RND must find it
+    # within 500k steps, and plain PPO (its contrast) must not.
+    ("rnd", "qrl/DeepSea-v0"): (0.9, 500_000),
     # MinAtar (Young & Tian 2019): read off the paper's published learning curves (means of 30 runs
     # of the training return over 100 episodes; the MinAtar repository's img/learning_curves.gif),
     # the full action set (qrl's presets use the minimal one, v1). Its DQN reaches 10 on Breakout by
@@ -84,7 +88,7 @@ TARGETS = {
 CONTRASTS = {
     ("rppo", "qrl/CartPoleNoVel-v1"): (("ppo", "CartPole-v1"), "memory"),
     ("r2d2", "qrl/CartPoleNoVel-v1"): (("dqn", "CartPole-v1"), "memory"),
-    ("rnd", "MountainCar-v0"): (("ppo", "MountainCar-v0"), "an exploration bonus"),
+    ("rnd", "qrl/DeepSea-v0"): (("ppo", "DeepSea-v0"), "an exploration bonus"),
 }
 
 

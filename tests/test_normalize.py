@@ -38,6 +38,20 @@ def test_batches_are_normalized_and_statistics_reach_actors():
     np.testing.assert_allclose(restored.normalize_obs(batch["obs"]), out["obs"])
 
 
+@pytest.mark.parametrize("reward", [1.0, -1.0])
+def test_a_constant_reward_is_scaled_down_not_blown_up(reward):
+    """CartPole's +1 and MountainCar's -1 per step have no one-step deviation: scaling by it divided
+    them by ~1e-4. The scale is the root mean square of the unrolls' discounted sums (here they
+    ramp from 1 to 1 + 0.99 + ... over 8 steps)."""
+    n = Normalizer((2,), obs=False, reward=True)
+    rewards = np.full((4, 8), reward, np.float32)
+    out = n.process_batch({"reward": rewards})["reward"]
+    sums = np.cumsum(0.99 ** np.arange(8))  # the discounted sum after 1..8 steps, for reward 1
+    expected = reward / np.sqrt(np.mean(sums ** 2))
+    np.testing.assert_allclose(out, np.full((4, 8), expected), rtol=1e-4)
+    assert 0.1 < abs(expected) < 1.0
+
+
 @pytest.mark.slow
 def test_a_run_with_normalization_ships_statistics_and_evaluates_with_them(tmp_path):
     import subprocess

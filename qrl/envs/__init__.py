@@ -20,6 +20,7 @@ import gymnasium as gym
 import numpy as np
 
 gym.register("qrl/Grid-v0", entry_point="qrl.envs.grid:GridWorld", max_episode_steps=50, reward_threshold=0.9)
+gym.register("qrl/DeepSea-v0", entry_point="qrl.envs.deep_sea:DeepSea", reward_threshold=0.9)
 gym.register("qrl/CartPoleNoVel-v1", entry_point="qrl.envs.wrappers:cartpole_no_velocity", max_episode_steps=500,
              reward_threshold=475.0)
 
