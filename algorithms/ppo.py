@@ -307,6 +307,17 @@ def _env_action(net: ActorCritic, action: torch.Tensor) -> np.ndarray:
 def make_items(rollout: Rollout, args: Args) -> dict[str, np.ndarray]:
     """One item per environment: its [T, ...] unroll (time-major in the rollout, so swap axes); with an
     LSTM also the state it started from and where episodes start."""
+    items = unroll_items(rollout)
+    if args.lstm:
+        T = rollout.num_steps
+        items["episode_start"] = np.ascontiguousarray(np.swapaxes(rollout.episode_start[:T], 0, 1))
+        items.update({k: np.ascontiguousarray(v[0]) for k, v in rollout.states.items()})
+    return items
+
+
+def unroll_items(rollout: Rollout) -> dict[str, np.ndarray]:
+    """Each environment's unroll [B, T, ...]: observations, actions (a Gaussian policy's raw samples),
+    the behaviour log-probabilities, rewards, episode ends and true next observations."""
     T = rollout.num_steps
     per_env = lambda x: np.ascontiguousarray(np.swapaxes(x[:T], 0, 1))
     actions = rollout.extras.get("raw_action", rollout.actions)
@@ -319,9 +330,6 @@ def make_items(rollout: Rollout, args: Args) -> dict[str, np.ndarray]:
         "truncated": per_env(rollout.truncated),
         "next_obs": per_env(rollout.next_obs),
     }
-    if args.lstm:
-        items["episode_start"] = per_env(rollout.episode_start)
-        items.update({k: np.ascontiguousarray(v[0]) for k, v in rollout.states.items()})
     return items
 
 

@@ -170,7 +170,8 @@ class Learner(ppo.Learner):
         keep = (torch.rand(len(novelty), device=novelty.device) < self.args.rnd_update_proportion).float()
         predictor_loss = (novelty * keep).sum() / keep.sum().clamp(min=1.0)
         terms.update(predictor_loss=predictor_loss.detach(), intrinsic_reward=self.last_intrinsic,
-                     extrinsic_advantage_std=self.last_advantage_std[0], intrinsic_advantage_std=self.last_advantage_std[1])
+                     extrinsic_advantage_std=self.last_advantage_std[0],
+                     intrinsic_advantage_std=self.last_advantage_std[1])
         return loss + predictor_loss, terms
 
 

@@ -196,6 +196,7 @@ RANGES: dict[str, Range] = {
     "rnd_update_proportion": Range(0, 1, low_open=True), "rnd_obs_clip": POSITIVE,
     "policy_iterations": COUNT, "aux_epochs": Range(0, 1000), "aux_minibatches": COUNT, "clone_coef": NON_NEGATIVE,
     "value_epochs": Range(0, 1000), "value_every": COUNT, "adv_coef": NON_NEGATIVE,
+    "retrace_lambda": FRACTION, "loo_beta_max": POSITIVE,
     "lstm": Range(0, 1 << 16), "burn_in": Range(0, 1 << 16),
     "sequence_length": Range(1, 1 << 16), "adam_eps": POSITIVE, "rescale_eps": POSITIVE, "priority_eta": FRACTION,
     "atoms": Range(2, 4096), "v_min": ANY, "v_max": ANY, "quantiles": Range(1, 4096), "kappa": POSITIVE,

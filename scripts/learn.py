@@ -50,10 +50,17 @@ TARGETS = {
     ("ddpg", "Pendulum-v1"): (-200.0, 20_000),
     # TAC against the zoo's closest algorithm, SAC: its target and budget.
     ("tac", "Pendulum-v1"): (-200.0, 20_000),
+    # Discrete TAC and Reactor against the zoo's DQN on CartPole (the zoo has no discrete SAC or Reactor).
+    ("tac", "CartPole-v1"): (475.0, 50_000),
+    ("reactor", "CartPole-v1"): (475.0, 50_000),
     # LunarLander-v3: the zoo's PPO reaches 242 within 1M steps (200 is the env's "solved"); its
     # DQN 154 within 100k steps, which qrl's dqn preset must beat.
     ("ppo", "LunarLander-v3"): (200.0, 1_000_000),
     ("dqn", "LunarLander-v3"): (154.0, 100_000),
+    # PPG and DAAC were published on Procgen (25M frames per game: out of reach of 2 cores in a check);
+    # on LunarLander-v3 they take PPO's preset and must reach what the zoo's PPO does there.
+    ("ppg", "LunarLander-v3"): (200.0, 1_000_000),
+    ("daac", "LunarLander-v3"): (200.0, 1_000_000),
     ("rainbow", "LunarLander-v3"): (154.0, 100_000),
     ("iqn", "LunarLander-v3"): (154.0, 100_000),
     # CartPole without velocities needs memory: sb3-contrib's RecurrentPPO solves it in about 100k steps.

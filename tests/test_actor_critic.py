@@ -76,9 +76,11 @@ def test_td3_target_smoothing_stays_within_the_action_bounds():
     assert torch.all(seen[0].abs() <= 2.0) and seen[0].std() > 0.5
 
 
-def test_discrete_sac_target_is_the_exact_soft_expectation():
-    learner = sac.Learner(OBS, gym.spaces.Discrete(2), sac.Args(hidden=[8], init_alpha=0.5), torch.device("cpu"))
-    with torch.no_grad():  # a policy of probabilities (0.25, 0.75) everywhere
+def discrete_learner(learner_class, args):
+    """A discrete-action learner whose policy is (0.25, 0.75) everywhere, target critics answering
+    (1, 3) and (2, 2) (min: (1, 2)), critics 0; and a batch taking action 0."""
+    learner = learner_class(OBS, gym.spaces.Discrete(2), args, torch.device("cpu"))
+    with torch.no_grad():
         last = learner.net.net[-1]
         last.weight.zero_()
         last.bias.copy_(torch.log(torch.tensor([0.25, 0.75])))
@@ -87,6 +89,11 @@ def test_discrete_sac_target_is_the_exact_soft_expectation():
     learner.critic_optimizer = torch.optim.Adam(learner.critics.parameters())
     b = batch()
     b["action"] = np.zeros(4, np.int64)
+    return learner, b
+
+
+def test_discrete_sac_target_is_the_exact_soft_expectation():
+    learner, b = discrete_learner(sac.Learner, sac.Args(hidden=[8], init_alpha=0.5))
     # min Q' = (1, 2); V = sum pi (min Q' - alpha log pi) = .25 (1 - .5 ln .25) + .75 (2 - .5 ln .75)
     v = 0.25 * (1 - 0.5 * np.log(0.25)) + 0.75 * (2 - 0.5 * np.log(0.75))
     expected_loss = 2 * (1 + 0.5 * v) ** 2  # two critics at 0, target r + discount * V
@@ -117,16 +124,7 @@ def test_tsallis_q_logarithm_and_entropy_by_hand():
 
 def test_discrete_tac_target_uses_the_tsallis_entropy():
     args = tac.Args(hidden=[8], init_alpha=0.5, entropic_index=2.0)
-    learner = tac.Learner(OBS, gym.spaces.Discrete(2), args, torch.device("cpu"))
-    with torch.no_grad():  # a policy of probabilities (0.25, 0.75) everywhere
-        last = learner.net.net[-1]
-        last.weight.zero_()
-        last.bias.copy_(torch.log(torch.tensor([0.25, 0.75])))
-    learner.target_critics = nn.ModuleList([Const(0, per_action=[1.0, 3.0]), Const(0, per_action=[2.0, 2.0])])
-    learner.critics = nn.ModuleList([Const(0, per_action=[0.0, 0.0]), Const(0, per_action=[0.0, 0.0])])
-    learner.critic_optimizer = torch.optim.Adam(learner.critics.parameters())
-    b = batch()
-    b["action"] = np.zeros(4, np.int64)
+    learner, b = discrete_learner(tac.Learner, args)
     # min Q' = (1, 2); V = sum pi (min Q' - alpha ln_2 pi), ln_2 p = p - 1
     v = 0.25 * (1 - 0.5 * -0.75) + 0.75 * (2 - 0.5 * -0.25)
     metrics = learner.update(to_batch(b)).metrics

@@ -42,6 +42,8 @@ SMOKE = [  # (algorithm, environment, extra overrides); continuous-action algori
                             "algo.batch_size=64"]),
     ("tac", "Pendulum-v1", ["algo.learning_starts=256", "algo.hidden=[64, 64]", "algo.batch_size=64",
                             "algo.entropic_index=2.0"]),
+    ("reactor", "CartPole-v1", ["algo.learning_starts=16", "run.segment_length=8", "algo.batch_size=8",
+                                "algo.v_min=0", "algo.v_max=100"]),
     ("r2d2", "qrl/CartPoleNoVel-v1", ["algo.burn_in=4", "algo.sequence_length=8", "run.segment_length=8",
                                       "algo.learning_starts=16", "algo.batch_size=8", "algo.lstm=16"]),
     ("rppo", "qrl/CartPoleNoVel-v1", ["algo.lstm=16", "run.segment_length=16"]),  # recurrent PPO
@@ -71,6 +73,7 @@ PIXEL_SMOKE = [  # every algorithm that takes images, on images (its convolution
     ("ppg", MINATAR, ["algo.hidden=32", "algo.policy_iterations=2"]),
     ("daac", MINATAR, ["algo.hidden=32", "algo.value_epochs=2"]),
     ("rppo", MINATAR, ["algo.hidden=32", "algo.lstm=16", "run.segment_length=16"]),
+    ("reactor", MINATAR, ["algo.learning_starts=16", "run.segment_length=8", "algo.batch_size=8", "algo.hidden=32"]),
     ("r2d2", MINATAR, ["algo.burn_in=4", "algo.sequence_length=8", "run.segment_length=8", "algo.learning_starts=16",
                        "algo.batch_size=8", "algo.lstm=16", "algo.hidden=32"]),
     ("sac", MINATAR, ["algo.learning_starts=256", "algo.hidden=[32, 32]", "algo.batch_size=32",  # discrete SAC
@@ -123,9 +126,9 @@ def test_smoke(algo, env, sets, mode, procs, tmp_path):
         client = Client(ctx, address, "test")
         stats = wait_for(lambda: client.request("get_stats", wait_s=15).meta, 15, "stats")
         assert stats["batches"] > 0 and stats["gaps"] == 0 and stats["rejected"] == {}
-        if algo in ("apex", "r2d2", "rainbow"):  # prioritized replay: the learner sent back priorities by id
+        if algo in ("apex", "r2d2", "rainbow", "reactor"):  # prioritized: the learner sent back priorities by id
             assert stats["priority_updates"] > 0
-        if algo in ("ppo", "impala"):  # the on-policy queue: served once, lag reported
+        if algo in ("ppo", "impala", "rnd", "ppg", "daac"):  # the on-policy queue: served once, lag reported
             assert stats["served_policy_lag"] is not None
         if "run.sync_actors=true" in sets:  # actors wait for each update: nothing goes stale
             assert stats["dropped_stale"] == 0 and stats["served_policy_lag"] <= 1.0
