@@ -87,12 +87,17 @@ PIXEL_SMOKE = [  # every algorithm that takes images, on images (its convolution
                             *PENDULUM_PIXELS]),
 ]
 """ql alone takes no images: its table has one row per discrete observation."""
-PIXEL_PROCESS = [case for case in PIXEL_SMOKE if case[1] == MINATAR and "algo.torso=impala" not in case[2]]
-PROCESS_SMOKE = ([(*case, mode) for case in SMOKE for mode in ("local", "central")]
-                 + [(*case, ("local", "central")[i % 2]) for i, case in enumerate(PIXEL_PROCESS)])
-"""Run as separate processes: every algorithm in both acting modes, and every one that takes images on
-MinAtar in one of them, alternating (the torso variants and the slow-rendering pixel Pendulum run
-in-process only, test_local.py, where every image algorithm also runs)."""
+VARIANTS = {"rnd": "ppo", "ppg": "ppo", "daac": "ppo", "tac": "sac"}
+"""Algorithms whose actor side (core, items, table) is another's: only their learners differ."""
+PIXEL_PROCESS = [case for case in PIXEL_SMOKE
+                 if case[1] == MINATAR and "algo.torso=impala" not in case[2] and case[0] not in VARIANTS]
+alternating = lambda cases: [(*case, ("local", "central")[i % 2]) for i, case in enumerate(cases)]
+PROCESS_SMOKE = ([(*case, mode) for case in SMOKE if case[0] not in VARIANTS for mode in ("local", "central")]
+                 + alternating([case for case in SMOKE if case[0] in VARIANTS]) + alternating(PIXEL_PROCESS))
+"""Run as separate processes: every algorithm in both acting modes (the VARIANTS, whose acting is
+another's, in one of them, alternating), and every one that takes images on MinAtar in one of them,
+alternating (the VARIANTS, the torso variants and the slow-rendering pixel Pendulum run in-process
+only, test_local.py, where every image algorithm also runs)."""
 
 
 def test_every_algorithm_has_a_smoke_run():
