@@ -39,7 +39,7 @@ class Args:
     """Learner updates per environment step, held by the broker's rate limiter."""
     torso: str = "auto"
     """Image observations: the convolutional torso each network has of its own (qrl/networks.py):
-    nature, impala, minatar, or auto (nature for 36 pixels and more, else minatar); its last layer
+    nature, impala[-se|-cbam], minatar, or auto (nature for 36 pixels and more, else minatar); its last layer
     has hidden[0] units."""
     tau: float = 0.005
     exploration_noise: float = 0.1

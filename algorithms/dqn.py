@@ -72,7 +72,7 @@ class Args:
     noisy_std: float = 0.5
     """Noisy nets: sigma_0 of the noise scale's initialisation."""
     torso: str = "auto"
-    """Image observations: the convolutional torso (qrl/networks.py): nature, impala, minatar, or auto
+    """Image observations: the convolutional torso (qrl/networks.py): nature, impala[-se|-cbam], minatar, or auto
     (nature for 36 pixels and more, else minatar); its last layer has `hidden` units."""
 
 

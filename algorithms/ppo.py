@@ -72,7 +72,7 @@ class Args:
     published returns do; sb3-contrib's RecurrentPPO presets turn it off)."""
     torso: str = "auto"
     """Image observations: the convolutional torso the policy and the value share (qrl/networks.py):
-    nature, impala, minatar, or auto (nature for 36 pixels and more, else minatar); its last layer
+    nature, impala[-se|-cbam], minatar, or auto (nature for 36 pixels and more, else minatar); its last layer
     has `hidden` units, and the policy and value heads are one linear layer each on it."""
 
 

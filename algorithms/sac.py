@@ -47,7 +47,7 @@ class Args:
     """Each actor's first frames use uniformly random actions."""
     torso: str = "auto"
     """Image observations: the convolutional torso each network has of its own (qrl/networks.py):
-    nature, impala, minatar, or auto (nature for 36 pixels and more, else minatar); its last layer
+    nature, impala[-se|-cbam], minatar, or auto (nature for 36 pixels and more, else minatar); its last layer
     has hidden[0] units."""
 
 

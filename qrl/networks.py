@@ -19,6 +19,8 @@ dtype uint8 are scaled to [0, 1]; bool and float observations are used as they a
 
 from __future__ import annotations
 
+import functools
+
 import itertools
 import math
 from typing import Any, Callable
@@ -26,7 +28,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-TORSOS = ("auto", "nature", "impala", "minatar")
+TORSOS = ("auto", "nature", "impala", "impala-se", "impala-cbam", "minatar")
 NATURE_MIN_PIXELS = 36  # the three convolutions (kernels 8, 4, 3; strides 4, 2, 1) need 36 x 36
 
 
@@ -83,15 +85,49 @@ class ImageInput(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-    """x + conv(relu(conv(relu(x)))), 3x3 convolutions that keep the shape (IMPALA)."""
+    """x + conv(relu(conv(relu(x)))), 3x3 convolutions that keep the shape (IMPALA); with an
+    attention block, the residual branch is reweighted by it before the sum (SE-ResNet, CBAM)."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, attention: Callable[[int], nn.Module] | None = None):
         super().__init__()
         self.conv0 = nn.Conv2d(channels, channels, 3, padding=1)
         self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.attention = attention(channels) if attention is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv1(torch.relu(self.conv0(torch.relu(x))))
+        branch = self.conv1(torch.relu(self.conv0(torch.relu(x))))
+        return x + (branch if self.attention is None else self.attention(branch))
+
+
+class SqueezeExcitation(nn.Module):
+    """Channel attention: each channel scaled by sigmoid(W2 relu(W1 mean over the image)).
+    Hu et al. 2018 (reduction 4: IMPALA's stacks have only 16-32 channels)."""
+
+    def __init__(self, channels: int, reduction: int = 4):
+        super().__init__()
+        hidden = max(1, channels // reduction)
+        self.gate = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(), nn.Linear(hidden, channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.gate(x.mean((2, 3))))[:, :, None, None]
+
+
+class CBAM(nn.Module):
+    """Convolutional block attention: channel attention from the average- and max-pooled features
+    through one shared MLP, then spatial attention from a 7x7 convolution over the channels' mean
+    and max. Woo et al. 2018."""
+
+    def __init__(self, channels: int, reduction: int = 4):
+        super().__init__()
+        hidden = max(1, channels // reduction)
+        self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(), nn.Linear(hidden, channels))
+        self.spatial = nn.Conv2d(2, 1, 7, padding=3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        channel = torch.sigmoid(self.mlp(x.mean((2, 3))) + self.mlp(x.amax((2, 3))))
+        x = x * channel[:, :, None, None]
+        pooled = torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1)
+        return x * torch.sigmoid(self.spatial(pooled))
 
 
 def nature_convolutions(channels: int) -> list[nn.Module]:
@@ -99,11 +135,12 @@ def nature_convolutions(channels: int) -> list[nn.Module]:
             nn.Conv2d(64, 64, 3, stride=1), nn.ReLU()]
 
 
-def impala_convolutions(channels: int, depths: tuple[int, ...] = (16, 32, 32)) -> list[nn.Module]:
+def impala_convolutions(channels: int, depths: tuple[int, ...] = (16, 32, 32),
+                        attention: Callable[[int], nn.Module] | None = None) -> list[nn.Module]:
     layers: list[nn.Module] = []
     for depth in depths:
         layers += [nn.Conv2d(channels, depth, 3, padding=1), nn.MaxPool2d(3, stride=2, padding=1),
-                   ResidualBlock(depth), ResidualBlock(depth)]
+                   ResidualBlock(depth, attention), ResidualBlock(depth, attention)]
         channels = depth
     return [*layers, nn.ReLU()]
 
@@ -113,7 +150,9 @@ def minatar_convolutions(channels: int) -> list[nn.Module]:
 
 
 CONVOLUTIONS: dict[str, Callable[[int], list[nn.Module]]] = {
-    "nature": nature_convolutions, "impala": impala_convolutions, "minatar": minatar_convolutions}
+    "nature": nature_convolutions, "impala": impala_convolutions, "minatar": minatar_convolutions,
+    "impala-se": functools.partial(impala_convolutions, attention=SqueezeExcitation),
+    "impala-cbam": functools.partial(impala_convolutions, attention=CBAM)}
 
 
 def torso_kind(obs_shape: tuple[int, ...], kind: str) -> str:

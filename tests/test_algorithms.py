@@ -58,6 +58,7 @@ PENDULUM_PIXELS = [  # Pendulum seen as 24x24x3 pixels: an image environment wit
 PIXEL_SMOKE = [  # every algorithm that takes images, on images (its convolutional torso, qrl/networks.py)
     ("dqn", MINATAR, ["algo.learning_starts=256", "algo.hidden=32"]),
     ("dqn", MINATAR, ["algo.learning_starts=256", "algo.hidden=32", "algo.torso=impala"]),
+    ("dqn", MINATAR, ["algo.learning_starts=256", "algo.hidden=32", "algo.torso=impala-se"]),
     ("apex", MINATAR, ["algo.learning_starts=256", "algo.hidden=32"]),
     ("c51", MINATAR, ["algo.learning_starts=256", "algo.hidden=32"]),
     ("qrdqn", MINATAR, ["algo.learning_starts=256", "algo.hidden=32"]),
@@ -68,6 +69,7 @@ PIXEL_SMOKE = [  # every algorithm that takes images, on images (its convolution
     ("rainbow", MINATAR, ["algo.learning_starts=256", "algo.hidden=32"]),
     ("ppo", MINATAR, ["algo.hidden=32"]),
     ("ppo", MINATAR, ["algo.hidden=32", "algo.torso=impala"]),
+    ("ppo", MINATAR, ["algo.hidden=32", "algo.torso=impala-cbam"]),
     ("impala", MINATAR, ["algo.hidden=32"]),
     ("rnd", MINATAR, ["algo.hidden=32"]),
     ("ppg", MINATAR, ["algo.hidden=32", "algo.policy_iterations=2"]),
@@ -90,7 +92,8 @@ PIXEL_SMOKE = [  # every algorithm that takes images, on images (its convolution
 VARIANTS = {"rnd": "ppo", "ppg": "ppo", "daac": "ppo", "tac": "sac"}
 """Algorithms whose actor side (core, items, table) is another's: only their learners differ."""
 PIXEL_PROCESS = [case for case in PIXEL_SMOKE
-                 if case[1] == MINATAR and "algo.torso=impala" not in case[2] and case[0] not in VARIANTS]
+                 if case[1] == MINATAR and not any(o.startswith("algo.torso=") for o in case[2])
+                 and case[0] not in VARIANTS]
 alternating = lambda cases: [(*case, ("local", "central")[i % 2]) for i, case in enumerate(cases)]
 PROCESS_SMOKE = ([(*case, mode) for case in SMOKE if case[0] not in VARIANTS for mode in ("local", "central")]
                  + alternating([case for case in SMOKE if case[0] in VARIANTS]) + alternating(PIXEL_PROCESS))

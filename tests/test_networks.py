@@ -39,6 +39,7 @@ def test_image_input_scales_pixels_and_moves_channels_first():
     (ATARI, "impala", 32 * 11 * 11),  # 84 -> 42 -> 21 -> 11 after three stride-2 pools
     (MINATAR, "minatar", 16 * 8 * 8), (MINATAR, "auto", 16 * 8 * 8),
     (MINATAR, "impala", 32 * 2 * 2),  # 10 -> 5 -> 3 -> 2
+    (ATARI, "impala-se", 32 * 11 * 11), (MINATAR, "impala-cbam", 32 * 2 * 2),
 ])
 def test_each_torso_gives_features_of_the_requested_width(shape, kind, flat):
     torso = networks.image_torso(shape, 48, kind)
@@ -58,9 +59,40 @@ def test_an_impala_residual_block_is_the_identity_when_its_convolutions_are_zero
     torch.testing.assert_close(block(x), x)
 
 
+def test_attention_blocks_gate_by_hand_with_zero_weights():
+    """Zero weights: every sigmoid gate is 0.5, so SE halves its input (one gate) and CBAM quarters
+    it (a channel gate, then a spatial one); and a residual block with either is still the identity
+    when its convolutions are zero."""
+    x = torch.randn(2, 8, 5, 5)
+    for block, factor in ((networks.SqueezeExcitation(8), 0.5), (networks.CBAM(8), 0.25)):
+        for p in block.parameters():
+            torch.nn.init.zeros_(p)
+        torch.testing.assert_close(block(x), factor * x)
+    for attention in (networks.SqueezeExcitation, networks.CBAM):
+        residual = networks.ResidualBlock(8, attention)
+        for conv in (residual.conv0, residual.conv1):
+            torch.nn.init.zeros_(conv.weight)
+            torch.nn.init.zeros_(conv.bias)
+        torch.testing.assert_close(residual(x), x)
+
+
+@pytest.mark.parametrize("name, kind, block", [("ppo", "impala-cbam", networks.CBAM),
+                                               ("dqn", "impala-se", networks.SqueezeExcitation)])
+def test_the_attention_torsos_are_there_for_any_algorithm_by_config(name, kind, block):
+    agent = algorithm.load(name)
+    args = agent.Args(torso=kind)
+    obs_space = gym.spaces.Box(0, 1, MINATAR, bool)
+    net = agent.make_policy(obs_space, gym.spaces.Discrete(3), args)
+    assert sum(isinstance(m, block) for m in net.modules()) == 6  # 3 stacks of 2 residual blocks
+    core = agent.make_core(args, 0, 1, 2, seed=0)
+    acted, _ = core.greedy(net, np.stack([obs_space.sample() for _ in range(2)]), core.initial_state(2),
+                           np.ones(2, bool))
+    assert acted.shape == (2,)
+
+
 @pytest.mark.parametrize("shape, kind, message", [
     (MINATAR, "nature", "algo.torso nature needs images of at least 36x36 pixels, got 10x10: use impala or minatar"),
-    (ATARI, "resnet", "algo.torso must be one of auto, nature, impala, minatar, got 'resnet'"),
+    (ATARI, "resnet", "algo.torso must be one of auto, nature, impala, impala-se, impala-cbam, minatar, got 'resnet'"),
 ])
 def test_a_torso_that_cannot_work_is_refused_in_one_line(shape, kind, message):
     with pytest.raises(ValueError, match=re.escape(message)):
@@ -71,6 +103,7 @@ def test_a_torso_that_cannot_work_is_refused_in_one_line(shape, kind, message):
     ("dqn", MINATAR, 3), ("c51", MINATAR, 3), ("iqn", MINATAR, 3), ("fqf", MINATAR, 3), ("r2d2", MINATAR, 3),
     ("ppo", MINATAR, 3), ("rppo", MINATAR, 3), ("impala", ATARI, 6), ("sac", MINATAR, 3), ("dqn", ATARI, 6),
     ("sac", (24, 24, 3), None), ("ddpg", (24, 24, 3), None), ("td3", (24, 24, 3), None),
+    ("rnd", MINATAR, 3), ("ppg", MINATAR, 3), ("daac", MINATAR, 3), ("tac", MINATAR, 3), ("reactor", MINATAR, 3),
 ])
 def test_every_algorithm_that_takes_images_builds_its_policy_on_a_torso(name, obs, actions):
     agent = algorithm.load(name)
