@@ -408,15 +408,14 @@ class Learner(LearnerBase):
         are the unrolls the steps belong to when an LSTM must replay them from their start (None:
         minibatches of steps)."""
         N, T = t["reward"].shape
-        size = N if self.net.recurrent else N * T
-        mb = max(1, size // self.args.minibatches)
-        order = torch.randperm(size, device=self.device)
         if self.net.recurrent:
-            for start in range(0, size - mb + 1, mb):
-                rows = order[start:start + mb]
+            for rows in shuffled_minibatches(N, self.args.minibatches, self.device):
                 i = (rows[:, None] * T + torch.arange(T, device=self.device)).reshape(-1)
                 yield rows, {k: v[i] for k, v in steps.items()}
             return
+        size = N * T
+        mb = max(1, size // self.args.minibatches)
+        order = torch.randperm(size, device=self.device)
         shuffled = {k: v[order] for k, v in steps.items()}  # one gather per tensor and epoch; then views
         for start in range(0, size - mb + 1, mb):
             yield None, {k: v[start:start + mb] for k, v in shuffled.items()}

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from qrl import networks
+from qrl import networks, ops
 from qrl.algorithms import ppo
 
 
@@ -110,19 +110,17 @@ class Distillation(nn.Module):
         embedding (with gradient into the predictor)."""
         return (self.predictor(obs) - self.target(obs)).pow(2).mean(-1)
 
-    def intrinsic_rewards(self, next_obs: torch.Tensor, gamma: float) -> torch.Tensor:
-        """Unrolls' next observations [N, T, ...] -> their intrinsic rewards [N, T]; updates the
-        running statistics of the observations (first) and of the discounted intrinsic sums."""
+    def intrinsic_rewards(self, next_obs: torch.Tensor, gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unrolls' next observations [N, T, ...] -> their intrinsic rewards [N, T] and the normalized
+        observations [N * T, ...] the predictor trains on; updates the running statistics of the
+        observations (first) and of the discounted intrinsic sums."""
         N, T = next_obs.shape[:2]
         flat = next_obs.reshape((N * T,) + next_obs.shape[2:])
         self.obs_moments.update(flat)
-        novelty = self.novelty(self.normalize(flat)).reshape(N, T)
-        running, sums = torch.zeros(N, device=novelty.device), []
-        for step in range(T):
-            running = running * gamma + novelty[:, step]
-            sums.append(running)
-        self.return_moments.update(torch.stack(sums))
-        return novelty / torch.sqrt(self.return_moments.var + 1e-8)
+        normalized = self.normalize(flat)
+        novelty = self.novelty(normalized).reshape(N, T)
+        self.return_moments.update(ops.running_discounted_sums(novelty, gamma))
+        return novelty / torch.sqrt(self.return_moments.var + 1e-8), normalized
 
 
 def make_policy(obs_space: gym.Space, action_space: gym.Space, args: Args) -> ppo.ActorCritic:
@@ -141,37 +139,41 @@ class Learner(ppo.Learner):
 
     def __init__(self, obs_space: gym.Space, action_space: gym.Space, args: Args, device: torch.device):
         self.distillation = Distillation(networks.obs_shape(obs_space), args).to(device)
-        self.last_intrinsic = 0.0
         super().__init__(obs_space, action_space, args, device)
 
     def trained_parameters(self) -> list[torch.Tensor]:
         return [*self.net.parameters(), *self.distillation.predictor.parameters()]
 
-    def advantages(self, t, values, next_values):
-        a = self.args
-        int_rewards = self.distillation.intrinsic_rewards(t["next_obs"], a.int_gamma)
-        self.last_intrinsic = int_rewards.mean()
-        ext_adv, ext_ret = ppo.step_advantages(t, t["reward"], values[..., 0], next_values[..., 0], a.gamma,
-                                               a.gae_lambda)
-        int_adv, int_ret = ppo.step_advantages(t, int_rewards, values[..., 1], next_values[..., 1], a.int_gamma,
-                                               a.gae_lambda, episodic=False)
-        self.last_advantage_std = torch.stack([ext_adv.std(), int_adv.std()])
-        return a.ext_coef * ext_adv + a.int_coef * int_adv, torch.stack([ext_ret, int_ret], -1)
+    def update(self, batch):
+        result = super().update(batch)
+        result.metrics.update({k: v.item() for k, v in self.intrinsic_stats.items()})
+        return result
 
     def step_targets(self, t):
-        steps = super().step_targets(t)
-        next_obs = t["next_obs"]
-        steps["rnd_obs"] = self.distillation.normalize(next_obs.reshape((-1,) + next_obs.shape[2:]))
+        """PPO's, with this batch's intrinsic rewards (for advantages) and the normalized next
+        observations the predictor trains on."""
+        with torch.no_grad():
+            int_rewards, rnd_obs = self.distillation.intrinsic_rewards(t["next_obs"], self.args.int_gamma)
+        steps = super().step_targets({**t, "intrinsic_reward": int_rewards})
+        steps["rnd_obs"] = rnd_obs
         return steps
+
+    def advantages(self, t, values, next_values):
+        a = self.args
+        ext_adv, ext_ret = ppo.step_advantages(t, t["reward"], values[..., 0], next_values[..., 0], a.gamma,
+                                               a.gae_lambda)
+        int_adv, int_ret = ppo.step_advantages(t, t["intrinsic_reward"], values[..., 1], next_values[..., 1],
+                                               a.int_gamma, a.gae_lambda, episodic=False)
+        self.intrinsic_stats = {"intrinsic_reward": t["intrinsic_reward"].mean(),
+                                "extrinsic_advantage_std": ext_adv.std(), "intrinsic_advantage_std": int_adv.std()}
+        return a.ext_coef * ext_adv + a.int_coef * int_adv, torch.stack([ext_ret, int_ret], -1)
 
     def loss(self, t, rows, mb, clip):
         loss, terms = super().loss(t, rows, mb, clip)
         novelty = self.distillation.novelty(mb["rnd_obs"])
         keep = (torch.rand(len(novelty), device=novelty.device) < self.args.rnd_update_proportion).float()
         predictor_loss = (novelty * keep).sum() / keep.sum().clamp(min=1.0)
-        terms.update(predictor_loss=predictor_loss.detach(), intrinsic_reward=self.last_intrinsic,
-                     extrinsic_advantage_std=self.last_advantage_std[0],
-                     intrinsic_advantage_std=self.last_advantage_std[1])
+        terms["predictor_loss"] = predictor_loss.detach()
         return loss + predictor_loss, terms
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from qrl import ops
+
 PREFIX = "_norm/"
 
 
@@ -52,13 +54,7 @@ def discounted_sums(rewards: np.ndarray, gamma: float = RETURN_GAMMA) -> np.ndar
     """Unrolls' rewards [N, T] -> each step's discounted sum of the unroll's rewards so far; a replay
     batch's rewards or n-step returns [B] as they are (each item is already one return)."""
     rewards = np.asarray(rewards, np.float64)
-    if rewards.ndim < 2:
-        return rewards
-    sums, running = np.empty_like(rewards), np.zeros(rewards.shape[0])
-    for t in range(rewards.shape[1]):
-        running = running * gamma + rewards[:, t]
-        sums[:, t] = running
-    return sums
+    return rewards if rewards.ndim < 2 else ops.running_discounted_sums(rewards, gamma)
 
 
 class Normalizer:

@@ -100,6 +100,17 @@ def adam(params: Iterable, **kwargs):
     return torch.optim.Adam(params, **kwargs)
 
 
+def running_discounted_sums(rewards, gamma: float):
+    """Rows of rewards [N, T] -> each step's discounted sum of its row's rewards so far (numpy arrays or
+    torch tensors): the returns whose scale reward scaling and RND's intrinsic rewards divide by."""
+    sums = rewards * 0.0
+    running = rewards[:, 0] * 0.0
+    for t in range(rewards.shape[1]):
+        running = running * gamma + rewards[:, t]
+        sums[:, t] = running
+    return sums
+
+
 def gae(rewards, values, next_values, terminated, ends, gamma: float, lam: float):
     """Generalized advantage estimation over a [T, B] unroll (torch or numpy arrays).
 

@@ -59,11 +59,12 @@ def test_intrinsic_rewards_are_scaled_by_the_deviation_of_their_discounted_sums(
     torch.manual_seed(0)
     distillation = rnd.Distillation((3,), rnd.Args())
     next_obs = torch.as_tensor(unrolls()["next_obs"])
-    rewards = distillation.intrinsic_rewards(next_obs, gamma=0.99)
+    rewards, normalized = distillation.intrinsic_rewards(next_obs, gamma=0.99)
     with torch.no_grad():  # the raw novelty under the statistics the call left behind
         raw = distillation.novelty(distillation.normalize(next_obs.reshape(-1, 3))).reshape(4, 8)
     scale = torch.sqrt(distillation.return_moments.var + 1e-8)
     torch.testing.assert_close(rewards, raw / scale)
+    torch.testing.assert_close(normalized, distillation.normalize(next_obs.reshape(-1, 3)))
     assert distillation.obs_moments.count.item() == pytest.approx(32, abs=1e-3)
     assert distillation.return_moments.count.item() == pytest.approx(32, abs=1e-3)
 
