@@ -61,6 +61,9 @@ class DecoupledActorCritic(ppo.ActorCritic):
     def values(self, obs: torch.Tensor) -> torch.Tensor:
         return self.value(self.value_encoder(obs)).squeeze(-1)
 
+    def value_path(self) -> tuple[nn.Module, ...]:
+        return self.value_encoder, self.value
+
     def policy_and_advantage(self, obs: torch.Tensor, actions: torch.Tensor
                              ) -> tuple[torch.distributions.Distribution, torch.Tensor]:
         """The policy's distribution at obs and its predicted advantage of `actions` there."""
@@ -74,7 +77,7 @@ def make_policy(obs_space: gym.Space, action_space: gym.Space, args: Args) -> De
     if args.lstm:
         raise ValueError("daac: the LSTM variant is not supported (set algo.lstm=0)")
     ppo.check_action_space(action_space)
-    return DecoupledActorCritic(networks.obs_shape(obs_space), action_space, args)
+    return ppo.normalized_values(DecoupledActorCritic(networks.obs_shape(obs_space), action_space, args), args)
 
 
 class Learner(ppo.Learner):

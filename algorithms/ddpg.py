@@ -37,6 +37,8 @@ class Args:
     """Items in the replay table before the first batch is served."""
     updates_per_step: float = 1.0
     """Learner updates per environment step, held by the broker's rate limiter."""
+    spectral_norm: bool = False
+    """Spectral normalisation of the value function's last hidden layer (qrl/networks.py)."""
     torso: str = "auto"
     """Image observations: the convolutional torso each network has of its own (qrl/networks.py):
     nature, impala[-se|-cbam], minatar, or auto (nature for 36 pixels and more, else minatar); its last layer
@@ -93,6 +95,8 @@ class Critic(nn.Module):
         super().__init__()
         self.encoder = networks.Encoder(obs_shape, args.hidden[0], args.torso)
         self.net = mlp(self.encoder.out_features + action_dim, tuple(args.hidden), 1)
+        if args.spectral_norm:
+            networks.spectral_norm_penultimate(self.encoder, self.net)
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat([self.encoder(obs), action], dim=1)).squeeze(1)

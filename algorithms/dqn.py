@@ -71,6 +71,8 @@ class Args:
     noise per segment, the learner per update; evaluation uses the mean weights)."""
     noisy_std: float = 0.5
     """Noisy nets: sigma_0 of the noise scale's initialisation."""
+    spectral_norm: bool = False
+    """Spectral normalisation of the value function's last hidden layer (qrl/networks.py)."""
     torso: str = "auto"
     """Image observations: the convolutional torso (qrl/networks.py): nature, impala[-se|-cbam], minatar, or auto
     (nature for 36 pixels and more, else minatar); its last layer has `hidden` units."""
@@ -108,6 +110,10 @@ class QNetwork(nn.Module):
         self.num_actions, self.outputs = num_actions, outputs
         self.advantage = linear(hidden, num_actions * (outputs or 1))
         self.value = linear(hidden, outputs or 1) if args.dueling else None
+        if args.spectral_norm:
+            if args.noisy:
+                raise ValueError("algo.spectral_norm does not combine with noisy layers (set algo.noisy=false)")
+            networks.spectral_norm_penultimate(self.torso, self.advantage)  # the torso's last layer
 
     def combine(self, adv, value, xp=torch):
         """The dueling combination of the head's raw outputs (torch tensors or, xp=np, numpy arrays):
@@ -155,8 +161,8 @@ class QNetwork(nn.Module):
         return self.numpy_q_from(self.combine(advantage(h), None if value is None else value(h), xp=np))
 
     def _compile_numpy(self):
-        if self.image:
-            return None
+        if self.image or any(nn.utils.parametrize.is_parametrized(m) for m in self.modules()):
+            return None  # (spectral norm: a weight computed at each forward, no live storage to read)
         parts = [compile_mlp(self.torso), compile_mlp(self.advantage)]
         parts.append(None if self.value is None else compile_mlp(self.value))
         if None in parts[:2] or (self.value is not None and parts[2] is None):

@@ -64,7 +64,7 @@ def make_policy(obs_space: gym.Space, action_space: gym.Space, args: Args) -> Ph
     if args.lstm:
         raise ValueError("ppg: the LSTM variant is not supported (set algo.lstm=0)")
     ppo.check_action_space(action_space)
-    return PhasicActorCritic(networks.obs_shape(obs_space), action_space, args)
+    return ppo.normalized_values(PhasicActorCritic(networks.obs_shape(obs_space), action_space, args), args)
 
 
 def rows_of(dist: torch.distributions.Distribution, rows: torch.Tensor) -> torch.distributions.Distribution:

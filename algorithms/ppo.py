@@ -7,10 +7,11 @@ log-probability. The learner takes a batch of unrolls, computes GAE with its cur
 function, and runs several epochs of clipped-objective minibatch updates (optional value
 clipping, advantage normalization, entropy bonus); every update is published as new weights.
 Unrolls made by weights more than max_policy_lag versions old are dropped by the broker.
-With `lstm` > 0 the policy and the value function each get an LSTM (recurrent PPO, as
-sb3-contrib's RecurrentPPO): actors carry its state, reset it where an episode starts, and send
-each unroll's initial state and episode starts with it; the learner replays whole unrolls
-through the LSTMs from those states, so its minibatches are unrolls, not steps.
+With `lstm` > 0 the policy and the value function each get a recurrent core, an LSTM (recurrent
+PPO, as sb3-contrib's RecurrentPPO) or an attention core (qrl/cores.py): actors carry its state,
+reset it where an episode starts, and send each unroll's initial state and episode starts with it;
+the learner replays whole unrolls through the cores from those states, so its minibatches are
+unrolls, not steps.
 References: Schulman et al. 2017 (PPO), 2016 (GAE); Andrychowicz et al. 2021 (what matters);
 Raffin et al. 2021 (stable-baselines3, RecurrentPPO in sb3-contrib).
 """
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from qrl import networks, ops
+from qrl import cores, networks, ops
 from qrl.algorithm import ActorCore, Agent, Batch, LearnerBase, Rollout, Update
 from qrl.brokers.tables import TableConfig
 from qrl.numpy_mlp import compile_mlp, numpy_twin, sample_categorical
@@ -65,11 +66,21 @@ class Args:
     steps, instead of independent Gaussian noise at every step (Raffin et al. 2022)."""
     sde_sample_freq: int = 4
     lstm: int = 0
-    """Hidden size of the policy's and the value function's LSTMs (0: feed-forward MLPs). With an
-    LSTM, minibatches are whole unrolls: `minibatches` splits the batch's unrolls."""
+    """Width of the policy's and the value function's recurrent cores (0: feed-forward MLPs): the
+    LSTMs' hidden size, or the attention cores' model width. With a core, minibatches are whole
+    unrolls: `minibatches` splits the batch's unrolls."""
+    core: str = "lstm"
+    """The recurrent core (qrl/cores.py): lstm, or attention (a transformer over the last
+    attention_memory steps)."""
+    attention_memory: int = 16
+    """Attention core: how many past steps of the episode each step attends to."""
+    attention_heads: int = 4
+    attention_layers: int = 1
     ortho_init: bool = True
     """Orthogonal initialization of the linear layers (as the PPO implementations that reach
     published returns do; sb3-contrib's RecurrentPPO presets turn it off)."""
+    spectral_norm: bool = False
+    """Spectral normalisation of the value function's last hidden layer (qrl/networks.py)."""
     torso: str = "auto"
     """Image observations: the convolutional torso the policy and the value share (qrl/networks.py):
     nature, impala[-se|-cbam], minatar, or auto (nature for 36 pixels and more, else minatar); its last layer
@@ -98,7 +109,8 @@ def mlp(inputs: int, hidden: int, outputs: int, out_gain: float, ortho: bool = T
 
 
 class ActorCritic(nn.Module):
-    """Separate policy and value networks: MLPs, or (lstm > 0) each an LSTM cell with an MLP head.
+    """Separate policy and value networks: MLPs, or (lstm > 0) each a recurrent core (an LSTM cell or
+    an attention core, qrl/cores.py) with an MLP head.
     The value network has `value_heads` outputs (RND: extrinsic and intrinsic); values are [B] for
     one, else [B, value_heads].
     Image observations first go through a convolutional torso both share (CleanRL's ppo_atari,
@@ -120,7 +132,10 @@ class ActorCritic(nn.Module):
                 networks.orthogonal_init(self.encoder, np.sqrt(2))
             head_layers = int(self.recurrent)  # after a torso: linear heads
         if self.recurrent:  # sb3-contrib's MlpLstmPolicy: LSTM, then one hidden layer per head
-            self.pi_lstm, self.vf_lstm = nn.LSTMCell(obs_dim, args.lstm), nn.LSTMCell(obs_dim, args.lstm)
+            # Named pi_lstm / vf_lstm (checkpoints from before cores keep loading) or pi_attention / vf_attention.
+            setattr(self, f"pi_{args.core}", cores.make_core(args, obs_dim))
+            setattr(self, f"vf_{args.core}", cores.make_core(args, obs_dim))
+            self.core_kind = args.core
             self.policy = mlp(args.lstm, hidden, n_out, 0.01, args.ortho_init, head_layers, nn.ReLU)
             self.value = mlp(args.lstm, hidden, value_heads, 1.0, args.ortho_init, head_layers, nn.ReLU)
         else:
@@ -131,6 +146,18 @@ class ActorCritic(nn.Module):
             self.log_std = nn.Parameter(torch.full((hidden, n_out) if self.sde else (n_out,), args.log_std_init))
             self.register_buffer("low", torch.as_tensor(action_space.low, dtype=torch.float32))
             self.register_buffer("high", torch.as_tensor(action_space.high, dtype=torch.float32))
+
+    @property
+    def pi_core(self) -> nn.Module:
+        return getattr(self, f"pi_{self.core_kind}")
+
+    @property
+    def vf_core(self) -> nn.Module:
+        return getattr(self, f"vf_{self.core_kind}")
+
+    def value_path(self) -> tuple[nn.Module, ...]:
+        """The value function's modules in forward order, recurrent cores left out (spectral_norm)."""
+        return self.encoder, self.value
 
     def head(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(last hidden features, policy output) of the policy head on its inputs."""
@@ -144,7 +171,7 @@ class ActorCritic(nn.Module):
     def deterministic(self, obs: torch.Tensor) -> torch.Tensor:
         """Feed-forward: the most likely action, in torch (ONNX export); as ActorCore.greedy acts."""
         if self.recurrent:
-            raise ValueError("an LSTM policy's actions depend on its state: ONNX export takes feed-forward policies")
+            raise ValueError("a recurrent policy's actions depend on its state: ONNX export takes feed-forward policies")
         _, out = self.features(obs)
         return torch.clamp(out, self.low, self.high) if self.continuous else out.argmax(1)
 
@@ -198,35 +225,43 @@ class ActorCritic(nn.Module):
 
     def step(self, obs: torch.Tensor, state: dict[str, torch.Tensor], episode_start: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """One actor step of the LSTMs: (policy latent, policy output, next state)."""
+        """One actor step of the cores: (policy latent, policy output, next state)."""
         x = self.encoder(obs)[None]
         start = episode_start[None]
-        (pi_h,), (pi_c,) = ops.lstm_unroll(self.pi_lstm, x, state["pi_h"], state["pi_c"], start)
-        (vf_h,), (vf_c,) = ops.lstm_unroll(self.vf_lstm, x, state["vf_h"], state["vf_c"], start)
-        latent, out = self.head(pi_h)
-        return latent, out, {"pi_h": pi_h, "pi_c": pi_c, "vf_h": vf_h, "vf_c": vf_c}
+        pi_out, pi_state = self.pi_core.unroll(x, cores.substate(state, "pi_"), start)
+        _, vf_state = self.vf_core.unroll(x, cores.substate(state, "vf_"), start)
+        latent, out = self.head(pi_out[0])
+        return latent, out, {**{"pi_" + k: v[0] for k, v in pi_state.items()},
+                             **{"vf_" + k: v[0] for k, v in vf_state.items()}}
 
     def replay(self, t: dict[str, torch.Tensor]) -> tuple[torch.distributions.Distribution, torch.Tensor,
                                                           torch.Tensor]:
         """Unrolls [N, T, ...] from their initial states: the policy's distribution and the values at
         each step, and the values of each step's true next observation, all flattened to [N * T]
-        (next values: the value LSTM one step further from the state after that step)."""
+        (next values: the value core one step further from the state after that step)."""
         N, T = t["reward"].shape
         x = self.encoder(t["obs"].flatten(0, 1)).reshape(N, T, -1).transpose(0, 1)  # time-major [T, N, D]
         start = t["episode_start"].T
-        pi_h, _ = ops.lstm_unroll(self.pi_lstm, x, t["pi_h"], t["pi_c"], start)
-        vf_h, vf_c = ops.lstm_unroll(self.vf_lstm, x, t["vf_h"], t["vf_c"], start)
-        flat_time = lambda y: y.transpose(0, 1).reshape(N * T, -1)  # [T, N, H] -> [N * T, H]
-        dist = self.distribution_of(*self.head(flat_time(pi_h)))
-        values = self.value(flat_time(vf_h)).squeeze(-1)
+        pi_out, _ = self.pi_core.unroll(x, cores.substate(t, "pi_"), start)
+        vf_out, vf_states = self.vf_core.unroll(x, cores.substate(t, "vf_"), start)
+        flat_time = lambda y: y.transpose(0, 1).reshape((N * T,) + y.shape[2:])  # [T, N, ...] -> [N * T, ...]
+        dist = self.distribution_of(*self.head(flat_time(pi_out)))
+        values = self.value(flat_time(vf_out)).squeeze(-1)
         next_x = self.encoder(t["next_obs"].flatten(0, 1))
-        next_h, _ = self.vf_lstm(next_x, (flat_time(vf_h), flat_time(vf_c)))
-        return dist, values, self.value(next_h).squeeze(-1)
+        next_out = self.vf_core.step_from(next_x, {k: flat_time(v) for k, v in vf_states.items()})
+        return dist, values, self.value(next_out).squeeze(-1)
 
 
 def make_policy(obs_space: gym.Space, action_space: gym.Space, args: Args, value_heads: int = 1) -> ActorCritic:
     check_action_space(action_space)
-    return ActorCritic(networks.obs_shape(obs_space), action_space, args, value_heads)
+    return normalized_values(ActorCritic(networks.obs_shape(obs_space), action_space, args, value_heads), args)
+
+
+def normalized_values(net: ActorCritic, args: Args) -> ActorCritic:
+    """net, with spectral normalisation on its value function's last hidden layer if args ask for it."""
+    if args.spectral_norm:
+        networks.spectral_norm_penultimate(*net.value_path())
+    return net
 
 
 def check_action_space(action_space: gym.Space) -> None:
@@ -238,8 +273,8 @@ def check_action_space(action_space: gym.Space) -> None:
 
 class PolicySampling(ActorCore):
     """Samples of the policy: discrete actions by inverse CDF from numpy uniforms, continuous ones
-    from the Gaussian (gSDE: noise weights resampled every sde_sample_freq steps). With an LSTM the
-    state is the two LSTMs' (h, c)."""
+    from the Gaussian (gSDE: noise weights resampled every sde_sample_freq steps). With a core the
+    state is the two cores' (qrl/cores.py)."""
 
     def __init__(self, args: Args, index: int, count: int, num_envs: int, seed: int):
         super().__init__(args, index, count, num_envs, seed)
@@ -251,8 +286,7 @@ class PolicySampling(ActorCore):
     def initial_state(self, num_envs: int) -> dict[str, np.ndarray]:
         if not self.args.lstm:
             return {}
-        zeros = lambda: np.zeros((num_envs, self.args.lstm), np.float32)
-        return {"pi_h": zeros(), "pi_c": zeros(), "vf_h": zeros(), "vf_c": zeros()}
+        return {**cores.initial_state(self.args, num_envs, "pi_"), **cores.initial_state(self.args, num_envs, "vf_")}
 
     def forward(self, net: ActorCritic, obs, state, episode_start):
         """((latent, policy output), next state) in torch, or ((None, logits), state) in numpy."""
@@ -306,7 +340,7 @@ def _env_action(net: ActorCritic, action: torch.Tensor) -> np.ndarray:
 
 def make_items(rollout: Rollout, args: Args) -> dict[str, np.ndarray]:
     """One item per environment: its [T, ...] unroll (time-major in the rollout, so swap axes); with an
-    LSTM also the state it started from and where episodes start."""
+    recurrent core also the state it started from and where episodes start."""
     items = unroll_items(rollout)
     if args.lstm:
         T = rollout.num_steps
@@ -405,7 +439,7 @@ class Learner(LearnerBase):
 
     def minibatches(self, t: dict[str, torch.Tensor], steps: dict[str, torch.Tensor]):
         """One epoch's minibatches in a random order: (rows, {name: the minibatch's steps}), where rows
-        are the unrolls the steps belong to when an LSTM must replay them from their start (None:
+        are the unrolls the steps belong to when a recurrent core must replay them from their start (None:
         minibatches of steps)."""
         N, T = t["reward"].shape
         if self.net.recurrent:

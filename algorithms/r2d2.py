@@ -1,10 +1,11 @@
 """R2D2: recurrent experience replay in distributed reinforcement learning.
 
-A dueling Q-network with an LSTM. Actors explore with Ape-X epsilons (algorithms/dqn.py) and keep
-the LSTM state from step to step (reset where an episode starts). One item per environment and
+A dueling Q-network with a recurrent core: an LSTM, or an attention core (`algo.core`,
+qrl/cores.py). Actors explore with Ape-X epsilons (algorithms/dqn.py) and keep the core's state
+from step to step (reset where an episode starts). One item per environment and
 segment is a fixed-length sequence: a burn-in prefix, then `sequence_length` steps to train on
 (ending where the segment ends, so consecutive sequences overlap by sequence_length minus the
-segment length), then n_step - 1 steps for the last targets, with the LSTM state the actor had at
+segment length), then n_step - 1 steps for the last targets, with the core's state the actor had at
 the sequence's first step. The learner starts both networks from that stored state, runs the
 burn-in without gradients to rebuild the state, and trains on n-step double-Q targets under the
 invertible value rescaling h. Sequences are replayed with priority
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from qrl import networks, ops
+from qrl import cores, networks, ops
 from qrl.algorithm import Agent, Batch, History, LearnerBase, Rollout, Update, replay_table
 from qrl.algorithms import apex, dqn
 
@@ -32,16 +33,25 @@ from qrl.algorithms import apex, dqn
 @dataclass(frozen=True)
 class Args:
     hidden: int = 64
-    """Width of the linear layer before the LSTM (on images: the torso's last layer)."""
+    """Width of the linear layer before the core (on images: the torso's last layer)."""
     torso: str = "auto"
-    """Image observations: the convolutional torso before the LSTM (qrl/networks.py): nature, impala,
+    """Image observations: the convolutional torso before the core (qrl/networks.py): nature, impala,
     minatar, or auto (nature for 36 pixels and more, else minatar)."""
     lstm: int = 128
-    """Hidden size of the LSTM."""
+    """Width of the recurrent core: the LSTM's hidden size, or the attention core's model width."""
+    core: str = "lstm"
+    """The recurrent core (qrl/cores.py): lstm, or attention (a transformer over the last
+    attention_memory steps)."""
+    attention_memory: int = 16
+    """Attention core: how many past steps of the episode each step attends to."""
+    attention_heads: int = 4
+    attention_layers: int = 1
     dueling: bool = True
+    spectral_norm: bool = False
+    """Spectral normalisation of the value function's last hidden layer (qrl/networks.py)."""
     double: bool = True
     burn_in: int = 40
-    """Steps before each training sequence that only rebuild the LSTM state (no gradient)."""
+    """Steps before each training sequence that only rebuild the core's state (no gradient)."""
     sequence_length: int = 80
     """Steps of each sequence that are trained on. Sequences end where segments end, so with
     run.segment_length 40 consecutive ones overlap by 40; segment_length may not exceed this."""
@@ -83,7 +93,7 @@ def table_config(args: Args):
 # -- network ----------------------------------------------------------------------------------
 
 class RecurrentQNetwork(nn.Module):
-    """A torso (one linear layer, or a convolutional torso on images), an LSTM, a (dueling) head."""
+    """A torso (one linear layer, or a convolutional torso on images), a recurrent core, a (dueling) head."""
 
     def __init__(self, obs_shape: tuple[int, ...], num_actions: int, args: Args):
         super().__init__()
@@ -92,30 +102,37 @@ class RecurrentQNetwork(nn.Module):
             self.torso = networks.image_torso(obs_shape, args.hidden, args.torso)
         else:
             self.torso = nn.Sequential(nn.Linear(int(np.prod(obs_shape)), args.hidden), nn.ReLU())
-        self.lstm = nn.LSTMCell(args.hidden, args.lstm)
+        self.core_kind = args.core  # the core is named `lstm` (as before cores) or `attention`
+        setattr(self, args.core, cores.make_core(args, args.hidden))
         self.advantage = nn.Linear(args.lstm, num_actions)
         self.value = nn.Linear(args.lstm, 1) if args.dueling else None
+        if args.spectral_norm:  # the layer before the core: the core is not counted as a layer
+            networks.spectral_norm_penultimate(self.torso, self.advantage)
 
-    def head(self, h: torch.Tensor) -> torch.Tensor:  # [..., lstm] -> [..., num_actions]
+    @property
+    def core(self) -> nn.Module:
+        return getattr(self, self.core_kind)
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:  # [..., width] -> [..., num_actions]
         adv = self.advantage(h)
         if self.value is None:
             return adv
         return self.value(h) + adv - adv.mean(dim=-1, keepdim=True)
 
-    def unroll(self, obs: torch.Tensor, h: torch.Tensor, c: torch.Tensor, episode_start: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """[T, N, *obs_shape] from the state (h, c) [N, lstm] -> hidden and cell states after each step."""
+    def unroll(self, obs: torch.Tensor, state: dict[str, torch.Tensor], episode_start: torch.Tensor
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """[T, N, *obs_shape] from the state {name: [N, ...]} -> the core's outputs and its state after
+        each step ([T, N, ...])."""
         x = self.encode(obs.flatten(0, 1)).reshape(obs.shape[0], obs.shape[1], -1)
-        return ops.lstm_unroll(self.lstm, x, h, c, episode_start)
+        return self.core.unroll(x, state, episode_start)
 
     def encode(self, obs: torch.Tensor) -> torch.Tensor:
-        """Observations [M, *obs_shape] -> the LSTM's inputs [M, hidden]."""
+        """Observations [M, *obs_shape] -> the core's inputs [M, hidden]."""
         return self.torso(obs) if self.image else self.torso(obs.reshape(len(obs), -1).float())
 
-    def step_from(self, obs: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """Q values of [M, *obs_shape] observations, each from its own state [M, lstm] (no reset)."""
-        h, _ = self.lstm(self.encode(obs), (h, c))
-        return self.head(h)
+    def step_from(self, obs: torch.Tensor, state: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Q values of [M, *obs_shape] observations, each from its own state [M, ...] (no reset)."""
+        return self.head(self.core.step_from(self.encode(obs), state))
 
 
 def make_policy(obs_space: gym.Space, action_space: gym.Space, args: Args) -> RecurrentQNetwork:
@@ -133,22 +150,21 @@ def history(args: Args) -> History:
 
 
 class RecurrentEpsilonGreedy(dqn.EpsilonExploration):
-    """DQN's Ape-X epsilon-greedy exploration over the recurrent Q values; the state is the LSTM's."""
+    """DQN's Ape-X epsilon-greedy exploration over the recurrent Q values; the state is the core's."""
 
     def initial_state(self, num_envs: int) -> dict[str, np.ndarray]:
-        zeros = np.zeros((num_envs, self.args.lstm), np.float32)
-        return {"h": zeros, "c": zeros.copy()}
+        return cores.initial_state(self.args, num_envs)
 
     def forward(self, net: RecurrentQNetwork, obs, state, episode_start):
         with torch.inference_mode():
             put = functools.partial(networks.on_device, net)
-            hs, cs = net.unroll(put(obs)[None], put(state["h"]), put(state["c"]), put(episode_start)[None])
-            return networks.to_numpy(net.head(hs[0])), {"h": networks.to_numpy(hs[0]), "c": networks.to_numpy(cs[0])}
+            outs, states = net.unroll(put(obs)[None], {k: put(v) for k, v in state.items()}, put(episode_start)[None])
+            return networks.to_numpy(net.head(outs[0])), {k: networks.to_numpy(v[0]) for k, v in states.items()}
 
 
 def make_items(rollout: Rollout, args: Args) -> dict[str, np.ndarray]:
     """One sequence per environment: burn-in + sequence_length + n_step - 1 steps ending n_step - 1
-    steps after the segment, its n-step returns, and the LSTM state at its first step.
+    steps after the segment, its n-step returns, and the core's state at its first step.
 
     The rollout holds burn_in + sequence_length steps before the segment's T own steps; the item
     starts T steps into them, so its trained steps are the sequence_length steps that end with the
@@ -173,8 +189,7 @@ def make_items(rollout: Rollout, args: Args) -> dict[str, np.ndarray]:
         "discount": per_env(discounts).astype(np.float32),
         "bootstrap": per_env(last).astype(np.int64),  # index into next_obs of each target's bootstrap
         "valid": per_env(rollout.valid[skip + B:skip + B + m]),
-        "h": np.ascontiguousarray(rollout.states["h"][skip]),
-        "c": np.ascontiguousarray(rollout.states["c"][skip]),
+        **{k: np.ascontiguousarray(v[skip]) for k, v in rollout.states.items()},
     }
 
 
@@ -195,22 +210,24 @@ class Learner(LearnerBase):
         B, m = a.burn_in, a.sequence_length
         time_major = lambda x: x.transpose(0, 1)
         obs, start = time_major(batch["obs"]), time_major(batch["episode_start"])
+        stored = {k: batch[k] for k in cores.initial_state(a, 0)}  # the core's state at each sequence's start
         with torch.no_grad():  # burn-in: rebuild the state the online net has at the first trained step
-            h, c = batch["h"], batch["c"]
+            state = stored
             if B:
-                hs, cs = self.net.unroll(obs[:B], h, c, start[:B])
-                h, c = hs[-1], cs[-1]
-            target_hs, target_cs = self.target.unroll(obs, batch["h"], batch["c"], start)
-        hs, cs = self.net.unroll(obs[B:], h, c, start[B:])  # [m + n - 1, N, lstm]
+                _, states = self.net.unroll(obs[:B], stored, start[:B])
+                state = {k: v[-1] for k, v in states.items()}
+            _, target_states = self.target.unroll(obs, stored, start)
+        outs, states = self.net.unroll(obs[B:], state, start[B:])  # [m + n - 1, N, ...]
         actions = time_major(batch["action"])[B:B + m]
-        q = self.net.head(hs[:m]).gather(2, actions.unsqueeze(2)).squeeze(2)  # [m, N]
+        q = self.net.head(outs[:m]).gather(2, actions.unsqueeze(2)).squeeze(2)  # [m, N]
 
         with torch.no_grad():  # n-step double-Q targets, bootstrapped from each step's true next observation
             next_obs = time_major(batch["next_obs"])  # [m + n - 1, N, ...]
             S, N = next_obs.shape[:2]
             flat = lambda x: x.reshape((S * N,) + x.shape[2:])
-            q_next_online = self.net.step_from(flat(next_obs), flat(hs.detach()), flat(cs.detach())).reshape(S, N, -1)
-            q_next_target = self.target.step_from(flat(next_obs), flat(target_hs[B:]), flat(target_cs[B:])
+            q_next_online = self.net.step_from(flat(next_obs), {k: flat(v.detach()) for k, v in states.items()}
+                                               ).reshape(S, N, -1)
+            q_next_target = self.target.step_from(flat(next_obs), {k: flat(v[B:]) for k, v in target_states.items()}
                                                   ).reshape(S, N, -1)
             boot = time_major(batch["bootstrap"])  # [m, N] index into the S steps
             envs = torch.arange(N, device=self.device).expand(m, N)

@@ -71,6 +71,8 @@ class Args:
     importance_anneal_updates: int = 20_000
     priority_eta: float = 0.9
     max_grad_norm: float = 40.0
+    spectral_norm: bool = False
+    """Spectral normalisation of the value function's last hidden layer (qrl/networks.py)."""
     torso: str = "auto"
     """Image observations: the convolutional torso (qrl/networks.py)."""
 
@@ -97,6 +99,8 @@ class ReactorNet(nn.Module):
         self.q = nn.Linear(args.hidden, num_actions * args.atoms)
         self.num_actions, self.atoms = num_actions, args.atoms
         self.register_buffer("support", torch.linspace(args.v_min, args.v_max, args.atoms))
+        if args.spectral_norm:  # the trunk's last layer, shared with the policy head
+            networks.spectral_norm_penultimate(self.encoder, self.trunk, self.q)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(policy logits [B, A], return-distribution logits [B, A, atoms])."""

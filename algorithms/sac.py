@@ -45,6 +45,8 @@ class Args:
     """Discrete actions: target entropy = this * log |A| (continuous: -|A|)."""
     random_frames: int = 100
     """Each actor's first frames use uniformly random actions."""
+    spectral_norm: bool = False
+    """Spectral normalisation of the value function's last hidden layer (qrl/networks.py)."""
     torso: str = "auto"
     """Image observations: the convolutional torso each network has of its own (qrl/networks.py):
     nature, impala[-se|-cbam], minatar, or auto (nature for 36 pixels and more, else minatar); its last layer
@@ -129,6 +131,8 @@ class Critic(nn.Module):
             self.net = mlp(obs_dim + int(np.prod(action_space.shape)), tuple(hidden), 1)
         else:
             self.net = mlp(obs_dim, tuple(hidden), int(action_space.n))
+        if args.spectral_norm:
+            networks.spectral_norm_penultimate(self.encoder, self.net)
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor | None = None) -> torch.Tensor:
         if self.continuous:

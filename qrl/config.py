@@ -198,6 +198,7 @@ RANGES: dict[str, Range] = {
     "value_epochs": Range(0, 1000), "value_every": COUNT, "adv_coef": NON_NEGATIVE,
     "retrace_lambda": FRACTION, "loo_beta_max": POSITIVE,
     "lstm": Range(0, 1 << 16), "burn_in": Range(0, 1 << 16),
+    "attention_memory": Range(1, 4096), "attention_heads": Range(1, 256), "attention_layers": Range(1, 64),
     "sequence_length": Range(1, 1 << 16), "adam_eps": POSITIVE, "rescale_eps": POSITIVE, "priority_eta": FRACTION,
     "atoms": Range(2, 4096), "v_min": ANY, "v_max": ANY, "quantiles": Range(1, 4096), "kappa": POSITIVE,
     "huber_delta": POSITIVE,

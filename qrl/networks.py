@@ -8,6 +8,13 @@ An algorithm picks one with `algo.torso` (its Args field):
     minatar   Young & Tian 2019's one 3x3 convolution of 16 channels (MinAtar's 10x10 grids)
     auto      nature for images of 36 pixels and more on each side, else minatar
 
+impala-se and impala-cbam add squeeze-and-excitation or CBAM attention to impala's residual blocks.
+Any of them followed by `+randconv` (impala+randconv) puts network randomisation in front of it: in
+training forward passes (the learner's; actors and evaluation run the network in eval mode and see
+clean images), each image goes through a 3x3 convolution with fresh random weights, or with
+probability 0.1 stays as it is (Lee et al. 2020; per-image weights as RAD's random_conv, Laskin et
+al. 2020), so the torso learns features that survive changes of colour and texture.
+
 Every torso ends in a linear layer of the algorithm's width and a ReLU, so the layers after it
 (heads, an LSTM, IQN's fraction embedding) are those of the vector case.
 
@@ -29,6 +36,7 @@ import torch
 from torch import nn
 
 TORSOS = ("auto", "nature", "impala", "impala-se", "impala-cbam", "minatar")
+RANDOM_CONV = "+randconv"
 NATURE_MIN_PIXELS = 36  # the three convolutions (kernels 8, 4, 3; strides 4, 2, 1) need 36 x 36
 
 
@@ -130,6 +138,29 @@ class CBAM(nn.Module):
         return x * torch.sigmoid(self.spatial(pooled))
 
 
+class RandomConvolution(nn.Module):
+    """Network randomisation in training mode: each image [C, H, W] through its own 3x3 convolution
+    (C -> C channels, same size) with Xavier-normal random weights drawn at every forward, except
+    with probability `clean`, which keeps the image. The identity in eval mode. No parameters."""
+
+    def __init__(self, channels: int, clean: float = 0.1):
+        super().__init__()
+        self.channels, self.clean = channels, clean
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        B, C, H, W = x.shape
+        std = math.sqrt(2.0 / (2 * C * 9))  # Xavier normal: fan in = fan out = C * 3 * 3
+        weights = torch.randn(B * C, C, 3, 3, device=x.device) * std
+        randomised = nn.functional.conv2d(x.reshape(1, B * C, H, W), weights, padding=1, groups=B).reshape(B, C, H, W)
+        keep = torch.rand(B, 1, 1, 1, device=x.device) < self.clean
+        return torch.where(keep, x, randomised)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, clean={self.clean}"
+
+
 def nature_convolutions(channels: int) -> list[nn.Module]:
     return [nn.Conv2d(channels, 32, 8, stride=4), nn.ReLU(), nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
             nn.Conv2d(64, 64, 3, stride=1), nn.ReLU()]
@@ -156,9 +187,11 @@ CONVOLUTIONS: dict[str, Callable[[int], list[nn.Module]]] = {
 
 
 def torso_kind(obs_shape: tuple[int, ...], kind: str) -> str:
-    """The torso `kind` names for this image shape ('auto' resolved); one line for a bad choice."""
+    """The torso `kind` names for this image shape ('auto' resolved, +randconv dropped); one line for
+    a bad choice."""
+    kind = kind.removesuffix(RANDOM_CONV)
     if kind not in TORSOS:
-        raise ValueError(f"algo.torso must be one of {', '.join(TORSOS)}, got {kind!r}")
+        raise ValueError(f"algo.torso must be one of {', '.join(TORSOS)} (each optionally +randconv), got {kind!r}")
     _, height, width = chw(obs_shape)
     if kind == "auto":
         return "nature" if min(height, width) >= NATURE_MIN_PIXELS else "minatar"
@@ -202,8 +235,23 @@ def image_torso(obs_shape: tuple[int, ...], width: int, kind: str = "auto",
     convolutions = nn.Sequential(*CONVOLUTIONS[torso_kind(obs_shape, kind)](channels))
     with torch.no_grad():
         flat = convolutions(torch.zeros(1, channels, height, width_px)).numel()
-    return nn.Sequential(ImageInput(channels_last(obs_shape)), *convolutions, nn.Flatten(), linear(flat, width),
-                         nn.ReLU())
+    randomise = [RandomConvolution(channels)] if kind.endswith(RANDOM_CONV) else []
+    return nn.Sequential(ImageInput(channels_last(obs_shape)), *randomise, *convolutions, nn.Flatten(),
+                         linear(flat, width), nn.ReLU())
+
+
+def spectral_norm_penultimate(*path: nn.Module) -> None:
+    """Spectral normalisation (Miyato et al. 2018) of a value function's last hidden linear layer:
+    its weight divided by its largest singular value (one power iteration per training forward).
+    `path` is the value function's modules in forward order, ending with its output layer; recurrent
+    cores are left out. Gogianu et al. 2021 found normalising this one layer of a Q network enough
+    to make value learning better conditioned, and normalising every layer too restrictive; the
+    output layer stays free, so values keep their scale. Where the value shares a torso with the
+    policy (PPO on images), the layer is the torso's last and constrains both."""
+    linears = [m for part in path for m in part.modules() if isinstance(m, nn.Linear)]
+    if len(linears) < 2:
+        raise ValueError("algo.spectral_norm: this value function has no hidden linear layer to normalise")
+    nn.utils.parametrizations.spectral_norm(linears[-2])
 
 
 def orthogonal_init(module: nn.Module, gain: float) -> None:

@@ -65,6 +65,8 @@ def compile_mlp(module: nn.Module) -> NumpyMLP | None:
     layers: list[tuple[str, object]] = []
     try:
         for m in modules:
+            if nn.utils.parametrize.is_parametrized(m):
+                return None  # its weight is computed at each forward (spectral norm): no live storage to view
             if isinstance(m, nn.Linear):
                 layers.append(("linear", (_view(m.weight), None if m.bias is None else _view(m.bias))))
             elif type(m) in ACTIVATIONS:

@@ -1,5 +1,6 @@
 """Learning checks: train a preset (configs/ALGO-ENV.yaml) for several seeds with `qrl run` and
-check each reaches rl-baselines3-zoo's published return within the zoo's step budget.
+check each reaches rl-baselines3-zoo's published return within the zoo's step budget. ALGO is an
+algorithm, or an algorithm and a variant of its preset (rppo-attention: rppo with the attention core).
 
 Tasks that need memory (qrl/CartPoleNoVel-v1) also train the feed-forward preset of the same
 family on them, same seeds and budget (CONTRASTS): it must stay below the target, or the task
@@ -66,6 +67,8 @@ TARGETS = {
     # CartPole without velocities needs memory: sb3-contrib's RecurrentPPO solves it in about 100k steps.
     ("rppo", "qrl/CartPoleNoVel-v1"): (475.0, 100_000),
     ("r2d2", "qrl/CartPoleNoVel-v1"): (475.0, 100_000),
+    # The attention core in place of the LSTM (configs/rppo-attention-...): what the LSTM reaches, same budget.
+    ("rppo-attention", "qrl/CartPoleNoVel-v1"): (475.0, 100_000),
     # MountainCar-v0 pays -1 per step until the flag; -110 is its registered reward threshold ("solved"),
     # about what the zoo's PPO reaches within its 1M steps.
     ("ppo", "MountainCar-v0"): (-110.0, 1_000_000),
@@ -95,6 +98,7 @@ TARGETS = {
 CONTRASTS = {
     ("rppo", "qrl/CartPoleNoVel-v1"): (("ppo", "CartPole-v1"), "memory"),
     ("r2d2", "qrl/CartPoleNoVel-v1"): (("dqn", "CartPole-v1"), "memory"),
+    ("rppo-attention", "qrl/CartPoleNoVel-v1"): (("ppo", "CartPole-v1"), "memory"),
     ("rnd", "qrl/DeepSea-v0"): (("ppo", "DeepSea-v0"), "an exploration bonus"),
 }
 

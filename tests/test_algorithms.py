@@ -49,6 +49,13 @@ SMOKE = [  # (algorithm, environment, extra overrides); continuous-action algori
     ("rppo", "qrl/CartPoleNoVel-v1", ["algo.lstm=16", "run.segment_length=16"]),  # recurrent PPO
     ("impala", "qrl/CartPoleNoVel-v1", ["algo.lstm=16", "run.segment_length=16"]),  # recurrent IMPALA
 ]
+ATTENTION_SMOKE = [  # the attention core (qrl/cores.py) through every recurrent agent's state seam
+    ("rppo", "qrl/CartPoleNoVel-v1", ["algo.lstm=16", "algo.core=attention", "run.segment_length=16"]),
+    ("r2d2", "qrl/CartPoleNoVel-v1", ["algo.burn_in=4", "algo.sequence_length=8", "run.segment_length=8",
+                                      "algo.learning_starts=16", "algo.batch_size=8", "algo.lstm=16",
+                                      "algo.core=attention", "algo.attention_memory=4"]),
+    ("impala", "qrl/CartPoleNoVel-v1", ["algo.lstm=16", "algo.core=attention", "run.segment_length=16"]),
+]
 
 
 MINATAR = "MinAtar/Breakout-v1"  # 10x10x4 bool images, 3 actions
@@ -96,7 +103,8 @@ PIXEL_PROCESS = [case for case in PIXEL_SMOKE
                  and case[0] not in VARIANTS]
 alternating = lambda cases: [(*case, ("local", "central")[i % 2]) for i, case in enumerate(cases)]
 PROCESS_SMOKE = ([(*case, mode) for case in SMOKE if case[0] not in VARIANTS for mode in ("local", "central")]
-                 + alternating([case for case in SMOKE if case[0] in VARIANTS]) + alternating(PIXEL_PROCESS))
+                 + alternating([case for case in SMOKE if case[0] in VARIANTS]) + alternating(PIXEL_PROCESS)
+                 + [(*case, mode) for case, mode in zip(ATTENTION_SMOKE, ("central", "local", "central"))])
 """Run as separate processes: every algorithm in both acting modes (the VARIANTS, whose acting is
 another's, in one of them, alternating), and every one that takes images on MinAtar in one of them,
 alternating (the VARIANTS, the torso variants and the slow-rendering pixel Pendulum run in-process
@@ -108,7 +116,9 @@ def test_every_algorithm_has_a_smoke_run():
     assert {algo for algo, _, _ in PIXEL_SMOKE} == set(algorithm.names()) - {"ql"}
 
 
-@pytest.mark.parametrize("algo, env, sets, mode", PROCESS_SMOKE, ids=[f"{m}-{a}-{e}" for a, e, _, m in PROCESS_SMOKE])
+@pytest.mark.parametrize("algo, env, sets, mode", PROCESS_SMOKE,
+                         ids=[f"{m}-{a}-{e}" + ("-attention" if "algo.core=attention" in s else "")
+                              for a, e, s, m in PROCESS_SMOKE])
 def test_smoke(algo, env, sets, mode, procs, tmp_path):
     """local: the actor runs the policy; central: `qrl inference` acts for an env-only actor."""
     _, address = procs.start_broker()

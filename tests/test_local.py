@@ -15,7 +15,7 @@ from qrl.config import RunConfig, build, parse_overrides
 from qrl.evaluation import load_policy, run_episodes
 from qrl.learner import LearnerOptions
 from qrl.local import LocalRun
-from test_algorithms import PIXEL_SMOKE, SMOKE
+from test_algorithms import ATTENTION_SMOKE, PIXEL_SMOKE, SMOKE
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,8 +31,9 @@ def local_run(algo: str, env: str, sets: list[str], run_dir, total_steps: int = 
     return LocalRun(opts, run_cfg, overrides["algo"], actors)
 
 
-CASES = SMOKE + PIXEL_SMOKE
+CASES = SMOKE + PIXEL_SMOKE + ATTENTION_SMOKE
 CASE_IDS = [f"{a}-{e}" + ("-" + s[-1].rpartition("=")[2] if "torso" in str(s) else "")
+            + ("-attention" if "algo.core=attention" in s else "")
             + ("-pixels" if "ResizeObservation" in str(s) else "") for a, e, s in CASES]
 
 
