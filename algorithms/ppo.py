@@ -171,7 +171,8 @@ class ActorCritic(nn.Module):
     def deterministic(self, obs: torch.Tensor) -> torch.Tensor:
         """Feed-forward: the most likely action, in torch (ONNX export); as ActorCore.greedy acts."""
         if self.recurrent:
-            raise ValueError("a recurrent policy's actions depend on its state: ONNX export takes feed-forward policies")
+            raise ValueError("a recurrent policy's actions depend on its state: ONNX export takes "
+                             "feed-forward policies")
         _, out = self.features(obs)
         return torch.clamp(out, self.low, self.high) if self.continuous else out.argmax(1)
 

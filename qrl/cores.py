@@ -2,10 +2,11 @@
 encoder and its heads, chosen with `algo.core`:
 
     lstm       an LSTM cell; its state is (h, c)
-    attention  a transformer over the last `algo.attention_memory` steps (pre-LayerNorm blocks of
-               multi-head self-attention and a feed-forward layer, a learned bias per head and step
-               age instead of position embeddings: Parisotto et al. 2020's GTrXL without the gates,
-               Press et al. 2022's relative bias, learned). Its state is a memory: each block's
+    attention  a transformer over the last `algo.attention_memory` steps: Parisotto et al. 2020's
+               GTrXL (pre-LayerNorm blocks of multi-head self-attention and a feed-forward layer,
+               each joined to the residual stream by a GRU-type gate that starts near the
+               identity), with a learned bias per head and step age in place of position
+               embeddings (Press et al. 2022's relative bias, learned). Its state is a memory: each block's
                inputs at the last `attention_memory` steps, and which of them belong to the current
                episode (Transformer-XL's memory, Dai et al. 2019, kept by the actor)
 
@@ -49,10 +50,29 @@ class LSTMCore(nn.LSTMCell):
         return h
 
 
+class GRUGate(nn.Module):
+    """GTrXL's gate g(x, y): a GRU update of the residual stream x by a sublayer's output y, with
+    the update gate's bias starting at `bias` so that g begins near x (the identity)."""
+
+    def __init__(self, width: int, bias: float = 2.0):
+        super().__init__()
+        self.from_y = nn.Linear(width, 3 * width, bias=False)
+        self.from_x = nn.Linear(width, 2 * width, bias=False)
+        self.candidate_x = nn.Linear(width, width, bias=False)
+        self.bias = nn.Parameter(torch.full((width,), bias))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        y_r, y_z, y_h = self.from_y(y).chunk(3, -1)
+        x_r, x_z = self.from_x(x).chunk(2, -1)
+        r = torch.sigmoid(y_r + x_r)
+        z = torch.sigmoid(y_z + x_z - self.bias)
+        return (1 - z) * x + z * torch.tanh(y_h + self.candidate_x(r * x))
+
+
 class AttentionBlock(nn.Module):
-    """h + attention(LN(memory and h)), then + feed-forward(LN(h)): new steps [N, S, width] attend to
-    the memory [N, M, width] and to each other where `visible` [N, S, M + S] allows, with a learned
-    bias per head and age (steps between query and key, 0..M)."""
+    """h gated with relu(attention(LN(memory and h))), then with relu(feed-forward(LN(h))): new steps
+    [N, S, width] attend to the memory [N, M, width] and to each other where `visible` [N, S, M + S]
+    allows, with a learned bias per head and age (steps between query and key, 0..M)."""
 
     def __init__(self, width: int, heads: int, memory: int):
         super().__init__()
@@ -61,6 +81,7 @@ class AttentionBlock(nn.Module):
         self.qkv = nn.Linear(width, 3 * width)
         self.out = nn.Linear(width, width)
         self.ff = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width))
+        self.gate_attention, self.gate_ff = GRUGate(width), GRUGate(width)
         self.age_bias = nn.Parameter(torch.zeros(heads, memory + 1))
 
     def forward(self, h: torch.Tensor, memory: torch.Tensor, visible: torch.Tensor, age: torch.Tensor
@@ -72,8 +93,8 @@ class AttentionBlock(nn.Module):
         bias = self.age_bias[:, age].unsqueeze(0)  # [1, heads, S, K]
         mask = bias.masked_fill(~visible.unsqueeze(1), float("-inf"))  # every step sees itself: no empty row
         attended = F.scaled_dot_product_attention(q[:, :, K - S:], k, v, attn_mask=mask)
-        h = h + self.out(attended.transpose(1, 2).reshape(N, S, D))
-        return h + self.ff(self.norm_ff(h))
+        h = self.gate_attention(h, torch.relu(self.out(attended.transpose(1, 2).reshape(N, S, D))))
+        return self.gate_ff(h, torch.relu(self.ff(self.norm_ff(h))))
 
 
 class AttentionCore(nn.Module):

@@ -156,3 +156,14 @@ def test_recurrent_ppo_and_r2d2_take_an_attention_core_and_replay_it_exactly():
     np.testing.assert_allclose(replayed.detach().numpy(), np.stack(logps).T.reshape(-1), atol=1e-5)
     q_net = r2d2.make_policy(env.observation_space, env.action_space, r2d2.Args(core="attention", lstm=16))
     assert q_net.core is q_net.attention
+
+
+def test_the_gtrxl_gate_starts_near_the_identity_and_is_a_gru_update():
+    gate = cores.GRUGate(3, bias=2.0)
+    for linear in (gate.from_y, gate.from_x, gate.candidate_x):
+        torch.nn.init.zeros_(linear.weight)
+    x, y = torch.tensor([[1.0, -2.0, 0.5]]), torch.tensor([[4.0, 4.0, 4.0]])
+    z = 1 / (1 + np.exp(2.0))  # the update gate: sigmoid(0 - bias); the candidate tanh(0) = 0
+    torch.testing.assert_close(gate(x, y), (1 - z) * x)
+    torch.nn.init.eye_(gate.from_y.weight[6:])  # the candidate reads y: h = tanh(y)
+    torch.testing.assert_close(gate(x, y), (1 - z) * x + z * torch.tanh(y))

@@ -31,9 +31,19 @@ def local_run(algo: str, env: str, sets: list[str], run_dir, total_steps: int = 
     return LocalRun(opts, run_cfg, overrides["algo"], actors)
 
 
-CASES = SMOKE + PIXEL_SMOKE + ATTENTION_SMOKE
+NETWORK_OPTIONS = [  # spectral normalisation and network randomisation (qrl/networks.py) train end to end
+    ("dqn", "CartPole-v1", ["algo.learning_starts=256", "algo.spectral_norm=true"]),
+    ("ppo", "MinAtar/Breakout-v1", ["algo.hidden=32", "algo.spectral_norm=true", "algo.torso=minatar+randconv"]),
+    ("sac", "Pendulum-v1", ["algo.learning_starts=256", "algo.hidden=[64, 64]", "algo.batch_size=64",
+                            "algo.spectral_norm=true"]),
+    ("r2d2", "MinAtar/Breakout-v1", ["algo.burn_in=4", "algo.sequence_length=8", "run.segment_length=8",
+                                     "algo.learning_starts=16", "algo.batch_size=8", "algo.lstm=16", "algo.hidden=32",
+                                     "algo.spectral_norm=true", "algo.torso=impala+randconv"]),
+]
+CASES = SMOKE + PIXEL_SMOKE + ATTENTION_SMOKE + NETWORK_OPTIONS
 CASE_IDS = [f"{a}-{e}" + ("-" + s[-1].rpartition("=")[2] if "torso" in str(s) else "")
             + ("-attention" if "algo.core=attention" in s else "")
+            + ("-spectral" if "algo.spectral_norm=true" in s else "")
             + ("-pixels" if "ResizeObservation" in str(s) else "") for a, e, s in CASES]
 
 

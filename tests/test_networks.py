@@ -93,7 +93,8 @@ def test_the_attention_torsos_are_there_for_any_algorithm_by_config(name, kind, 
 
 @pytest.mark.parametrize("shape, kind, message", [
     (MINATAR, "nature", "algo.torso nature needs images of at least 36x36 pixels, got 10x10: use impala or minatar"),
-    (ATARI, "resnet", "algo.torso must be one of auto, nature, impala, impala-se, impala-cbam, minatar (each optionally +randconv), got 'resnet'"),
+    (ATARI, "resnet", "algo.torso must be one of auto, nature, impala, impala-se, impala-cbam, minatar "
+                      "(each optionally +randconv), got 'resnet'"),
 ])
 def test_a_torso_that_cannot_work_is_refused_in_one_line(shape, kind, message):
     with pytest.raises(ValueError, match=re.escape(message)):
@@ -173,7 +174,8 @@ def test_a_spectrally_normalised_layer_has_largest_singular_value_one():
 def test_spectral_norm_that_cannot_apply_is_refused_in_one_line():
     agent = algorithm.load("rainbow")
     with pytest.raises(ValueError, match=re.escape("algo.spectral_norm does not combine with noisy layers")):
-        agent.make_policy(gym.spaces.Box(-1, 1, (4,), np.float32), gym.spaces.Discrete(2), agent.Args(spectral_norm=True))
+        agent.make_policy(gym.spaces.Box(-1, 1, (4,), np.float32), gym.spaces.Discrete(2),
+                          agent.Args(spectral_norm=True))
     with pytest.raises(ValueError, match="no hidden linear layer to normalise"):
         networks.spectral_norm_penultimate(torch.nn.Linear(3, 1))
 
@@ -204,7 +206,8 @@ def test_network_randomisation_is_there_for_any_algorithm_by_config(name):
     obs_space = gym.spaces.Box(0, 1, MINATAR, bool)
     net = agent.make_policy(obs_space, gym.spaces.Discrete(3), args)
     assert sum(isinstance(m, networks.RandomConvolution) for m in net.modules()) >= 1
-    torso = next(m for m in net.modules() if isinstance(m, nn.Sequential) and isinstance(m[1], networks.RandomConvolution))
+    torso = next(m for m in net.modules()
+                 if isinstance(m, nn.Sequential) and isinstance(m[1], networks.RandomConvolution))
     obs = torch.as_tensor(np.stack([obs_space.sample() for _ in range(4)]))
     torch.manual_seed(1)
     assert not torch.allclose(torso(obs), torso(obs))  # training mode: fresh random weights each pass

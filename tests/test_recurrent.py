@@ -94,16 +94,18 @@ def test_r2d2_actor_state_resets_at_episode_starts_and_the_learner_replays_it():
         q, state = core.forward(net, obs[t], state, starts[t])
         values.append(q)
     with torch.no_grad():  # the learner's replay from a zero state gives the actor's Q values
-        hs, _ = net.unroll(torch.as_tensor(obs), torch.zeros(2, 8), torch.zeros(2, 8), torch.as_tensor(starts))
+        zeros = {"h": torch.zeros(2, 8), "c": torch.zeros(2, 8)}
+        hs, _ = net.unroll(torch.as_tensor(obs), zeros, torch.as_tensor(starts))
         np.testing.assert_allclose(net.head(hs).numpy(), np.stack(values), rtol=1e-5, atol=1e-6)
         # env 1 restarted at step 2: from there it acts as a fresh LSTM would
-        fresh, _ = net.unroll(torch.as_tensor(obs[2:, 1:]), torch.zeros(1, 8), torch.zeros(1, 8),
+        fresh, _ = net.unroll(torch.as_tensor(obs[2:, 1:]), {"h": torch.zeros(1, 8), "c": torch.zeros(1, 8)},
                               torch.tensor([[True], [False]]))
         np.testing.assert_allclose(net.head(fresh[1]).numpy()[0], values[3][1], rtol=1e-5, atol=1e-6)
 
 
-def test_recurrent_ppo_items_carry_the_unrolls_initial_state_and_episode_starts():
-    args = ppo.RecurrentArgs(lstm=4, hidden=8)
+@pytest.mark.parametrize("core, key", [("lstm", "pi_h"), ("attention", "pi_memory")])
+def test_recurrent_ppo_items_carry_the_unrolls_initial_state_and_episode_starts(core, key):
+    args = ppo.RecurrentArgs(lstm=4, hidden=8, core=core, attention_heads=2, attention_memory=2)
     obs_space, action_space = gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(2)
     net = ppo.make_policy(obs_space, action_space, args)
     core = ppo.RECURRENT_AGENT.make_core(args, 0, 1, 2, 0)
@@ -119,8 +121,8 @@ def test_recurrent_ppo_items_carry_the_unrolls_initial_state_and_episode_starts(
         state, start = next_state, done
     items = ppo.make_items(algorithm.stack_steps(steps[3:], 0, 3), args)  # the second unroll: steps 3..5
     assert items["episode_start"].tolist() == [[True, False, False], [False, False, False]]
-    np.testing.assert_array_equal(items["pi_h"], steps[3]["state"]["pi_h"])  # the state it started from
-    assert np.abs(items["pi_h"][1]).sum() > 0  # env 1 carries its state over from the first unroll
+    np.testing.assert_array_equal(items[key], steps[3]["state"][key])  # the state it started from
+    assert np.abs(items[key][1]).sum() > 0  # env 1 carries its state over from the first unroll
     # the learner's replay from that state gives back the actors' log-probabilities
     t = {k: torch.as_tensor(v) for k, v in items.items()}
     with torch.no_grad():
