@@ -72,3 +72,23 @@ def test_the_policy_moves_toward_the_action_the_critic_and_returns_favour():
 def test_reactor_refuses_continuous_actions_with_a_clear_error():
     with pytest.raises(ValueError, match="reactor needs Discrete actions"):
         reactor.make_policy(gym.spaces.Box(-1, 1, (2,)), gym.spaces.Box(-1, 1, (1,)), reactor.Args())
+
+
+def test_beta_loo_has_the_leave_one_out_gradient_and_its_scaled_form_ignores_the_return_scale():
+    from qrl.algorithms.reactor import beta_loo
+
+    logits = torch.tensor([[0.2, -0.1, 0.4]], requires_grad=True)
+    q = torch.tensor([[1.0, 3.0, 2.0]])
+    action, ret, beta = torch.tensor([1]), torch.tensor([5.0]), torch.tensor([0.5])
+    beta_loo(torch.softmax(logits, -1), q, action, ret, beta, scaled=False).sum().backward()
+    probs = torch.softmax(logits.detach(), -1)[0]
+    jacobian = torch.diag(probs) - probs[:, None] * probs[None, :]  # d pi(b) / d logit(c)
+    by_hand = 0.5 * (5.0 - 3.0) * jacobian[1] + (q[0][:, None] * jacobian).sum(0)
+    torch.testing.assert_close(logits.grad[0], by_hand)
+
+    grads = []
+    for k in (1.0, 100.0):  # returns 100 times larger: the same scaled step
+        x = logits.detach().clone().requires_grad_(True)
+        beta_loo(torch.softmax(x, -1), k * q, action, k * ret, beta).sum().backward()
+        grads.append(x.grad)
+    torch.testing.assert_close(grads[0], grads[1])
