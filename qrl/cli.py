@@ -34,13 +34,14 @@ def user_errors(role: str):
         def inner(*a, **kw):
             from qrl.algorithm import UnknownAlgorithm
             from qrl.checkpoint import CheckpointError
+            from qrl.demos import DemoError
             from qrl.envs import UnknownEnvironment
             from qrl.protocol.transport import AddressError, PortInUse
 
             try:
                 return fn(*a, **kw)
             except (UnknownAlgorithm, UnknownEnvironment, ConfigError, PortInUse, FileNotFoundError, AddressError,
-                    CheckpointError) as exc:
+                    CheckpointError, DemoError) as exc:
                 raise UserError(f"{role}: {exc}") from None
             except (click.ClickException, SystemExit, KeyboardInterrupt):
                 raise
@@ -364,6 +365,23 @@ def evaluate(path, episodes, seed, render, gif, as_json) -> None:
     else:
         click.echo(f"{result['algo']} on {result['env']}: mean return {result['mean']:.3f} +/- {result['std']:.3f} "
                    f"over {episodes} episodes" + (f"; GIF in {gif}" if gif else ""))
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True))
+@click.option("--dataset-id", required=True, help="The Minari dataset id to write, e.g. cartpole/qrl-dqn-v0.")
+@click.option("--episodes", default=10, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--seed", default=0, show_default=True, type=int, help="Episode i is reset with seed + i.")
+@click.option("--data-dir", type=click.Path(file_okay=False),
+              help="Where Minari datasets live (default: $MINARI_DATASETS_PATH, else ~/.minari/datasets).")
+@user_errors("record")
+def record(path, dataset_id, episodes, seed, data_dir) -> None:
+    """Record a run's policy (deterministic episodes) as a Minari dataset of demonstrations."""
+    from qrl.demos import record as record_dataset
+
+    where, returns = record_dataset(path, dataset_id, episodes, seed, data_dir)
+    mean = sum(returns) / len(returns)
+    click.echo(f"recorded {episodes} episodes (mean return {mean:.3f}) as {dataset_id} in {where}")
 
 
 @main.command()
