@@ -118,10 +118,17 @@ class ReactorNet(nn.Module):
         """(policy logits [B, A], return-distribution logits [B, A, atoms]); the policy's gradient
         stops at the encoder."""
         x = self.encoder(obs)
-        return self.policy(x.detach()), self.q(self.trunk(x)).reshape(-1, self.num_actions, self.atoms)
+        return self.policy(x.detach()), self.return_logits_of(x)
 
     def policy_logits(self, obs: torch.Tensor) -> torch.Tensor:
         return self.policy(self.encoder(obs))
+
+    def return_logits(self, obs: torch.Tensor) -> torch.Tensor:
+        """The return distributions' logits [B, A, atoms] alone (the target network's use)."""
+        return self.return_logits_of(self.encoder(obs))
+
+    def return_logits_of(self, x: torch.Tensor) -> torch.Tensor:
+        return self.q(self.trunk(x)).reshape(-1, self.num_actions, self.atoms)
 
     def deterministic(self, obs: torch.Tensor) -> torch.Tensor:
         """The most likely action (ONNX export), as the actor core's greedy acts."""
@@ -195,9 +202,9 @@ class Learner(LearnerBase):
         flat = lambda x: x.reshape((N * T,) + x.shape[2:])
         with torch.no_grad():
             next_policy = F.softmax(self.net.policy_logits(flat(t["next_obs"])), -1)
-            _, next_logits = self.target(flat(t["next_obs"]))
+            next_logits = self.target.return_logits(flat(t["next_obs"]))
             next_probs = (next_policy.unsqueeze(-1) * F.softmax(next_logits, -1)).sum(1)  # Z(x', pi)
-            _, taken_logits = self.target(flat(t["obs"]))
+            taken_logits = self.target.return_logits(flat(t["obs"]))
             rows = torch.arange(N * T, device=taken_logits.device)
             taken_probs = F.softmax(taken_logits[rows, flat(t["action"]).long()], -1)
             logp = F.log_softmax(policy_logits.detach(), -1).gather(1, flat(t["action"]).long()[:, None]).squeeze(1)

@@ -141,9 +141,9 @@ def load(source: str | Path, obs_space: gym.Space | None = None, action_space: g
             parts["terminated"].append(np.asarray(episode.terminations, bool))
             parts["truncated"].append(np.asarray(episode.truncations, bool))
             returns.append(float(np.sum(episode.rewards)))
-    except (OSError, KeyError, ValueError) as exc:
-        if isinstance(exc, DemoError):
-            raise
+    except DemoError:
+        raise
+    except (OSError, KeyError, ValueError) as exc:  # what minari's storage backend (h5py) raises
         raise DemoError(f"demonstrations {source}: unreadable ({type(exc).__name__}: {exc})") from None
     if not returns:
         raise DemoError(f"demonstrations {source}: the dataset has no episodes")

@@ -27,7 +27,6 @@ dtype uint8 are scaled to [0, 1]; bool and float observations are used as they a
 from __future__ import annotations
 
 import functools
-
 import itertools
 import math
 from typing import Any, Callable
