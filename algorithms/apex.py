@@ -73,4 +73,4 @@ def initial_priorities(rollout: Rollout, args: Args) -> np.ndarray | None:
 
 AGENT = Agent(name="apex", Args=Args, make_policy=dqn.make_policy, make_core=EpsilonGreedy, make_items=dqn.make_items,
               Learner=dqn.Learner, table_config=table_config, history=history, sample_options=sample_options,
-              initial_priorities=initial_priorities)
+              initial_priorities=initial_priorities, demonstrations=dqn.DEMONSTRATIONS)

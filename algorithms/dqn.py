@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qrl import layers, networks, ops
-from qrl.algorithm import ActorCore, Agent, Batch, History, LearnerBase, Rollout, Update, replay_table
+from qrl.algorithm import ActorCore, Agent, DemoUse, Batch, History, LearnerBase, Rollout, Update, replay_table
 from qrl.brokers.tables import TableConfig
 from qrl.numpy_mlp import compile_mlp, numpy_twin
 
@@ -76,6 +76,25 @@ class Args:
     torso: str = "auto"
     """Image observations: the convolutional torso (qrl/networks.py): nature, impala[-se|-cbam], minatar, or auto
     (nature for 36 pixels and more, else minatar); its last layer has `hidden` units."""
+    demo_ratio: float = 0.25
+    """With run.demos: the fraction of each batch drawn from the demonstration table (DQfD, R2D3),
+    the rest from the agent's own replay. Demonstration items are n-step transitions like the
+    agent's and take the same TD loss, plus the large-margin loss below."""
+    demo_margin: float = 0.8
+    """DQfD's large-margin loss on demonstration items: max_a [Q(s, a) + margin (a != a_E)] - Q(s, a_E)."""
+    demo_loss_coef: float = 1.0
+    """Weight of the large-margin loss (DQfD's lambda_2)."""
+
+
+def demo_batch(args: Args) -> tuple[int, int]:
+    """(agent items, demonstration items) per batch: demo_ratio of batch_size from demonstrations."""
+    demos = int(round(args.demo_ratio * args.batch_size))
+    return args.batch_size - demos, demos
+
+
+DEMONSTRATIONS = DemoUse(batch=demo_batch)
+"""Demonstrations in replay, for the whole dqn family: the agent's own make_items on the dataset's
+episodes (n-step items), a demo_ratio of every batch."""
 
 
 def table_config(args: Args) -> TableConfig:
@@ -279,8 +298,14 @@ class Learner(LearnerBase):
         if a.noisy:  # new noise for every update
             layers.sample_noise(self.net)
             layers.sample_noise(self.target)
+        agent_items = len(batch) if batch.fields else 0  # (priorities go back for these only)
+        batch = with_demos(batch)
         per_item, q, td = self.loss(batch)
         loss = batch.weighted_mean(per_item)  # importance weights correct prioritized sampling
+        margin = None
+        if batch.demos is not None:
+            margin = self.margin_loss(batch.demos)
+            loss = loss + a.demo_loss_coef * margin
         if a.anneal_updates:
             for group in self.optimizer.param_groups:
                 group["lr"] = ops.linear_schedule(a.lr, a.lr_final, a.anneal_updates, self.updates)
@@ -289,11 +314,19 @@ class Learner(LearnerBase):
             ops.polyak_update(self.parameters_of(self.target), self.parameters_of(self.net), a.target_tau)
         elif self.updates % a.target_update_every == 0:
             self.target.load_state_dict(self.net.state_dict())
-        metrics = {"loss": loss.item(), "q_mean": q.mean().item()}
+        metrics = {"loss": loss.item(), "q_mean": q.mean().item(),
+                   **({} if margin is None else {"demo_margin_loss": margin.item()})}
         if batch.weights is None:
             return Update(metrics)
-        # prioritized replay: new priorities for the sampled items (+ a floor so none starves)
-        return Update(metrics, td.detach().abs().cpu().numpy() + PRIORITY_FLOOR)
+        # prioritized replay: new priorities for the sampled agent items (+ a floor so none starves)
+        return Update(metrics, td[:agent_items].detach().abs().cpu().numpy() + PRIORITY_FLOOR)
+
+    def margin_loss(self, demos: dict[str, torch.Tensor]) -> torch.Tensor:
+        """DQfD's large-margin classification loss: the demonstrated action's Q value must exceed
+        every other's by demo_margin (mean over the demonstration items)."""
+        q = self.net(demos["obs"])
+        margins = torch.full_like(q, self.args.demo_margin).scatter_(1, demos["action"].unsqueeze(1), 0.0)
+        return ((q + margins).max(dim=1).values - q.gather(1, demos["action"].unsqueeze(1)).squeeze(1)).mean()
 
     def loss(self, t: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-item loss, the taken actions' Q values, and the per-item error that becomes the
@@ -321,5 +354,19 @@ class Learner(LearnerBase):
         return F.mse_loss(q, td_target, reduction="none")
 
 
+def with_demos(batch: Batch) -> Batch:
+    """The batch's agent items and demonstration items as one batch (agent items first; the
+    demonstration items, sampled uniformly, weigh 1 under prioritized replay); demos kept as they are."""
+    if batch.demos is None:
+        return batch
+    if not batch.fields:
+        return Batch(dict(batch.demos), demos=batch.demos)
+    fields = {k: torch.cat([v, batch.demos[k]]) for k, v in batch.fields.items()}
+    weights = batch.weights
+    if weights is not None:
+        weights = torch.cat([weights, torch.ones(len(batch.demos["obs"]), device=weights.device)])
+    return Batch(fields, batch.ids, weights, batch.demos)
+
+
 AGENT = Agent(name="dqn", Args=Args, make_policy=make_policy, make_core=EpsilonGreedy, make_items=make_items,
-              Learner=Learner, table_config=table_config, history=history)
+              Learner=Learner, table_config=table_config, history=history, demonstrations=DEMONSTRATIONS)

@@ -44,7 +44,8 @@ from qrl.protocol import messages, transport, wire
 from qrl.brokers import snapshot
 from qrl.brokers.actors import SEQ_WINDOW, ActorRecord, Duplicate, OutOfWindow
 from qrl.brokers.credits import RESTORE_GRACE_S, Credits
-from qrl.brokers.tables import FRAMES, INITIAL_PRIORITY, ItemSchema, ReplayTable, SchemaError, TableConfig, make_table
+from qrl.brokers.tables import (DEMO_PREFIX, FRAMES, INITIAL_PRIORITY, ItemSchema, ReplayTable, SchemaError,
+                               TableConfig, make_table)
 from qrl.protocol.transport import bind
 
 log = logging.getLogger("qrl.broker")
@@ -104,15 +105,15 @@ MAX_PENDING_SAMPLES = 1024
 RESEND_INTERVAL_S = 0.2
 """Cached weights are resent to (new) subscribers at most this often."""
 REQUEST_ROLES = {
-    "register": ("learner",), "sample": ("learner",), "sample_status": ("learner",), "update_priorities": ("learner",),
-    "release": ("learner",),
+    "register": ("learner",), "demos": ("learner",), "sample": ("learner",), "sample_status": ("learner",),
+    "update_priorities": ("learner",), "release": ("learner",),
     "get_spec": ("learner", "actor"), "get_weights": ("learner", "actor"),
     "claim_ids": ("actor",), "flush": ("actor",), "actor_error": ("actor",), "credit": ("actor",),
     "get_stats": ("learner", "actor", "observer"),
 }
 """With keys: the roles (transport.ROLES) that may send each request; "client" (a key of the
 layout before roles) may send all."""
-HOLDER_REQUESTS = frozenset({"sample", "sample_status", "update_priorities", "release"})
+HOLDER_REQUESTS = frozenset({"sample", "sample_status", "update_priorities", "release", "demos"})
 """Requests only the run's holder may send: without keys they carry its token."""
 
 
@@ -135,6 +136,8 @@ class Broker:
         self.peer_buckets: dict[bytes, tuple[float, float]] = {}  # peer -> (tokens, when)
         self.frame_limit: int | None = None  # stats.frames at which the run's frame budget is spent
         self.table: ReplayTable | None = None
+        self.demo_table: ReplayTable | None = None  # the run's demonstrations (run.demos), filled by its learner
+        self.demo_total = 0  # the items the learner said the demonstration table holds when whole
         self._reset_sources()
         self.weights_frames: list | None = None
         self.weights_layout: dict[str, tuple[np.dtype, tuple[int, ...]]] | None = None
@@ -147,6 +150,7 @@ class Broker:
             "sample": self._on_sample, "sample_status": self._on_sample_status, "get_stats": self._on_get_stats,
             "flush": self._on_flush, "update_priorities": self._on_update_priorities, "claim_ids": self._on_claim_ids,
             "actor_error": self._on_actor_error, "release": self._on_release, "credit": self._on_credit,
+            "demos": self._on_demos,
         }
         self.credits = Credits()
         self.pending: collections.deque = collections.deque()  # sample requests held by the rate limiter
@@ -635,6 +639,7 @@ class Broker:
         if not same_run or self.table.cfg != table_cfg or self.table.item_schema != schema:
             # A learner that restarts with the same run, table and schema keeps the experience.
             self.table = make_table(table_cfg, seed=self.cfg.seed, schema=schema)
+            self.demo_table, self.demo_total = None, 0
             self.pending.clear()
             self.flushing.clear()
             self.credits = Credits()
@@ -674,12 +679,15 @@ class Broker:
     def _on_sample(self, identity, msg, meta, req) -> None:
         if self.table is None:
             return self._refuse(identity, req, "no_table", "sample: no table, register first")
-        batch_size, why = meta["batch_size"], self._unservable(meta["batch_size"])
+        batch_size, demo_batch = meta["batch_size"], meta.get("demo_batch", 0)
+        why = self._unservable(batch_size, demo_batch)
         if why:  # it could never be served, and would hold every request behind it
-            return self._refuse(identity, req, "bad_sample", f"batch_size {batch_size}: {why}")
+            return self._refuse(identity, req, "bad_sample", f"batch_size {batch_size}, demo_batch {demo_batch}: {why}")
+        if demo_batch and not self._demos_whole():
+            return self._refuse(identity, req, "no_demos", "sample: the run's demonstrations have not all arrived")
         if len(self.pending) >= MAX_PENDING_SAMPLES:
             return self._refuse(identity, req, "too_many_pending", f"{len(self.pending)} sample requests are waiting")
-        self.pending.append((identity, req, batch_size, meta.get("beta", 1.0), time.monotonic()))
+        self.pending.append((identity, req, batch_size, meta.get("beta", 1.0), time.monotonic(), demo_batch))
 
     def _on_sample_status(self, identity, msg, meta, req) -> None:
         """Which of this socket's sample requests are held here (waiting for data), and what a
@@ -690,9 +698,13 @@ class Broker:
         self._reply(identity, "sample_status", {"req": req, "held": held, "frames": self.stats.frames,
                                                  "broker_id": self.broker_id, "weights_version": self.weights_version})
 
-    def _unservable(self, batch_size: int) -> str:
+    def _unservable(self, batch_size: int, demo_batch: int = 0) -> str:
         """Why a batch of this size can never be served by the table ('' if it can)."""
         cfg, nbytes = self.table.cfg, batch_size * self.table.item_schema.served_bytes()
+        if demo_batch and self.demo_table is not None:
+            nbytes += demo_batch * self.demo_table.item_schema.served_bytes()
+        if batch_size == 0 and demo_batch == 0:
+            return "an empty batch"
         if nbytes > wire.DEFAULT_LIMITS.max_message_bytes:
             return f"{nbytes} bytes is more than a message may carry ({wire.DEFAULT_LIMITS.max_message_bytes})"
         if cfg.sampler == "fifo" and batch_size > cfg.capacity:
@@ -705,9 +717,12 @@ class Broker:
         table = self.table
         if table is not None:  # a queue drops items too old for the newest weights (counted)
             table.drop_stale(self.weights_version)
-        while self.pending and table is not None and table.limiter.can_sample(table.size, self.pending[0][2]):
-            identity, req, batch_size, beta, t0 = self.pending.popleft()
-            arrays = table.sample_arrays(batch_size, beta)
+        while self.pending and table is not None and self._can_serve(self.pending[0][2]):
+            identity, req, batch_size, beta, t0, demo_batch = self.pending.popleft()
+            arrays = table.sample_arrays(batch_size, beta) if batch_size else {}
+            if demo_batch:
+                demos, _, _ = self.demo_table.sample(demo_batch)  # uniform: no ids or weights to send back
+                arrays.update((DEMO_PREFIX + k, v) for k, v in demos.items())
             self.stats.batches += 1
             self.stats.sampled_items += batch_size
             self.stats.sample_wait_s += time.monotonic() - t0
@@ -718,6 +733,52 @@ class Broker:
             meta["consumed"] = self._consumed(table)
             self.stats.sampled_frames += batch_size * table.frames_per_item
             self._reply(identity, "batch", meta, arrays)
+
+    def _can_serve(self, batch_size: int) -> bool:
+        """Whether the table may serve this many items now (demonstrations alone: always)."""
+        return batch_size == 0 or self.table.limiter.can_sample(self.table.size, batch_size)
+
+    def _demos_whole(self) -> bool:
+        return self.demo_table is not None and self.demo_table.size == self.demo_total
+
+    def _on_demos(self, identity, msg: wire.Message, meta: dict, req) -> None:
+        """A part of the run's demonstration table from its learner: offset 0 (with the schema)
+        starts a new one, each next part follows the last. Served beside the table's items, never
+        snapshotted: a learner sends its demonstrations again with each register."""
+        if self.table is None:
+            return self._refuse(identity, req, "no_table", "demos: no run, register first")
+        offset, total = meta["offset"], meta["total"]
+        if offset and self.demo_table is not None and offset < self.demo_table.size and total == self.demo_total:
+            return self._reply(identity, "ok", {"req": req, "size": self.demo_table.size})  # a resent part
+        try:
+            if offset == 0:
+                self._new_demo_table(meta.get("schema"), total)
+            elif self.demo_table is None or offset != self.demo_table.size or total != self.demo_total:
+                raise SchemaError(f"a part at {offset} of {total} items does not follow the "
+                                  f"{0 if self.demo_table is None else self.demo_table.size} received", "bad_demos")
+            n = self.demo_table.check(msg.arrays)
+            if offset + n > total:
+                raise SchemaError(f"{offset + n} items, more than the {total} announced", "bad_demos")
+        except (SchemaError, ValueError, TypeError) as exc:
+            self.demo_table = None if offset == 0 else self.demo_table
+            return self._refuse(identity, req, getattr(exc, "reason", "bad_demos"), f"demos: {exc}")
+        self.demo_table.store(msg.arrays, n)
+        if self._demos_whole():
+            log.info("broker: %d demonstration items for run %s", total, self.spec["run_id"])
+        self._reply(identity, "ok", {"req": req, "size": self.demo_table.size})
+
+    def _new_demo_table(self, schema_meta: dict | None, total: int) -> None:
+        if schema_meta is None:
+            raise SchemaError("the first part (offset 0) needs the items' schema", "bad_demos")
+        schema = ItemSchema.from_meta(schema_meta)
+        if schema.frames is not None:
+            raise SchemaError("demonstration items carry their observations, not frame references", "bad_demos")
+        nbytes = schema.table_bytes(total) + self.table.item_schema.table_bytes(self.table.cfg.capacity)
+        if nbytes > self.max_table_bytes:
+            raise SchemaError(f"{total} demonstration items and the table take {nbytes} bytes, more than the "
+                              f"broker's limit of {self.max_table_bytes} (broker.max_table_bytes)", "bad_demos")
+        cfg = TableConfig(capacity=total, sampler="uniform", max_segment_items=total)
+        self.demo_table, self.demo_total = make_table(cfg, seed=self.cfg.seed + 1, schema=schema), total
 
     # Segments the broker is done with, reported to the learner with each batch (which reports them
     # to synchronous actors with its weights): the table's (ReplayTable.take_released) and those

@@ -21,6 +21,8 @@ SAMPLERS = ("uniform", "prioritized", "fifo")
 ITEM_ID, IMPORTANCE_WEIGHT, INITIAL_PRIORITY, FRAMES = "_id", "_weight", "_priority", "_frames"
 """The wire names (docs/protocol.md) of what travels beside an item's fields: its id and importance
 weight in a batch, an actor's initial priority and a table of frames' pool in a segment."""
+DEMO_PREFIX = "demo."
+"""A batch's demonstration items (sample's demo_batch) travel as fields with this prefix."""
 
 
 class SchemaError(ValueError):

@@ -24,6 +24,8 @@ The parts, after Acme's actor core / adder / learner split:
     table_config    args -> TableConfig: how the broker stores items
     run_defaults    run-config defaults the algorithm needs, e.g. {"publish_every": 1}
     sample_options  (args, updates) -> extra sample-request fields, e.g. prioritized replay's beta
+    demonstrations  DemoUse, for an algorithm that learns from a dataset (run.demos): the demonstration
+                    table's items, and how many of them each batch brings beside the agent's own
 
 The runtime on an actor (qrl/acting/actor.py), for every step and every segment of T steps:
 
@@ -54,7 +56,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Protocol
 import numpy as np
 
 from qrl import ops
-from qrl.brokers.tables import IMPORTANCE_WEIGHT, ITEM_ID  # the wire's names, defined once
+from qrl.brokers.tables import DEMO_PREFIX, IMPORTANCE_WEIGHT, ITEM_ID  # the wire's names, defined once
 
 if TYPE_CHECKING:  # the broker and `qrl run` read this module without importing torch
     import gymnasium as gym
@@ -210,6 +212,21 @@ def no_initial_priorities(rollout: Rollout, args: Any) -> None:
 
 
 @dataclass(frozen=True)
+class DemoUse:
+    """How an algorithm learns from demonstrations (run.demos, a Minari dataset): the learner turns
+    the dataset into the items of a demonstration table that the broker serves beside the agent's
+    own, and asks for both in one sample request (Batch.demos holds the demonstration items)."""
+
+    batch: Callable[[Any], tuple[int, int]]
+    """args -> (agent items, demonstration items) per batch, when the run has demonstrations."""
+    items: Callable[[Any, Any, Any], dict[str, np.ndarray]] | None = None
+    """(Demonstrations, agent, args) -> the table's items; None: the agent's own make_items on the
+    dataset's episodes (demo_rollout_items), for agents whose items need no actor extras."""
+    required: bool = False
+    """The algorithm learns from demonstrations alone or in part (bc, gail, airl): run.demos must be set."""
+
+
+@dataclass(frozen=True)
 class Agent:
     name: str
     Args: type
@@ -222,6 +239,14 @@ class Agent:
     run_defaults: dict[str, Any] = field(default_factory=dict)
     sample_options: Callable[[Any, int], dict[str, Any]] = no_sample_options
     initial_priorities: Callable[[Rollout, Any], np.ndarray | None] = no_initial_priorities
+    demonstrations: DemoUse | None = None
+
+    def demo_items(self, demos: Any, args: Any) -> dict[str, np.ndarray]:
+        """The demonstration table's items for a dataset (qrl.demos.Demonstrations)."""
+        if self.demonstrations is None:
+            raise ValueError(f"{self.name} does not learn from demonstrations (run.demos)")
+        make = self.demonstrations.items or demo_rollout_items
+        return make(demos, self, args)
 
 
 # -- what every learner repeats --------------------------------------------------------------------
@@ -235,6 +260,8 @@ class Batch:
     fields: dict[str, torch.Tensor]
     ids: np.ndarray | None = None  # [B] int64; None for a batch made by hand
     weights: torch.Tensor | None = None  # [B] float32
+    demos: dict[str, torch.Tensor] | None = None
+    """Items of the demonstration table (DemoUse), sampled uniformly beside the agent's."""
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return self.fields[name]
@@ -261,9 +288,33 @@ def to_batch(arrays: dict[str, np.ndarray], device: torch.device | str = "cpu") 
     received frames)."""
     import torch
 
-    fields = {k: torch.tensor(v, device=device) for k, v in arrays.items() if k not in (ITEM_ID, IMPORTANCE_WEIGHT)}
+    fields = {k: torch.tensor(v, device=device) for k, v in arrays.items()
+              if k not in (ITEM_ID, IMPORTANCE_WEIGHT) and not k.startswith(DEMO_PREFIX)}
+    demos = {k[len(DEMO_PREFIX):]: torch.tensor(v, device=device) for k, v in arrays.items()
+             if k.startswith(DEMO_PREFIX)}
     weights = arrays.get(IMPORTANCE_WEIGHT)
-    return Batch(fields, arrays.get(ITEM_ID), None if weights is None else torch.tensor(weights, device=device))
+    return Batch(fields, arrays.get(ITEM_ID), None if weights is None else torch.tensor(weights, device=device),
+                 demos or None)
+
+
+def demo_rollout_items(demos: Any, agent: Agent, args: Any) -> dict[str, np.ndarray]:
+    """The agent's own items (make_items) made from a dataset's transitions: the episodes one after
+    another in a single env column, with padding for the agent's History around them (an episode
+    boundary, as at the start of an actor's run), so n-step targets stop at each episode's end."""
+    history = agent.history(args)
+    ends = demos.terminated | demos.truncated  # (qrl.demos.load ends every episode with one of the two)
+    column = lambda a, fill=0: _pad(a[:, None], history.before, history.after, fill)  # [N, ...] -> [L, 1, ...]
+    rollout = Rollout(obs=column(demos.obs), actions=column(demos.action), rewards=column(demos.reward),
+                      terminated=column(demos.terminated, False), truncated=column(demos.truncated, True),
+                      next_obs=column(demos.next_obs), episode_start=column(np.r_[True, ends[:-1]], True),
+                      valid=column(np.ones(len(demos), bool), False), before=history.before, num_steps=len(demos))
+    return agent.make_items(rollout, args)
+
+
+def _pad(a: np.ndarray, before: int, after: int, fill: Any = 0) -> np.ndarray:
+    """a with `before` and `after` steps of `fill` around it on axis 0."""
+    edge = lambda k: np.full((k, *a.shape[1:]), fill, a.dtype)
+    return np.concatenate([edge(before), a, edge(after)])
 
 
 class LearnerBase:

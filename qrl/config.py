@@ -92,6 +92,12 @@ class RunConfig:
     wrappers: list[Any] = field(default_factory=list)
     """gymnasium.wrappers by name, applied in order: 'FlattenObservation' or
     {name: ClipReward, min_reward: -1, max_reward: 1}."""
+    demos: str | None = None
+    """Demonstrations to learn from: a Minari dataset's path or local id (`qrl record` writes one).
+    The learner reads it before anything starts and the broker serves it as a demonstration table
+    beside the agent's (algorithm.DemoUse: bc, gail and airl need one; dqn's demo_ratio uses one)."""
+    demo_episodes: int = 0
+    """Learn from the dataset's first this many episodes (0: all of them)."""
 
 
 def _parse_value(key: str, text: str, hint: Any) -> Any:
@@ -177,11 +183,12 @@ RANGES: dict[str, Range] = {
     "segment_length": Range(1, 1 << 20), "eval_every_frames": NON_NEGATIVE, "eval_every_s": POSITIVE,
     "eval_episodes": Range(1, 100_000), "publish_every": COUNT, "checkpoint_every_s": POSITIVE,
     "samples_in_flight": Range(1, 64), "sync_lead": Range(0, 64), "learner_threads": Range(1, 1024),
-    "max_seconds": POSITIVE, "value_limit": POSITIVE,
+    "max_seconds": POSITIVE, "value_limit": POSITIVE, "demo_episodes": NON_NEGATIVE,
     # algorithms
     "hidden": COUNT, "n_step": Range(1, 1000), "gamma": FRACTION, "lr": POSITIVE, "batch_size": COUNT,
     "buffer_size": COUNT, "learning_starts": NON_NEGATIVE, "samples_per_insert": NON_NEGATIVE,
     "target_tau": Range(0, 1, low_open=True), "target_update_every": COUNT, "max_grad_norm": NON_NEGATIVE,
+    "demo_ratio": FRACTION, "demo_margin": NON_NEGATIVE, "demo_loss_coef": NON_NEGATIVE,
     "eps_base": FRACTION, "eps_alpha": NON_NEGATIVE, "eps_anneal_frames": NON_NEGATIVE,
     "priority_exponent": Range(0, 10), "importance_exponent": FRACTION, "importance_anneal_updates": NON_NEGATIVE,
     "updates_per_step": NON_NEGATIVE, "tau": Range(0, 1, low_open=True), "exploration_noise": NON_NEGATIVE,

@@ -120,9 +120,11 @@ def _episode(env: gym.Env, core: Any, policy: Any, seed: int) -> dict[str, Any]:
             return {k: np.asarray(v) if k in ("observations", "actions") else v for k, v in steps.items()}
 
 
-def load(source: str | Path, obs_space: gym.Space | None = None, action_space: gym.Space | None = None
-         ) -> Demonstrations:
-    """The dataset at a path or with a local id, as transitions; checked against the spaces given."""
+def load(source: str | Path, obs_space: gym.Space | None = None, action_space: gym.Space | None = None,
+         episodes: int = 0) -> Demonstrations:
+    """The dataset at a path or with a local id, as transitions (its first `episodes`, 0: all);
+    checked against the spaces given. Every episode ends in a termination or a truncation (a
+    dataset's episode cut off without either is taken as truncated)."""
     dataset = _open(source)
     spec = dataset.spec
     for name, expected, got in (("observation", obs_space, spec.observation_space),
@@ -133,13 +135,17 @@ def load(source: str | Path, obs_space: gym.Space | None = None, action_space: g
     returns = []
     try:
         for episode in dataset.iterate_episodes():
+            if episodes and len(returns) == episodes:
+                break
             _check_episode(source, episode)
             parts["obs"].append(episode.observations[:-1])
             parts["next_obs"].append(episode.observations[1:])
             parts["action"].append(episode.actions)
             parts["reward"].append(np.asarray(episode.rewards, np.float32))
             parts["terminated"].append(np.asarray(episode.terminations, bool))
-            parts["truncated"].append(np.asarray(episode.truncations, bool))
+            truncated = np.array(episode.truncations, bool)
+            truncated[-1] |= not episode.terminations[-1]
+            parts["truncated"].append(truncated)
             returns.append(float(np.sum(episode.rewards)))
     except DemoError:
         raise
@@ -174,7 +180,7 @@ def _open(source: str | Path):
 
 def _check_episode(source: str | Path, episode: Any) -> None:
     steps = len(episode.rewards)
-    if len(episode.observations) != steps + 1 or len(episode.actions) != steps:
+    if not steps or len(episode.observations) != steps + 1 or len(episode.actions) != steps:
         raise DemoError(f"demonstrations {source}: episode {episode.id} has {len(episode.observations)} "
                         f"observations and {len(episode.actions)} actions for {steps} rewards")
 

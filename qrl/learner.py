@@ -30,8 +30,8 @@ from qrl import algorithm, callbacks, checkpoint, eager, envs, lifetime, resume
 from qrl.protocol import transport, wire
 from qrl.evaluation import run_episodes
 from qrl.guard import NonFinite, UpdateGuard, finite_arrays
-from qrl.brokers.tables import IMPORTANCE_WEIGHT, ITEM_ID, TableConfig, segment_items_default
-from qrl.config import RunConfig, build, to_dict, to_yaml
+from qrl.brokers.tables import DEMO_PREFIX, IMPORTANCE_WEIGHT, ITEM_ID, ItemSchema, TableConfig, segment_items_default
+from qrl.config import ConfigError, RunConfig, build, to_dict, to_yaml
 from qrl.protocol.messages import MAX_ACTORS_CONSUMED
 from qrl.metrics import MetricsWriter, ProgressView
 from qrl.normalize import Normalizer
@@ -84,6 +84,7 @@ class LearnerProcess:
         self.item_schema = algorithm.item_schema(self.agent, self.eval_net, self.obs_space, self.action_space,
                                                  self.args, run_cfg.num_envs, run_cfg.segment_length,
                                                  run_cfg.store_frames, links, run_cfg.value_limit)
+        self.demo_items, self.demo_schema = self.load_demos()
         self.target_return = run_cfg.target_return
         if self.target_return is None:
             self.target_return = envs.spec(opts.env).reward_threshold
@@ -111,6 +112,35 @@ class LearnerProcess:
         # Synchronous actors: incarnation -> its last segment this learner is done with (trained
         # on, or dropped by the broker), most recent last; sent with the weights (RunConfig.sync_lead).
         self.consumed: collections.OrderedDict[str, int] = collections.OrderedDict()
+
+    def load_demos(self) -> tuple[dict[str, np.ndarray] | None, ItemSchema | None]:
+        """run.demos as the demonstration table's items and their schema (value limits as the agent
+        table's), read before anything starts: a dataset that cannot be used is one line (DemoError)."""
+        use, source = self.agent.demonstrations, self.cfg.demos
+        if source is None:
+            if use is not None and use.required:
+                raise ConfigError(f"{self.opts.algo} learns from demonstrations: set run.demos to a Minari dataset "
+                                  "(a path or a local id; `qrl record` writes one)")
+            return None, None
+        if use is None:
+            raise ConfigError(f"run.demos: {self.opts.algo} does not learn from demonstrations")
+        from qrl import demos
+
+        dataset = demos.load(source, self.obs_space, self.action_space, self.cfg.demo_episodes)
+        items = self.agent.demo_items(dataset, self.args)
+        schema = ItemSchema.of(items)
+        schema = dataclasses.replace(schema, limits=algorithm.field_limits(
+            schema, self.obs_space, self.action_space, self.cfg.value_limit))
+        log.info("learner: %d demonstration items from %d episodes of %s (mean return %.2f)",
+                 len(next(iter(items.values()))),
+                 len(dataset.returns), source, float(np.mean(dataset.returns)))
+        return items, schema
+
+    def batch_sizes(self) -> tuple[int, int]:
+        """(agent items, demonstration items) per sample request."""
+        if self.demo_items is None:
+            return self.args.batch_size, 0
+        return self.agent.demonstrations.batch(self.args)
 
     def restore(self, saved: dict[str, Any]) -> None:
         """Continue a checkpointed run: the learner's state and the counters."""
@@ -179,6 +209,7 @@ class LearnerProcess:
         if reply.type != "ok":
             raise RuntimeError(f"broker refused the run: {reply.meta.get('reason')}: {reply.meta.get('detail')}")
         self.registered_frames = reply.meta.get("frames")  # the broker's count its frame limit starts from
+        self.send_demos()
         host, _ = transport.split_address(self.opts.broker)
         if self.sampler is not None:
             self.sampler.close()
@@ -187,8 +218,28 @@ class LearnerProcess:
         self.pub = transport.socket(self.ctx, zmq.PUB, linger_ms=1000)
         self.pub.connect(f"tcp://{host}:{reply.meta['ports']['weights_in']}")
         # Requests in flight to a broker that restarted are gone: a new socket starts a new window.
-        self.sampler = SampleClient(self.ctx, self.opts.broker, self.args.batch_size, self.cfg.samples_in_flight,
-                                    lambda: self.agent.sample_options(self.args, self.learner.updates), self.token)
+        agent_batch, demo_batch = self.batch_sizes()
+        demo_option = {"demo_batch": demo_batch} if demo_batch else {}
+        self.sampler = SampleClient(self.ctx, self.opts.broker, agent_batch, self.cfg.samples_in_flight,
+                                    lambda: {**self.agent.sample_options(self.args, self.learner.updates),
+                                             **demo_option}, self.token)
+
+    def send_demos(self) -> None:
+        """The demonstration table, in parts of at most DEMO_PART_BYTES, to the broker (after each
+        register: a broker keeps it only while it runs)."""
+        if self.demo_items is None:
+            return
+        total = len(next(iter(self.demo_items.values())))
+        per_part = max(1, DEMO_PART_BYTES // max(1, self.demo_schema.served_bytes()))
+        for offset in range(0, total, per_part):
+            meta = {"token": self.token, "offset": offset, "total": total,
+                    **({"schema": self.demo_schema.as_meta()} if offset == 0 else {})}
+            part = {k: np.ascontiguousarray(v[offset:offset + per_part]) for k, v in self.demo_items.items()}
+            reply = self.client.request("demos", meta, part, wait_s=None, report=log.warning,
+                                        should_stop=lambda: self.stopping)
+            if reply.type != "ok":
+                raise RuntimeError(f"broker refused the demonstrations: {reply.meta.get('reason')}: "
+                                   f"{reply.meta.get('detail')}")
 
     def request_run(self) -> wire.Message:
         """The broker's answer to `register`; while another run's learner holds the broker (run_held),
@@ -369,11 +420,22 @@ class LearnerProcess:
         if reply.meta.get("run_id") != self.run_id:
             return f"a batch of run {str(reply.meta.get('run_id'))[:64]}"
         arrays, refs = reply.arrays, self.item_schema.references
-        if set(arrays) - {ITEM_ID, IMPORTANCE_WEIGHT} != {name for name, _, _ in self.item_schema.fields}:
+        demo_fields = {name for name in arrays if name.startswith(DEMO_PREFIX)}
+        agent_fields = set(arrays) - {ITEM_ID, IMPORTANCE_WEIGHT} - demo_fields
+        if agent_fields and agent_fields != {name for name, _, _ in self.item_schema.fields}:
             return "a batch with other fields than the run's items"
-        for name, dtype, shape in self.item_schema.fields:  # (references arrive gathered into frames)
+        if demo_fields and (self.demo_schema is None or demo_fields != {
+                DEMO_PREFIX + name for name, _, _ in self.demo_schema.fields}):
+            return "a batch with other demonstration fields than the run's"
+        if not agent_fields and not demo_fields:
+            return "an empty batch"
+        for name, dtype, shape in self.item_schema.fields if agent_fields else ():  # (references: gathered frames)
             if name not in refs and (arrays[name].dtype.str != dtype or arrays[name].shape[1:] != shape):
                 return f"a batch whose {name} is not {dtype}{list(shape)}"
+        for name, dtype, shape in self.demo_schema.fields if demo_fields else ():
+            got = arrays[DEMO_PREFIX + name]
+            if got.dtype.str != dtype or got.shape[1:] != shape:
+                return f"a batch whose demonstration {name} is not {dtype}{list(shape)}"
         return ""
 
     def train_on(self, arrays: dict[str, np.ndarray], consumed: dict[str, int]) -> None:
@@ -523,6 +585,8 @@ class Periodic:
             self.task()
 
 
+DEMO_PART_BYTES = 16 << 20
+"""The demonstration table travels to the broker in messages of about this size."""
 RUN_HELD_REPORT_S = 10.0
 """How often a learner waiting for another run's learner to let go of the broker says so."""
 RATE_WINDOW_S = 20.0

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from qrl import ops
+from qrl.brokers.tables import DEMO_PREFIX
 
 PREFIX = "_norm/"
 
@@ -69,19 +70,25 @@ class Normalizer:
         return standardize(obs, self.obs.mean, self.obs.var, self.clip, self.eps)
 
     def process_batch(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Update the statistics from a batch of raw items, then return it normalized."""
+        """Update the statistics from a batch of raw items, then return it normalized. Demonstration
+        items (DEMO_PREFIX) are normalized alike, their observations counted in the statistics too."""
         out = dict(batch)
-        if self.obs is not None and "obs" in batch:
-            self.obs.update(batch["obs"])
+        if self.obs is not None:
+            for prefix in ("", DEMO_PREFIX):
+                if prefix + "obs" in batch:
+                    self.obs.update(batch[prefix + "obs"])
             for key in ("obs", "next_obs"):
-                if key in batch:
-                    out[key] = self.normalize_obs(batch[key])
+                for name in (key, DEMO_PREFIX + key):
+                    if name in batch:
+                        out[name] = self.normalize_obs(batch[name])
         if self.reward is not None:
             key = "reward" if "reward" in batch else "return" if "return" in batch else None
             if key is not None:
                 self.reward.update(discounted_sums(batch[key]))
                 scale = np.sqrt(self.reward.var + self.reward.mean ** 2 + self.eps)
-                out[key] = (batch[key] / scale).astype(np.float32)
+                for name in (key, DEMO_PREFIX + key):
+                    if name in batch:
+                        out[name] = (batch[name] / scale).astype(np.float32)
         return out
 
     def arrays(self) -> dict[str, np.ndarray]:

@@ -316,8 +316,20 @@ SCHEMAS: dict[str, Map] = {
     "sample": Map({
         "req": REQ,
         "token": HOLDER_TOKEN,
-        "batch_size": Field(Int(1, 1 << 24), doc="items wanted (at most the table's capacity)"),
+        "batch_size": Field(Int(0, 1 << 24), doc="items wanted (at most the table's capacity; 0 with demo_batch: "
+                                                   "demonstrations alone)"),
         "beta": Field(Float(0, 1), required=False, doc="importance-sampling exponent, default 1"),
+        "demo_batch": Field(Int(0, 1 << 24), required=False,
+                            doc="demonstration items wanted beside them, from the run's demonstration table "
+                                "(fields prefixed demo.)"),
+    }),
+    "demos": Map({
+        "req": REQ,
+        "token": HOLDER_TOKEN,
+        "offset": Field(Int(0, 1 << 40), doc="the first item's index: 0 starts a new demonstration table, "
+                                             "each next part follows the last"),
+        "total": Field(Int(1, 1 << 40), doc="the items the whole table holds"),
+        "schema": Field(ITEM_SCHEMA, required=False, doc="the items' schema (with offset 0)"),
     }),
     "update_priorities": Map({"req": REQ, "token": HOLDER_TOKEN}),
     "sample_status": Map({"req": REQ, "token": HOLDER_TOKEN}),

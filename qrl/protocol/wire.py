@@ -33,6 +33,7 @@ MESSAGE_TYPES = frozenset(
     {
         "segment",  # actor -> broker ingest (PUSH/PULL)
         "register",  # learner -> broker: run spec, table config, initial weights
+        "demos",  # learner -> broker: a part of the run's demonstration table
         "get_spec",  # anyone -> broker
         "spec",  # broker reply
         "get_weights",  # anyone -> broker
