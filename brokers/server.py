@@ -44,8 +44,8 @@ from qrl.protocol import messages, transport, wire
 from qrl.brokers import snapshot
 from qrl.brokers.actors import SEQ_WINDOW, ActorRecord, Duplicate, OutOfWindow
 from qrl.brokers.credits import RESTORE_GRACE_S, Credits
-from qrl.brokers.tables import (DEMO_PREFIX, FRAMES, INITIAL_PRIORITY, ItemSchema, ReplayTable, SchemaError,
-                               TableConfig, make_table)
+from qrl.brokers.tables import (FRAMES, INITIAL_PRIORITY, ItemSchema, ReplayTable, SchemaError, TableConfig,
+                               demonstration_table, make_table, sample_demonstrations)
 from qrl.protocol.transport import bind
 
 log = logging.getLogger("qrl.broker")
@@ -721,8 +721,7 @@ class Broker:
             identity, req, batch_size, beta, t0, demo_batch = self.pending.popleft()
             arrays = table.sample_arrays(batch_size, beta) if batch_size else {}
             if demo_batch:
-                demos, _, _ = self.demo_table.sample(demo_batch)  # uniform: no ids or weights to send back
-                arrays.update((DEMO_PREFIX + k, v) for k, v in demos.items())
+                arrays.update(sample_demonstrations(self.demo_table, demo_batch))
             self.stats.batches += 1
             self.stats.sampled_items += batch_size
             self.stats.sample_wait_s += time.monotonic() - t0
@@ -744,30 +743,32 @@ class Broker:
     def _on_demos(self, identity, msg: wire.Message, meta: dict, req) -> None:
         """A part of the run's demonstration table from its learner: offset 0 (with the schema)
         starts a new one, each next part follows the last. Served beside the table's items, never
-        snapshotted: a learner sends its demonstrations again with each register."""
+        snapshotted: a learner sends its demonstrations again with each register. A part refused
+        changes nothing."""
         if self.table is None:
             return self._refuse(identity, req, "no_table", "demos: no run, register first")
         offset, total = meta["offset"], meta["total"]
-        if offset and self.demo_table is not None and offset < self.demo_table.size and total == self.demo_total:
-            return self._reply(identity, "ok", {"req": req, "size": self.demo_table.size})  # a resent part
+        table = self.demo_table
+        if offset and table is not None and offset < table.size and total == self.demo_total:
+            return self._reply(identity, "ok", {"req": req, "size": table.size})  # a part sent again
         try:
             if offset == 0:
-                self._new_demo_table(meta.get("schema"), total)
-            elif self.demo_table is None or offset != self.demo_table.size or total != self.demo_total:
+                table = self._new_demo_table(meta.get("schema"), total)
+            elif table is None or offset != table.size or total != self.demo_total:
                 raise SchemaError(f"a part at {offset} of {total} items does not follow the "
-                                  f"{0 if self.demo_table is None else self.demo_table.size} received", "bad_demos")
-            n = self.demo_table.check(msg.arrays)
+                                  f"{0 if table is None else table.size} received", "bad_demos")
+            n = table.check(msg.arrays)
             if offset + n > total:
                 raise SchemaError(f"{offset + n} items, more than the {total} announced", "bad_demos")
         except (SchemaError, ValueError, TypeError) as exc:
-            self.demo_table = None if offset == 0 else self.demo_table
             return self._refuse(identity, req, getattr(exc, "reason", "bad_demos"), f"demos: {exc}")
-        self.demo_table.store(msg.arrays, n)
+        table.store(msg.arrays, n)
+        self.demo_table, self.demo_total = table, total
         if self._demos_whole():
             log.info("broker: %d demonstration items for run %s", total, self.spec["run_id"])
-        self._reply(identity, "ok", {"req": req, "size": self.demo_table.size})
+        self._reply(identity, "ok", {"req": req, "size": table.size})
 
-    def _new_demo_table(self, schema_meta: dict | None, total: int) -> None:
+    def _new_demo_table(self, schema_meta: dict | None, total: int) -> ReplayTable:
         if schema_meta is None:
             raise SchemaError("the first part (offset 0) needs the items' schema", "bad_demos")
         schema = ItemSchema.from_meta(schema_meta)
@@ -777,8 +778,7 @@ class Broker:
         if nbytes > self.max_table_bytes:
             raise SchemaError(f"{total} demonstration items and the table take {nbytes} bytes, more than the "
                               f"broker's limit of {self.max_table_bytes} (broker.max_table_bytes)", "bad_demos")
-        cfg = TableConfig(capacity=total, sampler="uniform", max_segment_items=total)
-        self.demo_table, self.demo_total = make_table(cfg, seed=self.cfg.seed + 1, schema=schema), total
+        return demonstration_table(schema, total, seed=self.cfg.seed + 1)
 
     # Segments the broker is done with, reported to the learner with each batch (which reports them
     # to synchronous actors with its weights): the table's (ReplayTable.take_released) and those

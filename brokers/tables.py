@@ -752,3 +752,17 @@ class QueueTable(ReplayTable):
 
 def make_table(cfg: TableConfig, seed: int = 0, schema: ItemSchema | None = None) -> ReplayTable:
     return (QueueTable if cfg.sampler == "fifo" else ReplayTable)(cfg, seed, schema)
+
+
+def demonstration_table(schema: ItemSchema, total: int, seed: int = 0) -> ReplayTable:
+    """A run's demonstration table: `total` items of a fixed dataset, sampled uniformly, filled in
+    parts of any size (run.demos; the broker's `demos` request)."""
+    cfg = TableConfig(capacity=total, sampler="uniform", max_segment_items=total)
+    return make_table(cfg, seed=seed, schema=schema)
+
+
+def sample_demonstrations(table: ReplayTable, demo_batch: int) -> dict[str, np.ndarray]:
+    """demo_batch items of a demonstration table as they travel in a batch (DEMO_PREFIX; no ids)."""
+    demos, _, _ = table.sample(demo_batch)
+    return {DEMO_PREFIX + k: v for k, v in demos.items()}
+

@@ -23,7 +23,8 @@ import numpy as np
 
 from qrl import envs, normalize
 from qrl.acting.actor import Acting, actor_seed, load_arrays
-from qrl.brokers.tables import FRAMES, INITIAL_PRIORITY, ReplayTable, SchemaError, make_table
+from qrl.brokers.tables import (FRAMES, INITIAL_PRIORITY, ReplayTable, SchemaError, demonstration_table, make_table,
+                               sample_demonstrations)
 from qrl.config import RunConfig
 from qrl.learner import LearnerOptions, LearnerProcess, serve
 from qrl.acting.segments import SegmentWriter
@@ -52,6 +53,11 @@ class LocalRun(LearnerProcess):
 
     def open(self) -> None:
         self.table = make_table(self.table_config(), self.cfg.seed, self.item_schema)
+        self.demo_table = None
+        if self.demo_items is not None:  # as the broker keeps them (its `demos` request)
+            total = len(next(iter(self.demo_items.values())))
+            self.demo_table = demonstration_table(self.demo_schema, total, self.cfg.seed + 1)
+            self.demo_table.insert(self.demo_items)
         self.sampler = TableSampler(self.table)
         run = self.spec()["run"]
         self.policy = self.agent.make_policy(self.obs_space, self.action_space, self.args)
@@ -90,7 +96,7 @@ class LocalRun(LearnerProcess):
 
     def train_on_next_batch(self) -> None:
         """Act until the table serves a batch, then train on one (the rate limiter takes turns)."""
-        table, batch_size = self.table, self.args.batch_size
+        table, (batch_size, demo_batch) = self.table, self.batch_sizes()
         table.drop_stale(self.weights_version)
         while table.limiter.can_insert() or not table.limiter.can_sample(table.size, batch_size):
             self.collect_segment()
@@ -99,7 +105,10 @@ class LocalRun(LearnerProcess):
         if not table.limiter.can_sample(table.size, batch_size):
             return
         beta = self.agent.sample_options(self.args, self.learner.updates).get("beta", 1.0)
-        self.train_on(table.sample_arrays(batch_size, beta), {})
+        arrays = table.sample_arrays(batch_size, beta) if batch_size else {}
+        if demo_batch:
+            arrays.update(sample_demonstrations(self.demo_table, demo_batch))
+        self.train_on(arrays, {})
 
     def collect_segment(self) -> None:
         """The next actor in turn fills a segment with the newest weights; its items go into the table."""

@@ -267,3 +267,65 @@ def test_batches_name_the_segments_the_broker_is_done_with(ctx, client, push, br
     assert reply.meta["consumed"] == {"x": 4} and reply.arrays["obs"].max() == 0
     pub.close()
     sub.close()
+
+
+# -- the demonstration table (run.demos) -------------------------------------------------------------
+
+DEMO_SCHEMA = {"fields": {"obs": ["<f4", [4]], "action": ["<i8", []]}, "frames_per_item": 1}
+
+
+def demo_part(client, offset, n, total, schema=DEMO_SCHEMA, obs_dim=4, token=TOKEN):
+    arrays = {"obs": (np.full((n, obs_dim), -1.0) - np.arange(offset, offset + n)[:, None]).astype(np.float32),
+              "action": np.arange(offset, offset + n, dtype=np.int64)}
+    meta = {"token": token, "offset": offset, "total": total, **({"schema": schema} if offset == 0 else {})}
+    return client.request("demos", meta, arrays, wait_s=10)
+
+
+def test_demonstrations_arrive_in_parts_and_come_beside_the_agents_items_in_one_batch(client, push):
+    register(client)
+    early = client.request("sample", {"token": TOKEN, "batch_size": 4, "demo_batch": 2}, wait_s=10)
+    assert early.type == "error" and early.meta["reason"] == "no_demos"
+    assert demo_part(client, 0, 6, 10).meta["size"] == 6
+    assert demo_part(client, 6, 4, 10).meta["size"] == 10
+    assert demo_part(client, 6, 4, 10).meta["size"] == 10  # a part sent again is not stored twice
+    for seq in range(2):
+        push.send_multipart(segment(seq))
+    wait_for(lambda: stats(client)["items"] == 16, 10, "16 items at the broker")
+    batch = client.request("sample", {"token": TOKEN, "batch_size": 8, "demo_batch": 5}, wait_s=10)
+    assert batch.type == "batch"
+    assert set(batch.arrays) == {"obs", "action", "_id", "demo.obs", "demo.action"}
+    assert batch.arrays["obs"].shape == (8, 4) and batch.arrays["demo.obs"].shape == (5, 4)
+    # demonstration rows are demonstration items: obs -1 - i for item i, action i
+    np.testing.assert_array_equal(batch.arrays["demo.obs"][:, 0], -1.0 - batch.arrays["demo.action"])
+    assert (batch.arrays["obs"] >= 0).all()  # and agent rows agent items
+    alone = client.request("sample", {"token": TOKEN, "batch_size": 0, "demo_batch": 3}, wait_s=10)
+    assert alone.type == "batch" and set(alone.arrays) == {"demo.obs", "demo.action"}
+    assert stats(client)["items"] == 16  # demonstrations are not the agent's items
+
+
+def test_bad_demonstrations_are_refused_in_one_line_and_change_nothing(client):
+    register(client)
+    assert demo_part(client, 0, 4, 10).type == "ok"
+    gap = demo_part(client, 6, 2, 10)
+    assert gap.type == "error" and gap.meta["reason"] == "bad_demos"
+    assert demo_part(client, 4, 6, 10).meta["size"] == 10  # the gap changed nothing: the next part still fits
+    no_schema = client.request("demos", {"token": TOKEN, "offset": 0, "total": 3},
+                               {"obs": np.zeros((3, 4), np.float32), "action": np.zeros(3, np.int64)}, wait_s=10)
+    assert no_schema.type == "error" and no_schema.meta["reason"] == "bad_demos"
+    wrong = demo_part(client, 0, 3, 3, obs_dim=5)
+    assert wrong.type == "error" and wrong.meta["reason"] == "schema_mismatch" and "\n" not in wrong.meta["detail"]
+    too_many = demo_part(client, 0, 4, 3)
+    assert too_many.type == "error"
+    nan = client.request("demos", {"token": TOKEN, "offset": 0, "total": 2, "schema": DEMO_SCHEMA},
+                         {"obs": np.full((2, 4), np.nan, np.float32), "action": np.zeros(2, np.int64)}, wait_s=10)
+    assert nan.type == "error" and nan.meta["reason"] == "non_finite"
+    stranger = demo_part(client, 0, 2, 2, token="not-the-run-token")
+    assert stranger.type == "error" and stranger.meta["reason"] == "not_holder"
+    empty = client.request("sample", {"token": TOKEN, "batch_size": 0}, wait_s=10)
+    assert empty.type == "error" and empty.meta["reason"] == "bad_sample"
+    whole = client.request("sample", {"token": TOKEN, "batch_size": 0, "demo_batch": 10}, wait_s=10)
+    assert whole.type == "batch" and (whole.arrays["demo.obs"][:, 0] == -1.0 - whole.arrays["demo.action"]).all()
+    huge = {**DEMO_SCHEMA, "fields": {"obs": ["<f4", [1 << 20]], "action": ["<i8", []]}}
+    over = client.request("demos", {"token": TOKEN, "offset": 0, "total": 1 << 30, "schema": huge},
+                          {"obs": np.zeros((1, 1 << 20), np.float32), "action": np.zeros(1, np.int64)}, wait_s=10)
+    assert over.type == "error" and "max_table_bytes" in over.meta["detail"]

@@ -96,3 +96,71 @@ def test_qrl_record_on_the_command_line(trained_run, tmp_path):
                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode != 0 and out.stderr.strip() == f"Error: record: no checkpoint at {tmp_path / 'checkpoint.pt'}"
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+# -- learning from them (run.demos) ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def dataset(trained_run, tmp_path_factory):
+    where, _ = demos.record(trained_run, "cartpole/qrl-expert-v0", episodes=4,
+                                  data_dir=tmp_path_factory.mktemp("demos"))
+    return where
+
+
+def agreement(run_dir, loaded) -> float:
+    """How often a run's deterministic policy takes the demonstrated action."""
+    policy = load_policy(run_dir)
+    greedy, _ = policy.agent.make_core(policy.args, 0, 1, len(loaded), 0).greedy(
+        policy.net, loaded.obs, {}, np.ones(len(loaded), bool))
+    return float(np.mean(greedy == loaded.action))
+
+
+def test_behaviour_cloning_learns_the_demonstrated_actions_from_the_dataset_alone(dataset, tmp_path):
+    loaded = demos.load(dataset)
+    summary = local_run("bc", "CartPole-v1", [f"run.demos={dataset}", "run.total_steps=100000000",
+                                              "run.max_seconds=8"], tmp_path / "bc", actors=1).run()
+    assert summary["updates"] > 100
+    assert agreement(tmp_path / "bc", loaded) >= 0.9
+
+
+def test_dqn_samples_its_demo_ratio_of_each_batch_from_the_demonstrations(dataset, tmp_path):
+    import json
+
+    summary = local_run("dqn", "CartPole-v1", [f"run.demos={dataset}", "algo.learning_starts=256",
+                                               "algo.batch_size=32", "algo.demo_ratio=0.5"], tmp_path).run()
+    assert summary["updates"] > 0
+    train = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+             if '"kind": "train"' in line and "demo_margin_loss" in line]
+    assert train and all(np.isfinite(r["demo_margin_loss"]) and r["demo_margin_loss"] >= 0 for r in train)
+
+
+def test_demonstration_items_are_the_agents_own_items_made_from_the_episodes():
+    from qrl import algorithm
+
+    agent = algorithm.load("dqn")
+    args = agent.Args(n_step=3, gamma=0.5)
+    ends = np.array([False, False, False, True, False, True])  # two episodes: 4 steps, then 2 (truncated)
+    loaded = demos.Demonstrations(
+        obs=np.arange(6, dtype=np.float32)[:, None].repeat(4, 1), action=np.arange(6) % 2,
+        reward=np.ones(6, np.float32), next_obs=np.arange(1, 7, dtype=np.float32)[:, None].repeat(4, 1),
+        terminated=np.array([False, False, False, True, False, False]), truncated=np.array([False] * 5 + [True]),
+        returns=[4.0, 2.0], env_id="CartPole-v1")
+    items = agent.demo_items(loaded, args)
+    assert len(items["obs"]) == 6 and ends.sum() == 2
+    np.testing.assert_allclose(items["return"], [1.75, 1.75, 1.5, 1.0, 1.5, 1.0])  # n-step sums stop at each end
+    np.testing.assert_allclose(items["discount"], [0.125, 0, 0, 0, 0.25, 0.5])  # 0 after a termination
+    np.testing.assert_array_equal(items["next_obs"][:, 0], [3, 4, 4, 4, 6, 6])  # a truncation bootstraps there
+    np.testing.assert_array_equal(items["action"], loaded.action)
+
+
+@pytest.mark.parametrize("algo, sets, message", [
+    ("bc", [], "bc learns from demonstrations: set run.demos"),
+    ("ppo", ["run.demos=x"], "run.demos: ppo does not learn from demonstrations"),
+    ("bc", ["run.demos=/no/such/dataset"], "demonstrations /no/such/dataset: no Minari dataset there"),
+])
+def test_a_run_that_cannot_use_its_demonstrations_stops_in_one_line_before_anything_starts(algo, sets, message,
+                                                                                          tmp_path):
+    out = subprocess.run([sys.executable, "-m", "qrl", "learner", "--algo", algo, "--env", "CartPole-v1",
+                          "--run-dir", str(tmp_path), *[a for s in sets for a in ("--set", s)]],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode != 0 and message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
