@@ -134,7 +134,7 @@ def spec(env_id: str) -> gym.envs.registration.EnvSpec:
 def _wrapper(spec: str | dict[str, Any]):
     """'FlattenObservation' or {'name': 'ClipReward', 'min_reward': -1, 'max_reward': 1} -> env -> env.
     Names are qrl's own wrappers (qrl/envs/wrappers.py) or gymnasium.wrappers'."""
-    from qrl.envs.wrappers import WRAPPERS
+    from qrl.envs.wrappers import LAZY_WRAPPERS, WRAPPERS
 
     if isinstance(spec, dict):
         # Lists as tuples: a config (YAML, JSON, msgpack) has no tuples, and wrappers check for them
@@ -144,9 +144,13 @@ def _wrapper(spec: str | dict[str, Any]):
     else:
         name, kwargs = spec, {}
     cls = WRAPPERS.get(str(name)) or getattr(gym.wrappers, str(name), None)
+    if str(name) in LAZY_WRAPPERS:
+        module, _, attr = LAZY_WRAPPERS[str(name)].partition(":")
+        cls = getattr(importlib.import_module(module), attr)
     if not (isinstance(cls, type) and issubclass(cls, gym.Wrapper)):
-        known = sorted([*WRAPPERS] + [n for n in dir(gym.wrappers) if isinstance(getattr(gym.wrappers, n), type)
-                       and issubclass(getattr(gym.wrappers, n), gym.Wrapper)])
+        known = sorted([*WRAPPERS, *LAZY_WRAPPERS] + [
+            n for n in dir(gym.wrappers) if isinstance(getattr(gym.wrappers, n), type)
+            and issubclass(getattr(gym.wrappers, n), gym.Wrapper)])
         close = difflib.get_close_matches(str(name), known, n=3)
         raise UnknownEnvironment(f"unknown wrapper '{name}'" + (f"; did you mean {', '.join(close)}?" if close
                                                                 else f"; gymnasium.wrappers has {', '.join(known)}"))

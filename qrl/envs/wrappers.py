@@ -107,3 +107,5 @@ def flatten_structured(env: gym.Env) -> gym.Env:
 
 
 WRAPPERS = {"MaskVelocity": MaskVelocity}
+LAZY_WRAPPERS = {"RecoveredReward": "qrl.algorithms.gail:RecoveredReward"}
+"""Wrappers that need torch, imported only when a config names them."""
