@@ -245,7 +245,7 @@ class RecoveredReward(gym.Wrapper):
         from qrl import checkpoint
 
         saved = checkpoint.load(Path(run), require=("learner", "config"))
-        state = saved["learner"]["disc"]
+        state = saved["learner"].get("disc", {})
         if "g.0.weight" not in state:
             raise ValueError(f"{run} is not an AIRL run: its checkpoint has no recovered reward g")
         hidden, inputs = state["g.0.weight"].shape

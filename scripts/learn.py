@@ -58,6 +58,25 @@ TARGETS = {
     # DQN 154 within 100k steps, which qrl's dqn preset must beat.
     ("ppo", "LunarLander-v3"): (200.0, 1_000_000),
     ("dqn", "LunarLander-v3"): (154.0, 100_000),
+    # Imitation from 10 expert episodes of qrl's own presets (configs/demos, scripts/record_experts.py):
+    # 90% of the expert's return over a random policy's (the normalized score of the imitation
+    # literature): random 23.7 / expert 500.0 (CartPole), -192.0 / 250.1 (LunarLander), -1207.6 / -135.9
+    # (Pendulum). BC learns from the dataset alone: its budget is the preset's max_seconds, and its
+    # frames are only those its actor played with the clone meanwhile.
+    ("bc", "CartPole-v1"): (452.4, 100_000_000),
+    ("bc", "LunarLander-v3"): (205.9, 100_000_000),
+    ("bc", "Pendulum-v1"): (-243.0, 100_000_000),
+    ("gail", "CartPole-v1"): (452.4, 300_000),
+    ("gail", "LunarLander-v3"): (205.9, 2_000_000),
+    ("gail", "Pendulum-v1"): (-243.0, 500_000),
+    ("airl", "CartPole-v1"): (452.4, 300_000),
+    ("airl", "LunarLander-v3"): (205.9, 2_000_000),
+    ("airl", "Pendulum-v1"): (-243.0, 500_000),
+    # AIRL's recovered reward: a fresh ppo-CartPole-v1 run through RecoveredReward (no env reward),
+    # judged by the environment's own return of its final policy (TRANSFER).
+    ("airl-transfer", "CartPole-v1"): (452.4, 300_000),
+    # Demonstrations in replay against the same preset without them, at a third of its budget.
+    ("dqn-demos", "LunarLander-v3"): (154.0, 30_000),
     # PPG and DAAC were published on Procgen (25M frames per game: out of reach of 2 cores in a check);
     # on LunarLander-v3 they take PPO's preset and must reach what the zoo's PPO does there.
     ("ppg", "LunarLander-v3"): (200.0, 1_000_000),
@@ -100,19 +119,25 @@ CONTRASTS = {
     ("r2d2", "qrl/CartPoleNoVel-v1"): (("dqn", "CartPole-v1"), "memory"),
     ("rppo-attention", "qrl/CartPoleNoVel-v1"): (("ppo", "CartPole-v1"), "memory"),
     ("rnd", "qrl/DeepSea-v0"): (("ppo", "DeepSea-v0"), "an exploration bonus"),
+    ("dqn-demos", "LunarLander-v3"): (("dqn", "LunarLander-v3"), "demonstrations"),
 }
+TRANSFER = {"airl-transfer": ("airl", "ppo", ("--set", "algo.anneal_updates=1170"))}
+"""A reward-transfer check: (the run that recovers a reward, the preset retrained on it alone, its
+settings for the check's budget: ppo-CartPole-v1 anneals its lr over its own 100k frames, here over
+300k, 1170 updates of 256 frames)."""
 
 
 def preset(algo: str, env: str) -> Path:
     return ROOT / "configs" / f"{algo}-{env.replace('qrl/', '').replace('/', '-')}.yaml"
 
 
-def run_seed(config: Path, env: str, seed: int, target: float, budget: int, run_dir: Path) -> dict:
+def run_seed(config: Path, env: str, seed: int, target: float, budget: int, run_dir: Path,
+             extra: tuple[str, ...] = ()) -> dict:
     t0 = time.monotonic()
-    out = subprocess.run(
+    out = subprocess.run(  # from the repository root: presets name their demonstrations by relative path
         [sys.executable, "-m", "qrl", "run", "--config", str(config), "--env", env, "--seed", str(seed),
-         "--total-steps", str(budget), "--target-return", str(target), "--run-dir", str(run_dir), "--no-progress"],
-        capture_output=True, text=True, timeout=1800)
+         "--total-steps", str(budget), "--target-return", str(target), "--run-dir", str(run_dir), "--no-progress",
+         *extra], capture_output=True, text=True, timeout=1800, cwd=ROOT)
     wall = time.monotonic() - t0
     if out.returncode != 0:
         return {"seed": seed, "ok": False, "error": out.stderr.strip().splitlines()[-1:] or ["?"]}
@@ -121,6 +146,26 @@ def run_seed(config: Path, env: str, seed: int, target: float, budget: int, run_
     return {"seed": seed, "ok": hit is not None and hit["frames"] <= budget,
             "frames": hit["frames"] if hit else None, "learner_s": round(hit["elapsed_s"], 1) if hit else None,
             "wall_s": round(wall, 1), "best": max((m["mean_return"] for m in evals), default=None)}
+
+
+def transfer_seed(algo: str, env: str, seed: int, target: float, budget: int, tmp: Path) -> dict:
+    """Recover a reward (TRANSFER's first preset, to the target), retrain the second preset on it alone
+    for the whole budget, and judge the retrained policy by the environment's own return."""
+    from qrl.evaluation import load_policy, run_episodes
+
+    recover, retrain, settings = TRANSFER[algo]
+    first = run_seed(preset(recover, env), env, seed, target, budget, tmp / f"recover{seed}")
+    if not first["ok"]:
+        return {**first, "ok": False, "stage": f"{recover} did not reach the target"}
+    wrapper = f"run.wrappers=[{{name: RecoveredReward, run: {tmp / f'recover{seed}'}}}]"
+    second = run_seed(preset(retrain, env), env, seed, 1e9, budget, tmp / f"retrain{seed}",
+                      ("--set", wrapper, *settings))
+    if "error" in second:
+        return {**second, "stage": "retraining"}
+    policy = load_policy(tmp / f"retrain{seed}")
+    mean, _, _ = run_episodes(policy.agent, policy.args, policy.net, env, 10, seed=seed + 7)
+    return {"seed": seed, "ok": mean >= target, "recovered_at_frames": first["frames"], "frames": budget,
+            "env_return": mean, "wall_s": round(first["wall_s"] + second["wall_s"], 1)}
 
 
 def main() -> int:
@@ -138,7 +183,10 @@ def main() -> int:
     contrast_preset, lacks = CONTRASTS.get((a.algo, a.env), (None, None))
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(a.seeds):
-            r = run_seed(preset(a.algo, a.env), a.env, seed, target, budget, Path(tmp) / f"seed{seed}")
+            if a.algo in TRANSFER:
+                r = transfer_seed(a.algo, a.env, seed, target, budget, Path(tmp))
+            else:
+                r = run_seed(preset(a.algo, a.env), a.env, seed, target, budget, Path(tmp) / f"seed{seed}")
             results.append(r)
             print(f"{a.algo} {a.env} seed {seed}: " + ("reached" if r["ok"] else "MISSED")
                   + f" {target} " + json.dumps({k: v for k, v in r.items() if k not in ("seed", "ok")}), flush=True)
@@ -150,7 +198,8 @@ def main() -> int:
                   + f" {target} " + json.dumps({k: v for k, v in r.items() if k not in ("seed", "ok")}), flush=True)
     ok = sum(r["ok"] for r in results)
     print(f"{a.algo} {a.env}: {ok} of {len(results)} seeds reached {target} within {budget:,} env steps")
-    record = {"algo": a.algo, "env": a.env, "preset": str(preset(a.algo, a.env).relative_to(ROOT)), "target": target,
+    used = preset(TRANSFER[a.algo][0], a.env) if a.algo in TRANSFER else preset(a.algo, a.env)
+    record = {"algo": a.algo, "env": a.env, "preset": str(used.relative_to(ROOT)), "target": target,
               "budget": budget, "seeds": len(results), "reached": ok, "results": results, "quick": len(results) < 3}
     if contrast_preset:
         best = [r.get("best") for r in contrast]

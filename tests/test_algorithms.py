@@ -4,6 +4,7 @@ batches flow, weights are published, a checkpoint is written, and the learner ex
 algorithm must add its smoke environment here."""
 
 import json
+from pathlib import Path
 
 import pytest
 import zmq
@@ -13,6 +14,7 @@ from qrl.protocol.transport import Client, free_port_block
 from conftest import wait_for
 
 pytestmark = pytest.mark.slow
+DEMOS = Path(__file__).resolve().parents[1] / "configs" / "demos"  # expert datasets (scripts/record_experts.py)
 
 SMOKE = [  # (algorithm, environment, extra overrides); continuous-action algorithms on Pendulum
     ("dqn", "CartPole-v1", ["algo.learning_starts=256"]),
@@ -48,6 +50,13 @@ SMOKE = [  # (algorithm, environment, extra overrides); continuous-action algori
                                       "algo.learning_starts=16", "algo.batch_size=8", "algo.lstm=16"]),
     ("rppo", "qrl/CartPoleNoVel-v1", ["algo.lstm=16", "run.segment_length=16"]),  # recurrent PPO
     ("impala", "qrl/CartPoleNoVel-v1", ["algo.lstm=16", "run.segment_length=16"]),  # recurrent IMPALA
+    # Learning from demonstrations: the broker's demonstration table beside the agent's (run.demos).
+    ("bc", "CartPole-v1", [f"run.demos={DEMOS}/cartpole/qrl-ppo-v0"]),
+    ("bc", "Pendulum-v1", [f"run.demos={DEMOS}/pendulum/qrl-sac-v0"]),
+    ("gail", "CartPole-v1", [f"run.demos={DEMOS}/cartpole/qrl-ppo-v0", "algo.demo_batch=64"]),
+    ("airl", "Pendulum-v1", [f"run.demos={DEMOS}/pendulum/qrl-sac-v0", "run.sync_actors=true",
+                             "run.publish_every=1", "algo.batch_size=4", "algo.demo_batch=64"]),
+    ("dqn", "CartPole-v1", ["algo.learning_starts=256", f"run.demos={DEMOS}/cartpole/qrl-ppo-v0"]),  # demo_ratio
 ]
 ATTENTION_SMOKE = [  # the attention core (qrl/cores.py) through every recurrent agent's state seam
     ("rppo", "qrl/CartPoleNoVel-v1", ["algo.lstm=16", "algo.core=attention", "run.segment_length=16"]),
@@ -96,7 +105,7 @@ PIXEL_SMOKE = [  # every algorithm that takes images, on images (its convolution
                             *PENDULUM_PIXELS]),
 ]
 """ql alone takes no images: its table has one row per discrete observation."""
-VARIANTS = {"rnd": "ppo", "ppg": "ppo", "daac": "ppo", "tac": "sac"}
+VARIANTS = {"rnd": "ppo", "ppg": "ppo", "daac": "ppo", "tac": "sac", "gail": "ppo", "airl": "ppo"}
 """Algorithms whose actor side (core, items, table) is another's: only their learners differ."""
 PIXEL_PROCESS = [case for case in PIXEL_SMOKE
                  if case[1] == MINATAR and not any(o.startswith("algo.torso=") for o in case[2])
@@ -113,7 +122,9 @@ only, test_local.py, where every image algorithm also runs)."""
 
 def test_every_algorithm_has_a_smoke_run():
     assert {algo for algo, _, _ in SMOKE} == set(algorithm.names())
-    assert {algo for algo, _, _ in PIXEL_SMOKE} == set(algorithm.names()) - {"ql"}
+    # (bc, gail and airl learn from a dataset of the environment's observations: bc on images in
+    # test_demos.py; gail and airl take vector observations only)
+    assert {algo for algo, _, _ in PIXEL_SMOKE} == set(algorithm.names()) - {"ql", "bc", "gail", "airl"}
 
 
 @pytest.mark.parametrize("algo, env, sets, mode", PROCESS_SMOKE,
@@ -146,7 +157,7 @@ def test_smoke(algo, env, sets, mode, procs, tmp_path):
         assert stats["batches"] > 0 and stats["gaps"] == 0 and stats["rejected"] == {}
         if algo in ("apex", "r2d2", "rainbow", "reactor"):  # prioritized: the learner sent back priorities by id
             assert stats["priority_updates"] > 0
-        if algo in ("ppo", "impala", "rnd", "ppg", "daac"):  # the on-policy queue: served once, lag reported
+        if algo in ("ppo", "impala", "rnd", "ppg", "daac", "gail", "airl"):  # the on-policy queue: served once
             assert stats["served_policy_lag"] is not None
         if "run.sync_actors=true" in sets:  # actors wait for each update: nothing goes stale
             assert stats["dropped_stale"] == 0 and stats["served_policy_lag"] <= 1.0

@@ -55,7 +55,10 @@ def test_every_algorithm_trains_in_process_and_its_checkpoint_loads(algo, env, s
     assert summary["updates"] > 0 and run.learner.updates == summary["updates"]
     # weights every publish_every updates, and the last ones
     assert summary["weights_version"] == 1 + summary["updates"] // run.cfg.publish_every
-    assert run.table.limiter.inserted > 0 and run.table.limiter.sampled >= run.args.batch_size * summary["updates"]
+    agent_batch, demo_batch = run.batch_sizes()  # (with run.demos, part of each batch is demonstrations)
+    assert run.table.limiter.inserted > 0 and run.table.limiter.sampled >= agent_batch * summary["updates"]
+    if demo_batch:
+        assert run.demo_table.limiter.sampled >= demo_batch * summary["updates"]
     # the actors act on the weights the learner published last
     for name, value in run.learner.policy_state().items():
         np.testing.assert_array_equal(run.policy.state_dict()[name].numpy(), value)
