@@ -164,3 +164,13 @@ def test_a_run_that_cannot_use_its_demonstrations_stops_in_one_line_before_anyth
                           "--run-dir", str(tmp_path), *[a for s in sets for a in ("--set", s)]],
                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode != 0 and message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_behaviour_cloning_on_images(tmp_path):
+    """bc's policy takes PPO's convolutional torso: a clone of a MinAtar policy from its pixels."""
+    local_run("dqn", "MinAtar/Breakout-v1", ["algo.learning_starts=256", "algo.hidden=32"], tmp_path / "dqn").run()
+    where, _ = demos.record(tmp_path / "dqn", "breakout/qrl-test-v0", episodes=2, data_dir=tmp_path)
+    loaded = demos.load(where)
+    assert loaded.obs.shape[1:] == (10, 10, 4)
+    summary = local_run("bc", "MinAtar/Breakout-v1", [f"run.demos={where}", "algo.hidden=32"], tmp_path / "bc").run()
+    assert summary["updates"] > 0 and np.isfinite(summary["final_eval_mean"])
