@@ -153,6 +153,17 @@ def _holds(task: str):
     return row
 
 
+def _imitation(task: str):
+    def row(r):
+        d = r.get(f"imitation-{task}")
+        if not d or d.get("seconds_ratio") is None:
+            return None
+        m = d["medians"]
+        return (f"{m['qrl']['seconds']:.1f} s (median of {len(d['results']) // 2})",
+                f"imitation {m['imitation']['seconds']:.1f} s", fmt(d["seconds_ratio"]), d["seconds_ratio"] <= 1.0)
+    return row
+
+
 def _waiting(r):
     d = r.get("solve-dqn-CartPole-v1")
     if not d:
@@ -218,6 +229,12 @@ TARGETS: list[tuple[str, str, str, Callable]] = [
      _solve("ppo-CartPole-v1")),
     ("time to 200, PPO LunarLander-v3, launch included", "<= 0.5x SB3", "solve-ppo-LunarLander-v3",
      _solve("ppo-LunarLander-v3")),
+    ("time to 90% of the expert, GAIL CartPole-v1, launch included", "<= 1.0x imitation",
+     "imitation-gail-CartPole-v1", _imitation("gail-CartPole-v1")),
+    ("time to 90% of the expert, AIRL CartPole-v1, launch included", "<= 1.0x imitation",
+     "imitation-airl-CartPole-v1", _imitation("airl-CartPole-v1")),
+    ("time to 90% of the expert, GAIL Pendulum-v1, launch included", "<= 1.0x imitation",
+     "imitation-gail-Pendulum-v1", _imitation("gail-Pendulum-v1")),
     ("`qrl run` launch to first update, PPO CartPole, 2 actors", "<= 1.5 s", "overhead",
      _overhead("2", "first update", 1.5)),
     ("`qrl run` target reached to every process exited, 2 actors", "<= 1.0 s", "overhead",
@@ -291,12 +308,28 @@ def solve_sections(results: dict) -> list[str]:
     return out
 
 
+def imitation_sections(results: dict) -> list[str]:
+    out = []
+    for name in sorted(k for k in results if k.startswith("imitation-")):
+        d = results[name]
+        algo = d["task"].split("-")[0].upper()
+        out += [f"### Imitation: {d['task']} (`scripts/bench_imitation.py --task {d['task']}`)", "",
+                f"qrl's preset `configs/{d['task']}.yaml` against the `imitation` library's {algo} "
+                "on stable-baselines3's PPO with the same PPO settings, network size and 10 expert episodes, seeds "
+                f"interleaved; env steps and seconds from launch to the first 10-episode deterministic evaluation "
+                f">= {d['target']:g} (90% of the expert's normalized return).", "",
+                measured_on(d), "", table(d["header"], d["table"]), ""]
+    return out
+
+
 def learn_section(results: dict) -> list[str]:
     rows = []
     for name in sorted(k for k in results if k.startswith("learn-")):
         d = results[name]
         per_seed = "; ".join(
-            (f"{r['frames']:,} frames, {r['wall_s']:.0f} s" if r["ok"] else
+            (f"retrained on the recovered reward to {r['env_return']:.0f} (recovered at {r['recovered_at_frames']:,} "
+             f"frames), {r['wall_s']:.0f} s" if r["ok"] and "env_return" in r else
+             f"{r['frames']:,} frames, {r['wall_s']:.0f} s" if r["ok"] else
              f"missed: reached at {r['frames']:,} frames" if r.get("frames") else f"missed (best {r.get('best')})")
             for r in d["results"])
         if "contrast" in d:  # the preset without what the task needs (memory, exploration), same seeds and budget
@@ -351,6 +384,8 @@ def render() -> str:
         if png.exists():
             lines += [f"![{name}]({png.relative_to(ROOT)})", ""]
     lines += ["## Time to solve", ""] + solve_sections(results)
+    imitation = imitation_sections(results)
+    lines += (["## Imitation against the `imitation` library", ""] + imitation) if imitation else []
     lines += learn_section(results)
     return "\n".join(lines).rstrip() + "\n"
 
