@@ -1,5 +1,5 @@
 """Adversarial imitation: GAIL and AIRL, with PPO as the generator, for discrete and continuous
-actions on vector observations.
+actions on vector observations; and GAIL with SAC as an off-policy generator (`gail-sac`).
 
 A discriminator learner sits beside PPO's: every update it first trains the discriminator to tell
 the expert's transitions (the demonstration table, run.demos, sampled in the same request as the
@@ -38,7 +38,7 @@ from torch import nn
 
 from qrl import ops
 from qrl.algorithm import Batch, DemoUse, Update
-from qrl.algorithms import ppo
+from qrl.algorithms import ppo, sac
 
 
 @dataclass(frozen=True)
@@ -165,34 +165,12 @@ def expert_items(demos, agent, args: Args) -> dict[str, np.ndarray]:
 
 # -- learner ----------------------------------------------------------------------------------------
 
-class Learner(ppo.Learner):
-    checkpointed = ("net", "optimizer", "disc", "disc_optimizer")
+class Discriminating:
+    """A learner with a discriminator (self.disc, self.disc_optimizer) beside its own networks."""
 
-    def __init__(self, obs_space: gym.Space, action_space: gym.Space, args: Args, device: torch.device):
-        super().__init__(obs_space, action_space, args, device)
-        self.disc = make_discriminator(obs_space, action_space, args).to(device)
+    def add_discriminator(self, obs_space: gym.Space, action_space: gym.Space, args) -> None:
+        self.disc = make_discriminator(obs_space, action_space, args).to(self.device)
         self.disc_optimizer = ops.adam(list(self.disc.parameters()), lr=args.disc_lr)
-
-    def update(self, batch: Batch) -> Update:
-        t, expert = batch.fields, batch.demos
-        N, T = t["reward"].shape
-        agent = self.transitions(t)
-        disc_metrics = self.train_discriminator(agent, expert)
-        with torch.no_grad():
-            reward = self.disc.policy_reward(self.logits(agent)).reshape(N, T)
-        update = super().update(Batch({**t, "reward": reward}, batch.ids, batch.weights))
-        return Update({**update.metrics, **disc_metrics, "disc_reward": reward.mean().item(),
-                       "env_reward": t["reward"].float().mean().item()})
-
-    def transitions(self, t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The agent's unrolls [N, T] as transitions [N * T] shaped like the expert's: actions as the
-        environment took them (a Gaussian policy's samples clipped to the bounds)."""
-        flat = lambda x: x.reshape((-1,) + x.shape[2:])
-        action = flat(t["action"])
-        if self.net.continuous:
-            action = torch.clamp(action, self.net.low, self.net.high)
-        return {"obs": flat(t["obs"]).float(), "action": action, "next_obs": flat(t["next_obs"]).float(),
-                "terminated": flat(t["terminated"])}
 
     def logits(self, t: dict[str, torch.Tensor]) -> torch.Tensor:
         logp = torch.zeros(())
@@ -224,9 +202,80 @@ class Learner(ppo.Learner):
         return ppo.mean_terms(terms)
 
 
+class Learner(Discriminating, ppo.Learner):
+    checkpointed = ("net", "optimizer", "disc", "disc_optimizer")
+
+    def __init__(self, obs_space: gym.Space, action_space: gym.Space, args: Args, device: torch.device):
+        super().__init__(obs_space, action_space, args, device)
+        self.add_discriminator(obs_space, action_space, args)
+
+    def update(self, batch: Batch) -> Update:
+        t, expert = batch.fields, batch.demos
+        N, T = t["reward"].shape
+        agent = self.transitions(t)
+        disc_metrics = self.train_discriminator(agent, expert)
+        with torch.no_grad():
+            reward = self.disc.policy_reward(self.logits(agent)).reshape(N, T)
+        update = super().update(Batch({**t, "reward": reward}, batch.ids, batch.weights))
+        return Update({**update.metrics, **disc_metrics, "disc_reward": reward.mean().item(),
+                       "env_reward": t["reward"].float().mean().item()})
+
+    def transitions(self, t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The agent's unrolls [N, T] as transitions [N * T] shaped like the expert's: actions as the
+        environment took them (a Gaussian policy's samples clipped to the bounds)."""
+        flat = lambda x: x.reshape((-1,) + x.shape[2:])
+        action = flat(t["action"])
+        if self.net.continuous:
+            action = torch.clamp(action, self.net.low, self.net.high)
+        return {"obs": flat(t["obs"]).float(), "action": action, "next_obs": flat(t["next_obs"]).float(),
+                "terminated": flat(t["terminated"])}
+
+
+@dataclass(frozen=True)
+class SacArgs(sac.Args):
+    demo_batch: int = 256
+    """Expert transitions per update."""
+    disc_hidden: int = 64
+    disc_lr: float = 3e-4
+    disc_epochs: int = 1
+    disc_minibatches: int = 1
+    """Discriminator steps per update, each on as many expert as agent transitions."""
+    discriminator: str = "gail"
+    """gail (AIRL's log pi term takes PPO's generator)."""
+
+
+class SacLearner(Discriminating, sac.Learner):
+    """GAIL with SAC as the generator (off-policy, as Kostrikov et al. 2019's DAC): every update trains
+    the discriminator on the replay batch beside expert transitions, then relabels the batch's rewards
+    with the discriminator's current -log(1 - D) before SAC's update, so stored rewards never go stale."""
+
+    checkpointed = sac.Learner.checkpointed + ("disc", "disc_optimizer")
+
+    def __init__(self, obs_space: gym.Space, action_space: gym.Space, args: SacArgs, device: torch.device):
+        if args.n_step != 1:
+            raise ValueError("gail-sac relabels one-step transitions: algo.n_step must be 1")
+        if args.discriminator != "gail":
+            raise ValueError("gail-sac takes algo.discriminator=gail (AIRL's log pi term takes PPO's generator: airl)")
+        super().__init__(obs_space, action_space, args, device)
+        self.add_discriminator(obs_space, action_space, args)
+
+    def update(self, batch: Batch) -> Update:
+        t = batch.fields
+        agent = {"obs": t["obs"].float(), "action": t["action"], "next_obs": t["next_obs"].float(),
+                 "terminated": t["discount"] == 0}
+        disc_metrics = self.train_discriminator(agent, batch.demos)
+        with torch.no_grad():
+            reward = self.disc.policy_reward(self.logits(agent))
+        update = super().update(Batch({**t, "return": reward}, batch.ids, batch.weights))
+        return Update({**update.metrics, **disc_metrics, "disc_reward": reward.mean().item(),
+                       "env_reward": t["return"].float().mean().item()})
+
+
 DEMONSTRATIONS = DemoUse(batch=lambda args: (args.batch_size, args.demo_batch), items=expert_items, required=True)
 AGENT = dataclasses.replace(ppo.AGENT, name="gail", Args=Args, Learner=Learner, demonstrations=DEMONSTRATIONS)
 AIRL_AGENT = dataclasses.replace(AGENT, name="airl", Args=AirlArgs)
+SAC_AGENT = dataclasses.replace(sac.AGENT, name="gail-sac", Args=SacArgs, Learner=SacLearner,
+                                demonstrations=DEMONSTRATIONS)
 
 
 # -- the recovered reward ---------------------------------------------------------------------------

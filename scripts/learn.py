@@ -69,6 +69,7 @@ TARGETS = {
     ("gail", "CartPole-v1"): (452.4, 300_000),
     ("gail", "LunarLander-v3"): (205.9, 2_000_000),
     ("gail", "Pendulum-v1"): (-243.0, 500_000),
+    ("gail-sac", "Pendulum-v1"): (-243.0, 100_000),
     ("airl", "CartPole-v1"): (452.4, 300_000),
     ("airl", "LunarLander-v3"): (205.9, 2_000_000),
     ("airl", "Pendulum-v1"): (-243.0, 500_000),

@@ -56,6 +56,8 @@ SMOKE = [  # (algorithm, environment, extra overrides); continuous-action algori
     ("gail", "CartPole-v1", [f"run.demos={DEMOS}/cartpole/qrl-ppo-v0", "algo.demo_batch=64"]),
     ("airl", "Pendulum-v1", [f"run.demos={DEMOS}/pendulum/qrl-sac-v0", "run.sync_actors=true",
                              "run.publish_every=1", "algo.batch_size=4", "algo.demo_batch=64"]),
+    ("gail-sac", "Pendulum-v1", [f"run.demos={DEMOS}/pendulum/qrl-sac-v0", "algo.learning_starts=256",
+                                 "algo.hidden=[64, 64]", "algo.batch_size=64", "algo.demo_batch=64"]),
     ("dqn", "CartPole-v1", ["algo.learning_starts=256", f"run.demos={DEMOS}/cartpole/qrl-ppo-v0"]),  # demo_ratio
 ]
 ATTENTION_SMOKE = [  # the attention core (qrl/cores.py) through every recurrent agent's state seam
@@ -105,7 +107,7 @@ PIXEL_SMOKE = [  # every algorithm that takes images, on images (its convolution
                             *PENDULUM_PIXELS]),
 ]
 """ql alone takes no images: its table has one row per discrete observation."""
-VARIANTS = {"rnd": "ppo", "ppg": "ppo", "daac": "ppo", "tac": "sac", "gail": "ppo", "airl": "ppo"}
+VARIANTS = {"rnd": "ppo", "ppg": "ppo", "daac": "ppo", "tac": "sac", "gail": "ppo", "airl": "ppo", "gail-sac": "sac"}
 """Algorithms whose actor side (core, items, table) is another's: only their learners differ."""
 PIXEL_PROCESS = [case for case in PIXEL_SMOKE
                  if case[1] == MINATAR and not any(o.startswith("algo.torso=") for o in case[2])
@@ -122,9 +124,9 @@ only, test_local.py, where every image algorithm also runs)."""
 
 def test_every_algorithm_has_a_smoke_run():
     assert {algo for algo, _, _ in SMOKE} == set(algorithm.names())
-    # (bc, gail and airl learn from a dataset of the environment's observations: bc on images in
-    # test_demos.py; gail and airl take vector observations only)
-    assert {algo for algo, _, _ in PIXEL_SMOKE} == set(algorithm.names()) - {"ql", "bc", "gail", "airl"}
+    # (bc and the adversarial imitators learn from a dataset of the environment's observations: bc on
+    # images in test_demos.py; gail, airl and gail-sac take vector observations only)
+    assert {algo for algo, _, _ in PIXEL_SMOKE} == set(algorithm.names()) - {"ql", "bc", "gail", "airl", "gail-sac"}
 
 
 @pytest.mark.parametrize("algo, env, sets, mode", PROCESS_SMOKE,

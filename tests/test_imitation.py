@@ -92,3 +92,25 @@ def test_a_fresh_run_trains_through_the_recovered_reward_alone_and_a_non_airl_ru
     assert env.step(0)[1] != 1.0  # (CartPole pays 1 per step: the run's returns are the recovered reward's)
     with pytest.raises(ValueError, match="is not an AIRL run: its checkpoint has no recovered reward g"):
         gail.RecoveredReward(gym.make("CartPole-v1"), str(tmp_path / "ppo"))
+
+
+def test_gail_with_sac_relabels_each_replay_batch_with_the_discriminators_reward():
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    space = gym.spaces.Box(-2.0, 2.0, (1,), np.float32)
+    args = gail.SacArgs(hidden=[32, 32], batch_size=64, disc_lr=3e-3)
+    learner = gail.SacLearner(gym.spaces.Box(-5, 5, (3,), np.float32), space, args, torch.device("cpu"))
+    replay = lambda shift: {"obs": torch.tensor(rng.normal(shift, 0.3, (64, 3)), dtype=torch.float32),
+                            "action": torch.tensor(rng.uniform(-2, 2, (64, 1)), dtype=torch.float32),
+                            "return": torch.full((64,), 1000.0), "discount": torch.full((64,), 0.99),
+                            "next_obs": torch.tensor(rng.normal(shift, 0.3, (64, 3)), dtype=torch.float32)}
+    expert = {**{k: v for k, v in replay(2.0).items() if k in ("obs", "action", "next_obs")},
+              "terminated": torch.zeros(64, dtype=torch.bool)}
+    for _ in range(40):
+        update = learner.update(Batch(replay(0.0), demos=expert))
+    m = update.metrics
+    assert m["env_reward"] == 1000.0 and 0 <= m["disc_reward"] < 10 and "critic_loss" in m
+    assert m["disc_expert_acc"] > 0.9 and m["disc_agent_acc"] > 0.9
+    for bad, message in (({"n_step": 3}, "algo.n_step must be 1"), ({"discriminator": "airl"}, "takes algo.disc")):
+        with pytest.raises(ValueError, match=message):
+            gail.SacLearner(gym.spaces.Box(-5, 5, (3,), np.float32), space, gail.SacArgs(**bad), torch.device("cpu"))
