@@ -42,9 +42,11 @@ from qrl.algorithms import ppo, sac
 
 
 @dataclass(frozen=True)
-class Args(ppo.Args):
+class DiscriminatorArgs:
+    """The discriminator's settings, whichever the generator."""
+
     demo_batch: int = 1024
-    """Expert transitions per update (sampled from the demonstration table with the agent's unrolls)."""
+    """Expert transitions per update (sampled from the demonstration table with the agent's items)."""
     disc_hidden: int = 64
     """Width of the discriminator's two ReLU hidden layers (AIRL: of g's and of h's)."""
     disc_lr: float = 3e-4
@@ -53,7 +55,12 @@ class Args(ppo.Args):
     disc_minibatches: int = 4
     """Discriminator steps per pass, each on as many expert as agent transitions."""
     discriminator: str = "gail"
-    """gail or airl."""
+    """gail or airl (airl takes PPO's generator: its log pi term)."""
+
+
+@dataclass(frozen=True)
+class Args(ppo.Args, DiscriminatorArgs):
+    """gail and airl: PPO's settings and the discriminator's."""
 
 
 @dataclass(frozen=True)
@@ -232,16 +239,11 @@ class Learner(Discriminating, ppo.Learner):
 
 
 @dataclass(frozen=True)
-class SacArgs(sac.Args):
+class SacArgs(sac.Args, DiscriminatorArgs):
+    """gail-sac: SAC's settings and the discriminator's, one step of it per update on a replay batch."""
+
     demo_batch: int = 256
-    """Expert transitions per update."""
-    disc_hidden: int = 64
-    disc_lr: float = 3e-4
-    disc_epochs: int = 1
     disc_minibatches: int = 1
-    """Discriminator steps per update, each on as many expert as agent transitions."""
-    discriminator: str = "gail"
-    """gail (AIRL's log pi term takes PPO's generator)."""
 
 
 class SacLearner(Discriminating, sac.Learner):
