@@ -123,9 +123,11 @@ def test_every_algorithm_that_takes_images_builds_its_policy_on_a_torso(name, ob
 
 # -- spectral normalisation of the value function's last hidden layer ---------------------------
 
-SPECTRAL = [(name, obs, actions) for name in sorted(set(algorithm.names()) - {"ql"})
+VECTOR_ONLY = ("gail", "airl", "gail-sac")  # (their discriminators take vector observations)
+SPECTRAL = [(name, obs, actions) for name in sorted(set(algorithm.names()) - {"ql", "bc"})  # (bc: no value function)
             for obs, actions in [((4,), 2), (MINATAR, 3)]
-            if not (name in ("ddpg", "td3") and actions)] + [("sac", (3,), None), ("ddpg", (3,), None)]
+            if not (name in ("ddpg", "td3") and actions) and not (name in VECTOR_ONLY and obs == MINATAR)] + [
+    ("sac", (3,), None), ("ddpg", (3,), None)]
 
 
 def value_learner(name: str, obs, actions, **sets):
@@ -156,6 +158,7 @@ def test_spectral_norm_is_there_for_every_algorithm_by_config(name, obs, actions
 
 
 def test_a_spectrally_normalised_layer_has_largest_singular_value_one():
+    torch.manual_seed(0)  # (the power iteration's convergence depends on the draw: no test before may decide it)
     agent = algorithm.load("dqn")
     net = agent.make_policy(gym.spaces.Box(-1, 1, (4,), np.float32), gym.spaces.Discrete(2),
                             agent.Args(spectral_norm=True, hidden=32))
