@@ -41,7 +41,8 @@ TASKS = {
                          10_240),
     "airl-CartPole-v1": ("cartpole/qrl-ppo-v0", CARTPOLE_PPO, {"demo_batch_size": 256, "n_disc_updates_per_round": 4},
                          10_240),
-    "gail-Pendulum-v1": ("pendulum/qrl-sac-v0", PENDULUM_PPO, {"demo_batch_size": 2048, "n_disc_updates_per_round": 8},
+    # (qrl's preset: 8 discriminator steps per 4096 agent transitions, each beside as many expert ones)
+    "gail-Pendulum-v1": ("pendulum/qrl-sac-v0", PENDULUM_PPO, {"demo_batch_size": 512, "n_disc_updates_per_round": 8},
                          8_192),
 }
 
@@ -102,6 +103,9 @@ def main() -> int:
                       imitation_seed(a.task, seed, target, budget, a.imitation_python, Path(tmp))):
                 results.append(r)
                 print(json.dumps(r), flush=True)
+                if "error" in r:  # a side that could not run is no result for either
+                    print(f"{r['side']} failed: {r['error']}", file=sys.stderr)
+                    return 1
     rows, medians = [], {}
     for side in ("qrl", "imitation"):
         mine = [r for r in results if r["side"] == side]
