@@ -56,6 +56,18 @@ class DiscriminatorArgs:
     """Discriminator steps per pass, each on as many expert as agent transitions."""
     discriminator: str = "gail"
     """gail or airl (airl takes PPO's generator: its log pi term)."""
+    airl_state_only: bool = True
+    """AIRL: a state-only recovered reward g(s), which the paper shows transfers to other dynamics;
+    false gives g(s, a), as the `imitation` library's default."""
+    scale_disc_reward: bool = False
+    """Divide the generator's reward by its running standard deviation, as the `imitation` library's
+    reward nets do (they also center it, which here would change what living is worth where episodes
+    terminate: not done)."""
+    airl_reward: str = "logit"
+    """AIRL: the generator's reward. logit: the paper's f - log pi, the discriminator's logit (an
+    entropy-regularized reward); f: f alone, as the `imitation` library (exploration left to
+    ent_coef; -log pi is unbounded for continuous actions); softplus: -log(1 - D) = softplus(f - log pi),
+    GAIL's form of the same discriminator, positive everywhere (as toshikwa/gail-airl-ppo)."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +81,7 @@ class AirlArgs(Args):
 
 
 DISCRIMINATORS = ("gail", "airl")
+AIRL_REWARDS = ("logit", "f", "softplus")
 
 
 # -- discriminators ---------------------------------------------------------------------------------
@@ -99,46 +112,55 @@ def mlp(inputs: int, hidden: int) -> nn.Sequential:
                          nn.Linear(hidden, 1))
 
 
+class ActionInput(nn.Module):
+    """Actions as a network input: one-hot for discrete ones, as they are for continuous ones;
+    nothing when not used (AIRL's state-only reward)."""
+
+    def __init__(self, action_space: gym.Space, used: bool = True):
+        super().__init__()
+        self.discrete = isinstance(action_space, gym.spaces.Discrete)
+        size = int(action_space.n) if self.discrete else int(np.prod(action_space.shape))
+        self.size = size if used else 0
+
+    def forward(self, action: torch.Tensor, rows: int) -> torch.Tensor:
+        if not self.size:
+            return torch.zeros(rows, 0, device=action.device)
+        return F.one_hot(action.long(), self.size).float() if self.discrete else action.float().reshape(rows, -1)
+
+
 class GailDiscriminator(nn.Module):
     def __init__(self, obs_dim: int, action_space: gym.Space, hidden: int):
         super().__init__()
-        self.discrete = isinstance(action_space, gym.spaces.Discrete)
-        self.num_actions = int(action_space.n) if self.discrete else int(np.prod(action_space.shape))
+        self.actions = ActionInput(action_space)
         self.norm = RunningNorm(obs_dim)
-        self.net = mlp(obs_dim + self.num_actions, hidden)
+        self.net = mlp(obs_dim + self.actions.size, hidden)
 
     def logits(self, t: dict[str, torch.Tensor], logp: torch.Tensor, gamma: float) -> torch.Tensor:
-        action = F.one_hot(t["action"], self.num_actions).float() if self.discrete else t["action"]
-        return self.net(torch.cat([self.norm(t["obs"]), action], 1)).squeeze(1)
-
-    @staticmethod
-    def policy_reward(logits: torch.Tensor) -> torch.Tensor:
-        return F.softplus(logits)  # -log(1 - D)
+        obs = self.norm(t["obs"])
+        return self.net(torch.cat([obs, self.actions(t["action"], len(obs))], 1)).squeeze(1)
 
     def absorbing_logits(self, terminated: torch.Tensor) -> torch.Tensor:
         return terminated.new_zeros(0, dtype=torch.float32)  # (AIRL's only)
 
 
 class AirlDiscriminator(nn.Module):
-    def __init__(self, obs_dim: int, action_space: gym.Space, hidden: int):
+    def __init__(self, obs_dim: int, action_space: gym.Space, hidden: int, state_only: bool = True):
         super().__init__()
         self.norm = RunningNorm(obs_dim)
-        # g also sees whether the state is the absorbing one after a termination (DAC's indicator).
-        self.g, self.h = mlp(obs_dim + 1, hidden), mlp(obs_dim, hidden)
-        self.register_buffer("absorbing", torch.cat([torch.zeros(obs_dim), torch.ones(1)])[None])
+        self.actions = ActionInput(action_space, used=not state_only)
+        # g also sees whether the state is the absorbing one after a termination (DAC's indicator);
+        # the absorbing state's action input is zeros, as DAC's.
+        self.g, self.h = mlp(obs_dim + self.actions.size + 1, hidden), mlp(obs_dim, hidden)
+        self.register_buffer("absorbing", torch.cat([torch.zeros(obs_dim + self.actions.size), torch.ones(1)])[None])
 
-    def g_of(self, obs: torch.Tensor) -> torch.Tensor:
-        """g of (normalized) observations, none of them the absorbing state."""
-        return self.g(torch.cat([obs, obs.new_zeros(len(obs), 1)], 1)).squeeze(1)
-
-    def reward(self, obs: torch.Tensor) -> torch.Tensor:
-        """The recovered state-only reward, relative to the absorbing state's: g(s) - g(z)."""
-        return self.g_of(self.norm(obs)) - self.g(self.absorbing).squeeze()
+    def g_of(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """g of (normalized) observations and actions, none of them the absorbing state."""
+        return self.g(torch.cat([obs, self.actions(action, len(obs)), obs.new_zeros(len(obs), 1)], 1)).squeeze(1)
 
     def logits(self, t: dict[str, torch.Tensor], logp: torch.Tensor, gamma: float) -> torch.Tensor:
         obs, next_obs = self.norm(t["obs"]), self.norm(t["next_obs"])
         alive = 1.0 - t["terminated"].float()
-        f = self.g_of(obs) + gamma * alive * self.h(next_obs).squeeze(1) - self.h(obs).squeeze(1)
+        f = self.g_of(obs, t["action"]) + gamma * alive * self.h(next_obs).squeeze(1) - self.h(obs).squeeze(1)
         return f - logp
 
     def absorbing_logits(self, terminated: torch.Tensor) -> torch.Tensor:
@@ -147,18 +169,16 @@ class AirlDiscriminator(nn.Module):
         recovered reward pays for living on exactly what the expert's episodes show it is worth."""
         return self.g(self.absorbing).reshape(1).expand(int(terminated.sum()))
 
-    @staticmethod
-    def policy_reward(logits: torch.Tensor) -> torch.Tensor:
-        return logits  # log D - log(1 - D)
-
-
 def make_discriminator(obs_space: gym.Space, action_space: gym.Space, args: Args) -> nn.Module:
     if args.discriminator not in DISCRIMINATORS:
         raise ValueError(f"algo.discriminator must be one of {', '.join(DISCRIMINATORS)}, got {args.discriminator!r}")
+    if args.airl_reward not in AIRL_REWARDS:
+        raise ValueError(f"algo.airl_reward must be one of {', '.join(AIRL_REWARDS)}, got {args.airl_reward!r}")
     if len(obs_space.shape or ()) != 1:
         raise ValueError(f"gail and airl take vector observations, not {obs_space}")
-    cls = GailDiscriminator if args.discriminator == "gail" else AirlDiscriminator
-    return cls(int(obs_space.shape[0]), action_space, args.disc_hidden)
+    if args.discriminator == "gail":
+        return GailDiscriminator(int(obs_space.shape[0]), action_space, args.disc_hidden)
+    return AirlDiscriminator(int(obs_space.shape[0]), action_space, args.disc_hidden, args.airl_state_only)
 
 
 # -- items ------------------------------------------------------------------------------------------
@@ -177,14 +197,29 @@ class Discriminating:
 
     def add_discriminator(self, obs_space: gym.Space, action_space: gym.Space, args) -> None:
         self.disc = make_discriminator(obs_space, action_space, args).to(self.device)
+        self.reward_scale = RunningNorm(1).to(self.device)
         self.disc_optimizer = ops.adam(list(self.disc.parameters()), lr=args.disc_lr)
 
-    def logits(self, t: dict[str, torch.Tensor]) -> torch.Tensor:
+    def logits(self, t: dict[str, torch.Tensor], logp_coef: float = 1.0) -> torch.Tensor:
         logp = torch.zeros(())
         if isinstance(self.disc, AirlDiscriminator):  # log pi(a | s) of the current policy
             with torch.no_grad():
                 logp = self.net.log_prob(self.net.distribution(t["obs"]), t["action"])
-        return self.disc.logits(t, logp, self.args.gamma)
+        return self.disc.logits(t, logp_coef * logp, self.args.gamma)
+
+    def policy_reward(self, t: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The generator's reward: GAIL's -log(1 - D); AIRL's as algo.airl_reward says."""
+        with torch.no_grad():
+            if isinstance(self.disc, GailDiscriminator):
+                reward = F.softplus(self.logits(t))
+            else:
+                form = self.args.airl_reward
+                reward = self.logits(t, logp_coef=0.0 if form == "f" else 1.0)
+                reward = F.softplus(reward) if form == "softplus" else reward
+            if self.args.scale_disc_reward:
+                self.reward_scale.update(reward[:, None])
+                reward = reward / torch.sqrt(self.reward_scale.var + 1e-8)
+        return reward
 
     def batch_logits(self, t: dict[str, torch.Tensor]) -> torch.Tensor:
         """The logits of a minibatch's transitions and of its absorbing transitions (AIRL)."""
@@ -210,7 +245,7 @@ class Discriminating:
 
 
 class Learner(Discriminating, ppo.Learner):
-    checkpointed = ("net", "optimizer", "disc", "disc_optimizer")
+    checkpointed = ("net", "optimizer", "disc", "disc_optimizer", "reward_scale")
 
     def __init__(self, obs_space: gym.Space, action_space: gym.Space, args: Args, device: torch.device):
         super().__init__(obs_space, action_space, args, device)
@@ -221,8 +256,7 @@ class Learner(Discriminating, ppo.Learner):
         N, T = t["reward"].shape
         agent = self.transitions(t)
         disc_metrics = self.train_discriminator(agent, expert)
-        with torch.no_grad():
-            reward = self.disc.policy_reward(self.logits(agent)).reshape(N, T)
+        reward = self.policy_reward(agent).reshape(N, T)
         update = super().update(Batch({**t, "reward": reward}, batch.ids, batch.weights))
         return Update({**update.metrics, **disc_metrics, "disc_reward": reward.mean().item(),
                        "env_reward": t["reward"].float().mean().item()})
@@ -251,7 +285,7 @@ class SacLearner(Discriminating, sac.Learner):
     the discriminator on the replay batch beside expert transitions, then relabels the batch's rewards
     with the discriminator's current -log(1 - D) before SAC's update, so stored rewards never go stale."""
 
-    checkpointed = sac.Learner.checkpointed + ("disc", "disc_optimizer")
+    checkpointed = sac.Learner.checkpointed + ("disc", "disc_optimizer", "reward_scale")
 
     def __init__(self, obs_space: gym.Space, action_space: gym.Space, args: SacArgs, device: torch.device):
         if args.n_step != 1:
@@ -266,8 +300,7 @@ class SacLearner(Discriminating, sac.Learner):
         agent = {"obs": t["obs"].float(), "action": t["action"], "next_obs": t["next_obs"].float(),
                  "terminated": t["discount"] == 0}
         disc_metrics = self.train_discriminator(agent, batch.demos)
-        with torch.no_grad():
-            reward = self.disc.policy_reward(self.logits(agent))
+        reward = self.policy_reward(agent)
         update = super().update(Batch({**t, "return": reward}, batch.ids, batch.weights))
         return Update({**update.metrics, **disc_metrics, "disc_reward": reward.mean().item(),
                        "env_reward": t["return"].float().mean().item()})
@@ -285,11 +318,12 @@ SAC_AGENT = dataclasses.replace(sac.AGENT, name="gail-sac", Args=SacArgs, Learne
 class RecoveredReward(gym.Wrapper):
     """An environment whose reward is an AIRL run's recovered reward in place of its own
     (run.wrappers: {name: RecoveredReward, run: RUN_DIR}): g(s) - g(z) of the state each step starts
-    from, plus (shaped, the default) the shaping gamma h(s') - h(s) that AIRL learned beside it, 0
-    into the absorbing state: potential-based, so it changes no optimal policy (Ng et al. 1999),
-    while it tells a fresh learner early which way is better (the `imitation` library retrains on
-    the shaped reward too). The environment's own reward stays in info['env_reward'], so episode
-    returns and evaluations of a run through it are returns under the recovered reward."""
+    from (g(s, a) of the action taken too, after airl_state_only=false), plus (shaped, the default)
+    the shaping gamma h(s') - h(s) that AIRL learned beside it, 0 into the absorbing state:
+    potential-based, so it changes no optimal policy (Ng et al. 1999), while it tells a fresh
+    learner early which way is better (the `imitation` library retrains on the shaped reward too).
+    The environment's own reward stays in info['env_reward'], so episode returns and evaluations of
+    a run through it are returns under the recovered reward."""
 
     def __init__(self, env: gym.Env, run: str, shaped: bool = True):
         super().__init__(env)
@@ -300,7 +334,8 @@ class RecoveredReward(gym.Wrapper):
         if "g.0.weight" not in state:
             raise ValueError(f"{run} is not an AIRL run: its checkpoint has no recovered reward g")
         hidden, inputs = state["g.0.weight"].shape
-        self.disc = AirlDiscriminator(inputs - 1, env.action_space, hidden)  # (g's inputs: obs and an indicator)
+        obs_dim = int(state["norm.mean"].shape[0])  # g's inputs: obs, the action unless state-only, an indicator
+        self.disc = AirlDiscriminator(obs_dim, env.action_space, hidden, state_only=inputs == obs_dim + 1)
         self.disc.load_state_dict(state)
         self.disc.eval()
         self.gamma = json.loads(saved["config"])["args"]["gamma"] if shaped else 0.0
@@ -315,7 +350,8 @@ class RecoveredReward(gym.Wrapper):
         obs, env_reward, terminated, truncated, info = self.env.step(action)
         with torch.no_grad():
             x = self.disc.norm(torch.as_tensor(np.stack([self.obs, obs]), dtype=torch.float32))
-            reward = self.disc.g_of(x[:1])[0] - self.disc.g(self.disc.absorbing).squeeze()
+            reward = self.disc.g_of(x[:1], torch.as_tensor(np.asarray(action))[None])[0]
+            reward -= self.disc.g(self.disc.absorbing).squeeze()
             if self.shaped:  # gamma h(s') - h(s), h(z) = 0
                 next_potential = 0.0 if terminated else self.gamma * self.disc.h(x[1:]).squeeze()
                 reward += next_potential - self.disc.h(x[:1]).squeeze()

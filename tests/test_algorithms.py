@@ -113,13 +113,17 @@ PIXEL_PROCESS = [case for case in PIXEL_SMOKE
                  if case[1] == MINATAR and not any(o.startswith("algo.torso=") for o in case[2])
                  and case[0] not in VARIANTS]
 alternating = lambda cases: [(*case, ("local", "central")[i % 2]) for i, case in enumerate(cases)]
-PROCESS_SMOKE = ([(*case, mode) for case in SMOKE if case[0] not in VARIANTS for mode in ("local", "central")]
-                 + alternating([case for case in SMOKE if case[0] in VARIANTS]) + alternating(PIXEL_PROCESS)
+BOTH_MODES = ("dqn", "ppo", "sac", "r2d2")  # a value-based, an on-policy, a continuous and a recurrent agent
+both_modes = lambda case: case[0] in BOTH_MODES and not any(s.startswith("run.demos=") for s in case[2])
+PROCESS_SMOKE = ([(*case, mode) for case in SMOKE if both_modes(case) for mode in ("local", "central")]
+                 + alternating([case for case in SMOKE if not both_modes(case)]) + alternating(PIXEL_PROCESS)
                  + [(*case, mode) for case, mode in zip(ATTENTION_SMOKE, ("central", "local", "central"))])
-"""Run as separate processes: every algorithm in both acting modes (the VARIANTS, whose acting is
-another's, in one of them, alternating), and every one that takes images on MinAtar in one of them,
-alternating (the VARIANTS, the torso variants and the slow-rendering pixel Pendulum run in-process
-only, test_local.py, where every image algorithm also runs)."""
+"""Run as separate processes: one agent of each kind (BOTH_MODES) in both acting modes, every other
+case in one of them, alternating (what central inference does per algorithm, act_batched, is checked
+for every SMOKE case in-process by test_inference.py; its process path is the same for all), and
+every one that takes images on MinAtar in one of them, alternating (the VARIANTS, the torso variants
+and the slow-rendering pixel Pendulum run in-process only, test_local.py, where every image
+algorithm also runs)."""
 
 
 def test_every_algorithm_has_a_smoke_run():

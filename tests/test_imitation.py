@@ -54,10 +54,58 @@ def test_airl_adds_one_absorbing_transition_per_termination_and_gail_none():
     assert gail.GailDiscriminator(4, gym.spaces.Discrete(2), 8).absorbing_logits(terminated).shape == (0,)
 
 
-@pytest.fixture(scope="module")
-def airl_run(tmp_path_factory):
+def test_airl_generator_reward_takes_the_form_airl_reward_names_and_an_unknown_one_is_refused():
+    rng = np.random.default_rng(0)
+    space, actions = gym.spaces.Box(-5, 5, (4,), np.float32), gym.spaces.Discrete(2)
+    learners = {}
+    for form in gail.AIRL_REWARDS:
+        torch.manual_seed(0)
+        learners[form] = gail.Learner(space, actions, gail.AirlArgs(airl_reward=form), torch.device("cpu"))
+    t = learners["logit"].transitions(unrolls(2, 8, 0.0, None, rng))
+    with torch.no_grad():
+        net = learners["logit"].net
+        logp = net.log_prob(net.distribution(t["obs"]), t["action"])
+        logit = learners["logit"].logits(t)
+    assert torch.allclose(learners["logit"].policy_reward(t), logit, atol=1e-6)  # f - log pi
+    assert torch.allclose(learners["f"].policy_reward(t), logit + logp, atol=1e-6)  # f alone
+    assert torch.allclose(learners["softplus"].policy_reward(t), torch.nn.functional.softplus(logit), atol=1e-6)
+    with pytest.raises(ValueError, match="algo.airl_reward must be one of logit, f, softplus, got 'x'"):
+        gail.Learner(space, actions, gail.AirlArgs(airl_reward="x"), torch.device("cpu"))
+
+
+def test_scale_disc_reward_divides_by_the_running_standard_deviation():
+    rng = np.random.default_rng(0)
+    space, actions = gym.spaces.Box(-5, 5, (4,), np.float32), gym.spaces.Discrete(2)
+    torch.manual_seed(0)
+    plain = gail.Learner(space, actions, gail.Args(), torch.device("cpu"))
+    torch.manual_seed(0)
+    scaled = gail.Learner(space, actions, gail.Args(scale_disc_reward=True), torch.device("cpu"))
+    with torch.no_grad():  # (rewards of a spread the prior variance of 1 does not blur)
+        for learner in (plain, scaled):
+            learner.disc.net[-1].weight.mul_(100.0)
+    t = plain.transitions(unrolls(4, 16, 0.0, None, rng))
+    raw = plain.policy_reward(t)
+    assert raw.std() > 0.1 and torch.allclose(scaled.policy_reward(t), raw / raw.std(unbiased=False), rtol=1e-2)
+
+
+def test_a_state_action_recovered_reward_takes_the_action_and_a_state_only_one_ignores_it():
+    obs = torch.randn(6, 4)
+    for state_only in (True, False):
+        torch.manual_seed(0)
+        disc = gail.AirlDiscriminator(4, gym.spaces.Discrete(3), 8, state_only=state_only)
+        inputs = 4 + (0 if state_only else 3) + 1  # observation, one-hot action, absorbing indicator
+        assert disc.g[0].in_features == inputs and disc.absorbing.shape[1] == inputs
+        with torch.no_grad():
+            differs = not torch.allclose(disc.g_of(obs, torch.zeros(6, dtype=torch.long)),
+                                         disc.g_of(obs, torch.full((6,), 2)))
+        assert differs == (not state_only)
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["g(s)", "g(s,a)"])
+def airl_run(tmp_path_factory, request):
     run_dir = tmp_path_factory.mktemp("airl")
-    local_run("airl", "CartPole-v1", [f"run.demos={DEMOS}/cartpole/qrl-ppo-v0", "algo.demo_batch=256"],
+    local_run("airl", "CartPole-v1", [f"run.demos={DEMOS}/cartpole/qrl-ppo-v0", "algo.demo_batch=256",
+                                      f"algo.airl_state_only={str(request.param).lower()}"],
               run_dir, total_steps=2048).run()
     return run_dir
 
@@ -68,13 +116,15 @@ def test_recovered_reward_is_g_relative_to_the_absorbing_state_plus_the_learned_
 
     env = gail.RecoveredReward(gym.make("CartPole-v1"), str(airl_run), shaped=shaped)
     disc = env.disc
-    gamma = json.loads(checkpoint.load(airl_run)["config"])["args"]["gamma"]
+    args = json.loads(checkpoint.load(airl_run)["config"])["args"]
+    gamma = args["gamma"]
+    assert (disc.actions.size == 0) == args["airl_state_only"]  # (the reward's form comes from the checkpoint)
     obs, _ = env.reset(seed=1)
-    for _ in range(5):
-        next_obs, reward, terminated, _, info = env.step(0)
+    for step in range(5):
+        next_obs, reward, terminated, _, info = env.step(step % 2)
         with torch.no_grad():
             x = disc.norm(torch.tensor(np.stack([obs, next_obs])))
-            expected = disc.g_of(x[:1])[0] - disc.g(disc.absorbing)[0, 0]
+            expected = disc.g_of(x[:1], torch.tensor([step % 2]))[0] - disc.g(disc.absorbing)[0, 0]
             if shaped:
                 expected += (0 if terminated else gamma * disc.h(x[1:])[0, 0]) - disc.h(x[:1])[0, 0]
         assert reward == pytest.approx(float(expected), rel=1e-5) and info["env_reward"] == 1.0
