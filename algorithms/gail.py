@@ -59,6 +59,8 @@ class DiscriminatorArgs:
     airl_state_only: bool = True
     """AIRL: a state-only recovered reward g(s), which the paper shows transfers to other dynamics;
     false gives g(s, a), as the `imitation` library's default."""
+    disc_grad_penalty: float = 0.0
+    """Weight of the discriminator's gradient penalty (DAC and ikostrikov's GAIL use 10); 0: none."""
     scale_disc_reward: bool = False
     """Divide the generator's reward by its running standard deviation, as the `imitation` library's
     reward nets do (they also center it, which here would change what living is worth where episodes
@@ -67,7 +69,8 @@ class DiscriminatorArgs:
     """AIRL: the generator's reward. logit: the paper's f - log pi, the discriminator's logit (an
     entropy-regularized reward); f: f alone, as the `imitation` library (exploration left to
     ent_coef; -log pi is unbounded for continuous actions); softplus: -log(1 - D) = softplus(f - log pi),
-    GAIL's form of the same discriminator, positive everywhere (as toshikwa/gail-airl-ppo)."""
+    GAIL's form of the same discriminator, positive everywhere (as toshikwa/gail-airl-ppo); g: the
+    recovered reward itself, g(s) - g(z), unshaped (what RecoveredReward(shaped=False) gives)."""
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,7 @@ class AirlArgs(Args):
 
 
 DISCRIMINATORS = ("gail", "airl")
-AIRL_REWARDS = ("logit", "f", "softplus")
+AIRL_REWARDS = ("logit", "f", "softplus", "g")
 
 
 # -- discriminators ---------------------------------------------------------------------------------
@@ -157,6 +160,10 @@ class AirlDiscriminator(nn.Module):
         """g of (normalized) observations and actions, none of them the absorbing state."""
         return self.g(torch.cat([obs, self.actions(action, len(obs)), obs.new_zeros(len(obs), 1)], 1)).squeeze(1)
 
+    def recovered(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """The recovered reward, unshaped and relative to the absorbing state's: g(s[, a]) - g(z)."""
+        return self.g_of(self.norm(obs), action) - self.g(self.absorbing).squeeze()
+
     def logits(self, t: dict[str, torch.Tensor], logp: torch.Tensor, gamma: float) -> torch.Tensor:
         obs, next_obs = self.norm(t["obs"]), self.norm(t["next_obs"])
         alive = 1.0 - t["terminated"].float()
@@ -212,6 +219,8 @@ class Discriminating:
         with torch.no_grad():
             if isinstance(self.disc, GailDiscriminator):
                 reward = F.softplus(self.logits(t))
+            elif self.args.airl_reward == "g":
+                reward = self.disc.recovered(t["obs"], t["action"])
             else:
                 form = self.args.airl_reward
                 reward = self.logits(t, logp_coef=0.0 if form == "f" else 1.0)
@@ -238,10 +247,28 @@ class Discriminating:
                 expert_logits = self.batch_logits({k: v[picked] for k, v in expert.items()})
                 loss = (F.binary_cross_entropy_with_logits(expert_logits, torch.ones_like(expert_logits))
                         + F.binary_cross_entropy_with_logits(agent_logits, torch.zeros_like(agent_logits)))
+                term = {"disc_loss": loss.detach(), "disc_expert_acc": (expert_logits > 0).float().mean(),
+                        "disc_agent_acc": (agent_logits < 0).float().mean()}
+                if a.disc_grad_penalty:
+                    penalty = self.gradient_penalty({k: v[rows] for k, v in agent.items()},
+                                                    {k: v[picked] for k, v in expert.items()})
+                    loss, term["disc_grad_penalty"] = loss + a.disc_grad_penalty * penalty, penalty.detach()
                 self.optimizer_step(loss, 0.0, self.disc_optimizer, [])
-                terms.append({"disc_loss": loss.detach(), "disc_expert_acc": (expert_logits > 0).float().mean(),
-                              "disc_agent_acc": (agent_logits < 0).float().mean()})
+                terms.append(term)
         return ppo.mean_terms(terms)
+
+    def gradient_penalty(self, agent: dict[str, torch.Tensor], expert: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Gulrajani et al.'s (|grad logit| - 1)^2 at random points between expert and agent transitions
+        (observations, next observations and continuous actions; a discrete action is the agent's), as
+        DAC and ikostrikov's GAIL: a smooth discriminator, whose reward does not saturate."""
+        mix = torch.rand(len(agent["obs"]), 1, device=self.device)
+        t = {"action": agent["action"], "terminated": agent["terminated"]}
+        keys = ("obs", "next_obs") + (() if self.disc.actions.discrete else ("action",))
+        for key in keys:
+            t[key] = (mix * expert[key].float() + (1 - mix) * agent[key].float()).requires_grad_(True)
+        grads = torch.autograd.grad(self.logits(t).sum(), [t[k] for k in keys], create_graph=True, allow_unused=True)
+        norm = torch.cat([g for g in grads if g is not None], 1).norm(dim=1)
+        return ((norm - 1.0) ** 2).mean()
 
 
 class Learner(Discriminating, ppo.Learner):
@@ -349,9 +376,9 @@ class RecoveredReward(gym.Wrapper):
     def step(self, action):
         obs, env_reward, terminated, truncated, info = self.env.step(action)
         with torch.no_grad():
-            x = self.disc.norm(torch.as_tensor(np.stack([self.obs, obs]), dtype=torch.float32))
-            reward = self.disc.g_of(x[:1], torch.as_tensor(np.asarray(action))[None])[0]
-            reward -= self.disc.g(self.disc.absorbing).squeeze()
+            both = torch.as_tensor(np.stack([self.obs, obs]), dtype=torch.float32)
+            reward = self.disc.recovered(both[:1], torch.as_tensor(np.asarray(action))[None])[0]
+            x = self.disc.norm(both)
             if self.shaped:  # gamma h(s') - h(s), h(z) = 0
                 next_potential = 0.0 if terminated else self.gamma * self.disc.h(x[1:]).squeeze()
                 reward += next_potential - self.disc.h(x[:1]).squeeze()

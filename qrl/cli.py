@@ -374,12 +374,14 @@ def evaluate(path, episodes, seed, render, gif, as_json) -> None:
 @click.option("--seed", default=0, show_default=True, type=int, help="Episode i is reset with seed + i.")
 @click.option("--data-dir", type=click.Path(file_okay=False),
               help="Where Minari datasets live (default: $MINARI_DATASETS_PATH, else ~/.minari/datasets).")
+@click.option("--stochastic", is_flag=True,
+              help="Sample the policy's actions (as it explores) instead of taking its greedy ones.")
 @user_errors("record")
-def record(path, dataset_id, episodes, seed, data_dir) -> None:
+def record(path, dataset_id, episodes, seed, data_dir, stochastic) -> None:
     """Record a run's policy (deterministic episodes) as a Minari dataset of demonstrations."""
     from qrl.demos import record as record_dataset
 
-    where, returns = record_dataset(path, dataset_id, episodes, seed, data_dir)
+    where, returns = record_dataset(path, dataset_id, episodes, seed, data_dir, stochastic=stochastic)
     mean = sum(returns) / len(returns)
     click.echo(f"recorded {episodes} episodes (mean return {mean:.3f}) as {dataset_id} in {where}")
 

@@ -190,6 +190,7 @@ RANGES: dict[str, Range] = {
     "target_tau": Range(0, 1, low_open=True), "target_update_every": COUNT, "max_grad_norm": NON_NEGATIVE,
     "demo_ratio": FRACTION, "demo_margin": NON_NEGATIVE, "demo_loss_coef": NON_NEGATIVE, "demo_batch": COUNT,
     "disc_hidden": COUNT, "disc_lr": POSITIVE, "disc_epochs": COUNT, "disc_minibatches": COUNT, "l2_coef": NON_NEGATIVE,
+    "disc_grad_penalty": NON_NEGATIVE,
     "actor_table": COUNT,
     "eps_base": FRACTION, "eps_alpha": NON_NEGATIVE, "eps_anneal_frames": NON_NEGATIVE,
     "priority_exponent": Range(0, 10), "importance_exponent": FRACTION, "importance_anneal_updates": NON_NEGATIVE,

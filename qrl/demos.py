@@ -15,6 +15,7 @@ one line before anything trains on it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import warnings
 from dataclasses import dataclass
@@ -48,11 +49,13 @@ class Demonstrations:
 
 
 def record(path: str | Path, dataset_id: str, episodes: int, seed: int = 0, data_dir: str | Path | None = None,
-           description: str | None = None) -> tuple[Path, list[float]]:
+           description: str | None = None, stochastic: bool = False) -> tuple[Path, list[float]]:
     """The deterministic episodes (reset with seed + i) of the policy in a run directory or
     checkpoint, written as the Minari dataset `dataset_id` (under data_dir, else Minari's root);
     returns the dataset's directory and the episodes' returns. Observations are the environment's
-    own (not normalized), actions what the environment was given."""
+    own (not normalized), actions what the environment was given. stochastic: the policy's sampled
+    actions, as it explores after its warm-up (no random first frames, epsilon annealed): an expert
+    that is a distribution, as AIRL's maximum-entropy model assumes, rather than a function."""
     minari = _minari()
     from minari.data_collector import EpisodeBuffer
 
@@ -61,11 +64,12 @@ def record(path: str | Path, dataset_id: str, episodes: int, seed: int = 0, data
 
     policy = load_policy(path)
     env = envs.make_env(policy.env, policy.run.env_kwargs, policy.run.wrappers)
-    core = policy.agent.make_core(policy.args, 0, 1, 1, seed)
+    warmed = {k: 0 for k in ("random_frames", "eps_anneal_frames") if hasattr(policy.args, k)}
+    core = policy.agent.make_core(dataclasses.replace(policy.args, **warmed), 0, 1, 1, seed)
     buffers, returns = [], []
     try:
         for i in range(episodes):
-            steps = _episode(env, core, policy, seed + i)
+            steps = _episode(env, core, policy, seed + i, stochastic)
             returns.append(float(np.sum(steps["rewards"])))
             buffers.append(EpisodeBuffer(id=i, seed=seed + i, **steps))
     finally:
@@ -76,7 +80,8 @@ def record(path: str | Path, dataset_id: str, episodes: int, seed: int = 0, data
             dataset_id, buffers, env=env.spec if not policy.run.wrappers else None,
             observation_space=env.observation_space, action_space=env.action_space,
             algorithm_name=f"qrl {policy.algo_name}",
-            description=description or f"{episodes} deterministic episodes of qrl's {policy.algo_name} on {policy.env}")
+            description=description or (f"{episodes} {'stochastic' if stochastic else 'deterministic'} episodes "
+                                        f"of qrl's {policy.algo_name} on {policy.env}"))
         return minari.storage.get_dataset_path(dataset_id), returns
 
 
@@ -103,14 +108,19 @@ def _minari():
     return minari
 
 
-def _episode(env: gym.Env, core: Any, policy: Any, seed: int) -> dict[str, Any]:
-    """One deterministic episode's observations (one more than steps), actions, rewards and ends."""
+def _episode(env: gym.Env, core: Any, policy: Any, seed: int, stochastic: bool = False) -> dict[str, Any]:
+    """One episode's observations (one more than steps), actions, rewards and ends: the policy's
+    greedy actions, or (stochastic) its sampled ones."""
     obs, _ = env.reset(seed=seed)
     state, start = core.initial_state(1), np.ones(1, bool)
     steps: dict[str, list] = {"observations": [obs], "actions": [], "rewards": [], "terminations": [],
                               "truncations": []}
     while True:
-        action, state = core.greedy(policy.net, policy.normalize_obs(np.asarray(obs)[None]), state, start)
+        inputs = policy.normalize_obs(np.asarray(obs)[None])
+        if stochastic:
+            action, state, _ = core.act(policy.net, inputs, state, start)
+        else:
+            action, state = core.greedy(policy.net, inputs, state, start)
         obs, reward, terminated, truncated, _ = env.step(action[0])
         for key, value in zip(("observations", "actions", "rewards", "terminations", "truncations"),
                               (obs, action[0], float(reward), bool(terminated), bool(truncated))):

@@ -31,13 +31,16 @@ def qrl(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "qrl", *args], cwd=ROOT, check=True)
 
 
-def record_expert(env: str, episodes: int, seed: int) -> None:
+def record_expert(env: str, episodes: int, seed: int, stochastic: bool = False) -> None:
     preset, expert_return, budget, dataset_id = EXPERTS[env]
+    if stochastic:  # (cartpole/qrl-ppo-v0 -> cartpole/qrl-ppo-stochastic-v0)
+        dataset_id = dataset_id.replace("-v0", "-stochastic-v0")
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "expert"
         qrl("run", "--config", preset, "--run-dir", str(run_dir), "--set", f"run.target_return={expert_return}",
             "--set", f"run.total_steps={budget}", "--set", f"run.seed={seed}", "--set", "run.eval_episodes=20")
-        qrl("record", str(run_dir), "--dataset-id", dataset_id, "--episodes", str(episodes), "--data-dir", str(DEMOS))
+        qrl("record", str(run_dir), "--dataset-id", dataset_id, "--episodes", str(episodes), "--data-dir", str(DEMOS),
+            *(["--stochastic"] if stochastic else []))
 
 
 def main() -> int:
@@ -45,9 +48,12 @@ def main() -> int:
     p.add_argument("--env", choices=sorted(EXPERTS), action="append", help="default: every one")
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stochastic", action="store_true",
+                   help="record the expert's sampled actions instead of its greedy ones (the dataset id gets "
+                        "-stochastic): a maximum-entropy expert, as AIRL's model assumes")
     a = p.parse_args()
     for env in a.env or sorted(EXPERTS):
-        record_expert(env, a.episodes, a.seed)
+        record_expert(env, a.episodes, a.seed, a.stochastic)
     return 0
 
 

@@ -48,6 +48,17 @@ def test_record_writes_the_policys_deterministic_episodes_and_load_reads_them_ba
     np.testing.assert_array_equal(greedy, loaded.action)  # the policy's own actions
 
 
+def test_record_stochastic_writes_the_policys_sampled_actions(tmp_path):
+    run_dir = tmp_path / "ppo"
+    local_run("ppo", "CartPole-v1", [], run_dir, total_steps=512).run()  # (barely trained: it samples widely)
+    where, _ = demos.record(run_dir, "cartpole/qrl-sampled-v0", episodes=3, data_dir=tmp_path, stochastic=True)
+    loaded = demos.load(where)
+    policy = load_policy(run_dir)
+    greedy, _ = policy.agent.make_core(policy.args, 0, 1, len(loaded), 0).greedy(
+        policy.net, loaded.obs, {}, np.ones(len(loaded), bool))
+    assert 0 < np.sum(greedy != loaded.action) < len(loaded)  # sampled: some actions are not the greedy ones
+
+
 def test_a_dataset_made_by_anyone_loads(tmp_path):
     import minari
     from minari.data_collector import EpisodeBuffer

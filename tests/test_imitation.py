@@ -46,6 +46,21 @@ def test_the_discriminator_separates_expert_from_agent_and_ppo_learns_its_reward
     assert expert_logits > agent_logits + 2
 
 
+def test_the_gradient_penalty_is_the_squared_distance_of_the_logits_gradient_norm_from_one():
+    obs_space, actions = gym.spaces.Box(-5, 5, (4,), np.float32), gym.spaces.Discrete(2)
+    learner = gail.Learner(obs_space, actions, gail.Args(disc_grad_penalty=10.0), torch.device("cpu"))
+    linear = torch.nn.Linear(4 + 2, 1)  # a linear discriminator: its gradient in the observation is known
+    with torch.no_grad():
+        linear.weight.copy_(torch.tensor([[3.0, 0.0, 4.0, 0.0, 7.0, -7.0]]))
+    learner.disc.net = linear
+    rng = np.random.default_rng(0)
+    agent, expert = (learner.transitions(unrolls(2, 8, shift, None, rng)) for shift in (0.0, 2.0))
+    penalty = learner.gradient_penalty(agent, expert)
+    assert penalty.item() == pytest.approx((5.0 - 1.0) ** 2, rel=1e-4)  # |(3, 0, 4, 0)| = 5; actions do not count
+    metrics = learner.train_discriminator(agent, expert)
+    assert metrics["disc_grad_penalty"] == pytest.approx(16.0, rel=0.2)
+
+
 def test_airl_adds_one_absorbing_transition_per_termination_and_gail_none():
     airl = gail.AirlDiscriminator(4, gym.spaces.Discrete(2), 8)
     terminated = torch.tensor([False, True, False, True, True])
@@ -69,7 +84,11 @@ def test_airl_generator_reward_takes_the_form_airl_reward_names_and_an_unknown_o
     assert torch.allclose(learners["logit"].policy_reward(t), logit, atol=1e-6)  # f - log pi
     assert torch.allclose(learners["f"].policy_reward(t), logit + logp, atol=1e-6)  # f alone
     assert torch.allclose(learners["softplus"].policy_reward(t), torch.nn.functional.softplus(logit), atol=1e-6)
-    with pytest.raises(ValueError, match="algo.airl_reward must be one of logit, f, softplus, got 'x'"):
+    with torch.no_grad():
+        disc = learners["g"].disc
+        g = disc.g_of(disc.norm(t["obs"]), t["action"]) - disc.g(disc.absorbing)[0, 0]
+    assert torch.allclose(learners["g"].policy_reward(t), g, atol=1e-6)
+    with pytest.raises(ValueError, match="algo.airl_reward must be one of logit, f, softplus, g, got 'x'"):
         gail.Learner(space, actions, gail.AirlArgs(airl_reward="x"), torch.device("cpu"))
 
 
