@@ -176,6 +176,7 @@ class AirlDiscriminator(nn.Module):
         recovered reward pays for living on exactly what the expert's episodes show it is worth."""
         return self.g(self.absorbing).reshape(1).expand(int(terminated.sum()))
 
+
 def make_discriminator(obs_space: gym.Space, action_space: gym.Space, args: Args) -> nn.Module:
     if args.discriminator not in DISCRIMINATORS:
         raise ValueError(f"algo.discriminator must be one of {', '.join(DISCRIMINATORS)}, got {args.discriminator!r}")
@@ -206,6 +207,10 @@ class Discriminating:
         self.disc = make_discriminator(obs_space, action_space, args).to(self.device)
         self.reward_scale = RunningNorm(1).to(self.device)
         self.disc_optimizer = ops.adam(list(self.disc.parameters()), lr=args.disc_lr)
+
+    def load_state_dict(self, state: dict) -> None:
+        # (a run saved before scale_disc_reward existed has no reward_scale: it starts afresh)
+        super().load_state_dict({"reward_scale": self.reward_scale.state_dict(), **state})
 
     def logits(self, t: dict[str, torch.Tensor], logp_coef: float = 1.0) -> torch.Tensor:
         logp = torch.zeros(())

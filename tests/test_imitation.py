@@ -46,6 +46,19 @@ def test_the_discriminator_separates_expert_from_agent_and_ppo_learns_its_reward
     assert expert_logits > agent_logits + 2
 
 
+def test_a_checkpoint_from_before_the_reward_scale_loads_with_a_fresh_one():
+    space, actions = gym.spaces.Box(-5, 5, (4,), np.float32), gym.spaces.Discrete(2)
+    saved = gail.Learner(space, actions, gail.AirlArgs(), torch.device("cpu")).state_dict()
+    saved["reward_scale"]["var"].fill_(4.0)
+    fresh = gail.Learner(space, actions, gail.AirlArgs(), torch.device("cpu"))
+    fresh.load_state_dict(saved)
+    assert fresh.reward_scale.var.item() == 4.0
+    del saved["reward_scale"]
+    older = gail.Learner(space, actions, gail.AirlArgs(), torch.device("cpu"))
+    older.load_state_dict(saved)
+    assert older.reward_scale.var.item() == 1.0 and torch.equal(older.disc.g[0].weight, fresh.disc.g[0].weight)
+
+
 def test_the_gradient_penalty_is_the_squared_distance_of_the_logits_gradient_norm_from_one():
     obs_space, actions = gym.spaces.Box(-5, 5, (4,), np.float32), gym.spaces.Discrete(2)
     learner = gail.Learner(obs_space, actions, gail.Args(disc_grad_penalty=10.0), torch.device("cpu"))
