@@ -20,6 +20,13 @@ from qrl.protocol import messages, wire
 from qrl.protocol.transport import Client
 
 
+def pytest_configure(config):
+    # A pytest stopped by SIGTERM (a timeout, a kill, a cancelled CI job) unwinds as after Ctrl-C, so
+    # its fixtures' teardowns run and reap the qrl processes they started in sessions of their own
+    # (left behind, an orphaned actor kept stepping its environments at full speed for an hour).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
 @pytest.fixture
 def ctx():
     context = zmq.Context()
