@@ -248,15 +248,15 @@ class Discriminating:
         for _ in range(a.disc_epochs):
             for rows in ppo.shuffled_minibatches(n, a.disc_minibatches, self.device):
                 picked = torch.randint(m, (len(rows),), device=self.device)
-                agent_logits = self.batch_logits({k: v[rows] for k, v in agent.items()})
-                expert_logits = self.batch_logits({k: v[picked] for k, v in expert.items()})
+                agent_part = {k: v[rows] for k, v in agent.items()}
+                expert_part = {k: v[picked] for k, v in expert.items()}
+                agent_logits, expert_logits = self.batch_logits(agent_part), self.batch_logits(expert_part)
                 loss = (F.binary_cross_entropy_with_logits(expert_logits, torch.ones_like(expert_logits))
                         + F.binary_cross_entropy_with_logits(agent_logits, torch.zeros_like(agent_logits)))
                 term = {"disc_loss": loss.detach(), "disc_expert_acc": (expert_logits > 0).float().mean(),
                         "disc_agent_acc": (agent_logits < 0).float().mean()}
                 if a.disc_grad_penalty:
-                    penalty = self.gradient_penalty({k: v[rows] for k, v in agent.items()},
-                                                    {k: v[picked] for k, v in expert.items()})
+                    penalty = self.gradient_penalty(agent_part, expert_part)
                     loss, term["disc_grad_penalty"] = loss + a.disc_grad_penalty * penalty, penalty.detach()
                 self.optimizer_step(loss, 0.0, self.disc_optimizer, [])
                 terms.append(term)

@@ -15,7 +15,6 @@ one line before anything trains on it.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import warnings
 from dataclasses import dataclass
@@ -64,8 +63,7 @@ def record(path: str | Path, dataset_id: str, episodes: int, seed: int = 0, data
 
     policy = load_policy(path)
     env = envs.make_env(policy.env, policy.run.env_kwargs, policy.run.wrappers)
-    warmed = {k: 0 for k in ("random_frames", "eps_anneal_frames") if hasattr(policy.args, k)}
-    core = policy.agent.make_core(dataclasses.replace(policy.args, **warmed), 0, 1, 1, seed)
+    core = policy.make_core(1, seed)
     buffers, returns = [], []
     try:
         for i in range(episodes):

@@ -6,6 +6,7 @@ policies carry their state from step to step, reset where an episode starts."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from dataclasses import dataclass
@@ -56,6 +57,12 @@ class LoadedPolicy:
 
     def normalize_obs(self, obs: np.ndarray) -> np.ndarray:
         return self.normalizer.normalize_obs(obs)
+
+    def make_core(self, n: int, seed: int) -> Any:
+        """An acting core for n envs that explores as after its warm-up (no uniformly random first
+        frames, epsilon annealed); its greedy actions are the policy's own either way."""
+        warmed = {k: 0 for k in ("random_frames", "eps_anneal_frames") if hasattr(self.args, k)}
+        return self.agent.make_core(dataclasses.replace(self.args, **warmed), 0, 1, n, seed)
 
 
 def load_policy(path: str | Path) -> LoadedPolicy:

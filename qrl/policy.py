@@ -12,7 +12,6 @@ resets there). The state is the agent's own (a dict of arrays; {} for feed-forwa
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +39,7 @@ class Policy:
         It explores as after its warm-up (no uniformly random first frames, epsilon annealed)."""
         key = (deterministic, n)
         if key not in self.cores:
-            args = self.loaded.args
-            warmed = {k: 0 for k in ("random_frames", "eps_anneal_frames") if hasattr(args, k)}
-            self.cores[key] = self.loaded.agent.make_core(dataclasses.replace(args, **warmed), 0, 1, n,
-                                                          self.loaded.run.seed)
+            self.cores[key] = self.loaded.make_core(n, self.loaded.run.seed)
         return self.cores[key]
 
     def predict(self, obs: Any, state: dict[str, np.ndarray] | None = None, episode_start: Any = None,
