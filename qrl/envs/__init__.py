@@ -23,6 +23,11 @@ gym.register("qrl/Grid-v0", entry_point="qrl.envs.grid:GridWorld", max_episode_s
 gym.register("qrl/DeepSea-v0", entry_point="qrl.envs.deep_sea:DeepSea", reward_threshold=0.9)
 gym.register("qrl/CartPoleNoVel-v1", entry_point="qrl.envs.wrappers:cartpole_no_velocity", max_episode_steps=500,
              reward_threshold=475.0)
+# Self-play board games (qrl/games/env.py); with an opponent the threshold is a draw against it.
+gym.register("qrl/TicTacToe-v0", entry_point="qrl.games.env:BoardGameEnv", kwargs={"game": "tictactoe"},
+             reward_threshold=0.0)
+gym.register("qrl/ConnectFour-v0", entry_point="qrl.games.env:BoardGameEnv", kwargs={"game": "connect4"},
+             reward_threshold=0.9)
 
 
 class UnknownEnvironment(ValueError):
