@@ -118,6 +118,13 @@ class ActorCore:
         each step's state: return new arrays, never change `state` in place."""
         raise NotImplementedError
 
+    def forward_many(self, net, cores: list[ActorCore], obs: list[np.ndarray], states: list[RecurrentState],
+                     episode_starts: list[np.ndarray]) -> tuple[Any, RecurrentState]:
+        """forward for several cores' environments at once (central inference): by default one call
+        on their concatenated inputs. A core whose forward draws from its own generator (a tree
+        search's root noise) overrides it so that each core still draws for its own rows."""
+        return self.forward(net, np.concatenate(obs), concat_states(states), np.concatenate(episode_starts))
+
     def select(self, net, outputs: Any) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Exploring actions from this core's rows of the outputs, and per-step extras that travel
         with the rollout. `net` is there for what turns outputs into a distribution (PPO's learned
@@ -150,7 +157,7 @@ def act_batched(net, cores: list[ActorCore], obs: list[np.ndarray], states: list
                 episode_starts: list[np.ndarray]) -> list[tuple[np.ndarray, RecurrentState, dict[str, np.ndarray]]]:
     """Central inference: act for several actors with one forward pass, cores[i] (actor i's
     exploration) selecting on obs[i]'s rows; the same results as each core's act."""
-    outputs, state = cores[0].forward(net, np.concatenate(obs), concat_states(states), np.concatenate(episode_starts))
+    outputs, state = cores[0].forward_many(net, cores, obs, states, episode_starts)
     results = []
     for core, rows in zip(cores, row_slices(obs)):
         actions, extras = core.select(net, take_rows(outputs, rows))

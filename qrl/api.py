@@ -111,6 +111,13 @@ def _check_env(env: str, run_cfg: RunConfig) -> tuple[Any, Any]:
         detail = (str(exc).strip().splitlines() or [""])[0][:200]
         raise ConfigError(f"cannot make environment {env!r} with run.env_kwargs={run_cfg.env_kwargs} and "
                           f"run.wrappers={run_cfg.wrappers}: {type(exc).__name__}: {detail}") from None
+    if run_cfg.eval_env_kwargs:
+        try:
+            envs.spaces(env, run_cfg.eval_kwargs, run_cfg.wrappers)
+        except Exception as exc:
+            detail = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise ConfigError(f"cannot make the evaluation environment {env!r} with run.eval_env_kwargs="
+                              f"{run_cfg.eval_env_kwargs}: {type(exc).__name__}: {detail}") from None
     if run_cfg.episodic_life and not envs.reports_lives(env, run_cfg.env_kwargs, run_cfg.wrappers):
         raise ConfigError(f"run.episodic_life needs an environment that reports info['lives'] (ALE games do); "
                           f"{env} does not")

@@ -58,6 +58,9 @@ class RunConfig:
     """Wall-clock limit for the learner (None: no limit)."""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments for gymnasium.make, e.g. {continuous: true} (--set run.env_kwargs='{...}')."""
+    eval_env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments that evaluations (the learner's, `qrl evaluate`) take over env_kwargs: a
+    self-play game evaluated against a fixed opponent, {opponent: minimax} (SB3's separate eval env)."""
     max_policy_lag: int = 32
     """Off-policy staleness bound: the broker drops (and counts) segments made by weights more than
     this many versions older than the newest. Credits (docs/protocol.md, "Flow control") keep an
@@ -98,6 +101,11 @@ class RunConfig:
     beside the agent's (algorithm.DemoUse: bc, gail and airl need one; dqn's demo_ratio uses one)."""
     demo_episodes: int = 0
     """Learn from the dataset's first this many episodes (0: all of them)."""
+
+    @property
+    def eval_kwargs(self) -> dict[str, Any]:
+        """The evaluation environment's keyword arguments: env_kwargs with eval_env_kwargs over them."""
+        return {**self.env_kwargs, **self.eval_env_kwargs}
 
 
 def _parse_value(key: str, text: str, hint: Any) -> Any:

@@ -98,7 +98,7 @@ def _rendering_env(policy: Any, mode: str) -> Any:
     modes = envs.spec(policy.env).kwargs.get("render_modes") or []
     with warnings.catch_warnings():  # gymnasium warns of a mode the env lacks: the line below says it
         warnings.simplefilter("ignore")
-        env = envs.make_env(policy.env, policy.run.env_kwargs, policy.run.wrappers, render_mode=mode)
+        env = envs.make_env(policy.env, policy.run.eval_kwargs, policy.run.wrappers, render_mode=mode)
     available = env.metadata.get("render_modes", modes)
     if mode not in available:
         env.close()
@@ -120,7 +120,7 @@ def evaluate(path: str | Path, episodes: int = 10, seed: int = 0, render: str | 
     policy = load_policy(path)
     if render is None and gif is None:
         mean, std, returns = run_episodes(policy.agent, policy.args, policy.net, policy.env, episodes, seed,
-                                          policy.run.env_kwargs, policy.run.wrappers, policy.normalize_obs)
+                                          policy.run.eval_kwargs, policy.run.wrappers, policy.normalize_obs)
         return {"env": policy.env, "algo": policy.algo_name, "episodes": episodes, "mean": mean, "std": std,
                 "returns": returns}
 

@@ -307,7 +307,7 @@ class LearnerProcess:
     def evaluate(self) -> tuple[float, float]:
         self.eval_net.load_state_dict({k: torch.from_numpy(v) for k, v in self.learner.policy_state().items()})
         mean, std, _ = run_episodes(self.agent, self.args, self.eval_net, self.opts.env, self.cfg.eval_episodes,
-                                    seed=self.cfg.seed + 7, env_kwargs=self.cfg.env_kwargs,
+                                    seed=self.cfg.seed + 7, env_kwargs=self.cfg.eval_kwargs,
                                     wrappers=self.cfg.wrappers,
                                     normalize_obs=self.normalizer.normalize_obs if self.normalizer else None)
         return mean, std

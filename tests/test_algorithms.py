@@ -59,6 +59,9 @@ SMOKE = [  # (algorithm, environment, extra overrides); continuous-action algori
     ("gail-sac", "Pendulum-v1", [f"run.demos={DEMOS}/pendulum/qrl-sac-v0", "algo.learning_starts=256",
                                  "algo.hidden=[64, 64]", "algo.batch_size=64", "algo.demo_batch=64"]),
     ("dqn", "CartPole-v1", ["algo.learning_starts=256", f"run.demos={DEMOS}/cartpole/qrl-ppo-v0"]),  # demo_ratio
+    # Search: self-play tic-tac-toe, evaluated against a fixed opponent (run.eval_env_kwargs).
+    ("alphazero", "qrl/TicTacToe-v0", ["algo.simulations=4", "algo.channels=8", "algo.blocks=1", "algo.batch_size=32",
+                                       "algo.learning_starts=64", "run.eval_env_kwargs={opponent: random}"]),
 ]
 ATTENTION_SMOKE = [  # the attention core (qrl/cores.py) through every recurrent agent's state seam
     ("rppo", "qrl/CartPoleNoVel-v1", ["algo.lstm=16", "algo.core=attention", "run.segment_length=16"]),
@@ -129,8 +132,10 @@ algorithm also runs)."""
 def test_every_algorithm_has_a_smoke_run():
     assert {algo for algo, _, _ in SMOKE} == set(algorithm.names())
     # (bc and the adversarial imitators learn from a dataset of the environment's observations: bc on
-    # images in test_demos.py; gail, airl and gail-sac take vector observations only)
-    assert {algo for algo, _, _ in PIXEL_SMOKE} == set(algorithm.names()) - {"ql", "bc", "gail", "airl", "gail-sac"}
+    # images in test_demos.py; gail, airl and gail-sac take vector observations only; alphazero plays
+    # board games, whose boards are its observations)
+    assert {algo for algo, _, _ in PIXEL_SMOKE} == set(algorithm.names()) - {"ql", "bc", "gail", "airl", "gail-sac",
+                                                                             "alphazero"}
 
 
 @pytest.mark.parametrize("algo, env, sets, mode", PROCESS_SMOKE,

@@ -75,16 +75,22 @@ class BoardGame:
         full = (boards[:, 0] | boards[:, 1]).all(axis=-1)
         return boards[:, ::-1].reshape(positions.shape), won.astype(np.float32), won | full
 
+    @property
+    def mirrored_actions(self) -> np.ndarray:
+        """The action on the left-right mirrored board that matches each action (a symmetry of
+        every k-in-a-row game, for augmenting what a learner sees)."""
+        raise NotImplementedError
+
     def moves_made(self, positions: np.ndarray) -> np.ndarray:
         return positions.reshape(len(positions), -1).sum(axis=1, dtype=np.int64)
 
     def check(self, positions: np.ndarray) -> None:
-        """Refuses an array that is not a batch of this game's positions (shape, 0/1 cells, no
-        cell taken twice), so the search never plays from a corrupt observation."""
+        """Refuses an array that is not a batch of this game's boards (shape, cells of 0 or 1), so
+        the search never plays from a corrupt observation."""
         if positions.shape[1:] != self.shape:
             raise ValueError(f"{self.name} positions are [B, {', '.join(map(str, self.shape))}], got {positions.shape}")
-        if ((positions != 0) & (positions != 1)).any() or (positions.sum(axis=1) > 1).any():
-            raise ValueError(f"not a {self.name} position: cells must be 0 or 1 and taken by one player at most")
+        if ((positions != 0) & (positions != 1)).any():
+            raise ValueError(f"not a {self.name} board: its cells must be 0 or 1")
 
     def render(self, position: np.ndarray, first_to_move: bool) -> str:
         """The board as text, the first player's stones as symbols[0]."""
@@ -107,6 +113,10 @@ class TicTacToe(BoardGame):
     def cells_of(self, positions: np.ndarray, actions: np.ndarray) -> np.ndarray:
         return np.asarray(actions, dtype=np.int64)
 
+    @property
+    def mirrored_actions(self) -> np.ndarray:
+        return np.arange(self.cells).reshape(self.rows, self.cols)[:, ::-1].ravel()
+
 
 class ConnectFour(BoardGame):
     name, rows, cols, k = "connect4", 6, 7, 4
@@ -123,6 +133,10 @@ class ConnectFour(BoardGame):
         column = positions.sum(axis=1)[np.arange(len(positions)), :, actions]  # [B, rows]
         lowest_empty = self.rows - 1 - (column != 0).sum(axis=1)
         return lowest_empty * self.cols + actions
+
+    @property
+    def mirrored_actions(self) -> np.ndarray:
+        return np.arange(self.cols)[::-1].copy()
 
 
 GAMES = {"tictactoe": TicTacToe, "connect4": ConnectFour}

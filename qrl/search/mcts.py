@@ -69,12 +69,10 @@ def masked_softmax(logits: np.ndarray, legal: np.ndarray) -> np.ndarray:
     return z / z.sum(axis=1, keepdims=True)
 
 
-def root_noise(priors: np.ndarray, legal: np.ndarray, alpha: float, fraction: float,
-               rng: np.random.Generator) -> np.ndarray:
-    """(1 - fraction) * priors + fraction * Dirichlet(alpha) over each root's legal moves."""
-    noise = rng.gamma(alpha, 1.0, size=priors.shape) * legal
-    noise /= np.maximum(noise.sum(axis=1, keepdims=True), 1e-12)
-    return (1 - fraction) * priors + fraction * noise
+def dirichlet_noise(legal: np.ndarray, alpha: float, rng: np.random.Generator) -> np.ndarray:
+    """A Dirichlet(alpha) sample over each root's legal moves [B, A] (0 on the illegal ones)."""
+    noise = rng.gamma(alpha, 1.0, size=legal.shape) * legal
+    return noise / np.maximum(noise.sum(axis=1, keepdims=True), 1e-12)
 
 
 class Trees:
@@ -116,12 +114,13 @@ class Trees:
 
 
 def search(model: Model, roots: np.ndarray, legal: np.ndarray, logits: np.ndarray, config: SearchConfig,
-           rng: np.random.Generator | None = None) -> SearchResult:
-    """Search B games from `roots` (with their legal moves and prior logits); root noise when
-    `rng` is given (acting in training), none when it is not (evaluation)."""
+           noise: np.ndarray | None = None) -> SearchResult:
+    """Search B games from `roots` (with their legal moves and prior logits). With `noise`
+    (dirichlet_noise: acting in training) the roots' priors are (1 - noise_fraction) * P +
+    noise_fraction * noise; without it (evaluation) they are the network's."""
     priors = masked_softmax(logits, legal)
-    if rng is not None:
-        priors = root_noise(priors, legal, config.dirichlet_alpha, config.noise_fraction, rng)
+    if noise is not None:
+        priors = (1 - config.noise_fraction) * priors + config.noise_fraction * noise
     trees = Trees(roots, legal, priors, config.simulations + 1)
     for _ in range(config.simulations):
         simulate(trees, model, config)
@@ -187,13 +186,14 @@ def backup(trees: Trees, path: list, values: np.ndarray, config: SearchConfig) -
         trees.visits[rows, n, a] += 1
 
 
-def choose_moves(result: SearchResult, temperature: float, rng: np.random.Generator) -> np.ndarray:
-    """Moves from the root's visit counts: argmax at temperature 0, else sampled from N^(1/T)."""
+def choose_moves(visits: np.ndarray, temperature: float, rng: np.random.Generator) -> np.ndarray:
+    """Moves from root visit counts [B, A]: the most visited at temperature 0, else sampled in
+    proportion to N^(1/T)."""
     if temperature <= 0:
-        return result.visits.argmax(axis=1)
-    weights = result.visits ** (1.0 / temperature)
-    probs = weights / weights.sum(axis=1, keepdims=True)
-    return (probs.cumsum(axis=1) > rng.random((len(probs), 1))).argmax(axis=1)
+        return visits.argmax(axis=1)
+    weights = visits ** (1.0 / temperature)
+    probs = weights / np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
+    return np.minimum((probs.cumsum(axis=1) <= rng.random((len(probs), 1))).sum(axis=1), visits.shape[1] - 1)
 
 
 class RulesModel:
