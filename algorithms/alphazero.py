@@ -82,8 +82,9 @@ class PolicyValueNet(nn.Module):
         self.stem = nn.Conv2d(planes, args.channels, 3, padding=1)
         self.trunk = nn.Sequential(*[ResidualBlock(args.channels) for _ in range(args.blocks)], nn.ReLU())
         flat = args.channels * rows * cols
-        self.policy = nn.Sequential(nn.Flatten(), nn.Linear(flat, args.hidden), nn.ReLU(), nn.Linear(args.hidden, num_actions))
-        self.value = nn.Sequential(nn.Flatten(), nn.Linear(flat, args.hidden), nn.ReLU(), nn.Linear(args.hidden, 1))
+        head = lambda outputs: nn.Sequential(nn.Flatten(), nn.Linear(flat, args.hidden), nn.ReLU(),
+                                             nn.Linear(args.hidden, outputs))
+        self.policy, self.value = head(num_actions), head(1)
 
     def forward(self, boards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.trunk(self.stem(boards))

@@ -111,6 +111,14 @@ TARGETS = {
     # The recurrent pixel check: R2D2 to the DQN target on Breakout (the grid shows the ball's last
     # position, so memory is not needed to play; this checks the recurrent path learns from pixels).
     ("r2d2", "MinAtar/Breakout-v1"): (10.0, 1_000_000),
+    # Board games: the run stops at an evaluation of this mean return (wins - losses) against the
+    # preset's opponent, then GAME_CHECKS plays its final policy 50 games on each colour.
+    ("alphazero", "qrl/TicTacToe-v0"): (0.0, 100_000),
+    ("alphazero", "qrl/ConnectFour-v0"): (0.8, 2_000_000),
+}
+GAME_CHECKS = {  # (algo, env) -> (opponent, what the 100 games must show)
+    ("alphazero", "qrl/TicTacToe-v0"): ("minimax", "no losses"),  # a perfect player: a draw is the best result
+    ("alphazero", "qrl/ConnectFour-v0"): ("mcts:200", "90% wins"),  # plain MCTS, 200 random rollouts a move
 }
 
 
@@ -147,6 +155,19 @@ def run_seed(config: Path, env: str, seed: int, target: float, budget: int, run_
     return {"seed": seed, "ok": hit is not None and hit["frames"] <= budget,
             "frames": hit["frames"] if hit else None, "learner_s": round(hit["elapsed_s"], 1) if hit else None,
             "wall_s": round(wall, 1), "best": max((m["mean_return"] for m in evals), default=None)}
+
+
+def game_seed(algo: str, env: str, seed: int, target: float, budget: int, run_dir: Path) -> dict:
+    """Train to the target, then play the final policy against GAME_CHECKS' opponent on both colours."""
+    from qrl.games.matches import play_match
+
+    r = run_seed(preset(algo, env), env, seed, target, budget, run_dir)
+    if not r["ok"]:
+        return r
+    opponent, criterion = GAME_CHECKS[(algo, env)]
+    match = play_match(run_dir, opponent, games_per_colour=50, seed=seed)
+    ok = match["losses"] == 0 if criterion == "no losses" else match["win_rate"] >= 0.9
+    return {**r, "ok": ok, "check": criterion, "match": match}
 
 
 def transfer_seed(algo: str, env: str, seed: int, target: float, budget: int, tmp: Path) -> dict:
@@ -186,6 +207,8 @@ def main() -> int:
         for seed in range(a.seeds):
             if a.algo in TRANSFER:
                 r = transfer_seed(a.algo, a.env, seed, target, budget, Path(tmp))
+            elif (a.algo, a.env) in GAME_CHECKS:
+                r = game_seed(a.algo, a.env, seed, target, budget, Path(tmp) / f"seed{seed}")
             else:
                 r = run_seed(preset(a.algo, a.env), a.env, seed, target, budget, Path(tmp) / f"seed{seed}")
             results.append(r)

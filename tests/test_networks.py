@@ -124,8 +124,8 @@ def test_every_algorithm_that_takes_images_builds_its_policy_on_a_torso(name, ob
 # -- spectral normalisation of the value function's last hidden layer ---------------------------
 
 VECTOR_ONLY = ("gail", "airl", "gail-sac")  # (their discriminators take vector observations)
-SPECTRAL = [(name, obs, actions) for name in sorted(set(algorithm.names()) - {"ql", "bc", "alphazero"})  # (bc: no value function;
-            # alphazero: its value is regressed on game outcomes, never bootstrapped)
+# (bc: no value function; alphazero: its value is regressed on game outcomes, never bootstrapped)
+SPECTRAL = [(name, obs, actions) for name in sorted(set(algorithm.names()) - {"ql", "bc", "alphazero"})
             for obs, actions in [((4,), 2), (MINATAR, 3)]
             if not (name in ("ddpg", "td3") and actions) and not (name in VECTOR_ONLY and obs == MINATAR)] + [
     ("sac", (3,), None), ("ddpg", (3,), None)]
