@@ -158,11 +158,14 @@ class SearchCore(ActorCore):
         policy = visits / visits.sum(axis=1, keepdims=True)
         return actions, {"policy": policy.astype(np.float32), "root_value": value.astype(np.float32)}
 
-    def greedy(self, net, obs, state, episode_start):
-        return self.search(net, obs, noise=None).visits.argmax(axis=1), state
+    def evaluation_outputs(self, net, obs, state, episode_start):
+        result = self.search(net, obs, noise=None)  # no root noise
+        return (result.visits, result.value, result.q, state["moves"]), state
 
     def action_values(self, outputs) -> np.ndarray:
-        return outputs[2]  # the root's Q of each move (0 where the search never tried it)
+        """The share of the root's visits each move got (what evaluation plays the most of)."""
+        visits = outputs[0]
+        return visits / visits.sum(axis=1, keepdims=True)
 
 
 def make_items(rollout: Rollout, args: Args) -> dict[str, np.ndarray]:

@@ -140,8 +140,15 @@ class ActorCore:
     def greedy(self, net, obs: np.ndarray, state: RecurrentState, episode_start: np.ndarray
                ) -> tuple[np.ndarray, RecurrentState]:
         """The deterministic policy (evaluation); by default the best of action_values."""
-        outputs, state = self.forward(net, obs, state, episode_start)
+        outputs, state = self.evaluation_outputs(net, obs, state, episode_start)
         return self.action_values(outputs).argmax(axis=1), state
+
+    def evaluation_outputs(self, net, obs: np.ndarray, state: RecurrentState, episode_start: np.ndarray
+                           ) -> tuple[Any, RecurrentState]:
+        """forward's outputs as the deterministic policy sees them (what greedy and `qrl evaluate
+        --render terminal` read): forward's own, unless acting adds randomness inside forward (a
+        search's root noise)."""
+        return self.forward(net, obs, state, episode_start)
 
     def action_values(self, outputs: Any) -> np.ndarray:
         """The value of each discrete action [B, num_actions] in forward's outputs (`qrl evaluate

@@ -351,15 +351,22 @@ def _run_in_process(config, algo, env_id, sets, actors, run_dir, resume, no_prog
 @click.option("--render", type=click.Choice(["terminal"]), help="Print every step (environments with text rendering).")
 @click.option("--gif", type=click.Path(dir_okay=False), help="Save the first episode as an animated GIF here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--env-kwargs", help="Environment keyword arguments over the run's evaluation ones, as YAML: "
+                                   "'{opponent: minimax, agent_first: false}'.")
 @user_errors("evaluate")
-def evaluate(path, episodes, seed, render, gif, as_json) -> None:
+def evaluate(path, episodes, seed, render, gif, as_json, env_kwargs) -> None:
     """Deterministic evaluation of a run directory or checkpoint: mean and std of the return."""
     import json
 
+    import yaml
+
     from qrl.evaluation import evaluate as run_evaluation
 
+    kwargs = yaml.safe_load(env_kwargs) if env_kwargs else {}
+    if not isinstance(kwargs, dict):
+        raise UserError(f"evaluate: --env-kwargs must be a YAML mapping such as '{{opponent: minimax}}', not {env_kwargs!r}")
     result = run_evaluation(path, episodes=episodes, seed=seed, render=render, gif=gif,
-                            out=lambda text: click.echo(text))
+                            out=lambda text: click.echo(text), env_kwargs=kwargs)
     if as_json:
         click.echo(json.dumps(result))
     else:

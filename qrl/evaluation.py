@@ -85,7 +85,7 @@ def load_policy(path: str | Path) -> LoadedPolicy:
 def _describe_values(policy: LoadedPolicy, core: algorithm.ActorCore, env, obs, state, episode_start) -> str:
     if not core.has_action_values:
         return ""
-    outputs, _ = core.forward(policy.net, policy.normalize_obs(np.asarray([obs])), state, episode_start)
+    outputs, _ = core.evaluation_outputs(policy.net, policy.normalize_obs(np.asarray([obs])), state, episode_start)
     values = core.action_values(outputs)[0]
     names = getattr(env.unwrapped, "action_names", None) or [str(i) for i in range(len(values))]
     best = int(values.argmax())
@@ -108,16 +108,20 @@ def _rendering_env(policy: Any, mode: str) -> Any:
 
 
 def evaluate(path: str | Path, episodes: int = 10, seed: int = 0, render: str | None = None,
-             gif: str | Path | None = None, fps: int = 30, out: Callable[[str], Any] = print) -> dict[str, Any]:
+             gif: str | Path | None = None, fps: int = 30, out: Callable[[str], Any] = print,
+             env_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Deterministic evaluation: mean, std and each episode's return.
 
     render="terminal" prints every step of every episode (text rendering); gif=PATH saves the
-    first episode as an animated GIF. Without either, episodes run as one vector env."""
+    first episode as an animated GIF. Without either, episodes run as one vector env. env_kwargs
+    go over the run's evaluation keyword arguments (a board game's opponent)."""
     if render not in (None, "terminal"):
         raise ConfigError(f"unknown render mode '{render}'; use --render terminal or --gif PATH")
     if gif is not None and Path(gif).suffix.lower() != ".gif":  # checked before any episode runs
         raise ConfigError(f"--gif writes an animated GIF: give a file name that ends in .gif, not {gif}")
     policy = load_policy(path)
+    if env_kwargs:
+        policy.run = dataclasses.replace(policy.run, eval_env_kwargs={**policy.run.eval_env_kwargs, **env_kwargs})
     if render is None and gif is None:
         mean, std, returns = run_episodes(policy.agent, policy.args, policy.net, policy.env, episodes, seed,
                                           policy.run.eval_kwargs, policy.run.wrappers, policy.normalize_obs)
