@@ -364,7 +364,8 @@ def evaluate(path, episodes, seed, render, gif, as_json, env_kwargs) -> None:
 
     kwargs = yaml.safe_load(env_kwargs) if env_kwargs else {}
     if not isinstance(kwargs, dict):
-        raise UserError(f"evaluate: --env-kwargs must be a YAML mapping such as '{{opponent: minimax}}', not {env_kwargs!r}")
+        raise UserError(f"evaluate: --env-kwargs must be a YAML mapping such as '{{opponent: minimax}}', "
+                        f"not {env_kwargs!r}")
     result = run_evaluation(path, episodes=episodes, seed=seed, render=render, gif=gif,
                             out=lambda text: click.echo(text), env_kwargs=kwargs)
     if as_json:

@@ -649,7 +649,8 @@ class LiveCounters:
         s = self.stats
         return dict(frames=self.frames, updates=updates, elapsed_s=elapsed, frames_per_s=self.frames_per_s,
                     updates_per_s=self.updates_per_s, mean_return_100=s.get("mean_return_100"),
-                    episodes=s.get("episodes"), replay_size=s.get("replay_size"), policy_lag=s.get("policy_lag_100"), actors=s.get("actors"),
+                    episodes=s.get("episodes"), replay_size=s.get("replay_size"), policy_lag=s.get("policy_lag_100"),
+                    actors=s.get("actors"),
                     frames_consumed=s.get("frames_consumed"), consumed_per_s=self.consumed_per_s,
                     frames_dropped=s.get("frames_dropped"), weights_version=version,
                     wait_fraction=self.wait_s / max(elapsed, 1e-9), samples_resent=self.resent,

@@ -13,7 +13,6 @@ tic-tac-toe preset: one actor process, the learner beside it, evaluations off).
 
 from __future__ import annotations
 
-import json
 import statistics
 import subprocess
 import sys
