@@ -27,11 +27,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from qrl import ops
-from qrl.algorithm import ActorCore, Agent, Batch, History, LearnerBase, RecurrentState, Rollout, Update, replay_table
+from qrl.algorithm import Agent, Batch, History, LearnerBase, Rollout, Update, replay_table
 from qrl.brokers.tables import TableConfig
 from qrl.games.rules import BoardGame, make_game
 from qrl.networks import ResidualBlock, on_device, to_numpy
-from qrl.search.mcts import RulesModel, SearchConfig, SearchResult, choose_moves, dirichlet_noise, search
+from qrl.search.acting import SearchCore
+from qrl.search.mcts import RulesModel, SearchConfig
 
 
 @dataclass(frozen=True)
@@ -110,16 +111,12 @@ def evaluator(net: PolicyValueNet):
 
 # -- acting -----------------------------------------------------------------------------------
 
-class SearchCore(ActorCore):
-    """Acting by search. The recurrent state counts each game's moves (for the temperature)."""
+class BoardSearchCore(SearchCore):
+    """Search with the game's own rules; the first temperature_moves moves of a game are sampled."""
 
     def __init__(self, args: Args, index: int, count: int, num_envs: int, seed: int):
         super().__init__(args, index, count, num_envs, seed)
         self.game: BoardGame = make_game(args.game)
-        self.rng = np.random.default_rng(seed)
-
-    def initial_state(self, num_envs: int) -> RecurrentState:
-        return {"moves": np.zeros(num_envs, np.int64)}
 
     def positions(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The boards of a batch of observations and their legal moves."""
@@ -130,42 +127,22 @@ class SearchCore(ActorCore):
         # the search try every move rather than divide by zero; the environment refuses the move.
         return positions, legal | ~legal.any(axis=1, keepdims=True)
 
-    def search(self, net, obs: np.ndarray, noise: np.ndarray | None) -> SearchResult:
+    def legal(self, obs: np.ndarray) -> np.ndarray:
+        return self.positions(obs)[1]
+
+    def roots(self, net, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         positions, legal = self.positions(obs)
-        evaluate = evaluator(net)
-        logits, _ = evaluate(positions)
-        training = noise is not None
-        return search(RulesModel(self.game, evaluate), positions, legal, logits, search_config(self.args, training),
-                      noise)
+        logits, _ = evaluator(net)(positions)
+        return positions, legal, logits
 
-    def noise(self, obs: np.ndarray) -> np.ndarray:
-        return dirichlet_noise(self.positions(obs)[1], self.args.dirichlet_alpha, self.rng)
+    def model(self, net) -> RulesModel:
+        return RulesModel(self.game, evaluator(net))
 
-    def forward(self, net, obs, state, episode_start):
-        return self.forward_many(net, [self], [obs], [state], [episode_start])
+    def search_config(self, training: bool) -> SearchConfig:
+        return search_config(self.args, training)
 
-    def forward_many(self, net, cores, obs, states, episode_starts):
-        """One search for all the cores' games, each core's root noise from its own generator."""
-        noise = np.concatenate([core.noise(o) for core, o in zip(cores, obs)])
-        moves = np.concatenate([np.where(s, 0, st["moves"]) for s, st in zip(episode_starts, states)])
-        result = self.search(net, np.concatenate(obs), noise)
-        return (result.visits, result.value, result.q, moves), {"moves": moves + 1}
-
-    def select(self, net, outputs):
-        visits, value, _, moves = outputs
-        sampled = choose_moves(visits, 1.0, self.rng)
-        actions = np.where(moves < self.args.temperature_moves, sampled, visits.argmax(axis=1))
-        policy = visits / visits.sum(axis=1, keepdims=True)
-        return actions, {"policy": policy.astype(np.float32), "root_value": value.astype(np.float32)}
-
-    def evaluation_outputs(self, net, obs, state, episode_start):
-        result = self.search(net, obs, noise=None)  # no root noise
-        return (result.visits, result.value, result.q, state["moves"]), state
-
-    def action_values(self, outputs) -> np.ndarray:
-        """The share of the root's visits each move got (what evaluation plays the most of)."""
-        visits = outputs[0]
-        return visits / visits.sum(axis=1, keepdims=True)
+    def explores(self, moves: np.ndarray) -> np.ndarray:
+        return moves < self.args.temperature_moves
 
 
 def make_items(rollout: Rollout, args: Args) -> dict[str, np.ndarray]:
@@ -230,6 +207,6 @@ class Learner(LearnerBase):
                        "target_entropy": entropy.item()})
 
 
-AGENT = Agent(name="alphazero", Args=Args, make_policy=make_policy, make_core=SearchCore, make_items=make_items,
+AGENT = Agent(name="alphazero", Args=Args, make_policy=make_policy, make_core=BoardSearchCore, make_items=make_items,
               Learner=Learner, table_config=table_config, history=history,
               run_defaults={"publish_every": 10, "segment_length": 8})
