@@ -127,7 +127,7 @@ class BoardSearchCore(SearchCore):
         # the search try every move rather than divide by zero; the environment refuses the move.
         return positions, legal | ~legal.any(axis=1, keepdims=True)
 
-    def legal(self, obs: np.ndarray) -> np.ndarray:
+    def legal(self, net, obs: np.ndarray) -> np.ndarray:
         return self.positions(obs)[1]
 
     def roots(self, net, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

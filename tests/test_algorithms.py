@@ -62,6 +62,8 @@ SMOKE = [  # (algorithm, environment, extra overrides); continuous-action algori
     # Search: self-play tic-tac-toe, evaluated against a fixed opponent (run.eval_env_kwargs).
     ("alphazero", "qrl/TicTacToe-v0", ["algo.simulations=4", "algo.channels=8", "algo.blocks=1", "algo.batch_size=32",
                                        "algo.learning_starts=64", "run.eval_env_kwargs={opponent: random}"]),
+    ("muzero", "CartPole-v1", ["algo.simulations=4", "algo.hidden=16", "algo.latent=8", "algo.batch_size=32",
+                               "algo.learning_starts=64", "algo.td_steps=5", "algo.unroll=3"]),
 ]
 ATTENTION_SMOKE = [  # the attention core (qrl/cores.py) through every recurrent agent's state seam
     ("rppo", "qrl/CartPoleNoVel-v1", ["algo.lstm=16", "algo.core=attention", "run.segment_length=16"]),
@@ -133,9 +135,9 @@ def test_every_algorithm_has_a_smoke_run():
     assert {algo for algo, _, _ in SMOKE} == set(algorithm.names())
     # (bc and the adversarial imitators learn from a dataset of the environment's observations: bc on
     # images in test_demos.py; gail, airl and gail-sac take vector observations only; alphazero plays
-    # board games, whose boards are its observations)
+    # board games, whose boards are its observations; muzero's representation is an MLP)
     assert {algo for algo, _, _ in PIXEL_SMOKE} == set(algorithm.names()) - {"ql", "bc", "gail", "airl", "gail-sac",
-                                                                             "alphazero"}
+                                                                             "alphazero", "muzero"}
 
 
 @pytest.mark.parametrize("algo, env, sets, mode", PROCESS_SMOKE,

@@ -145,3 +145,43 @@ def test_outcomes_are_the_final_result_to_each_mover():
     assert z[:3, 0].tolist() == [1.0, -1.0, 1.0]  # the winner moved at steps 0 and 2
     assert z[3:, 0].tolist() == [-0.25, 0.25]  # unfinished: the search's value at the last step stands in
     assert z[:4, 1].tolist() == [0.0] * 4
+
+
+def test_muzero_support_round_trips_and_two_hot_keeps_the_mean():
+    import torch
+
+    from qrl.algorithms.muzero import from_support, scale, to_support, unscale
+
+    x = torch.tensor([-300.0, -2.5, 0.0, 0.4, 1.0, 17.0, 333.0])
+    assert torch.allclose(unscale(scale(x)), x, atol=1e-3)
+    dist = to_support(x, 20)
+    assert torch.allclose(dist.sum(-1), torch.ones(len(x)))
+    bins = torch.arange(-20, 21, dtype=torch.float32)
+    assert torch.allclose((dist * bins).sum(-1), scale(x), atol=1e-5)  # two-hot: the mean is the scaled value
+    assert torch.allclose(from_support(torch.log(dist.clamp_min(1e-30)), 20), x, rtol=1e-3, atol=1e-3)
+
+
+def test_muzero_items_by_hand():
+    from qrl.algorithms.muzero import Args, make_items
+
+    # One env, 2 segment steps, unroll 2, td_steps 2: L = 2 + 2 + 2 = 6 steps; the episode ends
+    # (terminated) at step 2, a new one starts at step 3.
+    args = Args(unroll=2, td_steps=2, gamma=0.5)
+    L = 6
+    rewards = np.array([[1.0], [2.0], [4.0], [8.0], [16.0], [32.0]], np.float32)
+    terminated = np.zeros((L, 1), bool)
+    terminated[2, 0] = True
+    root_value = np.array([[10.0], [20.0], [30.0], [40.0], [50.0], [60.0]], np.float32)
+    policy = np.repeat(np.array([[[0.25, 0.75]]], np.float32), L, axis=0)
+    rollout = Rollout(obs=np.arange(L, dtype=np.float32).reshape(L, 1, 1), actions=np.arange(L).reshape(L, 1) % 2,
+                      rewards=rewards, terminated=terminated, truncated=np.zeros((L, 1), bool),
+                      next_obs=np.zeros((L, 1, 1), np.float32), extras={"policy": policy, "root_value": root_value},
+                      num_steps=2)
+    items = make_items(rollout, args)
+    assert items["obs"][:, 0].tolist() == [0.0, 1.0] and items["actions"].tolist() == [[0, 1], [1, 0]]
+    # start 0: v0 = 1 + 0.5*2 + 0.25*V(s2) = 2 + 0.25*30; v1 = 2 + 0.5*4 (ends at 2); v2 = 4 (the last step)
+    assert items["value"][0].tolist() == pytest.approx([2 + 0.25 * 30, 4.0, 4.0])
+    assert items["reward"][0].tolist() == [0.0, 1.0, 2.0] and items["alive"][0].tolist() == [1, 1, 1]
+    # start 1: positions 1, 2 and then 3, which is past the end at step 2: absorbing
+    assert items["value"][1].tolist() == pytest.approx([4.0, 4.0, 0.0])
+    assert items["reward"][1].tolist() == [0.0, 2.0, 4.0] and items["alive"][1].tolist() == [1, 1, 0]

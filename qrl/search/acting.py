@@ -31,7 +31,7 @@ class SearchCore(ActorCore):
         """(root states, legal moves [B, A], prior logits [B, A]) for a batch of observations."""
         raise NotImplementedError
 
-    def legal(self, obs: np.ndarray) -> np.ndarray:
+    def legal(self, net, obs: np.ndarray) -> np.ndarray:
         """The legal moves [B, A] of a batch of observations (for the root noise)."""
         raise NotImplementedError
 
@@ -54,15 +54,15 @@ class SearchCore(ActorCore):
         states, legal, logits = self.roots(net, obs)
         return search(self.model(net), states, legal, logits, self.search_config(noise is not None), noise)
 
-    def noise(self, obs: np.ndarray) -> np.ndarray:
-        return dirichlet_noise(self.legal(obs), self.args.dirichlet_alpha, self.rng)
+    def noise(self, net, obs: np.ndarray) -> np.ndarray:
+        return dirichlet_noise(self.legal(net, obs), self.args.dirichlet_alpha, self.rng)
 
     def forward(self, net, obs, state, episode_start):
         return self.forward_many(net, [self], [obs], [state], [episode_start])
 
     def forward_many(self, net, cores, obs, states, episode_starts):
         """One search for all the cores' environments, each core's root noise from its own generator."""
-        noise = np.concatenate([core.noise(o) for core, o in zip(cores, obs)])
+        noise = np.concatenate([core.noise(net, o) for core, o in zip(cores, obs)])
         moves = np.concatenate([np.where(s, 0, st["moves"]) for s, st in zip(episode_starts, states)])
         result = self.search(net, np.concatenate(obs), noise)
         return (result.visits, result.value, moves), {"moves": moves + 1}
