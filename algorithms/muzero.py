@@ -245,19 +245,18 @@ class Learner(LearnerBase):
 
     def update(self, batch: Batch) -> Update:
         a, net = self.args, self.net
-        alive, support = batch["alive"], a.support
         cross_entropy = lambda target, logits: -(target * F.log_softmax(logits, -1)).sum(-1)
-        state = net.represent(batch["obs"])
+        categorical = lambda target, logits: cross_entropy(to_support(target, a.support), logits).mean()
+        state, reward_logits = net.represent(batch["obs"]), None
         losses = {"policy": 0.0, "value": 0.0, "reward": 0.0}
         for k in range(a.unroll + 1):
             logits, value_logits = net.predict(state)
-            weight = 1.0 if k == 0 else 1.0 / a.unroll
-            losses["policy"] = losses["policy"] + weight * (cross_entropy(batch["policy"][:, k], logits) * alive[:, k]).mean()
-            losses["value"] = losses["value"] + weight * cross_entropy(to_support(batch["value"][:, k], support),
-                                                                       value_logits).mean()
-            if k > 0:
-                losses["reward"] = losses["reward"] + weight * cross_entropy(
-                    to_support(batch["reward"][:, k], support), reward_logits).mean()
+            weight = 1.0 if k == 0 else 1.0 / a.unroll  # the unrolled steps together weigh as much as the first
+            policy = (cross_entropy(batch["policy"][:, k], logits) * batch["alive"][:, k]).mean()
+            losses["policy"] = losses["policy"] + weight * policy
+            losses["value"] = losses["value"] + weight * categorical(batch["value"][:, k], value_logits)
+            if reward_logits is not None:
+                losses["reward"] = losses["reward"] + weight * categorical(batch["reward"][:, k], reward_logits)
             if k < a.unroll:
                 state, reward_logits = net.dynamics(state, batch["actions"][:, k])
                 state = scale_gradient(state, 0.5)
