@@ -200,6 +200,13 @@ def _rllib(index: int, better: Callable[[float], bool], label: str):
     return row
 
 
+def _mcts(game: str):
+    def row(r):
+        d = r["mcts"]["search"][f"{game}/network"]
+        return rate(med(d["batched"])), rate(med(d["reference"])), f"{d['ratio']:.1f}x", None
+    return row
+
+
 def _soak(r):
     d = r["soak"]
     if not d:
@@ -252,6 +259,10 @@ TARGETS: list[tuple[str, str, str, Callable]] = [
     ("env frames consumed/s with learning on, PPO CartPole (2 actors / 2 env runners)", ">= 10x RLlib", "rllib",
      _rllib(1, lambda x: x >= 10, "x")),
     ("time to 475 from launch, PPO CartPole", "<= 0.1x RLlib", "rllib", _rllib(0, lambda x: x <= 0.1, "")),
+    ("MCTS simulations/s, one process, tic-tac-toe with AlphaZero's network: batched vs plain Python",
+     "(no target)", "mcts", _mcts("tictactoe")),
+    ("MCTS simulations/s, one process, Connect Four with AlphaZero's network: batched vs plain Python",
+     "(no target)", "mcts", _mcts("connect4")),
     ("RSS growth after warm-up, every process (soak)", "a few %", "soak", _soak),
     ("PSS of 32 env-only actors (central inference, CartPole)", "well under 580 MB (<= 290)", "inference",
      _inference_pss),
@@ -289,6 +300,12 @@ SECTIONS = [
      "`qrl inference` server on the CPU) against `qrl actor --n N` (each actor runs the policy), alternated "
      "in each round; the step round trip of one more env-only actor while the N run; PSS of the env-only "
      "actors, of the server and of the policy-running actors; seconds until N env-only actors push."),
+    ("mcts", "Tree search (`scripts/bench_mcts.py`)",
+     "Simulations/s of one process (torch on one thread): qrl's PUCT search vectorised over a batch of games "
+     "(numpy, one network call per simulation for the batch) against the same search written the plain way "
+     "(a Python object per node, one network call per leaf; qrl/search/reference.py), with AlphaZero's "
+     "network (32 channels, 2 residual blocks) and without one (uniform priors: the tree's own cost); then a "
+     "local cluster's games/s on the tic-tac-toe preset (one actor process and the learner)."),
     ("rllib", "RLlib (`scripts/bench_rllib.py`, `make bench PEERS=rllib`)",
      "PPO CartPole-v1: qrl's preset with 2 actors against RLlib's PPO with 2 env runners on the same cores."),
     ("soak", "Soak (`scripts/soak.py`, `make soak MINUTES=60`)",
@@ -330,6 +347,14 @@ def imitation_sections(results: dict) -> list[str]:
     return out
 
 
+def _match(r: dict) -> str:
+    """A board-game check's match against its fixed opponent (scripts/learn.py GAME_CHECKS)."""
+    m = r.get("match")
+    if not m:
+        return ""
+    return f", then {m['wins']} won, {m['draws']} drawn, {m['losses']} lost of {m['games']} against {m['opponent']}"
+
+
 def learn_section(results: dict) -> list[str]:
     rows = []
     for name in sorted(k for k in results if k.startswith("learn-")):
@@ -337,7 +362,7 @@ def learn_section(results: dict) -> list[str]:
         per_seed = "; ".join(
             (f"retrained on the recovered reward to {r['env_return']:.0f} (recovered at {r['recovered_at_frames']:,} "
              f"frames), {r['wall_s']:.0f} s" if r["ok"] and "env_return" in r else
-             f"{r['frames']:,} frames, {r['wall_s']:.0f} s" if r["ok"] else
+             f"{r['frames']:,} frames, {r['wall_s']:.0f} s" + _match(r) if r["ok"] else
              f"missed: reached at {r['frames']:,} frames" if r.get("frames") else f"missed (best {r.get('best')})")
             for r in d["results"])
         if "contrast" in d:  # the preset without what the task needs (memory, exploration), same seeds and budget

@@ -114,6 +114,8 @@ TARGETS = {
     # Board games: the run stops at an evaluation of this mean return (wins - losses) against the
     # preset's opponent, then GAME_CHECKS plays its final policy 50 games on each colour.
     ("alphazero", "qrl/TicTacToe-v0"): (0.0, 100_000),
+    # MuZero on CartPole-v1: the 475 (the zoo's DQN target), in 150k frames.
+    ("muzero", "CartPole-v1"): (475.0, 150_000),
     ("alphazero", "qrl/ConnectFour-v0"): (0.8, 2_000_000),
 }
 GAME_CHECKS = {  # (algo, env) -> (opponent, what the 100 games must show)
