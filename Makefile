@@ -83,7 +83,7 @@ learn: install
 # Benchmarks (not tests): each prints qrl's figure, the reference measured in the same run and
 # their ratio, and writes bench/results/*.json; BENCHMARKS.md is generated from those files
 # (scripts/benchmarks_md.py). About 50 minutes in all on 2 cores.
-BENCHES := bench_transport bench_collection bench_replay bench_frames bench_learner bench_solve bench_overhead bench_inference bench_atari_envs
+BENCHES := bench_transport bench_collection bench_replay bench_frames bench_learner bench_solve bench_overhead bench_inference bench_atari_envs bench_mcts
 # PEERS=rllib adds the RLlib comparison (ray in its own .venv-rllib; heavy, never in CI).
 PEERS ?=
 bench: install-bench $(if $(findstring rllib,$(PEERS)),.venv-rllib/.installed)

@@ -224,6 +224,10 @@ RANGES: dict[str, Range] = {
     "iqn_cvar": Range(0, 1, low_open=True), "fraction_lr": POSITIVE, "noisy_std": NON_NEGATIVE,
     "munchausen_alpha": NON_NEGATIVE,
     "entropy_tau": POSITIVE, "log_policy_clip": Range(-1e6, 0),
+    "channels": Range(1, 4096), "blocks": Range(0, 256), "latent": Range(1, 1 << 16), "support": Range(1, 1000),
+    "unroll": Range(1, 1000), "td_steps": Range(1, 10_000), "simulations": Range(1, 1 << 16), "c_puct": POSITIVE,
+    "dirichlet_alpha": POSITIVE, "noise_fraction": FRACTION, "temperature_moves": NON_NEGATIVE,
+    "temperature": POSITIVE, "weight_decay": NON_NEGATIVE, "value_coef": NON_NEGATIVE,
     # broker and actors
     "port": Range(0, 65535), "max_message_bytes": Range(1024), "ingest_hwm": COUNT, "ingest_buffer": NON_NEGATIVE,
     "stats_interval_s": POSITIVE, "snapshot_every_s": POSITIVE, "max_table_bytes": NON_NEGATIVE,
