@@ -66,11 +66,6 @@ class Args:
     """Mirror each training board left-right with probability 1/2 (both games are symmetric so)."""
 
 
-def search_config(args: Args, training: bool = True) -> SearchConfig:
-    return SearchConfig(simulations=args.simulations, c_puct=args.c_puct, dirichlet_alpha=args.dirichlet_alpha,
-                        noise_fraction=args.noise_fraction if training else 0.0, two_player=True)
-
-
 # -- network ----------------------------------------------------------------------------------
 
 class PolicyValueNet(nn.Module):
@@ -127,9 +122,6 @@ class BoardSearchCore(SearchCore):
         # the search try every move rather than divide by zero; the environment refuses the move.
         return positions, legal | ~legal.any(axis=1, keepdims=True)
 
-    def legal(self, net, obs: np.ndarray) -> np.ndarray:
-        return self.positions(obs)[1]
-
     def roots(self, net, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         positions, legal = self.positions(obs)
         logits, _ = evaluator(net)(positions)
@@ -139,7 +131,7 @@ class BoardSearchCore(SearchCore):
         return RulesModel(self.game, evaluator(net))
 
     def search_config(self, training: bool) -> SearchConfig:
-        return search_config(self.args, training)
+        return SearchConfig.of(self.args, training, two_player=True)
 
     def explores(self, moves: np.ndarray) -> np.ndarray:
         return moves < self.args.temperature_moves

@@ -160,27 +160,17 @@ class LearnedModelCore(SearchCore):
         super().__init__(args, index, count, num_envs, seed)
         self.temperature = args.temperature
 
-    def legal(self, net: MuZeroNet, obs: np.ndarray) -> np.ndarray:
-        return np.ones((len(obs), net.num_actions), bool)
-
     def roots(self, net: MuZeroNet, obs: np.ndarray):
         with torch.no_grad():
             states = net.represent(on_device(net, obs))
             logits, _ = net.predict(states)
-        return to_numpy(states), self.legal(net, obs), to_numpy(logits).astype(np.float64)
+        return to_numpy(states), np.ones((len(obs), net.num_actions), bool), to_numpy(logits).astype(np.float64)
 
     def model(self, net: MuZeroNet) -> LearnedModel:
         return LearnedModel(net)
 
     def search_config(self, training: bool) -> SearchConfig:
-        a = self.args
-        return SearchConfig(simulations=a.simulations, c_puct=a.c_puct, dirichlet_alpha=a.dirichlet_alpha,
-                            noise_fraction=a.noise_fraction if training else 0.0, discount=a.gamma,
-                            two_player=False, normalize_q=True)
-
-
-def make_core(args: Args, index: int, count: int, num_envs: int, seed: int) -> LearnedModelCore:
-    return LearnedModelCore(args, index, count, num_envs, seed)
+        return SearchConfig.of(self.args, training, discount=self.args.gamma, two_player=False, normalize_q=True)
 
 
 # -- items ------------------------------------------------------------------------------------
@@ -265,6 +255,6 @@ class Learner(LearnerBase):
         return Update({"loss": loss.item(), **{f"{k}_loss": float(v.detach()) for k, v in losses.items()}})
 
 
-AGENT = Agent(name="muzero", Args=Args, make_policy=make_policy, make_core=make_core, make_items=make_items,
+AGENT = Agent(name="muzero", Args=Args, make_policy=make_policy, make_core=LearnedModelCore, make_items=make_items,
               Learner=Learner, table_config=table_config, history=history,
               run_defaults={"publish_every": 10, "segment_length": 8})

@@ -60,7 +60,7 @@ def sims_per_s(game, evaluate, positions: np.ndarray, config: SearchConfig, batc
         search(model, positions, legal, logits, config)
     else:
         for i in range(len(positions)):
-            reference_search(model, positions[i], legal[i], logits[i:i + 1][0], config)
+            reference_search(model, positions[i], legal[i], logits[i], config)
     return len(positions) * config.simulations / (time.perf_counter() - start)
 
 

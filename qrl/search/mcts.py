@@ -41,6 +41,18 @@ class SearchConfig:
     two_player: bool = True
     normalize_q: bool = False
 
+    @classmethod
+    def of(cls, args, training: bool, **fixed) -> SearchConfig:
+        """An algorithm's search settings (its Args' simulations, c_puct, dirichlet_alpha and
+        noise_fraction; no root noise unless training) with what the algorithm fixes."""
+        return cls(simulations=args.simulations, c_puct=args.c_puct, dirichlet_alpha=args.dirichlet_alpha,
+                   noise_fraction=args.noise_fraction if training else 0.0, **fixed)
+
+
+MIN_Q_SPAN = 0.01
+"""The smallest span normalize_q divides by (EfficientZero's value_delta_max): Q values closer than
+this are not stretched to [0, 1], so float noise between batch sizes cannot decide a move."""
+
 
 @dataclass
 class Expansion:
@@ -60,7 +72,6 @@ class Model(Protocol):
 class SearchResult:
     visits: np.ndarray  # [B, A] the root's visit counts
     value: np.ndarray  # [B] the root's mean backed-up value
-    q: np.ndarray  # [B, A] the root's action values (0 where not visited)
 
 
 def masked_softmax(logits: np.ndarray, legal: np.ndarray) -> np.ndarray:
@@ -93,23 +104,33 @@ class Trees:
         self.priors[:, 0], self.legal[:, 0] = priors, legal
         self.size = np.ones(B, np.int64)
 
-    def q(self, nodes: np.ndarray, config: SearchConfig) -> np.ndarray:
+    def q_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each tree's smallest Q and the span up to its largest ([B, 1] each; span 1 where they are
+        equal or nothing was visited), for normalize_q. The tree does not change while a
+        simulation descends, so this is taken once per simulation."""
+        seen = self.visits > 0
+        mean = np.where(seen, self.value_sum / np.maximum(self.visits, 1), np.nan).reshape(len(self.rows), -1)
+        low = np.nan_to_num(np.nanmin(mean, axis=1, initial=np.inf), posinf=0.0)
+        high = np.nan_to_num(np.nanmax(mean, axis=1, initial=-np.inf), neginf=0.0)
+        return low[:, None], np.where(high > low, np.maximum(high - low, MIN_Q_SPAN), 1.0)[:, None]
+
+    def q(self, nodes: np.ndarray, bounds: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """Q of each move at each tree's node (0 where not visited), rescaled by `bounds` when given."""
         visits, value_sum = self.visits[self.rows, nodes], self.value_sum[self.rows, nodes]
         q = np.where(visits > 0, value_sum / np.maximum(visits, 1), 0.0)
-        if not config.normalize_q:
+        if bounds is None:
             return q
-        seen = self.visits > 0
-        mean = np.where(seen, self.value_sum / np.maximum(self.visits, 1), np.nan)
-        low = np.nan_to_num(np.nanmin(mean.reshape(len(mean), -1), axis=1, initial=np.inf), posinf=0.0)
-        high = np.nan_to_num(np.nanmax(mean.reshape(len(mean), -1), axis=1, initial=-np.inf), neginf=0.0)
-        span = np.where(high > low, high - low, 1.0)[:, None]
-        return np.where(visits > 0, (q - low[:, None]) / span, 0.0)
+        low, span = bounds
+        return np.where(visits > 0, (q - low) / span, 0.0)
 
-    def select(self, nodes: np.ndarray, config: SearchConfig) -> np.ndarray:
-        """PUCT's action at each tree's node (ties to the lowest index)."""
+    def select(self, nodes: np.ndarray, config: SearchConfig,
+               bounds: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """PUCT's action at each tree's node (ties to the lowest index); `bounds`: q_bounds() under normalize_q."""
+        if config.normalize_q and bounds is None:
+            bounds = self.q_bounds()
         visits = self.visits[self.rows, nodes]
         total = np.sqrt(np.maximum(visits.sum(axis=1, keepdims=True), 1.0))
-        score = self.q(nodes, config) + config.c_puct * self.priors[self.rows, nodes] * total / (1.0 + visits)
+        score = self.q(nodes, bounds) + config.c_puct * self.priors[self.rows, nodes] * total / (1.0 + visits)
         return np.where(self.legal[self.rows, nodes], score, -np.inf).argmax(axis=1)
 
 
@@ -125,8 +146,7 @@ def search(model: Model, roots: np.ndarray, legal: np.ndarray, logits: np.ndarra
     for _ in range(config.simulations):
         simulate(trees, model, config)
     visits = trees.visits[:, 0]
-    value = trees.value_sum[:, 0].sum(axis=1) / np.maximum(visits.sum(axis=1), 1)
-    return SearchResult(visits, value, np.where(visits > 0, trees.value_sum[:, 0] / np.maximum(visits, 1), 0.0))
+    return SearchResult(visits, trees.value_sum[:, 0].sum(axis=1) / np.maximum(visits.sum(axis=1), 1))
 
 
 def simulate(trees: Trees, model: Model, config: SearchConfig) -> None:
@@ -155,9 +175,10 @@ def descend(trees: Trees, config: SearchConfig) -> list[tuple[np.ndarray, np.nda
     per level, (node, action, still descending) for every tree."""
     nodes = np.zeros(len(trees.rows), np.int64)
     active = np.ones(len(trees.rows), bool)
+    bounds = trees.q_bounds() if config.normalize_q else None
     path = []
     while active.any():
-        actions = trees.select(nodes, config)
+        actions = trees.select(nodes, config, bounds)
         path.append((nodes, actions, active.copy()))
         child = trees.children[trees.rows, nodes, actions]
         active &= (child >= 0) & ~trees.terminal[trees.rows, np.maximum(child, 0)]

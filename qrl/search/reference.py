@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from qrl.search.mcts import Model, SearchConfig, masked_softmax
+from qrl.search.mcts import MIN_Q_SPAN, Model, SearchConfig, masked_softmax
 
 
 class Node:
@@ -75,4 +75,4 @@ def _q_bounds(nodes: list[Node]) -> tuple[float, float]:
     if not qs:
         return 0.0, 1.0
     low, high = min(qs), max(qs)
-    return (low, high) if high > low else (low, low + 1.0)
+    return (low, low + max(high - low, MIN_Q_SPAN)) if high > low else (low, low + 1.0)
